@@ -1,0 +1,29 @@
+# Developer entry points.  Only python3 is needed: the first target run creates .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 3002
+DB     ?= var/komm.sqlite3
+
+.PHONY: install serve test lint check bench bench-quick clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+lint: install
+	$(BIN)/ruff check komm_policy tests bench
+
+check: install
+	$(BIN)/komm-policy check --strict policies
+
+test: install lint check
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

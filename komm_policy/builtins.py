@@ -1,0 +1,155 @@
+"""The built-in functions policies can call: signatures for the checker, code for the compiler.
+
+Three kinds: `pure` functions of their arguments (folded at load time when the arguments are
+constants), `request` functions that read the current message (`header`, `headers`), and
+`lookup` functions answered by the `Directory` (memoised per decision, subject to the lookup
+timeout and the policy's `on error` fallback).  The registry is a read-only mapping passed to
+the checker and compiler, so tests can hand in their own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from . import types as t
+
+Kind = Literal["pure", "request", "lookup"]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    kinds: frozenset[str]
+    """Accepted type kinds; `string` and `address` are interchangeable."""
+
+    def accepts(self, type_: t.Type) -> bool:
+        if type_.is_any or type_.kind == "none":
+            return True
+        kinds = self.kinds
+        if type_.is_text:
+            return bool(kinds & {"string", "address"})
+        return type_.kind in kinds
+
+    def describe(self) -> str:
+        return " or ".join(sorted(self.kinds))
+
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    name: str
+    params: tuple[Param, ...]
+    returns: t.Type
+    kind: Kind
+    impl: Callable[..., Any] | str
+    """pure: f(*args); request: f(ctx, *args); lookup: the name of the Directory method."""
+    doc: str
+    none_result: Any = None
+    """What the call gives when an optional argument is none (no lookup is made)."""
+    stages: frozenset[str] | None = None
+    """Stages where the function is available (None: everywhere)."""
+
+    @property
+    def signature(self) -> str:
+        params = ", ".join(f"{p.name}: {p.describe()}" for p in self.params)
+        return f"{self.name}({params}) -> {self.returns}"
+
+
+def _text(name: str) -> Param:
+    return Param(name, frozenset({"string", "address"}))
+
+
+_ADDRESS_RE = re.compile(
+    r"""
+    (?:
+        [A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010FFFF-]+
+        (?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010FFFF-]+)*
+      | "(?:[^"\\\r\n]|\\.)*"
+    )
+    @
+    (?:
+        (?:[A-Za-z0-9\u0080-\U0010FFFF](?:[A-Za-z0-9\u0080-\U0010FFFF-]{0,61}
+           [A-Za-z0-9\u0080-\U0010FFFF])?\.)+
+        (?:[A-Za-z\u0080-\U0010FFFF]{2,63}|xn--[A-Za-z0-9-]{1,59})
+      | \[(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]
+    )
+    """,
+    re.VERBOSE,
+)
+
+
+def valid_address(address: str) -> bool:
+    """A syntactically valid mailbox `local@domain` (RFC 5321 shape, FQDN or literal)."""
+    if len(address) > 254 or "@" not in address:
+        return False
+    if len(address.rpartition("@")[0]) > 64:
+        return False
+    return _ADDRESS_RE.fullmatch(address) is not None
+
+
+def domain(address: str) -> str:
+    """The part after the last `@`, lower-case ("" when there is none)."""
+    at = address.rfind("@")
+    return address[at + 1:].lower() if at >= 0 else ""
+
+
+def local_part(address: str) -> str:
+    """The part before the last `@` (the whole text when there is none)."""
+    at = address.rfind("@")
+    return address[:at] if at >= 0 else address
+
+
+def _header(ctx: Any, name: str) -> str | None:
+    return ctx.headers().first(name)
+
+
+def _headers(ctx: Any, name: str) -> list[str]:
+    return ctx.headers().all(name)
+
+
+_DATA = frozenset({"data"})
+_LIST_OR_TEXT = Param("value", frozenset({"string", "address", "list"}))
+
+DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
+    b.name: b for b in (
+        Builtin("lower", (_text("text"),), t.STRING, "pure", str.lower,
+                "the text in lower case"),
+        Builtin("upper", (_text("text"),), t.STRING, "pure", str.upper,
+                "the text in upper case"),
+        Builtin("len", (_LIST_OR_TEXT,), t.INT, "pure", len,
+                "the number of characters of a text or items of a list", none_result=0),
+        Builtin("domain", (_text("address"),), t.ADDRESS, "pure", domain,
+                'the domain of an address: domain("a@Example.org") is "example.org"'),
+        Builtin("local_part", (_text("address"),), t.STRING, "pure", local_part,
+                'the local part of an address: local_part("a.b@example.org") is "a.b"'),
+        Builtin("valid_address", (_text("address"),), t.BOOL, "pure", valid_address,
+                "true when the text is a syntactically valid mailbox local@domain",
+                none_result=False),
+        Builtin("header", (_text("name"),), t.STRING.opt(), "request", _header,
+                "the first header field of that name, unfolded and decoded; none if absent",
+                stages=_DATA),
+        Builtin("headers", (_text("name"),), t.list_of(t.STRING), "request", _headers,
+                "every header field of that name, unfolded and decoded", stages=_DATA,
+                none_result=[]),
+        Builtin("ip_blocked", (Param("ip", frozenset({"ip"})),), t.BOOL, "lookup",
+                "ip_blocked",
+                "true when an active blocked_ips entry (address or CIDR) covers the address",
+                none_result=False),
+        Builtin("category", (_text("address"),), t.CATEGORY.opt(), "lookup",
+                "category",
+                "the active mailing-list category with that list address, or none"),
+        Builtin("account", (_text("address"),), t.ACCOUNT.opt(), "lookup",
+                "account",
+                "the active member account with that e-mail address, or none"),
+        Builtin("is_admin", (_text("address"),), t.BOOL, "lookup",
+                "is_admin",
+                "true when an active account with that address is an admin", none_result=False),
+        Builtin("subscribed", (_text("address"), Param("category", frozenset({"category"}))),
+                t.BOOL, "lookup", "subscribed",
+                "true when an active account with that address has an active subscription "
+                "to the category (false when the category is none)", none_result=False),
+    )
+})

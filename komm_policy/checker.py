@@ -1,0 +1,370 @@
+"""Static analysis of a whole policy set: every check of the language reference.
+
+Works on the ASTs of all files together, because names are set-wide: duplicate rules,
+constants, defaults and settings are reported with both locations.  Per rule it checks the
+condition's type, the fields each stage offers, reply codes and texts, modifications and
+quarantine placement, and it warns about rules that can never run.  The result (types of
+every expression, resolved fields) is what the compiler builds closures from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from . import nodes as n
+from . import types as t
+from .builtins import DEFAULT_BUILTINS, Builtin, valid_address
+from .errors import Diagnostic, Related, Severity, Span
+from .fields import FIELDS, NAMESPACES, STAGE_ORDER, Field
+from .inference import Inference, Scope, suggest
+
+SETTINGS_SPEC: Mapping[str, tuple[str, str]] = {
+    "lookup_timeout": ("duration", "how long one lookup may take before it counts as failed"),
+    "deadline": ("duration", "how long a whole decision may take"),
+    "on_lookup_error": ("action", "the fallback when a lookup fails or the deadline passes"),
+    "quarantine_to": ("address", "the mailbox that receives quarantined messages"),
+}
+
+_ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+_PRINTABLE = re.compile(r"[ -~]*")
+MAX_REPLY_TEXT = 400
+
+_LET_SCOPE = Scope(None, "a `let`", allow_request=False, allow_lookups=False)
+_SETTINGS_SCOPE = Scope(None, "settings", allow_request=False, allow_lookups=False)
+
+
+@dataclass
+class StageRules:
+    """One stage's rules from every file, in file-name then source order."""
+
+    name: str
+    blocks: list[n.StageBlock] = field(default_factory=list)
+    rules: list[n.Rule] = field(default_factory=list)
+    default: n.Default | None = None
+
+
+@dataclass
+class Analysis:
+    files: tuple[n.PolicyFile, ...]
+    diagnostics: list[Diagnostic]
+    types: dict[int, t.Type]
+    field_refs: dict[int, Field]
+    lets: dict[str, n.Let]
+    settings: dict[str, n.Setting]
+    stages: dict[str, StageRules]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.diagnostics)
+
+
+def check(
+    files: Sequence[n.PolicyFile],
+    *,
+    builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS,
+    fields: Mapping[str, Field] = FIELDS,
+) -> Analysis:
+    """Check a policy set (its parsed files in load order)."""
+    return _Checker(builtins, fields).run(tuple(files))
+
+
+class _Checker:
+    def __init__(self, builtins: Mapping[str, Builtin], fields: Mapping[str, Field]) -> None:
+        self.builtins = builtins
+        self.fields = fields
+        self.diagnostics: list[Diagnostic] = []
+        self.lets: dict[str, n.Let] = {}
+        self.let_types: dict[str, t.Type] = {}
+        self.let_checking: set[str] = set()
+        self.used_lets: set[str] = set()
+        self.settings: dict[str, n.Setting] = {}
+        self.settings_block: n.SettingsBlock | None = None
+        self.stages: dict[str, StageRules] = {}
+        self.rule_names: dict[str, n.Rule] = {}
+        self.quarantine_reported = False
+        self.infer = Inference(builtins, fields, self._use_let, self.diagnostics.append)
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def error(self, code: str, message: str, span: Span, hint: str | None = None,
+              related: Related | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, Severity.ERROR, message, span, hint, related))
+
+    def warn(self, code: str, message: str, span: Span, hint: str | None = None,
+             related: Related | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, Severity.WARNING, message, span, hint,
+                                           related))
+
+    # -- driver ---------------------------------------------------------------------------
+
+    def run(self, files: tuple[n.PolicyFile, ...]) -> Analysis:
+        for policy_file in files:
+            for item in policy_file.items:
+                self._collect(item)
+        for name in self.lets:
+            self._let_type(name)
+        self._check_settings()
+        for stage in self.stages.values():
+            self._check_stage(stage)
+        for name, let in self.lets.items():
+            if name not in self.used_lets:
+                self.warn("W204", f"`let {name}` is never used", let.name_span)
+        self.diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
+        return Analysis(files, self.diagnostics, self.infer.types, self.infer.field_refs,
+                        self.lets, self.settings, self.stages)
+
+    def _collect(self, item: n.Item) -> None:
+        if isinstance(item, n.SettingsBlock):
+            if self.settings_block is not None:
+                self.error("E133", "a policy set has only one `settings` block", item.span,
+                           "merge the two blocks",
+                           Related(self.settings_block.span, "the first `settings` block"))
+                return
+            self.settings_block = item
+            for setting in item.settings:
+                if setting.name in self.settings:
+                    self.error("E132", f"`{setting.name}` is set twice", setting.name_span,
+                               related=Related(self.settings[setting.name].name_span,
+                                               "first set here"))
+                else:
+                    self.settings[setting.name] = setting
+        elif isinstance(item, n.Let):
+            self._collect_let(item)
+        else:
+            self._collect_stage(item)
+
+    def _collect_let(self, let: n.Let) -> None:
+        name = let.name
+        if name in self.lets:
+            self.error("E111", f"`let {name}` is defined twice", let.name_span,
+                       related=Related(self.lets[name].name_span, "first defined here"))
+            return
+        clash = None
+        if name in self.fields or name in NAMESPACES:
+            clash = "a request field"
+        elif name in self.builtins:
+            clash = "a built-in function"
+        if clash:
+            self.error("E111", f"`let {name}` would hide {clash} of the same name",
+                       let.name_span, "choose another name")
+            return
+        self.lets[name] = let
+
+    def _collect_stage(self, block: n.StageBlock) -> None:
+        if block.name not in STAGE_ORDER:
+            self.error("E117", f"unknown stage `{block.name}`", block.name_span,
+                       suggest(block.name.lower(), STAGE_ORDER)
+                       or f"the stages are: {', '.join(STAGE_ORDER)}")
+            return
+        stage = self.stages.setdefault(block.name, StageRules(block.name))
+        stage.blocks.append(block)
+        for item in block.items:
+            if isinstance(item, n.Rule):
+                first = self.rule_names.get(item.name)
+                if first is not None:
+                    self.error("E112", f"rule name `{item.name}` is used twice",
+                               item.name_span,
+                               "rule names identify decisions in logs; make them unique",
+                               Related(first.name_span, "first used here"))
+                else:
+                    self.rule_names[item.name] = item
+                stage.rules.append(item)
+            elif stage.default is not None:
+                self.error("E113", f"stage `{block.name}` has two `default` actions",
+                           item.span, related=Related(stage.default.span, "the first default"))
+            else:
+                stage.default = item
+
+    # -- constants ------------------------------------------------------------------------
+
+    def _use_let(self, name: str, span: Span) -> t.Type | None:
+        if name not in self.lets:
+            return None
+        self.used_lets.add(name)
+        if name in self.let_checking:
+            self.error("E110", f"`let {name}` refers to itself", span,
+                       "a constant cannot depend on its own value")
+            return t.ANY
+        return self._let_type(name)
+
+    def _let_type(self, name: str) -> t.Type:
+        if name in self.let_types:
+            return self.let_types[name]
+        self.let_checking.add(name)
+        type_ = self.infer.infer(self.lets[name].value, _LET_SCOPE)
+        self.let_checking.discard(name)
+        self.let_types[name] = type_
+        return type_
+
+    def _constant(self, expr: n.Expr) -> object:
+        """The value of a literal or of a `let` bound to one; `...` when not constant."""
+        if isinstance(expr, n.Literal):
+            return expr.value
+        if isinstance(expr, n.Name) and expr.name in self.lets:
+            return self._constant(self.lets[expr.name].value)
+        if isinstance(expr, n.Not):
+            inner = self._constant(expr.operand)
+            return (not inner) if isinstance(inner, bool) else ...
+        return ...
+
+    # -- settings -------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        for name, setting in self.settings.items():
+            spec = SETTINGS_SPEC.get(name)
+            if spec is None:
+                self.error("E130", f"unknown setting `{name}`", setting.name_span,
+                           suggest(name, SETTINGS_SPEC)
+                           or f"the settings are: {', '.join(SETTINGS_SPEC)}")
+                continue
+            kind, description = spec
+            value = setting.value
+            if kind == "action":
+                if not isinstance(value, n.Action):
+                    self.error("E131", f"`{name}` must be an action ({description})",
+                               setting.span, 'e.g. tempfail 451 4.3.0 "Please try again later"')
+                else:
+                    self._check_action(value, None, _SETTINGS_SCOPE)
+                continue
+            if isinstance(value, n.Action):
+                self.error("E131", f"`{name}` must be a {kind}, not an action", value.span)
+                continue
+            type_ = self.infer.infer(value, _SETTINGS_SCOPE)
+            constant = self._constant(value)
+            if kind == "duration":
+                if type_.kind != "duration" or not isinstance(constant, float) or constant <= 0:
+                    self.error("E131", f"`{name}` must be a positive duration like 250ms or 2s",
+                               value.span)
+            elif kind == "address" and (
+                    not isinstance(constant, str) or not valid_address(constant)):
+                    self.error("E131", f"`{name}` must be a mail address in quotes",
+                               value.span, 'e.g. quarantine_to = "quarantine@example.org"')
+        timeout = self.settings.get("lookup_timeout")
+        deadline = self.settings.get("deadline")
+        if timeout and deadline:
+            a, b = self._constant(timeout.value), self._constant(deadline.value)  # type: ignore[arg-type]
+            if isinstance(a, float) and isinstance(b, float) and a > b:
+                self.error("E131", "`lookup_timeout` is longer than the whole `deadline`",
+                           timeout.span, related=Related(deadline.span, "deadline set here"))
+
+    # -- stages and rules -----------------------------------------------------------------
+
+    def _check_stage(self, stage: StageRules) -> None:
+        name = stage.name
+        rule_scope = Scope(name, "a rule")
+        quiet_scope = Scope(name, "an `on error` action", allow_lookups=False)
+        blocker: n.Rule | None = None
+        for rule in stage.rules:
+            if blocker is not None:
+                self.warn("W201", f"rule `{rule.name}` can never run", rule.name_span,
+                          "an earlier rule always decides first",
+                          Related(blocker.name_span, f"`{blocker.name}` always matches"))
+            self._check_rule(rule, name, rule_scope, quiet_scope)
+            if (blocker is None and not rule.dry_run and isinstance(rule.final, n.Action)
+                    and self._constant(rule.when) is True):
+                blocker = rule
+        if stage.default is not None:
+            self._check_action(stage.default.action, name,
+                               Scope(name, "a `default`", allow_lookups=False))
+        else:
+            self.warn("W202", f"stage `{name}` has no `default`", stage.blocks[0].name_span,
+                      "it accepts when no rule decides; add `default accept` (or another "
+                      "action) to say so")
+        if name == "auth":
+            self.warn("W206", "Stalwart never calls hooks at the `auth` stage",
+                      stage.blocks[0].name_span,
+                      "these rules will not run; judge authenticated sessions with "
+                      "`sasl.login` at mail, rcpt or data")
+
+    def _check_rule(self, rule: n.Rule, stage: str, scope: Scope, quiet: Scope) -> None:
+        self.infer.expect_bool(rule.when, scope, "a rule's `when` condition")
+        for statement in rule.statements:
+            if isinstance(statement, n.Log):
+                self.infer.infer(statement.message, scope)
+            else:
+                self._check_modification(statement, stage, scope)
+        if isinstance(rule.final, n.Action):
+            self._check_action(rule.final, stage, scope)
+        elif not rule.statements and not rule.dry_run:
+            self.warn("W205", f"rule `{rule.name}` has no effect", rule.name_span,
+                      "`continue` without modifications or `log` does nothing")
+        if isinstance(rule.on_error, n.Action):
+            self._check_action(rule.on_error, stage, quiet)
+
+    def _check_modification(self, mod: n.Modification, stage: str, scope: Scope) -> None:
+        if stage != "data":
+            self.error("E114", f"`{mod.kind}` at stage `{stage}`: Stalwart applies "
+                       "modifications only at the data stage", mod.span,
+                       "move this rule to `stage data`")
+        if mod.header is not None and not _HEADER_NAME.fullmatch(mod.header):
+            self.error("E123", f"`{mod.header}` is not a valid header name",
+                       mod.header_span or mod.span,
+                       "header names are printable ASCII without spaces or `:`")
+        if mod.index is not None:
+            lowest = 0 if mod.kind == "insert_header" else 1
+            if mod.index < lowest:
+                self.error("E124", f"`{mod.kind}` position must be at least {lowest}",
+                           mod.span, "positions count occurrences of that header, from 1")
+        if mod.value is None:
+            return
+        type_ = self.infer.infer(mod.value, scope)
+        if type_.is_any:
+            return
+        if mod.kind in ("change_from", "add_recipient", "delete_recipient", "replace_contents"):
+            if not type_.is_text:
+                self.error("E105", f"`{mod.kind}` needs text, but this is {type_}",
+                           mod.value.span)
+        elif type_.kind in ("category", "account", "regex"):
+            self.error("E105", f"cannot write a {type_} value into a header", mod.value.span,
+                       "pick a field, e.g. `.name`" if type_.kind != "regex" else None)
+
+    def _check_action(self, action: n.Action, stage: str | None, scope: Scope) -> None:
+        kind = action.kind
+        if kind in ("reject", "tempfail"):
+            digit = 5 if kind == "reject" else 4
+            if action.code is not None and not digit * 100 <= action.code <= digit * 100 + 99:
+                self.error("E120", f"`{kind}` needs a {digit}xx reply code, got {action.code}",
+                           action.code_span or action.span,
+                           "use `tempfail` for 4xx codes" if kind == "reject"
+                           else "use `reject` for 5xx codes")
+            if action.enhanced is not None:
+                if not _ENHANCED.fullmatch(action.enhanced):
+                    self.error("E121", f"`{action.enhanced}` is not an enhanced status code",
+                               action.enhanced_span or action.span,
+                               "the form is class.subject.detail, e.g. 5.7.1 (RFC 3463)")
+                elif action.enhanced[0] != str(digit):
+                    self.error("E121", f"enhanced code {action.enhanced} does not match "
+                               f"`{kind}` ({digit}.x.x expected)",
+                               action.enhanced_span or action.span)
+        if kind == "quarantine":
+            if stage is not None and stage != "data":
+                self.error("E115", f"`quarantine` at stage `{stage}`: there is no message to "
+                           "quarantine before data", action.span,
+                           "reject or tempfail here, or move the rule to `stage data`")
+            if "quarantine_to" not in self.settings and not self.quarantine_reported:
+                self.quarantine_reported = True
+                self.error("E116", "`quarantine` needs `quarantine_to` in `settings`",
+                           action.span, 'add settings { quarantine_to = "quarantine@…" }')
+        if action.message is not None:
+            self._check_reply_text(action.message, scope)
+
+    def _check_reply_text(self, message: n.Literal | n.Template, scope: Scope) -> None:
+        self.infer.infer(message, scope)
+        texts = [message.value] if isinstance(message, n.Literal) else [
+            p for p in message.parts if isinstance(p, str)]
+        for text in texts:
+            if not isinstance(text, str):
+                continue
+            if not _PRINTABLE.fullmatch(text):
+                bad = next(c for c in text if not " " <= c <= "~")
+                self.error("E122", f"reply text contains {bad!r}: SMTP replies must be "
+                           "printable ASCII on one line", message.span,
+                           "replace non-ASCII characters (é → e, — → -)")
+                return
+        total = sum(len(x) for x in texts if isinstance(x, str))
+        if total > MAX_REPLY_TEXT:
+            self.error("E122", f"reply text is {total} characters long; keep it under "
+                       f"{MAX_REPLY_TEXT}", message.span)

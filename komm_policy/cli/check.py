@@ -1,0 +1,112 @@
+"""`komm-policy check [PATH…]`: lint policy sets for CI and editors.
+
+Each PATH is one policy set (a directory of `*.policy` files, or a single file).  Output is
+human text with source excerpts, JSON for tools, or GitHub workflow annotations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import Diagnostic, render
+from ..policyset import LoadResult, load_path
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("check", help="check policy files and report problems",
+                            description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", default=["policies"], metavar="PATH",
+                        help="policy directory or file (default: policies)")
+    parser.add_argument("--format", choices=("text", "json", "github"), default="text",
+                        help="output format (default: text)")
+    parser.add_argument("--strict", action="store_true",
+                        help="treat warnings as errors (exit 1 on any warning)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    results: list[tuple[str, LoadResult]] = []
+    for path in args.paths:
+        try:
+            results.append((path, load_path(Path(path))))
+        except OSError as exc:
+            print(f"komm-policy check: {exc.strerror or exc}: {exc.filename or path}"
+                  if exc.filename else f"komm-policy check: {exc}", file=err)
+            return 2
+    errors = sum(len(r.errors) for _, r in results)
+    warnings = sum(len(r.warnings) for _, r in results)
+    if args.format == "json":
+        _json(results, errors, warnings, out)
+    elif args.format == "github":
+        for _, result in results:
+            for diagnostic in result.diagnostics:
+                print(github_annotation(diagnostic, strict=args.strict), file=out)
+    else:
+        _text(results, errors, warnings, out)
+    if errors or (args.strict and warnings):
+        return 1
+    return 0
+
+
+def _text(results: list[tuple[str, LoadResult]], errors: int, warnings: int,
+          out: TextIO) -> None:
+    for path, result in results:
+        for diagnostic in result.diagnostics:
+            print(render(diagnostic, result.texts.get(diagnostic.span.file)), file=out)
+            print(file=out)
+        if result.policy_set is not None:
+            ps = result.policy_set
+            print(f"{path}: ok, {ps.rule_count} rule{'s' if ps.rule_count != 1 else ''} in "
+                  f"{len(ps.sources)} file{'s' if len(ps.sources) != 1 else ''}, "
+                  f"version {ps.version}", file=out)
+        else:
+            print(f"{path}: failed", file=out)
+    print(f"{errors} error{'s' if errors != 1 else ''}, "
+          f"{warnings} warning{'s' if warnings != 1 else ''}", file=out)
+
+
+def _json(results: list[tuple[str, LoadResult]], errors: int, warnings: int,
+          out: TextIO) -> None:
+    sets = []
+    for path, result in results:
+        ps = result.policy_set
+        sets.append({
+            "path": path,
+            "ok": ps is not None,
+            "version": ps.version if ps else None,
+            "rules": ps.rule_count if ps else None,
+            "files": [s.name for s in ps.sources] if ps else sorted(result.texts),
+            "diagnostics": [d.to_json() for d in result.diagnostics],
+        })
+    json.dump({"errors": errors, "warnings": warnings, "sets": sets}, out, indent=2)
+    out.write("\n")
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotation(diagnostic: Diagnostic, *, strict: bool = False) -> str:
+    """A GitHub Actions workflow command that annotates the diagnostic's line."""
+    level = "error" if diagnostic.is_error or strict else "warning"
+    span = diagnostic.span
+    props = ",".join([
+        f"file={_escape_property(span.file)}",
+        f"line={span.line}",
+        f"col={span.column}",
+        f"endLine={span.end_line}",
+        f"endColumn={span.end_column}",
+        f"title={_escape_property(diagnostic.code)}",
+    ])
+    message = diagnostic.message
+    if diagnostic.hint:
+        message += f" ({diagnostic.hint})"
+    return f"::{level} {props}::{_escape_data(message)}"

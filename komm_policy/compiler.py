@@ -1,0 +1,739 @@
+"""AST + analysis → closures.  Runs once per load; the request path only calls closures.
+
+Constants are folded (literals, `let`s, pure built-ins over constants, boolean logic with a
+constant side); regexes, IP sets and literal lists become ready-made objects; request fields
+compile to their getters and built-ins to the function object, so nothing is looked up by
+name per request.  Address comparisons are made case-insensitive here, by lower-casing the
+non-address side once (constants) or at run time (other text).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import nodes as n
+from . import types as t
+from .builtins import DEFAULT_BUILTINS, Builtin
+from .checker import Analysis
+from .context import EvalContext
+from .decision import LookupRecord, RuleRef
+from .fields import STAGE_ORDER
+from .ipset import IP, IPSet, normalize_network
+from .lookups import DeadlineExceeded, failed, run_lookup
+from .program import (
+    CONTINUE,
+    Closure,
+    CompiledRule,
+    CompiledStage,
+    Outcome,
+    RuntimeSettings,
+    Statement,
+)
+from .text import header_text, to_text
+from .wire import (
+    AddHeader,
+    AddRecipient,
+    ChangeFrom,
+    ChangeHeader,
+    DeleteHeader,
+    DeleteRecipient,
+    InsertHeader,
+    ReplaceContents,
+)
+
+
+class Const:
+    """A value known at load time."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+Compiled = Const | Closure
+
+
+def as_closure(compiled: Compiled) -> Closure:
+    if isinstance(compiled, Const):
+        value = compiled.value
+        return lambda ctx: value
+    return compiled
+
+
+def _index(seq: Any, i: int) -> Any:
+    try:
+        return seq[i] if seq is not None else None
+    except IndexError:
+        return None
+
+
+def compile_program(
+    analysis: Analysis, *, builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS
+) -> tuple[dict[str, CompiledStage], RuntimeSettings]:
+    """Compile a checked policy set (no errors) into stages and runtime settings."""
+    compiler = _Compiler(analysis, builtins)
+    settings = compiler.settings()
+    stages = {
+        name: compiler.stage(analysis.stages[name])
+        for name in STAGE_ORDER if name in analysis.stages
+    }
+    return stages, settings
+
+
+class _Compiler:
+    def __init__(self, analysis: Analysis, builtins: Mapping[str, Builtin]) -> None:
+        self.analysis = analysis
+        self.types = analysis.types
+        self.field_refs = analysis.field_refs
+        self.builtins = builtins
+        self.let_values: dict[str, Compiled] = {}
+        self.slots: dict[str, int] = {}
+
+    def type_of(self, expr: n.Expr) -> t.Type:
+        return self.types.get(id(expr), t.ANY)
+
+    # -- set level ------------------------------------------------------------------------
+
+    def settings(self) -> RuntimeSettings:
+        values: dict[str, Any] = {}
+        for name, setting in self.analysis.settings.items():
+            if isinstance(setting.value, n.Action):
+                values[name] = self.outcome(setting.value)
+            else:
+                compiled = self.expr(setting.value)
+                assert isinstance(compiled, Const), name
+                value = compiled.value
+                values[name] = value.lower() if name == "quarantine_to" else value
+        return RuntimeSettings(**values)
+
+    def stage(self, stage: Any) -> CompiledStage:
+        rules = tuple(self.rule(rule) for rule in stage.rules)
+        steps = tuple((rule.cond, rule) for rule in self.fuse(stage.rules, rules))
+        default = stage.default
+        if default is None:
+            return CompiledStage(stage.name, rules, Outcome("accept"), None, steps)
+        ref = RuleRef("default", default.span.file, default.span.line, default.span.column)
+        return CompiledStage(stage.name, rules, self.outcome(default.action), ref, steps)
+
+    def fuse(self, asts: list[n.Rule], rules: tuple[CompiledRule, ...]) -> list[CompiledRule]:
+        """Merge runs of simple rules testing one field against constants into one step.
+
+        `sender ends_with "@a.test"`, `sender ends_with "@b.test"`, ... become a single
+        `str.endswith(tuple)` call; `x == c` / `x in [...]` runs become one dict lookup.
+        First-match order is kept: the group reports the first member that matches."""
+        out: list[CompiledRule] = []
+        run: list[tuple[CompiledRule, Any]] = []
+        run_key: tuple[Any, ...] | None = None
+
+        def flush() -> None:
+            if len(run) >= 2:
+                out.append(_group(run_key, run))  # type: ignore[arg-type]
+            else:
+                out.extend(rule for rule, _ in run)
+            run.clear()
+
+        for ast, rule in zip(asts, rules, strict=True):
+            shape = self.fusable(ast)
+            if shape is None:
+                flush()
+                run_key = None
+                out.append(rule)
+                continue
+            key, value = shape
+            if key != run_key:
+                flush()
+                run_key = key
+            run.append((rule, value))
+        flush()
+        return out
+
+    def fusable(self, rule: n.Rule) -> tuple[tuple[Any, ...], Any] | None:
+        if rule.dry_run or rule.statements or not isinstance(rule.final, n.Action):
+            return None
+        when = rule.when
+        if not isinstance(when, n.Compare) or when.op not in _FUSABLE:
+            return None
+        field_ = self.field_refs.get(id(when.left))
+        if field_ is None or self.type_of(when.left).optional:
+            return None
+        _, right, _, right_t = self.operands(when)
+        if not isinstance(right, Const):
+            return None
+        family = _FUSABLE[when.op]
+        if family == "eq":
+            values = (right.value,) if when.op == "==" else right.value
+            if right_t.kind == "cidr" or (when.op == "in" and right_t.elem is not None
+                                          and right_t.elem.kind in ("ip", "cidr")):
+                return None
+            try:
+                frozenset(values)
+            except TypeError:
+                return None
+        elif not isinstance(right.value, str):
+            return None
+        else:
+            values = right.value
+        return (field_.name, family), (field_.get, values)
+
+    def rule(self, rule: n.Rule) -> CompiledRule:
+        cond = self.expr(rule.when)
+        if isinstance(cond, Const):
+            always = bool(cond.value)
+            cond_fn: Closure = lambda ctx: always  # noqa: E731
+        else:
+            cond_fn = cond
+        final = self.outcome(rule.final) if isinstance(rule.final, n.Action) else None
+        on_error: Outcome | str | None = None
+        if isinstance(rule.on_error, n.Continue):
+            on_error = CONTINUE
+        elif isinstance(rule.on_error, n.Action):
+            on_error = self.outcome(rule.on_error)
+        ref = RuleRef(rule.name, rule.span.file, rule.span.line, rule.span.column)
+        statements = tuple(self.statement(s) for s in rule.statements)
+        return CompiledRule(rule.name, ref, cond_fn, statements, final, on_error, rule.dry_run)
+
+    def outcome(self, action: n.Action) -> Outcome:
+        message: str | Closure | None = None
+        if action.message is not None:
+            compiled = self.expr(action.message)
+            message = compiled.value if isinstance(compiled, Const) else compiled
+        if action.kind == "quarantine":
+            return Outcome("quarantine", reason=message)
+        if action.kind in ("reject", "tempfail"):
+            return Outcome(action.kind, status=action.code, enhanced=action.enhanced,
+                           message=message)
+        return Outcome(action.kind)
+
+    def statement(self, statement: n.Statement) -> Statement:
+        if isinstance(statement, n.Log):
+            text = as_closure(self.expr(statement.message))
+
+            def log(ctx: EvalContext, mods: list) -> None:
+                ctx.log(to_text(text(ctx)))
+            return log
+        return self.modification(statement)
+
+    def modification(self, mod: n.Modification) -> Statement:
+        kind = mod.kind
+        header = mod.header or ""
+        index = mod.index if mod.index is not None else 1
+        value = self.expr(mod.value) if mod.value is not None else Const(None)
+        factories: dict[str, Callable[[Any], Any]] = {
+            "add_header": lambda v: AddHeader(name=header, value=header_text(v)),
+            "insert_header": lambda v: InsertHeader(index=index, name=header,
+                                                    value=header_text(v)),
+            "change_header": lambda v: ChangeHeader(index=index, name=header,
+                                                    value=header_text(v)),
+            "delete_header": lambda v: DeleteHeader(index=index, name=header),
+            "change_from": lambda v: ChangeFrom(value=to_text(v).strip()),
+            "add_recipient": lambda v: AddRecipient(value=to_text(v).strip()),
+            "delete_recipient": lambda v: DeleteRecipient(value=to_text(v).strip().lower()),
+            "replace_contents": lambda v: ReplaceContents(value=to_text(v)),
+        }
+        make = factories[kind]
+        if isinstance(value, Const):
+            built = make(value.value)
+
+            def append_const(ctx: EvalContext, mods: list) -> None:
+                mods.append(built)
+            return append_const
+        get = value
+
+        def append(ctx: EvalContext, mods: list) -> None:
+            mods.append(make(get(ctx)))
+        return append
+
+    # -- expressions ----------------------------------------------------------------------
+
+    def expr(self, expr: n.Expr) -> Compiled:
+        return getattr(self, f"_{type(expr).__name__}")(expr)
+
+    def _Literal(self, expr: n.Literal) -> Compiled:
+        if expr.kind == "ip":
+            return Const(IP.from_address(expr.value))  # type: ignore[arg-type]
+        if expr.kind == "cidr":
+            return Const(normalize_network(expr.value))  # type: ignore[arg-type]
+        return Const(expr.value)
+
+    def _Template(self, expr: n.Template) -> Compiled:
+        parts = [p if isinstance(p, str) else self.expr(p) for p in expr.parts]
+        if all(isinstance(p, str | Const) for p in parts):
+            return Const("".join(p if isinstance(p, str) else to_text(p.value)  # type: ignore[union-attr]
+                                 for p in parts))
+        pieces = tuple(p if isinstance(p, str) else as_closure(p) for p in parts)
+
+        def template(ctx: EvalContext) -> str:
+            return "".join(p if p.__class__ is str else to_text(p(ctx))  # type: ignore[operator]
+                           for p in pieces)
+        return template
+
+    def _Name(self, expr: n.Name) -> Compiled:
+        name = expr.name
+        slot = self.slots.get(name)
+        if slot is not None:
+            return lambda ctx: ctx.vars[slot]
+        if name in self.analysis.lets:
+            return self.let_value(name)
+        return self.field_refs[id(expr)].get
+
+    def let_value(self, name: str) -> Compiled:
+        if name not in self.let_values:
+            saved, self.slots = self.slots, {}
+            self.let_values[name] = self.expr(self.analysis.lets[name].value)
+            self.slots = saved
+        return self.let_values[name]
+
+    def _Attr(self, expr: n.Attr) -> Compiled:
+        field_ = self.field_refs.get(id(expr))
+        if field_ is not None:
+            return field_.get
+        obj = self.expr(expr.obj)
+        getter = operator.attrgetter(expr.name)
+        if isinstance(obj, Const):
+            return Const(None if obj.value is None else getter(obj.value))
+
+        def attr(ctx: EvalContext) -> Any:
+            value = obj(ctx)
+            return None if value is None else getter(value)
+        return attr
+
+    def _Index(self, expr: n.Index) -> Compiled:
+        obj, idx = self.expr(expr.obj), self.expr(expr.index)
+        if isinstance(obj, Const) and isinstance(idx, Const):
+            return Const(_index(obj.value, idx.value))
+        get_obj, get_idx = as_closure(obj), as_closure(idx)
+        return lambda ctx: _index(get_obj(ctx), get_idx(ctx))
+
+    def _ListExpr(self, expr: n.ListExpr) -> Compiled:
+        items = [self.expr(item) for item in expr.items]
+        if all(isinstance(i, Const) for i in items):
+            return Const(tuple(i.value for i in items))  # type: ignore[union-attr]
+        getters = tuple(as_closure(i) for i in items)
+        return lambda ctx: [g(ctx) for g in getters]
+
+    def _Not(self, expr: n.Not) -> Compiled:
+        if isinstance(expr.operand, n.Compare):
+            return self._Compare(expr.operand, negate=True)
+        operand = self.expr(expr.operand)
+        if isinstance(operand, Const):
+            return Const(not operand.value)
+        return lambda ctx: not operand(ctx)
+
+    def _BoolOp(self, expr: n.BoolOp) -> Compiled:
+        short = expr.op == "or"  # the value that decides early
+        runtime: list[Closure] = []
+        for operand in expr.operands:
+            compiled = self.expr(operand)
+            if isinstance(compiled, Const):
+                if bool(compiled.value) is short:
+                    return Const(short)
+                continue  # a neutral constant drops out
+            runtime.append(compiled)
+        if not runtime:
+            return Const(not short)
+        result = runtime[-1]
+        for left in reversed(runtime[:-1]):
+            result = _either(left, result) if short else _both(left, result)
+        return result
+
+    def _Quantifier(self, expr: n.Quantifier) -> Compiled:
+        iterable = as_closure(self.expr(expr.iterable))
+        slot = len(self.slots)
+        saved = self.slots
+        self.slots = {**saved, expr.var: slot}
+        body = as_closure(self.expr(expr.body))
+        self.slots = saved
+        want = expr.kind == "any"
+
+        def quantifier(ctx: EvalContext) -> bool:
+            values = ctx.vars
+            if values is None:
+                values = ctx.vars = []
+            while len(values) <= slot:
+                values.append(None)
+            for item in iterable(ctx) or ():
+                values[slot] = item
+                if bool(body(ctx)) is want:
+                    return want
+            return not want
+        return quantifier
+
+    def _Call(self, expr: n.Call) -> Compiled:
+        builtin = self.builtins[expr.func]
+        args = [self.expr(a) for a in expr.args]
+        optional = any(self.type_of(a).optional for a in expr.args)
+        none_result = builtin.none_result
+        impl = builtin.impl
+        if builtin.kind == "pure" and all(isinstance(a, Const) for a in args):
+            values = [a.value for a in args]  # type: ignore[union-attr]
+            if any(v is None for v in values):
+                return Const(none_result)
+            return Const(impl(*values))
+        getters = tuple(as_closure(a) for a in args)
+        if builtin.kind == "lookup":
+            return _lookup_closure(builtin.name, impl, getters, optional, none_result)
+        if builtin.kind == "request":
+            (get,) = getters
+
+            def request_call(ctx: EvalContext) -> Any:
+                value = get(ctx)
+                return none_result if value is None else impl(ctx, value)
+            return request_call
+        if len(getters) == 1:
+            (get,) = getters
+            if not optional:
+                return lambda ctx: impl(get(ctx))
+
+            def pure_call(ctx: EvalContext) -> Any:
+                value = get(ctx)
+                return none_result if value is None else impl(value)
+            return pure_call
+
+        def pure_call_n(ctx: EvalContext) -> Any:
+            values = [g(ctx) for g in getters]
+            return none_result if None in values else impl(*values)
+        return pure_call_n
+
+    # -- comparisons ----------------------------------------------------------------------
+
+    def operands(self, expr: n.Compare) -> tuple[Compiled, Compiled, t.Type, t.Type]:
+        """Both sides compiled, with the plain-text side lower-cased against an address."""
+        op = expr.op
+        left_t, right_t = self.type_of(expr.left), self.type_of(expr.right)
+        left, right = self.expr(expr.left), self.expr(expr.right)
+        if op in ("==", "!=", "contains", "starts_with", "ends_with"):
+            left, right = self.case_fold(left, left_t, right, right_t)
+        elif op in ("in", "not in") and right_t.kind == "list" and right_t.elem is not None:
+            left, right = self.case_fold(left, left_t, right, right_t.elem)
+        return left, right, left_t, right_t
+
+    def _Compare(self, expr: n.Compare, negate: bool = False) -> Compiled:
+        op = expr.op
+        left, right, left_t, right_t = self.operands(expr)
+        if negate and op in _DUAL:
+            op, negate = _DUAL[op], False
+        compiled = _COMPARE[op](left, right, left_t.optional or left_t.is_any, right_t,
+                                negate)
+        if isinstance(left, Const) and isinstance(right, Const) and not isinstance(
+                compiled, Const):
+            try:
+                return Const(compiled(None))  # type: ignore[arg-type]
+            except Exception:
+                return compiled
+        return compiled
+
+    def case_fold(self, left: Compiled, left_t: t.Type, right: Compiled,
+                  right_t: t.Type) -> tuple[Compiled, Compiled]:
+        """Address vs. plain text: lower the plain side, since addresses are lower-case."""
+        if left_t.kind == "address" and right_t.kind == "string":
+            return left, _lowered(right)
+        if right_t.kind == "address" and left_t.kind == "string":
+            return _lowered(left), right
+        return left, right
+
+
+_FUSABLE = {"==": "eq", "in": "eq", "starts_with": "starts", "ends_with": "ends"}
+_DUAL = {"==": "!=", "!=": "==", "in": "not in", "not in": "in"}
+
+
+def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> CompiledRule:
+    """One step for a run of fusable rules (see `_Compiler.fuse`)."""
+    members = tuple(rule for rule, _ in run)
+    get = run[0][1][0]
+    family = key[1]
+    if family == "eq":
+        index: dict[Any, int] = {}
+        for position, (_, (_, values)) in enumerate(run, start=1):
+            for value in values:
+                index.setdefault(value, position)
+        lookup = index.get
+
+        def cond(ctx: EvalContext) -> int:
+            return lookup(get(ctx), 0)
+    else:
+        affixes = tuple(values for _, (_, values) in run)
+        method = str.endswith if family == "ends" else str.startswith
+
+        def cond(ctx: EvalContext) -> int:
+            value = get(ctx)
+            if method(value, affixes):
+                for position, affix in enumerate(affixes, start=1):
+                    if method(value, affix):
+                        return position
+            return 0
+    first = members[0]
+    name = f"{first.name}..{members[-1].name}"
+    return CompiledRule(name, first.ref, cond, (), None, None, False, members)
+
+
+def _lowered(compiled: Compiled) -> Compiled:
+    if isinstance(compiled, Const):
+        value = compiled.value
+        if isinstance(value, str):
+            return Const(value.lower())
+        if isinstance(value, tuple):
+            return Const(tuple(v.lower() if isinstance(v, str) else v for v in value))
+        return compiled
+    get = compiled
+
+    def lowered(ctx: EvalContext) -> Any:
+        value = get(ctx)
+        if isinstance(value, str):
+            return value.lower()
+        if isinstance(value, list):
+            return [v.lower() if isinstance(v, str) else v for v in value]
+        return value
+    return lowered
+
+
+def _either(left: Closure, right: Closure) -> Closure:
+    """`left or right`; an error on one side does not matter if the other side is true."""
+
+    def either(ctx: EvalContext) -> bool:
+        try:
+            if left(ctx):
+                return True
+        except DeadlineExceeded:
+            raise
+        except Exception:
+            if right(ctx):
+                return True
+            raise
+        return bool(right(ctx))
+    return either
+
+
+def _both(left: Closure, right: Closure) -> Closure:
+    """`left and right`; an error on one side does not matter if the other side is false."""
+
+    def both(ctx: EvalContext) -> bool:
+        try:
+            if not left(ctx):
+                return False
+        except DeadlineExceeded:
+            raise
+        except Exception:
+            if not right(ctx):
+                return False
+            raise
+        return bool(right(ctx))
+    return both
+
+
+_MISSING = object()
+
+
+def _lookup_closure(name: str, method: str, getters: tuple[Closure, ...], optional: bool,
+                    none_result: Any) -> Closure:
+    """A lookup call.  A memo hit is one dict read; a miss on a local (non-blocking)
+    directory calls it inline; anything else goes through `run_lookup` (timing, deadline,
+    remembered failures)."""
+    if len(getters) == 1:
+        (get,) = getters
+
+        def lookup1(ctx: EvalContext) -> Any:
+            arg = get(ctx)
+            if arg is None:
+                return none_result
+            key = (name, arg)
+            memo = ctx.memo
+            value = memo.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            if ctx.timed or ctx.failures is not None:
+                return run_lookup(ctx, name, method, (arg,), key)
+            try:
+                value = getattr(ctx.directory, method)(arg)
+            except Exception as exc:
+                raise failed(ctx, name, (arg,), key, exc, None) from exc
+            memo[key] = value
+            ctx.lookup_log.append(LookupRecord(name, (arg,), value, None, None))
+            return value
+        return lookup1
+
+    if len(getters) == 2:
+        first, second = getters
+
+        def lookup2(ctx: EvalContext) -> Any:
+            a = first(ctx)
+            b = second(ctx)
+            if a is None or b is None:
+                return none_result
+            key = (name, a, b)
+            memo = ctx.memo
+            value = memo.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            if ctx.timed or ctx.failures is not None:
+                return run_lookup(ctx, name, method, (a, b), key)
+            try:
+                value = getattr(ctx.directory, method)(a, b)
+            except Exception as exc:
+                raise failed(ctx, name, (a, b), key, exc, None) from exc
+            memo[key] = value
+            ctx.lookup_log.append(LookupRecord(name, (a, b), value, None, None))
+            return value
+        return lookup2
+
+    def lookup_n(ctx: EvalContext) -> Any:
+        args = tuple([g(ctx) for g in getters])
+        if None in args:
+            return none_result
+        key = (name, *args)
+        value = ctx.memo.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        return run_lookup(ctx, name, method, args, key)
+    return lookup_n
+
+
+# -- comparison builders: (left, right, left may be none, right type, negate) → closure ----
+
+def _cmp_eq(left: Compiled, right: Compiled, _opt: bool, _rt: t.Type,
+            negate: bool = False) -> Compiled:
+    if isinstance(left, Const) and not isinstance(right, Const):
+        left, right = right, left
+    get = as_closure(left)
+    if isinstance(right, Const):
+        c = right.value
+        if c is None:
+            if negate:
+                return lambda ctx: get(ctx) is not None
+            return lambda ctx: get(ctx) is None
+        if negate:
+            return lambda ctx: get(ctx) != c
+        return lambda ctx: get(ctx) == c
+    other = right
+    if negate:
+        return lambda ctx: get(ctx) != other(ctx)
+    return lambda ctx: get(ctx) == other(ctx)
+
+
+def _cmp_ne(left: Compiled, right: Compiled, opt: bool, rt: t.Type,
+            negate: bool = False) -> Compiled:
+    return _cmp_eq(left, right, opt, rt, not negate)
+
+
+def _ordering(fn: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
+    def build(left: Compiled, right: Compiled, _opt: bool, _rt: t.Type,
+              negate: bool = False) -> Compiled:
+        a, b = as_closure(left), as_closure(right)
+
+        def ordered(ctx: EvalContext) -> bool:
+            x = a(ctx)
+            y = b(ctx)
+            return (x is not None and y is not None and fn(x, y)) is not negate
+        return ordered
+    return build
+
+
+def _container(value: Any, right_t: t.Type) -> Any:
+    if right_t.kind == "cidr":
+        return IPSet([value])
+    items = tuple(value)
+    if right_t.elem is not None and right_t.elem.kind in ("ip", "cidr"):
+        return IPSet(items)
+    try:
+        return frozenset(items)
+    except TypeError:
+        return items
+
+
+def _cmp_in(left: Compiled, right: Compiled, _opt: bool, rt: t.Type,
+            negate: bool = False) -> Compiled:
+    get = as_closure(left)
+    if isinstance(right, Const):
+        container = _container(right.value, rt)
+        if negate:
+            return lambda ctx: get(ctx) not in container
+        return lambda ctx: get(ctx) in container
+    items = right
+
+    def member(ctx: EvalContext) -> bool:
+        seq = items(ctx)
+        return (seq is not None and get(ctx) in seq) is not negate
+    return member
+
+
+def _cmp_not_in(left: Compiled, right: Compiled, opt: bool, rt: t.Type,
+                negate: bool = False) -> Compiled:
+    return _cmp_in(left, right, opt, rt, not negate)
+
+
+def _cmp_matches(left: Compiled, right: Compiled, opt: bool, _rt: t.Type,
+                 negate: bool = False) -> Compiled:
+    get = as_closure(left)
+    if isinstance(right, Const):
+        search = right.value.search
+        if not opt:
+            if negate:
+                return lambda ctx: search(get(ctx)) is None
+            return lambda ctx: search(get(ctx)) is not None
+
+        def matches(ctx: EvalContext) -> bool:
+            value = get(ctx)
+            return (value is not None and search(value) is not None) is not negate
+        return matches
+    pattern = as_closure(right)
+
+    def matches_dynamic(ctx: EvalContext) -> bool:
+        value = get(ctx)
+        return (value is not None and pattern(ctx).search(value) is not None) is not negate
+    return matches_dynamic
+
+
+def _text_method(method: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
+    def build(left: Compiled, right: Compiled, opt: bool, _rt: t.Type,
+              negate: bool = False) -> Compiled:
+        get = as_closure(left)
+        if isinstance(right, Const) and opt and right.value is not None and method is _contains:
+            needle = right.value
+
+            def contains_optional(ctx: EvalContext) -> bool:
+                value = get(ctx)
+                return (value is not None and needle in value) is not negate
+            return contains_optional
+        if isinstance(right, Const) and not opt and right.value is not None:
+            c = right.value
+            if method is _contains:
+                if negate:
+                    return lambda ctx: c not in get(ctx)
+                return lambda ctx: c in get(ctx)
+            if method is str.endswith:
+                if negate:
+                    return lambda ctx: not get(ctx).endswith(c)
+                return lambda ctx: get(ctx).endswith(c)
+            if negate:
+                return lambda ctx: not method(get(ctx), c)
+            return lambda ctx: method(get(ctx), c)
+        other = as_closure(right)
+
+        def text_op(ctx: EvalContext) -> bool:
+            value = get(ctx)
+            arg = other(ctx)
+            return (value is not None and arg is not None and method(value, arg)) is not negate
+        return text_op
+    return build
+
+
+def _contains(haystack: Any, needle: Any) -> bool:
+    return needle in haystack
+
+
+_COMPARE: dict[str, Callable[..., Compiled]] = {
+    "==": _cmp_eq,
+    "!=": _cmp_ne,
+    "<": _ordering(operator.lt),
+    "<=": _ordering(operator.le),
+    ">": _ordering(operator.gt),
+    ">=": _ordering(operator.ge),
+    "in": _cmp_in,
+    "not in": _cmp_not_in,
+    "matches": _cmp_matches,
+    "contains": _text_method(_contains),
+    "starts_with": _text_method(str.startswith),
+    "ends_with": _text_method(str.endswith),
+}

@@ -1,0 +1,116 @@
+"""An immutable in-memory index of the directory tables, and the in-memory `Directory`.
+
+`DirectoryIndex` is what every local backend serves lookups from: the SQLite replica and
+(later) the SpacetimeDB subscription build one from table rows and swap it in atomically.
+Every lookup is one or two dictionary/set reads, so lookup time does not grow with the
+size of the tables.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..ipset import IP, IPSet, parse_entry
+from . import Account, Category, DirectoryRows
+
+log = logging.getLogger(__name__)
+
+
+class DirectoryIndex:
+    """Lookup structures built once from `DirectoryRows`."""
+
+    __slots__ = ("_accounts", "_admins", "_blocked", "_categories", "_subscribed", "rows")
+
+    def __init__(self, rows: DirectoryRows) -> None:
+        self.rows = rows
+        entries = []
+        for row in rows.blocked_ips:
+            if not row.active:
+                continue
+            try:
+                entries.append(parse_entry(row.ip))
+            except ValueError:
+                log.warning("ignoring blocked_ips entry %r: not an IP address or network",
+                            row.ip)
+        self._blocked = IPSet(entries)
+        self._categories = {
+            row.email_address.strip().lower(): Category(
+                id=row.id, name=row.name, address=row.email_address.strip().lower(),
+                description=row.description)
+            for row in rows.message_categories if row.active
+        }
+        accounts: dict[str, Account] = {}
+        active_ids_by_email: dict[str, set[int]] = {}
+        for row in sorted(rows.account, key=lambda r: r.id):
+            if not row.is_active:
+                continue
+            email = row.email.strip().lower()
+            accounts.setdefault(email, Account(id=row.id, name=row.name, email=email,
+                                               identity=row.identity))
+            active_ids_by_email.setdefault(email, set()).add(row.id)
+        self._accounts = accounts
+        admin_identities = {identity.lower() for identity in rows.admin_identities}
+        self._admins = frozenset(
+            row.email.strip().lower() for row in rows.account
+            if row.is_active and row.identity and row.identity.lower() in admin_identities
+        )
+        email_by_account = {
+            account_id: email
+            for email, ids in active_ids_by_email.items() for account_id in ids
+        }
+        self._subscribed = frozenset(
+            (email_by_account[sub.subscriber_account_id], sub.category_id)
+            for sub in rows.subscriptions
+            if sub.active and sub.subscriber_account_id in email_by_account
+        )
+
+    def ip_blocked(self, ip: IP) -> bool:
+        return ip in self._blocked
+
+    def category(self, address: str) -> Category | None:
+        return self._categories.get(address.lower())
+
+    def account(self, address: str) -> Account | None:
+        return self._accounts.get(address.lower())
+
+    def is_admin(self, address: str) -> bool:
+        return address.lower() in self._admins
+
+    def subscribed(self, address: str, category: Category) -> bool:
+        return (address.lower(), category.id) in self._subscribed
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "blocked_ips": len(self._blocked),
+            "message_categories": len(self._categories),
+            "account": len(self._accounts),
+            "admin_identities": len(self.rows.admin_identities),
+            "subscriptions": len(self._subscribed),
+        }
+
+
+class InMemoryDirectory:
+    """A `Directory` over rows held in memory (tests, benchmarks, `komm-policy eval`).
+
+    The lookup methods are the current index's own bound methods, rebound on `replace`, so a
+    lookup is one call, and a swap is atomic for every lookup that starts after it."""
+
+    blocking = False
+    """Lookups are dictionary reads; the runtime need not time them."""
+
+    def __init__(self, rows: DirectoryRows | None = None) -> None:
+        self.replace(rows or DirectoryRows())
+
+    def replace(self, rows: DirectoryRows) -> None:
+        """Swap in new content."""
+        index = DirectoryIndex(rows)
+        self.index = index
+        self.ip_blocked = index.ip_blocked
+        self.category = index.category
+        self.account = index.account
+        self.is_admin = index.is_admin
+        self.subscribed = index.subscribed
+
+    @property
+    def rows(self) -> DirectoryRows:
+        return self.index.rows

@@ -1,0 +1,300 @@
+"""Type inference for expressions: names, fields per stage, calls, operators.
+
+Produces a type for every expression node (recorded by node identity for the compiler) and
+a diagnostic, with a did-you-mean where a name is close, for everything that cannot work at
+run time.  An expression in error gets the type `any`, so one mistake is reported once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from . import nodes as n
+from . import types as t
+from .builtins import Builtin
+from .errors import Diagnostic, Severity, Span
+from .fields import NAMESPACES, Field
+
+Emit = Callable[[Diagnostic], None]
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str | None:
+    """A did-you-mean hint for a misspelt name."""
+    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{matches[0]}`?" if matches else None
+
+
+def dotted(expr: n.Expr) -> str | None:
+    """`client.ip` for Attr(Name(client), ip); None for anything that is not a plain path."""
+    if isinstance(expr, n.Name):
+        return expr.name
+    if isinstance(expr, n.Attr):
+        base = dotted(expr.obj)
+        return f"{base}.{expr.name}" if base is not None else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where an expression appears: which stage, and what it may refer to."""
+
+    stage: str | None
+    where: str  # "a `let`", "settings", "a rule", "an `on error` action"
+    allow_request: bool = True
+    allow_lookups: bool = True
+    vars: Mapping[str, t.Type] = field(default_factory=dict)
+
+    def with_var(self, name: str, type_: t.Type) -> Scope:
+        return Scope(self.stage, self.where, self.allow_request, self.allow_lookups,
+                     {**self.vars, name: type_})
+
+
+_LITERAL_TYPES = {
+    "string": t.STRING, "int": t.INT, "bool": t.BOOL, "none": t.NONE, "ip": t.IP,
+    "cidr": t.CIDR, "regex": t.REGEX, "duration": t.DURATION, "size": t.SIZE,
+}
+
+
+class Inference:
+    """Types expressions; shared by every rule of one policy set."""
+
+    def __init__(
+        self,
+        builtins: Mapping[str, Builtin],
+        fields: Mapping[str, Field],
+        let_type: Callable[[str, Span], t.Type | None],
+        emit: Emit,
+    ) -> None:
+        self.builtins = builtins
+        self.fields = fields
+        self.let_type = let_type
+        self.emit = emit
+        self.types: dict[int, t.Type] = {}
+        self.field_refs: dict[int, Field] = {}
+
+    def error(self, code: str, message: str, span: Span, hint: str | None = None) -> t.Type:
+        self.emit(Diagnostic(code, Severity.ERROR, message, span, hint))
+        return t.ANY
+
+    def warn(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
+        self.emit(Diagnostic(code, Severity.WARNING, message, span, hint))
+
+    def infer(self, expr: n.Expr, scope: Scope) -> t.Type:
+        method = getattr(self, f"_{type(expr).__name__}")
+        result: t.Type = method(expr, scope)
+        self.types[id(expr)] = result
+        return result
+
+    def expect_bool(self, expr: n.Expr, scope: Scope, what: str) -> None:
+        type_ = self.infer(expr, scope)
+        if type_.kind not in ("bool", "any"):
+            hint = None
+            if type_.optional:
+                hint = "compare with none explicitly, e.g. `x != none`"
+            self.error("E106", f"{what} must be true or false, but this is {type_}",
+                       expr.span, hint)
+
+    # -- leaves ---------------------------------------------------------------------------
+
+    def _Literal(self, expr: n.Literal, scope: Scope) -> t.Type:
+        return _LITERAL_TYPES[expr.kind]
+
+    def _Template(self, expr: n.Template, scope: Scope) -> t.Type:
+        for part in expr.parts:
+            if not isinstance(part, str):
+                type_ = self.infer(part, scope)
+                if type_.kind in ("category", "account", "regex"):
+                    self.error("E105", f"cannot write a {type_} value into text", part.span,
+                               "pick a field, e.g. `.name` or `.address`"
+                               if type_.kind in ("category", "account") else None)
+        return t.STRING
+
+    def _field(self, field_: Field, expr: n.Expr, scope: Scope) -> t.Type:
+        if not scope.allow_request:
+            return self.error("E109", f"{scope.where} cannot use the request field "
+                              f"`{field_.name}`", expr.span,
+                              "`let` constants and settings are fixed when the policy loads")
+        if scope.stage is not None and scope.stage not in field_.stages:
+            return self.error("E103", f"`{field_.name}` is not available at stage "
+                              f"`{scope.stage}`", expr.span,
+                              f"Stalwart sends it at: {field_.stage_list()}")
+        self.field_refs[id(expr)] = field_
+        return field_.type
+
+    def _Name(self, expr: n.Name, scope: Scope) -> t.Type:
+        name = expr.name
+        if name in scope.vars:
+            return scope.vars[name]
+        let_type = self.let_type(name, expr.span)
+        if let_type is not None:
+            return let_type
+        if name in self.fields:
+            return self._field(self.fields[name], expr, scope)
+        if name in NAMESPACES:
+            members = sorted(f for f in self.fields if f.startswith(name + "."))
+            return self.error("E102", f"`{name}` is not a value by itself", expr.span,
+                              f"use one of its fields: {', '.join(members)}")
+        if name in self.builtins:
+            return self.error("E102", f"`{name}` is a function", expr.span,
+                              f"call it: `{self.builtins[name].signature}`")
+        candidates = [*scope.vars, *self.fields, *NAMESPACES]
+        return self.error("E102", f"unknown name `{name}`", expr.span,
+                          suggest(name, candidates))
+
+    def _Attr(self, expr: n.Attr, scope: Scope) -> t.Type:
+        path = dotted(expr)
+        root = path.split(".", 1)[0] if path else None
+        if path is not None and root not in scope.vars and self.let_type(root, expr.span) is None:
+            if path in self.fields:
+                return self._field(self.fields[path], expr, scope)
+            if root in NAMESPACES:
+                same_root = [f for f in self.fields if f.startswith(root + ".")]
+                return self.error("E107", f"unknown request field `{path}`", expr.name_span,
+                                  suggest(path, same_root) or
+                                  f"`{root}` has: {', '.join(sorted(same_root))}")
+        obj_type = self.infer(expr.obj, scope)
+        if obj_type.is_any:
+            return t.ANY
+        record = t.RECORD_FIELDS.get(obj_type.kind)
+        if record is None:
+            return self.error("E105", f"`.{expr.name}` needs a category or account, but this "
+                              f"is {obj_type}", expr.name_span)
+        if expr.name not in record:
+            return self.error("E107", f"a {obj_type.kind} has no field `{expr.name}`",
+                              expr.name_span, suggest(expr.name, record) or
+                              f"its fields are: {', '.join(record)}")
+        result = record[expr.name]
+        return result.opt() if obj_type.optional else result
+
+    def _Index(self, expr: n.Index, scope: Scope) -> t.Type:
+        obj_type = self.infer(expr.obj, scope)
+        index_type = self.infer(expr.index, scope)
+        if index_type.kind not in ("int", "any") or index_type.optional:
+            self.error("E105", f"a list index must be an int, but this is {index_type}",
+                       expr.index.span)
+        if obj_type.is_any:
+            return t.ANY
+        if obj_type.kind != "list" or obj_type.elem is None:
+            return self.error("E105", f"only lists can be indexed, but this is {obj_type}",
+                              expr.obj.span)
+        return obj_type.elem.opt()
+
+    def _Call(self, expr: n.Call, scope: Scope) -> t.Type:
+        builtin = self.builtins.get(expr.func)
+        arg_types = [self.infer(arg, scope) for arg in expr.args]
+        if builtin is None:
+            return self.error("E101", f"unknown function `{expr.func}`", expr.func_span,
+                              suggest(expr.func, self.builtins))
+        if builtin.kind == "lookup" and not scope.allow_lookups:
+            return self.error("E108", f"{scope.where} cannot call the lookup `{expr.func}()`",
+                              expr.span, "lookups run only in rule conditions, statements "
+                              "and the rule's own action")
+        if builtin.kind == "request":
+            if not scope.allow_request:
+                return self.error("E109", f"{scope.where} cannot read the message with "
+                                  f"`{expr.func}()`", expr.span)
+            if scope.stage is not None and builtin.stages and scope.stage not in builtin.stages:
+                return self.error("E103", f"`{expr.func}()` is not available at stage "
+                                  f"`{scope.stage}`", expr.func_span,
+                                  f"it reads the message, which exists only at: "
+                                  f"{', '.join(sorted(builtin.stages))}")
+        if len(expr.args) != len(builtin.params):
+            count = len(builtin.params)
+            return self.error("E104", f"`{expr.func}()` takes {count} argument"
+                              f"{'s' if count != 1 else ''}, got {len(expr.args)}", expr.span,
+                              f"signature: {builtin.signature}")
+        optional_arg = False
+        for position, (param, arg, arg_type) in enumerate(
+                zip(builtin.params, expr.args, arg_types, strict=True), start=1):
+            if not param.accepts(arg_type):
+                self.error("E105", f"argument {position} (`{param.name}`) of "
+                           f"`{expr.func}()` must be {param.describe()}, but this is "
+                           f"{arg_type}", arg.span, f"signature: {builtin.signature}")
+            optional_arg = optional_arg or arg_type.optional
+        if optional_arg and builtin.none_result is None:
+            return builtin.returns.opt()
+        return builtin.returns
+
+    def _ListExpr(self, expr: n.ListExpr, scope: Scope) -> t.Type:
+        item_types = [self.infer(item, scope) for item in expr.items]
+        if not item_types:
+            return t.list_of(t.ANY)
+        joined = t.join(item_types)
+        if joined is None:
+            kinds = ", ".join(sorted({str(x) for x in item_types}))
+            return self.error("E105", f"list items must have one type, found {kinds}",
+                              expr.span)
+        return t.list_of(joined)
+
+    def _Not(self, expr: n.Not, scope: Scope) -> t.Type:
+        self.expect_bool(expr.operand, scope, "the operand of `not`")
+        return t.BOOL
+
+    def _BoolOp(self, expr: n.BoolOp, scope: Scope) -> t.Type:
+        for operand in expr.operands:
+            self.expect_bool(operand, scope, f"each side of `{expr.op}`")
+        return t.BOOL
+
+    def _Quantifier(self, expr: n.Quantifier, scope: Scope) -> t.Type:
+        iterable = self.infer(expr.iterable, scope)
+        elem = t.ANY
+        if not iterable.is_any:
+            if iterable.kind != "list" or iterable.elem is None:
+                self.error("E105", f"`{expr.kind} … in` needs a list, but this is {iterable}",
+                           expr.iterable.span)
+            else:
+                elem = iterable.elem
+        self.expect_bool(expr.body, scope.with_var(expr.var, elem),
+                         f"the condition of `{expr.kind}`")
+        return t.BOOL
+
+    def _Compare(self, expr: n.Compare, scope: Scope) -> t.Type:
+        left = self.infer(expr.left, scope)
+        right = self.infer(expr.right, scope)
+        if left.is_any or right.is_any:
+            return t.BOOL
+        op = expr.op
+        ok = True
+        hint = None
+        if op in ("==", "!="):
+            ok = t.comparable(left, right)
+            for side, other in ((expr.left, right), (expr.right, left)):
+                if (isinstance(side, n.Literal) and side.kind == "none"
+                        and not other.optional and other.kind != "none"):
+                    self.warn("W203", f"`{op} none` is always "
+                              f"{'false' if op == '==' else 'true'}: this value is never none",
+                              expr.span)
+        elif op in ("<", "<=", ">", ">="):
+            ok = t.ordered(left, right)
+        elif op in ("in", "not in"):
+            ok = _membership_ok(left, right)
+            if not ok and right.is_text:
+                hint = "use `contains` to look for text inside text"
+        elif op == "matches":
+            ok = left.is_text and right.kind == "regex"
+            if left.is_text and right.is_text:
+                hint = "write the pattern as a regex: /…/"
+        elif op == "contains":
+            ok = (left.is_text and right.is_text) or (
+                left.kind == "list" and left.elem is not None
+                and (left.elem.is_any or t.comparable(left.elem, right)))
+        else:  # starts_with, ends_with
+            ok = left.is_text and right.is_text
+        if not ok:
+            self.error("E105", f"`{op}` cannot combine {left} and {right}", expr.op_span, hint)
+        return t.BOOL
+
+
+def _membership_ok(left: t.Type, right: t.Type) -> bool:
+    if right.kind == "cidr":
+        return left.kind == "ip"
+    if right.kind != "list" or right.elem is None:
+        return False
+    elem = right.elem
+    if elem.is_any:
+        return True
+    if left.kind == "ip" and elem.kind in ("ip", "cidr"):
+        return True
+    return t.comparable(left.required(), elem.required())

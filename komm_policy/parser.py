@@ -1,0 +1,648 @@
+"""Text → AST.  Builds the Lark LALR parser once and turns its tree into `nodes`.
+
+Syntax errors never escape as Lark exceptions: they become positioned `Diagnostic`s that
+name what was expected in words and label the common mistakes (missing `when`, an unclosed
+string, `=` for `==`, a rule without an action, ...).  Literal values (IP addresses, CIDRs,
+regexes, durations, sizes) are validated and built here, once per load.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Token, Tree
+
+from . import nodes as n
+from .errors import Diagnostic, Severity, Span
+from .ipset import normalize_network
+
+MAX_NESTING = 64
+"""Deepest expression nesting accepted; deeper input is reported, never a RecursionError."""
+
+REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+ACTION_WORDS = ("accept", "reject", "tempfail", "discard", "quarantine")
+MODIFICATION_WORDS = (
+    "add_header", "insert_header", "change_header", "delete_header",
+    "change_from", "add_recipient", "delete_recipient", "replace_contents",
+)
+
+# Words for the named terminals, used in "expected ..." messages.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "STRING": "a string",
+    "INT": "a number",
+    "IPV4": "an IP address",
+    "IPV6": "an IP address",
+    "REGEX": "a regex /…/",
+    "DURATION": "a duration like 250ms",
+    "SIZE": "a size like 10MB",
+    "ENHANCED": "an enhanced status code like 5.7.1",
+    "$END": "end of file",
+}
+_COMPARISON_TOKENS = {"EQ", "NE", "LE", "GE", "LESSTHAN", "MORETHAN",
+                      "IN", "MATCHES", "CONTAINS", "STARTS_WITH", "ENDS_WITH"}
+_EXPRESSION_START = {"NAME", "STRING", "INT", "IPV4", "IPV6", "REGEX", "DURATION", "SIZE"}
+
+
+def grammar_text() -> str:
+    """The grammar, from the installed package (wheel) or from the source checkout."""
+    packaged = resources.files("komm_policy").joinpath("grammar/policy.lark")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parent.parent / "grammar" / "policy.lark"
+    return checkout.read_text(encoding="utf-8")
+
+
+def build_parser(*, strict: bool = False) -> lark.Lark:
+    return lark.Lark(
+        grammar_text(),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        start=["start", "expr"],
+        strict=strict,
+    )
+
+
+@functools.cache
+def _parser() -> lark.Lark:
+    return build_parser()
+
+
+@functools.cache
+def keywords() -> frozenset[str]:
+    """Reserved words: every keyword literal of the grammar."""
+    words = set()
+    for terminal in _parser().terminals:
+        pattern = terminal.pattern
+        if pattern.type == "str" and pattern.value.isidentifier():
+            words.add(pattern.value)
+    return frozenset(words)
+
+
+@dataclass(frozen=True, slots=True)
+class ParseResult:
+    file: n.PolicyFile | None
+    diagnostics: tuple[Diagnostic, ...]
+
+
+def parse(text: str, path: str = "<policy>") -> ParseResult:
+    """Parse one policy file.  Returns the AST (None on a syntax error) and diagnostics."""
+    text = text.removeprefix("\ufeff")
+    try:
+        tree = _parser().parse(text, start="start")
+    except lark.exceptions.UnexpectedInput as exc:
+        return ParseResult(None, (_syntax_diagnostic(exc, text, path, 1, 1),))
+    deep = _too_deep(tree, path)
+    if deep is not None:
+        return ParseResult(None, (deep,))
+    builder = _Builder(path, text)
+    policy = builder.policy_file(tree)
+    errors = tuple(builder.diagnostics)
+    return ParseResult(None if any(d.is_error for d in errors) else policy, errors)
+
+
+# ---------------------------------------------------------------------------------------
+# Syntax error messages
+
+
+def _end_position(text: str, line_base: int, col_base: int) -> tuple[int, int]:
+    """Where end-of-input errors point: just after the last non-blank character."""
+    stripped = text.rstrip()
+    if not stripped:
+        return line_base, col_base
+    lines = stripped.split("\n")
+    line = len(lines)
+    column = len(lines[-1]) + 1
+    if line == 1:
+        return line_base, col_base + column - 1
+    return line_base + line - 1, column
+
+
+def _describe_expected(expected: set[str]) -> str:
+    parser = _parser()
+    words: list[str] = []
+    remaining = set(expected)
+    if len(remaining & _EXPRESSION_START) >= 4:
+        words.append("an expression")
+        remaining -= _EXPRESSION_START | {"LPAR", "LSQB", "TRUE", "FALSE", "NONE", "NOT",
+                                          "ANY", "ALL"}
+    upper_actions = {w.upper() for w in ACTION_WORDS}
+    if remaining >= upper_actions:
+        words.append("an action (accept, reject, tempfail, discard, quarantine)")
+        remaining -= upper_actions
+    upper_mods = {w.upper() for w in MODIFICATION_WORDS}
+    if remaining >= upper_mods:
+        words.append("a modification (add_header, …)")
+        remaining -= upper_mods
+    operators = set()
+    for name in remaining:
+        if name in _TERMINAL_WORDS:
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            continue
+        if pattern.type == "str" and not pattern.value.isidentifier():
+            operators.add(name)
+    if len(operators) >= 6:
+        words.append("an operator")
+        remaining -= operators
+        remaining -= {"AND", "OR", "IN", "NOT", "MATCHES", "CONTAINS", "STARTS_WITH",
+                      "ENDS_WITH"}
+    described = set()
+    for name in sorted(remaining):
+        if name in _TERMINAL_WORDS:
+            described.add(_TERMINAL_WORDS[name])
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            described.add(name.lower())
+            continue
+        described.add(f"`{pattern.value}`" if pattern.type == "str" else name.lower())
+    words.extend(sorted(described))
+    if not words:
+        return "something else"
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _precise_expected(exc: lark.exceptions.UnexpectedToken) -> set[str]:
+    """What the parser accepts here.  LALR merges look-ahead sets of similar states, so
+    `exc.expected` can list tokens that are not valid in this context; trying each
+    candidate on the interactive parser gives the exact set."""
+    interactive = getattr(exc, "interactive_parser", None)
+    if interactive is not None:
+        try:
+            return set(interactive.accepts())
+        except Exception:  # pragma: no cover - fall back to Lark's own set
+            pass
+    return set(exc.expected)
+
+
+def _token_words(token: Token) -> str:
+    if token.type == "$END":
+        return "end of file"
+    value = str(token.value)
+    if token.type == "STRING":
+        return f"string {value}"
+    if token.type == "NAME":
+        return f"name `{value}`"
+    return f"`{value}`"
+
+
+def _enclosing_rule(text: str, pos: int) -> str | None:
+    found = None
+    for match in re.finditer(r"\brule\s+([A-Za-z_][A-Za-z0-9_]*)", text[:pos]):
+        found = match.group(1)
+    return found
+
+
+def _syntax_diagnostic(
+    exc: lark.exceptions.UnexpectedInput, text: str, path: str, line_base: int, col_base: int
+) -> Diagnostic:
+    def place(line: int, column: int, width: int = 1) -> Span:
+        if line_base != 1 or col_base != 1:
+            line, column = line_base, col_base + column - 1
+        return Span(path, line, column, line, column + max(width, 1))
+
+    def diag(code: str, message: str, span: Span, hint: str | None = None) -> Diagnostic:
+        return Diagnostic(code, Severity.ERROR, message, span, hint)
+
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        char = exc.char
+        span = place(exc.line, exc.column)
+        rest_of_line = text[exc.pos_in_stream:].split("\n", 1)[0]
+        if char == '"':
+            if rest_of_line.count('"') >= 2 and re.search(r"[{}]", rest_of_line):
+                return diag("E012", "unbalanced `{` or `}` in string", span,
+                            "write `{{` or `}}` for a literal brace; `{expr}` interpolates")
+            return diag("E003", "unclosed string", span,
+                        'a string must end with `"` on the same line')
+        if char == "/":
+            return diag("E004", "unclosed regex", span,
+                        "a regex is written /pattern/flags on one line; write `\\/` for a "
+                        "slash inside it")
+        if char == "=" and not rest_of_line.startswith("=="):
+            return diag("E005", "`=` is not a comparison", span, "use `==` to compare values")
+        allowed = getattr(exc, "allowed", None) or set()
+        expected = f"; expected {_describe_expected(set(allowed))}" if allowed else ""
+        return diag("E008", f"unexpected character `{char}`{expected}", span)
+
+    if isinstance(exc, lark.exceptions.UnexpectedEOF):
+        line, column = _end_position(text, line_base, col_base)
+        return diag("E002", f"unexpected end of file; expected "
+                    f"{_describe_expected(set(exc.expected))}",
+                    Span(path, line, column, line, column + 1))
+
+    assert isinstance(exc, lark.exceptions.UnexpectedToken)
+    token: Token = exc.token
+    expected = _precise_expected(exc)
+    if token.type == "$END":
+        line, column = _end_position(text, line_base, col_base)
+        span = Span(path, line, column, line, column + 1)
+        what = _describe_expected(expected)
+        if "RBRACE" in expected and len(expected) <= 6:
+            return diag("E002", "unexpected end of file: a `{` block is not closed", span,
+                        f"expected {what}")
+        return diag("E002", f"unexpected end of file; expected {what}", span)
+    width = len(str(token.value)) if token.value else 1
+    span = place(token.line or 1, token.column or 1, width)
+    found = _token_words(token)
+    if token.type == "EQUAL" and "EQUAL" not in expected:
+        return diag("E005", "`=` is not a comparison", span, "use `==` to compare values")
+    if token.type in _COMPARISON_TOKENS and expected & {"AND", "OR"}:
+        return diag("E001", f"unexpected {found}: comparisons do not chain", span,
+                    "combine comparisons with `and` / `or`, e.g. `a < b and b < c`")
+    if "WHEN" in expected:
+        return diag("E006", f"missing `when` before {found}", span,
+                    "a rule is `rule NAME: when CONDITION ACTION`; write `when true` for a "
+                    "rule that always applies")
+    if {"ACCEPT", "REJECT", "CONTINUE"} <= expected:
+        rule = _enclosing_rule(text, token.start_pos or 0) if line_base == 1 else None
+        who = f"rule `{rule}`" if rule else "this rule"
+        return diag("E007", f"{who} has no action: expected an action, a modification or "
+                    f"`continue`, found {found}", span,
+                    'end a rule with an action such as `accept` or `reject 550 5.7.1 "…"`, '
+                    "or with `continue` after modifications")
+    if "STAGE" in expected and token.type == "NAME":
+        return diag("E001", f"unexpected {found}; a policy file holds `settings`, `let` "
+                    "and `stage` blocks", span)
+    return diag("E001", f"unexpected {found}; expected {_describe_expected(expected)}", span)
+
+
+def _too_deep(tree: Tree, path: str) -> Diagnostic | None:
+    stack: list[tuple[Tree, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            meta = node.meta
+            line = getattr(meta, "line", 1)
+            column = getattr(meta, "column", 1)
+            return Diagnostic(
+                "E013", Severity.ERROR,
+                f"expression nested too deeply (more than {MAX_NESTING} levels)",
+                Span(path, line, column, line, column + 1),
+                "split the condition with `let` constants or simplify it")
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Lark tree → AST
+
+
+class _Builder:
+    """Walks Lark's tree (top-down, explicitly) and builds `nodes`; collects literal errors."""
+
+    def __init__(self, path: str, text: str, line_base: int = 1, col_base: int = 1) -> None:
+        self.path = path
+        self.text = text
+        self.line_base = line_base
+        self.col_base = col_base
+        self.diagnostics: list[Diagnostic] = []
+
+    # -- positions ------------------------------------------------------------------------
+
+    def _pos(self, line: int, column: int) -> tuple[int, int]:
+        if self.line_base == 1 and self.col_base == 1:
+            return line, column
+        return self.line_base, self.col_base + column - 1
+
+    def span(self, item: Tree | Token) -> Span:
+        if isinstance(item, Token):
+            line, col = self._pos(item.line or 1, item.column or 1)
+            end_line, end_col = self._pos(item.end_line or item.line or 1,
+                                          item.end_column or (item.column or 1) + 1)
+            return Span(self.path, line, col, end_line, end_col)
+        meta = item.meta
+        if getattr(meta, "empty", True):
+            return Span(self.path, self.line_base, self.col_base, self.line_base,
+                        self.col_base + 1)
+        line, col = self._pos(meta.line, meta.column)
+        end_line, end_col = self._pos(meta.end_line, meta.end_column)
+        return Span(self.path, line, col, end_line, end_col)
+
+    def error(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, Severity.ERROR, message, span, hint))
+
+    def name(self, token: Token, what: str) -> str:
+        value = str(token)
+        if value in keywords():
+            self.error("E014", f"`{value}` is a reserved word and cannot be used as {what}",
+                       self.span(token), "choose another name")
+        return value
+
+    # -- file level -----------------------------------------------------------------------
+
+    def policy_file(self, tree: Tree) -> n.PolicyFile:
+        items = tuple(self.item(child) for child in tree.children)
+        return n.PolicyFile(path=self.path, items=items, span=self.span(tree))
+
+    def item(self, tree: Tree) -> n.Item:
+        if tree.data == "settings":
+            settings = tuple(
+                n.Setting(name=self.name(s.children[0], "a setting name"),
+                          value=self.value_or_action(s.children[1]),
+                          name_span=self.span(s.children[0]), span=self.span(s))
+                for s in tree.children
+            )
+            return n.SettingsBlock(settings=settings, span=self.span(tree))
+        if tree.data == "let_decl":
+            name_tok, value = tree.children
+            return n.Let(name=self.name(name_tok, "a constant name"), value=self.expr(value),
+                         name_span=self.span(name_tok), span=self.span(tree))
+        assert tree.data == "stage", tree.data
+        name_tok, *items = tree.children
+        return n.StageBlock(
+            name=str(name_tok),
+            items=tuple(self.rule(i) if i.data == "rule" else self.default(i) for i in items),
+            name_span=self.span(name_tok),
+            span=self.span(tree),
+        )
+
+    def value_or_action(self, tree: Tree | Token) -> n.Expr | n.Action:
+        if isinstance(tree, Tree) and tree.data in ACTION_WORDS:
+            return self.action(tree)
+        return self.expr(tree)
+
+    def default(self, tree: Tree) -> n.Default:
+        return n.Default(action=self.action(tree.children[0]), span=self.span(tree))
+
+    def rule(self, tree: Tree) -> n.Rule:
+        name_tok, dry_run, when, *rest = tree.children
+        *statements, final, on_error = rest
+        return n.Rule(
+            name=self.name(name_tok, "a rule name"),
+            when=self.expr(when),
+            statements=tuple(self.statement(s) for s in statements),
+            final=self.final(final.children[0]),
+            on_error=self.final(on_error.children[0]) if on_error is not None else None,
+            dry_run=dry_run is not None,
+            name_span=self.span(name_tok),
+            span=self.span(tree),
+        )
+
+    def final(self, item: Tree | Token) -> n.Action | n.Continue:
+        if isinstance(item, Token):
+            return n.Continue(span=self.span(item))
+        return self.action(item)
+
+    def action(self, tree: Tree) -> n.Action:
+        kind = tree.data
+        span = self.span(tree)
+        if kind in ("accept", "discard"):
+            return n.Action(kind=kind, span=span)
+        if kind == "quarantine":
+            (reason,) = tree.children
+            return n.Action(kind=kind, message=self.string(reason) if reason else None,
+                            span=span)
+        code, enhanced, message = tree.children
+        return n.Action(
+            kind=kind,
+            code=int(code) if code is not None else None,
+            enhanced=str(enhanced) if enhanced is not None else None,
+            message=self.string(message) if message is not None else None,
+            code_span=self.span(code) if code is not None else None,
+            enhanced_span=self.span(enhanced) if enhanced is not None else None,
+            span=span,
+        )
+
+    def statement(self, tree: Tree) -> n.Statement:
+        span = self.span(tree)
+        if tree.data == "log_stmt":
+            return n.Log(message=self.expr(tree.children[0]), span=span)
+        kind = tree.data
+        children = tree.children
+        if kind in ("add_header", "insert_header", "change_header", "delete_header"):
+            header_tok = children[0]
+            header = self.plain_string(header_tok, "a header name")
+            value = None
+            index = None
+            if kind == "delete_header":
+                index = children[1]
+            elif kind == "add_header":
+                value = self.expr(children[1])
+            else:
+                value, index = self.expr(children[1]), children[2]
+            return n.Modification(kind=kind, header=header, value=value,
+                                  index=int(index.children[0]) if index is not None else None,
+                                  header_span=self.span(header_tok), span=span)
+        return n.Modification(kind=kind, value=self.expr(children[0]), span=span)
+
+    # -- expressions ----------------------------------------------------------------------
+
+    def expr(self, item: Tree | Token) -> n.Expr:
+        if isinstance(item, Token):  # pragma: no cover - every token is wrapped by a rule
+            raise AssertionError(f"bare token {item!r}")
+        method = getattr(self, f"x_{item.data}")
+        return method(item)
+
+    def x_string(self, tree: Tree) -> n.Expr:
+        return self.string(tree.children[0])
+
+    def x_int(self, tree: Tree) -> n.Expr:
+        tok = tree.children[0]
+        return n.Literal(kind="int", value=int(tok), text=str(tok), span=self.span(tree))
+
+    def x_true(self, tree: Tree) -> n.Expr:
+        return n.Literal(kind="bool", value=True, text="true", span=self.span(tree))
+
+    def x_false(self, tree: Tree) -> n.Expr:
+        return n.Literal(kind="bool", value=False, text="false", span=self.span(tree))
+
+    def x_none(self, tree: Tree) -> n.Expr:
+        return n.Literal(kind="none", value=None, text="none", span=self.span(tree))
+
+    def x_ip(self, tree: Tree) -> n.Expr:
+        tok = tree.children[0]
+        text = str(tok)
+        span = self.span(tree)
+        try:
+            if "/" in text:
+                network = normalize_network(ipaddress.ip_network(text, strict=True))
+                return n.Literal(kind="cidr", value=network, text=text, span=span)
+            address = ipaddress.ip_address(text)
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            return n.Literal(kind="ip", value=address, text=text, span=span)
+        except ValueError as exc:
+            hint = None
+            if "host bits set" in str(exc):
+                fixed = ipaddress.ip_network(text, strict=False)
+                hint = f"did you mean {fixed}?"
+            self.error("E009", f"invalid IP address or network `{text}`: {exc}", span, hint)
+            return n.Literal(kind="none", value=None, text=text, span=span)
+
+    def x_duration(self, tree: Tree) -> n.Expr:
+        text = str(tree.children[0])
+        number, unit = re.fullmatch(r"([0-9]+)([a-z]+)", text).groups()  # type: ignore[union-attr]
+        return n.Literal(kind="duration", value=int(number) * DURATION_UNITS[unit], text=text,
+                         span=self.span(tree))
+
+    def x_size(self, tree: Tree) -> n.Expr:
+        text = str(tree.children[0])
+        number, unit = re.fullmatch(r"([0-9]+)([A-Za-z]+)", text).groups()  # type: ignore[union-attr]
+        return n.Literal(kind="size", value=int(number) * SIZE_UNITS[unit.lower()], text=text,
+                         span=self.span(tree))
+
+    def x_regex(self, tree: Tree) -> n.Expr:
+        tok = tree.children[0]
+        text = str(tok)
+        span = self.span(tree)
+        closing = text.rindex("/")
+        pattern, flag_text = text[1:closing], text[closing + 1:]
+        flags = 0
+        for flag in flag_text:
+            if flag not in REGEX_FLAGS:
+                self.error("E011", f"unknown regex flag `{flag}`", span,
+                           "regex flags are i (ignore case), m (multi-line), s (dot matches "
+                           "newline) and x (verbose)")
+                return n.Literal(kind="none", value=None, text=text, span=span)
+            flags |= REGEX_FLAGS[flag]
+        try:
+            compiled = re.compile(pattern, flags)
+        except re.error as exc:
+            offset = (exc.pos or 0) + 1
+            line, col = span.line, span.column + offset
+            self.error("E011", f"invalid regex: {exc.msg}", Span(self.path, line, col, line,
+                                                               col + 1))
+            return n.Literal(kind="none", value=None, text=text, span=span)
+        return n.Literal(kind="regex", value=compiled, text=text, span=span)
+
+    def x_name(self, tree: Tree) -> n.Expr:
+        tok = tree.children[0]
+        return n.Name(name=str(tok), span=self.span(tree))
+
+    def x_attr(self, tree: Tree) -> n.Expr:
+        obj, name_tok = tree.children
+        return n.Attr(obj=self.expr(obj), name=str(name_tok), name_span=self.span(name_tok),
+                      span=self.span(tree))
+
+    def x_index(self, tree: Tree) -> n.Expr:
+        obj, index = tree.children
+        return n.Index(obj=self.expr(obj), index=self.expr(index), span=self.span(tree))
+
+    def x_call(self, tree: Tree) -> n.Expr:
+        func, *args = tree.children
+        return n.Call(func=str(func), args=tuple(self.expr(a) for a in args if a is not None),
+                      func_span=self.span(func), span=self.span(tree))
+
+    def x_list(self, tree: Tree) -> n.Expr:
+        items = tuple(self.expr(a) for a in tree.children if a is not None)
+        return n.ListExpr(items=items, span=self.span(tree))
+
+    def x_not_(self, tree: Tree) -> n.Expr:
+        return n.Not(operand=self.expr(tree.children[0]), span=self.span(tree))
+
+    def x_or_(self, tree: Tree) -> n.Expr:
+        return n.BoolOp(op="or", operands=tuple(self.expr(c) for c in tree.children),
+                        span=self.span(tree))
+
+    def x_and_(self, tree: Tree) -> n.Expr:
+        return n.BoolOp(op="and", operands=tuple(self.expr(c) for c in tree.children),
+                        span=self.span(tree))
+
+    def x_compare(self, tree: Tree) -> n.Expr:
+        left, op_tree, right = tree.children
+        op = " ".join(str(t) for t in op_tree.children)
+        return n.Compare(op=op, left=self.expr(left), right=self.expr(right),  # type: ignore[arg-type]
+                         op_span=self.span(op_tree), span=self.span(tree))
+
+    def x_quantifier(self, tree: Tree) -> n.Expr:
+        kind_tok, var_tok, iterable, body = tree.children
+        return n.Quantifier(kind=str(kind_tok), var=self.name(var_tok, "a variable name"),  # type: ignore[arg-type]
+                            iterable=self.expr(iterable), body=self.expr(body),
+                            var_span=self.span(var_tok), span=self.span(tree))
+
+    # -- strings and templates ------------------------------------------------------------
+
+    def plain_string(self, tok: Token, what: str) -> str:
+        literal = self.string(tok)
+        if isinstance(literal, n.Template):
+            self.error("E012", f"{what} cannot interpolate `{{…}}`", self.span(tok),
+                       "write `{{` for a literal brace")
+            return ""
+        return str(literal.value)
+
+    def string(self, tok: Token) -> n.Literal | n.Template:
+        """Decode escapes and split `{expr}` interpolations into a Template."""
+        raw = str(tok)[1:-1]
+        span = self.span(tok)
+        parts: list[str | n.Expr] = []
+        buf: list[str] = []
+        i = 0
+        while i < len(raw):
+            char = raw[i]
+            if char == "\\":
+                nxt = raw[i + 1] if i + 1 < len(raw) else ""
+                mapped = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}.get(nxt)
+                if mapped is None:
+                    col = span.column + 1 + i
+                    self.error("E012", f"unknown escape `\\{nxt}` in string",
+                               Span(self.path, span.line, col, span.line, col + 2),
+                               'the escapes are \\" \\\\ \\n \\t; write {{ and }} for braces')
+                    mapped = nxt
+                buf.append(mapped)
+                i += 2
+            elif raw.startswith("{{", i):
+                buf.append("{")
+                i += 2
+            elif raw.startswith("}}", i):
+                buf.append("}")
+                i += 2
+            elif char == "{":
+                close = raw.index("}", i)
+                source = raw[i + 1:close]
+                column = span.column + 1 + i + 1
+                if buf:
+                    parts.append("".join(buf))
+                    buf = []
+                parts.append(self.embedded(source, span.line, column))
+                i = close + 1
+            else:
+                buf.append(char)
+                i += 1
+        if buf:
+            parts.append("".join(buf))
+        if not any(not isinstance(p, str) for p in parts):
+            value = "".join(p for p in parts if isinstance(p, str))
+            return n.Literal(kind="string", value=value, text=str(tok), span=span)
+        return n.Template(parts=tuple(parts), span=span)
+
+    def embedded(self, source: str, line: int, column: int) -> n.Expr:
+        """Parse the expression inside `{…}` with positions mapped into the file."""
+        if not source.strip():
+            span = Span(self.path, line, column - 1, line, column + 1)
+            self.error("E012", "empty `{}` in string", span,
+                       "put an expression inside, or write `{{}}` for literal braces")
+            return n.Literal(kind="string", value="", span=span)
+        try:
+            tree = _parser().parse(source, start="expr")
+        except lark.exceptions.UnexpectedInput as exc:
+            self.diagnostics.append(_syntax_diagnostic(exc, source, self.path, line, column))
+            return n.Literal(kind="string", value="", span=Span(self.path, line, column, line,
+                                                                column + 1))
+        deep = _too_deep(tree, self.path)
+        if deep is not None:
+            self.diagnostics.append(deep)
+            return n.Literal(kind="string", value="", span=Span(self.path, line, column, line,
+                                                                column + 1))
+        sub = _Builder(self.path, source, line, column)
+        expr = sub.expr(tree)
+        self.diagnostics.extend(sub.diagnostics)
+        return expr

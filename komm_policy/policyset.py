@@ -1,0 +1,155 @@
+"""Loading a policy set: read the files, parse, check, compile into an immutable PolicySet.
+
+A directory's `*.policy` files form one set, in file-name order (`10-…` before `20-…`).
+The `PolicySet` carries a content hash as its version; the service swaps whole sets
+atomically, so a request runs on exactly one version from start to end.  Loading never
+raises on bad policy text: errors come back as diagnostics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from .builtins import DEFAULT_BUILTINS, Builtin
+from .checker import check
+from .compiler import compile_program
+from .errors import Diagnostic, PolicyError, Severity, Span
+from .parser import parse
+from .program import CompiledStage, RuntimeSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One policy file's text and the name diagnostics use for it."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    version: str
+    sources: tuple[Source, ...]
+    stages: Mapping[str, CompiledStage]
+    settings: RuntimeSettings
+    warnings: tuple[Diagnostic, ...] = ()
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(stage.rules) for stage in self.stages.values())
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Either a policy set or the diagnostics that prevented one (warnings in both cases)."""
+
+    policy_set: PolicySet | None
+    diagnostics: tuple[Diagnostic, ...]
+    texts: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.is_error)
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if not d.is_error)
+
+
+def compile_sources(
+    sources: Sequence[Source], *, builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS
+) -> LoadResult:
+    """Parse, check and compile sources (in the given order) into a policy set."""
+    diagnostics: list[Diagnostic] = []
+    files = []
+    for source in sources:
+        result = parse(source.text, source.name)
+        diagnostics.extend(result.diagnostics)
+        if result.file is not None:
+            files.append(result.file)
+    texts = {s.name: s.text for s in sources}
+    if any(d.is_error for d in diagnostics):
+        return LoadResult(None, tuple(diagnostics), texts)
+    analysis = check(files, builtins=builtins)
+    diagnostics.extend(analysis.diagnostics)
+    if analysis.has_errors:
+        return LoadResult(None, tuple(diagnostics), texts)
+    stages, settings = compile_program(analysis, builtins=builtins)
+    policy_set = PolicySet(
+        version=_version(sources),
+        sources=tuple(sources),
+        stages=MappingProxyType(stages),
+        settings=settings,
+        warnings=tuple(diagnostics),
+    )
+    return LoadResult(policy_set, tuple(diagnostics), texts)
+
+
+def compile_text(text: str, name: str = "<policy>", **kwargs: object) -> LoadResult:
+    return compile_sources([Source(name, text)], **kwargs)  # type: ignore[arg-type]
+
+
+def _version(sources: Sequence[Source]) -> str:
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(Path(source.name).name.encode())
+        digest.update(b"\0")
+        digest.update(source.text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+def policy_files(path: Path) -> list[Path]:
+    """The `*.policy` files a path stands for: the file itself, or a directory's files in
+    file-name order."""
+    if path.is_dir():
+        return sorted((p for p in path.iterdir() if p.suffix == ".policy" and p.is_file()),
+                      key=lambda p: p.name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return [path]
+
+
+def read_sources(path: Path) -> tuple[list[Source], list[Diagnostic]]:
+    """Read a policy set's files.  OSError propagates (the caller reports an I/O error);
+    text that is not UTF-8 becomes a positioned diagnostic."""
+    sources: list[Source] = []
+    problems: list[Diagnostic] = []
+    for file in policy_files(path):
+        data = file.read_bytes()
+        name = str(file)
+        try:
+            sources.append(Source(name, data.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            before = data[:exc.start]
+            line = before.count(b"\n") + 1
+            column = len(before) - (before.rfind(b"\n") + 1) + 1
+            problems.append(Diagnostic(
+                "E015", Severity.ERROR,
+                f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
+                Span(name, line, column, line, column + 1),
+                "save the file as UTF-8"))
+    return sources, problems
+
+
+def load_path(path: Path | str, **kwargs: object) -> LoadResult:
+    """Read and compile the policy set at `path` (a directory or one file)."""
+    sources, problems = read_sources(Path(path))
+    if problems:
+        texts = {s.name: s.text for s in sources}
+        return LoadResult(None, tuple(problems), texts)
+    if not sources:
+        raise FileNotFoundError(f"{path}: no *.policy files")
+    return compile_sources(sources, **kwargs)  # type: ignore[arg-type]
+
+
+def load_policy_set(path: Path | str) -> PolicySet:
+    """Like `load_path`, but raise PolicyError when the set has errors."""
+    result = load_path(path)
+    if result.policy_set is None:
+        raise PolicyError(result.diagnostics)
+    return result.policy_set

@@ -1,0 +1,189 @@
+"""Evaluating a stage: first-match rules, modifications, dry runs, fallbacks, deadline.
+
+`decide()` never raises for anything a policy or a directory can do: a failing or slow
+lookup, a policy bug or the deadline becomes the rule's `on error` action or the settings'
+fallback, with the cause in the decision.  Quarantine is turned into what Stalwart can
+actually do without losing mail: accept, with the recipients replaced by the quarantine
+mailbox and the reason in headers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .context import EvalContext
+from .decision import DEFAULT_REPLIES, Decision, DryRunHit, RuleRef, TraceStep
+from .directory import Directory
+from .lookups import DeadlineExceeded, LookupFailed
+from .program import CONTINUE, CompiledRule, CompiledStage, Outcome
+from .text import header_text
+from .wire import (
+    AddHeader,
+    AddRecipient,
+    ChangeHeader,
+    DeleteHeader,
+    DeleteRecipient,
+    InsertHeader,
+    Request,
+)
+
+if TYPE_CHECKING:
+    from .policyset import PolicySet
+
+_HEADER_MODS = (AddHeader, InsertHeader, ChangeHeader, DeleteHeader)
+
+
+def decide(
+    policy_set: PolicySet,
+    request: Request,
+    directory: Directory,
+    *,
+    trace: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Decision:
+    """Evaluate the request's stage and return the decision (never raises)."""
+    settings = policy_set.settings
+    timed = trace or getattr(directory, "blocking", True)
+    ctx = EvalContext(request, directory, settings, clock, timed)
+    stage = policy_set.stages.get(request.context.stage)
+    if stage is None:
+        stage = CompiledStage(request.context.stage, (), Outcome("accept"), None)
+    if trace:
+        ctx.trace_steps = []
+        steps = tuple((rule.cond, rule) for rule in map(_traced, stage.rules))
+    else:
+        steps = stage.steps
+    try:
+        return _run(ctx, policy_set, stage, steps)
+    except DeadlineExceeded as exc:
+        return _finish(ctx, policy_set, stage.name, settings.on_lookup_error, None, [],
+                       True, str(exc))
+    except Exception as exc:  # noqa: an engine bug must not reach Stalwart as a 500
+        return _finish(ctx, policy_set, stage.name, settings.on_lookup_error, None, [],
+                       True, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _traced(rule: CompiledRule) -> CompiledRule:
+    """The same rule, with a condition that records its outcome in ctx.trace_steps."""
+    cond = rule.cond
+    ref = rule.ref
+    seen = "dry run" if rule.dry_run else "matched"
+
+    def traced_cond(ctx: EvalContext) -> Any:
+        steps = ctx.trace_steps
+        assert steps is not None
+        try:
+            value = cond(ctx)
+        except Exception as exc:
+            steps.append(TraceStep(ref, "error", _error_text(exc)))
+            raise
+        steps.append(TraceStep(ref, seen if value else "no match"))
+        return value
+
+    return CompiledRule(rule.name, ref, traced_cond, rule.statements, rule.final,
+                        rule.on_error, rule.dry_run)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, LookupFailed | DeadlineExceeded):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _run(ctx: EvalContext, policy_set: PolicySet, stage: CompiledStage,
+         steps: tuple[tuple[Any, CompiledRule], ...]) -> Decision:
+    """First match wins; non-terminal rules collect modifications; errors → `on error`."""
+    mods: list = []
+    name = stage.name
+    for cond, rule in steps:
+        try:
+            hit = cond(ctx)
+            if not hit:
+                continue
+            if rule.members is not None:
+                rule = rule.members[hit - 1]
+            if rule.dry_run:
+                _dry_run(ctx, rule)
+                continue
+            final = rule.final
+            if rule.statements:
+                pending: list = []
+                for statement in rule.statements:
+                    statement(ctx, pending)
+                if final is None:
+                    mods.extend(pending)
+                    continue
+                return _finish(ctx, policy_set, name, final, rule.ref, mods + pending)
+            if final is None:
+                continue
+            return _finish(ctx, policy_set, name, final, rule.ref, mods)
+        except DeadlineExceeded:
+            raise
+        except Exception as exc:  # lookups and policy bugs alike
+            cause = f"rule {rule.ref}: {_error_text(exc)}"
+            handler = rule.on_error
+            if rule.dry_run or handler is CONTINUE:
+                ctx.error(cause)
+                continue
+            outcome = handler if isinstance(handler, Outcome) else (
+                policy_set.settings.on_lookup_error)
+            return _finish(ctx, policy_set, name, outcome, rule.ref, mods, True, cause)
+    return _finish(ctx, policy_set, name, stage.default, stage.default_ref, mods)
+
+
+def _dry_run(ctx: EvalContext, rule: CompiledRule) -> None:
+    final = rule.final
+    hit = DryRunHit(rule.ref, final.kind if final is not None else "continue",
+                    final.make_reply(ctx) if final is not None else None)
+    if ctx.dry_run is None:
+        ctx.dry_run = []
+    ctx.dry_run.append(hit)
+
+
+def _finish(ctx: EvalContext, policy_set: PolicySet, stage: str, outcome: Outcome,
+            ref: RuleRef | None, mods: list, fallback: bool = False,
+            cause: str | None = None) -> Decision:
+    kind = outcome.kind
+    modifications: tuple = ()
+    reply = None
+    if kind == "accept":
+        if mods:
+            modifications = tuple(mods)
+    elif kind == "quarantine":
+        quarantine_to = policy_set.settings.quarantine_to
+        if stage == "data" and quarantine_to:
+            modifications = _quarantine(ctx, outcome, mods, quarantine_to)
+        else:
+            kind = "tempfail"
+            reply = DEFAULT_REPLIES["tempfail"]
+    else:
+        reply = outcome.make_reply(ctx)
+    lookups = ctx.lookup_log
+    return Decision(
+        stage, kind, reply, modifications, ref,
+        tuple(ctx.dry_run) if ctx.dry_run else (),
+        tuple(lookups) if lookups else (),
+        tuple(ctx.logs) if ctx.logs else (),
+        tuple(ctx.errors) if ctx.errors else (),
+        fallback, cause, policy_set.version,
+        tuple(ctx.trace_steps) if ctx.trace_steps is not None else None,
+    )
+
+
+def _quarantine(ctx: EvalContext, outcome: Outcome, mods: list, mailbox: str) -> tuple:
+    """Redirect the message into the quarantine mailbox instead of dropping it.
+
+    Stalwart's own `quarantine` action drops the message; this keeps it, with the reason
+    and the original recipients in headers.  Earlier header changes are kept; earlier
+    recipient changes are not (the message must reach no one else)."""
+    recipients = ctx.recipients()
+    result: list = [m for m in mods if isinstance(m, _HEADER_MODS)]
+    result.append(AddHeader(name="X-Komm-Quarantine",
+                            value=header_text(outcome.make_reason(ctx))))
+    result.append(AddHeader(name="X-Komm-Original-Recipients",
+                            value=header_text(", ".join(recipients))))
+    result.extend(DeleteRecipient(value=r) for r in recipients)
+    result.append(AddRecipient(value=mailbox))
+    return tuple(result)

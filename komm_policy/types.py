@@ -1,0 +1,136 @@
+"""Static types of policy expressions, used by the checker and by the compiler.
+
+The language is statically typed so that `check` catches mistakes before deployment and the
+compiler can choose specialised closures (case-insensitive address comparison, network
+membership) once, at load time.  `address` is text compared case-insensitively (mail
+addresses and domains); values of that type are kept lower-case at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCALAR_KINDS = (
+    "string", "address", "int", "bool", "none", "ip", "cidr", "regex", "duration", "size",
+)
+RECORD_KINDS = ("category", "account")
+
+
+@dataclass(frozen=True, slots=True)
+class Type:
+    kind: str
+    elem: Type | None = None
+    optional: bool = False
+
+    def __str__(self) -> str:
+        base = f"list[{self.elem}]" if self.kind == "list" else self.kind
+        return f"{base}?" if self.optional and self.kind not in ("none", "any") else base
+
+    def opt(self) -> Type:
+        return Type(self.kind, self.elem, True)
+
+    def required(self) -> Type:
+        return Type(self.kind, self.elem, False)
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind in ("string", "address")
+
+    @property
+    def is_any(self) -> bool:
+        return self.kind == "any"
+
+
+STRING = Type("string")
+ADDRESS = Type("address")
+INT = Type("int")
+BOOL = Type("bool")
+NONE = Type("none", optional=True)
+IP = Type("ip")
+CIDR = Type("cidr")
+REGEX = Type("regex")
+DURATION = Type("duration")
+SIZE = Type("size")
+CATEGORY = Type("category")
+ACCOUNT = Type("account")
+ANY = Type("any", optional=True)
+
+
+def list_of(elem: Type) -> Type:
+    return Type("list", elem)
+
+
+RECORD_FIELDS: dict[str, dict[str, Type]] = {
+    "category": {"id": INT, "name": STRING, "address": ADDRESS, "description": STRING},
+    "account": {"id": INT, "name": STRING, "email": ADDRESS, "identity": STRING},
+}
+
+
+def assignable(source: Type, target: Type) -> bool:
+    """Can a value of `source` be passed where `target` is expected?"""
+    if source.is_any or target.is_any:
+        return True
+    if source.kind == "none":
+        return target.optional
+    if source.optional and not target.optional:
+        return False
+    if source.is_text and target.is_text:
+        return True
+    if source.kind == "int" and target.kind == "size":
+        return True
+    if source.kind != target.kind:
+        return False
+    if source.kind == "list":
+        assert source.elem is not None and target.elem is not None
+        return source.elem.kind == "none" or assignable(source.elem, target.elem)
+    return True
+
+
+def join(types: list[Type]) -> Type | None:
+    """The common type of list items (for `[a, b, c]`), or None if they do not mix."""
+    result: Type | None = None
+    optional = False
+    for t in types:
+        if t.kind == "none":
+            optional = True
+            continue
+        if result is None or result.is_any:
+            result = t.required()
+        elif t.is_any:
+            continue
+        elif result.is_text and t.is_text:
+            result = STRING if STRING in (result, t.required()) else ADDRESS
+        elif {result.kind, t.kind} <= {"ip", "cidr"}:
+            result = CIDR
+        elif result.kind == t.kind:
+            if result.kind == "list" and result != t.required():
+                return None
+        else:
+            return None
+        optional = optional or t.optional
+    if result is None:
+        return NONE
+    return result.opt() if optional else result
+
+
+def comparable(a: Type, b: Type) -> bool:
+    """Do `==` / `!=` make sense between these types?"""
+    if a.is_any or b.is_any:
+        return True
+    if a.kind == "none":
+        return b.optional
+    if b.kind == "none":
+        return a.optional
+    if a.is_text and b.is_text:
+        return True
+    if {a.kind, b.kind} <= {"int", "size"}:
+        return True
+    if a.kind == "list" and b.kind == "list":
+        return a.elem is None or b.elem is None or comparable(a.elem, b.elem)
+    return a.kind == b.kind
+
+
+def ordered(a: Type, b: Type) -> bool:
+    """Do `<`, `<=`, `>`, `>=` make sense between these types?"""
+    kinds = {a.kind, b.kind} - {"any"}
+    return kinds <= {"int", "size"} or kinds == {"duration"}

@@ -1,0 +1,25 @@
+"""Shared fixtures: paths to the shipped policies and the captured Stalwart payloads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+
+def _fixture_dir() -> Path:
+    """Stalwart sample payloads: `tests/fixtures/stalwart` (copied from the shared set)."""
+    return Path(os.environ.get("KOMM_STALWART_FIXTURES", ROOT / "tests" / "fixtures" /
+                               "stalwart"))
+
+
+@pytest.fixture(scope="session")
+def stalwart_fixtures() -> dict[str, bytes]:
+    directory = _fixture_dir()
+    files = sorted(directory.glob("*.json"))
+    assert files, f"no Stalwart fixtures in {directory}"
+    return {f.stem: f.read_bytes() for f in files}
