@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 lint: install
-	$(BIN)/ruff check komm_policy tests bench
+	$(BIN)/ruff check .
 
 check: install
 	$(BIN)/komm-policy check --strict policies
