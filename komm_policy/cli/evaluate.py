@@ -1,7 +1,106 @@
-"""placeholder"""
+"""`komm-policy eval REQUEST.json [--explain]`: decide one hook request offline.
 
+Shows the decision, the exact JSON Stalwart would receive and, with `--explain`, every
+rule evaluated with its outcome and every lookup with its arguments, result and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+import msgspec
+
+from ..config import Config
+from ..decisionlog import encode_record, make_record
+from ..errors import render
+from ..hook import response as wire_response
+from ..hook.service import open_directory
+from ..policyset import load_path
+from ..runtime import decide
+from ..wire import RequestError, decode_request
 
 
 def register(sub: Any) -> None:
-    pass
+    parser = sub.add_parser("eval", help="decide one hook request and explain it",
+                            description=__doc__.splitlines()[0])
+    parser.add_argument("request", help="a hook request as JSON ('-' for stdin)")
+    parser.add_argument("--policies", default="policies", metavar="DIR")
+    parser.add_argument("--directory", default="memory:demo", metavar="URL",
+                        help="sqlite:PATH, memory:demo (default) or memory:empty")
+    parser.add_argument("--explain", action="store_true", help="show rules and lookups")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        body = sys.stdin.buffer.read() if args.request == "-" else Path(
+            args.request).read_bytes()
+        result = load_path(args.policies)
+    except OSError as exc:
+        print(f"komm-policy eval: {exc}", file=sys.stderr)
+        return 2
+    if result.policy_set is None:
+        for d in result.errors:
+            print(render(d, result.texts.get(d.span.file)), file=sys.stderr)
+        return 1
+    try:
+        request = decode_request(body)
+    except RequestError as exc:
+        print(f"komm-policy eval: {args.request}: {exc.message} at {exc.path}",
+              file=sys.stderr)
+        return 1
+    config = Config(policies=Path(args.policies), directory=args.directory)
+    try:
+        directory = open_directory(config)
+    except Exception as exc:
+        print(f"komm-policy eval: {exc}", file=sys.stderr)
+        return 2
+    decision = decide(result.policy_set, request, directory, trace=args.explain)
+    close = getattr(directory, "close", None)
+    if close:
+        close()
+    wire = wire_response.encode(decision)
+    if args.format == "json":
+        record = msgspec.json.decode(encode_record(make_record(request, decision, 0.0)))
+        out = {"decision": record, "response": msgspec.json.decode(wire)}
+        if args.explain and decision.trace is not None:
+            out["trace"] = [{"rule": s.rule.name, "line": s.rule.line, "outcome": s.outcome,
+                             "error": s.error} for s in decision.trace]
+        print(msgspec.json.format(msgspec.json.encode(out)).decode())
+        return 0
+    print(f"stage:    {decision.stage}")
+    print(f"action:   {decision.action}" + ("  (fallback)" if decision.fallback else ""))
+    if decision.reply:
+        print(f"reply:    {decision.reply}")
+    if decision.rule:
+        print(f"rule:     {decision.rule}")
+    if decision.cause:
+        print(f"cause:    {decision.cause}")
+    for mod in decision.modifications:
+        print(f"modify:   {msgspec.json.encode(mod).decode()}")
+    for hit in decision.dry_run:
+        print(f"dry run:  {hit.rule} would {hit.action}" + (f" ({hit.reply})" if hit.reply
+                                                            else ""))
+    for line in decision.logs:
+        print(f"log:      {line}")
+    for error in decision.errors:
+        print(f"error:    {error}")
+    print(f"response: {wire.decode()}")
+    if args.explain:
+        print("rules:")
+        for step in decision.trace or ():
+            extra = f"  {step.error}" if step.error else ""
+            print(f"  {step.rule.file}:{step.rule.line}  {step.rule.name:<28} "
+                  f"{step.outcome}{extra}")
+        print("lookups:")
+        for lookup in decision.lookups:
+            args_text = ", ".join(repr(str(a)) if not hasattr(a, "id") else a.name
+                                  for a in lookup.args)
+            outcome = lookup.error or repr(lookup.result)
+            timing = f"  {lookup.duration_ms:.3f} ms" if lookup.duration_ms is not None else ""
+            print(f"  {lookup.function}({args_text}) -> {outcome}{timing}")
+    return 0

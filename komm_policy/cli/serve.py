@@ -1,7 +1,89 @@
-"""placeholder"""
+"""`komm-policy serve`: run the hook service under uvicorn.
 
+Configuration comes from `--config komm.toml`, `KOMM_*` environment variables and the
+flags below, in increasing precedence; it is validated before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
 from typing import Any
+
+from ..config import OPTIONS, Config, ConfigError, load_config
 
 
 def register(sub: Any) -> None:
-    pass
+    parser = sub.add_parser("serve", help="run the MTA-hook service",
+                            description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="FILE", help="komm.toml (or KOMM_CONFIG)")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default 3002)")
+    parser.add_argument("--policies", metavar="DIR", help="policy directory (default policies)")
+    parser.add_argument("--directory", metavar="URL",
+                        help="sqlite:PATH (default sqlite:var/komm.sqlite3), memory:demo, "
+                             "memory:empty")
+    parser.add_argument("--workers", type=int, help="worker processes (default 1)")
+    parser.add_argument("--token", help="require this token (prefer KOMM_TOKEN or "
+                                        "KOMM_TOKEN_FILE: flags are visible to other users)")
+    parser.add_argument("--shadow", action="store_true", default=None,
+                        help="answer accept to everything; log the real decision")
+    parser.add_argument("--no-watch", dest="watch", action="store_false", default=None,
+                        help="do not reload policies on file changes (SIGHUP still works)")
+    parser.add_argument("--log-jsonl", metavar="PATH",
+                        help="decision log file (default var/decisions.jsonl; '' disables)")
+    parser.add_argument("--redact-client-ip", action="store_true", default=None,
+                        help="leave client IPs out of the decision log")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"))
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name, None) for name in (
+        "host", "port", "policies", "directory", "workers", "token", "shadow", "watch",
+        "log_jsonl", "redact_client_ip")}
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"komm-policy serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    if config.workers > 1:
+        # Workers are separate processes: they read the validated config from KOMM_*.
+        os.environ.update(config_environment(config))
+        uvicorn.run("komm_policy.hook.factory:app_from_environment", factory=True,
+                    host=config.host, port=config.port, workers=config.workers,
+                    log_level=args.log_level, access_log=False)
+        return 0
+    from ..hook.app import create_app
+    from ..hook.service import HookService
+
+    try:
+        service = HookService.from_config(config)
+    except Exception as exc:
+        print(f"komm-policy serve: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("komm_policy").info(
+        "serving policies %s (version %s, %d rules) on http://%s:%d/mta-hook",
+        config.policies, service.policy_set.version, service.policy_set.rule_count,
+        config.host, config.port)
+    uvicorn.run(create_app(service), host=config.host, port=config.port,
+                log_level=args.log_level, access_log=False)
+    return 0
+
+
+def config_environment(config: Config) -> dict[str, str]:
+    """The configuration as KOMM_* variables (for worker processes)."""
+    env = {}
+    for option in OPTIONS:
+        value = getattr(config, option.name)
+        if value is None:
+            continue
+        env[option.env] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env

@@ -1,0 +1,239 @@
+"""Service configuration: `komm.toml`, then `KOMM_*` environment variables, then flags.
+
+One table (`OPTIONS`) names every option once: its TOML section and key, its environment
+variable, its type and default.  Everything is validated before the service starts, and
+every problem is reported at once with where the bad value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 3002
+    workers: int = 1
+    token: str | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    shadow: bool = False
+    policies: Path = Path("policies")
+    watch: bool = True
+    directory: str = "sqlite:var/komm.sqlite3"
+    refresh_interval: float = 1.0
+    max_staleness: float = 30.0
+    log_jsonl: str = "var/decisions.jsonl"
+    log_jsonl_max_bytes: int = 100 * 1024 * 1024
+    log_jsonl_backups: int = 10
+    log_sqlite: bool = True
+    redact_client_ip: bool = False
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return Path(self.directory[len("sqlite:"):]) if self.directory.startswith(
+            "sqlite:") else None
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as a dict, safe to print (no token)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if values["token"]:
+            values["token"] = "(set)"
+        values["policies"] = str(values["policies"])
+        return values
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    section: str
+    key: str
+    env: str
+    parse: Callable[[Any], Any]
+    help: str
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {value!r}")
+    return value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "server", "host", "KOMM_HOST", _str, "address to listen on"),
+    Option("port", "server", "port", "KOMM_PORT", _int, "port to listen on"),
+    Option("workers", "server", "workers", "KOMM_WORKERS", _int, "worker processes"),
+    Option("token", "server", "token", "KOMM_TOKEN", _str,
+           "require this token (Bearer, or the Basic password)"),
+    Option("max_body_bytes", "server", "max_body_bytes", "KOMM_MAX_BODY_BYTES", _int,
+           "largest hook request body accepted"),
+    Option("shadow", "server", "shadow", "KOMM_SHADOW", _bool,
+           "always answer accept; log the decision that would have been made"),
+    Option("policies", "policies", "path", "KOMM_POLICIES", lambda v: Path(_str(v)),
+           "directory of *.policy files"),
+    Option("watch", "policies", "watch", "KOMM_WATCH", _bool,
+           "reload the policies when their files change"),
+    Option("directory", "directory", "url", "KOMM_DIRECTORY", _str,
+           "sqlite:PATH, memory:demo or memory:empty"),
+    Option("refresh_interval", "directory", "refresh_interval", "KOMM_REFRESH_INTERVAL",
+           _float, "seconds between checks for directory changes"),
+    Option("max_staleness", "directory", "max_staleness", "KOMM_MAX_STALENESS", _float,
+           "seconds the directory may be unreadable before lookups fail"),
+    Option("log_jsonl", "log", "jsonl", "KOMM_LOG_JSONL", _str,
+           "decision log file (JSON lines); empty to disable"),
+    Option("log_jsonl_max_bytes", "log", "jsonl_max_bytes", "KOMM_LOG_JSONL_MAX_BYTES", _int,
+           "rotate the decision log file at this size"),
+    Option("log_jsonl_backups", "log", "jsonl_backups", "KOMM_LOG_JSONL_BACKUPS", _int,
+           "rotated decision log files to keep"),
+    Option("log_sqlite", "log", "sqlite", "KOMM_LOG_SQLITE", _bool,
+           "also write decisions to the mta_log table of the SQLite store"),
+    Option("redact_client_ip", "log", "redact_client_ip", "KOMM_REDACT_CLIENT_IP", _bool,
+           "leave client IP addresses out of the decision log"),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults ← TOML file ← environment ← overrides (flags); then validate."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    path = path or env.get("KOMM_CONFIG")
+    if path:
+        values.update(_from_toml(Path(path), problems))
+    for option in OPTIONS:
+        if option.env in env:
+            values[option.name] = _parse(option, env[option.env], option.env, problems)
+    token_file = env.get("KOMM_TOKEN_FILE")
+    if token_file:
+        values["token"] = _read_token(Path(token_file), "KOMM_TOKEN_FILE", problems)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        option = _BY_NAME[name]
+        values[name] = _parse(option, value, f"--{name.replace('_', '-')}", problems)
+    config = replace(Config(), **{k: v for k, v in values.items() if v is not None})
+    problems.extend(validate(config))
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
+    try:
+        return option.parse(value)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{origin}: {exc}")
+        return None
+
+
+def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append(f"{origin}: cannot read {path}: {exc.strerror}")
+        return None
+
+
+def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"{path}: {exc.strerror or exc}")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: {exc}")
+        return {}
+    by_key = {(o.section, o.key): o for o in OPTIONS}
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            problems.append(f"{path}: `{section}` must be a [section]")
+            continue
+        for key, value in table.items():
+            if section == "server" and key == "token_file":
+                values["token"] = _read_token(Path(value), f"{path} [server] token_file",
+                                              problems)
+                continue
+            option = by_key.get((section, key))
+            if option is None:
+                known = ", ".join(f"[{o.section}] {o.key}" for o in OPTIONS)
+                problems.append(f"{path}: unknown option [{section}] {key} (known: {known})")
+                continue
+            values[option.name] = _parse(option, value, f"{path} [{section}] {key}", problems)
+    return values
+
+
+def validate(config: Config) -> list[str]:
+    problems = []
+    if not config.host:
+        problems.append("host: must not be empty")
+    if not 0 <= config.port <= 65535:
+        problems.append(f"port: {config.port} is not a TCP port (0-65535)")
+    if config.workers < 1:
+        problems.append(f"workers: must be at least 1, got {config.workers}")
+    if config.token is not None and not config.token.strip():
+        problems.append("token: must not be empty when set")
+    if config.max_body_bytes < 1024:
+        problems.append(f"max_body_bytes: {config.max_body_bytes} is too small (min 1024)")
+    if not config.policies.is_dir():
+        problems.append(f"policies: {config.policies} is not a directory")
+    elif not any(config.policies.glob("*.policy")):
+        problems.append(f"policies: {config.policies} holds no *.policy files")
+    scheme = config.directory.split(":", 1)[0]
+    if scheme == "sqlite":
+        sqlite_path = config.sqlite_path
+        if not sqlite_path or not str(sqlite_path):
+            problems.append("directory: sqlite: needs a path, e.g. sqlite:var/komm.sqlite3")
+        elif not sqlite_path.exists():
+            problems.append(f"directory: {sqlite_path} does not exist (create it with "
+                            f"`komm-policy db init --path {sqlite_path}`)")
+    elif config.directory not in ("memory:demo", "memory:empty"):
+        problems.append(f"directory: unknown directory {config.directory!r} (use "
+                        "sqlite:PATH, memory:demo or memory:empty)")
+    if config.refresh_interval <= 0:
+        problems.append("refresh_interval: must be positive")
+    if config.max_staleness < config.refresh_interval:
+        problems.append("max_staleness: must be at least refresh_interval")
+    if config.log_jsonl_max_bytes < 1024:
+        problems.append("log_jsonl_max_bytes: too small (min 1024)")
+    if config.log_jsonl_backups < 0:
+        problems.append("log_jsonl_backups: must not be negative")
+    return problems

@@ -1,0 +1,337 @@
+"""The embedded SQLite store: the origin's tables, and a `Directory` replicating them.
+
+Lookups never touch SQLite on the hook path.  `SqliteDirectory` loads the tables into an
+in-memory `DirectoryIndex` and a background thread keeps it current: it polls a change
+counter that triggers on the directory tables bump (a write to `mta_log` does not count),
+reloads when it moves, and swaps the new index in atomically.  Lookups are dictionary
+reads.  When the database cannot be read (file removed, locked, corrupt) for longer than
+`max_staleness`, lookups raise `DirectoryError`, so policies fall back instead of deciding
+on data that may be outdated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..ipset import IP
+from . import (
+    AccountRow,
+    BlockedIpRow,
+    Category,
+    CategoryRow,
+    DirectoryError,
+    DirectoryRows,
+    SubscriptionRow,
+)
+from .memory import DirectoryIndex
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_TABLES = ("blocked_ips", "message_categories", "account", "admin_identities",
+                    "subscriptions")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS komm_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO komm_meta (key, value) VALUES ('directory_version', 0);
+INSERT OR IGNORE INTO komm_meta (key, value) VALUES ('schema_version', 1);
+
+CREATE TABLE IF NOT EXISTS blocked_ips (
+    ip         TEXT PRIMARY KEY,             -- an address or a CIDR range
+    reason     TEXT NOT NULL DEFAULT '',
+    blocked_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s','now') AS INTEGER)),
+    active     INTEGER NOT NULL DEFAULT 1
+);
+
+CREATE TABLE IF NOT EXISTS message_categories (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL,
+    email_address TEXT NOT NULL,
+    description   TEXT NOT NULL DEFAULT '',
+    active        INTEGER NOT NULL DEFAULT 1
+);
+CREATE UNIQUE INDEX IF NOT EXISTS message_categories_email
+    ON message_categories (email_address COLLATE NOCASE);
+
+CREATE TABLE IF NOT EXISTS account (
+    id          INTEGER PRIMARY KEY,         -- the member number
+    identity    TEXT NOT NULL DEFAULT '',
+    name        TEXT NOT NULL DEFAULT '',
+    email       TEXT NOT NULL,
+    is_active   INTEGER NOT NULL DEFAULT 1,
+    last_synced INTEGER
+);
+CREATE INDEX IF NOT EXISTS account_email ON account (email COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS account_identity ON account (identity);
+
+CREATE TABLE IF NOT EXISTS admin_identities (
+    identity TEXT PRIMARY KEY
+);
+
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id                    INTEGER PRIMARY KEY,
+    subscriber_account_id INTEGER NOT NULL,
+    subscriber_email      TEXT NOT NULL DEFAULT '',
+    category_id           INTEGER NOT NULL,
+    subscribed_at         INTEGER,
+    active                INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS subscriptions_account ON subscriptions (subscriber_account_id);
+CREATE INDEX IF NOT EXISTS subscriptions_category ON subscriptions (category_id);
+CREATE INDEX IF NOT EXISTS subscriptions_email
+    ON subscriptions (subscriber_email COLLATE NOCASE);
+
+CREATE TABLE IF NOT EXISTS mta_log (
+    id             TEXT PRIMARY KEY,         -- the decision record's id
+    time           TEXT NOT NULL,
+    stage          TEXT NOT NULL,
+    client_ip      TEXT,
+    sender         TEXT,
+    recipients     TEXT NOT NULL,            -- JSON array
+    queue_id       TEXT,
+    action         TEXT NOT NULL,
+    reply          TEXT,
+    rule           TEXT,
+    rule_location  TEXT,
+    fallback       INTEGER NOT NULL DEFAULT 0,
+    cause          TEXT,
+    duration_ms    REAL NOT NULL,
+    policy_version TEXT NOT NULL,
+    record         TEXT NOT NULL             -- the whole record as JSON
+);
+CREATE INDEX IF NOT EXISTS mta_log_time ON mta_log (time);
+"""
+
+_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS komm_{table}_{event} AFTER {event_sql} ON {table}
+BEGIN
+    UPDATE komm_meta SET value = value + 1 WHERE key = 'directory_version';
+END;
+"""
+
+
+def connect(path: str | Path, *, readonly: bool = False, timeout: float = 5.0
+            ) -> sqlite3.Connection:
+    """A connection with the settings every user of the store needs."""
+    if readonly:
+        uri = f"file:{Path(path).resolve()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables, indexes and change triggers (idempotent)."""
+    with conn:
+        conn.executescript(SCHEMA)
+        for table in DIRECTORY_TABLES:
+            for event, event_sql in (("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")):
+                conn.execute(_TRIGGER.format(table=table, event=event, event_sql=event_sql))
+
+
+def write_rows(conn: sqlite3.Connection, rows: DirectoryRows) -> None:
+    """Insert (or replace) directory rows, e.g. the demo data set."""
+    with conn:
+        conn.executemany(
+            "INSERT OR REPLACE INTO blocked_ips (ip, reason, active) VALUES (?, ?, ?)",
+            [(r.ip, r.reason, int(r.active)) for r in rows.blocked_ips])
+        conn.executemany(
+            "INSERT OR REPLACE INTO message_categories (id, name, email_address, description,"
+            " active) VALUES (?, ?, ?, ?, ?)",
+            [(r.id, r.name, r.email_address, r.description, int(r.active))
+             for r in rows.message_categories])
+        conn.executemany(
+            "INSERT OR REPLACE INTO account (id, identity, name, email, is_active)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(r.id, r.identity, r.name, r.email, int(r.is_active)) for r in rows.account])
+        conn.executemany("INSERT OR REPLACE INTO admin_identities (identity) VALUES (?)",
+                         [(i,) for i in rows.admin_identities])
+        conn.executemany(
+            "INSERT OR REPLACE INTO subscriptions (id, subscriber_account_id, subscriber_email,"
+            " category_id, active) VALUES (?, ?, ?, ?, ?)",
+            [(r.id, r.subscriber_account_id, r.subscriber_email, r.category_id, int(r.active))
+             for r in rows.subscriptions])
+
+
+def read_rows(conn: sqlite3.Connection) -> DirectoryRows:
+    """All directory rows, in one read transaction (a consistent snapshot)."""
+    with conn:
+        conn.execute("BEGIN")
+        blocked = tuple(BlockedIpRow(ip, reason or "", bool(active)) for ip, reason, active
+                        in conn.execute("SELECT ip, reason, active FROM blocked_ips"))
+        categories = tuple(
+            CategoryRow(i, name, email, description or "", bool(active))
+            for i, name, email, description, active in conn.execute(
+                "SELECT id, name, email_address, description, active FROM message_categories"))
+        accounts = tuple(
+            AccountRow(i, name or "", email, identity or "", bool(active))
+            for i, name, email, identity, active in conn.execute(
+                "SELECT id, name, email, identity, is_active FROM account"))
+        admins = tuple(i for (i,) in conn.execute("SELECT identity FROM admin_identities"))
+        subscriptions = tuple(
+            SubscriptionRow(i, account_id, category_id, email or "", bool(active))
+            for i, account_id, category_id, email, active in conn.execute(
+                "SELECT id, subscriber_account_id, category_id, subscriber_email, active"
+                " FROM subscriptions"))
+    return DirectoryRows(blocked, categories, accounts, admins, subscriptions)
+
+
+class SqliteDirectory:
+    """A `Directory` served from an in-memory replica of a SQLite store."""
+
+    blocking = False
+    """Lookups are dictionary reads of the replica."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        refresh_interval: float = 1.0,
+        max_staleness: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        start: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.refresh_interval = refresh_interval
+        self.max_staleness = max_staleness
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None
+        self._data_version: int | None = None
+        self._directory_version: int | None = None
+        self._index: DirectoryIndex | None = None
+        self._last_ok = clock()
+        self._available = False
+        self.last_error: str | None = None
+        self.reloads = 0
+        if not self.path.exists():
+            raise DirectoryError(f"{self.path}: no such database (create it with "
+                                 "`komm-policy db init`)")
+        self.refresh()
+        if self._index is None:
+            raise DirectoryError(f"{self.path}: cannot read the directory: {self.last_error}")
+        if start:
+            self.start()
+
+    # -- replica maintenance --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="komm-sqlite-replica",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.refresh_interval):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Reload the replica if the directory tables changed; track availability."""
+        try:
+            self._check_file()
+            conn = self._connection()
+            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if data_version != self._data_version or self._index is None:
+                version = conn.execute("SELECT value FROM komm_meta WHERE key = "
+                                       "'directory_version'").fetchone()
+                directory_version = version[0] if version else None
+                if directory_version != self._directory_version or self._index is None:
+                    self._index = DirectoryIndex(read_rows(conn))
+                    self._directory_version = directory_version
+                    self.reloads += 1
+                self._data_version = data_version
+            self._last_ok = self._clock()
+            self._available = True
+            self.last_error = None
+        except (sqlite3.Error, OSError, DirectoryError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("directory %s unavailable: %s", self.path, self.last_error)
+            self._drop_connection()
+            if self._clock() - self._last_ok > self.max_staleness:
+                self._available = False
+
+    def _check_file(self) -> None:
+        stat = os.stat(self.path)  # raises FileNotFoundError when the file was removed
+        inode = (stat.st_dev, stat.st_ino)
+        if self._inode is not None and inode != self._inode:
+            self._drop_connection()  # replaced by a new file: read the new one
+            self._data_version = None
+            self._directory_version = None
+        self._inode = inode
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path, readonly=True, timeout=1.0)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    @property
+    def available(self) -> bool:
+        return self._available and self._index is not None
+
+    def _current(self) -> DirectoryIndex:
+        index = self._index
+        if not self._available or index is None:
+            raise DirectoryError(f"directory {self.path} unavailable for more than "
+                                 f"{self.max_staleness:g}s: {self.last_error}")
+        return index
+
+    def counts(self) -> dict[str, int]:
+        return self._current().counts()
+
+    # -- Directory ------------------------------------------------------------------------
+
+    def ip_blocked(self, ip: IP) -> bool:
+        return self._current().ip_blocked(ip)
+
+    def category(self, address: str) -> Category | None:
+        return self._current().category(address)
+
+    def account(self, address: str):  # type: ignore[no-untyped-def]
+        return self._current().account(address)
+
+    def is_admin(self, address: str) -> bool:
+        return self._current().is_admin(address)
+
+    def subscribed(self, address: str, category: Category) -> bool:
+        return self._current().subscribed(address, category)
+
+
+def create_database(path: str | Path, rows: DirectoryRows | None = None) -> None:
+    """Create (or upgrade) a store at `path`, optionally filling it with rows."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    try:
+        init_schema(conn)
+        if rows is not None:
+            write_rows(conn, rows)
+    finally:
+        conn.close()

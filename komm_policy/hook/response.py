@@ -1,0 +1,54 @@
+"""Decision → the JSON answer Stalwart parses (see the wire reference §4–5).
+
+- `tempfail` is sent as action `reject` with a 4xx status: Stalwart has no tempfail action.
+- `quarantine` is sent as `accept` with the redirect modifications the runtime built:
+  Stalwart's own `quarantine` drops the message, so it is never sent.
+- A reply goes out only with a non-accept action (Stalwart ignores it on accept), always
+  with integer `status`, `enhanced_status` (snake_case, the key Stalwart reads) plus
+  `enhancedStatus` for readers following Stalwart's docs, `message` and `disconnect`.
+- Modifications go out only with accept (Stalwart applies them only then, at data).
+"""
+
+from __future__ import annotations
+
+from ..decision import Decision
+from ..wire import RESPONSE_ENCODER, WireReply, WireResponse
+
+ACCEPT_BODY = b'{"action":"accept"}'
+INTERNAL_ERROR_BODY = (
+    b'{"action":"reject","response":{"status":451,"enhanced_status":"4.3.0",'
+    b'"message":"Temporary local problem, please try again later","disconnect":false,'
+    b'"enhancedStatus":"4.3.0"}}'
+)
+
+_WIRE_ACTION = {
+    "accept": "accept",
+    "quarantine": "accept",
+    "reject": "reject",
+    "tempfail": "reject",
+    "discard": "discard",
+}
+
+
+def to_wire(decision: Decision, *, shadow: bool = False) -> WireResponse:
+    """The response for a decision; in shadow mode always a plain accept."""
+    if shadow:
+        return WireResponse(action="accept")
+    action = _WIRE_ACTION[decision.action]
+    if action == "accept":
+        return WireResponse(action="accept", modifications=decision.modifications)
+    reply = decision.reply
+    assert reply is not None, "a non-accept decision always carries a reply"
+    return WireResponse(
+        action=action,  # type: ignore[arg-type]
+        response=WireReply(status=reply.status, enhanced_status=reply.enhanced,
+                           message=reply.message, disconnect=False,
+                           enhancedStatus=reply.enhanced),
+    )
+
+
+def encode(decision: Decision, *, shadow: bool = False) -> bytes:
+    """The response body.  A plain accept is a constant."""
+    if shadow or (decision.action == "accept" and not decision.modifications):
+        return ACCEPT_BODY
+    return RESPONSE_ENCODER.encode(to_wire(decision))

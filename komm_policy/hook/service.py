@@ -1,0 +1,135 @@
+"""The running service's state: active policy set, directory, decision log, metrics.
+
+Built from a `Config` (or from parts, in tests).  The policy set is swapped atomically by
+`reload()`: a request takes the current set once and finishes on it, and a reload that
+fails keeps the old set, logs the diagnostics and counts a failed reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..decisionlog import DecisionLog, JsonlSink, Sink, SqliteSink
+from ..demo import DEMO_ROWS
+from ..directory import Directory, DirectoryRows
+from ..directory.memory import InMemoryDirectory
+from ..directory.sqlite import SqliteDirectory
+from ..errors import render
+from ..policyset import PolicySet, load_path
+from .metrics import Metrics
+
+log = logging.getLogger("komm_policy.service")
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    version: str | None
+    messages: tuple[str, ...] = ()
+
+
+@dataclass
+class HookService:
+    policy_set: PolicySet
+    directory: Directory
+    policies_path: Path | None = None
+    decision_log: DecisionLog | None = None
+    token: str | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    shadow: bool = False
+    redact_client_ip: bool = False
+    watch: bool = False
+    metrics: Metrics = field(default_factory=Metrics)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.decision_log is not None:
+            log_ref = self.decision_log
+            self.metrics.log_depth.set_function(lambda: float(log_ref.depth))
+        self.metrics.rules.set(self.policy_set.rule_count)
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        available = getattr(self.directory, "available", True)
+        if not available:
+            return False, "directory unavailable"
+        return True, "ok"
+
+    def reload(self) -> ReloadResult:
+        """Recompile the policies; swap them in only if they compile."""
+        if self.policies_path is None:
+            return ReloadResult(False, None, ("no policy directory configured",))
+        with self._reload_lock:
+            try:
+                result = load_path(self.policies_path)
+            except OSError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                message = f"policy reload failed: {exc}"
+                log.error(message)
+                return ReloadResult(False, None, (message,))
+            if result.policy_set is None:
+                self.metrics.reloads.labels("failed").inc()
+                messages = tuple(render(d, result.texts.get(d.span.file))
+                                 for d in result.diagnostics)
+                log.error("policy reload failed; keeping version %s:\n%s",
+                          self.policy_set.version, "\n".join(messages))
+                return ReloadResult(False, None, messages)
+            if result.policy_set.version != self.policy_set.version:
+                self.policy_set = result.policy_set  # one reference swap: atomic
+                log.info("policies reloaded: version %s, %d rules",
+                         result.policy_set.version, result.policy_set.rule_count)
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.rules.set(self.policy_set.rule_count)
+            for warning in result.warnings:
+                log.warning("%s", render(warning, result.texts.get(warning.span.file)))
+            return ReloadResult(True, self.policy_set.version)
+
+    def close(self) -> None:
+        if self.decision_log is not None:
+            self.decision_log.close()
+        close = getattr(self.directory, "close", None)
+        if close is not None:
+            close()
+
+    @classmethod
+    def from_config(cls, config: Config, *, worker: str | None = None) -> HookService:
+        """Open everything the configuration names.  Raises on unusable parts."""
+        result = load_path(config.policies)
+        if result.policy_set is None:
+            details = "\n".join(render(d, result.texts.get(d.span.file))
+                                for d in result.errors)
+            raise RuntimeError(f"the policies in {config.policies} have errors:\n{details}")
+        directory = open_directory(config)
+        sinks: list[Sink] = []
+        if config.log_jsonl:
+            path = Path(config.log_jsonl)
+            if worker is not None:
+                path = path.with_name(f"{path.stem}.{worker}{path.suffix}")
+            sinks.append(JsonlSink(path, max_bytes=config.log_jsonl_max_bytes,
+                                   backups=config.log_jsonl_backups))
+        if config.log_sqlite and config.sqlite_path is not None:
+            sinks.append(SqliteSink(config.sqlite_path))
+        return cls(
+            policy_set=result.policy_set,
+            directory=directory,
+            policies_path=config.policies,
+            decision_log=DecisionLog(sinks) if sinks else None,
+            token=config.token,
+            max_body_bytes=config.max_body_bytes,
+            shadow=config.shadow,
+            redact_client_ip=config.redact_client_ip,
+            watch=config.watch,
+        )
+
+
+def open_directory(config: Config) -> Directory:
+    if config.sqlite_path is not None:
+        return SqliteDirectory(config.sqlite_path, refresh_interval=config.refresh_interval,
+                               max_staleness=config.max_staleness)
+    if config.directory == "memory:demo":
+        return InMemoryDirectory(DEMO_ROWS)
+    return InMemoryDirectory(DirectoryRows())
