@@ -16,6 +16,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+$(DB): | $(BIN)/.installed
+	$(BIN)/komm-policy db init --demo --path $(DB)
+
+serve: install $(DB)
+	$(BIN)/komm-policy serve --host $(HOST) --port $(PORT) --policies policies \
+		--directory sqlite:$(DB)
+
 lint: install
 	$(BIN)/ruff check .
 
