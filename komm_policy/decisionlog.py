@@ -1,21 +1,18 @@
-"""The decision log: one record per hook request, written off the answer path.
+"""Decision records and the sinks that store them (JSON lines, the SQLite `mta_log`).
 
-`DecisionLog.submit()` only appends to an in-memory queue (a deque append, no I/O, no
-lock contention on the event loop); a writer thread drains the queue in batches into every
-sink.  Each sink keeps its own backlog, so a sink that fails (disk full, database locked)
-retries with backoff without delaying or duplicating the others.  Each record has a unique
-id, and the SQLite sink inserts idempotently.  `close()` flushes everything before it
-returns.  Records hold no message bodies, headers or tokens; client IPs can be redacted.
+A record says what was decided and why for one hook request: no message bodies, header
+values or tokens; client IPs can be redacted.  Each has a unique id; the SQLite sink
+inserts idempotently.  `SinkWriter` drives the sinks with per-sink backlogs and retries;
+it runs in the log writer process (see `logwriter`), off the answer path.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import logging.handlers
-import threading
+import os
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,31 +20,11 @@ from typing import Any, Protocol
 
 import msgspec
 
-from .decision import Decision
+from .decision import Decision, DryRunHit, LookupRecord, Reply, RuleRef
 from .ipset import IP
 from .wire import Request
 
 log = logging.getLogger(__name__)
-
-
-class LoggedReply(msgspec.Struct, frozen=True):
-    status: int
-    enhanced: str | None
-    message: str
-
-
-class LoggedRule(msgspec.Struct, frozen=True):
-    name: str
-    file: str
-    line: int
-
-
-class LoggedLookup(msgspec.Struct, frozen=True):
-    function: str
-    args: tuple[Any, ...]
-    result: Any = None
-    error: str | None = None
-    duration_ms: float | None = None
 
 
 class DecisionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -61,14 +38,14 @@ class DecisionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     action: str
     duration_ms: float
     policy_version: str
-    reply: LoggedReply | None = None
-    rule: LoggedRule | None = None
+    reply: Reply | None = None
+    rule: RuleRef | None = None
     answered: str | None = None
     """What Stalwart was told, when it differs from `action` (shadow mode)."""
     fallback: bool = False
     cause: str | None = None
-    lookups: tuple[LoggedLookup, ...] = ()
-    dry_run: tuple[dict[str, Any], ...] = ()
+    lookups: tuple[LookupRecord, ...] = ()
+    dry_run: tuple[DryRunHit, ...] = ()
     logs: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
 
@@ -86,6 +63,32 @@ def encode_record(record: DecisionRecord) -> bytes:
     return _ENCODER.encode(record)
 
 
+class RecordIds:
+    """Unique record ids without uuid4's cost: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}-{next(self._counter):010x}"
+
+
+class Timestamps:
+    """ISO 8601 UTC times; the date-and-second part is formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, at: float) -> str:
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._text}.{int((at - second) * 1_000_000):06d}+00:00"
+
+
 def make_record(
     request: Request,
     decision: Decision,
@@ -93,16 +96,15 @@ def make_record(
     *,
     shadow: bool = False,
     redact_client_ip: bool = False,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    record_id: str | None = None,
+    at: str | None = None,
 ) -> DecisionRecord:
     """The log record for one answered request (no bodies, no header values)."""
     context = request.context
     envelope = request.envelope
-    reply = decision.reply
-    rule = decision.rule
     return DecisionRecord(
-        id=uuid.uuid4().hex,
-        time=now().isoformat(timespec="microseconds"),
+        id=record_id or uuid.uuid4().hex,
+        time=at or datetime.now(UTC).isoformat(timespec="microseconds"),
         stage=context.stage,
         client_ip=None if redact_client_ip else context.client.ip,
         sender=envelope.from_.address if envelope is not None else None,
@@ -111,66 +113,69 @@ def make_record(
         action=decision.action,
         duration_ms=round(duration_ms, 3),
         policy_version=decision.policy_version,
-        reply=LoggedReply(reply.status, reply.enhanced, reply.message) if reply else None,
-        rule=LoggedRule(rule.name, rule.file, rule.line) if rule else None,
+        reply=decision.reply,
+        rule=decision.rule,
         answered="accept" if shadow and decision.action != "accept" else None,
         fallback=decision.fallback,
         cause=decision.cause,
-        lookups=tuple(LoggedLookup(x.function, x.args, x.result, x.error, x.duration_ms)
-                      for x in decision.lookups),
-        dry_run=tuple({"rule": h.rule.name, "line": h.rule.line, "action": h.action,
-                       "reply": str(h.reply) if h.reply else None} for h in decision.dry_run),
+        lookups=decision.lookups,
+        dry_run=decision.dry_run,
         logs=decision.logs,
         errors=decision.errors,
     )
 
 
-def _record_from(request: Request, decision: Decision, duration_ms: float, at: float,
-                 shadow: bool, redact_client_ip: bool) -> DecisionRecord:
-    stamp = datetime.fromtimestamp(at, UTC)
-    return make_record(request, decision, duration_ms, shadow=shadow,
-                       redact_client_ip=redact_client_ip, now=lambda: stamp)
-
-
 class Sink(Protocol):
     name: str
 
-    def write(self, records: Sequence[DecisionRecord]) -> None:
-        """Write a batch; raise to have the same batch retried later."""
+    def write(self, lines: Sequence[bytes]) -> None:
+        """Write a batch of encoded records; raise to have the same batch retried later."""
 
     def close(self) -> None: ...
 
 
 class JsonlSink:
-    """One JSON object per line, rotated by size (the stdlib's rotating handler)."""
+    """One JSON object per line, rotated by size: `decisions.jsonl` → `.1` → `.2` ….
+
+    (Not a `logging` handler: the server's logging setup closes every handler it finds.)"""
 
     name = "jsonl"
 
     def __init__(self, path: str | Path, *, max_bytes: int = 100 * 1024 * 1024,
                  backups: int = 10) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
-        self._handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file = self.path.open("ab")
 
-    def write(self, records: Sequence[DecisionRecord]) -> None:
-        handler = self._handler
-        for record in records:
-            line = encode_record(record).decode("utf-8")
-            entry = logging.LogRecord("komm_policy.decisions", logging.INFO, "", 0, line,
-                                      None, None)
-            if handler.shouldRollover(entry):
-                handler.doRollover()  # renames the file and opens a new one
-            handler.stream.write(line + "\n")
-        handler.stream.flush()
+    def write(self, lines: Sequence[bytes]) -> None:
+        data = b"".join(line + b"\n" for line in lines)
+        size = self._file.tell()
+        if size and size + len(data) > self.max_bytes:
+            self._rotate()
+        self._file.write(data)
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for number in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{number}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{number + 1}"))
+        if self.backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            self._file = self.path.open("ab")
+        else:
+            self._file = self.path.open("wb")
 
     def close(self) -> None:
-        self._handler.close()
+        self._file.close()
 
 
 class SqliteSink:
-    """Rows in the store's `mta_log` table; re-inserting a record id is a no-op."""
+    """Rows in the store's `mta_log` table (its columns are derived from the JSON);
+    re-inserting a record id is a no-op."""
 
     name = "sqlite"
 
@@ -178,134 +183,114 @@ class SqliteSink:
         from .directory.sqlite import connect, init_schema
 
         self.path = Path(path)
-        self._conn = connect(path, timeout=2.0)
+        self._conn = connect(path, create=False, timeout=2.0)  # never a new empty store
+        # WAL + NORMAL: no fsync per batch; a crash cannot corrupt the store, a power
+        # loss can lose the last batch (as it can for the JSONL file).
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         init_schema(self._conn)
 
-    def write(self, records: Sequence[DecisionRecord]) -> None:
-        rows = [
-            (r.id, r.time, r.stage, r.client_ip, r.sender,
-             msgspec.json.encode(r.recipients).decode(), r.queue_id, r.action,
-             (f"{r.reply.status} {r.reply.enhanced or ''} {r.reply.message}".replace("  ", " ")
-              if r.reply else None),
-             r.rule.name if r.rule else None,
-             f"{r.rule.file}:{r.rule.line}" if r.rule else None,
-             int(r.fallback), r.cause, r.duration_ms, r.policy_version,
-             encode_record(r).decode())
-            for r in records
-        ]
+    def write(self, lines: Sequence[bytes]) -> None:
         with self._conn:
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO mta_log (id, time, stage, client_ip, sender, recipients,"
-                " queue_id, action, reply, rule, rule_location, fallback, cause, duration_ms,"
-                " policy_version, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._conn.executemany("INSERT OR IGNORE INTO mta_log (record) VALUES (?)",
+                                   [(line.decode(),) for line in lines])
 
     def close(self) -> None:
         self._conn.close()
 
 
-class _SinkState:
-    __slots__ = ("backlog", "failures", "retry_at", "sink")
+class JsonlSpec(msgspec.Struct, frozen=True):
+    """Where and how to write the JSONL file (picklable: it crosses to the writer)."""
 
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-        self.backlog: list[DecisionRecord] = []
+    path: str
+    max_bytes: int = 100 * 1024 * 1024
+    backups: int = 10
+
+    def open(self) -> Sink:
+        return JsonlSink(self.path, max_bytes=self.max_bytes, backups=self.backups)
+
+
+class SqliteSpec(msgspec.Struct, frozen=True):
+    path: str
+
+    def open(self) -> Sink:
+        return SqliteSink(self.path)
+
+
+SinkSpec = JsonlSpec | SqliteSpec
+
+class _SinkState:
+    __slots__ = ("backlog", "failures", "name", "retry_at", "sink", "spec")
+
+    def __init__(self, spec: SinkSpec | Sink) -> None:
+        # A spec is opened on first use, so a sink that cannot open yet (store missing,
+        # directory not writable) is retried like a failed write instead of being lost.
+        self.spec = spec
+        self.sink: Sink | None = None if isinstance(spec, JsonlSpec | SqliteSpec) else spec
+        self.name = type(spec).__name__
+        self.backlog: list[bytes] = []
         self.failures = 0
         self.retry_at = 0.0
 
 
-class DecisionLog:
-    """Queue + writer thread feeding every sink."""
+class SinkWriter:
+    """Feeds batches of encoded records to every sink.  Each sink keeps its own backlog:
+    one that fails is retried with backoff (0.5 s doubling up to 30 s) while the others
+    go on, and nothing is written to a sink twice."""
 
-    def __init__(self, sinks: Sequence[Sink], *, flush_interval: float = 0.05,
-                 batch_size: int = 500, clock: Callable[[], float] = time.monotonic) -> None:
-        self._sinks = [_SinkState(s) for s in sinks]
-        self._queue: deque[DecisionRecord] = deque()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._flush_interval = flush_interval
-        self._batch_size = batch_size
+    def __init__(self, sinks: Sequence[SinkSpec | Sink], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._states = [_SinkState(s) for s in sinks]
         self._clock = clock
         self.written = 0
-        self.sink_errors = 0
-        self._thread = threading.Thread(target=self._run, name="komm-decision-log",
-                                        daemon=True)
-        self._thread.start()
+        self.errors = 0
 
-    def submit(self, record: DecisionRecord) -> None:
-        """Hand a record to the writer; never blocks and never does I/O."""
-        self._queue.append(record)
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
-
-    def submit_decision(self, request: Request, decision: Decision, duration_ms: float,
-                        at: float, *, shadow: bool = False,
-                        redact_client_ip: bool = False) -> None:
-        """Like `submit`, but the record (id, timestamp text, lookups) is built by the
-        writer thread, not on the answer path.  `at` is the answer's time.time()."""
-        self._queue.append((request, decision, duration_ms, at, shadow,  # type: ignore[arg-type]
-                            redact_client_ip))
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
-
-    @property
-    def depth(self) -> int:
-        """Records not yet written to every sink."""
-        backlog = max((len(s.backlog) for s in self._sinks), default=0)
-        return len(self._queue) + backlog
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self._flush_interval)
-            self._wake.clear()
-            stopping = self._stopping
-            self._drain(force=stopping)
-            if stopping and not self._queue:
-                return
-
-    def _drain(self, *, force: bool = False) -> None:
-        batch: list[DecisionRecord] = []
-        queue = self._queue
-        while queue:
-            item = queue.popleft()
-            if isinstance(item, tuple):
-                item = _record_from(*item)
-            batch.append(item)
-        for state in self._sinks:
+    def write(self, lines: Sequence[bytes]) -> None:
+        batch = [line for line in lines if line]
+        for state in self._states:
             state.backlog.extend(batch)
+        self.attempt()
+
+    def attempt(self, *, force: bool = False) -> None:
+        """Write every backlog whose sink is not waiting out a backoff (or all: force)."""
+        for state in self._states:
             if not state.backlog or (not force and self._clock() < state.retry_at):
                 continue
             try:
-                for start in range(0, len(state.backlog), self._batch_size):
-                    state.sink.write(state.backlog[start:start + self._batch_size])
-            except Exception as exc:
-                self.sink_errors += 1
+                if state.sink is None:
+                    state.sink = state.spec.open()  # type: ignore[union-attr]
+                state.sink.write(state.backlog)
+            except Exception as exc:  # keep the records and retry later
+                self.errors += 1
                 state.failures += 1
                 state.retry_at = self._clock() + min(30.0, 0.5 * 2 ** min(state.failures, 6))
                 log.error("decision log sink %s failed (%d records kept for retry): %s",
-                          state.sink.name, len(state.backlog), exc)
+                          state.name, len(state.backlog), exc)
                 continue
             state.failures = 0
-            self.written += len(state.backlog) if state is self._sinks[0] else 0
+            if state is self._states[0]:
+                self.written += len(state.backlog)
             state.backlog.clear()
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far reached every sink (or timeout)."""
-        deadline = time.monotonic() + timeout
-        while self.depth and time.monotonic() < deadline:
-            self._wake.set()
-            time.sleep(0.005)
-        return self.depth == 0
+    @property
+    def pending(self) -> int:
+        return max((len(s.backlog) for s in self._states), default=0)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush what is queued (one last attempt per sink) and stop the writer."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout)
-        for state in self._sinks:
+    def next_retry_in(self) -> float | None:
+        waiting = [s.retry_at for s in self._states if s.backlog]
+        return max(0.0, min(waiting) - self._clock()) if waiting else None
+
+    def close(self) -> int:
+        """One last attempt for every backlog; returns the records that stay unwritten."""
+        self.attempt(force=True)
+        lost = self.pending
+        for state in self._states:
             if state.backlog:
                 log.error("decision log sink %s: %d records could not be written",
-                          state.sink.name, len(state.backlog))
+                          state.name, len(state.backlog))
+            if state.sink is None:
+                continue
             try:
                 state.sink.close()
-            except Exception:
-                log.exception("closing decision log sink %s", state.sink.name)
+            except Exception:  # closing is best effort
+                log.exception("closing decision log sink %s", state.name)
+        return lost

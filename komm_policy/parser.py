@@ -22,6 +22,9 @@ from . import nodes as n
 from .errors import Diagnostic, Severity, Span
 from .ipset import normalize_network
 
+_DOTTED_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*\s*")
+"""`{sender}` / `{client.ip}`: the common template parts, built without a Lark parse."""
+
 MAX_NESTING = 64
 """Deepest expression nesting accepted; deeper input is reported, never a RecursionError."""
 
@@ -624,6 +627,23 @@ class _Builder:
             return n.Literal(kind="string", value=value, text=str(tok), span=span)
         return n.Template(parts=tuple(parts), span=span)
 
+    def dotted_name(self, source: str, line: int, column: int) -> n.Expr:
+        """Name/Attr nodes for `a.b.c`, with the same spans a full parse gives."""
+        offset = len(source) - len(source.lstrip())
+        start = column + offset
+        expr: n.Expr | None = None
+        position = start
+        for part in source.strip().split("."):
+            part_span = Span(self.path, line, position, line, position + len(part))
+            whole = Span(self.path, line, start, line, position + len(part))
+            if expr is None:
+                expr = n.Name(name=part, span=whole)
+            else:
+                expr = n.Attr(obj=expr, name=part, name_span=part_span, span=whole)
+            position += len(part) + 1
+        assert expr is not None
+        return expr
+
     def embedded(self, source: str, line: int, column: int) -> n.Expr:
         """Parse the expression inside `{…}` with positions mapped into the file."""
         if not source.strip():
@@ -631,6 +651,9 @@ class _Builder:
             self.error("E012", "empty `{}` in string", span,
                        "put an expression inside, or write `{{}}` for literal braces")
             return n.Literal(kind="string", value="", span=span)
+        simple = _DOTTED_NAME.fullmatch(source)
+        if simple is not None and simple.group(1) not in keywords():
+            return self.dotted_name(source, line, column)
         try:
             tree = _parser().parse(source, start="expr")
         except lark.exceptions.UnexpectedInput as exc:

@@ -15,6 +15,15 @@ from . import Account, Category, DirectoryRows
 
 log = logging.getLogger(__name__)
 
+LOOKUP_METHODS = ("ip_blocked", "category", "account", "is_admin", "subscribed")
+
+
+def serve_lookups(owner: object, target: object) -> None:
+    """Make `owner`'s lookup methods `target`'s bound methods: a lookup is then one call,
+    and pointing the owner at a new index (or at an error raiser) is a few assignments."""
+    for name in LOOKUP_METHODS:
+        setattr(owner, name, getattr(target, name))
+
 
 class DirectoryIndex:
     """Lookup structures built once from `DirectoryRows`."""
@@ -103,13 +112,8 @@ class InMemoryDirectory:
 
     def replace(self, rows: DirectoryRows) -> None:
         """Swap in new content."""
-        index = DirectoryIndex(rows)
-        self.index = index
-        self.ip_blocked = index.ip_blocked
-        self.category = index.category
-        self.account = index.account
-        self.is_admin = index.is_admin
-        self.subscribed = index.subscribed
+        self.index = DirectoryIndex(rows)
+        serve_lookups(self, self.index)
 
     @property
     def rows(self) -> DirectoryRows:

@@ -19,18 +19,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from ..ipset import IP
 from . import (
     AccountRow,
     BlockedIpRow,
-    Category,
     CategoryRow,
     DirectoryError,
     DirectoryRows,
     SubscriptionRow,
 )
-from .memory import DirectoryIndex
+from .memory import DirectoryIndex, serve_lookups
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +90,33 @@ CREATE INDEX IF NOT EXISTS subscriptions_email
     ON subscriptions (subscriber_email COLLATE NOCASE);
 
 CREATE TABLE IF NOT EXISTS mta_log (
-    id             TEXT PRIMARY KEY,         -- the decision record's id
-    time           TEXT NOT NULL,
-    stage          TEXT NOT NULL,
-    client_ip      TEXT,
-    sender         TEXT,
-    recipients     TEXT NOT NULL,            -- JSON array
-    queue_id       TEXT,
-    action         TEXT NOT NULL,
-    reply          TEXT,
-    rule           TEXT,
-    rule_location  TEXT,
-    fallback       INTEGER NOT NULL DEFAULT 0,
-    cause          TEXT,
-    duration_ms    REAL NOT NULL,
-    policy_version TEXT NOT NULL,
-    record         TEXT NOT NULL             -- the whole record as JSON
+    -- One row per answered hook request: the decision record as JSON (the same line as
+    -- in the JSONL log); the other columns are derived from it by SQLite.
+    record         TEXT NOT NULL,
+    id             TEXT GENERATED ALWAYS AS (json_extract(record, '$.id')) VIRTUAL,
+    time           TEXT GENERATED ALWAYS AS (json_extract(record, '$.time')) VIRTUAL,
+    stage          TEXT GENERATED ALWAYS AS (json_extract(record, '$.stage')) VIRTUAL,
+    client_ip      TEXT GENERATED ALWAYS AS (json_extract(record, '$.client_ip')) VIRTUAL,
+    sender         TEXT GENERATED ALWAYS AS (json_extract(record, '$.sender')) VIRTUAL,
+    recipients     TEXT GENERATED ALWAYS AS (json_extract(record, '$.recipients')) VIRTUAL,
+    queue_id       TEXT GENERATED ALWAYS AS (json_extract(record, '$.queue_id')) VIRTUAL,
+    action         TEXT GENERATED ALWAYS AS (json_extract(record, '$.action')) VIRTUAL,
+    reply          TEXT GENERATED ALWAYS AS (
+        json_extract(record, '$.reply.status') || ' ' ||
+        coalesce(json_extract(record, '$.reply.enhanced') || ' ', '') ||
+        json_extract(record, '$.reply.message')) VIRTUAL,
+    rule           TEXT GENERATED ALWAYS AS (json_extract(record, '$.rule.name')) VIRTUAL,
+    rule_location  TEXT GENERATED ALWAYS AS (
+        json_extract(record, '$.rule.file') || ':' || json_extract(record, '$.rule.line'))
+        VIRTUAL,
+    fallback       INTEGER GENERATED ALWAYS AS (
+        coalesce(json_extract(record, '$.fallback'), 0)) VIRTUAL,
+    cause          TEXT GENERATED ALWAYS AS (json_extract(record, '$.cause')) VIRTUAL,
+    duration_ms    REAL GENERATED ALWAYS AS (json_extract(record, '$.duration_ms')) VIRTUAL,
+    policy_version TEXT GENERATED ALWAYS AS (json_extract(record, '$.policy_version'))
+        VIRTUAL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS mta_log_id ON mta_log (id);
 CREATE INDEX IF NOT EXISTS mta_log_time ON mta_log (time);
 """
 
@@ -119,14 +128,17 @@ END;
 """
 
 
-def connect(path: str | Path, *, readonly: bool = False, timeout: float = 5.0
-            ) -> sqlite3.Connection:
-    """A connection with the settings every user of the store needs."""
-    if readonly:
-        uri = f"file:{Path(path).resolve()}?mode=ro"
+def connect(path: str | Path, *, readonly: bool = False, create: bool = True,
+            timeout: float = 5.0) -> sqlite3.Connection:
+    """A connection with the settings every user of the store needs.  With
+    `create=False` a missing file is an error instead of a new empty store."""
+    if readonly or not create:
+        mode = "ro" if readonly else "rw"
+        uri = f"file:{Path(path).resolve()}?mode={mode}"
         conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
     else:
         conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False)
+    if not readonly:
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return conn
@@ -135,6 +147,10 @@ def connect(path: str | Path, *, readonly: bool = False, timeout: float = 5.0
 def init_schema(conn: sqlite3.Connection) -> None:
     """Create the tables, indexes and change triggers (idempotent)."""
     with conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_xinfo(mta_log)")]
+        if columns and columns[0] != "record":  # the first (pre-release) log layout
+            conn.execute("ALTER TABLE mta_log RENAME TO mta_log_old")
+            conn.execute("DROP INDEX IF EXISTS mta_log_time")
         conn.executescript(SCHEMA)
         for table in DIRECTORY_TABLES:
             for event, event_sql in (("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")):
@@ -262,16 +278,21 @@ class SqliteDirectory:
                     self._index = DirectoryIndex(read_rows(conn))
                     self._directory_version = directory_version
                     self.reloads += 1
+                    self._available = True
+                    self._publish()
                 self._data_version = data_version
             self._last_ok = self._clock()
-            self._available = True
+            if not self._available:
+                self._available = True
+                self._publish()
             self.last_error = None
         except (sqlite3.Error, OSError, DirectoryError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("directory %s unavailable: %s", self.path, self.last_error)
             self._drop_connection()
-            if self._clock() - self._last_ok > self.max_staleness:
+            if self._available and self._clock() - self._last_ok > self.max_staleness:
                 self._available = False
+                self._publish()
 
     def _check_file(self) -> None:
         stat = os.stat(self.path)  # raises FileNotFoundError when the file was removed
@@ -297,32 +318,31 @@ class SqliteDirectory:
     def available(self) -> bool:
         return self._available and self._index is not None
 
-    def _current(self) -> DirectoryIndex:
-        index = self._index
-        if not self._available or index is None:
-            raise DirectoryError(f"directory {self.path} unavailable for more than "
-                                 f"{self.max_staleness:g}s: {self.last_error}")
-        return index
+    def _publish(self) -> None:
+        """Point the lookup methods at the current index, or at an error raiser."""
+        if self._available and self._index is not None:
+            serve_lookups(self, self._index)
+        else:
+            serve_lookups(self, _Unavailable(
+                f"directory {self.path} unavailable for more than {self.max_staleness:g}s: "
+                f"{self.last_error}"))
 
     def counts(self) -> dict[str, int]:
-        return self._current().counts()
+        if self._index is None or not self._available:
+            raise DirectoryError(f"directory {self.path} unavailable: {self.last_error}")
+        return self._index.counts()
 
-    # -- Directory ------------------------------------------------------------------------
 
-    def ip_blocked(self, ip: IP) -> bool:
-        return self._current().ip_blocked(ip)
+class _Unavailable:
+    """Stands in for the index while the store cannot be read: every lookup fails."""
 
-    def category(self, address: str) -> Category | None:
-        return self._current().category(address)
+    def __init__(self, message: str) -> None:
+        self.message = message
 
-    def account(self, address: str):  # type: ignore[no-untyped-def]
-        return self._current().account(address)
+    def _fail(self, *args: object) -> NoReturn:
+        raise DirectoryError(self.message)
 
-    def is_admin(self, address: str) -> bool:
-        return self._current().is_admin(address)
-
-    def subscribed(self, address: str, category: Category) -> bool:
-        return self._current().subscribed(address, category)
+    ip_blocked = category = account = is_admin = subscribed = _fail
 
 
 def create_database(path: str | Path, rows: DirectoryRows | None = None) -> None:

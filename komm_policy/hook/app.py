@@ -1,6 +1,7 @@
 """The Starlette app Stalwart calls: `POST /mta-hook`, plus health, readiness and metrics.
 
-The hook path is: check the token, read the body up to the limit, decode tolerantly,
+The hook path is: check the token, read the body up to the limit (413 beyond it, also
+for chunked bodies), decode tolerantly,
 evaluate on the policy set current at that moment, answer, hand the decision to the log
 queue.  Bad input gets a 4xx JSON body naming the problem; a policy or directory problem
 gets the policy's fallback decision with status 200, never a 500.
@@ -13,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import json
 import logging
 import os
 import signal
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..runtime import decide
 from ..wire import RequestError, decode_request
@@ -36,27 +39,6 @@ from .service import HookService
 log = logging.getLogger("komm_policy.hook")
 
 _JSON = "application/json"
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: HttpRequest, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes while reading."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit():
-        if int(length) > limit:
-            raise BodyTooLarge
-        return await request.body()
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def token_matches(header: str | None, token: bytes) -> bool:
@@ -79,52 +61,112 @@ def token_matches(header: str | None, token: bytes) -> bool:
     return hmac.compare_digest(candidate, token)
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
-
-
-def create_app(service: HookService) -> Starlette:
+def create_app(service: HookService) -> HookApp:
     """The ASGI app for one service instance."""
-    token = service.token.encode() if service.token else None
-    metrics = service.metrics
-    blocking_directory = getattr(service.directory, "blocking", True)
+    return HookApp(service, _starlette_app(service))
 
-    async def mta_hook(request: HttpRequest) -> Response:
-        if token is not None and not token_matches(request.headers.get("authorization"),
-                                                   token):
+
+class HookApp:
+    """ASGI entry point.  `POST /mta-hook` is served directly from the ASGI messages: it is
+    the one route on every SMTP transaction's path, and skipping Starlette's routing,
+    middleware and Request/Response objects there roughly halves the per-request
+    overhead.  Everything else (health, metrics, errors, lifespan) is plain Starlette."""
+
+    def __init__(self, service: HookService, starlette: Starlette) -> None:
+        self.service = service
+        self.starlette = starlette
+        self._token = service.token.encode() if service.token else None
+        self._blocking = getattr(service.directory, "blocking", True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["path"] == "/mta-hook"
+                and scope["method"] == "POST"):
+            await self.hook(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
+
+    async def hook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = self.service
+        metrics = service.metrics
+        authorization = None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                authorization = value
+        if self._token is not None and not token_matches(
+                authorization.decode("latin-1") if authorization else None, self._token):
             metrics.rejected_requests.labels("401").inc()
-            return JSONResponse({"error": "missing or invalid token"}, status_code=401,
-                                headers={"WWW-Authenticate": 'Bearer realm="komm-policy"'})
-        try:
-            body = await read_body(request, service.max_body_bytes)
-        except BodyTooLarge:
-            metrics.rejected_requests.labels("413").inc()
-            return _error(413, f"request body exceeds {service.max_body_bytes} bytes")
+            await _send_json(send, 401, {"error": "missing or invalid token"},
+                             [(b"www-authenticate", b'Bearer realm="komm-policy"')])
+            return
+        limit = service.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._too_large(send)
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > limit:
+                await self._too_large(send)
+                return
+            more = message.get("more_body", False)
         started = time.perf_counter()
         try:
-            hook_request = decode_request(body)
+            request = decode_request(body)
         except RequestError as exc:
             metrics.rejected_requests.labels("400").inc()
-            return _error(400, exc.message, path=exc.path)
+            await _send_json(send, 400, {"error": exc.message, "path": exc.path})
+            return
         policy_set = service.policy_set  # this request finishes on this version
         try:
-            if blocking_directory:
-                decision = await run_in_threadpool(decide, policy_set, hook_request,
+            if self._blocking:
+                decision = await run_in_threadpool(decide, policy_set, request,
                                                    service.directory)
             else:
-                decision = decide(policy_set, hook_request, service.directory)
-            body_out = wire_response.encode(decision, shadow=service.shadow)
+                decision = decide(policy_set, request, service.directory)
+            answer = wire_response.encode(decision, shadow=service.shadow)
         except Exception:  # decide() does not raise; this is the last line of defence
-            log.exception("internal error answering a %s hook", hook_request.context.stage)
+            log.exception("internal error answering a %s hook", request.context.stage)
             metrics.rejected_requests.labels("internal").inc()
-            return Response(wire_response.INTERNAL_ERROR_BODY, media_type=_JSON)
+            answer = wire_response.INTERNAL_ERROR_BODY
+            decision = None
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+        if decision is None:
+            return
         elapsed = time.perf_counter() - started
         if service.decision_log is not None:
             service.decision_log.submit_decision(
-                hook_request, decision, elapsed * 1000, time.time(), shadow=service.shadow,
+                request, decision, elapsed * 1000, time.time(), shadow=service.shadow,
                 redact_client_ip=service.redact_client_ip)
         metrics.observe(decision, elapsed)
-        return Response(body_out, media_type=_JSON)
+
+    async def _too_large(self, send: Send) -> None:
+        self.service.metrics.rejected_requests.labels("413").inc()
+        await _send_json(send, 413, {
+            "error": f"request body exceeds {self.service.max_body_bytes} bytes"})
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any],
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+        *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _starlette_app(service: HookService) -> Starlette:
+    """Health, readiness, metrics, JSON errors for everything else, and the lifespan."""
+    metrics = service.metrics
 
     async def healthz(request: HttpRequest) -> Response:
         return JSONResponse({"status": "ok"})
@@ -138,6 +180,9 @@ def create_app(service: HookService) -> Starlette:
 
     async def metrics_endpoint(request: HttpRequest) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def hook_methods(request: HttpRequest) -> Response:  # POST is served by HookApp
+        raise HTTPException(405, headers={"Allow": "POST"})
 
     async def http_error(request: HttpRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -167,7 +212,8 @@ def create_app(service: HookService) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/mta-hook", mta_hook, methods=["POST"]),
+            Route("/mta-hook", hook_methods,
+                  methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),

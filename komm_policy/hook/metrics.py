@@ -47,6 +47,7 @@ class Metrics:
         # Label children are cached: `labels()` costs more than the increment itself.
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
+        self._lookup_children: dict[str, Counter] = {}
 
     def observe(self, decision: Decision, seconds: float) -> None:
         rule = decision.rule.name if decision.rule is not None else "(none)"
@@ -63,11 +64,15 @@ class Metrics:
         if decision.fallback:
             self.fallbacks.labels(decision.stage).inc()
         for lookup in decision.lookups:
-            self.lookups.labels(lookup.function).inc()
+            function = lookup.function
+            counter = self._lookup_children.get(function)
+            if counter is None:
+                counter = self._lookup_children[function] = self.lookups.labels(function)
+            counter.inc()
             if lookup.error is not None:
-                self.lookup_errors.labels(lookup.function).inc()
+                self.lookup_errors.labels(function).inc()
             if lookup.duration_ms is not None:
-                self.lookup_latency.labels(lookup.function).observe(lookup.duration_ms / 1000)
+                self.lookup_latency.labels(function).observe(lookup.duration_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

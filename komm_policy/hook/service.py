@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
-from ..decisionlog import DecisionLog, JsonlSink, Sink, SqliteSink
+from ..decisionlog import JsonlSpec, SinkSpec, SqliteSpec
 from ..demo import DEMO_ROWS
 from ..directory import Directory, DirectoryRows
 from ..directory.memory import InMemoryDirectory
 from ..directory.sqlite import SqliteDirectory
 from ..errors import render
+from ..logwriter import DecisionLog
 from ..policyset import PolicySet, load_path
 from .metrics import Metrics
 
@@ -104,15 +105,15 @@ class HookService:
                                 for d in result.errors)
             raise RuntimeError(f"the policies in {config.policies} have errors:\n{details}")
         directory = open_directory(config)
-        sinks: list[Sink] = []
+        sinks: list[SinkSpec] = []
         if config.log_jsonl:
             path = Path(config.log_jsonl)
             if worker is not None:
                 path = path.with_name(f"{path.stem}.{worker}{path.suffix}")
-            sinks.append(JsonlSink(path, max_bytes=config.log_jsonl_max_bytes,
-                                   backups=config.log_jsonl_backups))
+            sinks.append(JsonlSpec(str(path.resolve()), config.log_jsonl_max_bytes,
+                                   config.log_jsonl_backups))
         if config.log_sqlite and config.sqlite_path is not None:
-            sinks.append(SqliteSink(config.sqlite_path))
+            sinks.append(SqliteSpec(str(config.sqlite_path.resolve())))
         return cls(
             policy_set=result.policy_set,
             directory=directory,

@@ -1,0 +1,271 @@
+"""The engines compared on the 20-rule workload.  Each is prepared once (policy compiled,
+data loaded into the engine's own structures); `decide(input)` is what a decision costs:
+hand the request to the engine, evaluate, read the answer."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from komm_policy.directory import Category, DirectoryRows
+from komm_policy.directory.memory import InMemoryDirectory
+from komm_policy.directory.sqlite import SqliteDirectory, connect, create_database
+from komm_policy.ipset import IP
+from komm_policy.policyset import PolicySet, compile_text
+from komm_policy.runtime import decide
+
+from .workload import (
+    POLICY,
+    SENDER_PATTERN,
+    SPAM_SUFFIXES,
+    Data,
+    directory_rows,
+    stalwart_request,
+)
+
+
+@dataclass
+class Engine:
+    name: str
+    prepare: Callable[[dict[str, str]], Any]
+    """Turns the benchmark fields into the engine's input (not timed)."""
+    decide: Callable[[Any], str]
+    note: str = ""
+    reference: bool = False
+    probes_failed: list[str] = field(default_factory=list)
+
+
+def compile_workload() -> PolicySet:
+    result = compile_text(POLICY, "bench/workload.policy")
+    if result.policy_set is None:
+        raise RuntimeError("\n".join(str(d) for d in result.diagnostics))
+    return result.policy_set
+
+
+def komm_engine(name: str, policy_set: PolicySet, directory: Any, *, trace: bool = False,
+                note: str = "") -> Engine:
+    def run(request: Any) -> str:
+        return decide(policy_set, request, directory, trace=trace).action
+    return Engine(name, stalwart_request, run, note)
+
+
+def hand_written(directory: Any) -> Engine:
+    """The same rules written out in Python against the same request and directory."""
+    sender_ok = re.compile(SENDER_PATTERN).fullmatch
+
+    def run(request: Any) -> str:
+        client = request.context.client
+        if directory.ip_blocked(client.parsed_ip):
+            return "reject"
+        helo = client.helo
+        if helo is None or "." not in helo:
+            return "reject"
+        envelope = request.envelope
+        sender = envelope.from_.address.lower()
+        if sender_ok(sender) is None:
+            return "reject"
+        if sender.endswith("@spamdomain1.test"):
+            return "reject"
+        if sender.endswith("@spamdomain2.test"):
+            return "reject"
+        if sender.endswith("@spamdomain3.test"):
+            return "reject"
+        if sender.endswith("@spamdomain4.test"):
+            return "reject"
+        if sender.endswith("@spamdomain5.test"):
+            return "reject"
+        if sender.endswith("@spamdomain6.test"):
+            return "reject"
+        if sender.endswith("@spamdomain7.test"):
+            return "reject"
+        if sender.endswith("@spamdomain8.test"):
+            return "reject"
+        if sender.endswith("@spamdomain9.test"):
+            return "reject"
+        if sender.endswith("@spamdomain10.test"):
+            return "reject"
+        if sender.endswith("@spamdomain11.test"):
+            return "reject"
+        if sender.endswith("@spamdomain12.test"):
+            return "reject"
+        if sender.endswith("@spamdomain13.test"):
+            return "reject"
+        if sender.endswith("@spamdomain14.test"):
+            return "reject"
+        category = directory.category(envelope.to[-1].address.lower())
+        if category is None:
+            return "reject"
+        if not directory.subscribed(sender, category):
+            return "reject"
+        return "accept"
+
+    assert len(SPAM_SUFFIXES) == 14
+    return Engine("hand-written Python (same request + in-memory directory)",
+                  stalwart_request, run, "straight-line ifs over the decoded request",
+                  reference=True)
+
+
+class SqlQueryDirectory:
+    """A directory that runs one indexed SQL query per lookup (the alternative to the
+    replica that `SqliteDirectory` uses; here only to measure that choice)."""
+
+    blocking = True
+
+    def __init__(self, path: Path) -> None:
+        self.conn = connect(path, readonly=True)
+
+    def ip_blocked(self, ip: IP) -> bool:
+        row = self.conn.execute("SELECT 1 FROM blocked_ips WHERE ip = ? AND active",
+                                (ip.text,)).fetchone()
+        return row is not None
+
+    def category(self, address: str) -> Category | None:
+        row = self.conn.execute(
+            "SELECT id, name, email_address, description FROM message_categories "
+            "WHERE email_address = ? COLLATE NOCASE AND active", (address,)).fetchone()
+        return Category(row[0], row[1], row[2].lower(), row[3]) if row else None
+
+    def account(self, address: str) -> None:  # not used by the workload
+        return None
+
+    def is_admin(self, address: str) -> bool:
+        return False
+
+    def subscribed(self, address: str, category: Category) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM subscriptions s JOIN account a ON a.id = s.subscriber_account_id "
+            "WHERE a.email = ? COLLATE NOCASE AND a.is_active AND s.category_id = ? "
+            "AND s.active LIMIT 1", (address, category.id)).fetchone()
+        return row is not None
+
+
+def sqlite_file(rows: DirectoryRows, folder: Path | None = None) -> Path:
+    folder = folder or Path(tempfile.mkdtemp(prefix="komm-bench-"))
+    path = folder / "bench.sqlite3"
+    create_database(path, rows)
+    return path
+
+
+def komm_engines(data: Data) -> list[Engine]:
+    policy_set = compile_workload()
+    rows = directory_rows(data)
+    memory = InMemoryDirectory(rows)
+    path = sqlite_file(rows)
+    replica = SqliteDirectory(path, start=False)
+    return [
+        komm_engine("komm-policy (in-memory directory)", policy_set, memory,
+                    note="compiled closures; fused spam rules; memoised lookups"),
+        komm_engine("komm-policy, trace=True", policy_set, memory,
+                    note="records every rule and timed lookup"),
+        komm_engine("komm-policy (SQLite store, replica)", policy_set, replica,
+                    note="the default backend: lookups read the in-memory replica"),
+        komm_engine("komm-policy (SQLite, one SQL query per lookup)", policy_set,
+                    SqlQueryDirectory(path),
+                    note="the rejected alternative: indexed queries, timed lookups"),
+    ]
+
+
+# -- peer engines --------------------------------------------------------------------------
+
+def _cel_source() -> str:
+    conditions = [
+        "client_ip in blocked_ips",
+        '!helo.contains(".")',
+        f"!sender.matches({json.dumps('^' + SENDER_PATTERN + '$')})",
+        *[f"sender.endsWith({json.dumps(s)})" for s in SPAM_SUFFIXES],
+        "!(recipient in categories)",
+        '!((sender + "|" + categories[recipient]) in subscriptions)',
+    ]
+    return " : ".join(f'{c} ? "reject"' for c in conditions) + ' : "accept"'
+
+
+def _cel_maps(data: Data) -> dict[str, Any]:
+    return {
+        "blocked_ips": dict.fromkeys(data.blocked_ips, True),
+        "categories": dict(data.categories),
+        "subscriptions": {f"{s}|{c}": True for s, c in data.subscriptions},
+    }
+
+
+def cel_python(data: Data) -> Engine:
+    import celpy
+    import celpy.celparser
+
+    celpy.celparser.CELParser.CEL_PARSER = None  # the compiled runner needs its own tree type
+    environment = celpy.Environment(runner_class=celpy.CompiledRunner)
+    program = environment.program(environment.compile(_cel_source()))
+    static = {name: celpy.json_to_cel(value) for name, value in _cel_maps(data).items()}
+    string = celpy.celtypes.StringType
+
+    def run(req: dict[str, str]) -> str:
+        activation = dict(static)
+        for key in ("client_ip", "helo", "sender", "recipient"):
+            activation[key] = string(req[key])
+        return str(program.evaluate(activation))
+    return Engine("cel-python 0.5 (CompiledRunner)", dict, run,
+                  "CEL ternary chain; sets as maps; its `in` scans maps linearly")
+
+
+def cel_rust(data: Data) -> Engine:
+    import cel
+
+    program = cel.compile(_cel_source())
+    context = cel.Context(variables=_cel_maps(data))
+    current: dict[str, str] = {}
+    context.set_variable_resolver(current.get)
+
+    def run(req: dict[str, str]) -> str:
+        current.update(req)
+        return program.execute(context)
+    return Engine("common-expression-language (cel-rust, Context + resolver)", dict, run,
+                  "CEL ternary chain; big maps converted once; request via resolver")
+
+
+def cedar(data: Data) -> Engine:
+    import cedarpy
+
+    like_sender = ('context.sender like "*@*.*" && !(context.sender like "*@*@*") && '
+                   '!(context.sender like "@*") && !(context.sender like "*.")')
+    conditions = [
+        'when { Config::"smtp".blocked_ips.contains(context.client_ip) }',
+        'unless { context.helo like "*.*" }',
+        f"unless {{ {like_sender} }}",
+        *[f'when {{ context.sender like "*{s}" }}' for s in SPAM_SUFFIXES],
+        "unless { resource has category }",
+        'when { resource has category && !Config::"smtp".subscriptions.contains('
+        "{sender: context.sender, category: resource.category}) }",
+    ]
+    policies = "\n".join(f'@id("r{i}")\nforbid (principal, action, resource)\n  {c};'
+                         for i, c in enumerate(conditions, start=1))
+    policies += '\n@id("accept")\npermit (principal, action, resource);\n'
+    entities = [{"uid": {"type": "Config", "id": "smtp"}, "parents": [], "attrs": {
+        "blocked_ips": list(data.blocked_ips),
+        "subscriptions": [{"sender": s, "category": c} for s, c in data.subscriptions]}}]
+    entities += [{"uid": {"type": "MailingList", "id": address}, "parents": [],
+                  "attrs": {"category": name}} for address, name in data.categories.items()]
+    policy_set = cedarpy.PolicySet.from_str(policies)
+    entity_set = cedarpy.Entities.from_json_str(json.dumps(entities))
+
+    def prepare(fields: dict[str, str]) -> dict[str, Any]:
+        return {"principal": {"type": "Sender", "id": fields["sender"]},
+                "action": {"type": "Action", "id": "rcpt"},
+                "resource": {"type": "MailingList", "id": fields["recipient"]},
+                "context": dict(fields)}
+
+    def run(request: dict[str, Any]) -> str:
+        return "accept" if cedarpy.is_authorized(request, policy_set, entity_set).allowed \
+            else "reject"
+    return Engine("cedarpy (Cedar, pre-parsed policies and entities)", prepare, run,
+                  "forbid per rule + permit; rule 3 approximated with `like` (no regex)")
+
+
+PEERS: dict[str, Callable[[Data], Engine]] = {
+    "cel-python": cel_python,
+    "common-expression-language": cel_rust,
+    "cedarpy": cedar,
+}

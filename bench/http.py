@@ -1,0 +1,137 @@
+"""HTTP: `POST /mta-hook` on uvicorn vs a no-op Starlette endpoint, driven by wrk.
+
+Both servers run under the same uvicorn settings (uvloop + httptools, access log off,
+same worker count) on loopback, in separate processes from wrk.  They are measured
+alternately (no-op, komm, no-op, komm, …) so drift on this shared machine hits both.
+komm-policy runs as deployed: shipped policies, demo SQLite store, decision log on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from komm_policy.demo import DEMO_ROWS
+from komm_policy.directory.sqlite import create_database
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).with_name("rcpt.lua")
+REQUEST = ROOT / "tests" / "fixtures" / "stalwart" / "derived-rcpt-1.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, command: list[str], port: int, cwd: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/mta-hook"
+        self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        body = REQUEST.read_bytes()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server failed: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                if httpx.post(self.url, content=body, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA),
+         url, "--", str(REQUEST)],
+        capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+(?:us|ms|s))\s*$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} failed requests against {url}")
+    return {"rps": rps, "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"])}
+
+
+def _deployment() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="komm-bench-http-"))
+    shutil.copytree(ROOT / "policies", folder / "policies")
+    create_database(folder / "komm.sqlite3", DEMO_ROWS)
+    return folder
+
+
+def _servers(folder: Path, workers: int) -> tuple[Server, Server]:
+    noop_port, komm_port = _free_port(), _free_port()
+    noop = Server([sys.executable, "-m", "uvicorn", "bench.noop_app:app", "--host",
+                   "127.0.0.1", "--port", str(noop_port), "--workers", str(workers),
+                   "--log-level", "warning", "--no-access-log"], noop_port, ROOT)
+    komm = Server([sys.executable, "-m", "komm_policy", "serve", "--host", "127.0.0.1",
+                   "--port", str(komm_port), "--workers", str(workers),
+                   "--policies", "policies", "--directory", "sqlite:komm.sqlite3",
+                   "--log-jsonl", "decisions.jsonl", "--no-watch", "--log-level", "warning"],
+                  komm_port, folder)
+    return noop, komm
+
+
+def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: float,
+        rounds: int, log: Any = print) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (Debian package wrk; `make bench` installs "
+                           "it)"}
+    rows = []
+    for worker_count in workers:
+        folder = _deployment()
+        noop, komm = _servers(folder, worker_count)
+        try:
+            for server in (noop, komm):  # warm both up
+                wrk(server.url, max(connections), 1)
+            for conns in connections:
+                samples: dict[str, list[dict[str, float]]] = {"noop": [], "komm": []}
+                for _ in range(rounds):
+                    samples["noop"].append(wrk(noop.url, conns, seconds))
+                    samples["komm"].append(wrk(komm.url, conns, seconds))
+                row: dict[str, Any] = {"workers": worker_count, "connections": conns}
+                for name, runs in samples.items():
+                    for key in ("rps", "p50_ms", "p99_ms"):
+                        row[f"{name}_{key}"] = statistics.median(r[key] for r in runs)
+                    row[f"{name}_rps_runs"] = [r["rps"] for r in runs]
+                row["ratio"] = row["komm_rps"] / row["noop_rps"]
+                rows.append(row)
+                log(f"  workers={worker_count} connections={conns:>2}: komm "
+                    f"{row['komm_rps']:8.0f} req/s (p50 {row['komm_p50_ms']:.2f} ms, p99 "
+                    f"{row['komm_p99_ms']:.2f} ms)  no-op {row['noop_rps']:8.0f} req/s  "
+                    f"ratio {row['ratio']:.2f}")
+        finally:
+            noop.stop()
+            komm.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+    return {"rows": rows, "request": REQUEST.name, "seconds": seconds, "rounds": rounds}

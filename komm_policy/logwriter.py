@@ -1,0 +1,188 @@
+"""The decision log's plumbing: records leave the service in batches, through a pipe, to
+a writer process that owns the sinks.
+
+Why a process: the sinks' work (JSON decoding, SQLite inserts, file writes) is CPU-bound
+Python; in a thread it would hold the GIL against the event loop thread, which then waits
+up to the 5 ms switch interval after every socket write (measured: throughput halved,
+p99 tens of ms).  On the answer path a decision costs only building and encoding its
+record; a sender thread, which spends its time blocked in the pipe write, ships batches.
+
+Nothing is lost: `close()` sends what is queued, tells the writer to finish, and waits
+for it; a writer that died is restarted and the batch it missed is sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+
+from .decision import Decision
+from .decisionlog import (
+    DecisionRecord,
+    RecordIds,
+    SinkSpec,
+    SinkWriter,
+    Timestamps,
+    encode_record,
+    make_record,
+)
+from .wire import Request
+
+log = logging.getLogger(__name__)
+
+_RECORDS, _FLUSH, _QUIT, _ACK = b"R", b"F", b"Q", b"A"
+
+
+def _writer_main(conn: Connection, specs: Sequence[SinkSpec]) -> None:
+    """The writer process: receive batches, write them, retry failed sinks."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    writer = SinkWriter(specs)
+    try:
+        while True:
+            wait = writer.next_retry_in()
+            if not conn.poll(1.0 if wait is None else min(wait, 1.0)):
+                writer.attempt()
+                continue
+            try:
+                message = conn.recv_bytes()
+            except EOFError:
+                break
+            kind, payload = message[:1], message[1:]
+            if kind == _RECORDS:
+                writer.write(payload.split(b"\n"))
+            elif kind == _FLUSH:
+                writer.attempt(force=True)
+                conn.send_bytes(_ACK + str(writer.pending).encode())
+            elif kind == _QUIT:
+                break
+    finally:
+        lost = writer.close()
+        with contextlib.suppress(OSError):
+            conn.send_bytes(_ACK + str(lost).encode())
+
+
+class DecisionLog:
+    """The service side: queue encoded records, ship them to the writer process."""
+
+    def __init__(self, specs: Sequence[SinkSpec], *, flush_interval: float = 0.05) -> None:
+        self._specs = tuple(specs)
+        self._flush_interval = flush_interval
+        self._pending: deque[bytes] = deque()
+        self._ids = RecordIds()
+        self._timestamps = Timestamps()
+        self._send_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self.sent = 0
+        self._context = multiprocessing.get_context("spawn")
+        self._start_writer()
+        self._sender = threading.Thread(target=self._send_loop, name="komm-log-sender",
+                                        daemon=True)
+        self._sender.start()
+
+    def _start_writer(self) -> None:
+        self._conn, child = self._context.Pipe()
+        self._process = self._context.Process(target=_writer_main, args=(child, self._specs),
+                                              name="komm-decision-log", daemon=True)
+        self._process.start()
+        child.close()
+
+    # -- answer path ----------------------------------------------------------------------
+
+    def submit(self, record: DecisionRecord) -> None:
+        """Queue a record (no I/O)."""
+        self._pending.append(encode_record(record))
+
+    def submit_decision(self, request: Request, decision: Decision, duration_ms: float,
+                        at: float, *, shadow: bool = False,
+                        redact_client_ip: bool = False) -> None:
+        """Build, encode and queue the record for an answered request (no I/O).
+        `at` is the answer's time.time()."""
+        record = make_record(request, decision, duration_ms, shadow=shadow,
+                             redact_client_ip=redact_client_ip, record_id=self._ids(),
+                             at=self._timestamps(at))
+        self._pending.append(encode_record(record))
+
+    @property
+    def depth(self) -> int:
+        """Records queued in the service, not yet handed to the writer."""
+        return len(self._pending)
+
+    # -- sender thread --------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        with self._send_lock:
+            lines = []
+            pending = self._pending
+            while pending:
+                lines.append(pending.popleft())
+            if not lines:
+                return
+            message = _RECORDS + b"\n".join(lines)
+            for attempt in range(3):
+                try:
+                    self._conn.send_bytes(message)
+                    self.sent += len(lines)
+                    return
+                except (OSError, ValueError) as exc:
+                    log.error("decision log writer unreachable (%s); restarting it", exc)
+                    self._restart()
+                    time.sleep(0.1 * (attempt + 1))
+            pending.extendleft(reversed(lines))  # keep them for the next round
+
+    def _restart(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join(5)
+        self._start_writer()
+
+    # -- control --------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Ship everything queued and wait until the writer has written it."""
+        self._send_pending()
+        with self._send_lock:
+            try:
+                self._conn.send_bytes(_FLUSH)
+                if not self._conn.poll(timeout):
+                    return False
+                reply = self._conn.recv_bytes()
+            except (OSError, EOFError):
+                return False
+        return reply.startswith(_ACK) and reply[1:] == b"0" and not self._pending
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ship what is queued, let the writer finish its sinks, wait for it."""
+        self._stopping = True
+        self._wake.set()
+        self._sender.join(timeout)
+        self._send_pending()
+        with self._send_lock:
+            try:
+                self._conn.send_bytes(_QUIT)
+                if self._conn.poll(timeout):
+                    reply = self._conn.recv_bytes()
+                    if reply[1:] != b"0":
+                        log.error("decision log: %s records could not be written",
+                                  reply[1:].decode())
+            except (OSError, EOFError) as exc:
+                log.error("decision log writer gone at shutdown: %s", exc)
+            self._conn.close()
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.terminate()
