@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3002
 DB     ?= var/komm.sqlite3
 
-.PHONY: install serve test lint check bench bench-quick clean
+.PHONY: install serve test lint check bench bench-quick wrk clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,23 @@ check: install
 
 test: install lint check
 	$(BIN)/python -m pytest -q
+
+# Benchmarks: extra packages from the `bench` group, wrk from Debian's packages.
+$(BIN)/.bench-installed: pyproject.toml | $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get install -y -q wrk || { $$SUDO apt-get update -q && \
+		$$SUDO apt-get install -y -q wrk; }; }
+
+bench: $(BIN)/.bench-installed wrk
+	$(BIN)/python -m bench.run
+
+bench-quick: $(BIN)/.bench-installed wrk
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -31,6 +31,9 @@ _ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _PRINTABLE = re.compile(r"[ -~]*")
 MAX_REPLY_TEXT = 400
+MAX_LET_DEPTH = 32
+"""Constants defined in terms of constants, at most this deep (E134 beyond)."""
+DEFAULT_DEADLINE = 2.0
 
 _LET_SCOPE = Scope(None, "a `let`", allow_request=False, allow_lookups=False)
 _SETTINGS_SCOPE = Scope(None, "settings", allow_request=False, allow_lookups=False)
@@ -84,8 +87,10 @@ class _Checker:
         self.settings_block: n.SettingsBlock | None = None
         self.stages: dict[str, StageRules] = {}
         self.rule_names: dict[str, n.Rule] = {}
+        self.unknown_stages: list[n.StageBlock] = []
         self.quarantine_reported = False
-        self.infer = Inference(builtins, fields, self._use_let, self.diagnostics.append)
+        self.infer = Inference(builtins, fields, self._use_let, self.diagnostics.append,
+                               lambda: self.lets.keys())
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -109,6 +114,12 @@ class _Checker:
         self._check_settings()
         for stage in self.stages.values():
             self._check_stage(stage)
+        for block in self.unknown_stages:  # still report what else is wrong in them
+            scope = Scope(None, "a rule")
+            quiet = Scope(None, "an `on error` action", allow_lookups=False)
+            for item in block.items:
+                if isinstance(item, n.Rule):
+                    self._check_rule(item, None, scope, quiet)
         for name, let in self.lets.items():
             if name not in self.used_lets:
                 self.warn("W204", f"`let {name}` is never used", let.name_span)
@@ -122,8 +133,8 @@ class _Checker:
                 self.error("E133", "a policy set has only one `settings` block", item.span,
                            "merge the two blocks",
                            Related(self.settings_block.span, "the first `settings` block"))
-                return
-            self.settings_block = item
+            else:
+                self.settings_block = item
             for setting in item.settings:
                 if setting.name in self.settings:
                     self.error("E132", f"`{setting.name}` is set twice", setting.name_span,
@@ -158,6 +169,7 @@ class _Checker:
             self.error("E117", f"unknown stage `{block.name}`", block.name_span,
                        suggest(block.name.lower(), STAGE_ORDER)
                        or f"the stages are: {', '.join(STAGE_ORDER)}")
+            self.unknown_stages.append(block)
             return
         stage = self.stages.setdefault(block.name, StageRules(block.name))
         stage.blocks.append(block)
@@ -193,20 +205,29 @@ class _Checker:
     def _let_type(self, name: str) -> t.Type:
         if name in self.let_types:
             return self.let_types[name]
+        if len(self.let_checking) >= MAX_LET_DEPTH:
+            let = self.lets[name]
+            self.error("E134", f"constants refer to each other more than {MAX_LET_DEPTH} "
+                       "levels deep", let.name_span, "define this value directly")
+            self.let_types[name] = t.ANY
+            self.used_lets.add(name)
+            return t.ANY
         self.let_checking.add(name)
         type_ = self.infer.infer(self.lets[name].value, _LET_SCOPE)
         self.let_checking.discard(name)
         self.let_types[name] = type_
         return type_
 
-    def _constant(self, expr: n.Expr) -> object:
+    def _constant(self, expr: n.Expr, seen: frozenset[str] = frozenset()) -> object:
         """The value of a literal or of a `let` bound to one; `...` when not constant."""
         if isinstance(expr, n.Literal):
             return expr.value
-        if isinstance(expr, n.Name) and expr.name in self.lets:
-            return self._constant(self.lets[expr.name].value)
+        if isinstance(expr, n.Name) and expr.name in self.lets and expr.name not in seen:
+            if len(seen) > MAX_LET_DEPTH:
+                return ...
+            return self._constant(self.lets[expr.name].value, seen | {expr.name})
         if isinstance(expr, n.Not):
-            inner = self._constant(expr.operand)
+            inner = self._constant(expr.operand, seen)
             return (not inner) if isinstance(inner, bool) else ...
         return ...
 
@@ -233,6 +254,8 @@ class _Checker:
                 self.error("E131", f"`{name}` must be a {kind}, not an action", value.span)
                 continue
             type_ = self.infer.infer(value, _SETTINGS_SCOPE)
+            if type_.is_any:
+                continue  # already reported
             constant = self._constant(value)
             if kind == "duration":
                 if type_.kind != "duration" or not isinstance(constant, float) or constant <= 0:
@@ -244,11 +267,14 @@ class _Checker:
                                value.span, 'e.g. quarantine_to = "quarantine@example.org"')
         timeout = self.settings.get("lookup_timeout")
         deadline = self.settings.get("deadline")
-        if timeout and deadline:
-            a, b = self._constant(timeout.value), self._constant(deadline.value)  # type: ignore[arg-type]
+        if timeout:
+            a = self._constant(timeout.value)  # type: ignore[arg-type]
+            b = self._constant(deadline.value) if deadline else DEFAULT_DEADLINE  # type: ignore[arg-type]
             if isinstance(a, float) and isinstance(b, float) and a > b:
-                self.error("E131", "`lookup_timeout` is longer than the whole `deadline`",
-                           timeout.span, related=Related(deadline.span, "deadline set here"))
+                self.error("E131", "`lookup_timeout` is longer than the whole `deadline`"
+                           + ("" if deadline else f" (default {b:g}s)"), timeout.span,
+                           related=Related(deadline.span, "deadline set here")
+                           if deadline else None)
 
     # -- stages and rules -----------------------------------------------------------------
 
@@ -279,23 +305,29 @@ class _Checker:
                       "these rules will not run; judge authenticated sessions with "
                       "`sasl.login` at mail, rcpt or data")
 
-    def _check_rule(self, rule: n.Rule, stage: str, scope: Scope, quiet: Scope) -> None:
+    def _check_rule(self, rule: n.Rule, stage: str | None, scope: Scope, quiet: Scope
+                    ) -> None:
         self.infer.expect_bool(rule.when, scope, "a rule's `when` condition")
         for statement in rule.statements:
             if isinstance(statement, n.Log):
-                self.infer.infer(statement.message, scope)
+                type_ = self.infer.infer(statement.message, scope)
+                if type_.kind in ("category", "account", "regex"):
+                    self.error("E105", f"cannot write a {type_} value into a log line",
+                               statement.message.span,
+                               "pick a field, e.g. `.name`" if type_.kind != "regex" else None)
             else:
                 self._check_modification(statement, stage, scope)
         if isinstance(rule.final, n.Action):
             self._check_action(rule.final, stage, scope)
-        elif not rule.statements and not rule.dry_run:
+        elif not rule.statements and not rule.dry_run and rule.on_error is None:
             self.warn("W205", f"rule `{rule.name}` has no effect", rule.name_span,
                       "`continue` without modifications or `log` does nothing")
         if isinstance(rule.on_error, n.Action):
             self._check_action(rule.on_error, stage, quiet)
 
-    def _check_modification(self, mod: n.Modification, stage: str, scope: Scope) -> None:
-        if stage != "data":
+    def _check_modification(self, mod: n.Modification, stage: str | None, scope: Scope
+                            ) -> None:
+        if stage is not None and stage != "data":
             self.error("E114", f"`{mod.kind}` at stage `{stage}`: Stalwart applies "
                        "modifications only at the data stage", mod.span,
                        "move this rule to `stage data`")
@@ -307,7 +339,8 @@ class _Checker:
             lowest = 0 if mod.kind == "insert_header" else 1
             if mod.index < lowest:
                 self.error("E124", f"`{mod.kind}` position must be at least {lowest}",
-                           mod.span, "positions count occurrences of that header, from 1")
+                           mod.span, "positions count occurrences of that header, from 1"
+                           + (" (0: at the top)" if lowest == 0 else ""))
         if mod.value is None:
             return
         type_ = self.infer.infer(mod.value, scope)
@@ -366,5 +399,5 @@ class _Checker:
                 return
         total = sum(len(x) for x in texts if isinstance(x, str))
         if total > MAX_REPLY_TEXT:
-            self.error("E122", f"reply text is {total} characters long; keep it under "
-                       f"{MAX_REPLY_TEXT}", message.span)
+            self.error("E122", f"reply text is {total} characters long; at most "
+                       f"{MAX_REPLY_TEXT} fit in an SMTP reply line", message.span)

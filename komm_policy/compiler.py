@@ -31,7 +31,7 @@ from .program import (
     RuntimeSettings,
     Statement,
 )
-from .text import header_text, to_text
+from .text import header_text, reply_text, to_text
 from .wire import (
     AddHeader,
     AddRecipient,
@@ -42,6 +42,12 @@ from .wire import (
     InsertHeader,
     ReplaceContents,
 )
+
+
+class _LoadTimeContext:
+    """What a constant expression can touch while it is evaluated at load time."""
+
+    vars: list[Any] | None = None
 
 
 class Const:
@@ -75,6 +81,8 @@ def compile_program(
 ) -> tuple[dict[str, CompiledStage], RuntimeSettings]:
     """Compile a checked policy set (no errors) into stages and runtime settings."""
     compiler = _Compiler(analysis, builtins)
+    for name in analysis.lets:  # in definition order: a chain of lets never recurses deeply
+        compiler.let_value(name)
     settings = compiler.settings()
     stages = {
         name: compiler.stage(analysis.stages[name])
@@ -157,8 +165,9 @@ class _Compiler:
         if not isinstance(when, n.Compare) or when.op not in _FUSABLE:
             return None
         field_ = self.field_refs.get(id(when.left))
-        if field_ is None or self.type_of(when.left).optional:
-            return None
+        left_t = self.type_of(when.left)
+        if field_ is None or left_t.optional or left_t.kind in ("list", "any"):
+            return None  # fused groups index by the field's value: scalars only
         _, right, _, right_t = self.operands(when)
         if not isinstance(right, Const):
             return None
@@ -199,7 +208,11 @@ class _Compiler:
         message: str | Closure | None = None
         if action.message is not None:
             compiled = self.expr(action.message)
-            message = compiled.value if isinstance(compiled, Const) else compiled
+            if isinstance(compiled, Const):  # e.g. a `let` interpolated: clean it once
+                text = to_text(compiled.value)
+                message = header_text(text) if action.kind == "quarantine" else reply_text(text)
+            else:
+                message = compiled
         if action.kind == "quarantine":
             return Outcome("quarantine", reason=message)
         if action.kind in ("reject", "tempfail"):
@@ -280,10 +293,16 @@ class _Compiler:
         return self.field_refs[id(expr)].get
 
     def let_value(self, name: str) -> Compiled:
+        """A constant's value, computed once.  Lets may only use literals, other lets and
+        pure functions (the checker makes sure), so whatever did not fold yet (e.g. a
+        quantifier over a literal list) is evaluated now, at load time."""
         if name not in self.let_values:
             saved, self.slots = self.slots, {}
-            self.let_values[name] = self.expr(self.analysis.lets[name].value)
+            compiled = self.expr(self.analysis.lets[name].value)
             self.slots = saved
+            if not isinstance(compiled, Const):
+                compiled = Const(compiled(_LoadTimeContext()))  # type: ignore[arg-type]
+            self.let_values[name] = compiled
         return self.let_values[name]
 
     def _Attr(self, expr: n.Attr) -> Compiled:
@@ -404,10 +423,14 @@ class _Compiler:
         op = expr.op
         left_t, right_t = self.type_of(expr.left), self.type_of(expr.right)
         left, right = self.expr(expr.left), self.expr(expr.right)
-        if op in ("==", "!=", "contains", "starts_with", "ends_with"):
+        if op == "contains" and left_t.kind == "list" and left_t.elem is not None:
+            left, right = self.case_fold(left, left_t.elem, right, right_t)
+        elif op in ("==", "!=", "contains", "starts_with", "ends_with"):
             left, right = self.case_fold(left, left_t, right, right_t)
         elif op in ("in", "not in") and right_t.kind == "list" and right_t.elem is not None:
             left, right = self.case_fold(left, left_t, right, right_t.elem)
+        if op in ("==", "!=") and "list" in (left_t.kind, right_t.kind):
+            left, right = _as_tuple(left), _as_tuple(right)  # request lists vs literals
         return left, right, left_t, right_t
 
     def _Compare(self, expr: n.Compare, negate: bool = False) -> Compiled:
@@ -427,7 +450,10 @@ class _Compiler:
 
     def case_fold(self, left: Compiled, left_t: t.Type, right: Compiled,
                   right_t: t.Type) -> tuple[Compiled, Compiled]:
-        """Address vs. plain text: lower the plain side, since addresses are lower-case."""
+        """Address vs. plain text: lower the plain side, since addresses are lower-case.
+        Lists compare by their element types."""
+        if left_t.kind == "list" and right_t.kind == "list" and left_t.elem and right_t.elem:
+            left_t, right_t = left_t.elem, right_t.elem
         if left_t.kind == "address" and right_t.kind == "string":
             return left, _lowered(right)
         if right_t.kind == "address" and left_t.kind == "string":
@@ -467,6 +493,18 @@ def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> Compile
     first = members[0]
     name = f"{first.name}..{members[-1].name}"
     return CompiledRule(name, first.ref, cond, (), None, None, False, members)
+
+
+def _as_tuple(compiled: Compiled) -> Compiled:
+    if isinstance(compiled, Const):
+        value = compiled.value
+        return Const(tuple(value) if isinstance(value, list | tuple) else value)
+    get = compiled
+
+    def as_tuple(ctx: EvalContext) -> Any:
+        value = get(ctx)
+        return tuple(value) if isinstance(value, list) else value
+    return as_tuple
 
 
 def _lowered(compiled: Compiled) -> Compiled:

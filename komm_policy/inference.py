@@ -66,10 +66,12 @@ class Inference:
         fields: Mapping[str, Field],
         let_type: Callable[[str, Span], t.Type | None],
         emit: Emit,
+        let_names: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.builtins = builtins
         self.fields = fields
         self.let_type = let_type
+        self.let_names = let_names
         self.emit = emit
         self.types: dict[int, t.Type] = {}
         self.field_refs: dict[int, Field] = {}
@@ -139,21 +141,25 @@ class Inference:
         if name in self.builtins:
             return self.error("E102", f"`{name}` is a function", expr.span,
                               f"call it: `{self.builtins[name].signature}`")
-        candidates = [*scope.vars, *self.fields, *NAMESPACES]
+        candidates = [*scope.vars, *self.let_names(), *self.fields, *NAMESPACES]
         return self.error("E102", f"unknown name `{name}`", expr.span,
                           suggest(name, candidates))
 
     def _Attr(self, expr: n.Attr, scope: Scope) -> t.Type:
         path = dotted(expr)
         root = path.split(".", 1)[0] if path else None
-        if path is not None and root not in scope.vars and self.let_type(root, expr.span) is None:
+        if (path is not None and root not in scope.vars
+                and root not in set(self.let_names())):
             if path in self.fields:
                 return self._field(self.fields[path], expr, scope)
-            if root in NAMESPACES:
-                same_root = [f for f in self.fields if f.startswith(root + ".")]
+            if root in NAMESPACES and dotted(expr.obj) not in self.fields:
+                members = sorted(f.split(".", 1)[1] for f in self.fields
+                                 if f.startswith(root + "."))
+                close = suggest(expr.name, members)
+                hint = (f"did you mean `{root}.{close[len('did you mean `'):-2]}`?" if close
+                        else f"`{root}` has: {', '.join(f'{root}.{m}' for m in members)}")
                 return self.error("E107", f"unknown request field `{path}`", expr.name_span,
-                                  suggest(path, same_root) or
-                                  f"`{root}` has: {', '.join(sorted(same_root))}")
+                                  hint)
         obj_type = self.infer(expr.obj, scope)
         if obj_type.is_any:
             return t.ANY

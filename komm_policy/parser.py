@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,7 +23,7 @@ from . import nodes as n
 from .errors import Diagnostic, Severity, Span
 from .ipset import normalize_network
 
-_DOTTED_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*\s*")
+_DOTTED_NAME = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*[ \t]*")
 """`{sender}` / `{client.ip}`: the common template parts, built without a Lark parse."""
 
 MAX_NESTING = 64
@@ -51,7 +52,6 @@ _TERMINAL_WORDS = {
     "DURATION": "a duration like 250ms",
     "SIZE": "a size like 10MB",
     "ENHANCED": "an enhanced status code like 5.7.1",
-    "$END": "end of file",
 }
 _COMPARISON_TOKENS = {"EQ", "NE", "LE", "GE", "LESSTHAN", "MORETHAN",
                       "IN", "MATCHES", "CONTAINS", "STARTS_WITH", "ENDS_WITH"}
@@ -107,7 +107,7 @@ def parse(text: str, path: str = "<policy>") -> ParseResult:
     try:
         tree = _parser().parse(text, start="start")
     except lark.exceptions.UnexpectedInput as exc:
-        return ParseResult(None, (_syntax_diagnostic(exc, text, path, 1, 1),))
+        return ParseResult(None, (_syntax_diagnostic(exc, text, path),))
     deep = _too_deep(tree, path)
     if deep is not None:
         return ParseResult(None, (deep,))
@@ -134,10 +134,13 @@ def _end_position(text: str, line_base: int, col_base: int) -> tuple[int, int]:
     return line_base + line - 1, column
 
 
-def _describe_expected(expected: set[str]) -> str:
+def _describe_expected(expected: set[str], end_words: str = "end of file") -> str:
     parser = _parser()
     words: list[str] = []
     remaining = set(expected)
+    if "$END" in remaining:
+        remaining.discard("$END")
+        words.append(end_words)
     if len(remaining & _EXPRESSION_START) >= 4:
         words.append("an expression")
         remaining -= _EXPRESSION_START | {"LPAR", "LSQB", "TRUE", "FALSE", "NONE", "NOT",
@@ -216,12 +219,22 @@ def _enclosing_rule(text: str, pos: int) -> str | None:
 
 
 def _syntax_diagnostic(
-    exc: lark.exceptions.UnexpectedInput, text: str, path: str, line_base: int, col_base: int
+    exc: lark.exceptions.UnexpectedInput, text: str, path: str, line_base: int = 1,
+    col_base: int = 1, *, embedded: bool = False
 ) -> Diagnostic:
+    """The positioned, worded diagnostic for a Lark error.  `embedded`: `text` is the
+    expression inside a string's `{…}`, starting at line_base:col_base of the file."""
     def place(line: int, column: int, width: int = 1) -> Span:
-        if line_base != 1 or col_base != 1:
+        if embedded:
             line, column = line_base, col_base + column - 1
         return Span(path, line, column, line, column + max(width, 1))
+
+    end_words = "the end of the `{…}` expression" if embedded else "end of file"
+    ended = "end of the `{…}` expression" if embedded else "end of file"
+
+    def expected_words(names: set[str]) -> str:
+        return _describe_expected(names, end_words) if names else (
+            "an operator or `}`" if embedded else "something else")
 
     def diag(code: str, message: str, span: Span, hint: str | None = None) -> Diagnostic:
         return Diagnostic(code, Severity.ERROR, message, span, hint)
@@ -230,8 +243,9 @@ def _syntax_diagnostic(
         char = exc.char
         span = place(exc.line, exc.column)
         rest_of_line = text[exc.pos_in_stream:].split("\n", 1)[0]
+        allowed = set(getattr(exc, "allowed", None) or ())
         if char == '"':
-            if rest_of_line.count('"') >= 2 and re.search(r"[{}]", rest_of_line):
+            if _string_closes(rest_of_line):
                 return diag("E012", "unbalanced `{` or `}` in string", span,
                             "write `{{` or `}}` for a literal brace; `{expr}` interpolates")
             return diag("E003", "unclosed string", span,
@@ -240,16 +254,20 @@ def _syntax_diagnostic(
             return diag("E004", "unclosed regex", span,
                         "a regex is written /pattern/flags on one line; write `\\/` for a "
                         "slash inside it")
-        if char == "=" and not rest_of_line.startswith("=="):
+        if char == "=" and not rest_of_line.startswith("==") and allowed & _COMPARISON_TOKENS:
             return diag("E005", "`=` is not a comparison", span, "use `==` to compare values")
-        allowed = getattr(exc, "allowed", None) or set()
-        expected = f"; expected {_describe_expected(set(allowed))}" if allowed else ""
-        return diag("E008", f"unexpected character `{char}`{expected}", span)
+        if allowed & _COMPARISON_TOKENS:
+            # After an operand, NAME stands for the keywords (`and`, `accept`, …) that the
+            # contextual lexer reads as names; a plain name cannot follow here.
+            allowed.discard("NAME")
+        expected = f"; expected {expected_words(allowed)}" if allowed else ""
+        shown = char if char.isprintable() and not char.isspace() else repr(char)
+        return diag("E008", f"unexpected character `{shown}`{expected}", span)
 
     if isinstance(exc, lark.exceptions.UnexpectedEOF):
         line, column = _end_position(text, line_base, col_base)
-        return diag("E002", f"unexpected end of file; expected "
-                    f"{_describe_expected(set(exc.expected))}",
+        return diag("E002", f"unexpected {ended}; expected "
+                    f"{expected_words(set(exc.expected))}",
                     Span(path, line, column, line, column + 1))
 
     assert isinstance(exc, lark.exceptions.UnexpectedToken)
@@ -258,25 +276,30 @@ def _syntax_diagnostic(
     if token.type == "$END":
         line, column = _end_position(text, line_base, col_base)
         span = Span(path, line, column, line, column + 1)
-        what = _describe_expected(expected)
-        if "RBRACE" in expected and len(expected) <= 6:
+        what = expected_words(expected)
+        if not embedded and "RBRACE" in expected and len(expected) <= 6:
             return diag("E002", "unexpected end of file: a `{` block is not closed", span,
                         f"expected {what}")
-        return diag("E002", f"unexpected end of file; expected {what}", span)
+        return diag("E002", f"unexpected {ended}; expected {what}", span)
     width = len(str(token.value)) if token.value else 1
     span = place(token.line or 1, token.column or 1, width)
     found = _token_words(token)
-    if token.type == "EQUAL" and "EQUAL" not in expected:
+    before = text[:token.start_pos or 0]
+    if token.type == "EQUAL" and expected & _COMPARISON_TOKENS:
         return diag("E005", "`=` is not a comparison", span, "use `==` to compare values")
     if token.type in _COMPARISON_TOKENS and expected & {"AND", "OR"}:
         return diag("E001", f"unexpected {found}: comparisons do not chain", span,
                     "combine comparisons with `and` / `or`, e.g. `a < b and b < c`")
+    if token.type == "NAME" and re.search(r"\b(any|all)\s+$", before):
+        return diag("E001", "a quantifier (`any` / `all`) inside `and`, `or`, `not` or a "
+                    "comparison must be in parentheses", span,
+                    "write `a and (any x in xs: cond)`")
     if "WHEN" in expected:
         return diag("E006", f"missing `when` before {found}", span,
                     "a rule is `rule NAME: when CONDITION ACTION`; write `when true` for a "
                     "rule that always applies")
     if {"ACCEPT", "REJECT", "CONTINUE"} <= expected:
-        rule = _enclosing_rule(text, token.start_pos or 0) if line_base == 1 else None
+        rule = _enclosing_rule(text, token.start_pos or 0) if not embedded else None
         who = f"rule `{rule}`" if rule else "this rule"
         return diag("E007", f"{who} has no action: expected an action, a modification or "
                     f"`continue`, found {found}", span,
@@ -285,10 +308,24 @@ def _syntax_diagnostic(
     if "STAGE" in expected and token.type == "NAME":
         return diag("E001", f"unexpected {found}; a policy file holds `settings`, `let` "
                     "and `stage` blocks", span)
-    return diag("E001", f"unexpected {found}; expected {_describe_expected(expected)}", span)
+    return diag("E001", f"unexpected {found}; expected {expected_words(expected)}", span)
 
 
-def _too_deep(tree: Tree, path: str) -> Diagnostic | None:
+def _string_closes(rest: str) -> bool:
+    """Does the string starting at rest[0] end on this line (ignoring brace rules)?"""
+    i = 1
+    while i < len(rest):
+        if rest[i] == "\\":
+            i += 2
+            continue
+        if rest[i] == '"':
+            return True
+        i += 1
+    return False
+
+
+def _too_deep(tree: Tree, path: str, line_base: int = 1, col_base: int = 1,
+              embedded: bool = False) -> Diagnostic | None:
     stack: list[tuple[Tree, int]] = [(tree, 0)]
     while stack:
         node, depth = stack.pop()
@@ -296,6 +333,8 @@ def _too_deep(tree: Tree, path: str) -> Diagnostic | None:
             meta = node.meta
             line = getattr(meta, "line", 1)
             column = getattr(meta, "column", 1)
+            if embedded:
+                line, column = line_base, col_base + column - 1
             return Diagnostic(
                 "E013", Severity.ERROR,
                 f"expression nested too deeply (more than {MAX_NESTING} levels)",
@@ -518,13 +557,19 @@ class _Builder:
                 return n.Literal(kind="none", value=None, text=text, span=span)
             flags |= REGEX_FLAGS[flag]
         try:
-            compiled = re.compile(pattern, flags)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                compiled = re.compile(pattern, flags)
         except re.error as exc:
             offset = (exc.pos or 0) + 1
             line, col = span.line, span.column + offset
             self.error("E011", f"invalid regex: {exc.msg}", Span(self.path, line, col, line,
                                                                col + 1))
             return n.Literal(kind="none", value=None, text=text, span=span)
+        for warning in caught:  # e.g. "Possible nested set": means something else later
+            self.diagnostics.append(Diagnostic(
+                "W208", Severity.WARNING, f"regex: {warning.message}", span,
+                "escape the character inside the character class with a backslash"))
         return n.Literal(kind="regex", value=compiled, text=text, span=span)
 
     def x_name(self, tree: Tree) -> n.Expr:
@@ -629,11 +674,11 @@ class _Builder:
 
     def dotted_name(self, source: str, line: int, column: int) -> n.Expr:
         """Name/Attr nodes for `a.b.c`, with the same spans a full parse gives."""
-        offset = len(source) - len(source.lstrip())
+        offset = len(source) - len(source.lstrip(" \t"))
         start = column + offset
         expr: n.Expr | None = None
         position = start
-        for part in source.strip().split("."):
+        for part in source.strip(" \t").split("."):
             part_span = Span(self.path, line, position, line, position + len(part))
             whole = Span(self.path, line, start, line, position + len(part))
             if expr is None:
@@ -657,10 +702,11 @@ class _Builder:
         try:
             tree = _parser().parse(source, start="expr")
         except lark.exceptions.UnexpectedInput as exc:
-            self.diagnostics.append(_syntax_diagnostic(exc, source, self.path, line, column))
+            self.diagnostics.append(_syntax_diagnostic(exc, source, self.path, line, column,
+                                                       embedded=True))
             return n.Literal(kind="string", value="", span=Span(self.path, line, column, line,
                                                                 column + 1))
-        deep = _too_deep(tree, self.path)
+        deep = _too_deep(tree, self.path, line, column, embedded=True)
         if deep is not None:
             self.diagnostics.append(deep)
             return n.Literal(kind="string", value="", span=Span(self.path, line, column, line,

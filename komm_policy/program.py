@@ -31,9 +31,9 @@ class Outcome:
         self.kind = kind
         default = DEFAULT_REPLIES.get(kind)
         if default is not None:
+            if enhanced is None:  # an explicit code without one gets the class's X.0.0
+                enhanced = default.enhanced if status is None else f"{status // 100}.0.0"
             status = status if status is not None else default.status
-            if enhanced is None:
-                enhanced = default.enhanced if status == default.status else f"{status // 100}.0.0"
             if message is None:
                 message = default.message
         self.status = status

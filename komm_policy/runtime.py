@@ -47,6 +47,8 @@ def decide(
     settings = policy_set.settings
     timed = trace or getattr(directory, "blocking", True)
     ctx = EvalContext(request, directory, settings, clock, timed)
+    if timed:  # the deadline counts from here (local indexes cannot overrun it)
+        ctx.deadline_at = clock() + settings.deadline
     stage = policy_set.stages.get(request.context.stage)
     if stage is None:
         stage = CompiledStage(request.context.stage, (), Outcome("accept"), None)
@@ -60,7 +62,7 @@ def decide(
     except DeadlineExceeded as exc:
         return _finish(ctx, policy_set, stage.name, settings.on_lookup_error, None, [],
                        True, str(exc))
-    except Exception as exc:  # noqa: an engine bug must not reach Stalwart as a 500
+    except Exception as exc:  # an engine bug must not reach Stalwart as a 500
         return _finish(ctx, policy_set, stage.name, settings.on_lookup_error, None, [],
                        True, f"internal error: {type(exc).__name__}: {exc}")
 
@@ -119,8 +121,9 @@ def _run(ctx: EvalContext, policy_set: PolicySet, stage: CompiledStage,
             if final is None:
                 continue
             return _finish(ctx, policy_set, name, final, rule.ref, mods)
-        except DeadlineExceeded:
-            raise
+        except DeadlineExceeded as exc:
+            return _finish(ctx, policy_set, name, policy_set.settings.on_lookup_error,
+                           rule.ref, mods, True, f"rule {rule.ref}: {exc}")
         except Exception as exc:  # lookups and policy bugs alike
             cause = f"rule {rule.ref}: {_error_text(exc)}"
             handler = rule.on_error

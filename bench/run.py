@@ -1,0 +1,203 @@
+"""`python -m bench.run [--quick] [--only SECTION,…]`: every benchmark, side by side.
+
+Prints tables of ratios against baselines measured in the same run and writes
+`bench/results/latest.json` and `bench/results/latest.md`.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import core, http, loadtime, scaling
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("core", "load", "scaling", "http")
+
+FULL = {
+    "core": {"rounds": 5, "min_seconds": 1.0, "chunk_seconds": 0.1},
+    "load": {"sizes": (10, 100, 1000, 5000), "repeats": 3},
+    "scaling": {"sizes": (1_000, 10_000, 100_000), "rounds": 3, "min_seconds": 0.5,
+                "chunk_seconds": 0.05},
+    "http": {"workers": (1, 2), "connections": (1, 4, 16), "seconds": 5.0, "rounds": 3},
+}
+QUICK = {
+    "core": {"rounds": 1, "min_seconds": 0.05, "chunk_seconds": 0.01},
+    "load": {"sizes": (10, 100, 1000), "repeats": 1},
+    "scaling": {"sizes": (1_000, 10_000), "rounds": 1, "min_seconds": 0.05,
+                "chunk_seconds": 0.01},
+    "http": {"workers": (1,), "connections": (1, 16), "seconds": 1.0, "rounds": 1},
+}
+MODERATE_CONNECTIONS = 4
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("komm-policy", "lark", "msgspec", "starlette", "uvicorn", "uvloop",
+                    "httptools", "cel-python", "common-expression-language", "cedarpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the benchmark issue, with the figure measured in this run."""
+    out = []
+    if "core" in results:
+        rows = {r["name"]: r for r in results["core"]["rows"]}
+        komm = rows["komm-policy (in-memory directory)"]
+        out.append({"target": "core decision ≤ 3× hand-written Python",
+                    "measured": f"{komm['ratio']:.2f}×", "met": komm["ratio"] <= 3.0})
+        peers = [r for r in rows.values() if not r["name"].startswith(("komm", "hand"))]
+        if peers:
+            slowest_gap = min(r["median_us"] / komm["median_us"] for r in peers)
+            out.append({"target": "faster than every peer engine",
+                        "measured": f"fastest peer is {slowest_gap:.1f}× slower",
+                        "met": slowest_gap > 1.0})
+    if "load" in results:
+        rows = {r["rules"]: r for r in results["load"]["rows"]}
+        if 1000 in rows:
+            out.append({"target": "1,000 rules load in < 1 s",
+                        "measured": f"{rows[1000]['total_s']:.3f} s",
+                        "met": rows[1000]["total_s"] < 1.0})
+        sizes = sorted(s for s in rows if s >= 100)
+        if len(sizes) >= 2:
+            growth = rows[sizes[-1]]["us_per_rule"] / rows[sizes[0]]["us_per_rule"]
+            out.append({"target": "load time grows linearly",
+                        "measured": f"µs/rule at {sizes[-1]:,} = {growth:.2f}× µs/rule at "
+                                    f"{sizes[0]:,}", "met": growth <= 1.5})
+    if "scaling" in results:
+        memory = [r for r in results["scaling"]["rows"] if r["name"].startswith("in-memory")]
+        if len(memory) >= 2:
+            growth = memory[-1]["median_us"] / memory[0]["median_us"]
+            out.append({"target": "decision time flat in directory size",
+                        "measured": f"{memory[-1]['name'].split(', ')[1]}: {growth:.2f}× "
+                                    f"{memory[0]['name'].split(', ')[1]}",
+                        "met": growth <= 1.25})
+    if "http" in results and "rows" in results["http"]:
+        rows = results["http"]["rows"]
+        worst = min(rows, key=lambda r: r["ratio"])
+        out.append({"target": "hook throughput ≥ 0.8× no-op endpoint",
+                    "measured": f"lowest {worst['ratio']:.2f}× (workers={worst['workers']}, "
+                                f"connections={worst['connections']})",
+                    "met": worst["ratio"] >= 0.8})
+        moderate = [r for r in rows if r["connections"] == MODERATE_CONNECTIONS
+                    and r["workers"] == 1] or [r for r in rows if r["connections"] == 1]
+        if moderate:
+            p99 = moderate[0]["komm_p99_ms"]
+            out.append({"target": "p99 < 5 ms at moderate load",
+                        "measured": f"{p99:.2f} ms ({moderate[0]['connections']} "
+                                    "connections, 1 worker)", "met": p99 < 5.0})
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Benchmark results ({report['started']})", "",
+             f"Machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "
+             f"Python {report['machine']['python']}; mode: {report['mode']}.", ""]
+    lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |"
+              for t in report["targets"]]
+    results = report["results"]
+    if "core" in results:
+        lines += ["", "## Core decision (20-rule RCPT workload)", "",
+                  f"Reference: {results['core']['reference']}.", "",
+                  "| engine | µs/decision median | min | max | ratio | probes failed |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for r in results["core"]["rows"]:
+            lines.append(f"| {r['name']} | {r['median_us']:.2f} | {r['min_us']:.2f} | "
+                         f"{r['max_us']:.2f} | {r['ratio']:.2f}× | "
+                         f"{', '.join(r['probes_failed']) or 'none'} |")
+        for name, why in results["core"]["skipped"].items():
+            lines.append(f"\nNot reported: {name} ({why}).")
+    if "load" in results:
+        lines += ["", "## Load time (parse + check + compile)", "",
+                  "| rules | lines | parse s | check s | compile s | total s | µs/rule |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in results["load"]["rows"]:
+            lines.append(f"| {r['rules']:,} | {r['lines']:,} | {r['parse_s']:.3f} | "
+                         f"{r['check_s']:.3f} | {r['compile_s']:.3f} | {r['total_s']:.3f} | "
+                         f"{r['us_per_rule']:.0f} |")
+    if "scaling" in results:
+        lines += ["", "## Directory scaling (20-rule workload)", "",
+                  "| directory | µs/decision median | min | max |", "|---|---:|---:|---:|"]
+        for r in results["scaling"]["rows"]:
+            lines.append(f"| {r['name']} | {r['median_us']:.2f} | {r['min_us']:.2f} | "
+                         f"{r['max_us']:.2f} |")
+        sizes = ", ".join(f"{int(k):,} subscriptions: {v / 1e6:.1f} MB"
+                          for k, v in results["scaling"]["index_bytes"].items())
+        lines.append(f"\nIn-memory index size: {sizes}.")
+    if "http" in results:
+        http_results = results["http"]
+        if "rows" not in http_results:
+            lines += ["", "## HTTP", "", f"Skipped: {http_results['skipped']}"]
+        else:
+            lines += ["", f"## HTTP (wrk, {http_results['seconds']:g} s × "
+                      f"{http_results['rounds']} rounds, `{http_results['request']}`)", "",
+                      "| workers | connections | komm req/s | p50 ms | p99 ms | no-op req/s | "
+                      "p50 ms | p99 ms | ratio |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in http_results["rows"]:
+                lines.append(
+                    f"| {r['workers']} | {r['connections']} | {r['komm_rps']:,.0f} | "
+                    f"{r['komm_p50_ms']:.2f} | {r['komm_p99_ms']:.2f} | {r['noop_rps']:,.0f} | "
+                    f"{r['noop_p50_ms']:.2f} | {r['noop_p99_ms']:.2f} | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections ({', '.join(SECTIONS)})")
+    parser.add_argument("--output", default=str(RESULTS), help="results directory")
+    args = parser.parse_args(argv)
+    sections = [s for s in args.only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    settings = QUICK if args.quick else FULL
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(), "settings": settings, "results": {},
+    }
+    runners = {"core": core.run, "load": loadtime.run, "scaling": scaling.run,
+               "http": http.run}
+    for section in sections:
+        print(f"== {section}", flush=True)
+        started = time.monotonic()
+        report["results"][section] = runners[section](**settings[section])
+        print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
+    report["targets"] = targets(report["results"])
+    text = markdown(report)
+    print()
+    print(text)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    suffix = "" if not args.quick else "-quick"
+    (output / f"latest{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output / f"latest{suffix}.md").write_text(text)
+    print(f"written: {output / f'latest{suffix}.json'}, {output / f'latest{suffix}.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
