@@ -74,8 +74,9 @@ def _bool(value: Any) -> bool:
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, bool | float):
+        raise ValueError(f"expected a {'whole ' if isinstance(value, float) else ''}number, "
+                         f"got {value!r}")
     return int(value)
 
 
@@ -189,6 +190,10 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
             continue
         for key, value in table.items():
             if section == "server" and key == "token_file":
+                if not isinstance(value, str):
+                    problems.append(f"{path} [server] token_file: expected a path, got "
+                                    f"{value!r}")
+                    continue
                 values["token"] = _read_token(Path(value), f"{path} [server] token_file",
                                               problems)
                 continue
@@ -220,9 +225,11 @@ def validate(config: Config) -> list[str]:
     scheme = config.directory.split(":", 1)[0]
     if scheme == "sqlite":
         sqlite_path = config.sqlite_path
-        if not sqlite_path or not str(sqlite_path):
+        if not config.directory[len("sqlite:"):].strip():
             problems.append("directory: sqlite: needs a path, e.g. sqlite:var/komm.sqlite3")
-        elif not sqlite_path.exists():
+        elif sqlite_path is not None and sqlite_path.is_dir():
+            problems.append(f"directory: {sqlite_path} is a directory, not a database file")
+        elif sqlite_path is not None and not sqlite_path.exists():
             problems.append(f"directory: {sqlite_path} does not exist (create it with "
                             f"`komm-policy db init --path {sqlite_path}`)")
     elif config.directory not in ("memory:demo", "memory:empty"):

@@ -102,6 +102,10 @@ def make_record(
     """The log record for one answered request (no bodies, no header values)."""
     context = request.context
     envelope = request.envelope
+    lookups = decision.lookups
+    cause, errors = decision.cause, decision.errors
+    if redact_client_ip:
+        lookups, cause, errors = _redacted(context.client.ip, lookups, cause, errors)
     return DecisionRecord(
         id=record_id or uuid.uuid4().hex,
         time=at or datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -117,12 +121,33 @@ def make_record(
         rule=decision.rule,
         answered="accept" if shadow and decision.action != "accept" else None,
         fallback=decision.fallback,
-        cause=decision.cause,
-        lookups=decision.lookups,
+        cause=cause,
+        lookups=lookups,
         dry_run=decision.dry_run,
         logs=decision.logs,
-        errors=decision.errors,
+        errors=errors,
     )
+
+
+REDACTED = "[redacted]"
+
+
+def _redacted(ip: str, lookups: tuple[LookupRecord, ...], cause: str | None,
+              errors: tuple[str, ...]) -> tuple[tuple[LookupRecord, ...], str | None,
+                                                tuple[str, ...]]:
+    """The client address removed from lookup arguments, lookup errors and causes."""
+    def scrub(text: str | None) -> str | None:
+        return text.replace(ip, REDACTED) if text else text
+
+    def scrub_value(value: Any) -> Any:
+        return REDACTED if str(value) == ip else value
+
+    cleaned = tuple(
+        LookupRecord(x.function, tuple(scrub_value(a) for a in x.args),
+                     scrub_value(x.result) if x.result is not None else None,
+                     scrub(x.error), x.duration_ms)
+        for x in lookups)
+    return cleaned, scrub(cause), tuple(scrub(e) or "" for e in errors)
 
 
 class Sink(Protocol):
@@ -262,7 +287,7 @@ class SinkWriter:
             except Exception as exc:  # keep the records and retry later
                 self.errors += 1
                 state.failures += 1
-                state.retry_at = self._clock() + min(30.0, 0.5 * 2 ** min(state.failures, 6))
+                state.retry_at = self._clock() + min(30.0, 0.5 * 2 ** min(state.failures - 1, 6))
                 log.error("decision log sink %s failed (%d records kept for retry): %s",
                           state.name, len(state.backlog), exc)
                 continue

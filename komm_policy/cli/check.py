@@ -28,7 +28,10 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
+        ) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
     results: list[tuple[str, LoadResult]] = []
     for path in args.paths:
         try:

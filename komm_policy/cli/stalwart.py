@@ -41,6 +41,8 @@ def _timeout_ms(text: str) -> int:
     if not match:
         raise ValueError(f"not a duration: {text!r} (e.g. 5s or 1500ms)")
     number, unit = int(match.group(1)), match.group(2) or "s"
+    if number == 0:
+        raise ValueError("the timeout must be positive")
     return number * {"ms": 1, "s": 1000, "m": 60000}[unit]
 
 
@@ -49,7 +51,8 @@ def _duration_text(ms: int) -> str:
 
 
 def _toml_string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """A TOML basic string (JSON's escapes, plus DEL, which TOML forbids raw)."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007F")
 
 
 def toml_config(url: str, token: str | None, stages: list[str], hook_id: str,

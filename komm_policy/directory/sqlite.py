@@ -309,6 +309,9 @@ class SqliteDirectory:
         return self._conn
 
     def _drop_connection(self) -> None:
+        # data_version values of different connections are not comparable: a new
+        # connection must re-read the directory version.
+        self._data_version = None
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
