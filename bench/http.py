@@ -38,11 +38,13 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, command: list[str], port: int, cwd: Path) -> None:
+    def __init__(self, command: list[str], port: int, cwd: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/mta-hook"
         self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
         body = REQUEST.read_bytes()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -89,17 +91,25 @@ def _deployment() -> Path:
     return folder
 
 
-def _servers(folder: Path, workers: int) -> tuple[Server, Server]:
-    noop_port, komm_port = _free_port(), _free_port()
-    noop = Server([sys.executable, "-m", "uvicorn", "bench.noop_app:app", "--host",
-                   "127.0.0.1", "--port", str(noop_port), "--workers", str(workers),
-                   "--log-level", "warning", "--no-access-log"], noop_port, ROOT)
-    komm = Server([sys.executable, "-m", "komm_policy", "serve", "--host", "127.0.0.1",
-                   "--port", str(komm_port), "--workers", str(workers),
-                   "--policies", "policies", "--directory", "sqlite:komm.sqlite3",
-                   "--log-jsonl", "decisions.jsonl", "--no-watch", "--log-level", "warning"],
-                  komm_port, folder)
-    return noop, komm
+def _servers(folder: Path, workers: int) -> dict[str, Server]:
+    """The no-op baseline, komm-policy as deployed, and komm-policy without its decision
+    log (to show what the log costs)."""
+    servers = {}
+    port = _free_port()
+    servers["noop"] = Server([sys.executable, "-m", "uvicorn", "bench.noop_app:app",
+                              "--host", "127.0.0.1", "--port", str(port), "--workers",
+                              str(workers), "--log-level", "warning", "--no-access-log"],
+                             port, ROOT)
+    for name, log_flags in (("komm", ["--log-jsonl", "decisions.jsonl"]),
+                            ("komm_nolog", ["--log-jsonl", ""])):
+        port = _free_port()
+        env = {"KOMM_LOG_SQLITE": "false"} if name == "komm_nolog" else {}
+        servers[name] = Server([sys.executable, "-m", "komm_policy", "serve", "--host",
+                                "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                                "--policies", "policies", "--directory", "sqlite:komm.sqlite3",
+                                *log_flags, "--no-watch", "--log-level", "warning"],
+                               port, folder, env)
+    return servers
 
 
 def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: float,
@@ -110,28 +120,29 @@ def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: floa
     rows = []
     for worker_count in workers:
         folder = _deployment()
-        noop, komm = _servers(folder, worker_count)
+        servers = _servers(folder, worker_count)
         try:
-            for server in (noop, komm):  # warm both up
+            for server in servers.values():  # warm them up
                 wrk(server.url, max(connections), 1)
             for conns in connections:
-                samples: dict[str, list[dict[str, float]]] = {"noop": [], "komm": []}
+                samples: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
                 for _ in range(rounds):
-                    samples["noop"].append(wrk(noop.url, conns, seconds))
-                    samples["komm"].append(wrk(komm.url, conns, seconds))
+                    for name, server in servers.items():
+                        samples[name].append(wrk(server.url, conns, seconds))
                 row: dict[str, Any] = {"workers": worker_count, "connections": conns}
                 for name, runs in samples.items():
                     for key in ("rps", "p50_ms", "p99_ms"):
                         row[f"{name}_{key}"] = statistics.median(r[key] for r in runs)
                     row[f"{name}_rps_runs"] = [r["rps"] for r in runs]
                 row["ratio"] = row["komm_rps"] / row["noop_rps"]
+                row["ratio_nolog"] = row["komm_nolog_rps"] / row["noop_rps"]
                 rows.append(row)
                 log(f"  workers={worker_count} connections={conns:>2}: komm "
                     f"{row['komm_rps']:8.0f} req/s (p50 {row['komm_p50_ms']:.2f} ms, p99 "
                     f"{row['komm_p99_ms']:.2f} ms)  no-op {row['noop_rps']:8.0f} req/s  "
-                    f"ratio {row['ratio']:.2f}")
+                    f"ratio {row['ratio']:.2f} (log off: {row['ratio_nolog']:.2f})")
         finally:
-            noop.stop()
-            komm.stop()
+            for server in servers.values():
+                server.stop()
             shutil.rmtree(folder, ignore_errors=True)
     return {"rows": rows, "request": REQUEST.name, "seconds": seconds, "rounds": rounds}

@@ -24,8 +24,8 @@ SECTIONS = ("core", "load", "scaling", "http")
 FULL = {
     "core": {"rounds": 5, "min_seconds": 1.0, "chunk_seconds": 0.1},
     "load": {"sizes": (10, 100, 1000, 5000), "repeats": 3},
-    "scaling": {"sizes": (1_000, 10_000, 100_000), "rounds": 3, "min_seconds": 0.5,
-                "chunk_seconds": 0.05},
+    "scaling": {"sizes": (1_000, 10_000, 100_000), "rounds": 5, "min_seconds": 1.0,
+                "chunk_seconds": 0.1},
     "http": {"workers": (1, 2), "connections": (1, 4, 16), "seconds": 5.0, "rounds": 3},
 }
 QUICK = {
@@ -153,12 +153,14 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"## HTTP (wrk, {http_results['seconds']:g} s × "
                       f"{http_results['rounds']} rounds, `{http_results['request']}`)", "",
                       "| workers | connections | komm req/s | p50 ms | p99 ms | no-op req/s | "
-                      "p50 ms | p99 ms | ratio |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "p50 ms | p99 ms | ratio | komm, log off: req/s | ratio |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for r in http_results["rows"]:
                 lines.append(
                     f"| {r['workers']} | {r['connections']} | {r['komm_rps']:,.0f} | "
                     f"{r['komm_p50_ms']:.2f} | {r['komm_p99_ms']:.2f} | {r['noop_rps']:,.0f} | "
-                    f"{r['noop_p50_ms']:.2f} | {r['noop_p99_ms']:.2f} | {r['ratio']:.2f} |")
+                    f"{r['noop_p50_ms']:.2f} | {r['noop_p99_ms']:.2f} | {r['ratio']:.2f} | "
+                    f"{r['komm_nolog_rps']:,.0f} | {r['ratio_nolog']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,10 +47,10 @@ class RuleRef(msgspec.Struct, frozen=True):
         return f"{self.name} ({self.file}:{self.line})"
 
 
-class LookupRecord(msgspec.Struct, frozen=True):
+class LookupRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     function: str
     args: tuple[Any, ...]
-    result: Any = None
+    result: Any
     error: str | None = None
     duration_ms: float | None = None
     """Measured for backends that may block (and in traces); None for local indexes."""

@@ -22,7 +22,7 @@ import msgspec
 
 from .decision import Decision, DryRunHit, LookupRecord, Reply, RuleRef
 from .ipset import IP
-from .wire import Request
+from .wire import Envelope, Queue, Request
 
 log = logging.getLogger(__name__)
 
@@ -101,32 +101,74 @@ def make_record(
 ) -> DecisionRecord:
     """The log record for one answered request (no bodies, no header values)."""
     context = request.context
-    envelope = request.envelope
+    return _record(context.stage, context.client.ip, request.envelope, context.queue,
+                   decision, duration_ms, shadow, redact_client_ip, record_id, at)
+
+
+def _record(stage: str, client_ip: str, envelope: Envelope | None, queue: Queue | None,
+            decision: Decision, duration_ms: float, shadow: bool, redact_client_ip: bool,
+            record_id: str | None, at: str | None) -> DecisionRecord:
     lookups = decision.lookups
     cause, errors = decision.cause, decision.errors
     if redact_client_ip:
-        lookups, cause, errors = _redacted(context.client.ip, lookups, cause, errors)
-    return DecisionRecord(
-        id=record_id or uuid.uuid4().hex,
-        time=at or datetime.now(UTC).isoformat(timespec="microseconds"),
-        stage=context.stage,
-        client_ip=None if redact_client_ip else context.client.ip,
-        sender=envelope.from_.address if envelope is not None else None,
-        recipients=tuple(a.address for a in envelope.to) if envelope is not None else (),
-        queue_id=context.queue.id if context.queue is not None else None,
-        action=decision.action,
-        duration_ms=round(duration_ms, 3),
-        policy_version=decision.policy_version,
-        reply=decision.reply,
-        rule=decision.rule,
-        answered="accept" if shadow and decision.action != "accept" else None,
-        fallback=decision.fallback,
-        cause=cause,
-        lookups=lookups,
-        dry_run=decision.dry_run,
-        logs=decision.logs,
-        errors=errors,
+        lookups, cause, errors = _redacted(client_ip, lookups, cause, errors)
+    if envelope is not None:
+        sender = envelope.from_.address
+        recipients = tuple([a.address for a in envelope.to])
+    else:
+        sender, recipients = None, ()
+    return DecisionRecord(  # positional, in field order
+        record_id or uuid.uuid4().hex,
+        at or datetime.now(UTC).isoformat(timespec="microseconds"),
+        stage,
+        None if redact_client_ip else client_ip,
+        sender,
+        recipients,
+        queue.id if queue is not None else None,
+        decision.action,
+        round(duration_ms, 3),
+        decision.policy_version,
+        decision.reply,
+        decision.rule,
+        "accept" if shadow and decision.action != "accept" else None,
+        decision.fallback,
+        cause,
+        lookups,
+        decision.dry_run,
+        decision.logs,
+        errors,
     )
+
+
+# -- raw entries: what the answer path hands to the log writer -----------------------------
+#
+# Building and JSON-encoding a record costs more than the decision itself; on the answer
+# path only the decision and the few request fields a record needs are packed (one C call);
+# the writer process turns them into records.
+
+_RAW_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
+_RAW_DECODER = msgspec.msgpack.Decoder(
+    tuple[float, float, bool, bool, str, str, Envelope | None, Queue | None, Decision])
+RAW_DECISION, RAW_LINE = b"d", b"r"
+
+
+def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float, *,
+              shadow: bool = False, redact_client_ip: bool = False) -> bytes:
+    """The decision and its request's logged fields, packed for `record_from_raw`."""
+    context = request.context
+    return RAW_DECISION + _RAW_ENCODER.encode(
+        (at, duration_ms, shadow, redact_client_ip, context.stage, context.client.ip,
+         request.envelope, context.queue, decision))
+
+
+def line_from_raw(entry: bytes, ids: RecordIds, timestamps: Timestamps) -> bytes:
+    """An entry from `raw_entry` (or a ready JSON line) as the record's JSON line."""
+    if entry[:1] == RAW_LINE:
+        return entry[1:]
+    at, duration_ms, shadow, redact, stage, client_ip, envelope, queue, decision = (
+        _RAW_DECODER.decode(entry[1:]))
+    return encode_record(_record(stage, client_ip, envelope, queue, decision, duration_ms,
+                                 shadow, redact, ids(), timestamps(at)))
 
 
 REDACTED = "[redacted]"

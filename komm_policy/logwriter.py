@@ -1,11 +1,12 @@
 """The decision log's plumbing: records leave the service in batches, through a pipe, to
 a writer process that owns the sinks.
 
-Why a process: the sinks' work (JSON decoding, SQLite inserts, file writes) is CPU-bound
-Python; in a thread it would hold the GIL against the event loop thread, which then waits
-up to the 5 ms switch interval after every socket write (measured: throughput halved,
-p99 tens of ms).  On the answer path a decision costs only building and encoding its
-record; a sender thread, which spends its time blocked in the pipe write, ships batches.
+Why a process: building records, JSON encoding, SQLite inserts and file writes are
+CPU-bound Python; in a thread they would hold the GIL against the event loop thread,
+which then waits up to the 5 ms switch interval after every socket write (measured:
+throughput halved, p99 tens of ms).  On the answer path a decision costs one msgpack
+encode of the decision (`decisionlog.raw_entry`); a sender thread, which spends its time
+blocked in the pipe write, ships batches; the writer process builds the records.
 
 Nothing is lost: `close()` sends what is queued, tells the writer to finish, and waits
 for it; a writer that died is restarted and the batch it missed is sent again.
@@ -24,13 +25,15 @@ from multiprocessing.connection import Connection
 
 from .decision import Decision
 from .decisionlog import (
+    RAW_LINE,
     DecisionRecord,
     RecordIds,
     SinkSpec,
     SinkWriter,
     Timestamps,
     encode_record,
-    make_record,
+    line_from_raw,
+    raw_entry,
 )
 from .wire import Request
 
@@ -44,6 +47,7 @@ def _writer_main(conn: Connection, specs: Sequence[SinkSpec]) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     writer = SinkWriter(specs)
+    ids, timestamps = RecordIds(), Timestamps()
     try:
         while True:
             wait = writer.next_retry_in()
@@ -56,7 +60,8 @@ def _writer_main(conn: Connection, specs: Sequence[SinkSpec]) -> None:
                 break
             kind, payload = message[:1], message[1:]
             if kind == _RECORDS:
-                writer.write(payload.split(b"\n"))
+                writer.write([line_from_raw(entry, ids, timestamps)
+                              for entry in _unframe(payload)])
             elif kind == _FLUSH:
                 writer.attempt(force=True)
                 conn.send_bytes(_ACK + str(writer.pending).encode())
@@ -68,6 +73,21 @@ def _writer_main(conn: Connection, specs: Sequence[SinkSpec]) -> None:
             conn.send_bytes(_ACK + str(lost).encode())
 
 
+def _frame(entries: list[bytes]) -> bytes:
+    return b"".join(len(e).to_bytes(4, "big") + e for e in entries)
+
+
+def _unframe(payload: bytes) -> list[bytes]:
+    entries = []
+    view = memoryview(payload)
+    position = 0
+    while position < len(payload):
+        size = int.from_bytes(view[position:position + 4], "big")
+        entries.append(bytes(view[position + 4:position + 4 + size]))
+        position += 4 + size
+    return entries
+
+
 class DecisionLog:
     """The service side: queue encoded records, ship them to the writer process."""
 
@@ -75,8 +95,6 @@ class DecisionLog:
         self._specs = tuple(specs)
         self._flush_interval = flush_interval
         self._pending: deque[bytes] = deque()
-        self._ids = RecordIds()
-        self._timestamps = Timestamps()
         self._send_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -97,18 +115,16 @@ class DecisionLog:
     # -- answer path ----------------------------------------------------------------------
 
     def submit(self, record: DecisionRecord) -> None:
-        """Queue a record (no I/O)."""
-        self._pending.append(encode_record(record))
+        """Queue a finished record (no I/O)."""
+        self._pending.append(RAW_LINE + encode_record(record))
 
     def submit_decision(self, request: Request, decision: Decision, duration_ms: float,
                         at: float, *, shadow: bool = False,
                         redact_client_ip: bool = False) -> None:
-        """Build, encode and queue the record for an answered request (no I/O).
-        `at` is the answer's time.time()."""
-        record = make_record(request, decision, duration_ms, shadow=shadow,
-                             redact_client_ip=redact_client_ip, record_id=self._ids(),
-                             at=self._timestamps(at))
-        self._pending.append(encode_record(record))
+        """Queue an answered request's decision (no I/O); the writer process builds the
+        record.  `at` is the answer's time.time()."""
+        self._pending.append(raw_entry(request, decision, duration_ms, at, shadow=shadow,
+                                       redact_client_ip=redact_client_ip))
 
     @property
     def depth(self) -> int:
@@ -131,7 +147,7 @@ class DecisionLog:
                 lines.append(pending.popleft())
             if not lines:
                 return
-            message = _RECORDS + b"\n".join(lines)
+            message = _RECORDS + _frame(lines)
             for attempt in range(3):
                 try:
                     self._conn.send_bytes(message)
