@@ -18,18 +18,22 @@ from . import types as t
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import Analysis
 from .context import EvalContext
-from .decision import LookupRecord, RuleRef
+from .decision import RuleRef
 from .fields import STAGE_ORDER
-from .ipset import IP, IPSet, normalize_network
-from .lookups import DeadlineExceeded, failed, run_lookup
+from .ipset import IP, normalize_network
+from .lookups import lookup_closure
+from .operators import COMPARE, DUAL, as_tuple, both, either, lowered
 from .program import (
     CONTINUE,
     Closure,
+    Compiled,
     CompiledRule,
     CompiledStage,
+    Const,
     Outcome,
     RuntimeSettings,
     Statement,
+    as_closure,
 )
 from .text import header_text, reply_text, to_text
 from .wire import (
@@ -48,25 +52,6 @@ class _LoadTimeContext:
     """What a constant expression can touch while it is evaluated at load time."""
 
     vars: list[Any] | None = None
-
-
-class Const:
-    """A value known at load time."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-Compiled = Const | Closure
-
-
-def as_closure(compiled: Compiled) -> Closure:
-    if isinstance(compiled, Const):
-        value = compiled.value
-        return lambda ctx: value
-    return compiled
 
 
 def _index(seq: Any, i: int) -> Any:
@@ -355,7 +340,7 @@ class _Compiler:
             return Const(not short)
         result = runtime[-1]
         for left in reversed(runtime[:-1]):
-            result = _either(left, result) if short else _both(left, result)
+            result = either(left, result) if short else both(left, result)
         return result
 
     def _Quantifier(self, expr: n.Quantifier) -> Compiled:
@@ -393,7 +378,7 @@ class _Compiler:
             return Const(impl(*values))
         getters = tuple(as_closure(a) for a in args)
         if builtin.kind == "lookup":
-            return _lookup_closure(builtin.name, impl, getters, optional, none_result)
+            return lookup_closure(builtin.name, impl, getters, optional, none_result)
         if builtin.kind == "request":
             (get,) = getters
 
@@ -430,15 +415,15 @@ class _Compiler:
         elif op in ("in", "not in") and right_t.kind == "list" and right_t.elem is not None:
             left, right = self.case_fold(left, left_t, right, right_t.elem)
         if op in ("==", "!=") and "list" in (left_t.kind, right_t.kind):
-            left, right = _as_tuple(left), _as_tuple(right)  # request lists vs literals
+            left, right = as_tuple(left), as_tuple(right)  # request lists vs literals
         return left, right, left_t, right_t
 
     def _Compare(self, expr: n.Compare, negate: bool = False) -> Compiled:
         op = expr.op
         left, right, left_t, right_t = self.operands(expr)
-        if negate and op in _DUAL:
-            op, negate = _DUAL[op], False
-        compiled = _COMPARE[op](left, right, left_t.optional or left_t.is_any, right_t,
+        if negate and op in DUAL:
+            op, negate = DUAL[op], False
+        compiled = COMPARE[op](left, right, left_t.optional or left_t.is_any, right_t,
                                 negate)
         if isinstance(left, Const) and isinstance(right, Const) and not isinstance(
                 compiled, Const):
@@ -455,14 +440,13 @@ class _Compiler:
         if left_t.kind == "list" and right_t.kind == "list" and left_t.elem and right_t.elem:
             left_t, right_t = left_t.elem, right_t.elem
         if left_t.kind == "address" and right_t.kind == "string":
-            return left, _lowered(right)
+            return left, lowered(right)
         if right_t.kind == "address" and left_t.kind == "string":
-            return _lowered(left), right
+            return lowered(left), right
         return left, right
 
 
 _FUSABLE = {"==": "eq", "in": "eq", "starts_with": "starts", "ends_with": "ends"}
-_DUAL = {"==": "!=", "!=": "==", "in": "not in", "not in": "in"}
 
 
 def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> CompiledRule:
@@ -495,283 +479,3 @@ def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> Compile
     return CompiledRule(name, first.ref, cond, (), None, None, False, members)
 
 
-def _as_tuple(compiled: Compiled) -> Compiled:
-    if isinstance(compiled, Const):
-        value = compiled.value
-        return Const(tuple(value) if isinstance(value, list | tuple) else value)
-    get = compiled
-
-    def as_tuple(ctx: EvalContext) -> Any:
-        value = get(ctx)
-        return tuple(value) if isinstance(value, list) else value
-    return as_tuple
-
-
-def _lowered(compiled: Compiled) -> Compiled:
-    if isinstance(compiled, Const):
-        value = compiled.value
-        if isinstance(value, str):
-            return Const(value.lower())
-        if isinstance(value, tuple):
-            return Const(tuple(v.lower() if isinstance(v, str) else v for v in value))
-        return compiled
-    get = compiled
-
-    def lowered(ctx: EvalContext) -> Any:
-        value = get(ctx)
-        if isinstance(value, str):
-            return value.lower()
-        if isinstance(value, list):
-            return [v.lower() if isinstance(v, str) else v for v in value]
-        return value
-    return lowered
-
-
-def _either(left: Closure, right: Closure) -> Closure:
-    """`left or right`; an error on one side does not matter if the other side is true."""
-
-    def either(ctx: EvalContext) -> bool:
-        try:
-            if left(ctx):
-                return True
-        except DeadlineExceeded:
-            raise
-        except Exception:
-            if right(ctx):
-                return True
-            raise
-        return bool(right(ctx))
-    return either
-
-
-def _both(left: Closure, right: Closure) -> Closure:
-    """`left and right`; an error on one side does not matter if the other side is false."""
-
-    def both(ctx: EvalContext) -> bool:
-        try:
-            if not left(ctx):
-                return False
-        except DeadlineExceeded:
-            raise
-        except Exception:
-            if not right(ctx):
-                return False
-            raise
-        return bool(right(ctx))
-    return both
-
-
-_MISSING = object()
-
-
-def _lookup_closure(name: str, method: str, getters: tuple[Closure, ...], optional: bool,
-                    none_result: Any) -> Closure:
-    """A lookup call.  A memo hit is one dict read; a miss on a local (non-blocking)
-    directory calls it inline; anything else goes through `run_lookup` (timing, deadline,
-    remembered failures)."""
-    if len(getters) == 1:
-        (get,) = getters
-
-        def lookup1(ctx: EvalContext) -> Any:
-            arg = get(ctx)
-            if arg is None:
-                return none_result
-            key = (name, arg)
-            memo = ctx.memo
-            value = memo.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-            if ctx.timed or ctx.failures is not None:
-                return run_lookup(ctx, name, method, (arg,), key)
-            try:
-                value = getattr(ctx.directory, method)(arg)
-            except Exception as exc:
-                raise failed(ctx, name, (arg,), key, exc, None) from exc
-            memo[key] = value
-            ctx.lookup_log.append(LookupRecord(name, (arg,), value, None, None))
-            return value
-        return lookup1
-
-    if len(getters) == 2:
-        first, second = getters
-
-        def lookup2(ctx: EvalContext) -> Any:
-            a = first(ctx)
-            b = second(ctx)
-            if a is None or b is None:
-                return none_result
-            key = (name, a, b)
-            memo = ctx.memo
-            value = memo.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-            if ctx.timed or ctx.failures is not None:
-                return run_lookup(ctx, name, method, (a, b), key)
-            try:
-                value = getattr(ctx.directory, method)(a, b)
-            except Exception as exc:
-                raise failed(ctx, name, (a, b), key, exc, None) from exc
-            memo[key] = value
-            ctx.lookup_log.append(LookupRecord(name, (a, b), value, None, None))
-            return value
-        return lookup2
-
-    def lookup_n(ctx: EvalContext) -> Any:
-        args = tuple([g(ctx) for g in getters])
-        if None in args:
-            return none_result
-        key = (name, *args)
-        value = ctx.memo.get(key, _MISSING)
-        if value is not _MISSING:
-            return value
-        return run_lookup(ctx, name, method, args, key)
-    return lookup_n
-
-
-# -- comparison builders: (left, right, left may be none, right type, negate) → closure ----
-
-def _cmp_eq(left: Compiled, right: Compiled, _opt: bool, _rt: t.Type,
-            negate: bool = False) -> Compiled:
-    if isinstance(left, Const) and not isinstance(right, Const):
-        left, right = right, left
-    get = as_closure(left)
-    if isinstance(right, Const):
-        c = right.value
-        if c is None:
-            if negate:
-                return lambda ctx: get(ctx) is not None
-            return lambda ctx: get(ctx) is None
-        if negate:
-            return lambda ctx: get(ctx) != c
-        return lambda ctx: get(ctx) == c
-    other = right
-    if negate:
-        return lambda ctx: get(ctx) != other(ctx)
-    return lambda ctx: get(ctx) == other(ctx)
-
-
-def _cmp_ne(left: Compiled, right: Compiled, opt: bool, rt: t.Type,
-            negate: bool = False) -> Compiled:
-    return _cmp_eq(left, right, opt, rt, not negate)
-
-
-def _ordering(fn: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
-    def build(left: Compiled, right: Compiled, _opt: bool, _rt: t.Type,
-              negate: bool = False) -> Compiled:
-        a, b = as_closure(left), as_closure(right)
-
-        def ordered(ctx: EvalContext) -> bool:
-            x = a(ctx)
-            y = b(ctx)
-            return (x is not None and y is not None and fn(x, y)) is not negate
-        return ordered
-    return build
-
-
-def _container(value: Any, right_t: t.Type) -> Any:
-    if right_t.kind == "cidr":
-        return IPSet([value])
-    items = tuple(value)
-    if right_t.elem is not None and right_t.elem.kind in ("ip", "cidr"):
-        return IPSet(items)
-    try:
-        return frozenset(items)
-    except TypeError:
-        return items
-
-
-def _cmp_in(left: Compiled, right: Compiled, _opt: bool, rt: t.Type,
-            negate: bool = False) -> Compiled:
-    get = as_closure(left)
-    if isinstance(right, Const):
-        container = _container(right.value, rt)
-        if negate:
-            return lambda ctx: get(ctx) not in container
-        return lambda ctx: get(ctx) in container
-    items = right
-
-    def member(ctx: EvalContext) -> bool:
-        seq = items(ctx)
-        return (seq is not None and get(ctx) in seq) is not negate
-    return member
-
-
-def _cmp_not_in(left: Compiled, right: Compiled, opt: bool, rt: t.Type,
-                negate: bool = False) -> Compiled:
-    return _cmp_in(left, right, opt, rt, not negate)
-
-
-def _cmp_matches(left: Compiled, right: Compiled, opt: bool, _rt: t.Type,
-                 negate: bool = False) -> Compiled:
-    get = as_closure(left)
-    if isinstance(right, Const):
-        search = right.value.search
-        if not opt:
-            if negate:
-                return lambda ctx: search(get(ctx)) is None
-            return lambda ctx: search(get(ctx)) is not None
-
-        def matches(ctx: EvalContext) -> bool:
-            value = get(ctx)
-            return (value is not None and search(value) is not None) is not negate
-        return matches
-    pattern = as_closure(right)
-
-    def matches_dynamic(ctx: EvalContext) -> bool:
-        value = get(ctx)
-        return (value is not None and pattern(ctx).search(value) is not None) is not negate
-    return matches_dynamic
-
-
-def _text_method(method: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
-    def build(left: Compiled, right: Compiled, opt: bool, _rt: t.Type,
-              negate: bool = False) -> Compiled:
-        get = as_closure(left)
-        if isinstance(right, Const) and opt and right.value is not None and method is _contains:
-            needle = right.value
-
-            def contains_optional(ctx: EvalContext) -> bool:
-                value = get(ctx)
-                return (value is not None and needle in value) is not negate
-            return contains_optional
-        if isinstance(right, Const) and not opt and right.value is not None:
-            c = right.value
-            if method is _contains:
-                if negate:
-                    return lambda ctx: c not in get(ctx)
-                return lambda ctx: c in get(ctx)
-            if method is str.endswith:
-                if negate:
-                    return lambda ctx: not get(ctx).endswith(c)
-                return lambda ctx: get(ctx).endswith(c)
-            if negate:
-                return lambda ctx: not method(get(ctx), c)
-            return lambda ctx: method(get(ctx), c)
-        other = as_closure(right)
-
-        def text_op(ctx: EvalContext) -> bool:
-            value = get(ctx)
-            arg = other(ctx)
-            return (value is not None and arg is not None and method(value, arg)) is not negate
-        return text_op
-    return build
-
-
-def _contains(haystack: Any, needle: Any) -> bool:
-    return needle in haystack
-
-
-_COMPARE: dict[str, Callable[..., Compiled]] = {
-    "==": _cmp_eq,
-    "!=": _cmp_ne,
-    "<": _ordering(operator.lt),
-    "<=": _ordering(operator.le),
-    ">": _ordering(operator.gt),
-    ">=": _ordering(operator.ge),
-    "in": _cmp_in,
-    "not in": _cmp_not_in,
-    "matches": _cmp_matches,
-    "contains": _text_method(_contains),
-    "starts_with": _text_method(str.startswith),
-    "ends_with": _text_method(str.endswith),
-}

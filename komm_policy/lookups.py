@@ -14,6 +14,7 @@ from typing import Any
 
 from .context import EvalContext
 from .decision import LookupRecord
+from .program import Closure
 
 
 class LookupFailed(Exception):
@@ -79,3 +80,70 @@ def failed(ctx: EvalContext, name: str, args: tuple[Any, ...], key: tuple[Any, .
 def _describe_args(args: tuple[Any, ...]) -> str:
     return ", ".join(repr(getattr(a, "name", None) or str(a)) if hasattr(a, "id")
                      else repr(str(a)) for a in args)
+
+
+_MISSING = object()
+
+
+def lookup_closure(name: str, method: str, getters: tuple[Closure, ...], optional: bool,
+                    none_result: Any) -> Closure:
+    """A lookup call.  A memo hit is one dict read; a miss on a local (non-blocking)
+    directory calls it inline; anything else goes through `run_lookup` (timing, deadline,
+    remembered failures)."""
+    if len(getters) == 1:
+        (get,) = getters
+
+        def lookup1(ctx: EvalContext) -> Any:
+            arg = get(ctx)
+            if arg is None:
+                return none_result
+            key = (name, arg)
+            memo = ctx.memo
+            value = memo.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            if ctx.timed or ctx.failures is not None:
+                return run_lookup(ctx, name, method, (arg,), key)
+            try:
+                value = getattr(ctx.directory, method)(arg)
+            except Exception as exc:
+                raise failed(ctx, name, (arg,), key, exc, None) from exc
+            memo[key] = value
+            ctx.lookup_log.append(LookupRecord(name, (arg,), value, None, None))
+            return value
+        return lookup1
+
+    if len(getters) == 2:
+        first, second = getters
+
+        def lookup2(ctx: EvalContext) -> Any:
+            a = first(ctx)
+            b = second(ctx)
+            if a is None or b is None:
+                return none_result
+            key = (name, a, b)
+            memo = ctx.memo
+            value = memo.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            if ctx.timed or ctx.failures is not None:
+                return run_lookup(ctx, name, method, (a, b), key)
+            try:
+                value = getattr(ctx.directory, method)(a, b)
+            except Exception as exc:
+                raise failed(ctx, name, (a, b), key, exc, None) from exc
+            memo[key] = value
+            ctx.lookup_log.append(LookupRecord(name, (a, b), value, None, None))
+            return value
+        return lookup2
+
+    def lookup_n(ctx: EvalContext) -> Any:
+        args = tuple([g(ctx) for g in getters])
+        if None in args:
+            return none_result
+        key = (name, *args)
+        value = ctx.memo.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        return run_lookup(ctx, name, method, args, key)
+    return lookup_n

@@ -1,33 +1,30 @@
-"""Text → AST.  Builds the Lark LALR parser once and turns its tree into `nodes`.
+"""Text → AST.  Parses with the shared Lark parser and turns its tree into `nodes`.
 
-Syntax errors never escape as Lark exceptions: they become positioned `Diagnostic`s that
-name what was expected in words and label the common mistakes (missing `when`, an unclosed
-string, `=` for `==`, a rule without an action, ...).  Literal values (IP addresses, CIDRs,
-regexes, durations, sizes) are validated and built here, once per load.
+Syntax errors never escape as Lark exceptions: they become positioned diagnostics
+(`syntax_errors`).  Literal values (IP addresses, CIDRs, regexes, durations, sizes,
+string templates) are validated and built here, once per load.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import warnings
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import lark
 from lark import Token, Tree
 
 from . import nodes as n
 from .errors import Diagnostic, Severity, Span
+from .grammar import build_parser, grammar_text, keywords, lark_parser
 from .ipset import normalize_network
+from .syntax_errors import ACTION_WORDS, nesting_diagnostic, syntax_diagnostic
+
+__all__ = ["ParseResult", "build_parser", "grammar_text", "keywords", "parse"]
 
 _DOTTED_NAME = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*[ \t]*")
 """`{sender}` / `{client.ip}`: the common template parts, built without a Lark parse."""
-
-MAX_NESTING = 64
-"""Deepest expression nesting accepted; deeper input is reported, never a RecursionError."""
 
 REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -35,64 +32,6 @@ SIZE_UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
 }
-ACTION_WORDS = ("accept", "reject", "tempfail", "discard", "quarantine")
-MODIFICATION_WORDS = (
-    "add_header", "insert_header", "change_header", "delete_header",
-    "change_from", "add_recipient", "delete_recipient", "replace_contents",
-)
-
-# Words for the named terminals, used in "expected ..." messages.
-_TERMINAL_WORDS = {
-    "NAME": "a name",
-    "STRING": "a string",
-    "INT": "a number",
-    "IPV4": "an IP address",
-    "IPV6": "an IP address",
-    "REGEX": "a regex /…/",
-    "DURATION": "a duration like 250ms",
-    "SIZE": "a size like 10MB",
-    "ENHANCED": "an enhanced status code like 5.7.1",
-}
-_COMPARISON_TOKENS = {"EQ", "NE", "LE", "GE", "LESSTHAN", "MORETHAN",
-                      "IN", "MATCHES", "CONTAINS", "STARTS_WITH", "ENDS_WITH"}
-_EXPRESSION_START = {"NAME", "STRING", "INT", "IPV4", "IPV6", "REGEX", "DURATION", "SIZE"}
-
-
-def grammar_text() -> str:
-    """The grammar, from the installed package (wheel) or from the source checkout."""
-    packaged = resources.files("komm_policy").joinpath("grammar/policy.lark")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parent.parent / "grammar" / "policy.lark"
-    return checkout.read_text(encoding="utf-8")
-
-
-def build_parser(*, strict: bool = False) -> lark.Lark:
-    return lark.Lark(
-        grammar_text(),
-        parser="lalr",
-        lexer="contextual",
-        propagate_positions=True,
-        maybe_placeholders=True,
-        start=["start", "expr"],
-        strict=strict,
-    )
-
-
-@functools.cache
-def _parser() -> lark.Lark:
-    return build_parser()
-
-
-@functools.cache
-def keywords() -> frozenset[str]:
-    """Reserved words: every keyword literal of the grammar."""
-    words = set()
-    for terminal in _parser().terminals:
-        pattern = terminal.pattern
-        if pattern.type == "str" and pattern.value.isidentifier():
-            words.add(pattern.value)
-    return frozenset(words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,243 +44,16 @@ def parse(text: str, path: str = "<policy>") -> ParseResult:
     """Parse one policy file.  Returns the AST (None on a syntax error) and diagnostics."""
     text = text.removeprefix("\ufeff")
     try:
-        tree = _parser().parse(text, start="start")
+        tree = lark_parser().parse(text, start="start")
     except lark.exceptions.UnexpectedInput as exc:
-        return ParseResult(None, (_syntax_diagnostic(exc, text, path),))
-    deep = _too_deep(tree, path)
+        return ParseResult(None, (syntax_diagnostic(exc, text, path),))
+    deep = nesting_diagnostic(tree, path)
     if deep is not None:
         return ParseResult(None, (deep,))
     builder = _Builder(path, text)
     policy = builder.policy_file(tree)
     errors = tuple(builder.diagnostics)
     return ParseResult(None if any(d.is_error for d in errors) else policy, errors)
-
-
-# ---------------------------------------------------------------------------------------
-# Syntax error messages
-
-
-def _end_position(text: str, line_base: int, col_base: int) -> tuple[int, int]:
-    """Where end-of-input errors point: just after the last non-blank character."""
-    stripped = text.rstrip()
-    if not stripped:
-        return line_base, col_base
-    lines = stripped.split("\n")
-    line = len(lines)
-    column = len(lines[-1]) + 1
-    if line == 1:
-        return line_base, col_base + column - 1
-    return line_base + line - 1, column
-
-
-def _describe_expected(expected: set[str], end_words: str = "end of file") -> str:
-    parser = _parser()
-    words: list[str] = []
-    remaining = set(expected)
-    if "$END" in remaining:
-        remaining.discard("$END")
-        words.append(end_words)
-    if len(remaining & _EXPRESSION_START) >= 4:
-        words.append("an expression")
-        remaining -= _EXPRESSION_START | {"LPAR", "LSQB", "TRUE", "FALSE", "NONE", "NOT",
-                                          "ANY", "ALL"}
-    upper_actions = {w.upper() for w in ACTION_WORDS}
-    if remaining >= upper_actions:
-        words.append("an action (accept, reject, tempfail, discard, quarantine)")
-        remaining -= upper_actions
-    upper_mods = {w.upper() for w in MODIFICATION_WORDS}
-    if remaining >= upper_mods:
-        words.append("a modification (add_header, …)")
-        remaining -= upper_mods
-    operators = set()
-    for name in remaining:
-        if name in _TERMINAL_WORDS:
-            continue
-        try:
-            pattern = parser.get_terminal(name).pattern
-        except KeyError:
-            continue
-        if pattern.type == "str" and not pattern.value.isidentifier():
-            operators.add(name)
-    if len(operators) >= 6:
-        words.append("an operator")
-        remaining -= operators
-        remaining -= {"AND", "OR", "IN", "NOT", "MATCHES", "CONTAINS", "STARTS_WITH",
-                      "ENDS_WITH"}
-    described = set()
-    for name in sorted(remaining):
-        if name in _TERMINAL_WORDS:
-            described.add(_TERMINAL_WORDS[name])
-            continue
-        try:
-            pattern = parser.get_terminal(name).pattern
-        except KeyError:
-            described.add(name.lower())
-            continue
-        described.add(f"`{pattern.value}`" if pattern.type == "str" else name.lower())
-    words.extend(sorted(described))
-    if not words:
-        return "something else"
-    if len(words) == 1:
-        return words[0]
-    return ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _precise_expected(exc: lark.exceptions.UnexpectedToken) -> set[str]:
-    """What the parser accepts here.  LALR merges look-ahead sets of similar states, so
-    `exc.expected` can list tokens that are not valid in this context; trying each
-    candidate on the interactive parser gives the exact set."""
-    interactive = getattr(exc, "interactive_parser", None)
-    if interactive is not None:
-        try:
-            return set(interactive.accepts())
-        except Exception:  # pragma: no cover - fall back to Lark's own set
-            pass
-    return set(exc.expected)
-
-
-def _token_words(token: Token) -> str:
-    if token.type == "$END":
-        return "end of file"
-    value = str(token.value)
-    if token.type == "STRING":
-        return f"string {value}"
-    if token.type == "NAME":
-        return f"name `{value}`"
-    return f"`{value}`"
-
-
-def _enclosing_rule(text: str, pos: int) -> str | None:
-    found = None
-    for match in re.finditer(r"\brule\s+([A-Za-z_][A-Za-z0-9_]*)", text[:pos]):
-        found = match.group(1)
-    return found
-
-
-def _syntax_diagnostic(
-    exc: lark.exceptions.UnexpectedInput, text: str, path: str, line_base: int = 1,
-    col_base: int = 1, *, embedded: bool = False
-) -> Diagnostic:
-    """The positioned, worded diagnostic for a Lark error.  `embedded`: `text` is the
-    expression inside a string's `{…}`, starting at line_base:col_base of the file."""
-    def place(line: int, column: int, width: int = 1) -> Span:
-        if embedded:
-            line, column = line_base, col_base + column - 1
-        return Span(path, line, column, line, column + max(width, 1))
-
-    end_words = "the end of the `{…}` expression" if embedded else "end of file"
-    ended = "end of the `{…}` expression" if embedded else "end of file"
-
-    def expected_words(names: set[str]) -> str:
-        return _describe_expected(names, end_words) if names else (
-            "an operator or `}`" if embedded else "something else")
-
-    def diag(code: str, message: str, span: Span, hint: str | None = None) -> Diagnostic:
-        return Diagnostic(code, Severity.ERROR, message, span, hint)
-
-    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
-        char = exc.char
-        span = place(exc.line, exc.column)
-        rest_of_line = text[exc.pos_in_stream:].split("\n", 1)[0]
-        allowed = set(getattr(exc, "allowed", None) or ())
-        if char == '"':
-            if _string_closes(rest_of_line):
-                return diag("E012", "unbalanced `{` or `}` in string", span,
-                            "write `{{` or `}}` for a literal brace; `{expr}` interpolates")
-            return diag("E003", "unclosed string", span,
-                        'a string must end with `"` on the same line')
-        if char == "/":
-            return diag("E004", "unclosed regex", span,
-                        "a regex is written /pattern/flags on one line; write `\\/` for a "
-                        "slash inside it")
-        if char == "=" and not rest_of_line.startswith("==") and allowed & _COMPARISON_TOKENS:
-            return diag("E005", "`=` is not a comparison", span, "use `==` to compare values")
-        if allowed & _COMPARISON_TOKENS:
-            # After an operand, NAME stands for the keywords (`and`, `accept`, …) that the
-            # contextual lexer reads as names; a plain name cannot follow here.
-            allowed.discard("NAME")
-        expected = f"; expected {expected_words(allowed)}" if allowed else ""
-        shown = char if char.isprintable() and not char.isspace() else repr(char)
-        return diag("E008", f"unexpected character `{shown}`{expected}", span)
-
-    if isinstance(exc, lark.exceptions.UnexpectedEOF):
-        line, column = _end_position(text, line_base, col_base)
-        return diag("E002", f"unexpected {ended}; expected "
-                    f"{expected_words(set(exc.expected))}",
-                    Span(path, line, column, line, column + 1))
-
-    assert isinstance(exc, lark.exceptions.UnexpectedToken)
-    token: Token = exc.token
-    expected = _precise_expected(exc)
-    if token.type == "$END":
-        line, column = _end_position(text, line_base, col_base)
-        span = Span(path, line, column, line, column + 1)
-        what = expected_words(expected)
-        if not embedded and "RBRACE" in expected and len(expected) <= 6:
-            return diag("E002", "unexpected end of file: a `{` block is not closed", span,
-                        f"expected {what}")
-        return diag("E002", f"unexpected {ended}; expected {what}", span)
-    width = len(str(token.value)) if token.value else 1
-    span = place(token.line or 1, token.column or 1, width)
-    found = _token_words(token)
-    before = text[:token.start_pos or 0]
-    if token.type == "EQUAL" and expected & _COMPARISON_TOKENS:
-        return diag("E005", "`=` is not a comparison", span, "use `==` to compare values")
-    if token.type in _COMPARISON_TOKENS and expected & {"AND", "OR"}:
-        return diag("E001", f"unexpected {found}: comparisons do not chain", span,
-                    "combine comparisons with `and` / `or`, e.g. `a < b and b < c`")
-    if token.type == "NAME" and re.search(r"\b(any|all)\s+$", before):
-        return diag("E001", "a quantifier (`any` / `all`) inside `and`, `or`, `not` or a "
-                    "comparison must be in parentheses", span,
-                    "write `a and (any x in xs: cond)`")
-    if "WHEN" in expected:
-        return diag("E006", f"missing `when` before {found}", span,
-                    "a rule is `rule NAME: when CONDITION ACTION`; write `when true` for a "
-                    "rule that always applies")
-    if {"ACCEPT", "REJECT", "CONTINUE"} <= expected:
-        rule = _enclosing_rule(text, token.start_pos or 0) if not embedded else None
-        who = f"rule `{rule}`" if rule else "this rule"
-        return diag("E007", f"{who} has no action: expected an action, a modification or "
-                    f"`continue`, found {found}", span,
-                    'end a rule with an action such as `accept` or `reject 550 5.7.1 "…"`, '
-                    "or with `continue` after modifications")
-    if "STAGE" in expected and token.type == "NAME":
-        return diag("E001", f"unexpected {found}; a policy file holds `settings`, `let` "
-                    "and `stage` blocks", span)
-    return diag("E001", f"unexpected {found}; expected {expected_words(expected)}", span)
-
-
-def _string_closes(rest: str) -> bool:
-    """Does the string starting at rest[0] end on this line (ignoring brace rules)?"""
-    i = 1
-    while i < len(rest):
-        if rest[i] == "\\":
-            i += 2
-            continue
-        if rest[i] == '"':
-            return True
-        i += 1
-    return False
-
-
-def _too_deep(tree: Tree, path: str, line_base: int = 1, col_base: int = 1,
-              embedded: bool = False) -> Diagnostic | None:
-    stack: list[tuple[Tree, int]] = [(tree, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_NESTING:
-            meta = node.meta
-            line = getattr(meta, "line", 1)
-            column = getattr(meta, "column", 1)
-            if embedded:
-                line, column = line_base, col_base + column - 1
-            return Diagnostic(
-                "E013", Severity.ERROR,
-                f"expression nested too deeply (more than {MAX_NESTING} levels)",
-                Span(path, line, column, line, column + 1),
-                "split the condition with `let` constants or simplify it")
-        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
-    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -700,13 +412,13 @@ class _Builder:
         if simple is not None and simple.group(1) not in keywords():
             return self.dotted_name(source, line, column)
         try:
-            tree = _parser().parse(source, start="expr")
+            tree = lark_parser().parse(source, start="expr")
         except lark.exceptions.UnexpectedInput as exc:
-            self.diagnostics.append(_syntax_diagnostic(exc, source, self.path, line, column,
+            self.diagnostics.append(syntax_diagnostic(exc, source, self.path, line, column,
                                                        embedded=True))
             return n.Literal(kind="string", value="", span=Span(self.path, line, column, line,
                                                                 column + 1))
-        deep = _too_deep(tree, self.path, line, column, embedded=True)
+        deep = nesting_diagnostic(tree, self.path, line, column, embedded=True)
         if deep is not None:
             self.diagnostics.append(deep)
             return n.Literal(kind="string", value="", span=Span(self.path, line, column, line,

@@ -20,6 +20,26 @@ Statement = Callable[[EvalContext, list], None]
 
 CONTINUE = "continue"
 
+
+class Const:
+    """A value known at load time."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+Compiled = Const | Closure
+
+
+def as_closure(compiled: Compiled) -> Closure:
+    if isinstance(compiled, Const):
+        value = compiled.value
+        return lambda ctx: value
+    return compiled
+
+
 class Outcome:
     """A compiled terminal action.  For a constant message the reply is built once."""
 
