@@ -144,7 +144,7 @@ def test_e102_unknown_name(cond, stage, needle, message, hint):
 
 
 def test_e102_misspelt_let_suggests_the_let():
-    # Regression (fixed): the candidates for did-you-mean are quantifier variables, fields and namespaces;
+    # Fix: the candidates for did-you-mean are quantifier variables, fields and namespaces;
     # `let` constants are left out, so the most likely typo gets no hint.
     text = (
         "let trusted_networks = [127.0.0.0/8]\n"
@@ -393,7 +393,7 @@ def test_e107_unknown_field(stage, cond, needle, message, hint):
 
 
 def test_e107_unknown_request_field_without_a_close_member_lists_the_members():
-    # Regression (fixed): the did-you-mean compares whole dotted paths, and the shared `client.` prefix
+    # Fix: the did-you-mean compares whole dotted paths, and the shared `client.` prefix
     # alone nearly reaches difflib's 0.6 cutoff, so almost any unknown member gets a
     # nonsense suggestion (`client.country` -> `client.ptr`, `client.name` -> `client.helo`,
     # `client.asn` -> `client.ip`) and the "`client` has: ..." list is never shown.
@@ -405,7 +405,7 @@ def test_e107_unknown_request_field_without_a_close_member_lists_the_members():
 
 
 def test_field_access_on_a_list_field_is_a_type_error_not_an_unknown_field():
-    # Regression (fixed): `envelope.to` is a known field; `.name` applied to it is a type mismatch (E105),
+    # Fix: `envelope.to` is a known field; `.name` applied to it is a type mismatch (E105),
     # but the checker reports "unknown request field `envelope.to.name`, did you mean
     # `envelope.to`?" (E107), which points the operator at the wrong mistake.
     text = a_rule('envelope.to.name == "x"', stage="rcpt")
@@ -489,7 +489,7 @@ def test_e109_request_field_in_settings_action():
 
 
 def test_e109_request_field_as_setting_value_is_reported_once():
-    # Regression (was a cascade): the value in error has type `any`, but `_check_settings` still reports
+    # Fixed cascade: the value in error has type `any`, but `_check_settings` still reports
     # E131 "must be a positive duration" at the very same span.
     text = "settings {\n    deadline = client.port\n}\nstage data {\n    default accept\n}\n"
     d = single(diagnostics(text), "E109")
@@ -517,7 +517,7 @@ def test_e110_let_cycle_through_two_lets():
 
 
 def test_e110_self_reference_through_a_field_access_is_reported_once():
-    # Regression (was a cascade): `Inference._Attr` probes whether the root `x` is a `let` by calling
+    # Fixed cascade: `Inference._Attr` probes whether the root `x` is a `let` by calling
     # the `let_type` callback, which already reports E110; it then infers `x` again and
     # reports the same E110 a second time (once for `x.name`, once for `x`).
     text = "let x = x.name\n" + a_rule("true")
@@ -526,7 +526,7 @@ def test_e110_self_reference_through_a_field_access_is_reported_once():
 
 
 def test_e110_let_cycle_used_in_a_condition_does_not_crash():
-    # Regression (fixed): `_Checker._constant` follows `let` names without a cycle guard; the W201 check
+    # Fix: `_Checker._constant` follows `let` names without a cycle guard; the W201 check
     # calls it on every terminal rule's condition, so this raises RecursionError.
     text = "let a = b\nlet b = a\n" + a_rule("a")
     d = single(diagnostics(text), "E110")
@@ -534,7 +534,7 @@ def test_e110_let_cycle_used_in_a_condition_does_not_crash():
 
 
 def test_e110_let_cycle_used_in_settings_does_not_crash():
-    # Regression (fixed): same unguarded recursion, reached from `_check_settings`.
+    # Fix: same unguarded recursion, reached from `_check_settings`.
     text = ("let t = t\nsettings {\n    deadline = t\n}\n"
             "stage data {\n    default accept\n}\n")
     d = single(diagnostics(text), "E110")
@@ -895,7 +895,7 @@ def test_e133_two_settings_blocks_across_files():
 
 
 def test_e133_does_not_cascade_into_missing_quarantine_to():
-    # Regression (was a cascade): the second block is dropped entirely, so its `quarantine_to` is not
+    # Fixed cascade: the second block is dropped entirely, so its `quarantine_to` is not
     # seen and every quarantine also gets E116 ("needs `quarantine_to`"), although the
     # operator did set it.  One mistake, one diagnostic.
     first = "settings {\n    deadline = 2s\n}\n"
@@ -977,7 +977,7 @@ def test_w202_reported_once_for_a_stage_split_over_files():
 
 @pytest.mark.parametrize(("op", "always"), [("==", "false"), ("!=", "true")])
 def test_w203_compare_never_none_value_with_none(op, always):
-    # Regression (fixed): `comparable(address, none)` is false, so every W203 also comes with an E105 on
+    # Fix: `comparable(address, none)` is false, so every W203 also comes with an E105 on
     # the same operator: the mistake is reported twice, once as an error.
     cond = f"sender {op} none"
     text = a_rule(cond, stage="mail")

@@ -815,7 +815,7 @@ def test_nesting_just_within_the_limit_is_fine():
 
 
 def test_nesting_too_deep_inside_a_template_points_into_the_string():
-    # Regression (fixed): the E013 position of an embedded `{…}` expression is not mapped into the file
+    # Fix: the E013 position of an embedded `{…}` expression is not mapped into the file
     # (it is reported at line 1 with the column inside the embedded text).
     text = 'stage data {\n  rule r: when true reject "hi {' + "not " * 70 + 'x}" }'
     diagnostic = first_error(text)
@@ -874,7 +874,7 @@ def test_checker_error_inside_template_is_positioned_in_the_file():
     ('stage data {\n  rule r: when true reject "x {a.}" }', 34, "a name"),
 ], ids=["unclosed-paren", "missing-operand", "missing-field"])
 def test_template_error_does_not_claim_the_file_ended(source, column, fragment):
-    # Regression (fixed): a `{…}` expression that stops early is reported as "unexpected end of file",
+    # Fix: a `{…}` expression that stops early is reported as "unexpected end of file",
     # although the file goes on; the position (the closing `}`) is right.
     diagnostic = first_error(source)
     assert (diagnostic.span.line, diagnostic.span.column) == (2, column), str(diagnostic)
@@ -883,7 +883,7 @@ def test_template_error_does_not_claim_the_file_ended(source, column, fragment):
 
 
 def test_template_error_names_what_was_expected():
-    # Regression (fixed): `{a b}` is reported as "unexpected name `b`; expected something else".
+    # Fix: `{a b}` is reported as "unexpected name `b`; expected something else".
     text = 'stage data {\n  rule r: when true reject "x {a b}" }'
     diagnostic = first_error(text)
     assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == ("E001", 2, 34)
@@ -942,7 +942,7 @@ def test_no_message_uses_lark_terminal_names():
 
 
 def test_unexpected_character_after_an_operand_does_not_ask_for_a_name():
-    # Regression (fixed): after an operand, the E008 message says "expected an operator or a name"; no
+    # Fix: after an operand, the E008 message says "expected an operator or a name"; no
     # name can follow `a` here (the words Lark lexes as names are keywords such as `and`).
     diagnostic = first_error(in_rule("a + 1 == 2"))
     assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == ("E008", 3, 12)
@@ -958,7 +958,7 @@ def test_unexpected_character_after_an_operand_does_not_ask_for_a_name():
 ], ids=["let-without-name", "stage-with-equals", "rule-with-equals", "let-with-double-equals"])
 def test_misplaced_equals_outside_a_condition_is_not_called_a_comparison(
         source, positions, fragment):
-    # Regression (fixed): any `=` the parser does not expect becomes E005 "`=` is not a comparison / use
+    # Fix: any `=` the parser does not expect becomes E005 "`=` is not a comparison / use
     # `==`", even where no comparison is possible: a missing `let` name, `stage data = {`,
     # and even `let x == 1`, where the advice is the opposite of the fix.
     diagnostic = first_error(source)
@@ -969,7 +969,7 @@ def test_misplaced_equals_outside_a_condition_is_not_called_a_comparison(
 
 
 def test_unclosed_string_with_escaped_quote_is_an_unclosed_string():
-    # Regression (fixed): the E003/E012 choice looks for braces anywhere on the rest of the line, so the
+    # Fix: the E003/E012 choice looks for braces anywhere on the rest of the line, so the
     # stage's closing `}` after an unclosed string turns E003 into "unbalanced `{` or `}`".
     diagnostic = first_error('stage data { rule r: when x == "a\\" accept }')
     assert (diagnostic.span.line, diagnostic.span.column) == (1, 32)

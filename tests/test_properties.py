@@ -256,7 +256,7 @@ _PADDING = st.sampled_from(["", " ", "  ", "\t", "\u00a0", "\x0b", "\x1c", "\u20
 
 @settings(FAST, max_examples=150)
 @given(template_expressions, _PADDING, _PADDING)
-@example("sender", "\u00a0", "")  # Regression (fixed): the `{name}` fast path accepts what Lark refuses
+@example("sender", "\u00a0", "")  # Fix: the `{name}` fast path accepts what Lark refuses
 @example("client.ip", "", "\x1c")
 @example("lower(sender)", "\u00a0", "")
 def test_template_expression_parses_like_a_condition(expr, before, after):
@@ -278,8 +278,8 @@ def test_template_expression_parses_like_a_condition(expr, before, after):
 
 @settings(FAST, max_examples=10)
 @given(st.integers(1, 80), st.booleans())
-@example(1200, False)  # Regression (fixed): RecursionError in the compiler (compiler.py let_value)
-@example(1200, True)   # Regression (fixed): RecursionError in the checker (inference/let types)
+@example(1200, False)  # Fix: RecursionError in the compiler (compiler.py let_value)
+@example(1200, True)   # Fix: RecursionError in the checker (inference/let types)
 def test_chains_of_lets_never_raise(length, reverse):
     # `let a1 = a0`, `let a2 = a1`, ...: each expression is shallow, but resolving the last
     # constant walks the whole chain.  A long chain must be a diagnostic or load fine, never
@@ -293,7 +293,7 @@ def test_chains_of_lets_never_raise(length, reverse):
 
 
 def test_regex_with_a_python_warning_does_not_raise():
-    # Regression (fixed): `re.compile` warns (FutureWarning "Possible nested set") for `[[`; the parser
+    # Fix: `re.compile` warns (FutureWarning "Possible nested set") for `[[`; the parser
     # does not catch the warning, so with warnings as errors (this project's pytest
     # configuration, or `python -W error`) compile_text raises instead of returning a
     # result.  The pattern is unique so the `re` module cache cannot hide the warning.
