@@ -406,3 +406,31 @@ def test_background_thread_picks_up_changes(db: Path) -> None:
         assert directory.reloads >= 2
     finally:
         directory.close()
+
+
+def test_a_locked_store_becomes_unavailable_after_the_staleness_bound(
+        db: Path, replica: SqliteDirectory, clock: FakeClock) -> None:
+    """Another process holding an exclusive lock: the replica keeps answering from what
+    it has, then fails lookups once the store has been unreadable for max_staleness."""
+    info = replica.category("info@solawi.example")
+    assert info is not None
+    replica._drop_connection()  # the locker must be the only connection to take the lock
+    locker = sqlite3.connect(db, timeout=0)
+    try:
+        locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")
+        locker.execute("UPDATE message_categories SET name = 'Locked' WHERE id = 1")
+        replica.refresh()
+        assert replica.last_error is not None and "locked" in replica.last_error
+        assert replica.category("info@solawi.example") == info  # within the bound
+        clock.advance(replica.max_staleness + 1)
+        replica.refresh()
+        assert not replica.available
+        with pytest.raises(DirectoryError, match="unavailable"):
+            replica.category("info@solawi.example")
+    finally:
+        locker.rollback()
+        locker.close()
+    replica.refresh()
+    assert replica.available
+    assert replica.category("info@solawi.example") == info
