@@ -19,6 +19,8 @@ from .builtins import DEFAULT_BUILTINS, Builtin, valid_address
 from .errors import Diagnostic, Related, Severity, Span
 from .fields import FIELDS, NAMESPACES, STAGE_ORDER, Field
 from .inference import Inference, Scope, suggest
+from .program import RuntimeSettings
+from .text import MAX_REPLY_TEXT
 
 SETTINGS_SPEC: Mapping[str, tuple[str, str]] = {
     "lookup_timeout": ("duration", "how long one lookup may take before it counts as failed"),
@@ -30,10 +32,9 @@ SETTINGS_SPEC: Mapping[str, tuple[str, str]] = {
 _ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _PRINTABLE = re.compile(r"[ -~]*")
-MAX_REPLY_TEXT = 400
 MAX_LET_DEPTH = 32
 """Constants defined in terms of constants, at most this deep (E134 beyond)."""
-DEFAULT_DEADLINE = 2.0
+DEFAULT_DEADLINE = RuntimeSettings().deadline
 
 _LET_SCOPE = Scope(None, "a `let`", allow_request=False, allow_lookups=False)
 _SETTINGS_SCOPE = Scope(None, "settings", allow_request=False, allow_lookups=False)

@@ -69,9 +69,10 @@ def compile_program(
     for name in analysis.lets:  # in definition order: a chain of lets never recurses deeply
         compiler.let_value(name)
     settings = compiler.settings()
-    stages = {
-        name: compiler.stage(analysis.stages[name])
-        for name in STAGE_ORDER if name in analysis.stages
+    stages = {  # every stage, so that a decision never builds one on the fly
+        name: compiler.stage(analysis.stages[name]) if name in analysis.stages
+        else CompiledStage(name, (), Outcome("accept"), None)
+        for name in STAGE_ORDER
     }
     return stages, settings
 

@@ -32,7 +32,6 @@ DEFAULT_REPLIES: dict[str, Reply] = {
     "tempfail": Reply(451, "4.3.0", "Temporary failure, please try again later"),
     "discard": Reply(250, "2.0.0", "Message queued for delivery"),
 }
-DEFAULT_CODES = {"reject": 550, "tempfail": 451, "discard": 250}
 
 
 class RuleRef(msgspec.Struct, frozen=True):

@@ -8,15 +8,17 @@ it runs in the log writer process (see `logwriter`), off the answer path.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 
@@ -108,20 +110,16 @@ def make_record(
 def _record(stage: str, client_ip: str, envelope: Envelope | None, queue: Queue | None,
             decision: Decision, duration_ms: float, shadow: bool, redact_client_ip: bool,
             record_id: str | None, at: str | None) -> DecisionRecord:
-    lookups = decision.lookups
-    cause, errors = decision.cause, decision.errors
-    if redact_client_ip:
-        lookups, cause, errors = _redacted(client_ip, lookups, cause, errors)
     if envelope is not None:
         sender = envelope.from_.address
         recipients = tuple([a.address for a in envelope.to])
     else:
         sender, recipients = None, ()
-    return DecisionRecord(  # positional, in field order
+    record = DecisionRecord(  # positional, in field order
         record_id or uuid.uuid4().hex,
         at or datetime.now(UTC).isoformat(timespec="microseconds"),
         stage,
-        None if redact_client_ip else client_ip,
+        client_ip,
         sender,
         recipients,
         queue.id if queue is not None else None,
@@ -132,12 +130,13 @@ def _record(stage: str, client_ip: str, envelope: Envelope | None, queue: Queue 
         decision.rule,
         "accept" if shadow and decision.action != "accept" else None,
         decision.fallback,
-        cause,
-        lookups,
+        decision.cause,
+        decision.lookups,
         decision.dry_run,
         decision.logs,
-        errors,
+        decision.errors,
     )
+    return _redact(record, client_ip) if redact_client_ip else record
 
 
 # -- raw entries: what the answer path hands to the log writer -----------------------------
@@ -148,48 +147,45 @@ def _record(stage: str, client_ip: str, envelope: Envelope | None, queue: Queue 
 
 _RAW_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
 _RAW_DECODER = msgspec.msgpack.Decoder(
-    tuple[float, float, bool, bool, str, str, Envelope | None, Queue | None, Decision])
-RAW_DECISION, RAW_LINE = b"d", b"r"
+    tuple[str, float, float, bool, bool, str, str, Envelope | None, Queue | None, Decision])
 
 
-def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float, *,
-              shadow: bool = False, redact_client_ip: bool = False) -> bytes:
-    """The decision and its request's logged fields, packed for `record_from_raw`."""
+def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float,
+              record_id: str, *, shadow: bool = False, redact_client_ip: bool = False
+              ) -> bytes:
+    """The decision and its request's logged fields, packed for `line_from_raw`.  The id
+    is given here, so a batch sent again after a writer restart is not stored twice."""
     context = request.context
-    return RAW_DECISION + _RAW_ENCODER.encode(
-        (at, duration_ms, shadow, redact_client_ip, context.stage, context.client.ip,
-         request.envelope, context.queue, decision))
+    return _RAW_ENCODER.encode(
+        (record_id, at, duration_ms, shadow, redact_client_ip, context.stage,
+         context.client.ip, request.envelope, context.queue, decision))
 
 
-def line_from_raw(entry: bytes, ids: RecordIds, timestamps: Timestamps) -> bytes:
-    """An entry from `raw_entry` (or a ready JSON line) as the record's JSON line."""
-    if entry[:1] == RAW_LINE:
-        return entry[1:]
-    at, duration_ms, shadow, redact, stage, client_ip, envelope, queue, decision = (
-        _RAW_DECODER.decode(entry[1:]))
+def line_from_raw(entry: bytes, timestamps: Timestamps) -> bytes:
+    """An entry from `raw_entry` as the record's JSON line."""
+    record_id, at, duration_ms, shadow, redact, stage, client_ip, envelope, queue, decision = (
+        _RAW_DECODER.decode(entry))
     return encode_record(_record(stage, client_ip, envelope, queue, decision, duration_ms,
-                                 shadow, redact, ids(), timestamps(at)))
+                                 shadow, redact, record_id, timestamps(at)))
 
 
 REDACTED = "[redacted]"
+_RECORD_DECODER = msgspec.json.Decoder(DecisionRecord)
 
 
-def _redacted(ip: str, lookups: tuple[LookupRecord, ...], cause: str | None,
-              errors: tuple[str, ...]) -> tuple[tuple[LookupRecord, ...], str | None,
-                                                tuple[str, ...]]:
-    """The client address removed from lookup arguments, lookup errors and causes."""
-    def scrub(text: str | None) -> str | None:
-        return text.replace(ip, REDACTED) if text else text
-
-    def scrub_value(value: Any) -> Any:
-        return REDACTED if str(value) == ip else value
-
-    cleaned = tuple(
-        LookupRecord(x.function, tuple(scrub_value(a) for a in x.args),
-                     scrub_value(x.result) if x.result is not None else None,
-                     scrub(x.error), x.duration_ms)
-        for x in lookups)
-    return cleaned, scrub(cause), tuple(scrub(e) or "" for e in errors)
+def _redact(record: DecisionRecord, client_ip: str) -> DecisionRecord:
+    """The record with the client address gone from every field: lookup arguments and
+    errors, causes, `log` lines and reply texts a policy interpolated it into.  Both the
+    address as sent and its normal form (an IPv4-mapped address as plain IPv4) count."""
+    forms = {client_ip}
+    parsed = IP.parse(client_ip)
+    if parsed is not None:
+        forms.add(parsed.text)
+    text = encode_record(record).decode()
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(rf"(?<![0-9A-Za-z.:]){re.escape(form)}(?![0-9A-Za-z.:])", REDACTED,
+                      text)
+    return msgspec.structs.replace(_RECORD_DECODER.decode(text), client_ip=None)
 
 
 class Sink(Protocol):
@@ -221,8 +217,15 @@ class JsonlSink:
         size = self._file.tell()
         if size and size + len(data) > self.max_bytes:
             self._rotate()
-        self._file.write(data)
-        self._file.flush()
+            size = 0
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError:
+            # The batch is retried whole: take back what part of it reached the file.
+            with contextlib.suppress(OSError, ValueError):
+                self._file.truncate(size)
+            raise
 
     def _rotate(self) -> None:
         self._file.close()
@@ -268,6 +271,7 @@ class SqliteSink:
 class JsonlSpec(msgspec.Struct, frozen=True):
     """Where and how to write the JSONL file (picklable: it crosses to the writer)."""
 
+    name: ClassVar[str] = "jsonl"
     path: str
     max_bytes: int = 100 * 1024 * 1024
     backups: int = 10
@@ -277,6 +281,7 @@ class JsonlSpec(msgspec.Struct, frozen=True):
 
 
 class SqliteSpec(msgspec.Struct, frozen=True):
+    name: ClassVar[str] = "sqlite"
     path: str
 
     def open(self) -> Sink:
@@ -293,7 +298,7 @@ class _SinkState:
         # directory not writable) is retried like a failed write instead of being lost.
         self.spec = spec
         self.sink: Sink | None = None if isinstance(spec, JsonlSpec | SqliteSpec) else spec
-        self.name = type(spec).__name__
+        self.name = spec.name
         self.backlog: list[bytes] = []
         self.failures = 0
         self.retry_at = 0.0
@@ -329,6 +334,12 @@ class SinkWriter:
             except Exception as exc:  # keep the records and retry later
                 self.errors += 1
                 state.failures += 1
+                if state.sink is not None and state.spec is not state.sink:
+                    # Start over from the spec: a sink in a bad state (a closed file
+                    # after a failed rotation, a broken connection) is not reused.
+                    with contextlib.suppress(Exception):
+                        state.sink.close()
+                    state.sink = None
                 state.retry_at = self._clock() + min(30.0, 0.5 * 2 ** min(state.failures - 1, 6))
                 log.error("decision log sink %s failed (%d records kept for retry): %s",
                           state.name, len(state.backlog), exc)

@@ -14,9 +14,10 @@ from typing import Any
 
 from . import types as t
 from .context import EvalContext
+from .wire import STAGES
 
-ALL_STAGES = frozenset({"connect", "ehlo", "auth", "mail", "rcpt", "data"})
-STAGE_ORDER = ("connect", "ehlo", "auth", "mail", "rcpt", "data")
+STAGE_ORDER = STAGES
+ALL_STAGES = frozenset(STAGES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +30,6 @@ class Field:
 
     def stage_list(self) -> str:
         return ", ".join(s for s in STAGE_ORDER if s in self.stages)
-
-
-def _tls(ctx: EvalContext) -> Any:
-    return ctx.request.context.tls
 
 
 def _tls_version(ctx: EvalContext) -> str | None:
@@ -69,11 +66,6 @@ def _subject(ctx: EvalContext) -> str | None:
     return ctx.headers().first("subject")
 
 
-def _f(name: str, type_: t.Type, stages: frozenset[str], get: Callable[[EvalContext], Any],
-       doc: str) -> Field:
-    return Field(name, type_, stages, get, doc)
-
-
 _AFTER_EHLO = ALL_STAGES - {"connect"}
 _AFTER_AUTH = frozenset({"auth", "mail", "rcpt", "data"})
 _AFTER_MAIL = frozenset({"mail", "rcpt", "data"})
@@ -81,44 +73,44 @@ _AFTER_RCPT = frozenset({"rcpt", "data"})
 
 FIELDS: MappingProxyType[str, Field] = MappingProxyType({
     f.name: f for f in (
-        _f("stage", t.STRING, ALL_STAGES, lambda c: c.request.context.stage,
+        Field("stage", t.STRING, ALL_STAGES, lambda c: c.request.context.stage,
            "the SMTP stage of this hook call"),
-        _f("client.ip", t.IP, ALL_STAGES, EvalContext.client_ip,
+        Field("client.ip", t.IP, ALL_STAGES, EvalContext.client_ip,
            "the client's address (the PROXY-protocol source behind a trusted proxy)"),
-        _f("client.port", t.INT, ALL_STAGES, lambda c: c.request.context.client.port,
+        Field("client.port", t.INT, ALL_STAGES, lambda c: c.request.context.client.port,
            "the client's source port"),
-        _f("client.ptr", t.STRING.opt(), _AFTER_EHLO, lambda c: c.request.context.client.ptr,
+        Field("client.ptr", t.STRING.opt(), _AFTER_EHLO, lambda c: c.request.context.client.ptr,
            "the PTR name from Stalwart's iprev check (with trailing dot); none until MAIL, "
            "and none when iprev is disabled"),
-        _f("client.helo", t.STRING.opt(), _AFTER_EHLO, lambda c: c.request.context.client.helo,
+        Field("client.helo", t.STRING.opt(), _AFTER_EHLO, lambda c: c.request.context.client.helo,
            "the EHLO/HELO argument as sent; none if the client sent none"),
-        _f("server.name", t.STRING, ALL_STAGES, lambda c: c.request.context.server.name,
+        Field("server.name", t.STRING, ALL_STAGES, lambda c: c.request.context.server.name,
            'the server\'s name, e.g. "Stalwart v0.16.18"'),
-        _f("server.port", t.INT, ALL_STAGES, lambda c: c.request.context.server.port,
+        Field("server.port", t.INT, ALL_STAGES, lambda c: c.request.context.server.port,
            "the local port the client connected to (25, 465, 587, ...)"),
-        _f("server.ip", t.IP.opt(), ALL_STAGES, EvalContext.server_ip,
+        Field("server.ip", t.IP.opt(), ALL_STAGES, EvalContext.server_ip,
            "the local address the client connected to"),
-        _f("tls.version", t.STRING.opt(), ALL_STAGES, _tls_version,
+        Field("tls.version", t.STRING.opt(), ALL_STAGES, _tls_version,
            'the TLS version ("TLSv1.3"); none without TLS'),
-        _f("tls.cipher", t.STRING.opt(), ALL_STAGES, _tls_cipher,
+        Field("tls.cipher", t.STRING.opt(), ALL_STAGES, _tls_cipher,
            "the TLS cipher suite; none without TLS"),
-        _f("sasl.login", t.STRING.opt(), _AFTER_AUTH, _sasl_login,
+        Field("sasl.login", t.STRING.opt(), _AFTER_AUTH, _sasl_login,
            "the authenticated login name; none unless the session authenticated"),
-        _f("sender", t.ADDRESS, _AFTER_MAIL, EvalContext.sender,
+        Field("sender", t.ADDRESS, _AFTER_MAIL, EvalContext.sender,
            'the envelope sender (MAIL FROM), lower-case; "" is the null sender <>'),
-        _f("envelope.from", t.ADDRESS, _AFTER_MAIL, EvalContext.sender,
+        Field("envelope.from", t.ADDRESS, _AFTER_MAIL, EvalContext.sender,
            "the same as `sender`"),
-        _f("envelope.to", t.list_of(t.ADDRESS), _AFTER_RCPT, EvalContext.recipients,
+        Field("envelope.to", t.list_of(t.ADDRESS), _AFTER_RCPT, EvalContext.recipients,
            "the recipients so far; at rcpt the current one is last"),
-        _f("rcpt", t.ADDRESS, frozenset({"rcpt"}), EvalContext.rcpt,
+        Field("rcpt", t.ADDRESS, frozenset({"rcpt"}), EvalContext.rcpt,
            "the recipient being judged at the rcpt stage (the last of envelope.to)"),
-        _f("queue.id", t.STRING, frozenset({"data"}), _queue_id,
+        Field("queue.id", t.STRING, frozenset({"data"}), _queue_id,
            "the id the message will have in Stalwart's queue"),
-        _f("message.size", t.SIZE, frozenset({"data"}), _message_size,
+        Field("message.size", t.SIZE, frozenset({"data"}), _message_size,
            "the message size in bytes (headers and body)"),
-        _f("message.body", t.STRING, frozenset({"data"}), _message_body,
+        Field("message.body", t.STRING, frozenset({"data"}), _message_body,
            "the raw message body (not MIME-decoded)"),
-        _f("subject", t.STRING.opt(), frozenset({"data"}), _subject,
+        Field("subject", t.STRING.opt(), frozenset({"data"}), _subject,
            "the decoded Subject header; none if the message has none"),
     )
 })

@@ -8,13 +8,17 @@ throughput halved, p99 tens of ms).  On the answer path a decision costs one msg
 encode of the decision (`decisionlog.raw_entry`); a sender thread, which spends its time
 blocked in the pipe write, ships batches; the writer process builds the records.
 
-Nothing is lost: `close()` sends what is queued, tells the writer to finish, and waits
-for it; a writer that died is restarted and the batch it missed is sent again.
+Nothing is lost on a clean shutdown: `close()` sends what is queued, tells the writer to
+finish, and waits for it.  A writer that died is restarted and a batch it could not take
+is sent again; records carry their ids from the answer path, so the SQLite sink stores a
+re-sent record once.  (A batch the writer had received but not yet written when it died
+is lost.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import threading
@@ -25,13 +29,10 @@ from multiprocessing.connection import Connection
 
 from .decision import Decision
 from .decisionlog import (
-    RAW_LINE,
-    DecisionRecord,
     RecordIds,
     SinkSpec,
     SinkWriter,
     Timestamps,
-    encode_record,
     line_from_raw,
     raw_entry,
 )
@@ -47,7 +48,7 @@ def _writer_main(conn: Connection, specs: Sequence[SinkSpec]) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     writer = SinkWriter(specs)
-    ids, timestamps = RecordIds(), Timestamps()
+    timestamps = Timestamps()
     try:
         while True:
             wait = writer.next_retry_in()
@@ -60,17 +61,26 @@ def _writer_main(conn: Connection, specs: Sequence[SinkSpec]) -> None:
                 break
             kind, payload = message[:1], message[1:]
             if kind == _RECORDS:
-                writer.write([line_from_raw(entry, ids, timestamps)
-                              for entry in _unframe(payload)])
+                writer.write(_lines(_unframe(payload), timestamps))
             elif kind == _FLUSH:
                 writer.attempt(force=True)
-                conn.send_bytes(_ACK + str(writer.pending).encode())
+                conn.send_bytes(_ACK + payload + b":" + str(writer.pending).encode())
             elif kind == _QUIT:
                 break
     finally:
         lost = writer.close()
         with contextlib.suppress(OSError):
             conn.send_bytes(_ACK + str(lost).encode())
+
+
+def _lines(entries: list[bytes], timestamps: Timestamps) -> list[bytes]:
+    lines = []
+    for entry in entries:
+        try:
+            lines.append(line_from_raw(entry, timestamps))
+        except Exception:  # one bad entry must not cost the others
+            log.exception("decision log: dropping an entry that cannot be decoded")
+    return lines
 
 
 def _frame(entries: list[bytes]) -> bytes:
@@ -95,10 +105,11 @@ class DecisionLog:
         self._specs = tuple(specs)
         self._flush_interval = flush_interval
         self._pending: deque[bytes] = deque()
+        self._ids = RecordIds()
+        self._flushes = itertools.count(1)
         self._send_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
-        self.sent = 0
         self._context = multiprocessing.get_context("spawn")
         self._start_writer()
         self._sender = threading.Thread(target=self._send_loop, name="komm-log-sender",
@@ -114,17 +125,13 @@ class DecisionLog:
 
     # -- answer path ----------------------------------------------------------------------
 
-    def submit(self, record: DecisionRecord) -> None:
-        """Queue a finished record (no I/O)."""
-        self._pending.append(RAW_LINE + encode_record(record))
-
     def submit_decision(self, request: Request, decision: Decision, duration_ms: float,
                         at: float, *, shadow: bool = False,
                         redact_client_ip: bool = False) -> None:
         """Queue an answered request's decision (no I/O); the writer process builds the
         record.  `at` is the answer's time.time()."""
-        self._pending.append(raw_entry(request, decision, duration_ms, at, shadow=shadow,
-                                       redact_client_ip=redact_client_ip))
+        self._pending.append(raw_entry(request, decision, duration_ms, at, self._ids(),
+                                       shadow=shadow, redact_client_ip=redact_client_ip))
 
     @property
     def depth(self) -> int:
@@ -151,7 +158,6 @@ class DecisionLog:
             for attempt in range(3):
                 try:
                     self._conn.send_bytes(message)
-                    self.sent += len(lines)
                     return
                 except (OSError, ValueError) as exc:
                     log.error("decision log writer unreachable (%s); restarting it", exc)
@@ -172,15 +178,20 @@ class DecisionLog:
     def flush(self, timeout: float = 10.0) -> bool:
         """Ship everything queued and wait until the writer has written it."""
         self._send_pending()
+        number = str(next(self._flushes)).encode()
+        deadline = time.monotonic() + timeout
         with self._send_lock:
             try:
-                self._conn.send_bytes(_FLUSH)
-                if not self._conn.poll(timeout):
-                    return False
-                reply = self._conn.recv_bytes()
+                self._conn.send_bytes(_FLUSH + number)
+                while True:  # skip the late answer to an earlier flush that timed out
+                    if not self._conn.poll(max(0.0, deadline - time.monotonic())):
+                        return False
+                    reply = self._conn.recv_bytes()
+                    if reply.startswith(_ACK + number + b":"):
+                        break
             except (OSError, EOFError):
                 return False
-        return reply.startswith(_ACK) and reply[1:] == b"0" and not self._pending
+        return reply.endswith(b":0") and not self._pending
 
     def close(self, timeout: float = 30.0) -> None:
         """Ship what is queued, let the writer finish its sinks, wait for it."""
@@ -191,11 +202,14 @@ class DecisionLog:
         with self._send_lock:
             try:
                 self._conn.send_bytes(_QUIT)
-                if self._conn.poll(timeout):
+                deadline = time.monotonic() + timeout
+                while self._conn.poll(max(0.0, deadline - time.monotonic())):
                     reply = self._conn.recv_bytes()
-                    if reply[1:] != b"0":
-                        log.error("decision log: %s records could not be written",
-                                  reply[1:].decode())
+                    if b":" not in reply:  # the writer's final answer: records it lost
+                        if reply[1:] != b"0":
+                            log.error("decision log: %s records could not be written",
+                                      reply[1:].decode())
+                        break
             except (OSError, EOFError) as exc:
                 log.error("decision log writer gone at shutdown: %s", exc)
             self._conn.close()

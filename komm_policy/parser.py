@@ -17,11 +17,11 @@ from lark import Token, Tree
 
 from . import nodes as n
 from .errors import Diagnostic, Severity, Span
-from .grammar import build_parser, grammar_text, keywords, lark_parser
+from .grammar import keywords, lark_parser
 from .ipset import normalize_network
 from .syntax_errors import ACTION_WORDS, nesting_diagnostic, syntax_diagnostic
 
-__all__ = ["ParseResult", "build_parser", "grammar_text", "keywords", "parse"]
+__all__ = ["ParseResult", "keywords", "parse"]
 
 _DOTTED_NAME = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*[ \t]*")
 """`{sender}` / `{client.ip}`: the common template parts, built without a Lark parse."""

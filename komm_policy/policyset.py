@@ -19,7 +19,7 @@ from types import MappingProxyType
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import check
 from .compiler import compile_program
-from .errors import Diagnostic, PolicyError, Severity, Span
+from .errors import Diagnostic, PolicyError, Severity, Span, render
 from .parser import parse
 from .program import CompiledStage, RuntimeSettings
 
@@ -60,6 +60,10 @@ class LoadResult:
     @property
     def warnings(self) -> tuple[Diagnostic, ...]:
         return tuple(d for d in self.diagnostics if not d.is_error)
+
+    def render(self, diagnostics: Sequence[Diagnostic]) -> str:
+        """Diagnostics with their source lines, one after the other."""
+        return "\n".join(render(d, self.texts.get(d.span.file)) for d in diagnostics)
 
 
 @contextlib.contextmanager
@@ -112,6 +116,11 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin]
 
 def compile_text(text: str, name: str = "<policy>", **kwargs: object) -> LoadResult:
     return compile_sources([Source(name, text)], **kwargs)  # type: ignore[arg-type]
+
+
+def version_of(sources: Sequence[Source]) -> str:
+    """The policy set's version: a hash of its files' names and texts."""
+    return _version(sources)
 
 
 def _version(sources: Sequence[Source]) -> str:

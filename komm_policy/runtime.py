@@ -46,6 +46,9 @@ def decide(
     """Evaluate the request's stage and return the decision (never raises)."""
     settings = policy_set.settings
     timed = trace or getattr(directory, "blocking", True)
+    snapshot = getattr(directory, "snapshot", None)
+    if snapshot is not None:
+        directory = snapshot()
     ctx = EvalContext(request, directory, settings, clock, timed)
     if timed:  # the deadline counts from here (local indexes cannot overrun it)
         ctx.deadline_at = clock() + settings.deadline

@@ -10,11 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCALAR_KINDS = (
-    "string", "address", "int", "bool", "none", "ip", "cidr", "regex", "duration", "size",
-)
-RECORD_KINDS = ("category", "account")
-
 
 @dataclass(frozen=True, slots=True)
 class Type:

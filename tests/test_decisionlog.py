@@ -34,7 +34,7 @@ from komm_policy.decisionlog import (
     make_record,
 )
 from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory import DirectoryError
+from komm_policy.directory import BlockedIpRow, DirectoryError, DirectoryRows
 from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.directory.sqlite import connect, create_database
 from komm_policy.logwriter import DecisionLog
@@ -703,14 +703,17 @@ def test_submit_and_flush_write_both_sinks(log_paths: tuple[Path, Path],
     assert all(ISO_UTC.match(r.time) for r in records)
 
 
-def test_submit_of_a_built_record(log_paths: tuple[Path, Path],
-                                  decision_log: DecisionLog) -> None:
+def test_a_late_flush_answer_is_not_taken_for_the_next_one(
+        log_paths: tuple[Path, Path], decision_log: DecisionLog) -> None:
+    """A flush that gives up leaves its answer in the pipe; the next flush must wait for
+    its own answer, not take that one."""
     jsonl, store = log_paths
-    request, decision = decided("derived-rcpt-3")
-    decision_log.submit(make_record(request, decision, 0.1, record_id="built-1"))
+    submit_fixtures(decision_log, 50)
+    assert decision_log.flush(timeout=0) is False  # gives up at once
+    submit_fixtures(decision_log, 50)
     assert decision_log.flush()
-    assert jsonl_ids(jsonl) == ["built-1"]
-    assert store_ids(store) == ["built-1"]
+    assert len(jsonl_ids(jsonl)) == 100
+    assert len(store_ids(store)) == 100
 
 
 def test_close_flushes_everything(log_paths: tuple[Path, Path]) -> None:
@@ -746,3 +749,63 @@ def test_killed_writer_is_restarted_and_the_next_batch_delivered(
     decision_log.close()
     assert len(jsonl_ids(jsonl)) == 10
     assert len(store_ids(store)) == 10
+
+
+def test_redaction_covers_logs_replies_and_the_ipv4_mapped_form() -> None:
+    """The client address is gone from every part of the record, also where a policy
+    interpolated it into a `log` line or a reply, and when Stalwart sent it IPv4-mapped."""
+    from komm_policy.policyset import compile_text
+
+    policy = compile_text(
+        "stage connect {\n"
+        '  rule note: when true log "client {client.ip}" continue\n'
+        "  rule blocked: when ip_blocked(client.ip)\n"
+        '    reject 550 5.7.1 "go away {client.ip}"\n'
+        "  default accept\n}\n").policy_set
+    assert policy is not None
+    directory = InMemoryDirectory(DirectoryRows(blocked_ips=(BlockedIpRow("192.0.2.7"),)))
+    for sent in ("192.0.2.7", "::ffff:192.0.2.7"):
+        request = decode_request(json.dumps(
+            {"context": {"stage": "connect", "client": {"ip": sent}}}))
+        decision = decide(policy, request, directory)
+        assert decision.action == "reject"
+        plain = encode_record(make_record(request, decision, 0.0)).decode()
+        assert "192.0.2.7" in plain
+        line = encode_record(make_record(request, decision, 0.0,
+                                         redact_client_ip=True)).decode()
+        assert "192.0.2.7" not in line
+        record = json.loads(line)
+        assert record["client_ip"] is None
+        assert record["logs"] == ["client [redacted]"]
+        assert record["reply"]["message"] == "go away [redacted]"
+        assert record["lookups"][0]["args"] == ["[redacted]"]
+
+
+def test_a_failed_rotation_does_not_kill_the_jsonl_sink(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rename that fails during rotation is retried; the sink is reopened from its spec
+    and the backlog is written once, without duplicate lines."""
+    from komm_policy.decisionlog import JsonlSpec, SinkWriter
+
+    clock = [0.0]
+    path = tmp_path / "log" / "decisions.jsonl"
+    writer = SinkWriter([JsonlSpec(str(path), max_bytes=1024, backups=2)],
+                        clock=lambda: clock[0])
+    writer.write([b'{"n":%d,"pad":"%s"}' % (i, b"x" * 300) for i in range(3)])
+    calls = []
+
+    def failing_replace(src: object, dst: object) -> None:
+        calls.append((src, dst))
+        raise OSError("simulated rename failure")
+
+    monkeypatch.setattr("komm_policy.decisionlog.os.replace", failing_replace)
+    writer.write([b'{"n":3,"pad":"%s"}' % (b"y" * 300)])
+    monkeypatch.undo()
+    assert calls and writer.pending == 1
+    clock[0] += 60
+    writer.attempt()
+    assert writer.pending == 0
+    lines = [json.loads(x) for f in sorted(path.parent.iterdir())
+             for x in f.read_text().splitlines()]
+    assert sorted(x["n"] for x in lines) == [0, 1, 2, 3]
+    assert writer.close() == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from komm_policy.parser import build_parser, grammar_text
+from komm_policy.grammar import build_parser, grammar_text
 
 
 def test_grammar_builds_in_strict_mode():
@@ -37,7 +37,8 @@ def test_grammar_loads_from_a_built_wheel(tmp_path):
         archive.extractall(tmp_path / "site")
     probe = (
         "import komm_policy, pathlib, sys\n"
-        "from komm_policy.parser import grammar_text, parse\n"
+        "from komm_policy.grammar import grammar_text\n"
+        "from komm_policy.parser import parse\n"
         "assert pathlib.Path(komm_policy.__file__).is_relative_to(sys.argv[1])\n"
         "result = parse('stage connect { default accept }', 'x.policy')\n"
         "assert result.file is not None, result.diagnostics\n"

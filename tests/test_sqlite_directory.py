@@ -29,7 +29,6 @@ from komm_policy.directory.sqlite import (
     SqliteDirectory,
     connect,
     create_database,
-    init_schema,
     read_rows,
     write_rows,
 )
@@ -184,51 +183,6 @@ CREATE INDEX mta_log_time ON mta_log (time);
 INSERT INTO mta_log VALUES ('old-1', '2026-01-01T00:00:00+00:00', 'rcpt', '192.0.2.1',
     'a@x.example', '[]', NULL, 'accept', NULL, NULL, NULL, 0, NULL, 0.1, 'v1', '{}');
 """
-
-
-def test_init_schema_upgrades_the_old_mta_log(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.executescript(OLD_MTA_LOG)
-    conn.close()
-    conn = connect(path)
-    try:
-        init_schema(conn)
-        columns = [row[1] for row in conn.execute("PRAGMA table_xinfo(mta_log)")]
-        assert columns[0] == "record"
-        assert "stage" in columns and "rule_location" in columns
-        assert conn.execute("SELECT id FROM mta_log_old").fetchall() == [("old-1",)]
-        assert conn.execute("SELECT count(*) FROM mta_log").fetchone() == (0,)
-        record = '{"id":"new-1","time":"2026-01-02T00:00:00+00:00","stage":"mail"}'
-        with conn:
-            conn.execute("INSERT OR IGNORE INTO mta_log (record) VALUES (?)", (record,))
-            conn.execute("INSERT OR IGNORE INTO mta_log (record) VALUES (?)", (record,))
-        assert conn.execute("SELECT id, stage FROM mta_log").fetchall() == [("new-1", "mail")]
-        indexes = {row[1] for row in conn.execute("PRAGMA index_list(mta_log)")}
-        assert {"mta_log_id", "mta_log_time"} <= indexes
-        init_schema(conn)  # and again: nothing more to upgrade
-        assert conn.execute("SELECT count(*) FROM mta_log_old").fetchone() == (1,)
-        assert conn.execute("SELECT count(*) FROM mta_log").fetchone() == (1,)
-    finally:
-        conn.close()
-
-
-# ---------------------------------------------------------------------------------------
-# Lookups
-
-
-ADDRESSES = [
-    "info@solawi.example", "INFO@SOLAWI.EXAMPLE", "Gemuese@Solawi.example",
-    "gemuese@solawi.example", "buchhaltung@solawi.example", "vorstand@solawi.example",
-    "nobody@solawi.example", "Anna.Mueller@gmail.com", "anna.mueller@GMAIL.com",
-    "jane@solawi.example", "JANE@Solawi.Example", "john.doe@example.org",
-    "peter.schmidt@web.example", "",
-]
-IPS = [
-    "192.0.2.66", "192.0.2.67", "2001:db8:4860::1", "2001:db8:4860:ffff::1",
-    "2001:db8:4861::1", "198.18.0.0", "198.19.255.255", "198.20.0.0", "198.17.255.255",
-    "203.0.113.200", "::ffff:192.0.2.66", "127.0.0.1",
-]
 
 
 def test_lookups_match_the_in_memory_directory(replica: SqliteDirectory) -> None:

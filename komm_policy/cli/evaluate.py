@@ -15,7 +15,6 @@ import msgspec
 
 from ..config import Config
 from ..decisionlog import encode_record, make_record
-from ..errors import render
 from ..hook import response as wire_response
 from ..hook.service import open_directory
 from ..policyset import load_path
@@ -44,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"komm-policy eval: {exc}", file=sys.stderr)
         return 2
     if result.policy_set is None:
-        for d in result.errors:
-            print(render(d, result.texts.get(d.span.file)), file=sys.stderr)
+        print(result.render(result.errors), file=sys.stderr)
         return 1
     try:
         request = decode_request(body)

@@ -54,7 +54,25 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
+    from ..hook.service import HookService, open_directory
+    from ..policyset import load_path
+
     if config.workers > 1:
+        # Check here what each worker will load, so a broken policy or store is one clear
+        # error instead of workers failing and being restarted over and over.
+        try:
+            result = load_path(config.policies)
+            if result.policy_set is None:
+                print(f"komm-policy serve: the policies in {config.policies} have errors:\n"
+                      + result.render(result.errors), file=sys.stderr)
+                return 2
+            directory = open_directory(config)
+            close = getattr(directory, "close", None)
+            if close is not None:
+                close()
+        except Exception as exc:  # report start-up problems plainly
+            print(f"komm-policy serve: {exc}", file=sys.stderr)
+            return 2
         # Workers are separate processes: they read the validated config from KOMM_*.
         os.environ.update(config_environment(config))
         uvicorn.run("komm_policy.hook.factory:app_from_environment", factory=True,
@@ -62,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
                     log_level=args.log_level, access_log=False)
         return 0
     from ..hook.app import create_app
-    from ..hook.service import HookService
 
     try:
         service = HookService.from_config(config)

@@ -39,7 +39,12 @@ class Account(msgspec.Struct, frozen=True):
 
 @runtime_checkable
 class Directory(Protocol):
-    """What the lookup built-ins need.  Implementations must be fast local reads."""
+    """What the lookup built-ins need.  Implementations must be fast local reads.
+
+    Optional attributes the runtime uses: `blocking = False` for local indexes that need
+    no timing, and `snapshot()` returning an object with these methods that stays fixed
+    for one decision (so a directory reloaded meanwhile is never read half old, half
+    new)."""
 
     def ip_blocked(self, ip: IP) -> bool:
         """True when an active `blocked_ips` entry (address or CIDR) covers `ip`."""

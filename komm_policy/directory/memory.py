@@ -28,10 +28,11 @@ def serve_lookups(owner: object, target: object) -> None:
 class DirectoryIndex:
     """Lookup structures built once from `DirectoryRows`."""
 
-    __slots__ = ("_accounts", "_admins", "_blocked", "_categories", "_subscribed", "rows")
+    __slots__ = ("_accounts", "_admin_count", "_admins", "_blocked", "_categories",
+                 "_subscribed")
 
     def __init__(self, rows: DirectoryRows) -> None:
-        self.rows = rows
+        self._admin_count = len(rows.admin_identities)
         entries = []
         for row in rows.blocked_ips:
             if not row.active:
@@ -93,7 +94,7 @@ class DirectoryIndex:
             "blocked_ips": len(self._blocked),
             "message_categories": len(self._categories),
             "account": len(self._accounts),
-            "admin_identities": len(self.rows.admin_identities),
+            "admin_identities": self._admin_count,
             "subscriptions": len(self._subscribed),
         }
 
@@ -115,6 +116,7 @@ class InMemoryDirectory:
         self.index = DirectoryIndex(rows)
         serve_lookups(self, self.index)
 
-    @property
-    def rows(self) -> DirectoryRows:
-        return self.index.rows
+    def snapshot(self) -> DirectoryIndex:
+        """The current content, for one decision to read consistently."""
+        return self.index
+

@@ -147,10 +147,6 @@ def connect(path: str | Path, *, readonly: bool = False, create: bool = True,
 def init_schema(conn: sqlite3.Connection) -> None:
     """Create the tables, indexes and change triggers (idempotent)."""
     with conn:
-        columns = [row[1] for row in conn.execute("PRAGMA table_xinfo(mta_log)")]
-        if columns and columns[0] != "record":  # the first (pre-release) log layout
-            conn.execute("ALTER TABLE mta_log RENAME TO mta_log_old")
-            conn.execute("DROP INDEX IF EXISTS mta_log_time")
         conn.executescript(SCHEMA)
         for table in DIRECTORY_TABLES:
             for event, event_sql in (("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")):
@@ -324,11 +320,16 @@ class SqliteDirectory:
     def _publish(self) -> None:
         """Point the lookup methods at the current index, or at an error raiser."""
         if self._available and self._index is not None:
-            serve_lookups(self, self._index)
+            self._serving: DirectoryIndex | _Unavailable = self._index
         else:
-            serve_lookups(self, _Unavailable(
+            self._serving = _Unavailable(
                 f"directory {self.path} unavailable for more than {self.max_staleness:g}s: "
-                f"{self.last_error}"))
+                f"{self.last_error}")
+        serve_lookups(self, self._serving)
+
+    def snapshot(self) -> DirectoryIndex | _Unavailable:
+        """What one decision reads: the index current when it started (or the error)."""
+        return self._serving
 
     def counts(self) -> dict[str, int]:
         if self._index is None or not self._available:

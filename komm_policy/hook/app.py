@@ -38,7 +38,6 @@ from .service import HookService
 
 log = logging.getLogger("komm_policy.hook")
 
-_JSON = "application/json"
 
 
 def token_matches(header: str | None, token: bytes) -> bool:
@@ -105,17 +104,21 @@ class HookApp:
         if length is not None and length.isdigit() and int(length) > limit:
             await self._too_large(send)
             return
-        body = b""
+        chunks = []
+        size = 0
         more = True
         while more:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client went away
-            body += message.get("body", b"")
-            if len(body) > limit:
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
                 await self._too_large(send)
                 return
+            chunks.append(chunk)
             more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         started = time.perf_counter()
         try:
             request = decode_request(body)
@@ -143,11 +146,14 @@ class HookApp:
         if decision is None:
             return
         elapsed = time.perf_counter() - started
-        if service.decision_log is not None:
-            service.decision_log.submit_decision(
-                request, decision, elapsed * 1000, time.time(), shadow=service.shadow,
-                redact_client_ip=service.redact_client_ip)
-        metrics.observe(decision, elapsed)
+        try:  # the answer is out; what follows must not turn into an error response
+            if service.decision_log is not None:
+                service.decision_log.submit_decision(
+                    request, decision, elapsed * 1000, time.time(), shadow=service.shadow,
+                    redact_client_ip=service.redact_client_ip)
+            metrics.observe(decision, elapsed)
+        except Exception:
+            log.exception("recording a %s decision failed", request.context.stage)
 
     async def _too_large(self, send: Send) -> None:
         self.service.metrics.rejected_requests.labels("413").inc()
@@ -237,5 +243,16 @@ async def _watch(service: HookService, requested: asyncio.Event) -> None:
 
     assert service.policies_path is not None
     path = os.fspath(service.policies_path)
-    async for _changes in awatch(path, debounce=200, step=50):
-        requested.set()
+
+    def is_policy(change: object, changed: str) -> bool:
+        return changed.endswith(".policy")
+
+    while True:
+        try:
+            async for _changes in awatch(path, debounce=200, step=50, watch_filter=is_policy):
+                requested.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # e.g. the directory went away: keep trying
+            log.exception("watching %s for policy changes failed; retrying", path)
+        await asyncio.sleep(5)

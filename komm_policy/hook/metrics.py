@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -18,7 +16,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    def __init__(self, *, log_depth: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("komm_hook_requests", "Hook requests answered",
@@ -43,7 +41,7 @@ class Metrics:
         self.rules = Gauge("komm_policy_rules", "Rules in the active policy set", registry=r)
         self.log_depth = Gauge("komm_decision_log_queue_depth",
                                "Decision records waiting to be written", registry=r)
-        self.log_depth.set_function(log_depth)
+        self.log_depth.set_function(lambda: 0.0)  # the service sets the real source
         # Label children are cached: `labels()` costs more than the increment itself.
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}

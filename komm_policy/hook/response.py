@@ -15,11 +15,12 @@ from ..decision import Decision
 from ..wire import RESPONSE_ENCODER, WireReply, WireResponse
 
 ACCEPT_BODY = b'{"action":"accept"}'
-INTERNAL_ERROR_BODY = (
-    b'{"action":"reject","response":{"status":451,"enhanced_status":"4.3.0",'
-    b'"message":"Temporary local problem, please try again later","disconnect":false,'
-    b'"enhancedStatus":"4.3.0"}}'
-)
+INTERNAL_ERROR_BODY = RESPONSE_ENCODER.encode(WireResponse(
+    action="reject",
+    response=WireReply(status=451, enhanced_status="4.3.0",
+                       message="Temporary local problem, please try again later",
+                       enhancedStatus="4.3.0")))
+"""What Stalwart gets if answering fails inside the service (never a 500)."""
 
 _WIRE_ACTION = {
     "accept": "accept",

@@ -20,7 +20,7 @@ from ..directory.memory import InMemoryDirectory
 from ..directory.sqlite import SqliteDirectory
 from ..errors import render
 from ..logwriter import DecisionLog
-from ..policyset import PolicySet, load_path
+from ..policyset import PolicySet, load_path, read_sources, version_of
 from .metrics import Metrics
 
 log = logging.getLogger("komm_policy.service")
@@ -66,10 +66,13 @@ class HookService:
             return ReloadResult(False, None, ("no policy directory configured",))
         with self._reload_lock:
             try:
+                sources, problems = read_sources(self.policies_path)
+                if not problems and version_of(sources) == self.policy_set.version:
+                    return ReloadResult(True, self.policy_set.version)  # nothing changed
                 result = load_path(self.policies_path)
-            except OSError as exc:
+            except Exception as exc:  # a reload must never take the reloader down
                 self.metrics.reloads.labels("failed").inc()
-                message = f"policy reload failed: {exc}"
+                message = f"policy reload failed: {type(exc).__name__}: {exc}"
                 log.error(message)
                 return ReloadResult(False, None, (message,))
             if result.policy_set is None:
@@ -101,9 +104,8 @@ class HookService:
         """Open everything the configuration names.  Raises on unusable parts."""
         result = load_path(config.policies)
         if result.policy_set is None:
-            details = "\n".join(render(d, result.texts.get(d.span.file))
-                                for d in result.errors)
-            raise RuntimeError(f"the policies in {config.policies} have errors:\n{details}")
+            raise RuntimeError(f"the policies in {config.policies} have errors:\n"
+                               + result.render(result.errors))
         directory = open_directory(config)
         sinks: list[SinkSpec] = []
         if config.log_jsonl:
@@ -133,4 +135,7 @@ def open_directory(config: Config) -> Directory:
                                max_staleness=config.max_staleness)
     if config.directory == "memory:demo":
         return InMemoryDirectory(DEMO_ROWS)
-    return InMemoryDirectory(DirectoryRows())
+    if config.directory == "memory:empty":
+        return InMemoryDirectory(DirectoryRows())
+    raise ValueError(f"unknown directory {config.directory!r} (use sqlite:PATH, memory:demo "
+                     "or memory:empty)")
