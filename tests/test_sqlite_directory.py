@@ -185,6 +185,24 @@ INSERT INTO mta_log VALUES ('old-1', '2026-01-01T00:00:00+00:00', 'rcpt', '192.0
 """
 
 
+# ---------------------------------------------------------------------------------------
+# Lookups
+
+
+ADDRESSES = [
+    "info@solawi.example", "INFO@SOLAWI.EXAMPLE", "Gemuese@Solawi.example",
+    "gemuese@solawi.example", "buchhaltung@solawi.example", "vorstand@solawi.example",
+    "nobody@solawi.example", "Anna.Mueller@gmail.com", "anna.mueller@GMAIL.com",
+    "jane@solawi.example", "JANE@Solawi.Example", "john.doe@example.org",
+    "peter.schmidt@web.example", "",
+]
+IPS = [
+    "192.0.2.66", "192.0.2.67", "2001:db8:4860::1", "2001:db8:4860:ffff::1",
+    "2001:db8:4861::1", "198.18.0.0", "198.19.255.255", "198.20.0.0", "198.17.255.255",
+    "203.0.113.200", "::ffff:192.0.2.66", "127.0.0.1",
+]
+
+
 def test_lookups_match_the_in_memory_directory(replica: SqliteDirectory) -> None:
     memory = InMemoryDirectory(DEMO_ROWS)
     for text in IPS:
