@@ -42,28 +42,36 @@ class Server:
                  env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/mta-hook"
+        # stderr to a file (a pipe nobody reads could fill up); it lives as long as the
+        # server and is closed by stop().
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True,
+                                     stderr=self.errors, start_new_session=True,
                                      env={**os.environ, **(env or {})})
         body = REQUEST.read_bytes()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server failed: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+                break
             try:
                 if httpx.post(self.url, content=body, timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError("server did not start")
+        self.errors.seek(0)
+        output = self.errors.read().decode(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"server did not start: {output}")
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.errors.close()
 
 
 def _ms(value: str) -> float:
@@ -94,7 +102,17 @@ def _deployment() -> Path:
 def _servers(folder: Path, workers: int) -> dict[str, Server]:
     """The no-op baseline, komm-policy as deployed, and komm-policy without its decision
     log (to show what the log costs)."""
-    servers = {}
+    servers: dict[str, Server] = {}
+    try:
+        _start(servers, folder, workers)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def _start(servers: dict[str, Server], folder: Path, workers: int) -> None:
     port = _free_port()
     servers["noop"] = Server([sys.executable, "-m", "uvicorn", "bench.noop_app:app",
                               "--host", "127.0.0.1", "--port", str(port), "--workers",
@@ -109,7 +127,6 @@ def _servers(folder: Path, workers: int) -> dict[str, Server]:
                                 "--policies", "policies", "--directory", "sqlite:komm.sqlite3",
                                 *log_flags, "--no-watch", "--log-level", "warning"],
                                port, folder, env)
-    return servers
 
 
 def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: float,
@@ -120,7 +137,11 @@ def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: floa
     rows = []
     for worker_count in workers:
         folder = _deployment()
-        servers = _servers(folder, worker_count)
+        try:
+            servers = _servers(folder, worker_count)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         try:
             for server in servers.values():  # warm them up
                 wrk(server.url, max(connections), 1)

@@ -20,6 +20,7 @@ from .checker import Analysis
 from .context import EvalContext
 from .decision import RuleRef
 from .fields import STAGE_ORDER
+from .fusion import FUSABLE, fuse
 from .ipset import IP, normalize_network
 from .lookups import lookup_closure
 from .operators import COMPARE, DUAL, as_tuple, both, either, lowered
@@ -105,50 +106,20 @@ class _Compiler:
 
     def stage(self, stage: Any) -> CompiledStage:
         rules = tuple(self.rule(rule) for rule in stage.rules)
-        steps = tuple((rule.cond, rule) for rule in self.fuse(stage.rules, rules))
+        steps = tuple((rule.cond, rule) for rule in fuse(
+            [(rule, self.fusable(ast)) for ast, rule in zip(stage.rules, rules, strict=True)]))
         default = stage.default
         if default is None:
             return CompiledStage(stage.name, rules, Outcome("accept"), None, steps)
         ref = RuleRef("default", default.span.file, default.span.line, default.span.column)
         return CompiledStage(stage.name, rules, self.outcome(default.action), ref, steps)
 
-    def fuse(self, asts: list[n.Rule], rules: tuple[CompiledRule, ...]) -> list[CompiledRule]:
-        """Merge runs of simple rules testing one field against constants into one step.
-
-        `sender ends_with "@a.test"`, `sender ends_with "@b.test"`, ... become a single
-        `str.endswith(tuple)` call; `x == c` / `x in [...]` runs become one dict lookup.
-        First-match order is kept: the group reports the first member that matches."""
-        out: list[CompiledRule] = []
-        run: list[tuple[CompiledRule, Any]] = []
-        run_key: tuple[Any, ...] | None = None
-
-        def flush() -> None:
-            if len(run) >= 2:
-                out.append(_group(run_key, run))  # type: ignore[arg-type]
-            else:
-                out.extend(rule for rule, _ in run)
-            run.clear()
-
-        for ast, rule in zip(asts, rules, strict=True):
-            shape = self.fusable(ast)
-            if shape is None:
-                flush()
-                run_key = None
-                out.append(rule)
-                continue
-            key, value = shape
-            if key != run_key:
-                flush()
-                run_key = key
-            run.append((rule, value))
-        flush()
-        return out
-
     def fusable(self, rule: n.Rule) -> tuple[tuple[Any, ...], Any] | None:
+        """The rule's fusion key and (getter, constants), or None (see `fusion`)."""
         if rule.dry_run or rule.statements or not isinstance(rule.final, n.Action):
             return None
         when = rule.when
-        if not isinstance(when, n.Compare) or when.op not in _FUSABLE:
+        if not isinstance(when, n.Compare) or when.op not in FUSABLE:
             return None
         field_ = self.field_refs.get(id(when.left))
         left_t = self.type_of(when.left)
@@ -157,7 +128,7 @@ class _Compiler:
         _, right, _, right_t = self.operands(when)
         if not isinstance(right, Const):
             return None
-        family = _FUSABLE[when.op]
+        family = FUSABLE[when.op]
         if family == "eq":
             values = (right.value,) if when.op == "==" else right.value
             if right_t.kind == "cidr" or (when.op == "in" and right_t.elem is not None
@@ -445,38 +416,3 @@ class _Compiler:
         if right_t.kind == "address" and left_t.kind == "string":
             return lowered(left), right
         return left, right
-
-
-_FUSABLE = {"==": "eq", "in": "eq", "starts_with": "starts", "ends_with": "ends"}
-
-
-def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> CompiledRule:
-    """One step for a run of fusable rules (see `_Compiler.fuse`)."""
-    members = tuple(rule for rule, _ in run)
-    get = run[0][1][0]
-    family = key[1]
-    if family == "eq":
-        index: dict[Any, int] = {}
-        for position, (_, (_, values)) in enumerate(run, start=1):
-            for value in values:
-                index.setdefault(value, position)
-        lookup = index.get
-
-        def cond(ctx: EvalContext) -> int:
-            return lookup(get(ctx), 0)
-    else:
-        affixes = tuple(values for _, (_, values) in run)
-        method = str.endswith if family == "ends" else str.startswith
-
-        def cond(ctx: EvalContext) -> int:
-            value = get(ctx)
-            if method(value, affixes):
-                for position, affix in enumerate(affixes, start=1):
-                    if method(value, affix):
-                        return position
-            return 0
-    first = members[0]
-    name = f"{first.name}..{members[-1].name}"
-    return CompiledRule(name, first.ref, cond, (), None, None, False, members)
-
-
