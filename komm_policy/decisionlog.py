@@ -1,7 +1,8 @@
 """Decision records and the sinks that store them (JSON lines, the SQLite `mta_log`).
 
-A record says what was decided and why for one hook request: no message bodies, header
-values or tokens; client IPs can be redacted.  Each has a unique id; the SQLite sink
+A record says what was decided and why for one hook request.  It holds no tokens, bodies
+or headers beyond what the policy itself put there (lookup arguments, `log` lines, reply
+texts); client IPs can be redacted everywhere in it.  Each has a unique id; the SQLite sink
 inserts idempotently.  `SinkWriter` drives the sinks with per-sink backlogs and retries;
 it runs in the log writer process (see `logwriter`), off the answer path.
 """
@@ -101,7 +102,7 @@ def make_record(
     record_id: str | None = None,
     at: str | None = None,
 ) -> DecisionRecord:
-    """The log record for one answered request (no bodies, no header values)."""
+    """The log record for one answered request."""
     context = request.context
     return _record(context.stage, context.client.ip, request.envelope, context.queue,
                    decision, duration_ms, shadow, redact_client_ip, record_id, at)
