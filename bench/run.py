@@ -113,6 +113,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Benchmark results ({report['started']})", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "
              f"Python {report['machine']['python']}; mode: {report['mode']}.", ""]
+    measured = report.get("measured", {})
+    if any(when < report["started"] for when in measured.values()):  # a partial run
+        lines += ["Sections measured at: " + ", ".join(
+            f"{section} {when}" for section, when in measured.items()) + ".", ""]
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |"
               for t in report["targets"]]
@@ -176,25 +180,32 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     settings = QUICK if args.quick else FULL
+    output = Path(args.output)
+    suffix = "" if not args.quick else "-quick"
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "mode": "quick" if args.quick else "full",
-        "machine": machine(), "settings": settings, "results": {},
+        "machine": machine(), "settings": settings, "results": {}, "measured": {},
     }
+    previous = output / f"latest{suffix}.json"
+    if set(sections) != set(SECTIONS) and previous.exists():
+        # A partial run updates its sections and keeps the others (with their dates).
+        kept = json.loads(previous.read_text())
+        report["results"] = kept.get("results", {})
+        report["measured"] = kept.get("measured", {})
     runners = {"core": core.run, "load": loadtime.run, "scaling": scaling.run,
                "http": http.run}
     for section in sections:
         print(f"== {section}", flush=True)
         started = time.monotonic()
         report["results"][section] = runners[section](**settings[section])
+        report["measured"][section] = time.strftime("%Y-%m-%d %H:%M:%S %z")
         print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
     report["targets"] = targets(report["results"])
     text = markdown(report)
     print()
     print(text)
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    suffix = "" if not args.quick else "-quick"
     (output / f"latest{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     (output / f"latest{suffix}.md").write_text(text)
     print(f"written: {output / f'latest{suffix}.json'}, {output / f'latest{suffix}.md'}")

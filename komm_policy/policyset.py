@@ -67,7 +67,7 @@ class LoadResult:
 
 
 @contextlib.contextmanager
-def _no_gc_pauses() -> Iterator[None]:
+def no_gc_pauses() -> Iterator[None]:
     """Loading builds many small objects that all stay alive; cyclic-GC passes over them
     are wasted and make load time grow faster than the policy.  Paused while compiling."""
     was_enabled = gc.isenabled()
@@ -83,7 +83,7 @@ def compile_sources(
     sources: Sequence[Source], *, builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS
 ) -> LoadResult:
     """Parse, check and compile sources (in the given order) into a policy set."""
-    with _no_gc_pauses():
+    with no_gc_pauses():
         return _compile_sources(sources, builtins)
 
 
