@@ -69,7 +69,7 @@ def failed(ctx: EvalContext, name: str, args: tuple[Any, ...], key: tuple[Any, .
             exc: BaseException | None, elapsed_ms: float | None,
             message: str | None = None) -> LookupFailed:
     detail = message or f"failed: {type(exc).__name__}: {exc}"
-    failure = LookupFailed(f"{name}({_describe_args(args)}) {detail}")
+    failure = LookupFailed(f"{name}({describe_args(args)}) {detail}")
     if ctx.failures is None:
         ctx.failures = {}
     ctx.failures[key] = str(failure)
@@ -77,8 +77,9 @@ def failed(ctx: EvalContext, name: str, args: tuple[Any, ...], key: tuple[Any, .
     return failure
 
 
-def _describe_args(args: tuple[Any, ...]) -> str:
-    return ", ".join(repr(getattr(a, "name", None) or str(a)) if hasattr(a, "id")
+def describe_args(args: tuple[Any, ...]) -> str:
+    """Lookup arguments as people read them: text quoted, directory records by name."""
+    return ", ".join(str(a.name) if hasattr(a, "id") and hasattr(a, "name")
                      else repr(str(a)) for a in args)
 
 

@@ -10,8 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from . import check, db, evaluate, serve, stalwart
+
+def read_input(name: str) -> bytes:
+    """A file's bytes, or standard input's for `-` (OSError propagates)."""
+    return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+
+
+from . import check, db, evaluate, serve, stalwart  # noqa: E402 - they import read_input
 
 
 class _Parser(argparse.ArgumentParser):

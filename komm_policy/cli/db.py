@@ -12,6 +12,7 @@ import msgspec
 from ..demo import DEMO_ROWS
 from ..directory import DirectoryRows
 from ..directory.sqlite import connect, create_database, read_rows, write_rows
+from . import read_input
 
 DEFAULT_PATH = "var/komm.sqlite3"
 
@@ -59,7 +60,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     try:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        data = read_input(args.file)
         rows = msgspec.json.decode(data, type=DirectoryRows)
     except OSError as exc:
         print(f"komm-policy db import: {exc}", file=sys.stderr)

@@ -16,10 +16,12 @@ import msgspec
 from ..config import Config
 from ..decisionlog import encode_record, make_record
 from ..hook import response as wire_response
-from ..hook.service import open_directory
+from ..hook.service import close_directory, open_directory
+from ..lookups import describe_args
 from ..policyset import load_path
 from ..runtime import decide
 from ..wire import RequestError, decode_request
+from . import read_input
 
 
 def register(sub: Any) -> None:
@@ -36,8 +38,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        body = sys.stdin.buffer.read() if args.request == "-" else Path(
-            args.request).read_bytes()
+        body = read_input(args.request)
         result = load_path(args.policies)
     except OSError as exc:
         print(f"komm-policy eval: {exc}", file=sys.stderr)
@@ -58,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"komm-policy eval: {exc}", file=sys.stderr)
         return 2
     decision = decide(result.policy_set, request, directory, trace=args.explain)
-    close = getattr(directory, "close", None)
-    if close:
-        close()
+    close_directory(directory)
     wire = wire_response.encode(decision)
     if args.format == "json":
         record = msgspec.json.decode(encode_record(make_record(request, decision, 0.0)))
@@ -96,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{step.outcome}{extra}")
         print("lookups:")
         for lookup in decision.lookups:
-            args_text = ", ".join(repr(str(a)) if not hasattr(a, "id") else a.name
-                                  for a in lookup.args)
+            args_text = describe_args(lookup.args)
             outcome = lookup.error or repr(lookup.result)
             timing = f"  {lookup.duration_ms:.3f} ms" if lookup.duration_ms is not None else ""
             print(f"  {lookup.function}({args_text}) -> {outcome}{timing}")

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from ..hook.service import HookService, open_directory
+    from ..hook.service import HookService, close_directory, open_directory
     from ..policyset import load_path
 
     if config.workers > 1:
@@ -66,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"komm-policy serve: the policies in {config.policies} have errors:\n"
                       + result.render(result.errors), file=sys.stderr)
                 return 2
-            directory = open_directory(config)
-            close = getattr(directory, "close", None)
-            if close is not None:
-                close()
+            close_directory(open_directory(config))
         except Exception as exc:  # report start-up problems plainly
             print(f"komm-policy serve: {exc}", file=sys.stderr)
             return 2

@@ -95,9 +95,7 @@ class HookService:
     def close(self) -> None:
         if self.decision_log is not None:
             self.decision_log.close()
-        close = getattr(self.directory, "close", None)
-        if close is not None:
-            close()
+        close_directory(self.directory)
 
     @classmethod
     def from_config(cls, config: Config, *, worker: str | None = None) -> HookService:
@@ -127,6 +125,13 @@ class HookService:
             redact_client_ip=config.redact_client_ip,
             watch=config.watch,
         )
+
+
+def close_directory(directory: Directory) -> None:
+    """Stop a directory's background work, for backends that have any."""
+    close = getattr(directory, "close", None)
+    if close is not None:
+        close()
 
 
 def open_directory(config: Config) -> Directory:
