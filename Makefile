@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3002
 DB     ?= var/komm.sqlite3
 
-.PHONY: install serve test lint check bench bench-quick wrk clean
+.PHONY: install serve test lint check fmt-check bench bench-quick wrk clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,10 @@ lint: install
 check: install
 	$(BIN)/komm-policy check --strict policies
 
-test: install lint check
+fmt-check: install
+	$(BIN)/komm-policy fmt --check policies
+
+test: install lint check fmt-check
 	$(BIN)/python -m pytest -q
 
 # Benchmarks: extra packages from the `bench` group, wrk from Debian's packages.
