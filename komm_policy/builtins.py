@@ -9,13 +9,14 @@ the checker and compiler, so tests can hand in their own.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
 from . import types as t
+from .address_list import address_list
+from .addresses import domain, local_part, valid_address
 
 Kind = Literal["pure", "request", "lookup"]
 
@@ -62,52 +63,19 @@ def _text(name: str) -> Param:
     return Param(name, frozenset({"string", "address"}))
 
 
-_ADDRESS_RE = re.compile(
-    r"""
-    (?:
-        [A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010FFFF-]+
-        (?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010FFFF-]+)*
-      | "(?:[^"\\\r\n]|\\.)*"
-    )
-    @
-    (?:
-        (?:[A-Za-z0-9\u0080-\U0010FFFF](?:[A-Za-z0-9\u0080-\U0010FFFF-]{0,61}
-           [A-Za-z0-9\u0080-\U0010FFFF])?\.)+
-        (?:[A-Za-z\u0080-\U0010FFFF]{2,63}|xn--[A-Za-z0-9-]{1,59})
-      | \[(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]
-    )
-    """,
-    re.VERBOSE,
-)
-
-
-def valid_address(address: str) -> bool:
-    """A syntactically valid mailbox `local@domain` (RFC 5321 shape, FQDN or literal)."""
-    if len(address) > 254 or "@" not in address:
-        return False
-    if len(address.rpartition("@")[0]) > 64:
-        return False
-    return _ADDRESS_RE.fullmatch(address) is not None
-
-
-def domain(address: str) -> str:
-    """The part after the last `@`, lower-case ("" when there is none)."""
-    at = address.rfind("@")
-    return address[at + 1:].lower() if at >= 0 else ""
-
-
-def local_part(address: str) -> str:
-    """The part before the last `@` (the whole text when there is none)."""
-    at = address.rfind("@")
-    return address[:at] if at >= 0 else address
-
-
 def _header(ctx: Any, name: str) -> str | None:
     return ctx.headers().first(name)
 
 
 def _headers(ctx: Any, name: str) -> list[str]:
     return ctx.headers().all(name)
+
+
+def _addresses(ctx: Any, name: str) -> list[str]:
+    found: dict[str, None] = {}
+    for text in ctx.headers().unfolded(name):
+        found.update(dict.fromkeys(address_list(text)))
+    return list(found)
 
 
 _DATA = frozenset({"data"})
@@ -126,7 +94,8 @@ DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
         Builtin("local_part", (_text("address"),), t.STRING, "pure", local_part,
                 'the local part of an address: local_part("a.b@example.org") is "a.b"'),
         Builtin("valid_address", (_text("address"),), t.BOOL, "pure", valid_address,
-                "true when the text is a syntactically valid mailbox local@domain",
+                "true when the text is a valid mailbox local@domain as Stalwart sends it "
+                "(split at the last @; see docs/language.md)",
                 none_result=False),
         Builtin("header", (_text("name"),), t.STRING.opt(), "request", _header,
                 "the first header field of that name, unfolded and decoded; none if absent",
@@ -134,6 +103,10 @@ DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
         Builtin("headers", (_text("name"),), t.list_of(t.STRING), "request", _headers,
                 "every header field of that name, unfolded and decoded", stages=_DATA,
                 none_result=[]),
+        Builtin("addresses", (_text("name"),), t.list_of(t.ADDRESS), "request", _addresses,
+                "the addresses (addr-specs) in every header field of that name, read as an "
+                "RFC 5322 address-list: display names and comments left out, each address "
+                "once, lower-case with an A-label domain", stages=_DATA, none_result=[]),
         Builtin("ip_blocked", (Param("ip", frozenset({"ip"})),), t.BOOL, "lookup",
                 "ip_blocked",
                 "true when an active blocked_ips entry (address or CIDR) covers the address",

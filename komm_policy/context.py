@@ -7,60 +7,17 @@ most once per decision and only when a reached rule needs them.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .addresses import normalize_address
 from .directory import Directory
+from .headers import Headers
 from .ipset import IP
 from .wire import Request
 
 if TYPE_CHECKING:
     from .program import RuntimeSettings
-
-_HEADER_PARSER = email.parser.HeaderParser(policy=email.policy.default)
-
-
-class Headers:
-    """The message's header fields, unfolded and RFC 2047-decoded by the stdlib parser.
-
-    Stalwart sends raw values (leading space, folded lines, trailing CRLF, encoded words);
-    names are matched case-insensitively.  A field is decoded only when a rule asks for it.
-    """
-
-    __slots__ = ("_decoded", "_raw")
-
-    def __init__(self, raw: tuple[tuple[str, str], ...]) -> None:
-        grouped: dict[str, list[tuple[str, str]]] = {}
-        for name, value in raw:
-            grouped.setdefault(name.strip().lower(), []).append((name, value))
-        self._raw = grouped
-        self._decoded: dict[str, list[str]] = {}
-
-    def all(self, name: str) -> list[str]:
-        key = name.lower()
-        decoded = self._decoded.get(key)
-        if decoded is None:
-            decoded = [_decode_header(n, v) for n, v in self._raw.get(key, ())]
-            self._decoded[key] = decoded
-        return decoded
-
-    def first(self, name: str) -> str | None:
-        values = self.all(name)
-        return values[0] if values else None
-
-
-def _decode_header(name: str, raw: str) -> str:
-    text = raw if raw.endswith("\n") else raw + "\r\n"
-    try:
-        parsed = _HEADER_PARSER.parsestr(f"{name.strip()}:{text}\r\n")
-        value = parsed.get(name.strip())
-        if value is not None:
-            return str(value).strip()
-    except Exception:
-        pass
-    return " ".join(raw.replace("\r\n", "\n").replace("\n", " ").split())
 
 
 class EvalContext:
@@ -120,7 +77,7 @@ class EvalContext:
         sender = self._sender
         if sender is None:
             envelope = self.request.envelope
-            sender = envelope.from_.address.lower() if envelope is not None else ""
+            sender = normalize_address(envelope.from_.address) if envelope is not None else ""
             self._sender = sender
         return sender
 
@@ -128,7 +85,8 @@ class EvalContext:
         to = self._to
         if to is None:
             envelope = self.request.envelope
-            to = [a.address.lower() for a in envelope.to] if envelope is not None else []
+            to = ([normalize_address(a.address) for a in envelope.to]
+                  if envelope is not None else [])
             self._to = to
         return to
 
@@ -136,7 +94,8 @@ class EvalContext:
         rcpt = self._rcpt
         if rcpt is None:
             envelope = self.request.envelope
-            rcpt = envelope.to[-1].address.lower() if envelope is not None and envelope.to else ""
+            rcpt = (normalize_address(envelope.to[-1].address)
+                    if envelope is not None and envelope.to else "")
             self._rcpt = rcpt
         return rcpt
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import types as t
+from .addresses import normalize_address
 from .context import EvalContext
 from .ipset import IPSet
 from .lookups import DeadlineExceeded
@@ -33,21 +34,24 @@ def as_tuple(compiled: Compiled) -> Compiled:
 
 
 def lowered(compiled: Compiled) -> Compiled:
+    """Plain text compared with an address, in the addresses' normal form (lower case,
+    A-label domain: `normalize_address`)."""
     if isinstance(compiled, Const):
         value = compiled.value
         if isinstance(value, str):
-            return Const(value.lower())
+            return Const(normalize_address(value))
         if isinstance(value, tuple):
-            return Const(tuple(v.lower() if isinstance(v, str) else v for v in value))
+            return Const(tuple(normalize_address(v) if isinstance(v, str) else v
+                               for v in value))
         return compiled
     get = compiled
 
     def lowered(ctx: EvalContext) -> Any:
         value = get(ctx)
         if isinstance(value, str):
-            return value.lower()
+            return normalize_address(value)
         if isinstance(value, list):
-            return [v.lower() if isinstance(v, str) else v for v in value]
+            return [normalize_address(v) if isinstance(v, str) else v for v in value]
         return value
     return lowered
 

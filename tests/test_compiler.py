@@ -310,7 +310,7 @@ def test_subject_of_a_stalwart_payload_is_unfolded_and_decoded(stalwart_fixtures
     decision = decide(policy(text), req, DEMO)
     subject, from_, content_type = (m.value for m in decision.modifications)
     assert subject == "Beleg für die Vorauszahlung (August)"
-    # structured fields come back as the stdlib renders them
+    # fields come back as sent, unfolded, encoded words decoded in the phrase only
     assert "Peter Schmidt" in from_ and from_.endswith("<peter.schmidt@web.example>")
     assert content_type.startswith("text/plain;") and "utf-8" in content_type
     assert "\r" not in from_ + content_type and "\n" not in from_ + content_type
@@ -332,7 +332,7 @@ HEADERS = [
 @pytest.mark.parametrize(("condition", "expected"), [
     ('subject == "Grüße aus Köln"', True),
     ('header("SUBJECT") == "Grüße aus Köln"', True),
-    ('header("x-folded") == "first\tsecond third"', True),
+    ('header("x-folded") == "first second third"', True),  # a fold reads as one space
     ('header("X-Bare-LF") == "one two"', True),
     ('header("x-multi") == "one"', True),
     ('headers("X-Multi")[1] == "two"', True),
@@ -373,7 +373,7 @@ def test_header_decoding(condition, expected):
     'valid_address("o\'brien+tag@sub.example.co")',
     'not valid_address("no-at-sign")',
     'not valid_address("a@b")',
-    'not valid_address("a b@example.org")',
+    'valid_address("a b@example.org")',  # dequoted "a b"@example.org, as Stalwart sends it
     'not valid_address("")',
     'not valid_address("@example.org")',
     'lower("ÄBC Def") == "äbc def"',

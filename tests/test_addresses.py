@@ -1,0 +1,129 @@
+"""Addresses as Stalwart sends them: `valid_address`, the normal form (lower case, A-label
+domain), and the shipped policy accepting dequoted local parts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from komm_policy.addresses import (
+    domain,
+    normalize_address,
+    normalize_domain,
+    valid_address,
+)
+from komm_policy.demo import DEMO_ROWS
+from komm_policy.directory.memory import InMemoryDirectory
+from komm_policy.policyset import compile_text, load_policy_set
+from komm_policy.runtime import decide
+from komm_policy.wire import decode_request
+
+from .conftest import POLICIES
+
+
+@pytest.mark.parametrize("address", [
+    "a@b.example",
+    "odd user@example.org",          # "odd user"@example.org after Stalwart's dequoting
+    "a@b@example.org",               # "a@b"@example.org
+    'a"b\\c@example.org',            # quoted pairs, dequoted
+    "a..b@x.org", ".a.@x.org",       # quoted Dot-string look-alikes
+    "o'brien+tag@sub.example.co",
+    "ü" * 32 + "@example.org",       # 64 octets
+    "a" * 64 + "@example.org",
+    "jürgen@bücher.example",
+    "x@xn--bcher-kva.example",
+    "user@[192.0.2.1]",
+    "a@[IPv6:2001:db8::1]",
+    "a@[ipv6:2001:db8::1]",          # the tag is case-insensitive
+    "a@[IPv6:::ffff:192.0.2.1]",
+])
+def test_valid(address):
+    assert valid_address(address) is True
+
+
+@pytest.mark.parametrize("address", [
+    "", "no-at-sign", "@example.org", "a@", "a@localhost", "a@b.c", "a@-b.example",
+    "a@b-.example", "a@b..example", "a@.example", "a@example.",
+    "ü" * 40 + "@example.org",       # 80 octets
+    "a" * 65 + "@example.org",
+    "a\x00b@example.org", "a\x1bb@example.org", "a\x7fb@example.org", "a\x85b@example.org",
+    "a\r\nb@example.org", "a\tb@example.org",
+    "a@[IPv6:2001:db8::12345]",
+    "a@[256.1.1.1]", "a@[1.2.3]", "a@[IPv4:1.2.3.4]", "a@[x:y]", "a@[192.0.2.1",
+    "a@" + "b" * 64 + ".example",
+    "a@" + ".".join(["b" * 60] * 5) + ".example",
+    "a" * 60 + "@" + ".".join(["b" * 60] * 4) + ".ex",   # > 254 octets in all
+    "a\ud800@example.org",
+])
+def test_invalid(address):
+    assert valid_address(address) is False
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Spam@Bücher.Example", "spam@xn--bcher-kva.example"),
+    ("spam@xn--bcher-kva.example", "spam@xn--bcher-kva.example"),
+    ("SPAM@XN--BCHER-KVA.EXAMPLE", "spam@xn--bcher-kva.example"),
+    ("a@b@Bücher.example", "a@b@xn--bcher-kva.example"),
+    ("bücher.example", "xn--bcher-kva.example"),
+    ("Ａ@ＥＸＡＭＰＬＥ.org", "ａ@example.org"),            # UTS #46 maps full-width letters
+    ("x@a\u200db.example", "x@a\u200db.example"),         # IDNA refuses: lower-cased as sent
+    ("x@" + "ü" * 2000, "x@" + "ü" * 2000),
+    ("x@☃..example", "x@☃..example"),
+    ("", ""),
+])
+def test_normal_form(text, expected):
+    assert normalize_address(text) == expected
+
+
+@given(st.text())
+def test_normal_form_never_raises(text):
+    assert isinstance(normalize_address(text), str)
+    assert isinstance(normalize_domain(text), str)
+    assert isinstance(valid_address(text), bool)
+
+
+def test_domain_is_in_normal_form():
+    assert domain("spam@Bücher.Example") == "xn--bcher-kva.example"
+
+
+def _mail_request(address: str):
+    return decode_request(json.dumps({
+        "context": {"stage": "mail", "client": {"ip": "198.51.100.23", "helo": "mx.example"}},
+        "envelope": {"from": {"address": address}, "to": []}}))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_policy_set(POLICIES)
+
+
+@pytest.mark.parametrize("address", ["odd user@example.org", "a@b@example.org", ""])
+def test_shipped_policy_accepts_dequoted_senders(shipped, address):
+    decision = decide(shipped, _mail_request(address), InMemoryDirectory(DEMO_ROWS))
+    assert decision.action == "accept"
+
+
+@pytest.mark.parametrize("address", ["a@localhost", "ü" * 40 + "@example.org", "a\x00@x.org"])
+def test_shipped_policy_rejects_invalid_senders(shipped, address):
+    decision = decide(shipped, _mail_request(address), InMemoryDirectory(DEMO_ROWS))
+    assert str(decision.reply) == "553 5.1.7 Invalid sender address"
+
+
+@pytest.mark.parametrize(("sender", "expected"), [
+    ("spam@xn--bcher-kva.example", "reject"),
+    ("spam@bücher.example", "reject"),
+    ("spam@BÜCHER.example", "reject"),
+    ("spam@buecher.example", "accept"),
+])
+def test_idn_domains_compare_by_a_label(sender, expected):
+    policy = compile_text("""
+        let blocked = ["bücher.example"]
+        stage mail {
+            rule blocked_domain: when domain(sender) in blocked reject 550 5.7.1 "no"
+            rule blocked_sender: when sender == "spam@Bücher.example" reject 550 5.7.1 "no"
+            default accept
+        }""").policy_set
+    assert decide(policy, _mail_request(sender), InMemoryDirectory(DEMO_ROWS)).action == expected
