@@ -9,9 +9,13 @@ size of the tables.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from ..ipset import IP, IPSet, parse_entry
 from . import Account, Category, DirectoryRows
+from .schema import Schema
+from .snapshot import Changes, Needs, TablesSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,21 @@ def serve_lookups(owner: object, target: object) -> None:
     and pointing the owner at a new index (or at an error raiser) is a few assignments."""
     for name in LOOKUP_METHODS:
         setattr(owner, name, getattr(target, name))
+
+
+class Snapshot:
+    """What one decision reads: the helpers' index and the policy set's tables, fixed."""
+
+    __slots__ = ("account", "category", "index", "ip_blocked", "is_admin", "subscribed",
+                 "tables")
+
+    def __init__(self, index: DirectoryIndex, tables: TablesSnapshot | None) -> None:
+        self.index = index
+        self.tables = tables
+        serve_lookups(self, index)
+
+    def counts(self) -> dict[str, int]:
+        return self.index.counts()
 
 
 class DirectoryIndex:
@@ -103,20 +122,38 @@ class InMemoryDirectory:
     """A `Directory` over rows held in memory (tests, benchmarks, `komm-policy eval`).
 
     The lookup methods are the current index's own bound methods, rebound on `replace`, so a
-    lookup is one call, and a swap is atomic for every lookup that starts after it."""
+    lookup is one call, and a swap is atomic for every lookup that starts after it.
+    `tables` holds rows of any tables ({name: [{column: value}]}), indexed by `require`."""
 
     blocking = False
     """Lookups are dictionary reads; the runtime need not time them."""
 
-    def __init__(self, rows: DirectoryRows | None = None) -> None:
+    def __init__(self, rows: DirectoryRows | None = None,
+                 tables: Mapping[str, list[Mapping[str, Any]]] | None = None) -> None:
+        self.table_rows = dict(tables or {})
+        self.tables: TablesSnapshot | None = None
         self.replace(rows or DirectoryRows())
 
     def replace(self, rows: DirectoryRows) -> None:
         """Swap in new content."""
         self.index = DirectoryIndex(rows)
+        self._serving = Snapshot(self.index, self.tables)
         serve_lookups(self, self.index)
 
-    def snapshot(self) -> DirectoryIndex:
-        """The current content, for one decision to read consistently."""
-        return self.index
+    def require(self, schema: Schema, needs: Needs) -> None:
+        """Index the tables a policy set reads (missing tables are empty)."""
+        self.tables = TablesSnapshot.build(
+            schema, needs, {name: self.table_rows.get(name, ()) for name in needs.tables},
+            lambda table, key, reason: log.warning("skipping a row of %s (%s): %s", table,
+                                                   key, reason))
+        self._serving = Snapshot(self.index, self.tables)
 
+    def apply(self, changes: Changes) -> None:
+        """Apply table changes ({table: (deleted, inserted)}) and publish the result."""
+        if self.tables is not None:
+            self.tables = self.tables.apply(changes)
+            self._serving = Snapshot(self.index, self.tables)
+
+    def snapshot(self) -> Snapshot:
+        """The current content, for one decision to read consistently."""
+        return self._serving

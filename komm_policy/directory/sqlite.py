@@ -29,7 +29,17 @@ from . import (
     DirectoryRows,
     SubscriptionRow,
 )
-from .memory import DirectoryIndex, serve_lookups
+from .health import ReplicaHealth
+from .memory import DirectoryIndex, Snapshot, serve_lookups
+from .schema import Schema
+from .snapshot import BadRow, Needs, TablesSnapshot
+from .sqlite_tables import (
+    install_change_capture,
+    last_change,
+    read_changes,
+    read_schema,
+    read_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +161,7 @@ def init_schema(conn: sqlite3.Connection) -> None:
         for table in DIRECTORY_TABLES:
             for event, event_sql in (("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")):
                 conn.execute(_TRIGGER.format(table=table, event=event, event_sql=event_sql))
+    install_change_capture(conn, DIRECTORY_TABLES)
 
 
 def write_rows(conn: sqlite3.Connection, rows: DirectoryRows) -> None:
@@ -177,31 +188,60 @@ def write_rows(conn: sqlite3.Connection, rows: DirectoryRows) -> None:
              for r in rows.subscriptions])
 
 
-def read_rows(conn: sqlite3.Connection) -> DirectoryRows:
-    """All directory rows, in one read transaction (a consistent snapshot)."""
+def read_rows(conn: sqlite3.Connection, on_bad_row: BadRow | None = None) -> DirectoryRows:
+    """All directory rows, in one read transaction (a consistent snapshot).  A row with
+    NULL where a value is needed (`INSERT INTO admin_identities VALUES (NULL)`) is skipped
+    and reported to `on_bad_row(table, key, reason)`."""
+
+    def keep(table: str, key: object, row: tuple[object, ...], needed: tuple[int, ...],
+             names: tuple[str, ...]) -> bool:
+        for position in needed:
+            if row[position] is None:
+                if on_bad_row is not None:
+                    on_bad_row(table, f"{names[0]}={key!r}",
+                               f"column {names[position]} is NULL")
+                return False
+        return True
+
     with conn:
         conn.execute("BEGIN")
-        blocked = tuple(BlockedIpRow(ip, reason or "", bool(active)) for ip, reason, active
-                        in conn.execute("SELECT ip, reason, active FROM blocked_ips"))
+        names = ("ip", "reason", "active")
+        blocked = tuple(
+            BlockedIpRow(r[0], r[1] or "", bool(r[2]))
+            for r in conn.execute("SELECT ip, reason, active FROM blocked_ips")
+            if keep("blocked_ips", r[0], r, (0,), names))
+        names = ("id", "name", "email_address", "description", "active")
         categories = tuple(
-            CategoryRow(i, name, email, description or "", bool(active))
-            for i, name, email, description, active in conn.execute(
-                "SELECT id, name, email_address, description, active FROM message_categories"))
+            CategoryRow(r[0], r[1] or "", r[2], r[3] or "", bool(r[4]))
+            for r in conn.execute(
+                "SELECT id, name, email_address, description, active FROM message_categories")
+            if keep("message_categories", r[0], r, (2,), names))
+        names = ("id", "name", "email", "identity", "is_active")
         accounts = tuple(
-            AccountRow(i, name or "", email, identity or "", bool(active))
-            for i, name, email, identity, active in conn.execute(
-                "SELECT id, name, email, identity, is_active FROM account"))
-        admins = tuple(i for (i,) in conn.execute("SELECT identity FROM admin_identities"))
+            AccountRow(r[0], r[1] or "", r[2], r[3] or "", bool(r[4]))
+            for r in conn.execute("SELECT id, name, email, identity, is_active FROM account")
+            if keep("account", r[0], r, (2,), names))
+        admins = tuple(
+            r[0] for r in conn.execute("SELECT identity FROM admin_identities")
+            if keep("admin_identities", r[0], r, (0,), ("identity",)))
+        names = ("id", "subscriber_account_id", "category_id", "subscriber_email", "active")
         subscriptions = tuple(
-            SubscriptionRow(i, account_id, category_id, email or "", bool(active))
-            for i, account_id, category_id, email, active in conn.execute(
+            SubscriptionRow(r[0], r[1], r[2], r[3] or "", bool(r[4]))
+            for r in conn.execute(
                 "SELECT id, subscriber_account_id, category_id, subscriber_email, active"
-                " FROM subscriptions"))
+                " FROM subscriptions")
+            if keep("subscriptions", r[0], r, (1, 2), names))
     return DirectoryRows(blocked, categories, accounts, admins, subscriptions)
 
 
 class SqliteDirectory:
-    """A `Directory` served from an in-memory replica of a SQLite store."""
+    """A `Directory` served from an in-memory replica of a SQLite store.
+
+    Two parts, published together as one immutable `Snapshot`: the tables the policy set
+    reads (`require(schema, needs)`), updated row by row from the change log, and the
+    index of the five first-version helpers (`ip_blocked`, `category`, …), rebuilt when one
+    of their tables changes.  The refresher thread is supervised: an unexpected error is
+    logged (rate-limited), counted in `health`, and the next poll tries again."""
 
     blocking = False
     """Lookups are dictionary reads of the replica."""
@@ -214,6 +254,8 @@ class SqliteDirectory:
         max_staleness: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         start: bool = True,
+        schema: Schema | None = None,
+        needs: Needs | None = None,
     ) -> None:
         self.path = Path(path)
         self.refresh_interval = refresh_interval
@@ -226,8 +268,14 @@ class SqliteDirectory:
         self._data_version: int | None = None
         self._directory_version: int | None = None
         self._index: DirectoryIndex | None = None
+        self._schema = schema or Schema({})
+        self._needs = needs or Needs()
+        self._tables: TablesSnapshot | None = None
+        self._seq = 0
         self._last_ok = clock()
         self._available = False
+        self._lock = threading.Lock()  # one refresher at a time (thread, require, tests)
+        self.health = ReplicaHealth(log, str(self.path), clock)
         self.last_error: str | None = None
         self.reloads = 0
         if not self.path.exists():
@@ -260,35 +308,110 @@ class SqliteDirectory:
         while not self._stop.wait(self.refresh_interval):
             self.refresh()
 
-    def refresh(self) -> None:
-        """Reload the replica if the directory tables changed; track availability."""
-        try:
-            self._check_file()
+    def require(self, schema: Schema, needs: Needs) -> None:
+        """Replicate and index what a policy set reads.  Raises `DirectoryError` when a
+        table or column it needs is not in the store (the policy set must not go live)."""
+        with self._lock:
             conn = self._connection()
-            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if data_version != self._data_version or self._index is None:
-                version = conn.execute("SELECT value FROM komm_meta WHERE key = "
-                                       "'directory_version'").fetchone()
-                directory_version = version[0] if version else None
-                if directory_version != self._directory_version or self._index is None:
-                    self._index = DirectoryIndex(read_rows(conn))
-                    self._directory_version = directory_version
-                    self.reloads += 1
-                    self._available = True
-                    self._publish()
-                self._data_version = data_version
-            self._last_ok = self._clock()
-            if not self._available:
-                self._available = True
-                self._publish()
-            self.last_error = None
-        except (sqlite3.Error, OSError, DirectoryError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("directory %s unavailable: %s", self.path, self.last_error)
-            self._drop_connection()
-            if self._available and self._clock() - self._last_ok > self.max_staleness:
-                self._available = False
-                self._publish()
+            stored = read_schema(conn, sorted(needs.tables))
+            for name in sorted(needs.tables):
+                table = stored.tables.get(name)
+                if table is None:
+                    raise DirectoryError(f"{self.path}: no table {name!r} (the schema file "
+                                         "names it; create it or correct the schema)")
+                wanted = schema.tables[name]
+                missing = [c for c in wanted.column_names if c not in table.by_name]
+                if missing:
+                    raise DirectoryError(f"{self.path}: table {name!r} has no column "
+                                         f"{missing[0]!r}")
+            self._install_capture(sorted(needs.tables))
+            self._schema, self._needs = schema, needs
+            self._seq = last_change(conn)
+            self._tables = self._read_tables(conn)
+            self._publish()
+
+    def _install_capture(self, tables: list[str]) -> None:
+        try:
+            writer = connect(self.path, create=False, timeout=1.0)
+            try:
+                install_change_capture(writer, tables)
+            finally:
+                writer.close()
+        except sqlite3.Error as exc:  # e.g. a read-only store: whole-table reloads instead
+            log.warning("directory %s: cannot install change capture (%s); changed tables "
+                        "are reloaded whole", self.path, exc)
+
+    def _read_tables(self, conn: sqlite3.Connection) -> TablesSnapshot:
+        rows = {}
+        with conn:
+            conn.execute("BEGIN")
+            for name in sorted(self._needs.tables):
+                rows[name] = read_table(conn, self._schema.tables[name])
+        return TablesSnapshot.build(self._schema, self._needs, rows, self.health.bad_row)
+
+    def refresh(self) -> None:
+        """Apply what changed in the store; track availability.  Never raises."""
+        with self._lock:
+            try:
+                self._refresh()
+            except (sqlite3.Error, OSError, DirectoryError) as exc:
+                self._failed(f"{type(exc).__name__}: {exc}", expected=True)
+            except Exception as exc:  # a bug or a surprise: count it, keep the refresher
+                self._failed(f"{type(exc).__name__}: {exc}", expected=False)
+
+    def _failed(self, message: str, *, expected: bool) -> None:
+        self.last_error = message
+        self.health.failed(message, expected=expected)
+        self._drop_connection()
+        if self._available and self._clock() - self._last_ok > self.max_staleness:
+            self._available = False
+            self._publish()
+
+    def _refresh(self) -> None:
+        self._check_file()
+        conn = self._connection()
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._data_version or self._index is None:
+            self._apply_changes(conn)
+            self._data_version = data_version
+        self._last_ok = self._clock()
+        if not self._available:
+            self._available = True
+            self._publish()
+        self.last_error = None
+        self.health.ok()
+
+    def _apply_changes(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("SELECT value FROM komm_meta WHERE key = "
+                               "'directory_version'").fetchone()
+        directory_version = version[0] if version else None
+        if self._index is None or self._seq < 0 or last_change(conn) < self._seq:
+            seq, changed, reset = last_change(conn), {}, True  # first read, or a new store
+        else:
+            seq, changed, reset = read_changes(conn, self._seq)
+        legacy_changed = reset or (directory_version != self._directory_version and (
+            not changed or any(t in DIRECTORY_TABLES for t in changed)))
+        if not (legacy_changed or changed):
+            return
+        index = DirectoryIndex(read_rows(conn, self.health.bad_row)) if legacy_changed \
+            else self._index
+        tables = self._tables
+        if tables is not None and self._needs:
+            if reset:
+                tables = self._read_tables(conn)
+            else:
+                updates = {}
+                for name, rowids in changed.items():
+                    if name in self._needs.tables:
+                        current = read_table(conn, self._schema.tables[name], rowids)
+                        updates[name] = ([{"rowid": r} for r in rowids], current)
+                tables = tables.apply(updates, self.health.bad_row)
+        self._index, self._tables = index, tables
+        self._directory_version = directory_version
+        self._seq = seq
+        self.reloads += 1
+        self._available = True
+        self._publish()
 
     def _check_file(self) -> None:
         stat = os.stat(self.path)  # raises FileNotFoundError when the file was removed
@@ -297,6 +420,9 @@ class SqliteDirectory:
             self._drop_connection()  # replaced by a new file: read the new one
             self._data_version = None
             self._directory_version = None
+            self._seq = -1  # below any sequence number: the next read reloads everything
+            if self._needs:
+                self._install_capture(sorted(self._needs.tables))
         self._inode = inode
 
     def _connection(self) -> sqlite3.Connection:
@@ -318,17 +444,17 @@ class SqliteDirectory:
         return self._available and self._index is not None
 
     def _publish(self) -> None:
-        """Point the lookup methods at the current index, or at an error raiser."""
+        """Point the lookup methods at the current snapshot, or at an error raiser."""
         if self._available and self._index is not None:
-            self._serving: DirectoryIndex | _Unavailable = self._index
+            self._serving: Snapshot | _Unavailable = Snapshot(self._index, self._tables)
         else:
             self._serving = _Unavailable(
                 f"directory {self.path} unavailable for more than {self.max_staleness:g}s: "
                 f"{self.last_error}")
         serve_lookups(self, self._serving)
 
-    def snapshot(self) -> DirectoryIndex | _Unavailable:
-        """What one decision reads: the index current when it started (or the error)."""
+    def snapshot(self) -> Snapshot | _Unavailable:
+        """What one decision reads: the snapshot current when it started (or the error)."""
         return self._serving
 
     def counts(self) -> dict[str, int]:
@@ -338,7 +464,7 @@ class SqliteDirectory:
 
 
 class _Unavailable:
-    """Stands in for the index while the store cannot be read: every lookup fails."""
+    """Stands in for the snapshot while the store cannot be read: every lookup fails."""
 
     def __init__(self, message: str) -> None:
         self.message = message
@@ -347,6 +473,10 @@ class _Unavailable:
         raise DirectoryError(self.message)
 
     ip_blocked = category = account = is_admin = subscribed = _fail
+
+    @property
+    def tables(self) -> NoReturn:
+        raise DirectoryError(self.message)
 
 
 def create_database(path: str | Path, rows: DirectoryRows | None = None) -> None:

@@ -1,0 +1,431 @@
+"""The directory's schema: named tables of typed columns, and the schema file that says so.
+
+A backend stores columns as its own types (SQLite: TEXT, INTEGER, …; SpacetimeDB: SATS
+`String`, `U64`, `Option<…>`, enums, `Identity`, …).  The *meaning* of a column says more:
+an `address` is text compared case- and IDN-insensitively, a `network` is an address or a
+CIDR range, an `enum` has named variants.  The schema file beside the policies
+(`policies/schema.toml`) records the meanings; `komm-policy db schema` writes a first
+version from a backend and the operator annotates it.  `check` reads it, so CI needs no
+database.
+
+The file (TOML)::
+
+    [tables.blocked_ips]
+    primary_key = ["ip"]                  # lowest key first; omit: SQLite's rowid
+    columns.ip     = { type = "network" }
+    columns.reason = { type = "text" }
+    columns.status = { type = "enum", variants = ["Active", "Expired"] }
+    columns.until  = { type = "timestamp", optional = true }
+
+Column types (meanings) and the values the replica holds for them (`decode_value`):
+
+=========  ============================================  ================================
+meaning    value in a row                                SQLite / SATS storage
+=========  ============================================  ================================
+text       str                                           TEXT / String
+address    str, lower-case                               TEXT / String
+network    `ipaddress` network (a host is a /32, /128)   TEXT / String
+enum       str, the variant name                         TEXT / sum of unit variants
+bool       bool                                          INTEGER 0/1 / Bool
+integer    int                                           INTEGER / I8…I256, U8…U256
+float      float                                         REAL / F32, F64
+timestamp  int, microseconds since the Unix epoch        INTEGER seconds / Timestamp
+identity   str, 64 lower-case hex digits                 TEXT hex / Identity
+list       tuple of `element` values                     (JSON text) / Array, Vec
+=========  ============================================  ================================
+
+`optional = true` allows none (SQL NULL, SATS `Option`).  A value that does not fit its
+column raises `BadValue`; the replica skips such a row with a warning, `db import` refuses
+the whole file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ipset import normalize_network
+
+MEANINGS = ("text", "address", "network", "enum", "bool", "integer", "float", "timestamp",
+            "identity", "list")
+"""Every column meaning the schema file may name."""
+
+SCHEMA_FILE = "schema.toml"
+"""The schema file's name in a policy directory."""
+
+INDEXABLE = frozenset({"text", "address", "network", "enum", "bool", "integer",
+                       "timestamp", "identity"})
+"""Meanings a lookup key can use (a float or a list column has no usable index)."""
+
+
+class SchemaError(Exception):
+    """The schema file is malformed (message names the file and the entry)."""
+
+
+class BadValue(ValueError):
+    """A stored or imported value does not fit its column (message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column: its name, meaning, and for enums the variants, for lists the element."""
+
+    name: str
+    type: str
+    optional: bool = False
+    variants: tuple[str, ...] = ()
+    element: str | None = None
+    storage: str = ""
+    """The backend's own type as `db schema` read it (a comment in the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    """Columns identifying a row (first-row order); empty: SQLite's rowid / whole row."""
+    by_name: Mapping[str, Column] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    tables: Mapping[str, Table]
+    source: str = ""
+    """Where it was read from (a path, or a backend)."""
+
+    def table(self, name: str) -> Table | None:
+        return self.tables.get(name)
+
+
+# -- the schema file ---------------------------------------------------------------------
+
+
+def load_schema(path: str | Path) -> Schema:
+    """Read a schema file.  Raises `SchemaError` (with the file and table named) or
+    `OSError`."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemaError(f"{path}: {exc}") from exc
+    return parse_schema(data, str(path))
+
+
+def find_schema(policy_path: str | Path) -> Path | None:
+    """The schema file beside a policy set (a directory, or the directory of one file)."""
+    path = Path(policy_path)
+    candidate = (path if path.is_dir() else path.parent) / SCHEMA_FILE
+    return candidate if candidate.is_file() else None
+
+
+def parse_schema(data: Mapping[str, Any], source: str = "") -> Schema:
+    tables_data = data.get("tables", {})
+    unknown = set(data) - {"tables"}
+    if unknown:
+        raise SchemaError(f"{source}: unknown top-level key {sorted(unknown)[0]!r} "
+                          "(expected [tables.NAME])")
+    if not isinstance(tables_data, dict):
+        raise SchemaError(f"{source}: `tables` must be a table of tables")
+    tables = {}
+    for name, spec in tables_data.items():
+        where = f"{source}: table {name}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("columns"), dict):
+            raise SchemaError(f"{where}: needs `columns`")
+        columns = tuple(_parse_column(f"{where}, column {cname}", cname, cspec)
+                        for cname, cspec in spec["columns"].items())
+        primary_key = spec.get("primary_key", [])
+        if isinstance(primary_key, str):
+            primary_key = [primary_key]
+        names = {c.name for c in columns}
+        for key in primary_key:
+            if key not in names:
+                raise SchemaError(f"{where}: primary key column {key!r} is not a column")
+        extra = set(spec) - {"columns", "primary_key"}
+        if extra:
+            raise SchemaError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        tables[name] = Table(name, columns, tuple(primary_key))
+    return Schema(tables, source)
+
+
+def _parse_column(where: str, name: str, spec: Any) -> Column:
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise SchemaError(f"{where}: needs a `type` (one of {', '.join(MEANINGS)})")
+    type_ = spec["type"]
+    if type_ not in MEANINGS:
+        raise SchemaError(f"{where}: unknown type {type_!r} (one of {', '.join(MEANINGS)})")
+    variants = tuple(spec.get("variants", ()))
+    if type_ == "enum" and not variants:
+        raise SchemaError(f"{where}: an enum needs `variants`")
+    element = spec.get("element")
+    if type_ == "list" and element not in MEANINGS:
+        raise SchemaError(f"{where}: a list needs an `element` type")
+    extra = set(spec) - {"type", "optional", "variants", "element", "storage"}
+    if extra:
+        raise SchemaError(f"{where}: unknown key {sorted(extra)[0]!r}")
+    return Column(name, type_, bool(spec.get("optional", False)), variants, element,
+                  str(spec.get("storage", "")))
+
+
+def dump_schema(schema: Schema, header: str = "") -> str:
+    """The schema as a schema file (TOML), columns in table order."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for table in schema.tables.values():
+        if lines:
+            lines.append("")
+        lines.append(f"[tables.{_key(table.name)}]")
+        if table.primary_key:
+            lines.append(f"primary_key = [{', '.join(_str(k) for k in table.primary_key)}]")
+        for column in table.columns:
+            parts = [f"type = {_str(column.type)}"]
+            if column.optional:
+                parts.append("optional = true")
+            if column.variants:
+                parts.append(f"variants = [{', '.join(_str(v) for v in column.variants)}]")
+            if column.element:
+                parts.append(f"element = {_str(column.element)}")
+            if column.storage:
+                parts.append(f"storage = {_str(column.storage)}")
+            lines.append(f"columns.{_key(column.name)} = {{ {', '.join(parts)} }}")
+    return "\n".join(lines) + "\n"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else _str(name)
+
+
+def _str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# -- backend type mappings ---------------------------------------------------------------
+
+
+def meaning_from_sqlite(declared: str) -> str:
+    """The default meaning of a SQLite declared type (its affinity rules, sqlite.org
+    datatype3 §3.1): the operator refines text into address, network, enum, …"""
+    upper = declared.upper()
+    if "INT" in upper:
+        return "integer"
+    if "BOOL" in upper:
+        return "bool"
+    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
+        return "float"
+    return "text"
+
+
+_SATS_INTEGERS = {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64", "I128", "U128",
+                  "I256", "U256"}
+_SATS_SPECIAL = {
+    "__identity__": "identity",
+    "__connection_id__": "identity",
+    "__timestamp_micros_since_unix_epoch__": "timestamp",
+    "__time_duration_micros__": "integer",
+}
+
+
+def column_from_sats(name: str, algebraic_type: Mapping[str, Any]) -> Column:
+    """A column from a SATS `AlgebraicType` in the typed JSON of SpacetimeDB's schema and
+    SQL responses (`crates/sats/src/algebraic_type.rs`; reference §2.2): `{"String": []}`,
+    `{"U64": []}`, `{"Sum": …}` (Option when its variants are `some`/`none`, an enum when
+    every variant is a unit), `{"Product": …}` with a magic field (`__identity__`, …),
+    `{"Array": …}`.  Raises `SchemaError` for a type no meaning fits."""
+    meaning, optional, variants, element, storage = _sats(name, algebraic_type)
+    return Column(name, meaning, optional, variants, element, storage)
+
+
+def _sats(name: str, at: Mapping[str, Any]) -> tuple[str, bool, tuple[str, ...],
+                                                        str | None, str]:
+    if not isinstance(at, Mapping) or len(at) != 1:
+        raise SchemaError(f"column {name}: not a SATS AlgebraicType: {at!r}")
+    (kind, body), = at.items()
+    if kind == "String":
+        return "text", False, (), None, "String"
+    if kind == "Bool":
+        return "bool", False, (), None, "Bool"
+    if kind in _SATS_INTEGERS:
+        return "integer", False, (), None, kind
+    if kind in ("F32", "F64"):
+        return "float", False, (), None, kind
+    if kind == "Product":
+        elements = body.get("elements", [])
+        if len(elements) == 1:
+            field_name = _sats_name(elements[0])
+            if field_name in _SATS_SPECIAL:
+                return _SATS_SPECIAL[field_name], False, (), None, field_name.strip("_")
+    if kind == "Sum":
+        variants = body.get("variants", [])
+        names = [_sats_name(v) for v in variants]
+        if sorted(names) == ["none", "some"]:
+            inner = variants[names.index("some")]["algebraic_type"]
+            meaning, _, inner_variants, element, storage = _sats(name, inner)
+            return meaning, True, inner_variants, element, f"Option<{storage}>"
+        if all(_is_unit(v.get("algebraic_type", {})) for v in variants) and names:
+            return "enum", False, tuple(str(n) for n in names), None, "enum"
+    if kind == "Array":
+        meaning, _, _, _, storage = _sats(name, body)
+        return "list", False, (), meaning, f"Vec<{storage}>"
+    if kind == "Ref":
+        raise SchemaError(f"column {name}: a SATS type reference (resolve it against the "
+                          "module's typespace first)")
+    raise SchemaError(f"column {name}: no column meaning for SATS type {kind}")
+
+
+def _sats_name(element: Mapping[str, Any]) -> str | None:
+    name = element.get("name")
+    if isinstance(name, Mapping):
+        return name.get("some")
+    return name
+
+
+def _is_unit(at: Mapping[str, Any]) -> bool:
+    return at == {"Product": {"elements": []}}
+
+
+# -- values ------------------------------------------------------------------------------
+
+
+def decode_value(column: Column, value: Any) -> Any:
+    """A backend's value for `column` as the replica holds it (see the table above).
+    Raises `BadValue` naming what is wrong."""
+    if value is None:
+        if column.optional:
+            return None
+        raise BadValue(f"column {column.name} is not optional but has no value (NULL)")
+    return _DECODERS[column.type](column, value)
+
+
+def _text(column: Column, value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadValue(f"column {column.name} wants text, got {value!r}")
+    return value
+
+
+def _address(column: Column, value: Any) -> str:
+    text = _text(column, value).strip()
+    if not text or any(c.isspace() for c in text):
+        raise BadValue(f"column {column.name}: {value!r} is not an address or domain")
+    return text.lower()
+
+
+def _network(column: Column, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return normalize_network(value)
+    text = _text(column, value).strip()
+    try:
+        return normalize_network(ipaddress.ip_network(text, strict=True))
+    except ValueError as exc:
+        raise BadValue(f"column {column.name}: {text!r} is not an IP address or network "
+                       f"({exc})") from None
+
+
+def _enum(column: Column, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(
+            column.variants):
+        return column.variants[value]  # a SATS sum tag
+    if isinstance(value, str) and value in column.variants:
+        return value
+    raise BadValue(f"column {column.name}: {value!r} is not one of "
+                   f"{', '.join(column.variants)}")
+
+
+def _bool(column: Column, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise BadValue(f"column {column.name} wants a bool (or 0/1), got {value!r}")
+
+
+def _integer(column: Column, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        return int(value)  # SATS sends u256 and wide ints as decimal text
+    raise BadValue(f"column {column.name} wants an integer, got {value!r}")
+
+
+def _float(column: Column, value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise BadValue(f"column {column.name} wants a number, got {value!r}")
+
+
+def _timestamp(column: Column, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # SQLite stores Unix seconds (strftime('%s')); SATS sends microseconds.  Values
+        # below 10^11 cannot be microseconds of any date after 1970-01-02.
+        return value * 1_000_000 if abs(value) < 10**11 else value
+    if isinstance(value, Mapping) and "__timestamp_micros_since_unix_epoch__" in value:
+        return _timestamp(column, value["__timestamp_micros_since_unix_epoch__"])
+    raise BadValue(f"column {column.name} wants a timestamp, got {value!r}")
+
+
+_HEX = re.compile(r"(?:0x)?([0-9a-fA-F]{1,64})")
+
+
+def _identity(column: Column, value: Any) -> str:
+    if isinstance(value, Mapping) and len(value) == 1:
+        (value,) = value.values()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"{value:064x}"
+    if isinstance(value, str):
+        match = _HEX.fullmatch(value.strip())
+        if match:
+            return match.group(1).lower().rjust(64, "0")
+    raise BadValue(f"column {column.name} wants an identity (hex), got {value!r}")
+
+
+def _list(column: Column, value: Any) -> tuple[Any, ...]:
+    if isinstance(value, str):
+        import json
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadValue(f"column {column.name} wants a list, got {value!r}") from None
+    if not isinstance(value, list | tuple):
+        raise BadValue(f"column {column.name} wants a list, got {value!r}")
+    element = Column(column.name, column.element or "text")
+    return tuple(decode_value(element, v) for v in value)
+
+
+_DECODERS = {
+    "text": _text, "address": _address, "network": _network, "enum": _enum, "bool": _bool,
+    "integer": _integer, "float": _float, "timestamp": _timestamp, "identity": _identity,
+    "list": _list,
+}
+
+
+def encode_value(column: Column, value: Any) -> Any:
+    """A replica value as JSON (`db export`): networks and identities as text."""
+    if value is None:
+        return None
+    if column.type == "network":
+        net = value
+        return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    if column.type == "list":
+        element = Column(column.name, column.element or "text")
+        return [encode_value(element, v) for v in value]
+    return value
+
+
+def tables_named(schema: Schema, names: Iterable[str]) -> Schema:
+    """The part of a schema with only the tables named."""
+    return Schema({n: schema.tables[n] for n in names if n in schema.tables}, schema.source)

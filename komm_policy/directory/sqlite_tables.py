@@ -1,0 +1,135 @@
+"""Any SQLite table as directory rows: its schema, its rows, and which rows changed.
+
+Change capture: triggers on every directory table append `(table, rowid)` to
+`komm_changes` on each insert, update and delete (an update records the old and the new
+rowid).  A replica remembers the last sequence number it applied and reads only newer
+entries, then re-reads just those rowids: a 1-row change costs one indexed read, however
+large the table.  The log keeps its newest `CHANGE_LOG_KEEP` entries; a replica that fell
+further behind (a gap in the sequence) reloads whole tables instead.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from .schema import Column, Schema, Table, meaning_from_sqlite
+
+INTERNAL_TABLES = frozenset({"komm_meta", "komm_changes", "mta_log"})
+CHANGE_LOG_KEEP = 100_000
+
+CHANGE_LOG = """
+CREATE TABLE IF NOT EXISTS komm_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    rid INTEGER NOT NULL
+);
+"""
+
+_CAPTURE = """
+CREATE TRIGGER IF NOT EXISTS "komm_cap_{name}_{event}" AFTER {event_sql} ON "{name}"
+BEGIN
+    {body}
+    DELETE FROM komm_changes WHERE seq <= (SELECT max(seq) FROM komm_changes) - {keep};
+END;
+"""
+_RECORD = "INSERT INTO komm_changes (tbl, rid) VALUES ('{name}', {which}.rowid);"
+
+
+def quote(name: str) -> str:
+    """An SQL identifier, double-quoted (names come from the schema, never from requests)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def user_tables(conn: sqlite3.Connection) -> list[str]:
+    return [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        " ORDER BY name") if name not in INTERNAL_TABLES]
+
+
+def read_schema(conn: sqlite3.Connection, tables: Iterable[str] | None = None) -> Schema:
+    """The tables' schema with default meanings from the declared types (integer, text,
+    float, bool); a nullable column is optional.  The operator refines meanings."""
+    result = {}
+    for name in tables if tables is not None else user_tables(conn):
+        info = conn.execute(f"PRAGMA table_info({quote(name)})").fetchall()
+        if not info:
+            continue
+        columns = []
+        keys = []
+        for _cid, column, declared, notnull, _default, pk in info:
+            columns.append(Column(column, meaning_from_sqlite(declared or ""),
+                                  optional=not notnull and not pk, storage=declared or ""))
+            if pk:
+                keys.append((pk, column))
+        result[name] = Table(name, tuple(columns), tuple(c for _, c in sorted(keys)))
+    return Schema(result, "sqlite")
+
+
+def install_change_capture(conn: sqlite3.Connection, tables: Iterable[str]) -> None:
+    """Create the change log and the triggers on `tables` (idempotent)."""
+    with conn:
+        conn.executescript(CHANGE_LOG)
+        for name in tables:
+            if "'" in name:
+                raise ValueError(f"table name {name!r}: quotes are not supported")
+            for event, body in (
+                    ("ins", _RECORD.format(name=name, which="NEW")),
+                    ("del", _RECORD.format(name=name, which="OLD")),
+                    ("upd", _RECORD.format(name=name, which="OLD")
+                     + _RECORD.format(name=name, which="NEW"))):
+                event_sql = {"ins": "INSERT", "del": "DELETE", "upd": "UPDATE"}[event]
+                conn.execute(_CAPTURE.format(name=name, event=event, event_sql=event_sql,
+                                             body=body, keep=CHANGE_LOG_KEEP))
+
+
+def has_change_capture(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND "
+                        "name IN (?, ?, ?)", tuple(f"komm_cap_{table}_{e}"
+                                                   for e in ("ins", "del", "upd"))
+                        ).fetchone()[0] == 3
+
+
+def last_change(conn: sqlite3.Connection) -> int:
+    try:
+        return conn.execute("SELECT coalesce(max(seq), 0) FROM komm_changes").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0  # no change log yet
+
+
+def read_changes(conn: sqlite3.Connection, since: int
+                 ) -> tuple[int, dict[str, set[int]], bool]:
+    """(newest seq, {table: changed rowids}, gap): `gap` when entries after `since` were
+    already pruned, so the caller must reload whole tables."""
+    try:
+        rows = conn.execute("SELECT seq, tbl, rid FROM komm_changes WHERE seq > ? "
+                            "ORDER BY seq", (since,)).fetchall()
+    except sqlite3.OperationalError:
+        return since, {}, False
+    if not rows:
+        return since, {}, False
+    gap = since > 0 and rows[0][0] > since + 1  # AUTOINCREMENT never reuses a seq
+    changed: dict[str, set[int]] = {}
+    for _seq, table, rid in rows:
+        changed.setdefault(table, set()).add(rid)
+    return rows[-1][0], changed, gap
+
+
+def read_table(conn: sqlite3.Connection, table: Table,
+               rowids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """Rows as {column: value, "rowid": n}; only `rowids` when given."""
+    names = table.column_names
+    select = ", ".join(quote(c) for c in names)
+    sql = f"SELECT rowid, {select} FROM {quote(table.name)}"
+    if rowids is None:
+        cursor = conn.execute(sql)
+        return [dict(zip(("rowid", *names), row, strict=True)) for row in cursor]
+    ids = list(rowids)
+    result = []
+    for start in range(0, len(ids), 500):  # SQLite's default limit of bound parameters
+        chunk = ids[start:start + 500]
+        cursor = conn.execute(f"{sql} WHERE rowid IN ({', '.join('?' * len(chunk))})",
+                              chunk)
+        result.extend(dict(zip(("rowid", *names), row, strict=True)) for row in cursor)
+    return result
