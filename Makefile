@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3002
 DB     ?= var/komm.sqlite3
 
-.PHONY: install serve test lint check fmt-check bench bench-quick wrk clean
+.PHONY: install serve test lint check fmt-check policy-test bench bench-quick wrk clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,10 @@ check: install
 fmt-check: install
 	$(BIN)/komm-policy fmt --check policies
 
-test: install lint check fmt-check
+policy-test: install
+	$(BIN)/komm-policy test --threshold 100 policies
+
+test: install lint check fmt-check policy-test
 	$(BIN)/python -m pytest -q
 
 # Benchmarks: extra packages from the `bench` group, wrk from Debian's packages.

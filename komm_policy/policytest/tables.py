@@ -1,0 +1,139 @@
+"""Table rows of a test case → an in-memory directory, every row checked against the schema.
+
+Rows are written per table name, column by column, exactly as the directory stores them
+(`[[rows.subscriptions]]` with `subscriber_account_id = 101`, ...).  The schema checked
+against is the directory's own: the row types of `directory.DirectoryRows` (the columns
+of the SQLite tables in `directory/sqlite.py`).  This module is the only place that knows
+that mapping, so when the directory becomes generic tables with a schema file, only
+`SCHEMA` and `build_directory` change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from ..directory import (
+    AccountRow,
+    BlockedIpRow,
+    CategoryRow,
+    DirectoryError,
+    DirectoryRows,
+    SubscriptionRow,
+)
+from ..directory.memory import LOOKUP_METHODS, InMemoryDirectory
+from ..ipset import parse_entry
+
+
+class AdminIdentityRow(msgspec.Struct, frozen=True):
+    """`admin_identities` has one column; the directory keeps the identities as strings."""
+
+    identity: str
+
+
+SCHEMA: dict[str, type[msgspec.Struct]] = {
+    "blocked_ips": BlockedIpRow,
+    "message_categories": CategoryRow,
+    "account": AccountRow,
+    "admin_identities": AdminIdentityRow,
+    "subscriptions": SubscriptionRow,
+}
+"""Table name → row type (column names, types, defaults)."""
+
+_NETWORK_COLUMNS = {("blocked_ips", "ip")}
+"""Columns holding an IP address or CIDR network: their syntax is checked too."""
+
+
+class RowError(ValueError):
+    """A row that does not fit the schema; the message names the table, row and column."""
+
+
+def columns(table: str) -> tuple[str, ...]:
+    return SCHEMA[table].__struct_fields__
+
+
+def check_rows(tables: Mapping[str, Any]) -> dict[str, list[msgspec.Struct]]:
+    """Validate `{table: [row, ...]}` (rows as mappings) and convert them to row types.
+
+    Raises RowError for an unknown table or column, a missing required column, a value of
+    the wrong type, or an address/network column that is not an IP address or network
+    (with host bits set, `10.0.0.1/8`, it would silently cover all of 10.0.0.0/8)."""
+    if not isinstance(tables, Mapping):
+        raise RowError("`rows` must be a table of tables: [[rows.TABLE]]")
+    converted: dict[str, list[msgspec.Struct]] = {}
+    for table, rows in tables.items():
+        row_type = SCHEMA.get(table)
+        if row_type is None:
+            close = difflib.get_close_matches(table, SCHEMA, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise RowError(f"unknown table `{table}`{hint} (tables: {', '.join(SCHEMA)})")
+        if not isinstance(rows, list):
+            raise RowError(f"`rows.{table}` must be an array of tables: [[rows.{table}]]")
+        known = columns(table)
+        for number, row in enumerate(rows, 1):
+            where = f"row {number} of `{table}`"
+            if not isinstance(row, Mapping):
+                raise RowError(f"{where}: must be a table of columns")
+            for column in row:
+                if column not in known:
+                    close = difflib.get_close_matches(column, known, n=1)
+                    hint = f"; did you mean `{close[0]}`?" if close else ""
+                    raise RowError(f"{where}: unknown column `{column}`{hint} "
+                                   f"(columns: {', '.join(known)})")
+            try:
+                value = msgspec.convert(dict(row), row_type, strict=True)
+            except msgspec.ValidationError as exc:
+                raise RowError(f"{where}: {_column_message(exc)}") from None
+            for table_name, column in _NETWORK_COLUMNS:
+                if table_name == table:
+                    try:
+                        _check_network(getattr(value, column))
+                    except ValueError as exc:
+                        raise RowError(f"{where}: column `{column}`: {exc}") from None
+            converted.setdefault(table, []).append(value)
+    return converted
+
+
+def _check_network(text: str) -> None:
+    parse_entry(text)
+    if "/" in text:
+        ipaddress.ip_network(text.strip(), strict=True)  # host bits set: ValueError
+
+
+def _column_message(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    if " - at `$." in text:
+        message, path = text.rsplit(" - at `$.", 1)
+        return f"column `{path.rstrip('`')}`: {message}"
+    if "missing required field" in text:
+        return text.replace("Object missing required field", "missing required column")
+    return text
+
+
+def build_directory(rows: Mapping[str, list[msgspec.Struct]]) -> InMemoryDirectory:
+    """An in-memory directory holding exactly these rows."""
+    return InMemoryDirectory(DirectoryRows(
+        blocked_ips=tuple(rows.get("blocked_ips", ())),  # type: ignore[arg-type]
+        message_categories=tuple(rows.get("message_categories", ())),  # type: ignore[arg-type]
+        account=tuple(rows.get("account", ())),  # type: ignore[arg-type]
+        admin_identities=tuple(r.identity for r in rows.get("admin_identities", ())),  # type: ignore[attr-defined]
+        subscriptions=tuple(rows.get("subscriptions", ())),  # type: ignore[arg-type]
+    ))
+
+
+class UnavailableDirectory:
+    """A directory whose every lookup fails, as a backend that is down: for cases that
+    test `on error` branches and the `on_lookup_error` fallback."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        for name in LOOKUP_METHODS:
+            setattr(self, name, self._fail)
+
+    def _fail(self, *args: object) -> bool:
+        raise DirectoryError("directory unavailable (test case)")
