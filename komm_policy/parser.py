@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import warnings
 from dataclasses import dataclass
 
 import lark
@@ -19,6 +18,7 @@ from . import nodes as n
 from .errors import Diagnostic, Severity, Span
 from .grammar import keywords, lark_parser
 from .ipset import normalize_network
+from .regex import RegexError, compile_regex
 from .syntax_errors import ACTION_WORDS, nesting_diagnostic, syntax_diagnostic
 
 __all__ = ["ParseResult", "keywords", "parse"]
@@ -26,7 +26,6 @@ __all__ = ["ParseResult", "keywords", "parse"]
 _DOTTED_NAME = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*[ \t]*")
 """`{sender}` / `{client.ip}`: the common template parts, built without a Lark parse."""
 
-REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 SIZE_UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -260,28 +259,16 @@ class _Builder:
         span = self.span(tree)
         closing = text.rindex("/")
         pattern, flag_text = text[1:closing], text[closing + 1:]
-        flags = 0
-        for flag in flag_text:
-            if flag not in REGEX_FLAGS:
-                self.error("E011", f"unknown regex flag `{flag}`", span,
-                           "regex flags are i (ignore case), m (multi-line), s (dot matches "
-                           "newline) and x (verbose)")
-                return n.Literal(kind="none", value=None, text=text, span=span)
-            flags |= REGEX_FLAGS[flag]
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                compiled = re.compile(pattern, flags)
-        except re.error as exc:
-            offset = (exc.pos or 0) + 1
-            line, col = span.line, span.column + offset
-            self.error("E011", f"invalid regex: {exc.msg}", Span(self.path, line, col, line,
-                                                               col + 1))
+            compiled = compile_regex(pattern, flag_text)
+        except RegexError as exc:
+            if exc.offset < 0:                      # a flag: point at the whole literal
+                self.error("E011", exc.message, span, exc.hint)
+            else:
+                col = span.column + 1 + exc.offset
+                self.error("E011", f"invalid regex: {exc.message}", Span(
+                    self.path, span.line, col, span.line, col + 1), exc.hint)
             return n.Literal(kind="none", value=None, text=text, span=span)
-        for warning in caught:  # e.g. "Possible nested set": means something else later
-            self.diagnostics.append(Diagnostic(
-                "W208", Severity.WARNING, f"regex: {warning.message}", span,
-                "escape the character inside the character class with a backslash"))
         return n.Literal(kind="regex", value=compiled, text=text, span=span)
 
     def x_name(self, tree: Tree) -> n.Expr:

@@ -1,0 +1,128 @@
+"""Policy regexes run by RE2: linear time, RE2's dialect, positioned errors for what RE2
+cannot run, nothing printed on a bad pattern."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from komm_policy.policyset import compile_text
+from komm_policy.regex import RegexError, compile_regex
+
+
+def first_error(source: str):
+    result = compile_text(source)
+    errors = [d for d in result.diagnostics if d.code.startswith("E")]
+    assert errors, "expected an error"
+    return errors[0]
+
+
+@pytest.mark.parametrize(("pattern", "offset", "words"), [
+    (r"(a)\1", 3, "backreference"),
+    (r"(?P<x>a)(?P=x)", 8, "named backreference"),
+    (r"a(?=b)", 1, "look-ahead"),
+    (r"a(?!b)", 1, "negative look-ahead"),
+    (r"(?<=a)b", 0, "look-behind"),
+    (r"(?<!a)b", 0, "negative look-behind"),
+    (r"(?>a+)b", 0, "atomic"),
+    (r"(a)?(?(1)b|c)", 4, "conditional"),
+    (r"a(?#note)", 1, "comments"),
+    (r"a++", 2, "possessive"),
+    (r"a*+", 2, "possessive"),
+    (r"a{2}+", 4, "possessive"),
+    (r"(ab", 0, "missing `)`"),
+    (r"x(a(b)", 1, "missing `)`"),
+    (r"ab)", 2, "`)` without `(`"),
+    (r"a{1001}", 1, "repetition size"),
+    (r"[z-a]", 1, "range"),
+    (r"\p{Nope}", 0, "invalid"),
+])
+def test_constructs_re2_cannot_run_are_positioned_errors(pattern, offset, words):
+    with pytest.raises(RegexError) as info:
+        compile_regex(pattern)
+    assert info.value.offset == offset
+    assert words in info.value.message
+    assert info.value.hint
+
+
+@pytest.mark.parametrize("pattern", [
+    r"a+?", r"a*?b", r"a??", r"a{2,3}?", r"x}+", r"[+*]+", r"\++", r"(?i)a", r"(?P<n>a)",
+    r"(?<n>a)", r"(?:a|b)+", r"[[:alpha:]]+", r"\pL+", r"a\/b", r"\Aa\z", r"[\]]",
+])
+def test_re2_constructs_compile(pattern):
+    compile_regex(pattern)
+
+
+def test_check_points_at_the_construct_with_a_hint():
+    source = ("stage ehlo {\n  rule r: when client.helo matches /^(a)\\1$/ accept\n"
+              "  default accept\n}")
+    diagnostic = first_error(source)
+    assert diagnostic.code == "E011"
+    assert (diagnostic.span.line, diagnostic.span.column) == (2, 41)   # the backslash
+    assert "backreference" in diagnostic.message and diagnostic.hint
+
+
+def test_a_bad_pattern_prints_nothing(capfd):
+    for pattern in [r"(a", r"a(?=b)", r"\1", r"a{5000}", r"[z-a]", r"\p{Nope}"]:
+        with pytest.raises(RegexError):
+            compile_regex(pattern)
+    compile_text("stage ehlo { rule r: when client.helo matches /(?=x)/ accept default accept }")
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+@pytest.mark.parametrize(("pattern", "flags", "text", "expected"), [
+    # \Z is Python's "end of text": translated to RE2's \z, same meaning
+    (r"\A\s*\Z", "", "   ", True),
+    (r"\A\s*\Z", "", " x ", False),
+    (r"a\Z", "", "a\n", False),
+    # $ without m is the end of the text only (Python also matched before a final newline)
+    (r"a$", "", "a\n", False),
+    (r"a$", "m", "a\nb", True),
+    (r"a.b", "s", "a\nb", True),
+    (r"a.b", "", "a\nb", False),
+    (r"X", "i", "x", True),
+    (r"ü", "i", "Ü", True),                  # case folding is Unicode
+    # \w \d \s \b are ASCII-only
+    (r"\w", "", "ü", False),
+    (r"\d", "", "\u0663", False),           # ARABIC-INDIC DIGIT THREE
+    (r"\s", "", "\u00a0", False),
+    (r"\bviagra\b", "", "üviagra", True),    # ü is not a word character
+    (r"[[:^ascii:]]", "", "ü", True),
+    (r"\pL", "", "ü", True),
+    # x flag: whitespace and # comments removed before RE2 sees the pattern
+    (r"a b c # letters", "x", "abc", True),
+    (r"a\ b", "x", "a b", True),
+    (r"[ ]x", "x", " x", True),
+])
+def test_dialect(pattern, flags, text, expected):
+    assert (compile_regex(pattern, flags).search(text) is not None) is expected
+
+
+def test_catastrophic_pattern_runs_in_linear_time():
+    rx = compile_regex(r"^(a+)+$")
+    start = time.perf_counter()
+    assert rx.search("a" * 26 + "!") is None
+    assert rx.search("a" * 100_000 + "!") is None
+    assert rx.search("a" * 100_000) is not None
+    assert time.perf_counter() - start < 0.5
+
+
+def test_a_megabyte_is_searched_quickly():
+    rx = compile_regex(r"(?i)\b(viagra|casino\W+bonus|lottery\W+winner|crypto\W+giveaway)\b")
+    text = " " + "a " * (1 << 19)
+    start = time.perf_counter()
+    assert rx.search(text) is None
+    assert rx.search(text + "Casino\tBonus") is not None
+    assert time.perf_counter() - start < 0.5
+
+
+def test_text_with_lone_surrogates_is_searched():
+    assert compile_regex("b").search("a\ud800b") is not None
+
+
+def test_regexes_compare_by_pattern_and_flags():
+    assert compile_regex("a", "i") == compile_regex("a", "i")
+    assert compile_regex("a", "i") != compile_regex("a")
+    assert len({compile_regex("a"), compile_regex("a")}) == 1
