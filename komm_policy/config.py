@@ -27,6 +27,13 @@ class Config:
     token: str | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     shadow: bool = False
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    idle_timeout: float = 20.0
+    max_connections: int = 0
+    max_concurrency: int = 512
+    shutdown_timeout: float = 10.0
+    status_auth: bool = False
     policies: Path = Path("policies")
     watch: bool = True
     directory: str = "sqlite:var/komm.sqlite3"
@@ -102,6 +109,21 @@ OPTIONS: tuple[Option, ...] = (
            "largest hook request body accepted"),
     Option("shadow", "server", "shadow", "KOMM_SHADOW", _bool,
            "always answer accept; log the decision that would have been made"),
+    Option("header_timeout", "server", "header_timeout", "KOMM_HEADER_TIMEOUT", _float,
+           "seconds a client has to send a complete request header (else 408, closed)"),
+    Option("body_timeout", "server", "body_timeout", "KOMM_BODY_TIMEOUT", _float,
+           "seconds a client has to send the body after its header (else 408, closed)"),
+    Option("idle_timeout", "server", "idle_timeout", "KOMM_IDLE_TIMEOUT", _float,
+           "seconds an idle keep-alive connection stays open"),
+    Option("max_connections", "server", "max_connections", "KOMM_MAX_CONNECTIONS", _int,
+           "open connections per process (0: the descriptor limit less 64); beyond it the "
+           "least recently active idle connection is closed"),
+    Option("max_concurrency", "server", "max_concurrency", "KOMM_MAX_CONCURRENCY", _int,
+           "requests in progress per process; beyond it requests get 503 at once"),
+    Option("shutdown_timeout", "server", "shutdown_timeout", "KOMM_SHUTDOWN_TIMEOUT", _float,
+           "seconds SIGTERM waits for requests in progress before cancelling them"),
+    Option("status_auth", "server", "status_auth", "KOMM_STATUS_AUTH", _bool,
+           "require the token for /metrics and /readyz too (/healthz stays open)"),
     Option("policies", "policies", "path", "KOMM_POLICIES", lambda v: Path(_str(v)),
            "directory of *.policy files"),
     Option("watch", "policies", "watch", "KOMM_WATCH", _bool,
@@ -218,6 +240,18 @@ def validate(config: Config) -> list[str]:
         problems.append("token: must not be empty when set")
     if config.max_body_bytes < 1024:
         problems.append(f"max_body_bytes: {config.max_body_bytes} is too small (min 1024)")
+    for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        if not getattr(config, name) > 0:
+            problems.append(f"{name}: must be positive, got {getattr(config, name)}")
+    if config.shutdown_timeout < 0:
+        problems.append(f"shutdown_timeout: must not be negative, got {config.shutdown_timeout}")
+    if config.max_connections < 0:
+        problems.append(f"max_connections: must not be negative (0: automatic), got "
+                        f"{config.max_connections}")
+    if config.max_concurrency < 1:
+        problems.append(f"max_concurrency: must be at least 1, got {config.max_concurrency}")
+    if config.status_auth and not config.token:
+        problems.append("status_auth: needs a token (token, token_file, KOMM_TOKEN)")
     if not config.policies.is_dir():
         problems.append(f"policies: {config.policies} is not a directory")
     elif not any(config.policies.glob("*.policy")):

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,7 @@ class ServerProcess:
         self.args = list(args)
         self.env = {**os.environ, **env}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec_fn: Callable[[], None] | None = None  # e.g. to set resource limits
         self.output_path = deployment.root / f"server-{self.port}.log"
 
     def start(self) -> ServerProcess:
@@ -59,7 +61,7 @@ class ServerProcess:
         ]
         self._output = self.output_path.open("wb")
         self.proc = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT,
-                                     env=self.env, cwd=d.root)
+                                     env=self.env, cwd=d.root, preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -469,3 +469,37 @@ def test_wrong_override_types_name_the_flag(base_env: dict[str, str]) -> None:
     problems = problems_of(excinfo)
     assert any(p.startswith("--port: ") for p in problems), problems
     assert "--shadow: expected true or false, got 'perhaps'" in problems
+
+
+# ---------------------------------------------------------------------------------------
+# Connection limits (issue 9 §4) and status-endpoint auth (§5)
+
+
+def test_connection_limits_from_file_environment_and_flags(tmp_path: Path,
+                                                           base_env: dict[str, str]) -> None:
+    path = write_toml(tmp_path, "[server]\nheader_timeout = 2.5\nmax_concurrency = 64\n"
+                                "token = \"t\"\nstatus_auth = true\n")
+    config = load_config(path, env={**base_env, "KOMM_BODY_TIMEOUT": "7",
+                                    "KOMM_MAX_CONNECTIONS": "900"},
+                         overrides={"shutdown_timeout": 3.0, "idle_timeout": 4.0})
+    assert (config.header_timeout, config.body_timeout, config.idle_timeout) == (2.5, 7.0, 4.0)
+    assert (config.max_connections, config.max_concurrency) == (900, 64)
+    assert config.shutdown_timeout == 3.0
+    assert config.status_auth is True
+    defaults = Config()
+    assert defaults.header_timeout + defaults.body_timeout < 30  # Stalwart's hook timeout
+
+
+def test_bad_connection_limits_are_each_reported(base_env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(env={**base_env, "KOMM_HEADER_TIMEOUT": "0", "KOMM_BODY_TIMEOUT": "-1",
+                         "KOMM_MAX_CONCURRENCY": "0", "KOMM_MAX_CONNECTIONS": "-5",
+                         "KOMM_SHUTDOWN_TIMEOUT": "-1", "KOMM_STATUS_AUTH": "yes",
+                         "KOMM_IDLE_TIMEOUT": "soon"})
+    problems = problems_of(excinfo)
+    assert "KOMM_IDLE_TIMEOUT: could not convert string to float: 'soon'" in problems
+    for expected in ("header_timeout: must be positive", "body_timeout: must be positive",
+                     "max_concurrency: must be at least 1",
+                     "max_connections: must not be negative",
+                     "shutdown_timeout: must not be negative", "status_auth: needs a token"):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)

@@ -159,7 +159,7 @@ def test_token_is_required_when_configured(tmp_path) -> None:
         assert server.post(SEED).status_code == 401
         wrong = server.post(SEED, headers={"authorization": "Bearer wrong"})
         assert wrong.status_code == 401
-        assert wrong.json() == {"error": "missing or invalid token"}
+        assert wrong.json() == {"error": "invalid token"}
         bearer = server.post(SEED, headers={"authorization": "Bearer s3cret-token"})
         assert bearer.status_code == 200
         basic = base64.b64encode(b"stalwart:s3cret-token").decode()

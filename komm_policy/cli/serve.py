@@ -10,9 +10,18 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import OPTIONS, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from ..hook.server import ServerLimits
+
+
+_OPTIONS = {o.name: o for o in OPTIONS}
+_LIMIT_FLAGS = (("header_timeout", float, "SECONDS"), ("body_timeout", float, "SECONDS"),
+                ("idle_timeout", float, "SECONDS"), ("max_connections", int, "N"),
+                ("max_concurrency", int, "N"), ("shutdown_timeout", float, "SECONDS"))
 
 
 def register(sub: Any) -> None:
@@ -36,6 +45,13 @@ def register(sub: Any) -> None:
                         help="decision log file (default var/decisions.jsonl; '' disables)")
     parser.add_argument("--redact-client-ip", action="store_true", default=None,
                         help="leave client IPs out of the decision log")
+    for name, kind, metavar in _LIMIT_FLAGS:
+        option = _OPTIONS[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar,
+                            help=f"{option.help} ({option.env}; default "
+                                 f"{getattr(Config(), name)})")
+    parser.add_argument("--status-auth", action="store_true", default=None,
+                        help=_OPTIONS["status_auth"].help)
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(run=run)
@@ -44,7 +60,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name, None) for name in (
         "host", "port", "policies", "directory", "workers", "token", "shadow", "watch",
-        "log_jsonl", "redact_client_ip")}
+        "log_jsonl", "redact_client_ip", "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
@@ -52,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvicorn
-
+    from ..hook.server import run as run_server
     from ..hook.service import HookService, close_directory, open_directory
     from ..policyset import load_path
 
@@ -72,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         # Workers are separate processes: they read the validated config from KOMM_*.
         os.environ.update(config_environment(config))
-        uvicorn.run("komm_policy.hook.factory:app_from_environment", factory=True,
-                    host=config.host, port=config.port, workers=config.workers,
-                    log_level=args.log_level, access_log=False)
+        run_server("komm_policy.hook.factory:app_from_environment", factory=True,
+                   host=config.host, port=config.port, workers=config.workers,
+                   limits=server_limits(config), log_level=args.log_level)
         return 0
     from ..hook.app import create_app
 
@@ -87,9 +102,20 @@ def run(args: argparse.Namespace) -> int:
         "serving policies %s (version %s, %d rules) on http://%s:%d/mta-hook",
         config.policies, service.policy_set.version, service.policy_set.rule_count,
         config.host, config.port)
-    uvicorn.run(create_app(service), host=config.host, port=config.port,
-                log_level=args.log_level, access_log=False)
+    run_server(create_app(service), host=config.host, port=config.port,
+               limits=server_limits(config), log_level=args.log_level)
     return 0
+
+
+def server_limits(config: Config) -> ServerLimits:
+    """The connection timeouts and limits of the configuration."""
+    from ..hook.server import ServerLimits
+
+    return ServerLimits(header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+                        idle_timeout=config.idle_timeout,
+                        max_connections=config.max_connections,
+                        max_concurrency=config.max_concurrency,
+                        shutdown_timeout=config.shutdown_timeout)
 
 
 def config_environment(config: Config) -> dict[str, str]:

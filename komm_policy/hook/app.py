@@ -34,6 +34,7 @@ from ..runtime import decide
 from ..wire import RequestError, decode_request
 from . import response as wire_response
 from .metrics import CONTENT_TYPE
+from .ratelog import RateLimitedLog
 from .service import HookService
 
 log = logging.getLogger("komm_policy.hook")
@@ -76,29 +77,63 @@ class HookApp:
         self.starlette = starlette
         self._token = service.token.encode() if service.token else None
         self._blocking = getattr(service.directory, "blocking", True)
+        self._status_auth = service.status_auth and self._token is not None
+        self._auth_log = RateLimitedLog(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["path"] == "/mta-hook"
                 and scope["method"] == "POST"):
             await self.hook(scope, receive, send)
+        elif (self._status_auth and scope["type"] == "http"
+              and scope["path"] in ("/metrics", "/readyz")
+              and not await self._authorized(scope, scope["headers"], send)):
+            return
         else:
             await self.starlette(scope, receive, send)
+
+    async def _authorized(self, scope: Scope, headers: list[tuple[bytes, bytes]] | None,
+                          send: Send, authorization: bytes | None = None) -> bool:
+        """Check the token (when one is configured); answer 400/401 and log if it fails.
+        `headers` is scanned for Authorization unless the caller already did (None)."""
+        if headers is not None:
+            found = [value for name, value in headers if name == b"authorization"]
+            if len(found) > 1:
+                await self._refuse(scope, send, 400, "duplicate Authorization header")
+                return False
+            authorization = found[0] if found else None
+        if self._token is None or token_matches(
+                authorization.decode("latin-1") if authorization else None, self._token):
+            return True
+        await self._refuse(scope, send, 401, "invalid token" if authorization
+                           else "missing token")
+        return False
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, reason: str) -> None:
+        self.service.metrics.rejected_requests.labels(str(status)).inc()
+        client = scope.get("client")
+        self._auth_log.warning(  # never the header's value: it may hold a token
+            f"auth: {reason}", "refused %s %s from %s: %s", scope["method"], scope["path"],
+            f"{client[0]}:{client[1]}" if client else "unknown client", reason)
+        await _send_json(send, status, {"error": reason}, [
+            (b"www-authenticate", b'Bearer realm="komm-policy"')] if status == 401 else None)
 
     async def hook(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
         metrics = service.metrics
         authorization = None
+        authorizations = 0
         length = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
             elif name == b"authorization":
                 authorization = value
-        if self._token is not None and not token_matches(
-                authorization.decode("latin-1") if authorization else None, self._token):
-            metrics.rejected_requests.labels("401").inc()
-            await _send_json(send, 401, {"error": "missing or invalid token"},
-                             [(b"www-authenticate", b'Bearer realm="komm-policy"')])
+                authorizations += 1
+        if authorizations > 1:
+            await self._refuse(scope, send, 400, "duplicate Authorization header")
+            return
+        if self._token is not None and not await self._authorized(
+                scope, None, send, authorization):
             return
         limit = service.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:

@@ -42,6 +42,7 @@ class HookService:
     token: str | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     shadow: bool = False
+    status_auth: bool = False
     redact_client_ip: bool = False
     watch: bool = False
     metrics: Metrics = field(default_factory=Metrics)
@@ -122,6 +123,7 @@ class HookService:
             token=config.token,
             max_body_bytes=config.max_body_bytes,
             shadow=config.shadow,
+            status_auth=config.status_auth,
             redact_client_ip=config.redact_client_ip,
             watch=config.watch,
         )

@@ -1,0 +1,368 @@
+"""The HTTP server: uvicorn with httptools, plus the read timeouts and limits it lacks.
+
+uvicorn's only connection timer is its keep-alive timer, armed after a response and
+cancelled by any byte the client sends; nothing is armed while a request header or body
+is being read.  A client that sends half a header, or less body than its Content-Length,
+holds its connection (and a file descriptor) for ever, and about a thousand such clients
+exhaust a 1,024-descriptor process so that real requests are never accepted.
+`GuardedProtocol` extends uvicorn's `HttpToolsProtocol` (same parser, same ASGI cycle):
+
+* **header timeout**: a connection must deliver a complete request header within
+  `header_timeout` seconds of connecting, or of the first byte of its next request;
+  otherwise it gets `408` (if it sent anything) and is closed;
+* **body timeout**: the body must be complete `body_timeout` seconds after its header,
+  or the client gets `408` and the connection is closed (the request is never decided);
+* **idle timeout**: a keep-alive connection with no request is closed after
+  `idle_timeout` seconds (uvicorn's `timeout_keep_alive`);
+* **connection limit**: at most `max_connections` open connections per process (default:
+  the descriptor limit less `RESERVED_DESCRIPTORS`), so `accept()` never meets EMFILE;
+  a new connection beyond it evicts the least recently active connection that has no
+  request in progress (one still sending its header, or idle), or, when every connection
+  is busy, is refused with `503`;
+* **concurrency limit**: at most `max_concurrency` requests in progress per process;
+  beyond it a request is answered at once with `503` and a JSON body, so Stalwart
+  tempfails instead of waiting for its own hook timeout;
+* **bounded shutdown**: SIGTERM waits at most `shutdown_timeout` seconds for requests in
+  progress (uvicorn's `timeout_graceful_shutdown`), then cancels them.
+
+Every cut connection is counted (`komm_http_connections_closed{reason}`,
+`komm_http_requests_shed`) and logged, rate-limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from .ratelog import RateLimitedLog
+
+log = logging.getLogger("komm_policy.http")
+
+RESERVED_DESCRIPTORS = 64
+"""Descriptors left for everything but client connections: the listening socket, the
+event loop, the store, the decision-log pipes, the policy watcher, and a margin for
+connections accepted in one burst before the oldest are evicted."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Connection timeouts (seconds) and limits for one server process."""
+
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    idle_timeout: float = 20.0
+    max_connections: int = 0
+    """0: the descriptor limit (RLIMIT_NOFILE) less `RESERVED_DESCRIPTORS`."""
+    max_concurrency: int = 512
+    shutdown_timeout: float = 10.0
+
+
+def connection_capacity(configured: int) -> int:
+    """The connection limit to enforce: `configured`, at most the descriptor limit less
+    `RESERVED_DESCRIPTORS` (and at least 1)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = 1 << 20 if soft == resource.RLIM_INFINITY else max(1, soft - RESERVED_DESCRIPTORS)
+    if configured <= 0:
+        return ceiling
+    if configured > ceiling:
+        log.warning("max_connections %d exceeds what %d file descriptors allow; using %d",
+                    configured, soft, ceiling)
+        return ceiling
+    return configured
+
+
+class ConnectionStats:
+    """Counters of connections cut or refused, read by the metrics collector."""
+
+    REASONS = ("header_timeout", "body_timeout", "evicted", "refused", "shutdown")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.closed = dict.fromkeys(self.REASONS, 0)
+        self.shed = 0
+
+
+class ConnectionCollector:
+    """Prometheus collector for one process's `ConnectionStats`."""
+
+    def __init__(self, stats: ConnectionStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("komm_http_connections_open", "Open client connections",
+                                value=self.stats.open)
+        closed = CounterMetricFamily(
+            "komm_http_connections_closed",
+            "Connections cut by a read timeout, evicted at the connection limit, or refused",
+            labels=("reason",))
+        for reason, count in self.stats.closed.items():
+            closed.add_metric((reason,), count)
+        yield closed
+        yield CounterMetricFamily("komm_http_requests_shed",
+                                  "Requests answered 503 at the concurrency limit",
+                                  value=self.stats.shed)
+
+
+class ConnectionGuard:
+    """The protocol factory handed to uvicorn as `http=`: one per server process.
+
+    It holds the process's open connections (least recently active first) and the
+    counters.  It pickles as its limits alone, so each `--workers` process gets its own.
+    """
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self._setup()
+
+    def _setup(self) -> None:
+        self.connections: OrderedDict[GuardedProtocol, None] = OrderedDict()
+        self.stats = ConnectionStats()
+        self.capacity = connection_capacity(self.limits.max_connections)
+        self.warn = RateLimitedLog(log)
+        self._bound = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"limits": self.limits}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.limits = state["limits"]
+        self._setup()
+
+    def __call__(self, config: Any, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> GuardedProtocol:
+        if not self._bound:
+            self._bound = True
+            self._bind_metrics(config)
+        return GuardedProtocol(self, config, server_state, app_state, _loop)
+
+    def _bind_metrics(self, config: Any) -> None:
+        """Export the counters in the app's registry (the hook app has `.service.metrics`)."""
+        if not config.loaded:
+            config.load()
+        metrics = getattr(getattr(config.loaded_app, "service", None), "metrics", None)
+        registry = getattr(metrics, "registry", None)
+        if registry is not None:
+            registry.register(ConnectionCollector(self.stats))
+
+    def admit(self, protocol: GuardedProtocol) -> bool:
+        """Register a new connection; at the limit, evict an idle one or refuse this one."""
+        connections = self.connections
+        connections[protocol] = None
+        self.stats.open = len(connections)
+        if len(connections) <= self.capacity:
+            return True
+        victim = next((c for c in connections if c is not protocol and c.evictable), None)
+        if victim is None:
+            self.cut(protocol, "refused")
+            protocol.refuse()
+            return False
+        self.cut(victim, "evicted")
+        victim.transport.abort()
+        return True
+
+    def touch(self, protocol: GuardedProtocol) -> None:
+        if protocol in self.connections:
+            self.connections.move_to_end(protocol)
+
+    def forget(self, protocol: GuardedProtocol) -> None:
+        self.connections.pop(protocol, None)
+        self.stats.open = len(self.connections)
+
+    def cut(self, protocol: GuardedProtocol, reason: str) -> None:
+        """Count and log (rate-limited) a connection cut for `reason`."""
+        self.stats.closed[reason] += 1
+        self.forget(protocol)
+        client = "{}:{}".format(*protocol.client) if protocol.client else "unknown client"
+        limits = self.limits
+        explanation = {
+            "header_timeout": f"no complete request header within {limits.header_timeout} s",
+            "body_timeout": f"request body incomplete {limits.body_timeout} s after its header",
+            "evicted": f"connection limit {self.capacity} reached; closed the least recently "
+                       "active connection without a request in progress",
+            "refused": f"connection limit {self.capacity} reached with every connection busy",
+            "shutdown": "shutting down, and the request body is still incomplete "
+                        f"{limits.shutdown_timeout} s later",
+        }[reason]
+        self.warn.warning(reason, "closed connection from %s: %s", client, explanation)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header/body timeouts and the guard's limits."""
+
+    def __init__(self, guard: ConnectionGuard, config: Any, server_state: Any,
+                 app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.guard = guard
+        self.limit_concurrency = None  # ours counts requests in progress, not connections
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._awaiting_header = True
+        self._received = False  # any byte of the request being read
+
+    @property
+    def evictable(self) -> bool:
+        """No request in progress: still reading a header, or idle between requests."""
+        return self.cycle is None or self.cycle.response_complete
+
+    # Connection lifetime
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.guard.admit(self):
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        self.guard.forget(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and (self._awaiting_header or self.evictable):
+            # The first byte after an idle keep-alive period: the header clock starts.
+            self._arm_header_timer()
+        self._received = True
+        super().data_received(data)
+
+    # Parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_header = True
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        self._awaiting_header = False
+        self._received = False
+        self._body_timer = self.loop.call_later(self.guard.limits.body_timeout,
+                                                self._body_timed_out)
+        if len(self.tasks) >= self.guard.limits.max_concurrency:
+            self.guard.stats.shed += 1
+            self.guard.warn.warning("shed", "answered 503: %d requests in progress "
+                                    "(max_concurrency)", len(self.tasks))
+            app, self.app = self.app, _busy
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        else:
+            super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self.guard.touch(self)
+        super().on_response_complete()
+
+    # Timers
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.guard.limits.header_timeout,
+                                                  self._header_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_header_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if not self.evictable:
+            # A pipelined request is late while the one before it runs: close after it.
+            self.cycle.keep_alive = False
+            return
+        self.guard.cut(self, "header_timeout")
+        if self._received:
+            self._write_error(408, "request header not received within "
+                                   f"{self.guard.limits.header_timeout} s")
+        self.transport.close()
+
+    def _body_timed_out(self, reason: str = "body_timeout") -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        self.guard.cut(self, reason)
+        if not cycle.response_started:
+            limits = self.guard.limits
+            self._write_error(408, "request body not received within "
+                                   f"{limits.body_timeout} s" if reason == "body_timeout"
+                              else "shutting down: request body not received")
+        # The app waiting in receive() gets http.disconnect; anything it sends is dropped.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: idle connections close now (uvicorn); a request still
+        sending its body is cut just before `shutdown_timeout`, with a 408, so it ends
+        cleanly instead of being cancelled inside the app."""
+        super().shutdown()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+            self._body_timer = self.loop.call_later(
+                max(0.0, self.guard.limits.shutdown_timeout - 0.2), self._body_timed_out,
+                "shutdown")
+
+    def refuse(self) -> None:
+        """No room for this connection: 503 and close."""
+        self._write_error(503, "too many connections")
+        self.transport.close()
+
+    def _write_error(self, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+
+
+_BUSY_BODY = json.dumps({"error": "server busy: too many requests in progress; "
+                                  "retry later"}).encode()
+
+
+async def _busy(scope: Any, receive: Any, send: Any) -> None:
+    """The answer beyond `max_concurrency`: 503 at once, the body left unread."""
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_BUSY_BODY)).encode()),
+        (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": _BUSY_BODY})
+
+
+def run(app: Any, *, host: str, port: int, limits: ServerLimits, log_level: str,
+        workers: int = 1, factory: bool = False) -> None:
+    """Serve `app` (an ASGI app, or an import string with `workers > 1`) with uvicorn,
+    httptools and the guarded protocol; returns after a (bounded) graceful shutdown."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, workers=workers if workers > 1 else None,
+                factory=factory, log_level=log_level, access_log=False,
+                http=ConnectionGuard(limits),  # type: ignore[arg-type]
+                ws="none", proxy_headers=False,
+                timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]
+                timeout_graceful_shutdown=limits.shutdown_timeout)  # type: ignore[arg-type]

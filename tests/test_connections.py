@@ -1,0 +1,240 @@
+"""Hostile and broken clients against a real `komm-policy serve` process (issue 9 §4):
+stalled headers, short bodies, idle keep-alive, too many connections and requests, and a
+SIGTERM while a slow client holds a request.  Timeouts are short here to keep the suite
+fast; the defaults are documented in the README."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import resource
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from .serverproc import Deployment, ServerProcess
+
+SEED = (b'{"context":{"stage":"connect","client":{"ip":"127.0.0.1",'
+        b'"helo":"test.example.com"}}}')
+HEADER_TIMEOUT = 1.5
+STALLED = 1100
+DESCRIPTORS = 1024
+
+
+def hook_request(body: bytes = SEED, length: int | None = None) -> bytes:
+    return (b"POST /mta-hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (len(body) if length is None else length)) + body
+
+
+def read_response(sock: socket.socket, timeout: float) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response (status, headers, body); b"" body and status 0 if closed."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, {}, b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+@pytest.fixture()
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    return Deployment(tmp_path_factory.mktemp("connections"))
+
+
+@pytest.fixture()
+def server(deployment: Deployment) -> Iterator[ServerProcess]:
+    with ServerProcess(deployment, "--no-watch", "--header-timeout", str(HEADER_TIMEOUT),
+                       "--body-timeout", "1", "--idle-timeout", "1",
+                       "--max-concurrency", "2") as running:
+        yield running
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exported")
+
+
+def test_stalled_headers_cannot_starve_real_requests(deployment: Deployment) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < STALLED + 200:
+        pytest.skip(f"the test itself needs {STALLED + 200} descriptors; the hard limit is "
+                    f"{hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, STALLED + 200), hard))
+
+    def limit_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTORS, DESCRIPTORS))
+
+    process = ServerProcess(deployment, "--no-watch", "--header-timeout", str(HEADER_TIMEOUT))
+    process.preexec_fn = limit_descriptors
+    stalled: list[socket.socket] = []
+    with process as server:
+        try:
+            for _ in range(STALLED):
+                sock = socket.socket()
+                sock.setblocking(False)
+                try:
+                    sock.connect_ex(("127.0.0.1", server.port))
+                    stalled.append(sock)
+                    time.sleep(0)
+                    sock.send(b"POST /mta-hook HTTP/1.1\r\nHost: x\r\nContent-Le")
+                except OSError:
+                    pass  # evicted already, or not yet connected: it stays stalled
+            started = time.monotonic()
+
+            def real_request(_: int) -> tuple[int, bytes, float]:
+                with connect(server.port) as sock:
+                    sock.sendall(hook_request())
+                    status, _headers, body = read_response(sock, HEADER_TIMEOUT + 5)
+                    return status, body, time.monotonic() - started
+
+            with concurrent.futures.ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(real_request, range(10)))
+            assert [(status, body) for status, body, _ in answers] == [
+                (200, b'{"action":"accept"}')] * 10
+            slowest = max(elapsed for _, _, elapsed in answers)
+            assert slowest < HEADER_TIMEOUT + 1, f"slowest real request took {slowest:.2f} s"
+            # The stalled connections were cut: evicted at the limit or timed out.
+            time.sleep(HEADER_TIMEOUT + 0.5)
+            evicted = metric(server, 'komm_http_connections_closed_total{reason="evicted"}')
+            timed_out = metric(server,
+                               'komm_http_connections_closed_total{reason="header_timeout"}')
+            assert evicted > 0 and timed_out > 0
+            assert metric(server, "komm_http_connections_open") <= DESCRIPTORS
+            assert "connection limit" in server.output()
+            assert "no complete request header" in server.output()
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_partial_header_gets_408_at_the_header_timeout(server: ServerProcess) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /mta-hook HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        status, _, body = read_response(sock, HEADER_TIMEOUT + 3)
+        elapsed = time.monotonic() - started
+        assert status == 408
+        assert "header" in json.loads(body)["error"]
+        assert HEADER_TIMEOUT - 0.2 < elapsed < HEADER_TIMEOUT + 1
+        assert closed_by_peer(sock, 2)
+
+
+def test_short_body_is_cut_off_at_the_body_timeout(server: ServerProcess) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(hook_request(SEED[:10], length=len(SEED)))
+        started = time.monotonic()
+        status, _, body = read_response(sock, 5)
+        elapsed = time.monotonic() - started
+        assert status == 408
+        assert "body" in json.loads(body)["error"]
+        assert 0.8 < elapsed < 2.0
+        assert closed_by_peer(sock, 2)
+    assert metric(server, 'komm_http_connections_closed_total{reason="body_timeout"}') == 1
+    assert server.post(SEED).status_code == 200  # nothing else was disturbed
+
+
+def test_idle_keepalive_connection_is_closed(server: ServerProcess) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(hook_request())
+        assert read_response(sock, 5)[0] == 200
+        started = time.monotonic()
+        assert closed_by_peer(sock, 4)
+        assert 0.8 < time.monotonic() - started < 2.5
+
+
+def test_trickled_bytes_between_requests_do_not_hold_the_connection(
+        server: ServerProcess) -> None:
+    """Empty lines between requests are skipped by the parser and cancel uvicorn's
+    keep-alive timer; the header timeout still applies to them."""
+    with connect(server.port) as sock:
+        sock.sendall(hook_request())
+        assert read_response(sock, 5)[0] == 200
+        started = time.monotonic()
+        sock.settimeout(0.3)
+        closed = False
+        while time.monotonic() - started < HEADER_TIMEOUT + 3:
+            try:
+                sock.send(b"\r\n")
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed
+        assert time.monotonic() - started < HEADER_TIMEOUT + 1.5
+
+
+def test_requests_beyond_max_concurrency_get_a_fast_503(server: ServerProcess) -> None:
+    holders = [connect(server.port) for _ in range(2)]
+    try:
+        for sock in holders:  # two requests in progress, waiting for their bodies
+            sock.sendall(hook_request(b"{", length=len(SEED)))
+        time.sleep(0.2)
+        started = time.monotonic()
+        response = server.post(SEED)
+        assert time.monotonic() - started < 0.5
+        assert response.status_code == 503
+        assert "busy" in response.json()["error"]
+        assert response.headers["retry-after"] == "1"
+    finally:
+        for sock in holders:
+            sock.close()
+    time.sleep(0.3)
+    assert server.post(SEED).status_code == 200
+    assert metric(server, "komm_http_requests_shed_total") == 1
+    assert "max_concurrency" in server.output()
+
+
+def test_sigterm_with_a_slow_client_is_bounded(deployment: Deployment) -> None:
+    process = ServerProcess(deployment, "--no-watch", "--body-timeout", "60",
+                            "--shutdown-timeout", "1")
+    with process as server, connect(server.port) as sock:
+        sock.sendall(hook_request(b"{", length=len(SEED)))
+        time.sleep(0.3)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.proc is not None
+        server.proc.wait(timeout=10)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1 + 3, f"shutdown took {elapsed:.1f} s"
+        status, _, body = read_response(sock, 1)
+        assert status == 408
+        assert "shutting down" in json.loads(body)["error"]
+    assert "shutting down, and the request body is still incomplete" in server.output()
+    assert "Exception in ASGI application" not in server.output()
