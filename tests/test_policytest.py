@@ -381,3 +381,49 @@ def test_run_cases_directly_matches_the_decision(tmp_path):
     assert [r.status for r in results] == ["passed", "passed"]
     assert results[1].decision.reply.status == 550
     assert coverage.percent == pytest.approx(100 * 8 / 12)  # local 3, tag 2, blocked 3
+
+
+SCHEMA_FILE = """\
+[tables.blocked_domains]
+primary_key = ["domain"]
+columns.domain = { type = "address" }
+columns.status = { type = "enum", variants = ["Active", "Expired"] }
+columns.note = { type = "text", optional = true }
+
+[tables.blocked_ips]
+columns.ip = { type = "network" }
+columns.reason = { type = "text" }
+columns.active = { type = "bool" }
+"""
+
+
+def test_rows_are_checked_against_the_schema_file_beside_the_policies(tmp_path):
+    write_set(tmp_path, PASSING)
+    (tmp_path / "schema.toml").write_text(SCHEMA_FILE)
+    good = ('[[rows.blocked_domains]]\ndomain = "spam.example"\nstatus = "Active"\n'
+            '[[case]]\nrequest = { stage = "connect" }\nexpect = { action = "accept" }\n')
+    path = tmp_path / "x.test.toml"
+    path.write_text(good)
+    from komm_policy.directory.schema import load_schema
+    schema = load_schema(tmp_path / "schema.toml")
+    (case,) = load_file(path, schema)
+    assert case.error is None
+    assert case.directory.table_rows["blocked_domains"] == [
+        {"domain": "spam.example", "status": "Active"}]
+    for rows, message in [
+        ('[[rows.blocked_domains]]\ndomain = "a.example"\nstatus = "Gone"\n', "`status` (enum)"),
+        ('[[rows.blocked_domains]]\nstatus = "Active"\n', "missing required column `domain`"),
+        ('[[rows.blocked_domains]]\ndomain = "a.example"\nstatus = "Active"\nnot = 1\n',
+         "did you mean `note`?"),
+        ('[[rows.blocked_domain]]\ndomain = "a.example"\n', "did you mean `blocked_domains`?"),
+    ]:
+        path.write_text(rows + '[[case]]\nrequest = { stage = "connect" }\n'
+                               'expect = { action = "accept" }\n')
+        with pytest.raises(SpecError) as caught:
+            load_file(path, schema)
+        assert message in str(caught.value), (rows, str(caught.value))
+    # the command reads the schema file itself
+    path.write_text('[[rows.blocked_domains]]\ndomain = "a.example"\nstatus = "Gone"\n'
+                    '[[case]]\nrequest = { stage = "connect" }\nexpect = { action = "accept" }\n')
+    code, out, _ = run_test(str(tmp_path))
+    assert code == 1 and "`status` (enum)" in out

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..directory.schema import SchemaError, find_schema, load_schema
 from ..policyset import load_path
 from ..policytest.report import Run, write
 from ..policytest.runner import Coverage, run_cases
@@ -84,10 +85,16 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             print(f"komm-policy test: {directory}: the policy set has errors "
                   "(see `komm-policy check`)", file=err)
             return 1
+        try:
+            schema_path = find_schema(directory)
+            schema = load_schema(schema_path) if schema_path is not None else None
+        except (OSError, SchemaError) as exc:
+            print(f"komm-policy test: {exc}", file=err)
+            return 1
         coverage = Coverage(loaded.policy_set) if want_coverage else None
         for file in files:
             try:
-                cases = load_file(file)
+                cases = load_file(file, schema)
             except SpecError as exc:
                 report.file_errors.append(str(exc))
                 continue

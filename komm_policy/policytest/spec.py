@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 
 from ..directory import Directory
+from ..directory.schema import Schema
 from ..wire import AnyModification, Request
 from .requests import CaseRequestError, build_request
 from .tables import RowError, UnavailableDirectory, build_directory, check_rows
@@ -93,8 +94,10 @@ def _unknown(keys: Mapping[str, Any], allowed: tuple[str, ...], what: str) -> st
     return None
 
 
-def load_file(path: Path) -> list[Case]:
-    """The cases of one test file.  Raises SpecError (file-level problems) or OSError."""
+def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
+    """The cases of one test file, rows checked against `schema` (the schema file beside
+    the policies, when there is one) and the helpers' tables.  Raises SpecError
+    (file-level problems) or OSError."""
     name = str(path)
     data = path.read_bytes()
     try:
@@ -116,7 +119,7 @@ def load_file(path: Path) -> list[Case]:
     lines = [i for i, line in enumerate(text.splitlines(), 1) if _CASE_HEADER.match(line)]
     base_fields = document.get("request", {})
     try:
-        base_rows = check_rows(document.get("rows", {}))
+        base_rows = check_rows(document.get("rows", {}), schema)
     except RowError as exc:
         raise SpecError(name, None, f"rows: {exc}") from None
     shared_directory = build_directory(base_rows)
@@ -126,7 +129,7 @@ def load_file(path: Path) -> list[Case]:
         case = Case(name, index + 1, line, f"case {index + 1}")
         if isinstance(raw, Mapping):
             case.name = str(raw.get("name", case.name))
-            _prepare(case, raw, path, base_fields, base_rows, shared_directory)
+            _prepare(case, raw, path, base_fields, base_rows, shared_directory, schema)
         else:
             case.error = "a case must be a table"
         result.append(case)
@@ -134,7 +137,8 @@ def load_file(path: Path) -> list[Case]:
 
 
 def _prepare(case: Case, raw: Mapping[str, Any], path: Path, base_fields: Any,
-             base_rows: dict[str, list], shared_directory: Directory) -> None:
+             base_rows: dict[str, list], shared_directory: Directory,
+             schema: Schema | None) -> None:
     problem = _unknown(raw, _CASE_KEYS, "a case")
     if problem:
         case.error = problem
@@ -156,7 +160,7 @@ def _prepare(case: Case, raw: Mapping[str, Any], path: Path, base_fields: Any,
                 raise ValueError("a case with `directory_unavailable = true` has no rows")
             case.directory = UnavailableDirectory()  # type: ignore[assignment]
         elif "rows" in raw:
-            rows = check_rows(raw["rows"])
+            rows = check_rows(raw["rows"], schema)
             merged = {t: [*base_rows.get(t, []), *rows.get(t, [])]
                       for t in {*base_rows, *rows}}
             case.directory = build_directory(merged)

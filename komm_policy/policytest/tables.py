@@ -1,11 +1,17 @@
 """Table rows of a test case → an in-memory directory, every row checked against the schema.
 
 Rows are written per table name, column by column, exactly as the directory stores them
-(`[[rows.subscriptions]]` with `subscriber_account_id = 101`, ...).  The schema checked
-against is the directory's own: the row types of `directory.DirectoryRows` (the columns
-of the SQLite tables in `directory/sqlite.py`).  This module is the only place that knows
-that mapping, so when the directory becomes generic tables with a schema file, only
-`SCHEMA` and `build_directory` change.
+(`[[rows.subscriptions]]` with `subscriber_account_id = 101`, ...).  Two schemas check them:
+
+- the schema file beside the policies (`schema.toml`, `directory.schema`), when there is
+  one: every table it names, each column's meaning (`decode_value`: addresses, networks,
+  enums with their variants, identities, optional columns);
+- the row types of `directory.DirectoryRows` for the five tables the built-in helpers
+  read (`blocked_ips`, `message_categories`, `account`, `admin_identities`,
+  `subscriptions`), with their defaults (`active = true`).
+
+A table in neither is an error.  Rows reach the directory both ways: as `DirectoryRows`
+for the helpers and as plain tables (`InMemoryDirectory(tables=…)`) for table lookups.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ..directory import (
     SubscriptionRow,
 )
 from ..directory.memory import LOOKUP_METHODS, InMemoryDirectory
+from ..directory.schema import BadValue, Schema, Table, decode_value
 from ..ipset import parse_entry
 
 
@@ -56,28 +63,38 @@ def columns(table: str) -> tuple[str, ...]:
     return SCHEMA[table].__struct_fields__
 
 
-def check_rows(tables: Mapping[str, Any]) -> dict[str, list[msgspec.Struct]]:
-    """Validate `{table: [row, ...]}` (rows as mappings) and convert them to row types.
+def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
+               ) -> dict[str, list[Any]]:
+    """Validate `{table: [row, ...]}` (rows as mappings); the helpers' tables become row
+    types, other tables stay mappings.
 
     Raises RowError for an unknown table or column, a missing required column, a value of
-    the wrong type, or an address/network column that is not an IP address or network
-    (with host bits set, `10.0.0.1/8`, it would silently cover all of 10.0.0.0/8)."""
+    the wrong type or meaning, or an address/network column that is not an IP address or
+    network (with host bits set, `10.0.0.1/8`, it would silently cover all of
+    10.0.0.0/8)."""
     if not isinstance(tables, Mapping):
         raise RowError("`rows` must be a table of tables: [[rows.TABLE]]")
-    converted: dict[str, list[msgspec.Struct]] = {}
+    converted: dict[str, list[Any]] = {}
     for table, rows in tables.items():
         row_type = SCHEMA.get(table)
-        if row_type is None:
-            close = difflib.get_close_matches(table, SCHEMA, n=1)
+        described = schema.table(table) if schema is not None else None
+        if row_type is None and described is None:
+            names = [*SCHEMA, *(t for t in (schema.tables if schema else ()) if t not in SCHEMA)]
+            close = difflib.get_close_matches(table, names, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
-            raise RowError(f"unknown table `{table}`{hint} (tables: {', '.join(SCHEMA)})")
+            raise RowError(f"unknown table `{table}`{hint} (tables: {', '.join(names)})")
         if not isinstance(rows, list):
             raise RowError(f"`rows.{table}` must be an array of tables: [[rows.{table}]]")
-        known = columns(table)
         for number, row in enumerate(rows, 1):
             where = f"row {number} of `{table}`"
             if not isinstance(row, Mapping):
                 raise RowError(f"{where}: must be a table of columns")
+            if described is not None:
+                _check_described(described, row, where, required=row_type is None)
+            if row_type is None:
+                converted.setdefault(table, []).append(dict(row))
+                continue
+            known = columns(table)
             for column in row:
                 if column not in known:
                     close = difflib.get_close_matches(column, known, n=1)
@@ -98,6 +115,27 @@ def check_rows(tables: Mapping[str, Any]) -> dict[str, list[msgspec.Struct]]:
     return converted
 
 
+def _check_described(table: Table, row: Mapping[str, Any], where: str, *,
+                     required: bool) -> None:
+    """Check a row against the schema file's columns (their meanings)."""
+    for name in row:
+        if name not in table.by_name:
+            close = difflib.get_close_matches(name, table.column_names, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise RowError(f"{where}: unknown column `{name}`{hint} "
+                           f"(columns: {', '.join(table.column_names)})")
+    for column in table.columns:
+        if column.name not in row:
+            if required and not column.optional:
+                raise RowError(f"{where}: missing required column `{column.name}`")
+            continue
+        try:
+            decode_value(column, row[column.name])
+        except BadValue as exc:
+            raise RowError(f"{where}: column `{column.name}` ({column.type}): {exc}"
+                           ) from None
+
+
 def _check_network(text: str) -> None:
     parse_entry(text)
     if "/" in text:
@@ -114,15 +152,17 @@ def _column_message(exc: msgspec.ValidationError) -> str:
     return text
 
 
-def build_directory(rows: Mapping[str, list[msgspec.Struct]]) -> InMemoryDirectory:
-    """An in-memory directory holding exactly these rows."""
+def build_directory(rows: Mapping[str, list[Any]]) -> InMemoryDirectory:
+    """An in-memory directory holding exactly these rows (for the helpers and as tables)."""
+    tables = {name: [msgspec.to_builtins(r) if isinstance(r, msgspec.Struct) else r
+                     for r in table_rows] for name, table_rows in rows.items()}
     return InMemoryDirectory(DirectoryRows(
         blocked_ips=tuple(rows.get("blocked_ips", ())),  # type: ignore[arg-type]
         message_categories=tuple(rows.get("message_categories", ())),  # type: ignore[arg-type]
         account=tuple(rows.get("account", ())),  # type: ignore[arg-type]
         admin_identities=tuple(r.identity for r in rows.get("admin_identities", ())),  # type: ignore[attr-defined]
         subscriptions=tuple(rows.get("subscriptions", ())),  # type: ignore[arg-type]
-    ))
+    ), tables=tables)
 
 
 class UnavailableDirectory:
