@@ -57,11 +57,27 @@ def _addr_spec(pieces: list[str]) -> str | None:
     return normalize_address(text) if valid_address(text) else None
 
 
+_STRUCTURE = ('"', "(", ")", "<", ">", "[", "]", "\\", ":", ";")
+
+
+def _plain_list(text: str) -> list[str]:
+    """A list of bare addr-specs (no quotes, comments, brackets or groups): split in C,
+    duplicates dropped before anything is judged."""
+    found: dict[str, None] = {}
+    for piece in dict.fromkeys(text.split(",")):
+        address = "".join(piece.split())   # CFWS around the dots: obsolete, but read
+        if address and valid_address(address):
+            found.setdefault(normalize_address(address), None)
+    return list(found)
+
+
 def address_list(text: str) -> list[str]:
     """The addr-specs of an unfolded address field, normalised, each once (see the module
     docstring).  Linear in the length of `text`."""
     if "@" not in text:
         return []
+    if not any(special in text for special in _STRUCTURE):
+        return _plain_list(text)
     found: dict[str, None] = {}
     outside: list[str] = []        # the current mailbox's pieces outside <…>
     angle: list[str] | None = None  # the pieces of its last <…>, if any

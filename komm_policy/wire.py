@@ -108,7 +108,12 @@ _REQUEST_DECODER = msgspec.json.Decoder(Request)
 
 
 def decode_request(body: bytes | str) -> Request:
-    """Bytes → Request, validated; raises RequestError with a JSON path on bad input."""
+    """Bytes → Request, validated; raises RequestError with a JSON path on bad input.
+
+    Invalid UTF-8, nesting too deep for the decoder (about 1,000 levels, also inside
+    fields that are otherwise ignored) and numbers out of range in a known field are
+    RequestErrors.  Numbers in unknown fields are skipped whatever their size.  A key that
+    appears twice in one object: the last occurrence is used."""
     try:
         request = _REQUEST_DECODER.decode(body)
     except msgspec.ValidationError as exc:
@@ -117,6 +122,8 @@ def decode_request(body: bytes | str) -> Request:
         raise RequestError(text.split(" - at `", 1)[0], path) from None
     except msgspec.DecodeError as exc:
         raise RequestError(f"invalid JSON: {exc}") from None
+    except RecursionError:  # msgspec recurses per nesting level, also in ignored fields
+        raise RequestError("invalid JSON: nested too deeply") from None
     stage = request.context.stage
     if stage not in STAGES:
         lowered = stage.lower()

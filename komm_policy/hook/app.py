@@ -30,14 +30,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ..decision import Decision
 from ..runtime import decide
-from ..wire import RequestError, decode_request
+from ..wire import Request, RequestError, decode_request
 from . import response as wire_response
 from .metrics import CONTENT_TYPE
 from .ratelog import RateLimitedLog
 from .service import HookService
 
 log = logging.getLogger("komm_policy.hook")
+
+INLINE_BODY_BYTES = 64 * 1024
+"""Bodies up to this size are decided on the event loop (with a non-blocking directory):
+a thread hand-off would cost more than the decision.  Larger ones are decoded and decided
+in a worker thread, so a 10 MB message does not hold up `/healthz` or other hooks."""
 
 
 
@@ -155,25 +161,17 @@ class HookApp:
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         started = time.perf_counter()
-        try:
-            request = decode_request(body)
-        except RequestError as exc:
+        if self._blocking or len(body) > INLINE_BODY_BYTES:
+            # Off the event loop: lookups that block, and large bodies whose decoding and
+            # header reading would hold every other request up.
+            outcome = await run_in_threadpool(self._answer, body)
+        else:
+            outcome = self._answer(body)
+        if isinstance(outcome, RequestError):
             metrics.rejected_requests.labels("400").inc()
-            await _send_json(send, 400, {"error": exc.message, "path": exc.path})
+            await _send_json(send, 400, {"error": outcome.message, "path": outcome.path})
             return
-        policy_set = service.policy_set  # this request finishes on this version
-        try:
-            if self._blocking:
-                decision = await run_in_threadpool(decide, policy_set, request,
-                                                   service.directory)
-            else:
-                decision = decide(policy_set, request, service.directory)
-            answer = wire_response.encode(decision, shadow=service.shadow)
-        except Exception:  # decide() does not raise; this is the last line of defence
-            log.exception("internal error answering a %s hook", request.context.stage)
-            metrics.rejected_requests.labels("internal").inc()
-            answer = wire_response.INTERNAL_ERROR_BODY
-            decision = None
+        request, decision, answer = outcome
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(answer)).encode())]})
@@ -189,6 +187,26 @@ class HookApp:
             metrics.observe(decision, elapsed)
         except Exception:
             log.exception("recording a %s decision failed", request.context.stage)
+
+    def _answer(self, body: bytes) -> RequestError | tuple[Request, Decision | None, bytes]:
+        """Decode, decide on the policy set current now, encode: the request, the decision
+        (None after an internal error) and the answer; or the RequestError for a 400."""
+        service = self.service
+        try:
+            request = decode_request(body)
+        except RequestError as exc:
+            return exc
+        except Exception as exc:  # decode_request names its errors; this is a backstop
+            log.exception("decoding a hook request failed")
+            return RequestError(f"unreadable request: {type(exc).__name__}")
+        policy_set = service.policy_set  # this request finishes on this version
+        try:
+            decision = decide(policy_set, request, service.directory)
+            return request, decision, wire_response.encode(decision, shadow=service.shadow)
+        except Exception:  # decide() does not raise; this is the last line of defence
+            log.exception("internal error answering a %s hook", request.context.stage)
+            service.metrics.rejected_requests.labels("internal").inc()
+            return request, None, wire_response.INTERNAL_ERROR_BODY
 
     async def _too_large(self, send: Send) -> None:
         self.service.metrics.rejected_requests.labels("413").inc()
