@@ -18,6 +18,7 @@ from . import types as t
 from .builtins import DEFAULT_BUILTINS, Builtin, valid_address
 from .errors import Diagnostic, Related, Severity, Span
 from .fields import FIELDS, NAMESPACES, STAGE_ORDER, Field
+from .functions import Functions, Instance
 from .inference import Inference, Scope, suggest
 from .program import RuntimeSettings
 from .text import MAX_REPLY_TEXT
@@ -59,6 +60,9 @@ class Analysis:
     lets: dict[str, n.Let]
     settings: dict[str, n.Setting]
     stages: dict[str, StageRules]
+    functions: dict[str, n.FunctionDef] = field(default_factory=dict)
+    instances: dict[int, Instance] = field(default_factory=dict)
+    """Every call of a policy-defined function (by node identity): its typed body copy."""
 
     @property
     def has_errors(self) -> bool:
@@ -90,8 +94,9 @@ class _Checker:
         self.rule_names: dict[str, n.Rule] = {}
         self.unknown_stages: list[n.StageBlock] = []
         self.quarantine_reported = False
+        self.functions = Functions(self.diagnostics.append, self._function_clash)
         self.infer = Inference(builtins, fields, self._use_let, self.diagnostics.append,
-                               lambda: self.lets.keys())
+                               lambda: self.lets.keys(), self.functions)
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -110,8 +115,10 @@ class _Checker:
         for policy_file in files:
             for item in policy_file.items:
                 self._collect(item)
+        self.functions.resolve(files)
         for name in self.lets:
             self._let_type(name)
+        self.functions.check_definitions(self.infer)
         self._check_settings()
         for stage in self.stages.values():
             self._check_stage(stage)
@@ -126,7 +133,8 @@ class _Checker:
                 self.warn("W204", f"`let {name}` is never used", let.name_span)
         self.diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
         return Analysis(files, self.diagnostics, self.infer.types, self.infer.field_refs,
-                        self.lets, self.settings, self.stages)
+                        self.lets, self.settings, self.stages, self.functions.defs,
+                        self.functions.instances)
 
     def _collect(self, item: n.Item) -> None:
         if isinstance(item, n.SettingsBlock):
@@ -145,6 +153,8 @@ class _Checker:
                     self.settings[setting.name] = setting
         elif isinstance(item, n.Let):
             self._collect_let(item)
+        elif isinstance(item, n.FunctionDef):
+            self.functions.collect(item)
         else:
             self._collect_stage(item)
 
@@ -159,11 +169,22 @@ class _Checker:
             clash = "a request field"
         elif name in self.builtins:
             clash = "a built-in function"
+        elif name in self.functions:
+            clash = "a function"
         if clash:
             self.error("E111", f"`let {name}` would hide {clash} of the same name",
                        let.name_span, "choose another name")
             return
         self.lets[name] = let
+
+    def _function_clash(self, name: str) -> str | None:
+        if name in self.fields or name in NAMESPACES:
+            return "a request field"
+        if name in self.builtins:
+            return "a built-in function"
+        if name in self.lets:
+            return "a `let` constant"
+        return None
 
     def _collect_stage(self, block: n.StageBlock) -> None:
         if block.name not in STAGE_ORDER:

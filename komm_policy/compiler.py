@@ -20,6 +20,7 @@ from .checker import Analysis
 from .context import EvalContext
 from .decision import RuleRef
 from .fields import STAGE_ORDER
+from .functions import inline
 from .fusion import FUSABLE, fuse
 from .ipset import IP, normalize_network
 from .lookups import lookup_closure
@@ -86,6 +87,11 @@ class _Compiler:
         self.builtins = builtins
         self.let_values: dict[str, Compiled] = {}
         self.slots: dict[str, int] = {}
+        """Quantifier variables in scope: name → index in `ctx.vars`."""
+        self.depth = 0
+        """Quantifiers enclosing the expression being compiled, through inlined calls."""
+        self.params: dict[str, Compiled] = {}
+        """Inside an inlined function body: each parameter's compiled argument."""
 
     def type_of(self, expr: n.Expr) -> t.Type:
         return self.types.get(id(expr), t.ANY)
@@ -245,6 +251,8 @@ class _Compiler:
         slot = self.slots.get(name)
         if slot is not None:
             return lambda ctx: ctx.vars[slot]
+        if name in self.params:
+            return self.params[name]
         if name in self.analysis.lets:
             return self.let_value(name)
         return self.field_refs[id(expr)].get
@@ -254,9 +262,10 @@ class _Compiler:
         pure functions (the checker makes sure), so whatever did not fold yet (e.g. a
         quantifier over a literal list) is evaluated now, at load time."""
         if name not in self.let_values:
-            saved, self.slots = self.slots, {}
+            saved = self.slots, self.params
+            self.slots, self.params = {}, {}
             compiled = self.expr(self.analysis.lets[name].value)
-            self.slots = saved
+            self.slots, self.params = saved
             if not isinstance(compiled, Const):
                 compiled = Const(compiled(_LoadTimeContext()))  # type: ignore[arg-type]
             self.let_values[name] = compiled
@@ -317,10 +326,12 @@ class _Compiler:
 
     def _Quantifier(self, expr: n.Quantifier) -> Compiled:
         iterable = as_closure(self.expr(expr.iterable))
-        slot = len(self.slots)
+        slot = self.depth
         saved = self.slots
         self.slots = {**saved, expr.var: slot}
+        self.depth += 1
         body = as_closure(self.expr(expr.body))
+        self.depth -= 1
         self.slots = saved
         want = expr.kind == "any"
 
@@ -338,6 +349,9 @@ class _Compiler:
         return quantifier
 
     def _Call(self, expr: n.Call) -> Compiled:
+        instance = self.analysis.instances.get(id(expr))
+        if instance is not None:
+            return inline(self, instance, expr)
         builtin = self.builtins[expr.func]
         args = [self.expr(a) for a in expr.args]
         optional = any(self.type_of(a).optional for a in expr.args)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import nodes as n
 from . import types as t
 from .builtins import Builtin
 from .errors import Diagnostic, Severity, Span
 from .fields import NAMESPACES, Field
+
+if TYPE_CHECKING:
+    from .functions import Functions
 
 Emit = Callable[[Diagnostic], None]
 
@@ -67,8 +71,10 @@ class Inference:
         let_type: Callable[[str, Span], t.Type | None],
         emit: Emit,
         let_names: Callable[[], Iterable[str]] = tuple,
+        functions: Functions | None = None,
     ) -> None:
         self.builtins = builtins
+        self.functions = functions
         self.fields = fields
         self.let_type = let_type
         self.let_names = let_names
@@ -141,6 +147,9 @@ class Inference:
         if name in self.builtins:
             return self.error("E102", f"`{name}` is a function", expr.span,
                               f"call it: `{self.builtins[name].signature}`")
+        if self.functions is not None and name in self.functions:
+            return self.error("E102", f"`{name}` is a function", expr.span,
+                              f"call it: `{self.functions.signature(name)}`")
         candidates = [*scope.vars, *self.let_names(), *self.fields, *NAMESPACES]
         return self.error("E102", f"unknown name `{name}`", expr.span,
                           suggest(name, candidates))
@@ -190,9 +199,12 @@ class Inference:
     def _Call(self, expr: n.Call, scope: Scope) -> t.Type:
         builtin = self.builtins.get(expr.func)
         arg_types = [self.infer(arg, scope) for arg in expr.args]
+        if self.functions is not None and expr.func in self.functions:
+            return self.functions.call(self, expr, arg_types, scope)
         if builtin is None:
+            defined = self.functions.defs if self.functions is not None else ()
             return self.error("E101", f"unknown function `{expr.func}`", expr.func_span,
-                              suggest(expr.func, self.builtins))
+                              suggest(expr.func, [*self.builtins, *defined]))
         if builtin.kind == "lookup" and not scope.allow_lookups:
             return self.error("E108", f"{scope.where} cannot call the lookup `{expr.func}()`",
                               expr.span, "lookups run only in rule conditions, statements "

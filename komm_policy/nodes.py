@@ -228,7 +228,20 @@ class Let:
     span: Span = _span()
 
 
-Item = SettingsBlock | Let | StageBlock
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionDef:
+    """`def name(params) = body`: a function without side effects.  The checker types the
+    body at every call with the arguments' types; the compiler inlines it there."""
+
+    name: str
+    params: tuple[str, ...]
+    body: Expr
+    param_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    name_span: Span = _span()
+    span: Span = _span()
+
+
+Item = SettingsBlock | Let | FunctionDef | StageBlock
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -119,11 +119,26 @@ class _Builder:
             name_tok, value = tree.children
             return n.Let(name=self.name(name_tok, "a constant name"), value=self.expr(value),
                          name_span=self.span(name_tok), span=self.span(tree))
+        if tree.data == "def_decl":
+            return self.function_def(tree)
         assert tree.data == "stage", tree.data
         name_tok, *items = tree.children
         return n.StageBlock(
             name=str(name_tok),
             items=tuple(self.rule(i) if i.data == "rule" else self.default(i) for i in items),
+            name_span=self.span(name_tok),
+            span=self.span(tree),
+        )
+
+    def function_def(self, tree: Tree) -> n.FunctionDef:
+        """def_decl: "def" NAME "(" [NAME ("," NAME)*] ")" "=" expr"""
+        name_tok, *param_toks, body = tree.children
+        params = [tok for tok in param_toks if tok is not None]
+        return n.FunctionDef(
+            name=self.name(name_tok, "a function name"),
+            params=tuple(self.name(tok, "a parameter name") for tok in params),
+            body=self.expr(body),
+            param_spans=tuple(self.span(tok) for tok in params),
             name_span=self.span(name_tok),
             span=self.span(tree),
         )

@@ -227,9 +227,12 @@ def syntax_diagnostic(
                     f"`continue`, found {found}", span,
                     'end a rule with an action such as `accept` or `reject 550 5.7.1 "…"`, '
                     "or with `continue` after modifications")
+    if expected == {"EQUAL"} and re.search(r"\bdef\s+\w+\s*\([^()]*\)\s*$", before):
+        return diag("E001", f"unexpected {found}; expected `=`", span,
+                    "a function is one expression: `def NAME(PARAMS) = EXPR`")
     if "STAGE" in expected and token.type == "NAME":
-        return diag("E001", f"unexpected {found}; a policy file holds `settings`, `let` "
-                    "and `stage` blocks", span)
+        return diag("E001", f"unexpected {found}; a policy file holds `settings`, `let`, "
+                    "`def` and `stage` blocks", span)
     return diag("E001", f"unexpected {found}; expected {expected_words(expected)}", span)
 
 

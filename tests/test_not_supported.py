@@ -4,7 +4,8 @@ komm-policy is a small, checked, non-Turing-complete rule language: conditions c
 request fields, literals and lookup results, and rules pick one of a fixed set of SMTP
 actions.  This file documents its deliberate limits: there is no arithmetic, no assignment
 outside `let`, no chained comparisons, one kind of string literal (double-quoted, one line,
-no `+` concatenation), no user-defined functions, no `if`/`else` expressions, no map or set
+no `+` concatenation), functions only as one expression (`def f(x) = …`, no statements, no
+recursion), no `if`/`else` expressions, no map or set
 literals, no methods, regexes only as `/…/` literals, no quarantine or message
 modifications before the data stage, no ESMTP parameters on recipient/sender changes, and
 no `disconnect` action.
@@ -63,7 +64,7 @@ SYNTAX: list[tuple[str, str, tuple[str, int, int], str]] = [
     ("assignment-in-parentheses", in_rule("(x = 1)"), ("E005", 3, 13),
      "`=` is not a comparison"),
     ("assignment-statement", "let x = 1\nx = 2", ("E001", 2, 1),
-     "a policy file holds `settings`, `let` and `stage` blocks"),
+     "a policy file holds `settings`, `let`, `def` and `stage` blocks"),
     # comparisons do not chain
     ("chained-less-than", in_rule("a < b < c"), ("E001", 3, 16),
      "unexpected `<`: comparisons do not chain"),
@@ -76,14 +77,15 @@ SYNTAX: list[tuple[str, str, tuple[str, int, int], str]] = [
     ("string-concatenation", in_rule('x == "a" + "b"'), ("E008", 3, 19),
      "unexpected character `+`"),
     ("triple-quoted-string", in_rule('x == """abc"""'), ("E007", 3, 17), "has no action"),
-    # no user-defined functions
-    ("def-at-top-level", "def f(x):\n  return x\n", ("E001", 1, 1),
-     "unexpected name `def`; a policy file holds `settings`, `let` and `stage` blocks"),
-    ("def-with-braces", "def f(x) { x }\n", ("E001", 1, 1), "unexpected name `def`"),
+    # functions are one expression, `def f(x) = expr`: no statements, no blocks, no lambdas
+    ("def-with-statements", "def f(x):\n  return x\n", ("E001", 1, 9),
+     "unexpected `:`; expected `=`"),
+    ("def-with-braces", "def f(x) { x }\n", ("E001", 1, 10), "unexpected `{`; expected `=`"),
     ("function-keyword", "function f(x) { }", ("E001", 1, 1), "unexpected name `function`"),
-    ("def-inside-stage", "stage data {\n  def f(x): x\n}", ("E001", 2, 3),
-     "unexpected name `def`; expected `default`, `rule` or `}`"),
-    ("lambda-in-let", "let f = def(x): x", ("E001", 1, 15), "unexpected `:`"),
+    ("def-inside-stage", "stage data {\n  def f(x) = x\n}", ("E001", 2, 3),
+     "unexpected `def`; expected `default`, `rule` or `}`"),
+    ("lambda-in-let", "let f = def(x) = x", ("E005", 1, 16), "`=` is not a comparison"),
+    ("typed-parameter", "def f(x: int) = x", ("E001", 1, 8), "unexpected `:`"),
     # no if/else expressions
     ("if-then-else", in_rule("if x then y else z"), ("E007", 3, 13),
      "has no action: expected an action, a modification or `continue`, found name `x`"),
@@ -167,10 +169,20 @@ def test_regex_as_a_plain_string_is_refused():
     assert compile_text(in_rule("subject matches /viagra/"), "t.policy").errors == ()
 
 
-def test_user_functions_do_not_exist():
+def test_undefined_functions_are_unknown():
     diagnostic = check_error(in_rule("my_func(sender)"))
     assert where(diagnostic) == ("E101", 3, 10)
     assert diagnostic.message == "unknown function `my_func`"
+
+
+def test_a_function_body_is_one_expression_with_a_hint():
+    diagnostic = syntax_error("def f(x):\n  return x\n")
+    assert diagnostic.hint == "a function is one expression: `def NAME(PARAMS) = EXPR`"
+
+
+def test_functions_cannot_recurse():
+    diagnostic = check_error("def f(x) = f(x)\n" + in_rule("f(1)"))
+    assert where(diagnostic) == ("E152", 1, 12)
 
 
 def test_attribute_is_not_a_method():

@@ -451,6 +451,13 @@ FILES: list[tuple[str, str, tuple[n.Item, ...]]] = [
      )),)),
     ("let", "let x = 1", (n.Let(name="x", value=I(1)),)),
     ("let-regex", "let spam = /(?i)viagra/", (n.Let(name="spam", value=rx("(?i)viagra")),)),
+    ("def", "def may_post(addr, list) = is_admin(addr) or list == none",
+     (n.FunctionDef(name="may_post", params=("addr", "list"),
+                    body=Or(Call("is_admin", N("addr")), Cmp("==", N("list"), NONE))),)),
+    ("def-without-parameters", "def two() = 2", (n.FunctionDef(name="two", params=(),
+                                                                 body=I(2)),)),
+    ("def-trailing-comma-across-lines", "def f(\n  a,\n  b,\n) =\n  a == b",
+     (n.FunctionDef(name="f", params=("a", "b"), body=Cmp("==", N("a"), N("b"))),)),
     ("empty-stage", "stage connect {}", (n.StageBlock(name="connect", items=()),)),
     ("default-only", 'stage data {\n  default reject 550 5.7.1 "no"\n}',
      (n.StageBlock(name="data", items=(
@@ -489,7 +496,7 @@ def test_accepted_file(source, expected):
 
 def test_reserved_words_are_keywords_of_the_grammar():
     words = keywords()
-    for word in ("settings", "let", "stage", "rule", "when", "default", "on", "error",
+    for word in ("settings", "let", "def", "stage", "rule", "when", "default", "on", "error",
                  "accept", "reject", "tempfail", "discard", "quarantine", "continue",
                  "dry_run", "log", "at", "any", "all", "and", "or", "not", "in", "matches",
                  "contains", "starts_with", "ends_with", "true", "false", "none",
@@ -599,7 +606,8 @@ REJECTED: list[tuple[str, str, str, int, int, str]] = [
     # id, source, code, line, column, message fragment
     # E001 generic unexpected token
     ("E001-junk-at-top-level", "foo", "E001", 1, 1,
-     "unexpected name `foo`; a policy file holds `settings`, `let` and `stage` blocks"),
+     "unexpected name `foo`; a policy file holds `settings`, `let`, `def` and `stage` "
+     "blocks"),
     ("E001-default-without-action", "stage data {\n  rule r: when x == 1 accept\n  default\n}",
      "E001", 4, 1,
      "unexpected `}`; expected an action (accept, reject, tempfail, discard, quarantine)"),
@@ -619,8 +627,8 @@ REJECTED: list[tuple[str, str, str, int, int, str]] = [
     ("E001-two-messages", 'stage data { rule r: when true reject 550 5.7.1 "a" "b" }',
      "E001", 1, 53, 'unexpected string "b"; expected `default`, `on`, `rule` or `}`'),
     ("E001-let-two-values", "let x = 1 2", "E001", 1, 11, "unexpected `2`"),
-    ("E001-bad-stage-item", "stage data {\n  def f(x): x\n}", "E001", 2, 3,
-     "unexpected name `def`; expected `default`, `rule` or `}`"),
+    ("E001-bad-stage-item", "stage data {\n  fn f(x): x\n}", "E001", 2, 3,
+     "unexpected name `fn`; expected `default`, `rule` or `}`"),
     # E002 unexpected end of file
     ("E002-eof-in-condition", "stage data {\n  rule r:\n    when x ==\n", "E002", 3, 14,
      "unexpected end of file; expected an expression"),
