@@ -20,6 +20,7 @@ from komm_policy.policyset import PolicySet, compile_text
 from komm_policy.runtime import decide
 
 from .workload import (
+    FUNCTIONS_POLICY,
     POLICY,
     SENDER_PATTERN,
     SPAM_SUFFIXES,
@@ -40,8 +41,8 @@ class Engine:
     probes_failed: list[str] = field(default_factory=list)
 
 
-def compile_workload() -> PolicySet:
-    result = compile_text(POLICY, "bench/workload.policy")
+def compile_workload(text: str = POLICY) -> PolicySet:
+    result = compile_text(text, "bench/workload.policy")
     if result.policy_set is None:
         raise RuntimeError("\n".join(str(d) for d in result.diagnostics))
     return result.policy_set
@@ -160,6 +161,9 @@ def komm_engines(data: Data) -> list[Engine]:
     return [
         komm_engine("komm-policy (in-memory directory)", policy_set, memory,
                     note="compiled closures; fused spam rules; memoised lookups"),
+        komm_engine("komm-policy, lookups in policy functions (in-memory)",
+                    compile_workload(FUNCTIONS_POLICY), memory,
+                    note="the same rules calling `def` functions that wrap the lookups"),
         komm_engine("komm-policy, trace=True", policy_set, memory,
                     note="records every rule and timed lookup"),
         komm_engine("komm-policy (SQLite store, replica)", policy_set, replica,

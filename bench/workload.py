@@ -60,6 +60,16 @@ POLICY = "\n".join([
     "",
 ])
 
+FUNCTIONS_POLICY = "\n".join([
+    "# The same workload with its lookups wrapped in policy-defined functions.",
+    "def blocked(ip) = ip_blocked(ip)",
+    "def list_of(address) = category(address)",
+    "def may_post(address, list) = subscribed(address, list_of(list))",
+    *POLICY.splitlines()[1:],
+]).replace("when ip_blocked(client.ip)", "when blocked(client.ip)").replace(
+    "when category(rcpt) == none", "when list_of(rcpt) == none").replace(
+    "when not subscribed(sender, category(rcpt))", "when not may_post(sender, rcpt)")
+
 
 @dataclass(frozen=True)
 class Data:

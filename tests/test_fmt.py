@@ -138,6 +138,17 @@ def test_spacing_inside_a_line(source, expected):
     assert format_text(text) == f"let v = {expected}\n"
 
 
+@pytest.mark.parametrize(("source", "expected"), [
+    ("def  f( a ,b )=a==b", "def f(a, b) = a == b"),
+    ("def two()=2", "def two() = 2"),
+    ("def g(x)=f(x,x) or is_admin(x)", "def g(x) = f(x, x) or is_admin(x)"),
+])
+def test_function_definitions_are_spaced_like_lets(source, expected):
+    # `def` (policy-defined functions, docs/language.md): one line like a `let`
+    assert format_text(source + "\n") == expected + "\n"
+    assert format_text(expected + "\n") == expected + "\n"
+
+
 def test_a_syntax_error_is_reported_with_its_position():
     with pytest.raises(FormatError) as caught:
         format_text("stage data {\n  rule r: when == 1 accept\n}\n", "bad.policy")

@@ -517,3 +517,46 @@ def test_functions_do_not_change_the_set_of_rules_or_their_names():
                               Source("10-r.policy", text.replace(LISTS, ""))])
     assert result.policy_set is not None
     assert result.policy_set.rule_count == 1
+
+
+def _shape(value: object, depth: int = 0) -> object:
+    """A closure tree as data: function names, nested closures and captured constants."""
+    if callable(value) and getattr(value, "__closure__", None) is not None and depth < 12:
+        return (value.__qualname__,  # type: ignore[attr-defined]
+                tuple(_shape(cell.cell_contents, depth + 1)
+                      for cell in value.__closure__))  # type: ignore[attr-defined]
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
+    return repr(value)
+
+
+def test_a_call_compiles_to_the_closures_of_its_body_inline():
+    # no call frame, no argument binding at run time: the compiled rule is the same tree
+    # of closures as the body written in the rule
+    inline = """
+    stage rcpt {
+        rule a: when ip_blocked(client.ip) reject
+        rule b: when category(rcpt) == none reject
+        rule c: when not (is_admin(sender) or subscribed(sender, category(rcpt))) reject
+        rule d: when any r in envelope.to: lower(r) == "x@example.org" reject
+        default accept
+    }
+    """
+    called = """
+    def blocked(ip) = ip_blocked(ip)
+    def list_of(address) = category(address)
+    def may_post(address, list) = is_admin(address) or subscribed(address, list_of(list))
+    def is_x(a) = lower(a) == "x@example.org"
+    stage rcpt {
+        rule a: when blocked(client.ip) reject
+        rule b: when list_of(rcpt) == none reject
+        rule c: when not may_post(sender, rcpt) reject
+        rule d: when any r in envelope.to: is_x(r) reject
+        default accept
+    }
+    """
+    by_hand, by_call = compiled(inline).stages["rcpt"], compiled(called).stages["rcpt"]
+    assert [r.name for r in by_call.rules] == ["a", "b", "c", "d"]
+    for (cond_hand, _), (cond_call, _) in zip(by_hand.steps, by_call.steps, strict=True):
+        assert _shape(cond_call) == _shape(cond_hand)
+    assert "lookup1" in str(_shape(by_call.steps[1][0]))  # the shape does see lookups
