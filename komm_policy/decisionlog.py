@@ -25,7 +25,7 @@ import msgspec
 
 from .decision import Decision, DryRunHit, LookupRecord, Reply, RuleRef
 from .ipset import IP
-from .wire import Envelope, Queue, Request
+from .wire import Client, Envelope, Queue, Request
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def make_record(
 ) -> DecisionRecord:
     """The log record for one answered request."""
     context = request.context
-    return _record(context.stage, context.client.ip, request.envelope, context.queue,
+    return _record(context.stage, logged_ip(context.client), request.envelope, context.queue,
                    decision, duration_ms, shadow, redact_client_ip, record_id, at)
 
 
@@ -159,7 +159,14 @@ def raw_entry(request: Request, decision: Decision, duration_ms: float, at: floa
     context = request.context
     return _RAW_ENCODER.encode(
         (record_id, at, duration_ms, shadow, redact_client_ip, context.stage,
-         context.client.ip, request.envelope, context.queue, decision))
+         logged_ip(context.client), request.envelope, context.queue, decision))
+
+
+def logged_ip(client: Client) -> str:
+    """The client address as logged: canonical (RFC 5952 for IPv6, an IPv4-mapped address
+    as the IPv4 address), the text as sent only if it does not parse."""
+    parsed = client.parsed_ip
+    return parsed.text if parsed is not None else client.ip
 
 
 def line_from_raw(entry: bytes, timestamps: Timestamps) -> bytes:

@@ -18,7 +18,7 @@ _WIDTH = {4: 32, 6: 128}
 
 
 class IP:
-    """An IP address value: the text as given, its version and integer value.
+    """An IP address value: its canonical text, version and integer value.
 
     IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are treated as the IPv4 address, as
     Stalwart does for client addresses.
@@ -33,9 +33,12 @@ class IP:
 
     @classmethod
     def parse(cls, text: str) -> IP | None:
-        """Parse text into an IP, or None when it is not an address."""
+        """Parse text into an IP, or None when it is not an address.  `text` becomes the
+        canonical form: dotted quad for IPv4 (also for IPv4-mapped IPv6), RFC 5952 for
+        IPv6 (lower case, zeros compressed: `2001:db8:4860::1`)."""
         try:
-            return cls(text, 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+            packed = socket.inet_pton(socket.AF_INET, text)
+            return cls(socket.inet_ntoa(packed), 4, int.from_bytes(packed, "big"))
         except OSError:
             pass
         try:
@@ -43,8 +46,9 @@ class IP:
         except (OSError, ValueError):
             return None
         if value >> 32 == 0xFFFF:
-            return cls(str(ipaddress.IPv4Address(value & 0xFFFFFFFF)), 4, value & 0xFFFFFFFF)
-        return cls(text, 6, value)
+            return cls(socket.inet_ntoa((value & 0xFFFFFFFF).to_bytes(4, "big")), 4,
+                       value & 0xFFFFFFFF)
+        return cls(str(ipaddress.IPv6Address(value)), 6, value)  # RFC 5952 §4
 
     @classmethod
     def from_address(cls, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IP:
