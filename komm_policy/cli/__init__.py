@@ -1,4 +1,4 @@
-"""`komm-policy` command line: check, fmt, test, eval, serve, db, stalwart-config.
+"""`komm-policy` command line: check, fmt, test, replay, eval, serve, db, stalwart-config.
 
 Each subcommand lives in its own module and registers its arguments here.  Exit codes are
 the same everywhere: 0 success, 1 a finding (policy errors, a failed check), 2 a usage or
@@ -18,7 +18,7 @@ def read_input(name: str) -> bytes:
     return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
 
 
-from . import check, db, evaluate, fmt, serve, stalwart, test  # noqa: E402 - they import read_input
+from . import check, db, evaluate, fmt, replay, serve, stalwart, test  # noqa: E402 - they import read_input
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="komm-policy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (check, fmt, test, evaluate, serve, db, stalwart):
+    for module in (check, fmt, test, replay, evaluate, serve, db, stalwart):
         module.register(sub)
     return parser
 
