@@ -88,8 +88,9 @@ def test_the_same_policies_change_nothing_and_unreplayable_records_are_named(jso
         "client IP redacted": 1,
         "not a decision record (unreadable line)": 1,
     }
+    line = sorted(p.stem for p in FIXTURES.glob("*.json")).index(REDACTED_FIXTURE) + 1
     assert report["not_replayed_first"]["client IP redacted"].endswith(
-        f"decisions.jsonl:{sorted(p.stem for p in FIXTURES.glob('*.json')).index(REDACTED_FIXTURE) + 1}")
+        f"decisions.jsonl:{line}")
     assert report["replayed"] == fixtures - 5
     assert report["changed"] == 0 and report["examples"] == []
 
