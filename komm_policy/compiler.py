@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import nodes as n
+from . import outgoing
 from . import types as t
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import Analysis
@@ -37,17 +38,7 @@ from .program import (
     Statement,
     as_closure,
 )
-from .text import header_text, reply_text, to_text
-from .wire import (
-    AddHeader,
-    AddRecipient,
-    ChangeFrom,
-    ChangeHeader,
-    DeleteHeader,
-    DeleteRecipient,
-    InsertHeader,
-    ReplaceContents,
-)
+from .text import reply_text, to_text
 
 
 class _LoadTimeContext:
@@ -172,8 +163,8 @@ class _Compiler:
         if action.message is not None:
             compiled = self.expr(action.message)
             if isinstance(compiled, Const):  # e.g. a `let` interpolated: clean it once
-                text = to_text(compiled.value)
-                message = header_text(text) if action.kind == "quarantine" else reply_text(text)
+                text = to_text(compiled.value)  # a quarantine reason: `outgoing` cleans it
+                message = text if action.kind == "quarantine" else reply_text(text)
             else:
                 message = compiled
         if action.kind == "quarantine":
@@ -193,33 +184,36 @@ class _Compiler:
         return self.modification(statement)
 
     def modification(self, mod: n.Modification) -> Statement:
+        """One modification statement; every value leaves through `outgoing`, which refuses
+        an address that is not one valid address (a rule error, so nothing is sent)."""
         kind = mod.kind
         header = mod.header or ""
         index = mod.index if mod.index is not None else 1
         value = self.expr(mod.value) if mod.value is not None else Const(None)
-        factories: dict[str, Callable[[Any], Any]] = {
-            "add_header": lambda v: AddHeader(name=header, value=header_text(v)),
-            "insert_header": lambda v: InsertHeader(index=index, name=header,
-                                                    value=header_text(v)),
-            "change_header": lambda v: ChangeHeader(index=index, name=header,
-                                                    value=header_text(v)),
-            "delete_header": lambda v: DeleteHeader(index=index, name=header),
-            "change_from": lambda v: ChangeFrom(value=to_text(v).strip()),
-            "add_recipient": lambda v: AddRecipient(value=to_text(v).strip()),
-            "delete_recipient": lambda v: DeleteRecipient(value=to_text(v).strip().lower()),
-            "replace_contents": lambda v: ReplaceContents(value=to_text(v)),
+        factories: dict[str, Callable[[EvalContext, Any], Any]] = {
+            "add_header": lambda ctx, v: outgoing.add_header(header, v),
+            "insert_header": lambda ctx, v: outgoing.insert_header(header, v, index),
+            "change_header": lambda ctx, v: outgoing.change_header(header, v, index),
+            "delete_header": lambda ctx, v: outgoing.delete_header(header, index),
+            "change_from": lambda ctx, v: outgoing.change_from(v),
+            "add_recipient": lambda ctx, v: outgoing.add_recipient(v),
+            "delete_recipient": lambda ctx, v: outgoing.delete_recipient(v, ctx.recipients()),
+            "replace_contents": lambda ctx, v: outgoing.replace_contents(v),
         }
         make = factories[kind]
-        if isinstance(value, Const):
-            built = make(value.value)
-
-            def append_const(ctx: EvalContext, mods: list) -> None:
-                mods.append(built)
-            return append_const
-        get = value
+        if isinstance(value, Const) and kind != "delete_recipient":
+            try:
+                built = make(None, value.value)  # type: ignore[arg-type]
+            except outgoing.UnsafeValue:
+                pass  # `check` reports it (E125); each decision fails the rule as well
+            else:
+                def append_const(ctx: EvalContext, mods: list) -> None:
+                    mods.append(built)
+                return append_const
+        get = as_closure(value)
 
         def append(ctx: EvalContext, mods: list) -> None:
-            mods.append(make(get(ctx)))
+            mods.append(make(ctx, get(ctx)))
         return append
 
     # -- expressions ----------------------------------------------------------------------

@@ -18,16 +18,8 @@ from .decision import DEFAULT_REPLIES, Decision, DryRunHit, RuleRef, TraceStep
 from .directory import Directory
 from .lookups import DeadlineExceeded, LookupFailed
 from .program import CONTINUE, CompiledRule, CompiledStage, Outcome
-from .text import header_text
-from .wire import (
-    AddHeader,
-    AddRecipient,
-    ChangeHeader,
-    DeleteHeader,
-    DeleteRecipient,
-    InsertHeader,
-    Request,
-)
+from .outgoing import UnsafeValue, add_header, add_recipient, delete_recipient
+from .wire import AddHeader, ChangeHeader, DeleteHeader, InsertHeader, Request
 
 if TYPE_CHECKING:
     from .policyset import PolicySet
@@ -136,7 +128,11 @@ def _run(ctx: EvalContext, policy_set: PolicySet, stage: CompiledStage,
             outcome = handler if isinstance(handler, Outcome) else (
                 policy_set.settings.on_lookup_error)
             return _finish(ctx, policy_set, name, outcome, rule.ref, mods, True, cause)
-    return _finish(ctx, policy_set, name, stage.default, stage.default_ref, mods)
+    try:
+        return _finish(ctx, policy_set, name, stage.default, stage.default_ref, mods)
+    except UnsafeValue as exc:  # a `default quarantine` that cannot be sent safely
+        return _finish(ctx, policy_set, name, policy_set.settings.on_lookup_error,
+                       stage.default_ref, mods, True, f"default: {exc}")
 
 
 def _dry_run(ctx: EvalContext, rule: CompiledRule) -> None:
@@ -160,7 +156,13 @@ def _finish(ctx: EvalContext, policy_set: PolicySet, stage: str, outcome: Outcom
     elif kind == "quarantine":
         quarantine_to = policy_set.settings.quarantine_to
         if stage == "data" and quarantine_to:
-            modifications = _quarantine(ctx, outcome, mods, quarantine_to)
+            try:
+                modifications = _quarantine(ctx, outcome, mods, quarantine_to)
+            except UnsafeValue as exc:
+                if not fallback:
+                    raise  # the deciding rule's error: its `on error` or the fallback
+                kind, reply = "tempfail", DEFAULT_REPLIES["tempfail"]
+                cause = f"{cause}; {exc}" if cause else str(exc)
         else:
             kind = "tempfail"
             reply = DEFAULT_REPLIES["tempfail"]
@@ -186,10 +188,8 @@ def _quarantine(ctx: EvalContext, outcome: Outcome, mods: list, mailbox: str) ->
     recipient changes are not (the message must reach no one else)."""
     recipients = ctx.recipients()
     result: list = [m for m in mods if isinstance(m, _HEADER_MODS)]
-    result.append(AddHeader(name="X-Komm-Quarantine",
-                            value=header_text(outcome.make_reason(ctx))))
-    result.append(AddHeader(name="X-Komm-Original-Recipients",
-                            value=header_text(", ".join(recipients))))
-    result.extend(DeleteRecipient(value=r) for r in recipients)
-    result.append(AddRecipient(value=mailbox))
+    result.append(add_header("X-Komm-Quarantine", outcome.make_reason(ctx)))
+    result.append(add_header("X-Komm-Original-Recipients", ", ".join(recipients)))
+    result.extend(delete_recipient(r, recipients) for r in recipients)
+    result.append(add_recipient(mailbox))
     return tuple(result)

@@ -1,10 +1,26 @@
-"""How values become text: in templates, headers, log lines and SMTP replies."""
+"""How values become text: in templates, headers, log lines and SMTP replies.
+
+One table says which characters may never leave komm-policy inside a line of text: the C0
+controls, DEL, the C1 controls and lone surrogates all become `?`.  Replies (`reply_text`)
+apply it to every control, TAB, CR and LF included, and to non-ASCII, giving one printable
+ASCII line.  Header values (`clean_header_text`) keep TAB (RFC 5322 allows it) and turn CR
+and LF into spaces, so a value never starts a new header line; `outgoing.header_value`
+then encodes and folds them.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-_CONTROL = {c: "?" for c in range(0x20)} | {0x7F: "?"}
+_UNSENDABLE: dict[int, str | None] = {
+    **{c: "?" for c in range(0x20)}, 0x7F: "?", **{c: "?" for c in range(0x80, 0xA0)},
+    **{c: "?" for c in range(0xD800, 0xE000)},
+}
+"""Controls and lone surrogates: never sent in a reply or a header value."""
+_REPLY = _UNSENDABLE
+_HEADER = {c: r for c, r in _UNSENDABLE.items() if c != 0x09} | {0x0A: " ", 0x0D: " "}
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 MAX_REPLY_TEXT = 400
 
 
@@ -21,13 +37,22 @@ def to_text(value: Any) -> str:
     return str(value)
 
 
-def header_text(value: Any) -> str:
-    """Header values may not break the header block: CR and LF become spaces."""
-    return to_text(value).replace("\r", " ").replace("\n", " ")
+def has_controls(text: str) -> bool:
+    """True when the text holds a C0 control (TAB, CR, LF included), DEL, a C1 control or
+    a lone surrogate."""
+    return _CONTROLS.search(text) is not None
+
+
+def clean_header_text(text: str) -> str:
+    """Header text without controls: CR and LF become spaces, TAB stays, every other C0
+    control, DEL, C1 control and lone surrogate becomes `?`."""
+    if text.isascii() and text.isprintable():
+        return text
+    return text.translate(_HEADER)
 
 
 def reply_text(text: str) -> str:
     """Make interpolated text safe for an SMTP reply: printable ASCII, one line, bounded."""
     if not text.isascii() or not text.isprintable():
-        text = text.encode("ascii", "replace").decode("ascii").translate(_CONTROL)
+        text = text.translate(_REPLY).encode("ascii", "replace").decode("ascii")
     return text[:MAX_REPLY_TEXT]

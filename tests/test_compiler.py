@@ -18,6 +18,7 @@ from komm_policy.policyset import compile_text
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
 
+from .sent import read_back
 from .test_runtime import DEMO, CountingDirectory, policy, request, run, summary
 
 PROBE = 'stage {stage} {{ rule probe: when {condition} reject 550 5.7.1 "probe" default accept }}'
@@ -309,7 +310,7 @@ def test_subject_of_a_stalwart_payload_is_unfolded_and_decoded(stalwart_fixtures
     """
     decision = decide(policy(text), req, DEMO)
     subject, from_, content_type = (m.value for m in decision.modifications)
-    assert subject == "Beleg für die Vorauszahlung (August)"
+    assert read_back(subject) == "Beleg für die Vorauszahlung (August)"
     # fields come back as sent, unfolded, encoded words decoded in the phrase only
     assert "Peter Schmidt" in from_ and from_.endswith("<peter.schmidt@web.example>")
     assert content_type.startswith("text/plain;") and "utf-8" in content_type
