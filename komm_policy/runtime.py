@@ -17,8 +17,8 @@ from .context import EvalContext
 from .decision import DEFAULT_REPLIES, Decision, DryRunHit, RuleRef, TraceStep
 from .directory import Directory
 from .lookups import DeadlineExceeded, LookupFailed
-from .program import CONTINUE, CompiledRule, CompiledStage, Outcome
 from .outgoing import UnsafeValue, add_header, add_recipient, delete_recipient
+from .program import CONTINUE, CompiledRule, CompiledStage, Outcome
 from .wire import AddHeader, ChangeHeader, DeleteHeader, InsertHeader, Request
 
 if TYPE_CHECKING:

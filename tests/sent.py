@@ -34,7 +34,7 @@ def header_problems(name: str, value: str) -> list[str]:
             problems.append(f"line {i + 1} holds a control character: {line[:60]!r}")
         if len(line.encode("utf-8")) > 998:
             problems.append(f"line {i + 1} is {len(line)} octets long")
-        if i and (not line[:1] in (" ", "\t") or not line.strip(" \t")):
+        if i and (line[:1] not in (" ", "\t") or not line.strip(" \t")):
             problems.append(f"line {i + 1} is not a continuation line: {line[:60]!r}")
     for word in re.findall(r"=\?[^?]*\?[qQbB]\?[^?]*\?=", value):
         if len(word) > 75:
