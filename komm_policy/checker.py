@@ -20,6 +20,7 @@ from .errors import Diagnostic, Related, Severity, Span
 from .fields import FIELDS, NAMESPACES, STAGE_ORDER, Field
 from .functions import Functions, Instance
 from .inference import Inference, Scope, suggest
+from .outgoing import MAX_HEADER_NAME
 from .program import RuntimeSettings
 from .text import MAX_REPLY_TEXT
 
@@ -30,6 +31,7 @@ SETTINGS_SPEC: Mapping[str, tuple[str, str]] = {
     "quarantine_to": ("address", "the mailbox that receives quarantined messages"),
 }
 
+_ADDRESS_MODIFICATIONS = frozenset({"change_from", "add_recipient", "delete_recipient"})
 _ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _PRINTABLE = re.compile(r"[ -~]*")
@@ -77,6 +79,13 @@ def check(
 ) -> Analysis:
     """Check a policy set (its parsed files in load order)."""
     return _Checker(builtins, fields).run(tuple(files))
+
+
+def _conjuncts(expr: n.Expr) -> list[n.Expr]:
+    """The operands of a top-level `and` (the expression itself otherwise)."""
+    if isinstance(expr, n.BoolOp) and expr.op == "and":
+        return [c for operand in expr.operands for c in _conjuncts(operand)]
+    return [expr]
 
 
 class _Checker:
@@ -339,6 +348,7 @@ class _Checker:
                                "pick a field, e.g. `.name`" if type_.kind != "regex" else None)
             else:
                 self._check_modification(statement, stage, scope)
+                self._check_address_source(statement, rule)
         if isinstance(rule.final, n.Action):
             self._check_action(rule.final, stage, scope)
         elif not rule.statements and not rule.dry_run and rule.on_error is None:
@@ -357,6 +367,10 @@ class _Checker:
             self.error("E123", f"`{mod.header}` is not a valid header name",
                        mod.header_span or mod.span,
                        "header names are printable ASCII without spaces or `:`")
+        elif mod.header is not None and len(mod.header) > MAX_HEADER_NAME:
+            self.error("E123", f"header name is {len(mod.header)} characters long; at most "
+                       f"{MAX_HEADER_NAME} leave room to fold the value",
+                       mod.header_span or mod.span)
         if mod.index is not None:
             lowest = 0 if mod.kind == "insert_header" else 1
             if mod.index < lowest:
@@ -375,6 +389,43 @@ class _Checker:
         elif type_.kind in ("category", "account", "regex"):
             self.error("E105", f"cannot write a {type_} value into a header", mod.value.span,
                        "pick a field, e.g. `.name`" if type_.kind != "regex" else None)
+
+    def _check_address_source(self, mod: n.Modification, rule: n.Rule) -> None:
+        """E125 for a constant that is no address; W210 for request or directory data sent
+        as an address without `valid_address` of the same value in the rule's condition
+        (or an explicit `on error`): a value that is not one address fails the rule."""
+        if mod.kind not in _ADDRESS_MODIFICATIONS or mod.value is None:
+            return
+        value = mod.value
+        constant = self._constant(value)
+        if isinstance(constant, str):
+            text = constant.strip(" \t\r\n")
+            if not valid_address(text) and not (mod.kind == "delete_recipient" and text == ""):
+                self.error("E125", f"`{mod.kind}` needs one valid address, not {text!r}",
+                           value.span, 'e.g. "archiv@example.org"')
+            return
+        if constant is not ... or not self._uses_data(value):
+            return
+        if rule.on_error is not None or any(
+                isinstance(c, n.Call) and c.func == "valid_address" and c.args == (value,)
+                for c in _conjuncts(rule.when)):
+            return
+        self.warn("W210", f"`{mod.kind}` sends request or directory data as an address "
+                  "without a guard", value.span,
+                  "when the value is not one valid address the rule fails into the fallback; "
+                  "add `and valid_address(<the same value>)` to `when`, or an `on error`")
+
+    def _uses_data(self, expr: n.Expr) -> bool:
+        """True when the value depends on the request or on a lookup."""
+        field_refs = self.infer.field_refs
+        for node in n.walk(expr):
+            if id(node) in field_refs:
+                return True
+            if isinstance(node, n.Call):
+                builtin = self.builtins.get(node.func)
+                if builtin is None or builtin.kind != "pure":
+                    return True
+        return False
 
     def _check_action(self, action: n.Action, stage: str | None, scope: Scope) -> None:
         kind = action.kind

@@ -23,7 +23,8 @@ from komm_policy.wire import AddHeader, AddRecipient, ChangeFrom, DeleteRecipien
 
 from .conftest import POLICIES
 from .sent import address_problems, header_problems, read_back
-from .test_runtime import DEMO, request, run
+from .test_checker import assert_error, assert_warning, codes, diagnostics, locate, single, where
+from .test_runtime import DEMO, request, run, summary
 
 FORWARD = """
 stage data {
@@ -313,3 +314,90 @@ def test_header_value_time_is_linear() -> None:
         return time.perf_counter() - start
     small, large = min(timed(20_000) for _ in range(3)), min(timed(200_000) for _ in range(3))
     assert large < small * 10 * 3  # ten times the text, well under 30 times the time
+
+
+# ---------------------------------------------------------------------------------------
+# `check`: W209 (unguarded address from data), E125 (constant that is no address), E123
+
+
+def _rule(condition: str, statement: str, extra: str = "") -> str:
+    return (f"stage data {{\n    rule r:\n        when {condition}\n        {statement}\n"
+            f"        continue{extra}\n    default accept\n}}\n")
+
+
+@pytest.mark.parametrize("kind", ["add_recipient", "change_from", "delete_recipient"])
+@pytest.mark.parametrize("value", ['header("X-Forward-To")', "sender", "envelope.to[0]",
+                                   "lower(message.body)", 'account(sender).email',
+                                   '"{local_part(sender)}@example.org"'])
+def test_w209_unguarded_address_from_data(kind: str, value: str) -> None:
+    text = _rule('header("X-Forward-To") != none', f"{kind} {value}")
+    d = single(diagnostics(text), "W209")
+    assert_warning(d, "W209")
+    assert where(d) == locate(text, value, after=kind)
+    assert kind in d.message and d.hint is not None and "valid_address" in d.hint
+
+
+@pytest.mark.parametrize(("condition", "extra"), [
+    ('valid_address(header("X-Forward-To"))', ""),
+    ('header("X-Forward-To") != none and valid_address(header("X-Forward-To"))', ""),
+    ('true and (valid_address(header("X-Forward-To")) and true)', ""),
+    ("true", "\n        on error continue"),
+    ("true", '\n        on error tempfail 451 4.3.0 "later"'),
+])
+def test_w209_guarded_or_handled_is_quiet(condition: str, extra: str) -> None:
+    text = _rule(condition, 'add_recipient header("X-Forward-To")', extra)
+    assert codes(diagnostics(text)) == []
+
+
+@pytest.mark.parametrize("condition", [
+    'valid_address(header("X-Other"))', 'valid_address(header("X-Forward-To")) or true',
+    'not valid_address(header("X-Forward-To"))',
+])
+def test_w209_a_guard_on_something_else_is_no_guard(condition: str) -> None:
+    text = _rule(condition, 'add_recipient header("X-Forward-To")')
+    assert codes(diagnostics(text)) == ["W209"]
+
+
+def test_w209_constants_and_lets_are_not_request_data() -> None:
+    text = 'let archive = "archiv@solawi.example"\n' + _rule(
+        "true", "add_recipient archive change_from \"bounce@solawi.example\"")
+    assert codes(diagnostics(text)) == []
+
+
+@pytest.mark.parametrize("statement", ['add_recipient "archiv"', 'change_from "a@b@"',
+                                       'delete_recipient "x\\ny@example.org"',
+                                       'add_recipient "a@example.org b@example.org"'])
+def test_e125_constant_that_is_no_address(statement: str) -> None:
+    text = _rule("true", statement)
+    d = single(diagnostics(text), "E125")
+    assert_error(d, "E125")
+    literal = statement.split(" ", 1)[1]
+    assert where(d) == locate(text, literal)
+
+
+def test_e125_allows_deleting_the_bare_postmaster() -> None:
+    assert codes(diagnostics(_rule("true", 'delete_recipient ""'))) == []
+
+
+def test_e123_header_name_too_long_to_fold() -> None:
+    name = "X-" + "a" * 75
+    text = _rule("true", f'add_header "{name}" "1"')
+    d = single(diagnostics(text), "E123")
+    assert "77 characters" in d.message
+    assert codes(diagnostics(_rule("true", f'add_header "{name[:76]}" "1"'))) == []
+
+
+# ---------------------------------------------------------------------------------------
+# §4 bullet 2: the bare Postmaster recipient
+
+
+@pytest.mark.parametrize(("to", "expected"), [
+    ([""], ("accept", None, "postmaster")),
+    (["info@solawi.example", ""], ("accept", None, "postmaster")),
+    (["postmaster@solawi.example"], ("accept", None, "role_mailbox")),
+    (["nobody@solawi.example"], ("reject", "550 5.1.1 No such mailing list", "unknown_list")),
+])
+def test_shipped_policy_accepts_the_bare_postmaster(to, expected) -> None:
+    shipped = shipped_plus("")
+    decision = decide(shipped, request("rcpt", sender="stranger@example.net", to=to), DEMO)
+    assert summary(decision) == expected
