@@ -317,8 +317,9 @@ def test_eval_explain(capsys: pytest.CaptureFixture[str]) -> None:
             "enhancedStatus": "5.7.1"}}
     rules = lines[lines.index("rules:") + 1:lines.index("lookups:")]
     assert [line.split()[1:] for line in rules] == [
-        ["role_mailbox", "no", "match"], ["outbound_submission", "no", "match"],
-        ["unknown_list", "no", "match"], ["not_allowed_to_post", "matched"]]
+        ["postmaster", "no", "match"], ["role_mailbox", "no", "match"],
+        ["outbound_submission", "no", "match"], ["unknown_list", "no", "match"],
+        ["not_allowed_to_post", "matched"]]
     assert all("20-envelope.policy:" in line for line in rules)
     lookups = lines[lines.index("lookups:") + 1:]
     assert lookups[0].startswith("  category('gemuese@solawi.example') -> Category(")
