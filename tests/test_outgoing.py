@@ -319,7 +319,7 @@ def test_header_value_time_is_linear() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# `check`: W209 (unguarded address from data), E125 (constant that is no address), E123
+# `check`: W210 (unguarded address from data), E125 (constant that is no address), E123
 
 
 def _rule(condition: str, statement: str, extra: str = "") -> str:
@@ -333,8 +333,8 @@ def _rule(condition: str, statement: str, extra: str = "") -> str:
                                    '"{local_part(sender)}@example.org"'])
 def test_w209_unguarded_address_from_data(kind: str, value: str) -> None:
     text = _rule('header("X-Forward-To") != none', f"{kind} {value}")
-    d = single(diagnostics(text), "W209")
-    assert_warning(d, "W209")
+    d = single(diagnostics(text), "W210")
+    assert_warning(d, "W210")
     assert where(d) == locate(text, value, after=kind)
     assert kind in d.message and d.hint is not None and "valid_address" in d.hint
 
@@ -357,7 +357,7 @@ def test_w209_guarded_or_handled_is_quiet(condition: str, extra: str) -> None:
 ])
 def test_w209_a_guard_on_something_else_is_no_guard(condition: str) -> None:
     text = _rule(condition, 'add_recipient header("X-Forward-To")')
-    assert codes(diagnostics(text)) == ["W209"]
+    assert codes(diagnostics(text)) == ["W210"]
 
 
 def test_w209_constants_and_lets_are_not_request_data() -> None:
