@@ -37,6 +37,7 @@ class Config:
     policies: Path = Path("policies")
     watch: bool = True
     directory: str = "sqlite:var/komm.sqlite3"
+    spacetimedb_token: str | None = None
     refresh_interval: float = 1.0
     max_staleness: float = 30.0
     log_jsonl: str = "var/decisions.jsonl"
@@ -53,8 +54,9 @@ class Config:
     def redacted(self) -> dict[str, Any]:
         """The configuration as a dict, safe to print (no token)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        if values["token"]:
-            values["token"] = "(set)"
+        for secret in ("token", "spacetimedb_token"):
+            if values[secret]:
+                values[secret] = "(set)"
         values["policies"] = str(values["policies"])
         return values
 
@@ -129,7 +131,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("watch", "policies", "watch", "KOMM_WATCH", _bool,
            "reload the policies when their files change"),
     Option("directory", "directory", "url", "KOMM_DIRECTORY", _str,
-           "sqlite:PATH, memory:demo or memory:empty"),
+           "sqlite:PATH, spacetimedb://HOST:PORT/DB, spacetimedb+https://HOST/DB, "
+           "memory:demo or memory:empty"),
+    Option("spacetimedb_token", "directory", "token", "KOMM_SPACETIMEDB_TOKEN", _str,
+           "SpacetimeDB token (prefer [directory] token_file or KOMM_SPACETIMEDB_TOKEN_FILE)"),
     Option("refresh_interval", "directory", "refresh_interval", "KOMM_REFRESH_INTERVAL",
            _float, "seconds between checks for directory changes"),
     Option("max_staleness", "directory", "max_staleness", "KOMM_MAX_STALENESS", _float,
@@ -167,6 +172,10 @@ def load_config(
     token_file = env.get("KOMM_TOKEN_FILE")
     if token_file:
         values["token"] = _read_token(Path(token_file), "KOMM_TOKEN_FILE", problems)
+    stdb_token_file = env.get("KOMM_SPACETIMEDB_TOKEN_FILE")
+    if stdb_token_file:
+        values["spacetimedb_token"] = _read_token(
+            Path(stdb_token_file), "KOMM_SPACETIMEDB_TOKEN_FILE", problems)
     for name, value in (overrides or {}).items():
         if value is None:
             continue
@@ -211,6 +220,14 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
             problems.append(f"{path}: `{section}` must be a [section]")
             continue
         for key, value in table.items():
+            if section == "directory" and key == "token_file":
+                if not isinstance(value, str):
+                    problems.append(f"{path} [directory] token_file: expected a path, got "
+                                    f"{value!r}")
+                    continue
+                values["spacetimedb_token"] = _read_token(
+                    Path(value), f"{path} [directory] token_file", problems)
+                continue
             if section == "server" and key == "token_file":
                 if not isinstance(value, str):
                     problems.append(f"{path} [server] token_file: expected a path, got "
@@ -266,9 +283,16 @@ def validate(config: Config) -> list[str]:
         elif sqlite_path is not None and not sqlite_path.exists():
             problems.append(f"directory: {sqlite_path} does not exist (create it with "
                             f"`komm-policy db init --path {sqlite_path}`)")
+    elif scheme.startswith("spacetimedb"):
+        from .spacetimedb.http import Endpoint
+        try:
+            Endpoint.parse(config.directory)
+        except ValueError as exc:
+            problems.append(f"directory: {exc}")
     elif config.directory not in ("memory:demo", "memory:empty"):
         problems.append(f"directory: unknown directory {config.directory!r} (use "
-                        "sqlite:PATH, memory:demo or memory:empty)")
+                        "sqlite:PATH, spacetimedb://HOST:PORT/DB, memory:demo or "
+                        "memory:empty)")
     if config.refresh_interval <= 0:
         problems.append("refresh_interval: must be positive")
     if config.max_staleness < config.refresh_interval:

@@ -320,7 +320,27 @@ def test_unknown_directory_url(policies: Path, url: str) -> None:
         load_config(env={"KOMM_POLICIES": str(policies), "KOMM_DIRECTORY": url})
     [problem] = problems_of(excinfo)
     assert problem.startswith(f"directory: unknown directory {url!r}")
-    assert "sqlite:PATH, memory:demo or memory:empty" in problem
+    assert "sqlite:PATH, spacetimedb://HOST:PORT/DB, memory:demo or memory:empty" in problem
+
+
+def test_spacetimedb_directory_and_its_token(policies: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "stdb.token"
+    token_file.write_text("tok.en.value\n")
+    config = load_config(env={"KOMM_POLICIES": str(policies),
+                              "KOMM_DIRECTORY": "spacetimedb://127.0.0.1:3000/komm",
+                              "KOMM_SPACETIMEDB_TOKEN_FILE": str(token_file)})
+    assert config.spacetimedb_token == "tok.en.value"
+    assert config.redacted()["spacetimedb_token"] == "(set)"
+    toml = tmp_path / "komm.toml"
+    toml.write_text(f'[directory]\nurl = "spacetimedb+https://db.example/komm"\n'
+                    f'token_file = "{token_file}"\n')
+    config = load_config(toml, env={"KOMM_POLICIES": str(policies)})
+    assert config.spacetimedb_token == "tok.en.value"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(env={"KOMM_POLICIES": str(policies),
+                         "KOMM_DIRECTORY": "spacetimedb://user:pw@host/komm"})
+    [problem] = problems_of(excinfo)
+    assert "no credentials" in problem
 
 
 @pytest.mark.parametrize("url", ["memory:demo", "memory:empty"])

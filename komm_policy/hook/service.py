@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ..decisionlog import JsonlSpec, SinkSpec, SqliteSpec
 from ..demo import DEMO_ROWS
 from ..directory import Directory, DirectoryRows
 from ..directory.memory import InMemoryDirectory
+from ..directory.spacetimedb import SpacetimeDirectory
 from ..directory.sqlite import SqliteDirectory
 from ..errors import render
 from ..logwriter import DecisionLog
 from ..policyset import PolicySet, load_path, read_sources, version_of
+from ..spacetimedb.http import Endpoint
 from .metrics import Metrics
 
 log = logging.getLogger("komm_policy.service")
@@ -49,6 +53,9 @@ class HookService:
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
+        families = getattr(self.directory, "metric_families", None)
+        if families is not None:
+            self.metrics.registry.register(_Collector(families))
         if self.decision_log is not None:
             log_ref = self.decision_log
             self.metrics.log_depth.set_function(lambda: float(log_ref.depth))
@@ -58,7 +65,8 @@ class HookService:
     def ready(self) -> tuple[bool, str]:
         available = getattr(self.directory, "available", True)
         if not available:
-            return False, "directory unavailable"
+            return False, getattr(self.directory, "unavailable_reason",
+                                  "directory unavailable")
         return True, "ok"
 
     def reload(self) -> ReloadResult:
@@ -136,7 +144,20 @@ def close_directory(directory: Directory) -> None:
         close()
 
 
+class _Collector:
+    """Adapts a directory's `metric_families()` to prometheus_client's collector API."""
+
+    def __init__(self, families: Callable[[], Iterable[Any]]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Any]:
+        return self.families()
+
+
 def open_directory(config: Config) -> Directory:
+    if config.directory.startswith("spacetimedb"):
+        return SpacetimeDirectory(Endpoint.parse(config.directory), config.spacetimedb_token,
+                                  max_staleness=config.max_staleness)
     if config.sqlite_path is not None:
         return SqliteDirectory(config.sqlite_path, refresh_interval=config.refresh_interval,
                                max_staleness=config.max_staleness)

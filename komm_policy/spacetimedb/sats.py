@@ -243,6 +243,23 @@ class Typespace:
         return f"{name or ''}({', '.join(parts)})"
 
 
+    def to_json(self, t: SatsType, depth: int = 0) -> Any:
+        """`t` as typed SATS-JSON with every `Ref` resolved (the form `/sql` answers
+        carry), e.g. for `directory.schema.column_from_sats`."""
+        if depth > MAX_DEPTH:
+            raise SatsError("type nests too deeply (recursive type?)")
+        t = self.resolve(t)
+        if isinstance(t, Prim):
+            return {t.name: []}
+        if isinstance(t, ArrayType):
+            return {"Array": self.to_json(t.elem, depth + 1)}
+        key, members = (("elements", t.elements) if isinstance(t, ProductType)
+                        else ("variants", t.variants))
+        return {type(t).__name__.removesuffix("Type"): {key: [
+            {"name": {"some": n} if n is not None else {"none": []},
+             "algebraic_type": self.to_json(mt, depth + 1)} for n, mt in members]}}
+
+
 # ---------------------------------------------------------------------------------------
 # Decoder
 
@@ -259,8 +276,12 @@ def _kind(value: Any) -> str:
 class Decoder:
     """Compiles SATS types into decode functions (JSON value → Python value)."""
 
-    def __init__(self, typespace: Typespace | None = None) -> None:
+    def __init__(self, typespace: Typespace | None = None, *,
+                 micros: bool = False) -> None:
         self.typespace = typespace or Typespace()
+        self.micros = micros
+        """Timestamps and durations as int microseconds (what the directory replica holds)
+        instead of `datetime`/`timedelta`."""
 
     def compile(self, t: SatsType, depth: int = 0) -> Decode:
         """A function decoding one JSON value of type `t`; it raises `SatsError`."""
@@ -276,6 +297,8 @@ class Decoder:
             return _array(self.compile(elem_type, depth + 1))
         kind = special_kind(t)
         if kind:
+            if self.micros and kind in ("Timestamp", "TimeDuration"):
+                kind = "Micros"
             return _special(kind, t.elements[0][0] or "")  # type: ignore[union-attr]
         if isinstance(t, SumType):
             inner = option_inner(t)
@@ -466,6 +489,8 @@ def _special(kind: str, field: str) -> Decode:
             return format(check(v), "064x")
     elif kind == "ConnectionId":
         convert = _primitive("U128")
+    elif kind == "Micros":
+        convert = _primitive("I64")
     elif kind == "Timestamp":
         check = _primitive("I64")
         def convert(v: Any) -> _dt.datetime:

@@ -117,6 +117,7 @@ class SubscriptionClient:
         self._stopping = asyncio.Event()
         self._ws: websockets.asyncio.client.ClientConnection | None = None
         self._closing: asyncio.Future[None] | None = None
+        self._restart = False
 
     @property
     def url(self) -> str:
@@ -128,6 +129,13 @@ class SubscriptionClient:
         self._stopping.set()
         if self._ws is not None:
             self._closing = asyncio.ensure_future(self._ws.close())
+
+    def restart(self) -> None:
+        """Reconnect now, without backoff (new queries, a schema to re-read); from the
+        subscription's own loop.  Nothing is reported as a disconnect."""
+        self._restart = True
+        if self._ws is not None:
+            self._closing = asyncio.ensure_future(self._ws.close(1000, "restart"))
 
     async def run(self) -> None:
         """Connect, subscribe, follow updates; reconnect after every failure."""
@@ -149,6 +157,9 @@ class SubscriptionClient:
                 reason = f"{type(e).__name__}: {e}"
             if self._stopping.is_set():
                 break
+            if self._restart:
+                self._restart = False
+                continue
             delay = self.backoff.next()
             self.handler.on_disconnect(reason, delay)
             with contextlib.suppress(TimeoutError):

@@ -86,3 +86,45 @@ TYPES: dict[str, Any] = {
 }
 
 SPEC: dict[str, Any] = {"databases": {"samples": SAMPLES, "types": TYPES}}
+
+
+def directory_spec() -> dict[str, Any]:
+    """The origin's directory tables as a SpacetimeDB module would declare them, filled
+    with the demo rows (`komm_policy.demo`)."""
+    from komm_policy.demo import DEMO_ROWS
+    rows = DEMO_ROWS
+    return {"tables": {
+        "blocked_ips": {
+            "columns": [["ip", "String"], ["reason", "String"], ["active", "Bool"]],
+            "primary_key": ["ip"],
+            "rows": [[r.ip, r.reason, r.active] for r in rows.blocked_ips]},
+        "message_categories": {
+            "columns": [["id", "U32"], ["name", "String"], ["email_address", "String"],
+                        ["description", "String"], ["active", "Bool"]],
+            "primary_key": ["id"],
+            "rows": [[r.id, r.name, r.email_address, r.description, r.active]
+                     for r in rows.message_categories]},
+        "account": {
+            "columns": [["id", "U32"], ["identity", "Identity"], ["name", "String"],
+                        ["email", "String"], ["is_active", "Bool"],
+                        ["last_synced", "Option<Timestamp>"]],
+            "primary_key": ["id"],
+            "rows": [[r.id, r.identity, r.name, r.email, r.is_active, None]
+                     for r in rows.account]},
+        "admin_identities": {
+            "columns": [["identity", "Identity"]], "primary_key": ["identity"],
+            "rows": [[i] for i in rows.admin_identities]},
+        "subscriptions": {
+            "columns": [["id", "U32"], ["subscriber_account_id", "U32"],
+                        ["subscriber_email", "String"], ["category_id", "U32"],
+                        ["active", "Bool"]],
+            "primary_key": ["id"],
+            "rows": [[r.id, r.subscriber_account_id, r.subscriber_email, r.category_id,
+                      r.active] for r in rows.subscriptions]},
+        "mailing_rules": {  # private: only the owner's token may read it
+            "columns": [["id", "U32"], ["pattern", "String"]], "primary_key": ["id"],
+            "public": False, "rows": [[1, "*@spam.example"]]},
+    }}
+
+
+SPEC["databases"]["komm"] = directory_spec()

@@ -1,0 +1,418 @@
+"""A `Directory` replicating SpacetimeDB tables over the `v1.json.spacetimedb` subscription.
+
+`--directory spacetimedb://HOST:PORT/DB` (or `spacetimedb+https://HOST/DB`).  A background
+thread runs one asyncio loop with a `SubscriptionClient` (komm_policy.spacetimedb):
+
+1. before every connection, `GET /schema?version=9` and check it (`spacetimedb.check`): a
+   table or column the replica needs that is missing or of another type keeps the
+   directory not ready, with a message naming it; private tables and row-level security
+   are reported as warnings;
+2. one legacy `Subscribe` with `SELECT * FROM t` for exactly the tables read: the tables
+   the policy set needs (`require(schema, needs)`) and the origin tables behind the five
+   built-in helpers (`category`, `account`, … — those present in the module);
+3. `InitialSubscription` → a fresh snapshot, swapped in whole (after every reconnect too);
+   `TransactionUpdate` (Committed) and `TransactionUpdateLight` → the deltas applied through
+   `TablesSnapshot.apply` (cost ∝ changed rows), published by one reference swap.
+
+Staleness is the time since the last message or pong.  While it is below `max_staleness`
+decisions read the last snapshot, also during an outage; beyond it every lookup raises
+`DirectoryError` (the policy's fallback) and `available` is False (`/readyz` 503).  The
+helpers' index over the origin tables is rebuilt when one of its tables changes (as the
+SQLite backend does); the tables of `require` are updated per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NoReturn
+
+import msgspec
+
+from ..spacetimedb.check import check_module
+from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp, quote_ident
+from ..spacetimedb.protocol import IdentityToken, TableRows
+from ..spacetimedb.sats import Decoder, SatsError
+from ..spacetimedb.schema import ModuleSchema
+from ..spacetimedb.subscription import Backoff, SubscriptionClient
+from . import (
+    AccountRow,
+    BlockedIpRow,
+    CategoryRow,
+    DirectoryError,
+    DirectoryRows,
+    SubscriptionRow,
+)
+from .health import ReplicaHealth
+from .memory import DirectoryIndex, Snapshot, serve_lookups
+from .schema import Schema
+from .snapshot import Needs, TablesSnapshot
+
+log = logging.getLogger(__name__)
+
+LEGACY_TABLES: dict[str, type[msgspec.Struct] | None] = {
+    "blocked_ips": BlockedIpRow, "message_categories": CategoryRow, "account": AccountRow,
+    "admin_identities": None, "subscriptions": SubscriptionRow}
+"""The origin tables the five built-in helpers read (None: a list of identities)."""
+
+RowDict = dict[str, Any]
+
+
+class _Replica:
+    """The state one subscription builds: decoders for the subscribed tables, the rows of
+    the legacy tables (by row identity), and the published parts."""
+
+    def __init__(self, module: ModuleSchema, tables: list[str], legacy: list[str],
+                 schema: Schema, needs: Needs) -> None:
+        decoder = Decoder(module.typespace, micros=True)
+        self.names = {t: module.tables[t].row_type.names for t in tables}
+        self.decoders = {t: decoder.product(module.tables[t].row_type) for t in tables}
+        self.keys = {t: module.tables[t].primary_key for t in tables}
+        self.legacy = legacy
+        self.schema = schema
+        self.needs = needs
+        self.legacy_rows: dict[str, dict[Any, RowDict]] = {t: {} for t in legacy}
+        self.index = DirectoryIndex(DirectoryRows())
+        self.tables: TablesSnapshot | None = None
+
+
+class SpacetimeDirectory:
+    """A `Directory` served from a subscription replica of a SpacetimeDB database."""
+
+    blocking = False
+    """Lookups are dictionary reads of the replica."""
+
+    def __init__(self, endpoint: Endpoint, token: str | None = None, *,
+                 max_staleness: float = 30.0, schema: Schema | None = None,
+                 needs: Needs | None = None, legacy: bool = True,
+                 startup_wait: float = 10.0, backoff: Backoff | None = None,
+                 ping_interval: float = 10.0, http_timeout: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
+        self.endpoint = endpoint
+        self.token = token
+        self.max_staleness = max_staleness
+        self.legacy = legacy
+        self._schema = schema or Schema({})
+        self._needs = needs or Needs()
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._ping_interval = ping_interval
+        self._http = SpacetimeHttp(endpoint, token, timeout=http_timeout)
+        self.health = ReplicaHealth(log, str(endpoint), clock)
+        self.last_error: str | None = "not connected yet"
+        self.warnings: list[str] = []
+        self.reconnects = 0
+        self.updates = 0
+        self.identity: str | None = None
+        self._last_alive: float | None = None
+        self._replica: _Replica | None = None  # the loop thread's working state
+        self._pending: _Replica | None = None  # built by the schema check, for the snapshot
+        self._snapshot: Snapshot | None = None
+        self._serving: Snapshot | _Unavailable = _Unavailable("SpacetimeDB " + str(
+            endpoint) + ": no snapshot yet")
+        serve_lookups(self, self._serving)
+        self._first = threading.Event()
+        """Set when a snapshot arrived or a schema check failed (what `require` waits for)."""
+        self._schema_problem: str | None = None
+        self._absent_legacy: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: SubscriptionClient | None = None
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+            self._first.wait(startup_wait)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="komm-spacetimedb-replica")
+            self._thread.start()
+
+    def close(self) -> None:
+        loop, client = self._loop, self._client
+        if loop is not None and client is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(client.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._http.close()
+
+    def require(self, schema: Schema, needs: Needs, timeout: float = 10.0) -> None:
+        """Replicate what a policy set reads: resubscribe with its tables and wait for the
+        snapshot.  Raises `DirectoryError` naming the first schema problem."""
+        self._schema, self._needs = schema, needs
+        self._first.clear()
+        loop, client = self._loop, self._client
+        if loop is not None and client is not None:
+            loop.call_soon_threadsafe(self._resubscribe)
+        if not self._first.wait(timeout) or self._snapshot is None or self._schema_problem:
+            raise DirectoryError(self._schema_problem or
+                                 f"SpacetimeDB {self.endpoint}: {self.last_error}")
+
+    def _resubscribe(self) -> None:
+        if self._client is not None:
+            self._client.restart()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._client = client = SubscriptionClient(
+            self.endpoint, [], self, token=self.token, backoff=self._backoff,
+            ping_interval=self._ping_interval, ping_timeout=max(1.0, self._ping_interval),
+            before_connect=self._check_schema, clock=self._clock)
+        watchdog = asyncio.ensure_future(self._watch())
+        try:
+            await client.run()
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self) -> None:
+        """Flip to unavailable once the replica is older than `max_staleness`."""
+        while True:
+            await asyncio.sleep(min(1.0, self.max_staleness / 4))
+            self._publish()
+
+    # -- before each connection: the schema ----------------------------------------------
+
+    def _check_schema(self) -> None:
+        """Runs in an executor thread before each connection attempt; raising fails the
+        attempt (it is retried with backoff)."""
+        try:
+            module = self._http.schema()
+        except SpacetimeError as e:
+            raise OSError(f"schema: {e}") from None
+        wanted = sorted(self._needs.tables)
+        legacy = [t for t in LEGACY_TABLES if t in module.tables] if self.legacy else []
+        absent = [t for t in LEGACY_TABLES if t not in module.tables] if self.legacy else []
+        if absent and absent != self._absent_legacy:
+            log.warning("SpacetimeDB %s has no table %s: the built-in helpers read it as "
+                        "empty", self.endpoint, ", ".join(absent))
+        self._absent_legacy = absent
+        check = check_module(module, wanted, self._schema, f"SpacetimeDB {self.endpoint}")
+        for warning in check.warnings:
+            if warning not in self.warnings:
+                log.warning("%s", warning)
+        self.warnings = check.warnings
+        if not check.ok:
+            self.last_error = self._schema_problem = "; ".join(check.problems)
+            self._first.set()
+            raise SchemaMismatch(self.last_error)
+        self._schema_problem = None
+        tables = sorted(set(wanted) | set(legacy))
+        self._pending = _Replica(module, tables, legacy, self._schema, self._needs)
+        assert self._client is not None
+        self._client.queries = [f"SELECT * FROM {quote_ident(t)}" for t in tables]
+
+    # -- subscription events (on the replica's loop) ---------------------------------------
+
+    def on_connect(self, identity: IdentityToken) -> None:
+        self.identity = identity.identity
+        if self._client is not None and self._client.connects > 1:
+            self.reconnects += 1
+
+    def on_alive(self) -> None:
+        self._last_alive = self._clock()
+
+    def on_disconnect(self, reason: str, retry_in: float) -> None:
+        self.last_error = reason
+        self.health.failed(f"{reason}; reconnecting in {retry_in:.1f}s", expected=True)
+        self._publish()
+
+    def on_snapshot(self, tables: tuple[TableRows, ...]) -> None:
+        replica = self._pending or self._replica
+        if replica is None:
+            raise SatsError("snapshot without a schema")
+        self._pending = None
+        received = {t.table_name: t for t in tables}
+        rows = {name: list(self._decode(replica, name, received[name].inserts))
+                if name in received else [] for name in replica.decoders}
+        for name in replica.legacy:
+            replica.legacy_rows[name] = {self._ident(replica, name, r): r for r in rows[name]}
+        replica.index = self._legacy_index(replica)
+        replica.tables = TablesSnapshot.build(
+            replica.schema, replica.needs,
+            {t: rows.get(t, ()) for t in replica.needs.tables}, self.health.bad_row)
+        self._replica = replica
+        self._snapshot = Snapshot(replica.index, replica.tables)
+        self.last_error = None
+        self.health.ok()
+        self._publish()
+        self._first.set()
+
+    def on_update(self, tables: tuple[TableRows, ...]) -> None:
+        replica = self._replica
+        if replica is None:
+            return
+        changes = {}
+        legacy_changed = False
+        for part in tables:
+            name = part.table_name
+            if name not in replica.decoders:
+                continue
+            deleted = list(self._decode(replica, name, part.deletes))
+            inserted = list(self._decode(replica, name, part.inserts))
+            if name in replica.legacy_rows:
+                current = replica.legacy_rows[name]
+                for row in deleted:
+                    current.pop(self._ident(replica, name, row), None)
+                for row in inserted:
+                    current[self._ident(replica, name, row)] = row
+                legacy_changed = True
+            if name in replica.needs.tables:
+                changes[name] = (deleted, inserted)
+        if legacy_changed:
+            replica.index = self._legacy_index(replica)
+        if changes and replica.tables is not None:
+            replica.tables = replica.tables.apply(changes, self.health.bad_row)
+        self.updates += 1
+        self._snapshot = Snapshot(replica.index, replica.tables)
+        self._publish()
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def _decode(self, replica: _Replica, table: str, rows: list[str]) -> Iterator[RowDict]:
+        decode, names = replica.decoders[table], replica.names[table]
+        for i, text in enumerate(rows):
+            try:
+                values = decode(msgspec.json.decode(text))
+            except (SatsError, msgspec.DecodeError) as e:
+                self.health.bad_row(table, f"row {i} of the message", str(e))
+                continue
+            yield dict(zip(names, values, strict=True))
+
+    @staticmethod
+    def _ident(replica: _Replica, table: str, row: RowDict) -> Any:
+        key = replica.keys[table]
+        names = replica.names[table]
+        values = tuple(row[names[i]] for i in key) if key else tuple(row.values())
+        try:
+            hash(values)
+        except TypeError:
+            return repr(values)
+        return values
+
+    def _legacy_index(self, replica: _Replica) -> DirectoryIndex:
+        kwargs: dict[str, Any] = {}
+        for name in replica.legacy:
+            struct = LEGACY_TABLES[name]
+            rows = replica.legacy_rows[name].values()
+            if struct is None:
+                kwargs[name] = tuple(str(r.get("identity", "")) for r in rows)
+                continue
+            out = []
+            for row in rows:
+                try:
+                    out.append(msgspec.convert(row, struct))
+                except msgspec.ValidationError as e:
+                    self.health.bad_row(name, repr(row)[:80], str(e))
+            kwargs[name] = tuple(out)
+        return DirectoryIndex(DirectoryRows(**kwargs))
+
+    # -- serving ---------------------------------------------------------------------------
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the last message or pong (None before the first)."""
+        return None if self._last_alive is None else self._clock() - self._last_alive
+
+    @property
+    def available(self) -> bool:
+        age = self.age
+        return self._snapshot is not None and age is not None and age <= self.max_staleness
+
+    @property
+    def unavailable_reason(self) -> str:
+        if self._snapshot is None:
+            return f"SpacetimeDB {self.endpoint}: no snapshot yet: {self.last_error}"
+        return (f"SpacetimeDB {self.endpoint}: replica older than {self.max_staleness:g}s: "
+                f"{self.last_error or 'no message or pong'}")
+
+    def _publish(self) -> None:
+        if self.available and self._snapshot is not None:
+            serving: Snapshot | _Unavailable = self._snapshot
+        elif (isinstance(self._serving, _Unavailable)
+              and self._serving.message == self.unavailable_reason):
+            return  # already failing lookups, for this reason
+        else:
+            serving = _Unavailable(self.unavailable_reason)
+        if serving is not self._serving:
+            self._serving = serving
+            serve_lookups(self, serving)
+
+    def snapshot(self) -> Snapshot | _Unavailable:
+        """What one decision reads: the snapshot current when it started (or the error)."""
+        if not self.available and not isinstance(self._serving, _Unavailable):
+            self._publish()  # between two watchdog ticks
+        return self._serving
+
+    def counts(self) -> dict[str, int]:
+        if self._snapshot is None or not self.available:
+            raise DirectoryError(self.unavailable_reason)
+        counts = self._snapshot.counts()
+        if self._snapshot.tables is not None:
+            counts.update(self._snapshot.tables.counts())
+        return counts
+
+    def table_rows(self) -> dict[str, int]:
+        """Rows per replicated table (metrics)."""
+        replica = self._replica
+        if replica is None:
+            return {}
+        out = {t: len(r) for t, r in replica.legacy_rows.items()}
+        if replica.tables is not None:
+            out.update(replica.tables.counts())
+        return out
+
+    def metric_families(self) -> Iterable[Any]:
+        """Prometheus metric families: snapshot age, reconnects, rows per table."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        age = GaugeMetricFamily("komm_directory_snapshot_age_seconds",
+                                "Seconds since the replica last heard from SpacetimeDB")
+        age.add_metric([], self.age if self.age is not None else float("nan"))
+        yield age
+        yield CounterMetricFamily("komm_directory_reconnects",
+                                  "Reconnections to SpacetimeDB", value=self.reconnects)
+        yield CounterMetricFamily("komm_directory_updates",
+                                  "Transactions applied to the replica", value=self.updates)
+        rows = GaugeMetricFamily("komm_directory_rows", "Rows in the replica", labels=["table"])
+        for table, count in sorted(self.table_rows().items()):
+            rows.add_metric([table], count)
+        yield rows
+        bad = CounterMetricFamily("komm_directory_bad_rows", "Rows skipped", labels=["table"])
+        for table, count in sorted(self.health.bad_rows.items()):
+            bad.add_metric([table], count)
+        yield bad
+
+
+class SchemaMismatch(OSError):
+    """The server's schema does not have what the replica needs (retried: a module
+    update may fix it)."""
+
+
+class _Unavailable:
+    """Stands in for the snapshot while the replica is too old: every lookup fails."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def _fail(self, *args: object) -> NoReturn:
+        raise DirectoryError(self.message)
+
+    ip_blocked = category = account = is_admin = subscribed = _fail
+
+    @property
+    def tables(self) -> NoReturn:
+        raise DirectoryError(self.message)
