@@ -16,15 +16,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import core, http, loadtime, scaling
+from . import core, headers, http, loadtime, scaling
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("core", "load", "scaling", "http")
+SECTIONS = ("core", "load", "scaling", "headers", "http")
 
 FULL = {
     "core": {"rounds": 5, "min_seconds": 1.0, "chunk_seconds": 0.1},
     "load": {"sizes": (10, 100, 1000, 5000), "repeats": 3},
     "scaling": {"sizes": (1_000, 10_000, 100_000), "rounds": 5, "min_seconds": 1.0,
+                "chunk_seconds": 0.1},
+    "headers": {"sizes": (1024, 64 * 1024, 1024 * 1024), "rounds": 3, "min_seconds": 1.0,
                 "chunk_seconds": 0.1},
     "http": {"workers": (1, 2), "connections": (1, 4, 16), "seconds": 5.0, "rounds": 3},
 }
@@ -32,6 +34,8 @@ QUICK = {
     "core": {"rounds": 1, "min_seconds": 0.05, "chunk_seconds": 0.01},
     "load": {"sizes": (10, 100, 1000), "repeats": 1},
     "scaling": {"sizes": (1_000, 10_000), "rounds": 1, "min_seconds": 0.05,
+                "chunk_seconds": 0.01},
+    "headers": {"sizes": (1024, 64 * 1024), "rounds": 1, "min_seconds": 0.05,
                 "chunk_seconds": 0.01},
     "http": {"workers": (1,), "connections": (1, 16), "seconds": 1.0, "rounds": 1},
 }
@@ -92,6 +96,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "measured": f"{memory[-1]['name'].split(', ')[1]}: {growth:.2f}× "
                                     f"{memory[0]['name'].split(', ')[1]}",
                         "met": growth <= 1.25})
+    if "headers" in results:
+        rows = results["headers"]["rows"]
+        if len(rows) >= 2:
+            growth = rows[-1]["us_per_kb"] / rows[1 if len(rows) > 2 else 0]["us_per_kb"]
+            out.append({"target": "header decision time linear in header size",
+                        "measured": f"µs/KB at {rows[-1]['name']} = {growth:.2f}× µs/KB at "
+                                    f"{rows[1 if len(rows) > 2 else 0]['name']}",
+                        "met": growth <= 1.5})
     if "http" in results and "rows" in results["http"]:
         rows = results["http"]["rows"]
         worst = min(rows, key=lambda r: r["ratio"])
@@ -149,6 +161,13 @@ def markdown(report: dict[str, Any]) -> str:
         sizes = ", ".join(f"{int(k):,} subscriptions: {v / 1e6:.1f} MB"
                           for k, v in results["scaling"]["index_bytes"].items())
         lines.append(f"\nIn-memory index size: {sizes}.")
+    if "headers" in results:
+        lines += ["", "## Header reading (Subject, From and To of N bytes each)", "",
+                  "| fields | µs/decision median | min | max | µs per KB |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in results["headers"]["rows"]:
+            lines.append(f"| {r['name']} | {r['median_us']:,.1f} | {r['min_us']:,.1f} | "
+                         f"{r['max_us']:,.1f} | {r['us_per_kb']:.2f} |")
     if "http" in results:
         http_results = results["http"]
         if "rows" not in http_results:
@@ -194,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         report["results"] = kept.get("results", {})
         report["measured"] = kept.get("measured", {})
     runners = {"core": core.run, "load": loadtime.run, "scaling": scaling.run,
-               "http": http.run}
+               "headers": headers.run, "http": http.run}
     for section in sections:
         print(f"== {section}", flush=True)
         started = time.monotonic()

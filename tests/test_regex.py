@@ -126,3 +126,16 @@ def test_regexes_compare_by_pattern_and_flags():
     assert compile_regex("a", "i") == compile_regex("a", "i")
     assert compile_regex("a", "i") != compile_regex("a")
     assert len({compile_regex("a"), compile_regex("a")}) == 1
+
+
+def test_memoised_answers_are_the_answers():
+    from komm_policy.regex import MEMO_ENTRIES, MEMO_TEXT
+    rx = compile_regex(r"\A[^@]+@[^@]+\.[a-z]{2,}\z")
+    texts = [f"user{i}@example.org" if i % 3 else f"user{i}@example" for i in range(
+        MEMO_ENTRIES * 2 + 7)]
+    for _ in range(2):
+        assert [rx.search(t) is not None for t in texts] == [i % 3 != 0 for i in range(
+            len(texts))]
+    assert len(rx._memo) <= MEMO_ENTRIES
+    long_text = "a" * (MEMO_TEXT + 1) + "@example.org"
+    assert rx.search(long_text) is not None and long_text not in rx._memo
