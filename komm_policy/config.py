@@ -45,6 +45,16 @@ class Config:
     log_jsonl_backups: int = 10
     log_sqlite: bool = True
     redact_client_ip: bool = False
+    log_spool: str = "var/spool"
+    log_spool_fsync_interval: float = 0.2
+    log_on_spool_error: str = "tempfail"
+    log_queue_max: int = 10_000
+    log_spool_keep: float = 0.0
+    log_jsonl_max_age: float = 0.0
+    log_sqlite_max_age: float = 0.0
+    log_sqlite_max_rows: int = 0
+    log_max_backlog_records: int = 100_000
+    log_max_backlog_age: float = 60.0
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -149,6 +159,28 @@ OPTIONS: tuple[Option, ...] = (
            "also write decisions to the mta_log table of the SQLite store"),
     Option("redact_client_ip", "log", "redact_client_ip", "KOMM_REDACT_CLIENT_IP", _bool,
            "leave client IP addresses out of the decision log"),
+    Option("log_spool", "log", "spool", "KOMM_LOG_SPOOL", _str,
+           "directory of the decision log's append-only spool"),
+    Option("log_spool_fsync_interval", "log", "spool_fsync_interval",
+           "KOMM_LOG_SPOOL_FSYNC_INTERVAL", _float,
+           "seconds between fsyncs of the spool (0: leave it to the OS)"),
+    Option("log_on_spool_error", "log", "on_spool_error", "KOMM_LOG_ON_SPOOL_ERROR", _str,
+           "when the spool cannot be written: tempfail (451 4.3.0) or accept"),
+    Option("log_queue_max", "log", "queue_max", "KOMM_LOG_QUEUE_MAX", _int,
+           "records held in memory while the spool fails (on_spool_error = accept)"),
+    Option("log_spool_keep", "log", "spool_keep", "KOMM_LOG_SPOOL_KEEP", _float,
+           "seconds to keep spool segments every sink has taken"),
+    Option("log_jsonl_max_age", "log", "jsonl_max_age", "KOMM_LOG_JSONL_MAX_AGE", _float,
+           "remove rotated decision log files older than this many seconds (0: never)"),
+    Option("log_sqlite_max_age", "log", "sqlite_max_age", "KOMM_LOG_SQLITE_MAX_AGE", _float,
+           "delete mta_log rows older than this many seconds (0: never)"),
+    Option("log_sqlite_max_rows", "log", "sqlite_max_rows", "KOMM_LOG_SQLITE_MAX_ROWS", _int,
+           "keep at most this many mta_log rows (0: no limit)"),
+    Option("log_max_backlog_records", "log", "max_backlog_records",
+           "KOMM_LOG_MAX_BACKLOG_RECORDS", _int,
+           "/readyz is 503 when a sink is more records behind"),
+    Option("log_max_backlog_age", "log", "max_backlog_age", "KOMM_LOG_MAX_BACKLOG_AGE",
+           _float, "/readyz is 503 when a sink's oldest unwritten record is older (s)"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -301,4 +333,14 @@ def validate(config: Config) -> list[str]:
         problems.append("log_jsonl_max_bytes: too small (min 1024)")
     if config.log_jsonl_backups < 0:
         problems.append("log_jsonl_backups: must not be negative")
+    if config.log_on_spool_error not in ("tempfail", "accept"):
+        problems.append(f"log_on_spool_error: {config.log_on_spool_error!r} is not tempfail "
+                        "or accept")
+    if not config.log_spool.strip():
+        problems.append("log_spool: must not be empty")
+    for name in ("log_spool_fsync_interval", "log_queue_max", "log_spool_keep",
+                 "log_jsonl_max_age", "log_sqlite_max_age", "log_sqlite_max_rows",
+                 "log_max_backlog_records", "log_max_backlog_age"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name}: must not be negative")
     return problems

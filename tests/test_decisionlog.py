@@ -1,8 +1,8 @@
-"""Decision records and their sinks (decisionlog.py), and the writer process (logwriter.py).
+"""Decision records (decisionlog/records.py) and their sinks (sinks.py, mta_log.py).
 
 Records are built from the captured Stalwart payloads decided by the shipped policies on
-the demo directory.  `SinkWriter` is driven with fake sinks and a fake clock; the
-`DecisionLog` tests run the real writer process.
+the demo directory.  The spool and writer are tested in test_spool.py, the service's side
+with the writer process in test_decisionlog_process.py.
 """
 
 from __future__ import annotations
@@ -10,34 +10,32 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from komm_policy.decision import Decision, Reply
 from komm_policy.decisionlog import (
-    DecisionRecord,
+    RECORD_VERSION,
     JsonlSink,
     JsonlSpec,
     RecordIds,
-    SinkWriter,
+    SpooledRecord,
     SqliteSink,
-    SqliteSpec,
     Timestamps,
+    decode_record,
     encode_record,
     make_record,
 )
 from komm_policy.demo import DEMO_ROWS
 from komm_policy.directory import BlockedIpRow, DirectoryError, DirectoryRows
 from komm_policy.directory.memory import InMemoryDirectory
-from komm_policy.directory.sqlite import connect, create_database
-from komm_policy.logwriter import DecisionLog
+from komm_policy.directory.sqlite import create_database
 from komm_policy.policyset import PolicySet, load_policy_set
 from komm_policy.runtime import decide
 from komm_policy.wire import Request, decode_request
@@ -81,6 +79,21 @@ def record_line(name: str, number: int = 0, **kwargs: object) -> bytes:
     return encode_record(make_record(request, decision, 0.5, record_id=f"{name}-{number}",
                                      at="2026-08-20T14:03:09.000001+00:00",
                                      **kwargs))  # type: ignore[arg-type]
+
+
+_SEQ = itertools.count()
+
+
+def spooled(*lines: bytes) -> list[SpooledRecord]:
+    """Lines as the writer hands them to a sink (ids from the line, else made up)."""
+    out = []
+    for line in lines:
+        try:
+            record_id = json.loads(line).get("id") or f"anon-{next(_SEQ)}"
+        except ValueError:
+            record_id = f"anon-{next(_SEQ)}"
+        out.append(SpooledRecord(next(_SEQ), record_id, 0.0, line))
+    return out
 
 
 class FakeClock:
@@ -239,7 +252,47 @@ def test_no_message_body_or_header_values_in_a_record() -> None:
     for name, value in request.message.headers:
         if len(value.strip()) > 25:  # Received, DKIM-Signature, Message-ID, …
             assert value.strip() not in line, name
-    assert "X-Komm-Original-Recipients" not in line  # modifications are not logged
+    # modifications appear as a summary: header names and envelope addresses, no values
+    record = json.loads(line)
+    assert record["modifications"] == [
+        {"type": "addHeader", "name": "X-Komm-Quarantine"},
+        {"type": "addHeader", "name": "X-Komm-Original-Recipients"},
+        {"type": "deleteRecipient", "address": "info@solawi.example"},
+        {"type": "addRecipient", "address": "quarantine@solawi.example"}]
+    assert record["quarantine_reason"] == decision.modifications[0].value  # type: ignore[union-attr]
+    assert record["quarantine_reason"] and "marker" not in record["quarantine_reason"]
+
+
+def test_record_version_1_carries_the_session() -> None:
+    """helo, SASL login and method, TLS, server and client port/PTR: what the envelope
+    stages can read, so `replay` can decide them again."""
+    request, decision = decided("derived-auth-1")
+    record = json.loads(encode_record(make_record(request, decision, 0.0)))
+    assert record["record_version"] == RECORD_VERSION == 1
+    assert record["helo"] == "[192.168.178.23]"
+    assert record["sasl_login"] == "jane"
+    assert record["tls_version"] == "TLSv1.3"
+    assert record["tls_cipher"] == "TLS13_AES_256_GCM_SHA384"
+    assert (record["server_name"], record["server_port"], record["server_ip"]) == (
+        "Stalwart v0.16.18", 587, "203.0.113.25")
+    assert record["client_port"] == 60498
+    assert "client_ptr" not in record  # null in the request: left out
+    request, decision = decided("derived-mail-1")
+    record = json.loads(encode_record(make_record(request, decision, 0.0)))
+    assert record["helo"] == "mail-ed1-f49.google.com"
+    assert record["client_ptr"] == "mail-ed1-f49.google.com."
+    assert record["sasl_login"] is None  # always present, null without authentication
+    assert record["sender"] == "anna.mueller@gmail.com"
+    assert decode_record(encode_record(make_record(request, decision, 0.0))).helo == (
+        "mail-ed1-f49.google.com")
+
+
+def test_record_reply_is_the_full_smtp_reply() -> None:
+    request, decision = decided("derived-rcpt-2")
+    record = json.loads(encode_record(make_record(request, decision, 0.0)))
+    assert record["reply"] == {"status": 550, "enhanced": "5.7.1",
+                               "message": "You are not allowed to post to this list"}
+    assert "modifications" not in record and "quarantine_reason" not in record
 
 
 def test_header_values_appear_only_as_lookup_arguments() -> None:
@@ -340,8 +393,8 @@ def test_jsonl_sink_writes_lines(tmp_path: Path) -> None:
     sink = JsonlSink(path)
     try:
         lines = [record_line("derived-rcpt-2"), record_line("derived-connect-1")]
-        sink.write(lines)
-        sink.write([record_line("derived-mail-1")])
+        sink.write(spooled(*lines))
+        sink.write(spooled(record_line("derived-mail-1")))
     finally:
         sink.close()
     written = path.read_bytes().split(b"\n")
@@ -355,7 +408,7 @@ def test_jsonl_sink_appends_to_an_existing_file(tmp_path: Path) -> None:
     path.write_bytes(b'{"old":1}\n')
     sink = JsonlSink(path)
     try:
-        sink.write([b'{"new":2}'])
+        sink.write(spooled(b'{"new":2}'))
     finally:
         sink.close()
     assert path.read_bytes() == b'{"old":1}\n{"new":2}\n'
@@ -367,7 +420,7 @@ def test_jsonl_sink_rotates_by_size_keeping_n_backups(tmp_path: Path) -> None:
     lines = [f'{{"n":{n:03d},"pad":"{"x" * 11}"}}'.encode() for n in range(20)]
     try:
         for line in lines:
-            sink.write([line])
+            sink.write(spooled(line))
     finally:
         sink.close()
     assert not path.with_name("decisions.jsonl.3").exists()
@@ -388,7 +441,7 @@ def test_jsonl_sink_without_backups_truncates(tmp_path: Path) -> None:
     sink = JsonlSink(path, max_bytes=50, backups=0)
     try:
         for n in range(5):
-            sink.write([b'{"n":%d,"pad":"xxxxxxxxxx"}' % n])  # 26 bytes + newline
+            sink.write(spooled(b'{"n":%d,"pad":"xxxxxxxxxx"}' % n))  # 26 bytes + newline
     finally:
         sink.close()
     assert list(tmp_path.iterdir()) == [path]
@@ -400,7 +453,7 @@ def test_jsonl_sink_counts_an_existing_file_towards_rotation(tmp_path: Path) -> 
     path.write_bytes(b"x" * 95 + b"\n")
     sink = JsonlSink(path, max_bytes=100, backups=1)
     try:
-        sink.write([b'{"n":1}'])
+        sink.write(spooled(b'{"n":1}'))
     finally:
         sink.close()
     assert path.with_name("decisions.jsonl.1").read_bytes() == b"x" * 95 + b"\n"
@@ -444,7 +497,7 @@ def test_sqlite_sink_derives_the_columns(store: Path) -> None:
     ]
     sink = SqliteSink(store)
     try:
-        sink.write([encode_record(r) for r in records])
+        sink.write(spooled(*(encode_record(r) for r in records)))
     finally:
         sink.close()
     columns = ("id, time, stage, client_ip, sender, recipients, queue_id, action, reply, rule,"
@@ -487,8 +540,8 @@ def test_sqlite_sink_stores_a_record_once(store: Path) -> None:
     line = record_line("derived-rcpt-2", 1)
     sink = SqliteSink(store)
     try:
-        sink.write([line, line])
-        sink.write([line, record_line("derived-rcpt-2", 2)])
+        sink.write(spooled(line, line))
+        sink.write(spooled(line, record_line("derived-rcpt-2", 2)))
     finally:
         sink.close()
     assert sorted(mta_log(store, "id")) == [("derived-rcpt-2-1",), ("derived-rcpt-2-2",)]
@@ -496,259 +549,9 @@ def test_sqlite_sink_stores_a_record_once(store: Path) -> None:
 
 def test_sqlite_sink_never_creates_a_store(tmp_path: Path) -> None:
     missing = tmp_path / "missing.sqlite3"
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises((sqlite3.Error, OSError)):
         SqliteSink(missing)
     assert not missing.exists()
-
-
-# ---------------------------------------------------------------------------------------
-# SinkWriter
-
-
-def test_sink_writer_writes_every_sink() -> None:
-    first, second = FakeSink("a"), FakeSink("b")
-    writer = SinkWriter([first, second], clock=FakeClock())
-    writer.write([b"1", b"", b"2"])  # empty lines (from splitting) are dropped
-    assert first.lines == second.lines == [b"1", b"2"]
-    assert writer.written == 2
-    assert writer.pending == 0
-    assert writer.next_retry_in() is None
-    assert writer.close() == 0
-    assert first.closed and second.closed
-
-
-def test_failing_sink_keeps_its_backlog_while_the_other_goes_on() -> None:
-    clock = FakeClock()
-    good, bad = FakeSink("good"), FakeSink("bad")
-    bad.failing = True
-    writer = SinkWriter([good, bad], clock=clock)
-    writer.write([b"1"])
-    assert good.lines == [b"1"]
-    assert (writer.pending, writer.errors, bad.calls) == (1, 1, 1)
-    delay = writer.next_retry_in()
-    assert delay is not None and delay > 0
-    writer.write([b"2"])  # the bad sink is waiting out its backoff: not even tried
-    assert good.lines == [b"1", b"2"]
-    assert bad.calls == 1
-    assert writer.pending == 2
-    clock.advance(delay - 0.01)
-    writer.attempt()
-    assert bad.calls == 1
-    clock.advance(0.01)
-    bad.failing = False
-    writer.attempt()
-    assert bad.lines == [b"1", b"2"]  # the whole backlog, in order, once
-    assert bad.calls == 2
-    assert good.lines == [b"1", b"2"]  # nothing written twice to the good sink
-    assert writer.pending == 0
-    assert writer.written == 2
-    assert writer.next_retry_in() is None
-    writer.write([b"3"])
-    assert good.lines == bad.lines == [b"1", b"2", b"3"]
-
-
-def test_backoff_schedule() -> None:
-    """0.5 s, doubling after each further failure, at most 30 s (SinkWriter's contract)."""
-    clock = FakeClock()
-    bad = FakeSink()
-    bad.failing = True
-    writer = SinkWriter([bad], clock=clock)
-    writer.write([b"x"])
-    delays = []
-    for _ in range(8):
-        delay = writer.next_retry_in()
-        assert delay is not None
-        delays.append(delay)
-        clock.advance(delay)
-        writer.attempt()
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
-
-
-def test_backoff_grows_is_capped_and_resets_after_success() -> None:
-    clock = FakeClock()
-    bad = FakeSink()
-    bad.failing = True
-    writer = SinkWriter([bad], clock=clock)
-    writer.write([b"x"])
-    delays = []
-    for _ in range(10):
-        delay = writer.next_retry_in()
-        assert delay is not None
-        delays.append(delay)
-        clock.advance(delay)
-        writer.attempt()
-    assert all(0 < a < b or b == 30.0 for a, b in itertools.pairwise(delays))
-    assert max(delays) == 30.0
-    assert delays[-1] == 30.0
-    assert bad.calls == 11
-    first_delay = delays[0]
-    clock.advance(30.0)
-    bad.failing = False
-    writer.attempt()
-    assert bad.lines == [b"x"]
-    bad.failing = True
-    writer.write([b"y"])
-    assert writer.next_retry_in() == first_delay  # failures were reset by the success
-
-
-def test_close_forces_a_last_attempt_and_reports_what_stays_unwritten() -> None:
-    clock = FakeClock()
-    good, bad = FakeSink("good"), FakeSink("bad")
-    bad.failing = True
-    writer = SinkWriter([good, bad], clock=clock)
-    writer.write([b"1", b"2"])
-    writer.write([b"3"])
-    calls = bad.calls
-    assert writer.close() == 3  # still failing: all three records stay unwritten there
-    assert bad.calls == calls + 1  # close tried once more, ignoring the backoff
-    assert good.closed and bad.closed
-    assert good.lines == [b"1", b"2", b"3"]
-
-
-def test_close_writes_a_recovered_sink_without_waiting_for_the_backoff() -> None:
-    clock = FakeClock()
-    bad = FakeSink()
-    bad.failing = True
-    writer = SinkWriter([bad], clock=clock)
-    writer.write([b"1"])
-    bad.failing = False
-    assert writer.close() == 0
-    assert bad.lines == [b"1"]
-
-
-def test_a_sink_that_cannot_be_opened_yet_is_retried(tmp_path: Path) -> None:
-    clock = FakeClock()
-    path = tmp_path / "later.sqlite3"
-    jsonl = tmp_path / "decisions.jsonl"
-    writer = SinkWriter([JsonlSpec(str(jsonl)), SqliteSpec(str(path))], clock=clock)
-    try:
-        lines = [record_line("derived-rcpt-2", 1), record_line("derived-rcpt-2", 2)]
-        writer.write(lines)
-        assert writer.errors == 1
-        assert writer.pending == 2
-        assert not path.exists()  # opening the sink must not create an empty store
-        assert len(jsonl.read_bytes().splitlines()) == 2
-        create_database(path)
-        delay = writer.next_retry_in()
-        assert delay is not None
-        clock.advance(delay)
-        writer.write([record_line("derived-rcpt-2", 3)])
-        assert writer.pending == 0
-    finally:
-        assert writer.close() == 0
-    assert sorted(mta_log(path, "id")) == [("derived-rcpt-2-1",), ("derived-rcpt-2-2",),
-                                           ("derived-rcpt-2-3",)]
-    assert len(jsonl.read_bytes().splitlines()) == 3
-
-
-def test_close_reports_records_for_a_sink_that_never_opened(tmp_path: Path) -> None:
-    writer = SinkWriter([SqliteSpec(str(tmp_path / "never.sqlite3"))], clock=FakeClock())
-    writer.write([b'{"id":"a"}', b'{"id":"b"}'])
-    assert writer.close() == 2
-
-
-# ---------------------------------------------------------------------------------------
-# DecisionLog: the writer process
-
-
-@pytest.fixture
-def log_paths(tmp_path: Path) -> tuple[Path, Path]:
-    store = tmp_path / "komm.sqlite3"
-    create_database(store, DEMO_ROWS)
-    return tmp_path / "log" / "decisions.jsonl", store
-
-
-@pytest.fixture
-def decision_log(log_paths: tuple[Path, Path]) -> Iterator[DecisionLog]:
-    jsonl, store = log_paths
-    log = DecisionLog([JsonlSpec(str(jsonl)), SqliteSpec(str(store))])
-    yield log
-    log.close()
-
-
-def jsonl_ids(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(line)["id"] for line in path.read_bytes().splitlines()]
-
-
-def store_ids(path: Path) -> list[str]:
-    conn = connect(path, readonly=True)
-    try:
-        return [row[0] for row in conn.execute("SELECT id FROM mta_log")]
-    finally:
-        conn.close()
-
-
-def submit_fixtures(log: DecisionLog, count: int) -> None:
-    pairs = [decided(name) for name in ("derived-rcpt-2", "derived-connect-1",
-                                        "derived-data-1", "derived-mail-1")]
-    for n in range(count):
-        request, decision = pairs[n % len(pairs)]
-        log.submit_decision(request, decision, 0.3, time.time())
-
-
-def test_submit_and_flush_write_both_sinks(log_paths: tuple[Path, Path],
-                                           decision_log: DecisionLog) -> None:
-    jsonl, store = log_paths
-    submit_fixtures(decision_log, 4)
-    assert decision_log.flush()
-    assert decision_log.depth == 0
-    ids = jsonl_ids(jsonl)
-    assert len(ids) == 4 == len(set(ids))
-    assert sorted(store_ids(store)) == sorted(ids)
-    records = [msgspec.json.decode(line, type=DecisionRecord)
-               for line in jsonl.read_bytes().splitlines()]
-    assert [r.stage for r in records] == ["rcpt", "connect", "data", "mail"]
-    assert all(ISO_UTC.match(r.time) for r in records)
-
-
-def test_a_late_flush_answer_is_not_taken_for_the_next_one(
-        log_paths: tuple[Path, Path], decision_log: DecisionLog) -> None:
-    """A flush that gives up leaves its answer in the pipe; the next flush must wait for
-    its own answer, not take that one."""
-    jsonl, store = log_paths
-    submit_fixtures(decision_log, 50)
-    assert decision_log.flush(timeout=0) is False  # gives up at once
-    submit_fixtures(decision_log, 50)
-    assert decision_log.flush()
-    assert len(jsonl_ids(jsonl)) == 100
-    assert len(store_ids(store)) == 100
-
-
-def test_close_flushes_everything(log_paths: tuple[Path, Path]) -> None:
-    jsonl, store = log_paths
-    log = DecisionLog([JsonlSpec(str(jsonl)), SqliteSpec(str(store))], flush_interval=0.02)
-    submit_fixtures(log, 300)
-    time.sleep(0.05)  # some batches on their way, some not
-    submit_fixtures(log, 700)  # and these right before close
-    log.close()
-    ids = jsonl_ids(jsonl)
-    assert len(ids) == 1000 == len(set(ids))
-    assert len(store_ids(store)) == 1000
-    assert not log._process.is_alive()
-
-
-def test_killed_writer_is_restarted_and_the_next_batch_delivered(
-        log_paths: tuple[Path, Path], decision_log: DecisionLog) -> None:
-    jsonl, store = log_paths
-    submit_fixtures(decision_log, 3)
-    assert decision_log.flush()
-    first_process = decision_log._process
-    first_process.kill()
-    first_process.join(5)
-    assert not first_process.is_alive()
-    submit_fixtures(decision_log, 5)
-    assert decision_log.flush()
-    assert decision_log._process is not first_process
-    assert decision_log._process.is_alive()
-    ids = jsonl_ids(jsonl)
-    assert len(ids) == 8 == len(set(ids))
-    assert sorted(store_ids(store)) == sorted(ids)
-    submit_fixtures(decision_log, 2)
-    decision_log.close()
-    assert len(jsonl_ids(jsonl)) == 10
-    assert len(store_ids(store)) == 10
 
 
 def test_redaction_covers_logs_replies_and_the_ipv4_mapped_form() -> None:
@@ -783,29 +586,126 @@ def test_redaction_covers_logs_replies_and_the_ipv4_mapped_form() -> None:
 
 def test_a_failed_rotation_does_not_kill_the_jsonl_sink(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rename that fails during rotation is retried; the sink is reopened from its spec
-    and the backlog is written once, without duplicate lines."""
-    from komm_policy.decisionlog import JsonlSpec, SinkWriter
-
-    clock = [0.0]
+    """A rename that fails during rotation raises (the writer retries the batch from the
+    spec); the batch is then written once, without duplicate lines."""
     path = tmp_path / "log" / "decisions.jsonl"
-    writer = SinkWriter([JsonlSpec(str(path), max_bytes=1024, backups=2)],
-                        clock=lambda: clock[0])
-    writer.write([b'{"n":%d,"pad":"%s"}' % (i, b"x" * 300) for i in range(3)])
+    spec = JsonlSpec(str(path), max_bytes=1024, backups=2)
+    sink = spec.open()
+    sink.write(spooled(*[b'{"id":"r%d","pad":"%s"}' % (i, b"x" * 300) for i in range(3)]))
     calls = []
 
     def failing_replace(src: object, dst: object) -> None:
         calls.append((src, dst))
         raise OSError("simulated rename failure")
 
-    monkeypatch.setattr("komm_policy.decisionlog.os.replace", failing_replace)
-    writer.write([b'{"n":3,"pad":"%s"}' % (b"y" * 300)])
+    monkeypatch.setattr("komm_policy.decisionlog.sinks.os.replace", failing_replace)
+    batch = spooled(b'{"id":"r3","pad":"%s"}' % (b"y" * 300))
+    with pytest.raises(OSError):
+        sink.write(batch)
     monkeypatch.undo()
-    assert calls and writer.pending == 1
-    clock[0] += 60
-    writer.attempt()
-    assert writer.pending == 0
+    assert calls
+    sink = spec.open()  # as the writer does after a failure
+    sink.write(batch)
+    sink.close()
     lines = [json.loads(x) for f in sorted(path.parent.iterdir())
              for x in f.read_text().splitlines()]
-    assert sorted(x["n"] for x in lines) == [0, 1, 2, 3]
-    assert writer.close() == 0
+    assert sorted(x["id"] for x in lines) == ["r0", "r1", "r2", "r3"]
+
+
+def test_jsonl_sink_skips_ids_already_at_the_end_of_its_file(tmp_path: Path) -> None:
+    """A writer killed after writing a batch but before saving its position is given the
+    batch again: the new sink finds those ids at the end of the file and skips them."""
+    path = tmp_path / "decisions.jsonl"
+    sink = JsonlSink(path)
+    first = spooled(*[b'{"id":"a%d"}' % i for i in range(5)])
+    sink.write(first)
+    sink.close()
+    again = JsonlSink(path)
+    again.write(first + spooled(b'{"id":"b0"}'))
+    again.write(spooled(b'{"id":"b1"}'))
+    again.close()
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert ids == ["a0", "a1", "a2", "a3", "a4", "b0", "b1"]
+
+
+def test_jsonl_sink_drops_a_line_cut_short_by_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    path.write_bytes(b'{"id":"a"}\n{"id":"b"}\n{"id":"c","tr')
+    sink = JsonlSink(path)
+    sink.write(spooled(b'{"id":"c","trail":1}'))
+    sink.close()
+    assert path.read_bytes() == b'{"id":"a"}\n{"id":"b"}\n{"id":"c","trail":1}\n'
+
+
+def test_jsonl_sink_starts_a_new_file_when_its_file_was_moved(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    sink = JsonlSink(path)
+    sink.write(spooled(b'{"id":"a"}'))
+    path.rename(tmp_path / "moved.jsonl")  # logrotate, an operator
+    sink.write(spooled(b'{"id":"b"}'))
+    path.unlink()
+    sink.write(spooled(b'{"id":"c"}'))
+    sink.close()
+    assert (tmp_path / "moved.jsonl").read_bytes() == b'{"id":"a"}\n'
+    assert path.read_bytes() == b'{"id":"c"}\n'
+
+
+def test_jsonl_retention_removes_only_old_rotated_files(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    sink = JsonlSink(path, max_bytes=1024, backups=3, max_age=3600)
+    for i in range(8):
+        sink.write(spooled(b'{"id":"r%d","pad":"%s"}' % (i, b"x" * 400)))
+    rotated = sorted(tmp_path.glob("decisions.jsonl.*"))
+    assert len(rotated) == 3
+    old = time.time() - 7200
+    os.utime(rotated[-1], (old, old))
+    os.utime(path, (old, old))  # the current file is never removed, whatever its age
+    sink.retain(time.time())
+    assert sorted(tmp_path.glob("decisions.jsonl.*")) == rotated[:-1]
+    assert path.exists()
+    sink.close()
+
+
+def test_sqlite_sink_adds_the_version_1_columns_to_an_older_table(tmp_path: Path) -> None:
+    """A store whose mta_log predates record version 1 gets the new derived columns."""
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE mta_log (record TEXT NOT NULL, id TEXT GENERATED ALWAYS AS "
+                 "(json_extract(record, '$.id')) VIRTUAL)")
+    conn.execute("""INSERT INTO mta_log (record) VALUES ('{"id":"old"}')""")
+    conn.commit()
+    conn.close()
+    sink = SqliteSink(path)
+    sink.write(spooled(record_line("derived-auth-1", 1)))
+    sink.close()
+    rows = mta_log(path, "id, record_version, helo, sasl_login", "ORDER BY rowid")
+    assert rows == [("old", 0, None, None), ("derived-auth-1-1", 1, "[192.168.178.23]", "jane")]
+
+
+def test_sqlite_sink_writes_into_a_store_created_anew(store: Path) -> None:
+    """Deleted and created again with `db init` while the sink is open: the next batch
+    goes into the new file, none into the deleted one."""
+    sink = SqliteSink(store)
+    sink.write(spooled(record_line("derived-rcpt-2", 1)))
+    store.unlink()
+    for suffix in ("-wal", "-shm"):
+        store.with_name(store.name + suffix).unlink(missing_ok=True)
+    with pytest.raises(OSError):
+        sink.write(spooled(record_line("derived-rcpt-2", 2)))  # gone: retried later
+    create_database(store, DEMO_ROWS)
+    sink.write(spooled(record_line("derived-rcpt-2", 2), record_line("derived-rcpt-2", 3)))
+    sink.close()
+    assert sorted(mta_log(store, "id")) == [("derived-rcpt-2-2",), ("derived-rcpt-2-3",)]
+    assert sink.reopened == 1
+
+
+def test_sqlite_retention_by_age_and_rows(store: Path) -> None:
+    sink = SqliteSink(store, max_age=3600, max_rows=3)
+    old = [b'{"id":"old%d","time":"2020-01-01T00:00:0%d.000000+00:00"}' % (i, i)
+           for i in range(3)]
+    now = datetime.now(UTC).isoformat(timespec="microseconds").encode()
+    new = [b'{"id":"new%d","time":"%s"}' % (i, now) for i in range(5)]
+    sink.write(spooled(*old, *new))
+    sink.retain(time.time())
+    sink.close()
+    assert sorted(mta_log(store, "id")) == [("new2",), ("new3",), ("new4",)]

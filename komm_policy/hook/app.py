@@ -172,21 +172,22 @@ class HookApp:
             await _send_json(send, 400, {"error": outcome.message, "path": outcome.path})
             return
         request, decision, answer = outcome
+        if decision is not None:
+            elapsed = time.perf_counter() - started
+            try:  # spooled before the answer leaves: a crash after it loses nothing
+                if service.decision_log is not None and not (
+                        service.decision_log.submit_decision(
+                            request, decision, elapsed * 1000, time.time(),
+                            shadow=service.shadow,
+                            redact_client_ip=service.redact_client_ip)):
+                    answer = wire_response.INTERNAL_ERROR_BODY  # on_spool_error = tempfail
+                metrics.observe(decision, elapsed)
+            except Exception:
+                log.exception("recording a %s decision failed", request.context.stage)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
-        if decision is None:
-            return
-        elapsed = time.perf_counter() - started
-        try:  # the answer is out; what follows must not turn into an error response
-            if service.decision_log is not None:
-                service.decision_log.submit_decision(
-                    request, decision, elapsed * 1000, time.time(), shadow=service.shadow,
-                    redact_client_ip=service.redact_client_ip)
-            metrics.observe(decision, elapsed)
-        except Exception:
-            log.exception("recording a %s decision failed", request.context.stage)
 
     def _answer(self, body: bytes) -> RequestError | tuple[Request, Decision | None, bytes]:
         """Decode, decide on the policy set current now, encode: the request, the decision

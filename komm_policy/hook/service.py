@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..decisionlog import JsonlSpec, SinkSpec, SqliteSpec
+from ..decisionlog import DecisionLog, JsonlSpec, LogSettings, SinkSpec, SqliteSpec
+from ..decisionlog.metrics import register_log_metrics
 from ..demo import DEMO_ROWS
 from ..directory import Directory, DirectoryRows
 from ..directory.memory import InMemoryDirectory
 from ..directory.spacetimedb import SpacetimeDirectory
 from ..directory.sqlite import SqliteDirectory
 from ..errors import render
-from ..logwriter import DecisionLog
 from ..policyset import PolicySet, load_path, read_sources, version_of
 from ..spacetimedb.http import Endpoint
 from .metrics import Metrics
@@ -59,6 +59,7 @@ class HookService:
         if self.decision_log is not None:
             log_ref = self.decision_log
             self.metrics.log_depth.set_function(lambda: float(log_ref.depth))
+            register_log_metrics(self.metrics.registry, log_ref)
         self.metrics.rules.set(self.policy_set.rule_count)
 
     @property
@@ -67,6 +68,10 @@ class HookService:
         if not available:
             return False, getattr(self.directory, "unavailable_reason",
                                   "directory unavailable")
+        if self.decision_log is not None:
+            problem = self.decision_log.problem()
+            if problem is not None:
+                return False, problem
         return True, "ok"
 
     def reload(self) -> ReloadResult:
@@ -120,14 +125,15 @@ class HookService:
             if worker is not None:
                 path = path.with_name(f"{path.stem}.{worker}{path.suffix}")
             sinks.append(JsonlSpec(str(path.resolve()), config.log_jsonl_max_bytes,
-                                   config.log_jsonl_backups))
+                                   config.log_jsonl_backups, config.log_jsonl_max_age))
         if config.log_sqlite and config.sqlite_path is not None:
-            sinks.append(SqliteSpec(str(config.sqlite_path.resolve())))
+            sinks.append(SqliteSpec(str(config.sqlite_path.resolve()),
+                                    config.log_sqlite_max_age, config.log_sqlite_max_rows))
         return cls(
             policy_set=result.policy_set,
             directory=directory,
             policies_path=config.policies,
-            decision_log=DecisionLog(sinks) if sinks else None,
+            decision_log=DecisionLog(sinks, log_settings(config, worker)) if sinks else None,
             token=config.token,
             max_body_bytes=config.max_body_bytes,
             shadow=config.shadow,
@@ -135,6 +141,19 @@ class HookService:
             redact_client_ip=config.redact_client_ip,
             watch=config.watch,
         )
+
+
+def log_settings(config: Config, worker: str | None = None) -> LogSettings:
+    """The decision log's settings; with several workers each has its own spool."""
+    spool = Path(config.log_spool)
+    if worker is not None:
+        spool = spool / f"worker-{worker}"
+    return LogSettings(
+        spool=str(spool.resolve()), fsync_interval=config.log_spool_fsync_interval,
+        on_spool_error=config.log_on_spool_error,  # type: ignore[arg-type]
+        queue_max=config.log_queue_max, spool_keep=config.log_spool_keep,
+        max_backlog_records=config.log_max_backlog_records,
+        max_backlog_age=config.log_max_backlog_age)
 
 
 def close_directory(directory: Directory) -> None:

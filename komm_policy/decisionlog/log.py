@@ -1,0 +1,317 @@
+"""The service's side of the decision log: spool each decision, supervise the writer.
+
+`DecisionLog.submit_decision` runs on the answer path before the answer is sent: it packs
+the decision (`raw_entry`) and appends it to the spool (one `write`).  Once that returned
+the record survives the service being killed.  When the spool cannot be written (disk
+full, read-only) `on_spool_error` decides: "tempfail" — `submit_decision` returns False
+and the hook answers 451 4.3.0 instead of the decision (Stalwart retries the message
+later); "accept" — the decision stands and its entry is held in a bounded in-memory
+queue, written to the spool first thing once it works again; past `queue_max` held
+entries, further ones are dropped, counted and logged.
+
+A supervisor thread watches the writer process (its exit, and a heartbeat in the spool's
+state file) and restarts it with backoff, even when no request comes; the new writer
+resumes from the positions it saved.  `status()` is what /metrics and /readyz show.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..decision import Decision
+from ..wire import Request
+from .records import RecordIds, raw_entry
+from .sinks import SinkSpec
+from .spool import SpoolAppender, position_from, read_state, segments
+from .writer import writer_main
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How the decision log behaves (the `[log]` options in the README)."""
+
+    spool: str = "var/spool"
+    fsync_interval: float = 0.2
+    """Seconds between fsyncs of the spool (0: never; the OS writes back)."""
+    segment_bytes: int = 64 * 1024 * 1024
+    on_spool_error: Literal["tempfail", "accept"] = "tempfail"
+    queue_max: int = 10_000
+    """Entries held in memory while the spool fails (on_spool_error = accept)."""
+    spool_keep: float = 0.0
+    """Seconds to keep segments every sink has taken (0: remove them at once)."""
+    max_backlog_records: int = 100_000
+    max_backlog_age: float = 60.0
+    """/readyz turns 503 when a sink is this far behind (records or seconds)."""
+    writer_stall: float = 30.0
+    """A writer without a heartbeat this long is killed and restarted."""
+    poll: float = 0.02
+
+
+@dataclass
+class LogStatus:
+    alive: bool
+    restarts: int
+    next_seq: int
+    held: int
+    spool_errors: int
+    spool_failing: str | None
+    tempfails: int
+    dropped: int
+    backlog: dict[str, int] = field(default_factory=dict)
+    oldest_age: dict[str, float] = field(default_factory=dict)
+    sink_errors: dict[str, int] = field(default_factory=dict)
+    failing_sinks: dict[str, str] = field(default_factory=dict)
+
+
+class DecisionLog:
+    def __init__(self, specs: Sequence[SinkSpec], settings: LogSettings | None = None
+                 ) -> None:
+        self.settings = settings or LogSettings()
+        self._specs = tuple(specs)
+        self._names = [s.name for s in self._specs]
+        self.spool_dir = Path(self.settings.spool).resolve()
+        self._appender = SpoolAppender(self.spool_dir,
+                                       fsync_interval=self.settings.fsync_interval,
+                                       segment_bytes=self.settings.segment_bytes)
+        self._first_seq = self._appender.next_seq
+        self._started = time.time()
+        self._ids = RecordIds()
+        self._held: deque[bytes] = deque()
+        self._samples_seq: list[int] = []
+        self._samples_at: list[float] = []
+        self._last_sample = 0.0
+        self.spool_errors = 0
+        self.tempfails = 0
+        self.dropped = 0
+        self.restarts = 0
+        self._failing: str | None = None
+        self._last_error_log = 0.0
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._stopping = threading.Event()
+        self._process: Any = None
+        self._process_lock = threading.Lock()
+        self._start_writer()
+        self._supervisor = threading.Thread(target=self._supervise, name="komm-log-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
+
+    # -- answer path ----------------------------------------------------------------------
+
+    def submit_decision(self, request: Request, decision: Decision, duration_ms: float,
+                        at: float, *, shadow: bool = False,
+                        redact_client_ip: bool = False) -> bool:
+        """Spool an answered request's decision; `at` is the answer's time.time().
+        False means: not spooled, and on_spool_error = tempfail — answer 451 instead."""
+        entry = raw_entry(request, decision, duration_ms, at, self._ids(), shadow=shadow,
+                          redact_client_ip=redact_client_ip)
+        try:
+            if self._held:
+                self._write_held()
+            seq = self._appender.append(entry)
+        except OSError as exc:
+            return self._spool_failed(entry, exc)
+        if self._failing is not None:
+            log.warning("decision log spool writable again")
+            self._failing = None
+        if at - self._last_sample >= 0.01:  # for the age of the oldest unwritten record
+            self._last_sample = at
+            self._samples_seq.append(seq)
+            self._samples_at.append(at)
+        return True
+
+    def _write_held(self) -> None:
+        held = self._held
+        while held:
+            self._appender.append(held[0])
+            held.popleft()
+
+    def _spool_failed(self, entry: bytes, exc: OSError) -> bool:
+        self.spool_errors += 1
+        self._failing = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._last_error_log >= 10.0:  # rate-limited
+            self._last_error_log = now
+            log.error("decision log spool %s cannot be written (%s); on_spool_error = %s",
+                      self.spool_dir, self._failing, self.settings.on_spool_error)
+        if self.settings.on_spool_error == "tempfail":
+            self.tempfails += 1
+            return False
+        if len(self._held) < self.settings.queue_max:
+            self._held.append(entry)
+        else:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("decision log: %d records dropped so far (spool failing, "
+                          "%d held in memory)", self.dropped, len(self._held))
+        return True
+
+    @property
+    def depth(self) -> int:
+        """Entries held in memory (only while the spool cannot be written)."""
+        return len(self._held)
+
+    # -- the writer process ---------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        process = self._context.Process(
+            target=writer_main, name="komm-decision-log",
+            args=(str(self.spool_dir), self._specs, self._stop, os.getpid(),
+                  self.settings.poll, self.settings.spool_keep),
+            daemon=True)
+        process.start()
+        self._writer_started = time.time()
+        self._process = process
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _supervise(self) -> None:
+        from multiprocessing.connection import wait
+
+        delay = 0.1
+        while not self._stopping.is_set():
+            process = self._process
+            wait([process.sentinel], timeout=0.5)
+            if self._stopping.is_set():
+                return
+            if process.is_alive():
+                heartbeat = read_state(self.spool_dir).get("heartbeat", 0.0)
+                if time.time() - max(heartbeat, self._writer_started) > (
+                        self.settings.writer_stall):
+                    log.error("decision log writer %s stalled; restarting it", process.pid)
+                    process.kill()
+                    process.join(5)
+                else:
+                    delay = 0.1
+                    continue
+            log.error("decision log writer %s exited (code %s); restarting it",
+                      process.pid, process.exitcode)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 5.0)
+            with self._process_lock:
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                self._start_writer()
+
+    # -- state ----------------------------------------------------------------------------
+
+    def status(self) -> LogStatus:
+        state = read_state(self.spool_dir)
+        positions = state.get("positions", {})
+        sinks = state.get("sinks", {})
+        next_seq = self._appender.next_seq
+        status = LogStatus(
+            alive=self._process is not None and self._process.is_alive(),
+            restarts=self.restarts, next_seq=next_seq, held=len(self._held),
+            spool_errors=self.spool_errors, spool_failing=self._failing,
+            tempfails=self.tempfails, dropped=self.dropped)
+        now = time.time()
+        lowest = next_seq
+        for name in self._names:
+            position = position_from(positions.get(name))
+            taken = position.seq if position is not None else self._oldest_seq()
+            lowest = min(lowest, taken)
+            status.backlog[name] = max(0, next_seq - taken) + len(self._held)
+            status.oldest_age[name] = self._age(taken, next_seq, now)
+            info = sinks.get(name, {})
+            status.sink_errors[name] = int(info.get("errors", 0))
+            if info.get("failing"):
+                status.failing_sinks[name] = str(info.get("last_error"))
+        self._prune(lowest)
+        return status
+
+    def _oldest_seq(self) -> int:
+        present = segments(self.spool_dir)
+        return present[0] if present else self._appender.next_seq
+
+    def _age(self, taken: int, next_seq: int, now: float) -> float:
+        if taken >= next_seq:
+            return 0.0
+        if taken < self._first_seq or not self._samples_seq:
+            return now - self._started  # left from before this start: at least this old
+        index = bisect.bisect_right(self._samples_seq, taken) - 1
+        return now - self._samples_at[max(index, 0)]
+
+    def _prune(self, lowest: int) -> None:
+        index = bisect.bisect_right(self._samples_seq, lowest) - 1
+        if index > 0:
+            del self._samples_seq[:index]
+            del self._samples_at[:index]
+        if len(self._samples_seq) > 200_000:  # no scrapes for a long time: thin out
+            self._samples_seq = self._samples_seq[::2]
+            self._samples_at = self._samples_at[::2]
+
+    def problem(self, status: LogStatus | None = None) -> str | None:
+        """Why /readyz should say 503, or None."""
+        status = status or self.status()
+        settings = self.settings
+        if status.spool_failing:
+            return f"decision log spool cannot be written: {status.spool_failing}"
+        if not status.alive:
+            return "decision log writer not running (restarting)"
+        for name, backlog in status.backlog.items():
+            if backlog > settings.max_backlog_records:
+                return f"decision log sink {name}: {backlog} records behind"
+            age = status.oldest_age[name]
+            if age > settings.max_backlog_age:
+                reason = status.failing_sinks.get(name)
+                return (f"decision log sink {name}: oldest unwritten record {age:.0f}s old"
+                        + (f" ({reason})" if reason else ""))
+        return None
+
+    # -- control --------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every sink has taken everything spooled so far."""
+        deadline = time.monotonic() + timeout
+        target = self._appender.next_seq
+        while True:
+            positions = read_state(self.spool_dir).get("positions", {})
+            taken = [position_from(positions.get(n)) for n in self._names]
+            if all(p is not None and p.seq >= target for p in taken) and not self._held:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop supervising, let the writer drain the spool, wait for it.  What a sink
+        could not take stays in the spool for the next start."""
+        self._stopping.set()
+        self._supervisor.join(5)
+        with contextlib.suppress(OSError):
+            if self._held:
+                self._write_held()
+        if self._held:
+            log.error("decision log: %d records held in memory could not be spooled",
+                      len(self._held))
+        self._appender.sync()
+        self._stop.set()
+        with self._process_lock:
+            process = self._process
+        process.join(timeout)
+        if process.is_alive():
+            log.error("decision log writer did not finish in %.0fs; the spool keeps the "
+                      "rest for the next start", timeout)
+            process.terminate()
+            process.join(5)
+        self._appender.close()
+
+

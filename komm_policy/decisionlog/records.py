@@ -1,0 +1,284 @@
+"""The decision record, version 1: what was decided for one hook request, and why.
+
+The schema is documented field by field in docs/decision-record.md; `RECORD_VERSION` is
+raised whenever a field changes meaning or goes away (adding an optional field does not
+raise it).  A record carries what is needed to decide the envelope stages again (client,
+HELO, SASL login, sender, recipients, TLS and server facts) and the full answer (action,
+SMTP reply, quarantine reason, a summary of the modifications), never message bodies,
+header values or secrets — except what a policy itself puts into it (lookup arguments,
+`log` lines, reply and quarantine texts).  Client IPs can be redacted everywhere in it.
+
+On the answer path only the request's context, envelope and decision are packed
+(`raw_entry`, one msgpack call); the writer process turns them into records
+(`line_from_raw`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from ..decision import Decision, DryRunHit, LookupRecord, Reply, RuleRef
+from ..ipset import IP
+from ..wire import (
+    AddHeader,
+    AddRecipient,
+    AnyModification,
+    ChangeFrom,
+    ChangeHeader,
+    Context,
+    DeleteHeader,
+    DeleteRecipient,
+    Envelope,
+    InsertHeader,
+    Request,
+)
+
+RECORD_VERSION = 1
+QUARANTINE_HEADER = "X-Komm-Quarantine"
+"""The header `runtime` puts the quarantine reason in (our text, not the message's)."""
+
+
+class ModificationSummary(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One modification sent to Stalwart, without header values or contents:
+    `type` (Stalwart's tag, e.g. "addHeader"), `name` (header name, for header changes),
+    `address` (for changeFrom/addRecipient/deleteRecipient)."""
+
+    type: str
+    name: str | None = None
+    address: str | None = None
+
+
+class DecisionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One record (docs/decision-record.md).  The fields without a default are always
+    present in the JSON (null when unknown); the others are left out when empty."""
+
+    record_version: int
+    id: str
+    time: str
+    stage: str
+    client_ip: str | None
+    helo: str | None
+    sender: str | None
+    recipients: tuple[str, ...]
+    sasl_login: str | None
+    queue_id: str | None
+    action: str
+    duration_ms: float
+    policy_version: str
+    reply: Reply | None = None
+    quarantine_reason: str | None = None
+    modifications: tuple[ModificationSummary, ...] = ()
+    rule: RuleRef | None = None
+    answered: str | None = None
+    """What Stalwart was told, when it differs from `action` (shadow mode)."""
+    fallback: bool = False
+    cause: str | None = None
+    lookups: tuple[LookupRecord, ...] = ()
+    dry_run: tuple[DryRunHit, ...] = ()
+    logs: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    client_port: int | None = None
+    client_ptr: str | None = None
+    server_name: str | None = None
+    server_port: int | None = None
+    server_ip: str | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    sasl_method: str | None = None
+
+
+def _encode_hook(value: Any) -> Any:
+    if isinstance(value, IP):
+        return str(value)
+    raise NotImplementedError(f"cannot log {type(value).__name__}")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_encode_hook)
+_RECORD_DECODER = msgspec.json.Decoder(DecisionRecord)
+
+
+def encode_record(record: DecisionRecord) -> bytes:
+    """The record's JSON line (no newline)."""
+    return _ENCODER.encode(record)
+
+
+def decode_record(line: bytes | str) -> DecisionRecord:
+    """A JSON line back into a record; raises msgspec.ValidationError/DecodeError."""
+    return _RECORD_DECODER.decode(line)
+
+
+class RecordIds:
+    """Unique record ids without uuid4's cost: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}-{next(self._counter):010x}"
+
+
+class Timestamps:
+    """ISO 8601 UTC times; the date-and-second part is formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, at: float) -> str:
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._text}.{int((at - second) * 1_000_000):06d}+00:00"
+
+
+def make_record(
+    request: Request,
+    decision: Decision,
+    duration_ms: float,
+    *,
+    shadow: bool = False,
+    redact_client_ip: bool = False,
+    record_id: str | None = None,
+    at: str | None = None,
+) -> DecisionRecord:
+    """The log record for one answered request."""
+    return _record(request.context, request.envelope, decision, duration_ms, shadow,
+                   redact_client_ip, record_id, at)
+
+
+def summarize(modifications: tuple[AnyModification, ...]) -> tuple[ModificationSummary, ...]:
+    """What was changed, without values: header names and envelope addresses only."""
+    summary = []
+    for m in modifications:
+        tag = type(m).__struct_config__.tag
+        if isinstance(m, AddHeader | InsertHeader | ChangeHeader | DeleteHeader):
+            summary.append(ModificationSummary(tag, name=m.name))
+        elif isinstance(m, ChangeFrom | AddRecipient | DeleteRecipient):
+            summary.append(ModificationSummary(tag, address=m.value))
+        else:  # replaceContents: the new contents are a body
+            summary.append(ModificationSummary(tag))
+    return tuple(summary)
+
+
+def logged_ip(text: str) -> str:
+    """An address as logged: canonical (RFC 5952 for IPv6, an IPv4-mapped address as the
+    IPv4 address), the text as sent only if it does not parse."""
+    parsed = IP.parse(text)
+    return parsed.text if parsed is not None else text
+
+
+def _quarantine_reason(decision: Decision) -> str | None:
+    if decision.action != "quarantine":
+        return None
+    for m in decision.modifications:
+        if isinstance(m, AddHeader) and m.name == QUARANTINE_HEADER:
+            return m.value
+    return None
+
+
+def _record(context: Context, envelope: Envelope | None, decision: Decision,
+            duration_ms: float, shadow: bool, redact_client_ip: bool,
+            record_id: str | None, at: str | None) -> DecisionRecord:
+    if envelope is not None:
+        sender = envelope.from_.address
+        recipients = tuple([a.address for a in envelope.to])
+    else:
+        sender, recipients = None, ()
+    client, sasl, tls, server, queue = (context.client, context.sasl, context.tls,
+                                        context.server, context.queue)
+    record = DecisionRecord(  # positional, in field order
+        RECORD_VERSION,
+        record_id or uuid.uuid4().hex,
+        at or datetime.now(UTC).isoformat(timespec="microseconds"),
+        context.stage,
+        logged_ip(client.ip),
+        client.helo,
+        sender,
+        recipients,
+        sasl.login or None if sasl is not None else None,
+        queue.id if queue is not None else None,
+        decision.action,
+        round(duration_ms, 3),
+        decision.policy_version,
+        decision.reply,
+        _quarantine_reason(decision),
+        summarize(decision.modifications) if decision.modifications else (),
+        decision.rule,
+        "accept" if shadow and decision.action != "accept" else None,
+        decision.fallback,
+        decision.cause,
+        decision.lookups,
+        decision.dry_run,
+        decision.logs,
+        decision.errors,
+        client.port or None,
+        client.ptr,
+        server.name or None,
+        server.port or None,
+        logged_ip(server.ip) if server.ip is not None else None,
+        tls.version or None if tls is not None else None,
+        tls.cipher or None if tls is not None else None,
+        sasl.method if sasl is not None else None,
+    )
+    return _redact(record, client.ip) if redact_client_ip else record
+
+
+# -- raw entries: what the answer path puts into the spool ---------------------------------
+#
+# Building and JSON-encoding a record costs more than the decision itself; on the answer
+# path only the decision and the request parts a record needs are packed (one C call).
+
+_RAW_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
+_RAW_DECODER = msgspec.msgpack.Decoder(
+    tuple[str, float, float, bool, bool, Context, Envelope | None, Decision])
+
+
+def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float,
+              record_id: str, *, shadow: bool = False, redact_client_ip: bool = False
+              ) -> bytes:
+    """The decision and its request's logged parts, packed for `line_from_raw` (the
+    message itself, headers and body, is not packed).  `at` is time.time()."""
+    return _RAW_ENCODER.encode(
+        (record_id, at, duration_ms, shadow, redact_client_ip, request.context,
+         request.envelope, decision))
+
+
+def record_from_raw(entry: bytes, timestamps: Timestamps) -> tuple[DecisionRecord, float]:
+    """An entry from `raw_entry` as its record, and its answer time (time.time())."""
+    record_id, at, duration_ms, shadow, redact, context, envelope, decision = (
+        _RAW_DECODER.decode(entry))
+    return _record(context, envelope, decision, duration_ms, shadow, redact, record_id,
+                   timestamps(at)), at
+
+
+def line_from_raw(entry: bytes, timestamps: Timestamps) -> bytes:
+    """An entry from `raw_entry` as the record's JSON line."""
+    return encode_record(record_from_raw(entry, timestamps)[0])
+
+
+REDACTED = "[redacted]"
+
+
+def _redact(record: DecisionRecord, client_ip: str) -> DecisionRecord:
+    """The record with the client address gone from every field: lookup arguments and
+    errors, causes, `log` lines, HELO and reply texts a policy interpolated it into.  Both
+    the address as sent and its normal form (an IPv4-mapped address as plain IPv4) count."""
+    forms = {client_ip}
+    parsed = IP.parse(client_ip)
+    if parsed is not None:
+        forms.add(parsed.text)
+    text = encode_record(record).decode()
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(rf"(?<![0-9A-Za-z.:]){re.escape(form)}(?![0-9A-Za-z.:])", REDACTED,
+                      text)
+    return msgspec.structs.replace(_RECORD_DECODER.decode(text), client_ip=None)

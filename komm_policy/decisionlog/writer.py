@@ -1,0 +1,198 @@
+"""The writer process: reads the spool and feeds every sink from its own position.
+
+One loop: for each sink not waiting out a backoff, read the next batch after its
+position, turn the raw entries into records (once per batch, shared by the sinks at the
+same position), write them, and move the position.  Positions and the writer's status
+go to the spool's `state.json` after every batch (atomic rename); a restarted writer
+resumes from there.  A failed sink keeps its position and is retried with backoff (0.5 s
+doubling up to 30 s) while the others go on.  Every `RETAIN_EVERY` seconds consumed
+segments are removed and each sink applies its retention.
+
+Why a process: building records, JSON encoding, SQLite inserts and file writes are
+CPU-bound Python; in a thread they would hold the GIL against the event loop thread.
+The writer ends when told to (after draining what the spool holds) or when its parent
+is gone (after draining, so a killed service still gets its records stored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .records import Timestamps, encode_record, record_from_raw
+from .sinks import Sink, SinkSpec, SpooledRecord
+from .spool import Position, SpoolReader, position_from, read_state, write_state
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+RETAIN_EVERY = 60.0
+
+
+class _SinkState:
+    __slots__ = ("errors", "failures", "last_error", "name", "position", "retry_at",
+                 "sink", "spec")
+
+    def __init__(self, spec: SinkSpec | Sink, position: Position | None) -> None:
+        self.spec = spec
+        # A spec is opened on first use, so a sink that cannot open yet (store missing,
+        # directory not writable) is retried like a failed write.
+        self.sink: Sink | None = None if hasattr(spec, "open") else spec  # type: ignore[assignment]
+        self.name: str = spec.name
+        self.position = position
+        self.failures = 0
+        self.errors = 0
+        self.retry_at = 0.0
+        self.last_error: str | None = None
+
+
+class SpoolWriter:
+    """Drives the sinks from the spool.  Usable in-process (tests) or as the writer
+    process's body (`writer_main`)."""
+
+    def __init__(self, directory: str | Path, sinks: Sequence[SinkSpec | Sink], *,
+                 clock: Callable[[], float] = time.monotonic,
+                 batch: int = BATCH) -> None:
+        self.directory = Path(directory)
+        self.reader = SpoolReader(self.directory)
+        saved = read_state(self.directory).get("positions", {})
+        self.states = [_SinkState(s, position_from(saved.get(s.name))) for s in sinks]
+        self._clock = clock
+        self._batch = batch
+        self._timestamps = Timestamps()
+        self.written = 0
+        self.undecodable = 0
+        self._last_retain = clock()
+
+    def step(self, *, force: bool = False) -> bool:
+        """One batch for every sink that can take one; True if any progress was made."""
+        progress = False
+        cache: dict[Position | None, tuple[list[SpooledRecord], Position | None]] = {}
+        now = self._clock()
+        for state in self.states:
+            if not force and now < state.retry_at:
+                continue
+            key = state.position
+            if key not in cache:
+                entries, after = self.reader.read(key, self._batch)
+                cache[key] = (self._records(entries), after)
+            records, after = cache[key]
+            if after == state.position:
+                continue
+            try:
+                if records:
+                    if state.sink is None:
+                        state.sink = state.spec.open()  # type: ignore[union-attr]
+                    state.sink.write(records)
+            except Exception as exc:  # keep the position and retry later
+                self._failed(state, exc)
+                continue
+            state.failures = 0
+            state.last_error = None
+            state.position = after
+            if state is self.states[0]:
+                self.written += len(records)
+            progress = True
+            self.save()  # at once: the next sink may block (a locked store) or crash
+        return progress
+
+    def _records(self, entries: list[tuple[int, bytes]]) -> list[SpooledRecord]:
+        records = []
+        for seq, payload in entries:
+            try:
+                record, at = record_from_raw(payload, self._timestamps)
+                records.append(SpooledRecord(seq, record.id, at, encode_record(record)))
+            except Exception:  # one bad entry must not cost the others
+                self.undecodable += 1
+                log.exception("decision log: spool entry %d cannot be decoded; skipped", seq)
+        return records
+
+    def _failed(self, state: _SinkState, exc: Exception) -> None:
+        state.errors += 1
+        state.failures += 1
+        state.last_error = f"{type(exc).__name__}: {exc}"
+        if state.sink is not None and state.sink is not state.spec:
+            # Start over from the spec: a sink in a bad state (a closed file after a
+            # failed rotation, a broken connection) is not reused.
+            with contextlib.suppress(Exception):
+                state.sink.close()
+            state.sink = None
+        delay = min(30.0, 0.5 * 2 ** min(state.failures - 1, 6))
+        state.retry_at = self._clock() + delay
+        log.error("decision log sink %s failed (retrying in %.1fs, nothing lost): %s",
+                  state.name, delay, state.last_error)
+
+    def retain(self, now: float, *, keep: float = 0.0) -> None:
+        self.reader.collect([s.position for s in self.states], keep=keep, now=now)
+        for state in self.states:
+            if state.sink is not None:
+                try:
+                    state.sink.retain(now)
+                except Exception as exc:
+                    log.error("decision log sink %s: retention failed: %s", state.name, exc)
+
+    def maybe_retain(self, keep: float) -> None:
+        if self._clock() - self._last_retain >= RETAIN_EVERY:
+            self._last_retain = self._clock()
+            self.retain(time.time(), keep=keep)
+
+    def next_retry_in(self) -> float | None:
+        waiting = [s.retry_at for s in self.states if s.failures]
+        return max(0.0, min(waiting) - self._clock()) if waiting else None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "heartbeat": time.time(),
+            "positions": {s.name: s.position.as_json() if s.position else None
+                          for s in self.states},
+            "sinks": {s.name: {"errors": s.errors, "failing": s.failures > 0,
+                               "last_error": s.last_error} for s in self.states},
+            "undecodable": self.undecodable,
+            "skipped_tails": self.reader.skipped_tails,
+        }
+
+    def save(self) -> None:
+        write_state(self.directory, self.status())
+
+    def close(self) -> None:
+        for state in self.states:
+            if state.sink is not None:
+                try:
+                    state.sink.close()
+                except Exception:  # closing is best effort
+                    log.exception("closing decision log sink %s", state.name)
+
+
+def writer_main(directory: str, specs: Sequence[SinkSpec], stop: Any, parent: int,
+                poll: float = 0.02, keep: float = 0.0, drain_timeout: float = 20.0) -> None:
+    """The writer process: `stop` is a multiprocessing Event set by the service when it
+    shuts down; `parent` is the service's pid (gone means: drain, then exit)."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    writer = SpoolWriter(directory, specs)
+    last_save = 0.0
+    try:
+        while not stop.is_set() and os.getppid() == parent:
+            progressed = writer.step()
+            writer.maybe_retain(keep)
+            if progressed:
+                last_save = time.monotonic()
+                continue
+            if time.monotonic() - last_save >= 1.0:  # the heartbeat
+                writer.save()
+                last_save = time.monotonic()
+            stop.wait(poll)
+        # Drain: every sink gets what the spool holds, a failing one one more attempt;
+        # what it cannot take stays in the spool for the next start.
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline and writer.step(force=True):
+            pass
+        writer.save()
+    finally:
+        writer.close()

@@ -1,0 +1,244 @@
+"""`DecisionLog`, the service's side, with its real writer process, spool and sinks.
+
+Records go to the spool before the answer; the writer process feeds the JSONL file and
+`mta_log`.  Writers are SIGKILLed, stores locked by another process, spools made to fail;
+every test counts records submitted against records stored.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from komm_policy.decisionlog import DecisionLog, JsonlSpec, LogSettings, SqliteSpec
+from komm_policy.demo import DEMO_ROWS
+from komm_policy.directory.sqlite import create_database
+
+from .test_decisionlog import decided
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[Path, Path, Path]:
+    store = tmp_path / "komm.sqlite3"
+    create_database(store, DEMO_ROWS)
+    return tmp_path / "log" / "decisions.jsonl", store, tmp_path / "spool"
+
+
+def open_log(paths: tuple[Path, Path, Path], **settings: object) -> DecisionLog:
+    jsonl, store, spool = paths
+    return DecisionLog([JsonlSpec(str(jsonl)), SqliteSpec(str(store))],
+                       LogSettings(spool=str(spool), **settings))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def decision_log(paths: tuple[Path, Path, Path]) -> Iterator[DecisionLog]:
+    log = open_log(paths)
+    yield log
+    log.close()
+
+
+def jsonl_ids(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["id"] for line in path.read_bytes().splitlines()]
+
+
+def store_ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM mta_log")]
+
+
+PAIRS = [decided(name) for name in ("derived-rcpt-2", "derived-connect-1",
+                                    "derived-data-1", "derived-mail-1")]
+
+
+def submit(log: DecisionLog, count: int) -> int:
+    """Submit `count` decisions; returns how many were accepted for logging."""
+    accepted = 0
+    for n in range(count):
+        request, decision = PAIRS[n % len(PAIRS)]
+        accepted += log.submit_decision(request, decision, 0.3, time.time())
+    return accepted
+
+
+def assert_all_stored(paths: tuple[Path, Path, Path], expected: int) -> None:
+    jsonl, store, _ = paths
+    ids = jsonl_ids(jsonl)
+    assert len(ids) == expected == len(set(ids))
+    assert sorted(store_ids(store)) == sorted(ids)
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_submit_and_flush_write_both_sinks(paths: tuple[Path, Path, Path],
+                                           decision_log: DecisionLog) -> None:
+    assert submit(decision_log, 4) == 4
+    assert decision_log.flush()
+    assert_all_stored(paths, 4)
+    records = [json.loads(line) for line in paths[0].read_bytes().splitlines()]
+    assert [r["stage"] for r in records] == ["rcpt", "connect", "data", "mail"]
+    status = decision_log.status()
+    assert status.alive and status.backlog == {"jsonl": 0, "sqlite": 0}
+    assert decision_log.problem(status) is None
+
+
+def test_close_drains_everything(paths: tuple[Path, Path, Path]) -> None:
+    log = open_log(paths)
+    submit(log, 300)
+    log.close()
+    assert_all_stored(paths, 300)
+
+
+def test_killed_writer_is_restarted_while_idle_and_resumes(
+        paths: tuple[Path, Path, Path], decision_log: DecisionLog) -> None:
+    submit(decision_log, 50)
+    first = decision_log.writer_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: decision_log.writer_pid not in (None, first)
+             and decision_log.status().alive)  # no request needed
+    assert decision_log.restarts == 1
+    submit(decision_log, 50)
+    assert decision_log.flush()
+    assert_all_stored(paths, 100)
+
+
+def test_five_writer_kills_under_submissions_lose_nothing(
+        paths: tuple[Path, Path, Path], decision_log: DecisionLog) -> None:
+    total = 0
+    for _ in range(5):
+        total += submit(decision_log, 60)
+        time.sleep(0.05)
+        victim = decision_log.writer_pid
+        os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+        total += submit(decision_log, 60)
+        wait_for(lambda: decision_log.writer_pid != victim)  # noqa: B023
+    assert decision_log.flush(timeout=30)
+    assert decision_log.restarts >= 5
+    assert_all_stored(paths, total)
+
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+def test_writer_killed_while_another_process_locks_the_store(
+        paths: tuple[Path, Path, Path], decision_log: DecisionLog) -> None:
+    jsonl, store, _ = paths
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(store)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        submit(decision_log, 150)
+        wait_for(lambda: len(jsonl_ids(jsonl)) == 150)  # JSONL goes on
+        status = decision_log.status()
+        assert status.backlog["sqlite"] == 150 and status.backlog["jsonl"] == 0
+        os.kill(decision_log.writer_pid, signal.SIGKILL)  # type: ignore[arg-type]
+        submit(decision_log, 150)
+    finally:
+        assert locker.stdin is not None
+        locker.stdin.write("\n")
+        locker.stdin.close()
+        locker.wait(10)
+        if locker.stdout is not None:
+            locker.stdout.close()
+    assert decision_log.flush(timeout=30)
+    assert_all_stored(paths, 300)
+
+
+def test_backlog_past_its_bound_makes_the_log_a_readiness_problem(
+        tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    missing = tmp_path / "not-yet.sqlite3"
+    log = DecisionLog([SqliteSpec(str(missing))],
+                      LogSettings(spool=str(spool), max_backlog_records=20))
+    try:
+        submit(log, 30)
+        status = log.status()
+        assert status.backlog == {"sqlite": 30}
+        problem = log.problem(status)
+        assert problem is not None and "sqlite: 30 records behind" in problem
+        create_database(missing, DEMO_ROWS)
+        wait_for(lambda: log.status().backlog == {"sqlite": 0}, timeout=15)
+        assert log.problem() is None
+    finally:
+        log.close()
+    assert len(store_ids(missing)) == 30
+
+
+def test_oldest_unwritten_age_is_reported(tmp_path: Path) -> None:
+    missing = tmp_path / "not-yet.sqlite3"
+    log = DecisionLog([SqliteSpec(str(missing))],
+                      LogSettings(spool=str(tmp_path / "spool"), max_backlog_age=0.5))
+    try:
+        submit(log, 3)
+        time.sleep(0.7)
+        status = log.status()
+        assert status.oldest_age["sqlite"] >= 0.6
+        assert "oldest unwritten record" in (log.problem(status) or "")
+    finally:
+        log.close()
+
+
+def _fail_spool(log: DecisionLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(payload: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(log._appender, "append", full)
+
+
+def test_spool_error_tempfail(paths: tuple[Path, Path, Path],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(paths)
+    try:
+        assert submit(log, 10) == 10
+        _fail_spool(log, monkeypatch)
+        assert submit(log, 5) == 0  # each of these is answered 451 by the hook
+        status = log.status()
+        assert (status.spool_errors, status.tempfails, status.dropped) == (5, 5, 0)
+        assert "spool cannot be written" in (log.problem(status) or "")
+        monkeypatch.undo()
+        assert submit(log, 10) == 10
+        assert log.problem() is None
+        assert log.flush()
+    finally:
+        log.close()
+    assert_all_stored(paths, 20)
+
+
+def test_spool_error_accept_holds_records_then_drops_counted(
+        paths: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(paths, on_spool_error="accept", queue_max=8)
+    try:
+        _fail_spool(log, monkeypatch)
+        assert submit(log, 10) == 10  # answered as decided
+        status = log.status()
+        assert (status.held, status.dropped, status.tempfails) == (8, 2, 0)
+        monkeypatch.undo()
+        assert submit(log, 1) == 1  # the held ones go first
+        assert log.depth == 0
+        assert log.flush()
+    finally:
+        log.close()
+    assert_all_stored(paths, 9)
