@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3002
 DB     ?= var/komm.sqlite3
 
-.PHONY: install serve test lint check fmt-check policy-test bench bench-quick wrk clean
+.PHONY: install serve test lint check fmt-check policy-test soak bench bench-quick wrk clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ policy-test: install
 
 test: install lint check fmt-check policy-test
 	$(BIN)/python -m pytest -q
+
+# The decision log's fault matrix with more records (not part of `make test`; a few
+# minutes): SIGTERM under load, writer SIGKILL x5, SIGKILL while the store is locked,
+# store re-created, spool disk full (needs root for the tmpfs), main server SIGKILL.
+SOAK_REQUESTS ?= 3000
+soak: install
+	mkdir -p var && rm -f var/soak-report.txt
+	KOMM_SOAK_REQUESTS=$(SOAK_REQUESTS) KOMM_SOAK_REPORT=$(CURDIR)/var/soak-report.txt \
+		$(BIN)/python -m pytest -q -s tests/test_log_faults.py
+	cat var/soak-report.txt
 
 # Benchmarks: extra packages from the `bench` group, wrk from Debian's packages.
 $(BIN)/.bench-installed: pyproject.toml | $(BIN)/.installed

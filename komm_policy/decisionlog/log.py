@@ -20,7 +20,6 @@ import bisect
 import contextlib
 import logging
 import multiprocessing
-import os
 import threading
 import time
 from collections import deque
@@ -100,7 +99,6 @@ class DecisionLog:
         self._failing: str | None = None
         self._last_error_log = 0.0
         self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
         self._stopping = threading.Event()
         self._process: Any = None
         self._process_lock = threading.Lock()
@@ -167,12 +165,19 @@ class DecisionLog:
     # -- the writer process ---------------------------------------------------------------
 
     def _start_writer(self) -> None:
+        receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=writer_main, name="komm-decision-log",
-            args=(str(self.spool_dir), self._specs, self._stop, os.getpid(),
-                  self.settings.poll, self.settings.spool_keep),
+            args=(str(self.spool_dir), self._specs, receiver, self.settings.poll,
+                  self.settings.spool_keep),
             daemon=True)
         process.start()
+        receiver.close()
+        old = getattr(self, "_control", None)
+        self._control = sender  # closing it (or dying) tells the writer to finish
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.close()
         self._writer_started = time.time()
         self._process = process
 
@@ -303,9 +308,11 @@ class DecisionLog:
             log.error("decision log: %d records held in memory could not be spooled",
                       len(self._held))
         self._appender.sync()
-        self._stop.set()
         with self._process_lock:
             process = self._process
+            with contextlib.suppress(OSError):
+                self._control.send_bytes(b"stop")
+                self._control.close()
         process.join(timeout)
         if process.is_alive():
             log.error("decision log writer did not finish in %.0fs; the spool keeps the "

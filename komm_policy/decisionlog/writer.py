@@ -11,7 +11,8 @@ segments are removed and each sink applies its retention.
 Why a process: building records, JSON encoding, SQLite inserts and file writes are
 CPU-bound Python; in a thread they would hold the GIL against the event loop thread.
 The writer ends when told to (after draining what the spool holds) or when its parent
-is gone (after draining, so a killed service still gets its records stored).
+is gone (the control pipe's end; after draining, so a killed service still gets its
+records stored).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class SpoolWriter:
         self.written = 0
         self.undecodable = 0
         self._last_retain = clock()
+        self._last_save_error = 0.0
 
     def step(self, *, force: bool = False) -> bool:
         """One batch for every sink that can take one; True if any progress was made."""
@@ -158,7 +160,12 @@ class SpoolWriter:
         }
 
     def save(self) -> None:
-        write_state(self.directory, self.status())
+        try:
+            write_state(self.directory, self.status())
+        except OSError as exc:  # a full disk: positions stay in memory meanwhile
+            if time.monotonic() - self._last_save_error >= 10.0:
+                self._last_save_error = time.monotonic()
+                log.error("decision log: cannot save the sink positions: %s", exc)
 
     def close(self) -> None:
         for state in self.states:
@@ -169,25 +176,27 @@ class SpoolWriter:
                     log.exception("closing decision log sink %s", state.name)
 
 
-def writer_main(directory: str, specs: Sequence[SinkSpec], stop: Any, parent: int,
+def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
                 poll: float = 0.02, keep: float = 0.0, drain_timeout: float = 20.0) -> None:
-    """The writer process: `stop` is a multiprocessing Event set by the service when it
-    shuts down; `parent` is the service's pid (gone means: drain, then exit)."""
+    """The writer process.  `control` is the read end of a pipe from the service: a
+    message or its end (the service closed it, or died) means drain, then exit."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     writer = SpoolWriter(directory, specs)
     last_save = 0.0
     try:
-        while not stop.is_set() and os.getppid() == parent:
+        while True:
             progressed = writer.step()
             writer.maybe_retain(keep)
             if progressed:
                 last_save = time.monotonic()
-                continue
-            if time.monotonic() - last_save >= 1.0:  # the heartbeat
+                if not control.poll(0):
+                    continue
+            elif time.monotonic() - last_save >= 1.0:  # the heartbeat
                 writer.save()
                 last_save = time.monotonic()
-            stop.wait(poll)
+            if control.poll(0 if progressed else poll):
+                break  # told to stop, or the service is gone
         # Drain: every sink gets what the spool holds, a failing one one more attempt;
         # what it cannot take stays in the spool for the next start.
         deadline = time.monotonic() + drain_timeout
