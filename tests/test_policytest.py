@@ -427,3 +427,24 @@ def test_rows_are_checked_against_the_schema_file_beside_the_policies(tmp_path):
                     '[[case]]\nrequest = { stage = "connect" }\nexpect = { action = "accept" }\n')
     code, out, _ = run_test(str(tmp_path))
     assert code == 1 and "`status` (enum)" in out
+
+
+def test_policy_functions_are_covered_through_the_rules_that_call_them(tmp_path):
+    policy = ("def loopback(ip) = ip in [127.0.0.0/8]\n"
+              "def local(ip) = loopback(ip)\n"
+              "def odd_port(p) = p == 2525\n"
+              "def never_called(x) = x == 1\n"
+              + POLICY.replace("client.ip in [127.0.0.0/8]", "local(client.ip)")
+                      .replace("when client.port == 2525", "when odd_port(client.port)"))
+    code, out, _ = run_test(str(write_set(tmp_path, PASSING, policy)), format="json",
+                            coverage=True)
+    assert code == 0, out
+    items = {(i["kind"], i["name"]): i for i in json.loads(out)["coverage"]["items"]}
+    # `local` (and `loopback` through it) is called by rule `local`: evaluated by both
+    # cases, matched and decided by one
+    for name in ("local", "loopback"):
+        assert items[("function", name)]["counts"] == {"evaluated": 2, "matched": 1,
+                                                       "decided": 1}
+    # called only by the dry-run rule `watch`, which no case reached: nothing to decide
+    assert items[("function", "odd_port")]["missing"] == ["evaluated", "matched"]
+    assert items[("function", "never_called")]["missing"] == ["evaluated", "matched"]

@@ -102,7 +102,8 @@ def write_coverage_text(run: Run, out: TextIO, *, verbose: bool = False) -> None
         if item.missing or verbose:
             counts = "  ".join(f"{need} {item.counts.get(need, 0)}" for need in item.needs)
             where = f"{item.file}:{item.line}"
-            name = {"rule": item.name, "default": "default"}.get(
+            name = {"rule": item.name, "default": "default",
+                    "function": f"{item.name}() (function)"}.get(
                 item.kind, f"{item.name} (on error)")
             flag = f"  never {', '.join(item.missing)}" if item.missing else ""
             print(f"  {where:<34} {item.stage:<7} {name:<34} {counts}{flag}", file=out)

@@ -16,7 +16,9 @@ from typing import Any
 
 import msgspec
 
+from .. import nodes as n
 from ..decision import Decision, RuleRef
+from ..parser import parse
 from ..policyset import PolicySet
 from ..runtime import decide
 from .spec import Case
@@ -109,9 +111,10 @@ class CoverageItem:
 
     `needs` are the outcomes that count for coverage: a rule needs `evaluated` and
     `matched`, and `decided` when it can decide (not `continue`, not `dry_run`); a
-    `default` needs `decided`; an `on error` clause needs `taken`."""
+    `default` needs `decided`; an `on error` clause needs `taken`; a policy function
+    (`def`) needs what the rules calling it need, counted when one of them is."""
 
-    kind: str  # "rule", "default" or "on error"
+    kind: str  # "rule", "default", "on error" or "function"
     stage: str
     name: str
     file: str
@@ -146,6 +149,7 @@ class Coverage:
         self._rules: dict[tuple, CoverageItem] = {}
         self._on_error: dict[tuple, CoverageItem] = {}
         self._defaults: dict[tuple, CoverageItem] = {}
+        self._functions_of: dict[tuple, list[CoverageItem]] = {}
         for stage in policy_set.stages.values():
             for rule in stage.rules:
                 for member in rule.members or (rule,):
@@ -168,6 +172,19 @@ class Coverage:
                                     ("decided",))
                 self._defaults[_key(ref)] = item
                 self.items.append(item)
+        self._add_functions(policy_set)
+
+    def _add_functions(self, policy_set: PolicySet) -> None:
+        """One item per policy function (`def`), counted through the rules that call it."""
+        terminal = {key for key, item in self._rules.items() if "decided" in item.needs}
+        for function, rules in function_callers(policy_set).items():
+            needs = ("evaluated", "matched", "decided") if rules & terminal else (
+                "evaluated", "matched")
+            item = CoverageItem("function", "", function.name, function.span.file,
+                                function.span.line, needs)
+            self.items.append(item)
+            for key in rules:
+                self._functions_of.setdefault(key, []).append(item)
 
     def record(self, decision: Decision) -> None:
         errored: set[tuple] = set()
@@ -176,9 +193,10 @@ class Coverage:
             item = self._rules.get(key)
             if item is None:
                 continue
-            _count(item, "evaluated")
+            functions = self._functions_of.get(key, ())
+            _count(item, "evaluated", *functions)
             if step.outcome in ("matched", "dry run"):
-                _count(item, "matched")
+                _count(item, "matched", *functions)
             elif step.outcome == "error":
                 errored.add(key)
                 handler = self._on_error.get(key)
@@ -189,7 +207,7 @@ class Coverage:
             if key in self._defaults:
                 _count(self._defaults[key], "decided")
             elif key in self._rules and key not in errored:
-                _count(self._rules[key], "decided")
+                _count(self._rules[key], "decided", *self._functions_of.get(key, ()))
 
     @property
     def total(self) -> int:
@@ -208,5 +226,49 @@ class Coverage:
                 "total": self.total, "items": [item.to_json() for item in self.items]}
 
 
-def _count(item: CoverageItem, outcome: str) -> None:
-    item.counts[outcome] = item.counts.get(outcome, 0) + 1
+def _count(item: CoverageItem, outcome: str, *also: CoverageItem) -> None:
+    for each in (item, *also):
+        if outcome in each.needs:
+            each.counts[outcome] = each.counts.get(outcome, 0) + 1
+
+
+def function_callers(policy_set: PolicySet) -> dict[n.FunctionDef, set[tuple]]:
+    """Each policy function and the rules (coverage keys) that call it: directly, through
+    other functions, or through `let` constants whose value calls it.
+
+    Functions are inlined into their callers' closures, so a call has no event of its own
+    at run time; a function is exercised when a rule that contains it is."""
+    files = [parse(source.text, source.name).file for source in policy_set.sources]
+    functions: dict[str, n.FunctionDef] = {}
+    lets: dict[str, n.Let] = {}
+    rules: list[tuple[tuple, n.Rule]] = []
+    for file in files:
+        for item in file.items if file is not None else ():
+            if isinstance(item, n.FunctionDef):
+                functions[item.name] = item
+            elif isinstance(item, n.Let):
+                lets[item.name] = item
+            elif isinstance(item, n.StageBlock):
+                rules += [((r.span.file, r.span.line, r.span.column, r.name), r)
+                          for r in item.items if isinstance(r, n.Rule)]
+
+    def reached(node: object, seen: set[str]) -> set[str]:
+        found: set[str] = set()
+        for child in n.walk(node):
+            name = (child.func if isinstance(child, n.Call) else child.name
+                    if isinstance(child, n.Name) else None)
+            if name is None or name in seen:
+                continue
+            if isinstance(child, n.Call) and name in functions:
+                seen.add(name)
+                found |= {name} | reached(functions[name].body, seen)
+            elif isinstance(child, n.Name) and name in lets:
+                seen.add(name)
+                found |= reached(lets[name].value, seen)
+        return found
+
+    callers: dict[n.FunctionDef, set[tuple]] = {f: set() for f in functions.values()}
+    for key, rule in rules:
+        for name in reached(rule, set()):
+            callers[functions[name]].add(key)
+    return callers
