@@ -8,7 +8,7 @@ most once per decision and only when a reached rule needs them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .addresses import normalize_address
 from .directory import Directory
@@ -16,8 +16,16 @@ from .headers import Headers
 from .ipset import IP
 from .wire import Request
 
-if TYPE_CHECKING:
-    from .program import RuntimeSettings
+
+class Limits(Protocol):
+    """The time limits a decision runs under, in seconds (`program.RuntimeSettings` has
+    them; declared here so that this module needs nothing from the compiled program)."""
+
+    @property
+    def lookup_timeout(self) -> float: ...
+
+    @property
+    def deadline(self) -> float: ...
 
 
 class EvalContext:
@@ -29,7 +37,7 @@ class EvalContext:
         "trace_steps", "vars",
     )
 
-    def __init__(self, request: Request, directory: Directory, settings: RuntimeSettings,
+    def __init__(self, request: Request, directory: Directory, settings: Limits,
                  clock: Callable[[], float], timed: bool) -> None:
         self.request = request
         self.directory = directory

@@ -178,7 +178,7 @@ class Functions:
         used = {node.name for node in n.walk(fn.body) if isinstance(node, n.Name)}
         for param, span in dict(zip(fn.params, fn.param_spans, strict=True)).items():
             if param not in used:
-                infer.emit(Diagnostic("W209", Severity.WARNING,
+                infer.emit(Diagnostic("W211", Severity.WARNING,
                                       f"parameter `{param}` of `{name}` is never used", span,
                                       "remove it, or use it in the body"))
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import nodes as n
 from . import types as t
 from .builtins import Builtin
 from .errors import Diagnostic, Severity, Span
 from .fields import NAMESPACES, Field
-
-if TYPE_CHECKING:
-    from .functions import Functions
 
 Emit = Callable[[Diagnostic], None]
 
@@ -55,6 +52,20 @@ class Scope:
                      {**self.vars, name: type_})
 
 
+class FunctionCalls(Protocol):
+    """The set's policy-defined functions as inference sees them (`functions.Functions`):
+    a call is typed by `call`, which types the function's body for that call."""
+
+    defs: Mapping[str, object]
+
+    def __contains__(self, name: str) -> bool: ...
+
+    def signature(self, name: str) -> str: ...
+
+    def call(self, infer: Inference, expr: n.Call, arg_types: list[t.Type], scope: Scope
+             ) -> t.Type: ...
+
+
 _LITERAL_TYPES = {
     "string": t.STRING, "int": t.INT, "bool": t.BOOL, "none": t.NONE, "ip": t.IP,
     "cidr": t.CIDR, "regex": t.REGEX, "duration": t.DURATION, "size": t.SIZE,
@@ -71,7 +82,7 @@ class Inference:
         let_type: Callable[[str, Span], t.Type | None],
         emit: Emit,
         let_names: Callable[[], Iterable[str]] = tuple,
-        functions: Functions | None = None,
+        functions: FunctionCalls | None = None,
     ) -> None:
         self.builtins = builtins
         self.functions = functions

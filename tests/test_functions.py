@@ -86,7 +86,7 @@ def test_a_broken_definition_is_not_reported_again_at_its_calls():
 def test_unused_parameter_is_a_warning_at_the_parameter():
     text = ("def admin(addr, list) = is_admin(addr)\n"
             "stage rcpt {\n  rule a: when admin(sender, rcpt) accept\n  default accept\n}\n")
-    d = only(diagnostics(text), "W209")
+    d = only(diagnostics(text), "W211")
     assert d.severity is Severity.WARNING
     assert where(d) == locate(text, "list")
     assert d.message == "parameter `list` of `admin` is never used"

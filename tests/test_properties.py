@@ -402,7 +402,7 @@ def test_a_call_decides_like_its_body_inline(body, first, second, stage, failing
     elif written.policy_set is not None:
         # the only extra refusals: an argument that is wrong where it is written, for a
         # parameter the body never uses (so the inline text does not contain it)
-        assert any(d.code == "W209" for d in called.diagnostics), problems
+        assert any(d.code == "W211" for d in called.diagnostics), problems
         return
     else:
         return
