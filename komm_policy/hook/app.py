@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,6 +40,9 @@ from .ratelog import RateLimitedLog
 from .service import HookService
 
 log = logging.getLogger("komm_policy.hook")
+
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread holding the GIL runs before another may take it (Python: 0.005)."""
 
 INLINE_BODY_BYTES = 64 * 1024
 """Bodies up to this size are decided on the event loop (with a non-blocking directory):
@@ -251,6 +255,10 @@ def _starlette_app(service: HookService) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Decisions on large bodies run in worker threads; the event loop waits for the GIL
+        # at most this long instead of Python's 5 ms, so /healthz and small hooks answer
+        # within a few ms beside them.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         tasks = []
         loop = asyncio.get_running_loop()
         reload_requested = asyncio.Event()
