@@ -18,7 +18,7 @@ from . import types as t
 from .address_list import address_list
 from .addresses import domain, local_part, valid_address
 
-Kind = Literal["pure", "request", "lookup"]
+Kind = Literal["pure", "request", "lookup", "table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,8 @@ class Builtin:
     returns: t.Type
     kind: Kind
     impl: Callable[..., Any] | str
-    """pure: f(*args); request: f(ctx, *args); lookup: the name of the Directory method."""
+    """pure: f(*args); request: f(ctx, *args); lookup: the name of the Directory method;
+    table: the name of the `TablesSnapshot` method (`first`, `all`, `exists`)."""
     doc: str
     none_result: Any = None
     """What the call gives when an optional argument is none (no lookup is made)."""
@@ -55,6 +56,8 @@ class Builtin:
 
     @property
     def signature(self) -> str:
+        if self.kind == "table":
+            return f'{self.name}("table", column = key, …) -> {self.returns}'
         params = ", ".join(f"{p.name}: {p.describe()}" for p in self.params)
         return f"{self.name}({params}) -> {self.returns}"
 
@@ -107,6 +110,16 @@ DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
                 "the addresses (addr-specs) in every header field of that name, read as an "
                 "RFC 5322 address-list: display names and comments left out, each address "
                 "once, lower-case with an A-label domain", stages=_DATA, none_result=[]),
+        Builtin("lookup", (), t.Type("row", optional=True), "table", "first",
+                "the first row of the table whose columns equal the keys (lowest primary "
+                "key first; for an ip key on a network column, the most specific network), "
+                "or none"),
+        Builtin("lookup_all", (), t.list_of(t.Type("row")), "table", "all",
+                "every row of the table whose columns equal the keys, in that order",
+                none_result=[]),
+        Builtin("exists", (), t.BOOL, "table", "exists",
+                "true when the table has a row whose columns equal the keys",
+                none_result=False),
         Builtin("ip_blocked", (Param("ip", frozenset({"ip"})),), t.BOOL, "lookup",
                 "ip_blocked",
                 "true when an active blocked_ips entry (address or CIDR) covers the address",

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from . import nodes as n
 from . import types as t
 from .builtins import DEFAULT_BUILTINS, Builtin, valid_address
+from .directory.schema import Schema
 from .errors import Diagnostic, Related, Severity, Span
 from .fields import FIELDS, NAMESPACES, STAGE_ORDER, Field
 from .functions import Functions, Instance
 from .inference import Inference, Scope, suggest
 from .outgoing import MAX_HEADER_NAME
 from .program import RuntimeSettings
+from .tablecheck import TableCall
 from .text import MAX_REPLY_TEXT
 
 SETTINGS_SPEC: Mapping[str, tuple[str, str]] = {
@@ -65,6 +67,9 @@ class Analysis:
     functions: dict[str, n.FunctionDef] = field(default_factory=dict)
     instances: dict[int, Instance] = field(default_factory=dict)
     """Every call of a policy-defined function (by node identity): its typed body copy."""
+    table_calls: dict[int, TableCall] = field(default_factory=dict)
+    """Checked table lookups by call node identity."""
+    schema: Schema | None = None
 
     @property
     def has_errors(self) -> bool:
@@ -76,9 +81,11 @@ def check(
     *,
     builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS,
     fields: Mapping[str, Field] = FIELDS,
+    schema: Schema | None = None,
 ) -> Analysis:
-    """Check a policy set (its parsed files in load order)."""
-    return _Checker(builtins, fields).run(tuple(files))
+    """Check a policy set (its parsed files in load order) against the directory's
+    `schema` (None: no schema file; table lookups get one W209 and are not checked)."""
+    return _Checker(builtins, fields, schema).run(tuple(files))
 
 
 def _conjuncts(expr: n.Expr) -> list[n.Expr]:
@@ -89,7 +96,8 @@ def _conjuncts(expr: n.Expr) -> list[n.Expr]:
 
 
 class _Checker:
-    def __init__(self, builtins: Mapping[str, Builtin], fields: Mapping[str, Field]) -> None:
+    def __init__(self, builtins: Mapping[str, Builtin], fields: Mapping[str, Field],
+                 schema: Schema | None = None) -> None:
         self.builtins = builtins
         self.fields = fields
         self.diagnostics: list[Diagnostic] = []
@@ -105,7 +113,7 @@ class _Checker:
         self.quarantine_reported = False
         self.functions = Functions(self.diagnostics.append, self._function_clash)
         self.infer = Inference(builtins, fields, self._use_let, self.diagnostics.append,
-                               lambda: self.lets.keys(), self.functions)
+                               lambda: self.lets.keys(), self.functions, schema)
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -143,7 +151,8 @@ class _Checker:
         self.diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
         return Analysis(files, self.diagnostics, self.infer.types, self.infer.field_refs,
                         self.lets, self.settings, self.stages, self.functions.defs,
-                        self.functions.instances)
+                        self.functions.instances, self.infer.tables.calls,
+                        self.infer.tables.schema)
 
     def _collect(self, item: n.Item) -> None:
         if isinstance(item, n.SettingsBlock):
@@ -342,7 +351,7 @@ class _Checker:
         for statement in rule.statements:
             if isinstance(statement, n.Log):
                 type_ = self.infer.infer(statement.message, scope)
-                if type_.kind in ("category", "account", "regex"):
+                if type_.kind in t.RECORD_KINDS | {"regex"}:
                     self.error("E105", f"cannot write a {type_} value into a log line",
                                statement.message.span,
                                "pick a field, e.g. `.name`" if type_.kind != "regex" else None)
@@ -386,7 +395,7 @@ class _Checker:
             if not type_.is_text:
                 self.error("E105", f"`{mod.kind}` needs text, but this is {type_}",
                            mod.value.span)
-        elif type_.kind in ("category", "account", "regex"):
+        elif type_.kind in t.RECORD_KINDS | {"regex"}:
             self.error("E105", f"cannot write a {type_} value into a header", mod.value.span,
                        "pick a field, e.g. `.name`" if type_.kind != "regex" else None)
 

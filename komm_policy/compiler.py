@@ -38,6 +38,7 @@ from .program import (
     Statement,
     as_closure,
 )
+from .table_lookups import table_closure, unchecked_table_closure
 from .text import reply_text, to_text
 
 
@@ -347,6 +348,13 @@ class _Compiler:
         if instance is not None:
             return inline(self, instance, expr)
         builtin = self.builtins[expr.func]
+        if builtin.kind == "table":
+            call = self.analysis.table_calls.get(id(expr))
+            if call is None:  # no schema file: W209; the lookup fails into the fallback
+                return unchecked_table_closure(expr.func)
+            getters = tuple(as_closure(self.expr(k)) for k in call.keys)
+            return table_closure(call.label, str(builtin.impl), call.spec, getters,
+                                 builtin.none_result)
         args = [self.expr(a) for a in expr.args]
         optional = any(self.type_of(a).optional for a in expr.args)
         none_result = builtin.none_result

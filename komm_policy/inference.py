@@ -15,8 +15,10 @@ from typing import Protocol
 from . import nodes as n
 from . import types as t
 from .builtins import Builtin
+from .directory.schema import Schema
 from .errors import Diagnostic, Severity, Span
 from .fields import NAMESPACES, Field
+from .tablecheck import TableChecker
 
 Emit = Callable[[Diagnostic], None]
 
@@ -83,9 +85,11 @@ class Inference:
         emit: Emit,
         let_names: Callable[[], Iterable[str]] = tuple,
         functions: FunctionCalls | None = None,
+        schema: Schema | None = None,
     ) -> None:
         self.builtins = builtins
         self.functions = functions
+        self.tables = TableChecker(schema, self.error, self.warn, suggest)
         self.fields = fields
         self.let_type = let_type
         self.let_names = let_names
@@ -124,10 +128,10 @@ class Inference:
         for part in expr.parts:
             if not isinstance(part, str):
                 type_ = self.infer(part, scope)
-                if type_.kind in ("category", "account", "regex"):
+                if type_.kind in t.RECORD_KINDS | {"regex"}:
                     self.error("E105", f"cannot write a {type_} value into text", part.span,
                                "pick a field, e.g. `.name` or `.address`"
-                               if type_.kind in ("category", "account") else None)
+                               if type_.kind in t.RECORD_KINDS else None)
         return t.STRING
 
     def _field(self, field_: Field, expr: n.Expr, scope: Scope) -> t.Type:
@@ -183,6 +187,8 @@ class Inference:
         obj_type = self.infer(expr.obj, scope)
         if obj_type.is_any:
             return t.ANY
+        if obj_type.kind == "row":
+            return self.tables.field(obj_type, expr)
         record = t.RECORD_FIELDS.get(obj_type.kind)
         if record is None:
             return self.error("E105", f"`.{expr.name}` needs a category or account, but this "
@@ -210,13 +216,17 @@ class Inference:
     def _Call(self, expr: n.Call, scope: Scope) -> t.Type:
         builtin = self.builtins.get(expr.func)
         arg_types = [self.infer(arg, scope) for arg in expr.args]
+        key_types = [self.infer(kw.value, scope) for kw in expr.kwargs]
         if self.functions is not None and expr.func in self.functions:
+            if expr.kwargs:
+                return self.error("E104", f"`{expr.func}()` takes no `name = value` "
+                                  "arguments", expr.kwargs[0].span)
             return self.functions.call(self, expr, arg_types, scope)
         if builtin is None:
             defined = self.functions.defs if self.functions is not None else ()
             return self.error("E101", f"unknown function `{expr.func}`", expr.func_span,
                               suggest(expr.func, [*self.builtins, *defined]))
-        if builtin.kind == "lookup" and not scope.allow_lookups:
+        if builtin.kind in ("lookup", "table") and not scope.allow_lookups:
             return self.error("E108", f"{scope.where} cannot call the lookup `{expr.func}()`",
                               expr.span, "lookups run only in rule conditions, statements "
                               "and the rule's own action")
@@ -229,6 +239,11 @@ class Inference:
                                   f"`{scope.stage}`", expr.func_span,
                                   f"it reads the message, which exists only at: "
                                   f"{', '.join(sorted(builtin.stages))}")
+        if builtin.kind == "table":
+            return self.tables.call(expr, key_types)
+        if expr.kwargs:
+            return self.error("E104", f"`{expr.func}()` takes no `name = value` arguments",
+                              expr.kwargs[0].span, f"signature: {builtin.signature}")
         if len(expr.args) != len(builtin.params):
             count = len(builtin.params)
             return self.error("E104", f"`{expr.func}()` takes {count} argument"

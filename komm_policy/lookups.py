@@ -10,6 +10,7 @@ cannot overrun a timeout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .context import EvalContext
@@ -26,14 +27,18 @@ class DeadlineExceeded(Exception):
 
 
 def run_lookup(ctx: EvalContext, name: str, method: str, args: tuple[Any, ...],
-               key: tuple[Any, ...]) -> Any:
-    """Perform a lookup that is not in the memo yet (the caller checked the memo)."""
+               key: tuple[Any, ...], call: Callable[[Any], Any] | None = None) -> Any:
+    """Perform a lookup that is not in the memo yet (the caller checked the memo).
+    `call(directory)` performs it; by default `directory.<method>(*args)`."""
+    if call is None:
+        def call(directory: Any) -> Any:
+            return getattr(directory, method)(*args)
     failures = ctx.failures
     if failures is not None and key in failures:
         raise LookupFailed(failures[key])
     if not ctx.timed:
         try:
-            result = getattr(ctx.directory, method)(*args)
+            result = call(ctx.directory)
         except Exception as exc:
             raise failed(ctx, name, args, key, exc, None) from exc
         ctx.memo[key] = result
@@ -48,7 +53,7 @@ def run_lookup(ctx: EvalContext, name: str, method: str, args: tuple[Any, ...],
         raise DeadlineExceeded(f"deadline of {settings.deadline * 1000:g} ms passed before "
                                f"{name}() could run")
     try:
-        result = getattr(ctx.directory, method)(*args)
+        result = call(ctx.directory)
     except Exception as exc:
         raise failed(ctx, name, args, key, exc, (clock() - start) * 1000) from exc
     end = clock()

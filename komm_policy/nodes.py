@@ -70,11 +70,22 @@ class Index:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Keyword:
+    """`name = value` in a call: a table lookup's `column = key`."""
+
+    name: str
+    value: Expr
+    name_span: Span = _span()
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Call:
     func: str
     args: tuple[Expr, ...]
     func_span: Span = _span()
     span: Span = _span()
+    kwargs: tuple[Keyword, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

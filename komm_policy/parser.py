@@ -300,8 +300,22 @@ class _Builder:
         return n.Index(obj=self.expr(obj), index=self.expr(index), span=self.span(tree))
 
     def x_call(self, tree: Tree) -> n.Expr:
-        func, *args = tree.children
-        return n.Call(func=str(func), args=tuple(self.expr(a) for a in args if a is not None),
+        func, *items = tree.children
+        args: list[n.Expr] = []
+        kwargs: list[n.Keyword] = []
+        for item in items:
+            if item is None:
+                continue
+            if isinstance(item, Tree) and item.data == "keyword":
+                name, value = item.children
+                kwargs.append(n.Keyword(name=str(name), value=self.expr(value),
+                                        name_span=self.span(name), span=self.span(item)))
+            elif kwargs:
+                self.error("E001", "a positional argument after `column = key`",
+                           self.span(item), "write the table name first, then the keys")
+            else:
+                args.append(self.expr(item))
+        return n.Call(func=str(func), args=tuple(args), kwargs=tuple(kwargs),
                       func_span=self.span(func), span=self.span(tree))
 
     def x_list(self, tree: Tree) -> n.Expr:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from types import MappingProxyType
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import check
 from .compiler import compile_program
+from .directory.schema import Schema, SchemaError, find_schema, parse_schema
+from .directory.snapshot import Needs
 from .errors import Diagnostic, PolicyError, Severity, Span, render
 from .parser import parse
 from .program import CompiledStage, RuntimeSettings
@@ -39,6 +42,10 @@ class PolicySet:
     stages: Mapping[str, CompiledStage]
     settings: RuntimeSettings
     warnings: tuple[Diagnostic, ...] = ()
+    schema: Schema | None = None
+    """The schema file the set was checked against (None: none beside the policies)."""
+    needs: Needs = field(default_factory=Needs)
+    """The tables and indexes its lookups read: what the directory must build."""
 
     @property
     def rule_count(self) -> int:
@@ -80,15 +87,17 @@ def no_gc_pauses() -> Iterator[None]:
 
 
 def compile_sources(
-    sources: Sequence[Source], *, builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS
+    sources: Sequence[Source], *, builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS,
+    schema: Schema | None = None, schema_text: str = "",
 ) -> LoadResult:
-    """Parse, check and compile sources (in the given order) into a policy set."""
+    """Parse, check and compile sources (in the given order) into a policy set, checking
+    table lookups against `schema` (`schema_text`, its file's text, joins the version)."""
     with no_gc_pauses():
-        return _compile_sources(sources, builtins)
+        return _compile_sources(sources, builtins, schema, schema_text)
 
 
-def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin]
-                     ) -> LoadResult:
+def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
+                     schema: Schema | None = None, schema_text: str = "") -> LoadResult:
     diagnostics: list[Diagnostic] = []
     files = []
     for source in sources:
@@ -99,17 +108,19 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin]
     texts = {s.name: s.text for s in sources}
     if any(d.is_error for d in diagnostics):
         return LoadResult(None, tuple(diagnostics), texts)
-    analysis = check(files, builtins=builtins)
+    analysis = check(files, builtins=builtins, schema=schema)
     diagnostics.extend(analysis.diagnostics)
     if analysis.has_errors:
         return LoadResult(None, tuple(diagnostics), texts)
     stages, settings = compile_program(analysis, builtins=builtins)
     policy_set = PolicySet(
-        version=_version(sources),
+        version=_version(sources, schema_text),
         sources=tuple(sources),
         stages=MappingProxyType(stages),
         settings=settings,
         warnings=tuple(diagnostics),
+        schema=schema,
+        needs=Needs({call.spec for call in analysis.table_calls.values()}),
     )
     return LoadResult(policy_set, tuple(diagnostics), texts)
 
@@ -118,19 +129,39 @@ def compile_text(text: str, name: str = "<policy>", **kwargs: object) -> LoadRes
     return compile_sources([Source(name, text)], **kwargs)  # type: ignore[arg-type]
 
 
-def version_of(sources: Sequence[Source]) -> str:
-    """The policy set's version: a hash of its files' names and texts."""
-    return _version(sources)
+def version_of(sources: Sequence[Source], schema_text: str = "") -> str:
+    """The policy set's version: a hash of its files' names and texts (and of the schema
+    file's text, when there is one)."""
+    return _version(sources, schema_text)
 
 
-def _version(sources: Sequence[Source]) -> str:
+def _version(sources: Sequence[Source], schema_text: str = "") -> str:
     digest = hashlib.sha256()
     for source in sources:
         digest.update(Path(source.name).name.encode())
         digest.update(b"\0")
         digest.update(source.text.encode())
         digest.update(b"\0")
+    if schema_text:
+        digest.update(b"schema\0" + schema_text.encode())
     return digest.hexdigest()[:12]
+
+
+def schema_beside(path: Path) -> tuple[Schema | None, str, Diagnostic | None]:
+    """The schema file beside a policy set: (schema, its text, a diagnostic when it is
+    malformed).  No file: (None, "", None)."""
+    found = find_schema(path)
+    if found is None:
+        return None, "", None
+    text = found.read_text(encoding="utf-8")
+    try:
+        return parse_schema(tomllib.loads(text), str(found)), text, None
+    except (SchemaError, tomllib.TOMLDecodeError) as exc:
+        line = getattr(exc, "lineno", 1) or 1
+        return None, text, Diagnostic("E144", Severity.ERROR, f"schema file: {exc}",
+                                      Span(str(found), line, 1, line, 2),
+                                      "see the schema file section of the language "
+                                      "reference")
 
 
 def policy_files(path: Path) -> list[Path]:
@@ -174,6 +205,11 @@ def load_path(path: Path | str, **kwargs: object) -> LoadResult:
         return LoadResult(None, tuple(problems), texts)
     if not sources:
         raise FileNotFoundError(f"{path}: no *.policy files")
+    if "schema" not in kwargs:
+        schema, schema_text, problem = schema_beside(Path(path))
+        if problem is not None:
+            return LoadResult(None, (problem,), {s.name: s.text for s in sources})
+        kwargs = {**kwargs, "schema": schema, "schema_text": schema_text}
     return compile_sources(sources, **kwargs)  # type: ignore[arg-type]
 
 

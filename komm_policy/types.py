@@ -8,7 +8,7 @@ addresses and domains); values of that type are kept lower-case at run time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,16 +16,27 @@ class Type:
     kind: str
     elem: Type | None = None
     optional: bool = False
+    table: str | None = None
+    """For `row`: the table it comes from (its columns are its fields)."""
+    variants: tuple[str, ...] = ()
+    """For `enum`: the variant names."""
 
     def __str__(self) -> str:
-        base = f"list[{self.elem}]" if self.kind == "list" else self.kind
+        if self.kind == "list":
+            base = f"list[{self.elem}]"
+        elif self.kind == "row":
+            base = f"row of {self.table}"
+        elif self.kind == "enum":
+            base = f"enum({' | '.join(self.variants)})"
+        else:
+            base = self.kind
         return f"{base}?" if self.optional and self.kind not in ("none", "any") else base
 
     def opt(self) -> Type:
-        return Type(self.kind, self.elem, True)
+        return replace(self, optional=True)
 
     def required(self) -> Type:
-        return Type(self.kind, self.elem, False)
+        return replace(self, optional=False)
 
     @property
     def is_text(self) -> bool:
@@ -51,8 +62,21 @@ ACCOUNT = Type("account")
 ANY = Type("any", optional=True)
 
 
+FLOAT = Type("float")
+TIMESTAMP = Type("timestamp")
+IDENTITY = Type("identity")
+
+
 def list_of(elem: Type) -> Type:
     return Type("list", elem)
+
+
+def row_of(table: str) -> Type:
+    return Type("row", table=table)
+
+
+RECORD_KINDS = frozenset({"category", "account", "row"})
+"""Kinds whose values have fields and cannot be written into text as a whole."""
 
 
 RECORD_FIELDS: dict[str, dict[str, Type]] = {
@@ -98,7 +122,7 @@ def join(types: list[Type]) -> Type | None:
         elif {result.kind, t.kind} <= {"ip", "cidr"}:
             result = CIDR
         elif result.kind == t.kind:
-            if result.kind == "list" and result != t.required():
+            if result.kind in ("list", "row", "enum") and result != t.required():
                 return None
         else:
             return None
@@ -114,8 +138,15 @@ def comparable(a: Type, b: Type) -> bool:
         return True  # comparing a never-none value with none is W203, not an error
     if a.is_text and b.is_text:
         return True
-    if {a.kind, b.kind} <= {"int", "size"}:
+    if {a.kind, b.kind} <= {"int", "size"} or {a.kind, b.kind} <= {"int", "float"}:
         return True
+    if (a.kind in ("enum", "identity") and b.is_text) or (
+            b.kind in ("enum", "identity") and a.is_text):
+        return True  # an enum by variant name; an identity as hex text
+    if a.kind == "enum" and b.kind == "enum":
+        return a.variants == b.variants
+    if a.kind == "row" and b.kind == "row":
+        return a.table == b.table
     if a.kind == "list" and b.kind == "list":
         return a.elem is None or b.elem is None or comparable(a.elem, b.elem)
     return a.kind == b.kind
@@ -124,4 +155,5 @@ def comparable(a: Type, b: Type) -> bool:
 def ordered(a: Type, b: Type) -> bool:
     """Do `<`, `<=`, `>`, `>=` make sense between these types?"""
     kinds = {a.kind, b.kind} - {"any"}
-    return kinds <= {"int", "size"} or kinds == {"duration"}
+    return (kinds <= {"int", "size"} or kinds <= {"int", "float"} or kinds == {"duration"}
+            or kinds == {"timestamp"})

@@ -15,6 +15,7 @@ import warnings
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from komm_policy.directory.schema import parse_schema
 from komm_policy.errors import Diagnostic, Span, render
 from komm_policy.nodes import Template
 from komm_policy.parser import parse
@@ -52,9 +53,21 @@ def assert_well_formed(result: object, texts: dict[str, str]) -> None:
         assert render(diagnostic, None).startswith(str(diagnostic))
 
 
+_SCHEMA = parse_schema({"tables": {
+    "t": {"primary_key": ["id"], "columns": {
+        "id": {"type": "integer"}, "name": {"type": "text", "optional": True},
+        "address": {"type": "address"}, "ip": {"type": "network"},
+        "to": {"type": "enum", "variants": ["A", "B"]}, "amount": {"type": "float"},
+        "tags": {"type": "list", "element": "text"}}},
+}})
+
+
 def load_text(text: str) -> LoadResult:
+    """Load with and without a schema file: both keep the load contract."""
     result = compile_text(text, "fuzz.policy")
     assert_well_formed(result, {"fuzz.policy": text})
+    with_schema = compile_sources([Source("fuzz.policy", text)], schema=_SCHEMA)
+    assert_well_formed(with_schema, {"fuzz.policy": text})
     return result
 
 
@@ -167,6 +180,9 @@ _FUNCTIONS = [
     "lower", "upper", "len", "domain", "local_part", "valid_address", "header", "headers",
     "category", "account", "is_admin", "subscribed", "ip_blocked", "no_such_function",
 ]
+_TABLE_FUNCTIONS = ["lookup", "lookup_all", "exists", "lower"]
+_TABLES = ['"t"', '"nope"', "sender", '"t", 1']
+_columns = st.sampled_from(["id", "name", "address", "ip", "to", "amount", "tags", "nope"])
 _OPERATORS = ["==", "!=", "<", "<=", ">", ">=", "in", "not in", "matches", "contains",
               "starts_with", "ends_with"]
 _REGEXES = ["/spam/", "/(?i)viagra/", r"/\A\s*\Z/", "/a(/", "/x/imsx", "/x/q", r"/a\/b/"]
@@ -210,6 +226,9 @@ def _extend(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
             lambda t: f"({t[0]} {t[1]} in {t[2]}: {t[3]})"),
         st.tuples(st.sampled_from(_FUNCTIONS), st.lists(children, max_size=3)).map(
             lambda t: f"{t[0]}({', '.join(t[1])})"),
+        st.tuples(st.sampled_from(_TABLE_FUNCTIONS), st.sampled_from(_TABLES),
+                  st.lists(st.tuples(_columns, children), max_size=3)).map(
+            lambda t: f"{t[0]}({t[1]}{''.join(f', {c} = {v}' for c, v in t[2])})"),
     )
 
 

@@ -16,7 +16,7 @@ import msgspec
 from ..config import Config
 from ..decisionlog import encode_record, make_record
 from ..hook import response as wire_response
-from ..hook.service import close_directory, open_directory
+from ..hook.service import close_directory, open_directory, require_tables
 from ..lookups import describe_args
 from ..policyset import load_path
 from ..runtime import decide
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     config = Config(policies=Path(args.policies), directory=args.directory)
     try:
         directory = open_directory(config)
+        require_tables(directory, result.policy_set)
     except Exception as exc:
         print(f"komm-policy eval: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ On the answer path only the request's context, envelope and decision are packed
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 
 from ..decision import Decision, DryRunHit, LookupRecord, Reply, RuleRef
+from ..directory.snapshot import Row
 from ..ipset import IP
 from ..wire import (
     AddHeader,
@@ -97,6 +99,10 @@ class DecisionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
 
 def _encode_hook(value: Any) -> Any:
     if isinstance(value, IP):
+        return str(value)
+    if isinstance(value, Row):  # a table lookup's row: its columns, networks as text
+        return value.as_dict()
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
     raise NotImplementedError(f"cannot log {type(value).__name__}")
 

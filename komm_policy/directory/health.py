@@ -24,7 +24,7 @@ class ReplicaHealth:
         self.clock = clock
         self.log_every = log_every
         self.bad_rows: dict[str, int] = {}
-        """Rows skipped per table, since start."""
+        """Distinct rows skipped per table, since start."""
         self.refresh_errors = 0
         """Failed refreshes since start (store unreachable, locked, or a bug)."""
         self.unexpected_errors = 0
@@ -33,9 +33,17 @@ class ReplicaHealth:
         self._last_line = 0.0
         self._suppressed = 0
         self._lock = threading.Lock()
+        self._seen: set[tuple[str, str]] = set()
 
     def bad_row(self, table: str, key: str, reason: str) -> None:
+        """Report a skipped row once (a row read again by a later reload, or by both the
+        helpers' index and the tables, is not reported again)."""
         with self._lock:
+            if (table, key) in self._seen:
+                return
+            if len(self._seen) >= 100_000:  # bounded: forget, at worst warn again
+                self._seen.clear()
+            self._seen.add((table, key))
             self.bad_rows[table] = self.bad_rows.get(table, 0) + 1
         self.log.warning("directory %s: skipping a row of %s (%s): %s", self.name, table,
                          key, reason)

@@ -8,31 +8,16 @@ lower-case form (it can still match a stored value written the same way).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
-import idna
-
+from ..addresses import normalize_address
 from .schema import BadValue, Column, decode_value
 
 
-@lru_cache(maxsize=4096)
-def _a_label(domain: str) -> str:
-    if domain.isascii():
-        return domain
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return domain
-
-
 def address_key(text: str) -> str:
-    """`local@domain` (or a bare domain) lower-cased with the domain as A-label."""
-    text = text.strip().lower()
-    at = text.rfind("@")
-    if at < 0:
-        return _a_label(text)
-    return text[:at + 1] + _a_label(text[at + 1:])
+    """`local@domain` (or a bare domain) lower-cased with the domain as A-label (the
+    language's one address normal form, `komm_policy.addresses`)."""
+    return normalize_address(text.strip())
 
 
 def column_key(column: Column, value: Any) -> Any:

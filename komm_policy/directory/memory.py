@@ -8,14 +8,17 @@ size of the tables.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from ..ipset import IP, IPSet, parse_entry
 from . import Account, Category, DirectoryRows
 from .schema import Schema
-from .snapshot import Changes, Needs, TablesSnapshot
+from .snapshot import BadRow, Changes, Needs, TablesSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +53,22 @@ class DirectoryIndex:
     __slots__ = ("_accounts", "_admin_count", "_admins", "_blocked", "_categories",
                  "_subscribed")
 
-    def __init__(self, rows: DirectoryRows) -> None:
+    def __init__(self, rows: DirectoryRows, on_bad_row: BadRow | None = None) -> None:
         self._admin_count = len(rows.admin_identities)
         entries = []
         for row in rows.blocked_ips:
             if not row.active:
                 continue
             try:
+                if "/" in row.ip:  # host bits set (10.0.0.1/8) is a typo, not 10.0.0.0/8
+                    ipaddress.ip_network(row.ip.strip(), strict=True)
                 entries.append(parse_entry(row.ip))
-            except ValueError:
-                log.warning("ignoring blocked_ips entry %r: not an IP address or network",
-                            row.ip)
+            except ValueError as exc:
+                reason = f"{row.ip!r} is not an IP address or network ({exc})"
+                if on_bad_row is not None:
+                    on_bad_row("blocked_ips", f"ip={row.ip!r}", reason)
+                else:
+                    log.warning("skipping a row of blocked_ips: %s", reason)
         self._blocked = IPSet(entries)
         self._categories = {
             row.email_address.strip().lower(): Category(
@@ -118,6 +126,21 @@ class DirectoryIndex:
         }
 
 
+def rows_as_tables(rows: DirectoryRows) -> dict[str, list[dict[str, Any]]]:
+    """The origin tables' rows as generic table rows ({column: value})."""
+    tables: dict[str, list[dict[str, Any]]] = {
+        name: [msgspec.structs.asdict(r) for r in getattr(rows, name)]
+        for name in ("blocked_ips", "message_categories", "account", "subscriptions")}
+    tables["admin_identities"] = [{"identity": i} for i in rows.admin_identities]
+    for row in tables["blocked_ips"]:
+        row.setdefault("blocked_at", 0)  # columns the record types do not carry
+    for row in tables["account"]:
+        row.setdefault("last_synced", None)
+    for row in tables["subscriptions"]:
+        row.setdefault("subscribed_at", None)
+    return tables
+
+
 class InMemoryDirectory:
     """A `Directory` over rows held in memory (tests, benchmarks, `komm-policy eval`).
 
@@ -130,7 +153,8 @@ class InMemoryDirectory:
 
     def __init__(self, rows: DirectoryRows | None = None,
                  tables: Mapping[str, list[Mapping[str, Any]]] | None = None) -> None:
-        self.table_rows = dict(tables or {})
+        self.table_rows = dict(tables) if tables is not None else rows_as_tables(
+            rows or DirectoryRows())
         self.tables: TablesSnapshot | None = None
         self.replace(rows or DirectoryRows())
 

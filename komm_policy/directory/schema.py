@@ -320,7 +320,7 @@ def _text(column: Column, value: Any) -> str:
 
 def _address(column: Column, value: Any) -> str:
     text = _text(column, value).strip()
-    if not text or any(c.isspace() for c in text):
+    if any(c.isspace() for c in text):  # "" stays: no address (as the null sender)
         raise BadValue(f"column {column.name}: {value!r} is not an address or domain")
     return text.lower()
 

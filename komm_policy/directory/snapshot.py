@@ -52,7 +52,7 @@ Changes = Mapping[str, tuple[Iterable[Mapping[str, Any]], Iterable[Mapping[str, 
 @dataclass(frozen=True, slots=True, order=True)
 class IndexSpec:
     """An index a lookup reads: equality on `columns`, or (`kind="net"`) containment of an
-    IP in the network of one column."""
+    IP in the network of the first column and equality on the others."""
 
     table: str
     columns: tuple[str, ...]
@@ -192,27 +192,29 @@ class TablesSnapshot:
 
     def _idents(self, spec: IndexSpec, key: tuple[Any, ...]) -> Iterable[Any]:
         state = self.states[spec.table]
-        if spec.kind == "net":
+        table = state.table
+        net = spec.kind == "net"
+        normal = []
+        for column_name, value in zip(spec.columns[net:], key[net:], strict=True):
+            k = lookup_key(table.by_name[column_name], value)
+            if k is None:
+                return ()
+            normal.append(k)
+        if net:
             ip = key[0]
             if not isinstance(ip, IP):
                 return ()
             buckets = state.buckets[spec]
             found: list[Any] = []
+            rest = tuple(normal)
             for version, length in state.net_lengths[spec][1]:
                 if version != ip.version:
                     continue
                 shift = (32 if version == 4 else 128) - length
-                bucket = buckets.get((version, length, ip.value >> shift))
+                bucket = buckets.get((version, length, ip.value >> shift, *rest))
                 if bucket:
                     found.extend(ident for _, ident in bucket)
             return found
-        table = state.table
-        normal = []
-        for column_name, value in zip(spec.columns, key, strict=True):
-            k = lookup_key(table.by_name[column_name], value)
-            if k is None:
-                return ()
-            normal.append(k)
         bucket = state.buckets[spec].get(tuple(normal))
         return () if bucket is None else [ident for _, ident in bucket]
 
@@ -262,14 +264,17 @@ def _describe_key(table: Table, row: Mapping[str, Any]) -> str:
 
 
 def _bucket_key(table: Table, spec: IndexSpec, values: Mapping[str, Any]) -> Any:
-    if spec.kind == "net":
+    net_column = spec.kind == "net"
+    key = tuple(column_key(table.by_name[c], values[c]) for c in spec.columns[net_column:])
+    if None in key:
+        return None
+    if net_column:  # (version, prefix length, network number, equality keys…)
         net = values[spec.columns[0]]
         if net is None:
             return None
         return (net.version, net.prefixlen, int(net.network_address) >> (
-            net.max_prefixlen - net.prefixlen))
-    key = tuple(column_key(table.by_name[c], values[c]) for c in spec.columns)
-    return None if None in key else key
+            net.max_prefixlen - net.prefixlen), *key)
+    return key
 
 
 def _apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],

@@ -393,8 +393,9 @@ class SqliteDirectory:
             not changed or any(t in DIRECTORY_TABLES for t in changed)))
         if not (legacy_changed or changed):
             return
-        index = DirectoryIndex(read_rows(conn, self.health.bad_row)) if legacy_changed \
-            else self._index
+        index = self._index
+        if legacy_changed or index is None:
+            index = DirectoryIndex(read_rows(conn, self.health.bad_row), self.health.bad_row)
         tables = self._tables
         if tables is not None and self._needs:
             if reset:
@@ -442,6 +443,11 @@ class SqliteDirectory:
     @property
     def available(self) -> bool:
         return self._available and self._index is not None
+
+    @property
+    def age(self) -> float:
+        """Seconds since the store was last read successfully."""
+        return self._clock() - self._last_ok
 
     def _publish(self) -> None:
         """Point the lookup methods at the current snapshot, or at an error raiser."""

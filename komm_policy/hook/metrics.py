@@ -42,10 +42,32 @@ class Metrics:
         self.log_depth = Gauge("komm_decision_log_queue_depth",
                                "Decision records waiting to be written", registry=r)
         self.log_depth.set_function(lambda: 0.0)  # the service sets the real source
+        self.directory_bad_rows = Gauge(
+            "komm_directory_bad_rows", "Directory rows skipped because they do not fit the "
+            "schema (since start)", registry=r)
+        self.directory_refresh_errors = Gauge(
+            "komm_directory_refresh_errors", "Failed refreshes of the directory replica "
+            "(since start)", ("kind",), registry=r)
+        self.directory_age = Gauge(
+            "komm_directory_age_seconds", "Seconds since the replica last read its store",
+            registry=r)
         # Label children are cached: `labels()` costs more than the increment itself.
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._lookup_children: dict[str, Counter] = {}
+
+    def watch_directory(self, directory: object) -> None:
+        """Report a replica's `health` (bad rows, refresh errors) and `age`."""
+        health = getattr(directory, "health", None)
+        if health is not None:
+            self.directory_bad_rows.set_function(lambda: float(sum(health.bad_rows.values())))
+            self.directory_refresh_errors.labels("all").set_function(
+                lambda: float(health.refresh_errors))
+            self.directory_refresh_errors.labels("unexpected").set_function(
+                lambda: float(health.unexpected_errors))
+        age = getattr(directory, "age", None)
+        if age is not None:
+            self.directory_age.set_function(lambda: float(directory.age))  # type: ignore[attr-defined]
 
     def observe(self, decision: Decision, seconds: float) -> None:
         rule = decision.rule.name if decision.rule is not None else "(none)"

@@ -20,10 +20,11 @@ from ..decisionlog.metrics import register_log_metrics
 from ..demo import DEMO_ROWS
 from ..directory import Directory, DirectoryRows
 from ..directory.memory import InMemoryDirectory
+from ..directory.schema import Schema
 from ..directory.spacetimedb import SpacetimeDirectory
 from ..directory.sqlite import SqliteDirectory
 from ..errors import render
-from ..policyset import PolicySet, load_path, read_sources, version_of
+from ..policyset import PolicySet, load_path, read_sources, schema_beside, version_of
 from ..spacetimedb.http import Endpoint
 from .metrics import Metrics
 
@@ -56,6 +57,8 @@ class HookService:
         families = getattr(self.directory, "metric_families", None)
         if families is not None:
             self.metrics.registry.register(_Collector(families))
+        require_tables(self.directory, self.policy_set)
+        self.metrics.watch_directory(self.directory)
         if self.decision_log is not None:
             log_ref = self.decision_log
             self.metrics.log_depth.set_function(lambda: float(log_ref.depth))
@@ -81,9 +84,13 @@ class HookService:
         with self._reload_lock:
             try:
                 sources, problems = read_sources(self.policies_path)
-                if not problems and version_of(sources) == self.policy_set.version:
+                schema_text = schema_beside(self.policies_path)[1]
+                if not problems and version_of(sources, schema_text) == self.policy_set.version:
                     return ReloadResult(True, self.policy_set.version)  # nothing changed
                 result = load_path(self.policies_path)
+                if result.policy_set is not None:
+                    # the directory indexes what the new set reads before it goes live
+                    require_tables(self.directory, result.policy_set)
             except Exception as exc:  # a reload must never take the reloader down
                 self.metrics.reloads.labels("failed").inc()
                 message = f"policy reload failed: {type(exc).__name__}: {exc}"
@@ -154,6 +161,14 @@ def log_settings(config: Config, worker: str | None = None) -> LogSettings:
         queue_max=config.log_queue_max, spool_keep=config.log_spool_keep,
         max_backlog_records=config.log_max_backlog_records,
         max_backlog_age=config.log_max_backlog_age)
+
+
+def require_tables(directory: Directory, policy_set: PolicySet) -> None:
+    """Have the directory replicate and index the tables the policy set reads.  Raises
+    `DirectoryError` when the store lacks one (the set must not go live)."""
+    require = getattr(directory, "require", None)
+    if require is not None and (policy_set.needs or policy_set.schema is not None):
+        require(policy_set.schema or Schema({}), policy_set.needs)
 
 
 def close_directory(directory: Directory) -> None:
