@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -96,13 +96,19 @@ def _int(value: Any) -> int:
     if isinstance(value, bool | float):
         raise ValueError(f"expected a {'whole ' if isinstance(value, float) else ''}number, "
                          f"got {value!r}")
-    return int(value)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {value!r}") from None
 
 
 def _float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
 
 
 def _str(value: Any) -> str:
@@ -190,8 +196,10 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    only: Collection[str] | None = None,
 ) -> Config:
-    """Defaults ← TOML file ← environment ← overrides (flags); then validate."""
+    """Defaults ← TOML file ← environment ← overrides (flags); then validate (`only`:
+    validate just these options, for commands that use a few, like `eval`)."""
     env = os.environ if env is None else env
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -214,7 +222,7 @@ def load_config(
         option = _BY_NAME[name]
         values[name] = _parse(option, value, f"--{name.replace('_', '-')}", problems)
     config = replace(Config(), **{k: v for k, v in values.items() if v is not None})
-    problems.extend(validate(config))
+    problems.extend(p for p in validate(config) if only is None or p.split(":")[0] in only)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return config

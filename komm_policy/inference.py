@@ -225,7 +225,9 @@ class Inference:
         if builtin is None:
             defined = self.functions.defs if self.functions is not None else ()
             return self.error("E101", f"unknown function `{expr.func}`", expr.func_span,
-                              suggest(expr.func, [*self.builtins, *defined]))
+                              suggest(expr.func, [*self.builtins, *defined])
+                              or "available functions: "
+                              + ", ".join(sorted([*self.builtins, *defined])))
         if builtin.kind in ("lookup", "table") and not scope.allow_lookups:
             return self.error("E108", f"{scope.where} cannot call the lookup `{expr.func}()`",
                               expr.span, "lookups run only in rule conditions, statements "

@@ -14,7 +14,7 @@ import re
 import lark
 from lark import Token, Tree
 
-from .errors import Diagnostic, Severity, Span
+from .errors import Diagnostic, Related, Severity, Span
 from .grammar import lark_parser
 
 MAX_NESTING = 64
@@ -40,6 +40,8 @@ _TERMINAL_WORDS = {
 }
 _COMPARISON_TOKENS = {"EQ", "NE", "LE", "GE", "LESSTHAN", "MORETHAN",
                       "IN", "MATCHES", "CONTAINS", "STARTS_WITH", "ENDS_WITH"}
+_C_OPERATORS = {"&&": "and", "&": "and", "||": "or", "|": "or", "!": "not"}
+"""Operators from C-like languages, and the words this language uses instead."""
 _EXPRESSION_START = {"NAME", "STRING", "INT", "IPV4", "IPV6", "REGEX", "DURATION", "SIZE"}
 
 
@@ -176,6 +178,12 @@ def syntax_diagnostic(
             return diag("E004", "unclosed regex", span,
                         "a regex is written /pattern/flags on one line; write `\\/` for a "
                         "slash inside it")
+        operator = rest_of_line[:2] if rest_of_line[:2] in ("&&", "||") else char
+        if operator in _C_OPERATORS and not rest_of_line.startswith("!="):
+            word = _C_OPERATORS[operator]
+            return diag("E008", f"`{operator}` is not an operator here", place(
+                exc.line, exc.column, len(operator)), f"use `{word}`: conditions combine "
+                "with `and`, `or` and `not`")
         if char == "=" and not rest_of_line.startswith("==") and allowed & _COMPARISON_TOKENS:
             return diag("E005", "`=` is not a comparison", span, "use `==` to compare values")
         if allowed & _COMPARISON_TOKENS:
@@ -200,6 +208,13 @@ def syntax_diagnostic(
         span = Span(path, line, column, line, column + 1)
         what = expected_words(expected)
         if not embedded and "RBRACE" in expected and len(expected) <= 6:
+            opened = _unclosed_brace(text, len(text), path)
+            if opened is not None:
+                brace, block = opened
+                return Diagnostic("E002", Severity.ERROR,
+                                  f"`{{` of {block} is never closed", brace,
+                                  f"add `}}` where the block ends (expected {what})",
+                                  Related(span, "the file ends here"))
             return diag("E002", "unexpected end of file: a `{` block is not closed", span,
                         f"expected {what}")
         return diag("E002", f"unexpected {ended}; expected {what}", span)
@@ -227,6 +242,15 @@ def syntax_diagnostic(
                     f"`continue`, found {found}", span,
                     'end a rule with an action such as `accept` or `reject 550 5.7.1 "…"`, '
                     "or with `continue` after modifications")
+    if (not embedded and "RBRACE" in expected and token.type == "NAME"
+            and token.value in _TOP_LEVEL_WORDS):
+        opened = _unclosed_brace(text, token.start_pos or 0, path)
+        if opened is not None:
+            brace, block = opened
+            return Diagnostic("E002", Severity.ERROR,
+                              f"`{{` of {block} is not closed before the next `{token.value}`",
+                              brace, "add `}` where the block ends",
+                              Related(span, f"`{token.value}` starts here"))
     if expected == {"EQUAL"} and re.search(r"\bdef\s+\w+\s*\([^()]*\)\s*$", before):
         return diag("E001", f"unexpected {found}; expected `=`", span,
                     "a function is one expression: `def NAME(PARAMS) = EXPR`")
@@ -234,6 +258,42 @@ def syntax_diagnostic(
         return diag("E001", f"unexpected {found}; a policy file holds `settings`, `let`, "
                     "`def` and `stage` blocks", span)
     return diag("E001", f"unexpected {found}; expected {expected_words(expected)}", span)
+
+
+_TOP_LEVEL_WORDS = ("stage", "settings", "let", "def")
+
+
+def _unclosed_brace(text: str, end: int, path: str) -> tuple[Span, str] | None:
+    """The innermost `{` still open at `end` (strings, comments and regexes skipped), and
+    the words before it (`stage connect`), or None."""
+    stack: list[int] = []
+    i = 0
+    while i < end:
+        char = text[i]
+        if char == "#":
+            newline = text.find("\n", i)
+            i = end if newline < 0 else newline
+        elif char == '"':
+            i += 1
+            while i < end and text[i] not in '"\n':
+                i += 2 if text[i] == "\\" else 1
+        elif char == "/" and (i == 0 or not text[i - 1].isalnum()):
+            match = re.compile(r"/(?:[^/\\\n]|\\.)+/").match(text, i)
+            if match:
+                i = match.end() - 1
+        elif char == "{":
+            stack.append(i)
+        elif char == "}" and stack:
+            stack.pop()
+        i += 1
+    if not stack:
+        return None
+    pos = stack[-1]
+    line = text.count("\n", 0, pos) + 1
+    line_start = text.rfind("\n", 0, pos) + 1
+    words = " ".join(text[line_start:pos].split()[-2:])
+    block = f"`{words}`" if words else "this block"
+    return Span(path, line, pos - line_start + 1, line, pos - line_start + 2), block
 
 
 def _string_closes(rest: str) -> bool:

@@ -109,11 +109,14 @@ def test_e101_unknown_function_with_did_you_mean():
     assert d.hint == "did you mean `ip_blocked`?"
 
 
-def test_e101_unknown_function_without_close_match_has_no_hint():
+def test_e101_unknown_function_without_close_match_lists_the_available_ones():
     text = a_rule('frobnicate(sender) == "x"', stage="mail")
     d = single(diagnostics(text), "E101")
     assert where(d) == locate(text, "frobnicate")
-    assert d.hint is None
+    assert d.hint is not None and d.hint.startswith("available functions: ")
+    listed = d.hint.removeprefix("available functions: ").split(", ")
+    assert listed == sorted(listed)
+    assert {"category", "is_admin", "subscribed", "lower", "len"} <= set(listed)
 
 
 # ---------------------------------------------------------------------------------------

@@ -299,9 +299,11 @@ def test_db_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 # eval
 
+EVAL = ("eval", "--directory", "memory:demo")  # the demo data, whatever is configured
+
 
 def test_eval_explain(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "eval", str(FIXTURES / "derived-rcpt-2.json"),
+    code, out, _ = run(capsys, *EVAL, str(FIXTURES / "derived-rcpt-2.json"),
                        "--policies", str(POLICIES), "--explain")
     assert code == 0
     lines = out.splitlines()
@@ -328,7 +330,7 @@ def test_eval_explain(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_eval_without_explain_has_no_trace(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "eval", str(FIXTURES / "derived-connect-1.json"),
+    code, out, _ = run(capsys, *EVAL, str(FIXTURES / "derived-connect-1.json"),
                        "--policies", str(POLICIES))
     assert code == 0
     assert "action:   accept" in out
@@ -337,7 +339,7 @@ def test_eval_without_explain_has_no_trace(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_eval_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "eval", str(FIXTURES / "derived-rcpt-3.json"),
+    code, out, _ = run(capsys, *EVAL, str(FIXTURES / "derived-rcpt-3.json"),
                        "--policies", str(POLICIES), "--format", "json", "--explain")
     assert code == 0
     data = json.loads(out)
@@ -363,16 +365,16 @@ def test_eval_with_a_sqlite_directory(capsys: pytest.CaptureFixture[str],
 
 
 def test_eval_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = run(capsys, "eval", str(tmp_path / "missing.json"), "--policies",
+    code, _, err = run(capsys, *EVAL, str(tmp_path / "missing.json"), "--policies",
                        str(POLICIES))
     assert code == 2
     bad = tmp_path / "bad.json"
     bad.write_text('{"context":{"stage":"rcpt","client":{"ip":"not-an-ip"}}}')
-    code, _, err = run(capsys, "eval", str(bad), "--policies", str(POLICIES))
+    code, _, err = run(capsys, *EVAL, str(bad), "--policies", str(POLICIES))
     assert code == 1
     assert "$.context.client.ip" in err
     broken = policy_dir(tmp_path, "broken", a=ERROR)
-    code, _, err = run(capsys, "eval", str(FIXTURES / "derived-rcpt-1.json"), "--policies",
+    code, _, err = run(capsys, *EVAL, str(FIXTURES / "derived-rcpt-1.json"), "--policies",
                        str(broken))
     assert code == 1
     assert "E101" in err

@@ -443,7 +443,7 @@ def test_wrong_types_from_the_environment_name_the_variable(base_env: dict[str, 
     assert len(problems) == 4, problems
     by_origin = {p.split(":", 1)[0]: p for p in problems}
     assert set(by_origin) == {"KOMM_PORT", "KOMM_SHADOW", "KOMM_MAX_STALENESS", "KOMM_WORKERS"}
-    assert "'abc'" in by_origin["KOMM_PORT"]
+    assert by_origin["KOMM_PORT"] == "KOMM_PORT: expected a whole number, got 'abc'"
     assert by_origin["KOMM_SHADOW"] == "KOMM_SHADOW: expected true or false, got 'maybe'"
     assert "'soon'" in by_origin["KOMM_MAX_STALENESS"]
 
@@ -517,7 +517,7 @@ def test_bad_connection_limits_are_each_reported(base_env: dict[str, str]) -> No
                          "KOMM_SHUTDOWN_TIMEOUT": "-1", "KOMM_STATUS_AUTH": "yes",
                          "KOMM_IDLE_TIMEOUT": "soon"})
     problems = problems_of(excinfo)
-    assert "KOMM_IDLE_TIMEOUT: could not convert string to float: 'soon'" in problems
+    assert "KOMM_IDLE_TIMEOUT: expected a number, got 'soon'" in problems
     for expected in ("header_timeout: must be positive", "body_timeout: must be positive",
                      "max_concurrency: must be at least 1",
                      "max_connections: must not be negative",

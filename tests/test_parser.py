@@ -638,15 +638,22 @@ REJECTED: list[tuple[str, str, str, int, int, str]] = [
      "unexpected end of file; expected an expression"),
     ("E002-eof-in-condition-crlf", "stage data {\r\n  rule r:\r\n    when x ==\r\n", "E002",
      3, 14, "unexpected end of file; expected an expression"),
-    ("E002-unclosed-stage", "stage data {\n  rule r: when x == 1 accept\n", "E002", 2, 29,
-     "unexpected end of file: a `{` block is not closed"),
+    # A missing `}` is reported at the `{` it leaves open (the end of file is related).
+    ("E002-unclosed-stage", "stage data {\n  rule r: when x == 1 accept\n", "E002", 1, 12,
+     "`{` of `stage data` is never closed"),
     ("E002-unclosed-stage-trailing-blank-lines",
-     "stage data {\n  rule r: when true accept\n\n\n   \n", "E002", 2, 27,
-     "a `{` block is not closed"),
-    ("E002-unclosed-stage-one-line", "stage data {", "E002", 1, 13,
-     "a `{` block is not closed"),
-    ("E002-unclosed-settings", "settings {\n  deadline = 2s\n", "E002", 2, 16,
-     "a `{` block is not closed"),
+     "stage data {\n  rule r: when true accept\n\n\n   \n", "E002", 1, 12,
+     "`{` of `stage data` is never closed"),
+    ("E002-unclosed-stage-one-line", "stage data {", "E002", 1, 12,
+     "`{` of `stage data` is never closed"),
+    ("E002-unclosed-settings", "settings {\n  deadline = 2s\n", "E002", 1, 10,
+     "`{` of `settings` is never closed"),
+    ("E002-unclosed-stage-before-next", "stage connect {\n  default accept\n"
+     "stage mail { default accept }\n", "E002", 1, 15,
+     "`{` of `stage connect` is not closed before the next `stage`"),
+    ("E002-unclosed-stage-braces-in-comment-string-regex",
+     'stage data {\n  # }\n  rule r: when subject() matches /a{2}/ and subject() == "}}"'
+     ' accept\n', "E002", 1, 12, "`{` of `stage data` is never closed"),
     ("E002-let-without-value", "let x =", "E002", 1, 8,
      "unexpected end of file; expected an expression"),
     # E003 unclosed string
@@ -1079,3 +1086,33 @@ def test_lark_tokens_never_leak_into_the_ast():
             assert not isinstance(value, Token | Tree), (node, field_name)
             if isinstance(value, str):
                 assert type(value) is str, (node, field_name)
+
+
+@pytest.mark.parametrize(("operator", "word"), [
+    ("&&", "and"), ("||", "or"), ("&", "and"), ("|", "or")])
+def test_c_style_binary_operators_suggest_the_word(operator: str, word: str) -> None:
+    source = f"stage connect {{ rule r: when true {operator} false accept default accept }}"
+    diagnostic = first_error(source)
+    assert diagnostic.code == "E008"
+    assert diagnostic.message == f"`{operator}` is not an operator here"
+    assert diagnostic.span.column == source.index(operator) + 1
+    assert diagnostic.span.end_column - diagnostic.span.column == len(operator)
+    assert diagnostic.hint is not None and diagnostic.hint.startswith(f"use `{word}`")
+
+
+def test_c_style_not_suggests_not_and_leaves_not_equal_alone() -> None:
+    source = "stage connect { rule r: when !(client.ip == 1.2.3.4) accept default accept }"
+    diagnostic = first_error(source)
+    assert (diagnostic.code, diagnostic.span.column) == ("E008", source.index("!") + 1)
+    assert diagnostic.hint is not None and diagnostic.hint.startswith("use `not`")
+    result = parse("stage connect { rule r: when client.ip != 1.2.3.4 accept default accept }",
+                   "t.policy")
+    assert not [d for d in result.diagnostics if d.is_error]
+
+
+def test_unclosed_brace_points_back_to_where_the_file_ends() -> None:
+    source = "stage data {\n  rule r: when true accept\n"
+    diagnostic = first_error(source)
+    assert diagnostic.related is not None
+    assert (diagnostic.related.span.line, diagnostic.related.message) == (
+        2, "the file ends here")

@@ -49,14 +49,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             for diagnostic in result.diagnostics:
                 print(github_annotation(diagnostic, strict=args.strict), file=out)
     else:
-        _text(results, errors, warnings, out)
+        _text(results, errors, warnings, out, strict=args.strict)
     if errors or (args.strict and warnings):
         return 1
     return 0
 
 
 def _text(results: list[tuple[str, LoadResult]], errors: int, warnings: int,
-          out: TextIO) -> None:
+          out: TextIO, *, strict: bool = False) -> None:
     for path, result in results:
         for diagnostic in result.diagnostics:
             print(render(diagnostic, result.texts.get(diagnostic.span.file)), file=out)
@@ -68,8 +68,10 @@ def _text(results: list[tuple[str, LoadResult]], errors: int, warnings: int,
                   f"version {ps.version}", file=out)
         else:
             print(f"{path}: failed", file=out)
+    verdict = ("; failed: --strict treats warnings as errors"
+               if strict and warnings and not errors else "")
     print(f"{errors} error{'s' if errors != 1 else ''}, "
-          f"{warnings} warning{'s' if warnings != 1 else ''}", file=out)
+          f"{warnings} warning{'s' if warnings != 1 else ''}{verdict}", file=out)
 
 
 def _json(results: list[tuple[str, LoadResult]], errors: int, warnings: int,
