@@ -388,18 +388,23 @@ def test_eval_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
 # stalwart-config
 
 
-def split_config(out: str) -> tuple[dict, dict]:
-    """The TOML part (everything before the JSON object) and the JSON part."""
-    start = out.index("\n{\n") + 1
-    return tomllib.loads(out[:start]), json.loads(out[start:])
+def both_forms(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[dict, dict, str]:
+    """The TOML and the JSON form, each printed alone by its own run and parsed whole (so
+    each is pasteable as is); and what the TOML run wrote to stderr."""
+    code, out, err = run(capsys, "stalwart-config", *args, "--format", "toml")
+    assert code == 0
+    toml = tomllib.loads(out)
+    code, out, _ = run(capsys, "stalwart-config", *args, "--format", "json")
+    assert code == 0
+    return toml, json.loads(out), err
 
 
 def test_stalwart_config_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "stalwart-config")
     assert code == 0
     assert err == ""
-    toml, data = split_config(out)
-    assert '[session.hook."komm"]' in out
+    assert tomllib.loads(out) == both_forms(capsys)[0]  # TOML is the default, alone
+    toml, data, _ = both_forms(capsys)
     hook = toml["session"]["hook"]["komm"]
     assert hook["enable"] is True
     assert hook["url"] == "http://127.0.0.1:3002/mta-hook"
@@ -415,10 +420,8 @@ def test_stalwart_config_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_stalwart_config_with_token(capsys: pytest.CaptureFixture[str]) -> None:
     token = 'tok"en\\with-quote'
-    code, out, _ = run(capsys, "stalwart-config", "--url", "https://hooks.example/mta-hook",
-                       "--token", token, "--timeout", "1500ms", "--stages", "rcpt, DATA")
-    assert code == 0
-    toml, data = split_config(out)
+    toml, data, _ = both_forms(capsys, "--url", "https://hooks.example/mta-hook",
+                               "--token", token, "--timeout", "1500ms", "--stages", "rcpt, DATA")
     hook = toml["session"]["hook"]["komm"]
     assert hook["enable"] is True
     assert hook["url"] == "https://hooks.example/mta-hook"
@@ -428,8 +431,37 @@ def test_stalwart_config_with_token(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["stages"] == {"rcpt": True, "data": True}
     assert all(value is True for value in data["stages"].values())
     assert data["timeout"] == 1500
-    assert data["httpAuth"]["@type"] == "Bearer"
-    assert data["httpAuth"]["bearerToken"]["secret"] == token
+    assert data["httpAuth"] == {"@type": "Bearer",
+                                "bearerToken": {"@type": "Value", "secret": token}}
+
+
+@pytest.mark.parametrize(("flag", "value", "toml_secret", "json_secret"), [
+    ("--token-env", "KOMM_TOKEN", "%{env:KOMM_TOKEN}%",
+     {"@type": "EnvironmentVariable", "variableName": "KOMM_TOKEN"}),
+    ("--token-file", "/etc/stalwart/komm-token", "%{file:/etc/stalwart/komm-token}%",
+     {"@type": "File", "filePath": "/etc/stalwart/komm-token"}),
+])
+def test_stalwart_config_references_the_secret(capsys: pytest.CaptureFixture[str], flag: str,
+                                               value: str, toml_secret: str,
+                                               json_secret: dict[str, str]) -> None:
+    toml, data, _ = both_forms(capsys, flag, value)
+    assert toml["session"]["hook"]["komm"]["auth"]["secret"] == toml_secret
+    assert data["httpAuth"] == {"@type": "Bearer", "bearerToken": json_secret}
+
+
+def test_stalwart_config_token_forms_exclude_each_other(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(capsys, "stalwart-config", "--token", "a", "--token-env", "B")
+    assert "not allowed with" in err
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:3002/mta-hook", "localhost/mta-hook",
+                                 "ftp://host/mta-hook", "http://", "/mta-hook"])
+def test_stalwart_config_refuses_a_url_without_scheme(capsys: pytest.CaptureFixture[str],
+                                                      url: str) -> None:
+    code, out, err = run(capsys, "stalwart-config", "--url", url)
+    assert code == 2 and out == ""
+    assert "is not an http:// or https:// URL" in err
 
 
 @pytest.mark.parametrize(("text", "ms", "toml_text"), [
@@ -437,9 +469,7 @@ def test_stalwart_config_with_token(capsys: pytest.CaptureFixture[str]) -> None:
 ])
 def test_stalwart_config_timeouts(capsys: pytest.CaptureFixture[str], text: str, ms: int,
                                   toml_text: str) -> None:
-    code, out, _ = run(capsys, "stalwart-config", "--timeout", text)
-    assert code == 0
-    toml, data = split_config(out)
+    toml, data, _ = both_forms(capsys, "--timeout", text)
     assert data["timeout"] == ms
     assert toml["session"]["hook"]["komm"]["timeout"] == toml_text
 
@@ -454,10 +484,8 @@ def test_stalwart_config_single_formats(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_stalwart_config_auth_stage_warns(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "stalwart-config", "--stages", "auth,rcpt")
-    assert code == 0
+    toml, data, err = both_forms(capsys, "--stages", "auth,rcpt")
     assert "never calls the auth stage" in err
-    toml, data = split_config(out)
     assert toml["session"]["hook"]["komm"]["stages"] == ["auth", "rcpt"]
     assert data["stages"] == {"auth": True, "rcpt": True}
 

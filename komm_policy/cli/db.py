@@ -12,7 +12,7 @@ import msgspec
 from ..demo import DEMO_ROWS
 from ..directory import DirectoryRows
 from ..directory.sqlite import connect, create_database, read_rows, write_rows
-from . import read_input
+from . import os_error_text, read_input
 
 DEFAULT_PATH = "var/komm.sqlite3"
 
@@ -27,11 +27,11 @@ def register(sub: Any) -> None:
                       help="also insert the demo data that exercises every shipped rule")
     init.set_defaults(run=run_init)
     export = actions.add_parser("export", help="print the directory tables as JSON")
-    export.add_argument("--path", default=DEFAULT_PATH)
+    export.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
     export.set_defaults(run=run_export)
     load = actions.add_parser("import", help="insert or replace rows from a JSON file")
     load.add_argument("file", help="JSON as written by `db export` ('-' for stdin)")
-    load.add_argument("--path", default=DEFAULT_PATH)
+    load.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
     load.set_defaults(run=run_import)
 
 
@@ -39,7 +39,7 @@ def run_init(args: argparse.Namespace) -> int:
     try:
         create_database(args.path, DEMO_ROWS if args.demo else None)
     except OSError as exc:
-        print(f"komm-policy db init: {exc}", file=sys.stderr)
+        print(f"komm-policy db init: {os_error_text(exc, args.path)}", file=sys.stderr)
         return 2
     print(f"{args.path}: schema ready{' with demo data' if args.demo else ''}")
     return 0
@@ -63,7 +63,7 @@ def run_import(args: argparse.Namespace) -> int:
         data = read_input(args.file)
         rows = msgspec.json.decode(data, type=DirectoryRows)
     except OSError as exc:
-        print(f"komm-policy db import: {exc}", file=sys.stderr)
+        print(f"komm-policy db import: {os_error_text(exc, args.file)}", file=sys.stderr)
         return 2
     except msgspec.ValidationError as exc:
         print(f"komm-policy db import: {args.file}: {exc}", file=sys.stderr)

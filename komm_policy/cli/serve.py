@@ -53,7 +53,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--status-auth", action="store_true", default=None,
                         help=_OPTIONS["status_auth"].help)
     parser.add_argument("--log-level", default="info",
-                        choices=("critical", "error", "warning", "info", "debug"))
+                        choices=("critical", "error", "warning", "info", "debug"),
+                        help="least severe log messages shown (default info)")
     parser.set_defaults(run=run)
 
 
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         # Workers are separate processes: they read the validated config from KOMM_*.
         os.environ.update(config_environment(config))
+        log_start(config, result.policy_set.version, result.policy_set.rule_count)
         run_server("komm_policy.hook.factory:app_from_environment", factory=True,
                    host=config.host, port=config.port, workers=config.workers,
                    limits=server_limits(config), log_level=args.log_level)
@@ -98,13 +100,22 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"komm-policy serve: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger("komm_policy").info(
-        "serving policies %s (version %s, %d rules) on http://%s:%d/mta-hook",
-        config.policies, service.policy_set.version, service.policy_set.rule_count,
-        config.host, config.port)
+    log_start(config, service.policy_set.version, service.policy_set.rule_count)
     run_server(create_app(service), host=config.host, port=config.port,
                limits=server_limits(config), log_level=args.log_level)
     return 0
+
+
+def log_start(config: Config, version: str, rules: int) -> None:
+    """What an operator checks first: which policies, which directory, which mode."""
+    log = logging.getLogger("komm_policy")
+    log.info("serving policies %s (version %s, %d rules) with directory %s on "
+             "http://%s:%d/mta-hook%s", config.policies, version, rules, config.directory,
+             config.host, config.port,
+             f" in {config.workers} worker processes" if config.workers > 1 else "")
+    if config.shadow:
+        log.warning("shadow mode: every hook is answered accept; the decisions are only "
+                    "logged")
 
 
 def server_limits(config: Config) -> ServerLimits:

@@ -1,6 +1,6 @@
 """`komm-policy stalwart-config`: the Stalwart configuration that points at this service.
 
-Prints both forms (see the wire reference §8): the `[session.hook."<id>"]` TOML of
+Prints one of two forms per run (see the wire reference §8): the `[session.hook."<id>"]` TOML of
 Stalwart up to 0.15 (where `enable` defaults to false and only Basic auth exists) and the
 `MtaHook` JSON object of 0.16 and later (stages as a map of booleans, timeout in
 milliseconds, Bearer auth).
@@ -12,7 +12,9 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..wire import STAGES
 
@@ -23,17 +25,62 @@ def register(sub: Any) -> None:
     parser = sub.add_parser("stalwart-config", help="print the Stalwart hook configuration",
                             description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:3002/mta-hook",
-                        help="where Stalwart reaches this service")
-    parser.add_argument("--token", help="the token configured with `serve --token` / "
-                                        "KOMM_TOKEN")
+                        help="where Stalwart reaches this service: an http:// or https:// URL "
+                             "(default http://127.0.0.1:3002/mta-hook)")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--token", help="print this token into the configuration (prefer "
+                                        "--token-env or --token-file)")
+    secret.add_argument("--token-env", metavar="VAR",
+                        help="Stalwart reads the token from its environment variable VAR "
+                             "(0.15: %%{env:VAR}%%; 0.16: an EnvironmentVariable secret)")
+    secret.add_argument("--token-file", metavar="PATH",
+                        help="Stalwart reads the token from the file PATH (0.15: "
+                             "%%{file:PATH}%%; 0.16: a File secret); write it without a "
+                             "trailing newline")
     parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                         help="comma-separated stages (default: connect,ehlo,mail,rcpt,data; "
                              "Stalwart never calls auth)")
-    parser.add_argument("--id", default="komm", help="hook id in the TOML form")
+    parser.add_argument("--id", default="komm", help="hook id in the TOML form (default komm)")
     parser.add_argument("--timeout", default="5s",
-                        help="Stalwart's timeout for one hook call (e.g. 5s, 1500ms)")
-    parser.add_argument("--format", choices=("both", "toml", "json"), default="both")
+                        help="Stalwart's timeout for one hook call (e.g. 5s, 1500ms; "
+                             "default 5s)")
+    parser.add_argument("--format", choices=("toml", "json"), default="toml",
+                        help="toml: the [session.hook] table of Stalwart up to 0.15 "
+                             "(default); json: the MtaHook object of Stalwart 0.16 and later")
     parser.set_defaults(run=run)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """How the configuration names the token: its value, an environment variable or a
+    file (reference §8: 0.15 TOML macros, 0.16 `SecretKey`)."""
+
+    value: str | None = None
+    env: str | None = None
+    file: str | None = None
+
+    def toml(self) -> str:
+        if self.env is not None:
+            return _toml_string(f"%{{env:{self.env}}}%")
+        if self.file is not None:
+            return _toml_string(f"%{{file:{self.file}}}%")
+        return _toml_string(self.value or "")
+
+    def json(self) -> dict[str, str]:
+        if self.env is not None:
+            return {"@type": "EnvironmentVariable", "variableName": self.env}
+        if self.file is not None:
+            return {"@type": "File", "filePath": self.file}
+        return {"@type": "Value", "secret": self.value or ""}
+
+
+def check_url(url: str) -> str | None:
+    """Why Stalwart could not call `url`, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return (f"--url {url!r} is not an http:// or https:// URL (e.g. "
+                "http://127.0.0.1:3002/mta-hook)")
+    return None
 
 
 def _timeout_ms(text: str) -> int:
@@ -55,7 +102,7 @@ def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007F")
 
 
-def toml_config(url: str, token: str | None, stages: list[str], hook_id: str,
+def toml_config(url: str, token: Secret | None, stages: list[str], hook_id: str,
                 timeout_ms: int) -> str:
     name = _toml_string(hook_id)
     lines = [
@@ -80,16 +127,16 @@ def toml_config(url: str, token: str | None, stages: list[str], hook_id: str,
             "# Stalwart 0.15 sends Basic auth only; komm-policy checks the password.",
             f"[session.hook.{name}.auth]",
             'username = "stalwart"',
-            f"secret = {_toml_string(token)}",
+            f"secret = {token.toml()}",
         ]
     return "\n".join(lines) + "\n"
 
 
-def json_config(url: str, token: str | None, stages: list[str], timeout_ms: int
+def json_config(url: str, token: Secret | None, stages: list[str], timeout_ms: int
                 ) -> dict[str, Any]:
     auth: dict[str, Any] = {"@type": "Unauthenticated"}
     if token:
-        auth = {"@type": "Bearer", "bearerToken": {"@type": "Value", "secret": token}}
+        auth = {"@type": "Bearer", "bearerToken": token.json()}
     return {
         "url": url,
         "enable": {"else": "true"},
@@ -118,13 +165,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"komm-policy stalwart-config: {exc}", file=sys.stderr)
         return 2
-    if args.format in ("both", "toml"):
-        print(toml_config(args.url, args.token, stages, args.id, timeout_ms), end="")
-    if args.format == "both":
-        print()
-        print("# Stalwart 0.16 and later: an MtaHook object (Settings > MTA > Filters > MTA "
-              "Hooks,")
-        print("# or JMAP x:MtaHook/set):")
-    if args.format in ("both", "json"):
-        print(json.dumps(json_config(args.url, args.token, stages, timeout_ms), indent=2))
+    problem = check_url(args.url)
+    if problem:
+        print(f"komm-policy stalwart-config: {problem}", file=sys.stderr)
+        return 2
+    secret = None
+    if args.token or args.token_env or args.token_file:
+        secret = Secret(args.token, args.token_env, args.token_file)
+    if args.format == "toml":
+        print(toml_config(args.url, secret, stages, args.id, timeout_ms), end="")
+    else:
+        print("komm-policy stalwart-config: an MtaHook object for Stalwart 0.16 and later "
+              "(Settings > MTA > Filters > MTA Hooks, or JMAP x:MtaHook/set)", file=sys.stderr)
+        print(json.dumps(json_config(args.url, secret, stages, timeout_ms), indent=2))
     return 0

@@ -240,6 +240,9 @@ def _starlette_app(service: HookService) -> Starlette:
         body = {"status": "ok" if ready else "unavailable", "reason": reason,
                 "policy_version": service.policy_set.version,
                 "rules": service.policy_set.rule_count}
+        if ready and service.reload_problem is not None:  # still serving the older set
+            body.update(status="degraded", reason="the policies on disk do not compile",
+                        diagnostic=service.reload_problem)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics_endpoint(request: HttpRequest) -> Response:

@@ -51,6 +51,9 @@ class HookService:
     redact_client_ip: bool = False
     watch: bool = False
     metrics: Metrics = field(default_factory=Metrics)
+    reload_problem: str | None = None
+    """The first diagnostic of the last failed reload, while the files on disk stay broken
+    and an older set serves (`/readyz` reports "degraded")."""
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,7 +89,9 @@ class HookService:
                 sources, problems = read_sources(self.policies_path)
                 schema_text = schema_beside(self.policies_path)[1]
                 if not problems and version_of(sources, schema_text) == self.policy_set.version:
-                    return ReloadResult(True, self.policy_set.version)  # nothing changed
+                    log.info("policies unchanged: version %s", self.policy_set.version)
+                    self.reload_problem = None
+                    return ReloadResult(True, self.policy_set.version)
                 result = load_path(self.policies_path)
                 if result.policy_set is not None:
                     # the directory indexes what the new set reads before it goes live
@@ -95,6 +100,7 @@ class HookService:
                 self.metrics.reloads.labels("failed").inc()
                 message = f"policy reload failed: {type(exc).__name__}: {exc}"
                 log.error(message)
+                self.reload_problem = message
                 return ReloadResult(False, None, (message,))
             if result.policy_set is None:
                 self.metrics.reloads.labels("failed").inc()
@@ -102,11 +108,16 @@ class HookService:
                                  for d in result.diagnostics)
                 log.error("policy reload failed; keeping version %s:\n%s",
                           self.policy_set.version, "\n".join(messages))
+                self.reload_problem = (str(result.errors[0]) if result.errors
+                                       else "policy reload failed")
                 return ReloadResult(False, None, messages)
+            self.reload_problem = None
             if result.policy_set.version != self.policy_set.version:
                 self.policy_set = result.policy_set  # one reference swap: atomic
                 log.info("policies reloaded: version %s, %d rules",
                          result.policy_set.version, result.policy_set.rule_count)
+            else:
+                log.info("policies unchanged: version %s", self.policy_set.version)
             self.metrics.reloads.labels("ok").inc()
             self.metrics.rules.set(self.policy_set.rule_count)
             for warning in result.warnings:
