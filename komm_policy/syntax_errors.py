@@ -242,7 +242,7 @@ def syntax_diagnostic(
                     f"`continue`, found {found}", span,
                     'end a rule with an action such as `accept` or `reject 550 5.7.1 "…"`, '
                     "or with `continue` after modifications")
-    if (not embedded and "RBRACE" in expected and token.type == "NAME"
+    if (not embedded and "RBRACE" in expected and token.type in ("NAME", "DEF")
             and token.value in _TOP_LEVEL_WORDS):
         opened = _unclosed_brace(text, token.start_pos or 0, path)
         if opened is not None:
