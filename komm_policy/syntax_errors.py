@@ -243,7 +243,10 @@ def syntax_diagnostic(
                     'end a rule with an action such as `accept` or `reject 550 5.7.1 "…"`, '
                     "or with `continue` after modifications")
     if (not embedded and "RBRACE" in expected and token.type in ("NAME", "DEF")
-            and token.value in _TOP_LEVEL_WORDS):
+            and token.value in _TOP_LEVEL_WORDS
+            and (token.value in ("stage", "settings") or token.column == 1)):
+        # A block word where a block can only end, at the start of a line (or one that
+        # never nests): the `}` before it is missing.
         opened = _unclosed_brace(text, token.start_pos or 0, path)
         if opened is not None:
             brace, block = opened

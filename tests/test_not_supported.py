@@ -102,9 +102,9 @@ SYNTAX: list[tuple[str, str, tuple[str, int, int], str]] = [
     ("slice", in_rule("x[1:2]"), ("E001", 3, 13), "unexpected `:`; expected `]`"),
     # other languages' operators
     ("is-operator", in_rule("x is none"), ("E007", 3, 12), "found name `is`"),
-    ("double-ampersand", in_rule("x && y"), ("E008", 3, 12), "unexpected character `&`"),
-    ("double-pipe", in_rule("x || y"), ("E008", 3, 12), "unexpected character `|`"),
-    ("bang-not", in_rule("!x"), ("E008", 3, 10), "unexpected character `!`"),
+    ("double-ampersand", in_rule("x && y"), ("E008", 3, 12), "`&&` is not an operator here"),
+    ("double-pipe", in_rule("x || y"), ("E008", 3, 12), "`||` is not an operator here"),
+    ("bang-not", in_rule("!x"), ("E008", 3, 10), "`!` is not an operator here"),
     # ESMTP parameters on change_from / add_recipient are not part of the language
     ("change-from-parameters-word",
      'stage data {\n  rule r: when true change_from "a@b" parameters "x" continue\n}',

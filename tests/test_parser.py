@@ -651,6 +651,8 @@ REJECTED: list[tuple[str, str, str, int, int, str]] = [
     ("E002-unclosed-stage-before-next", "stage connect {\n  default accept\n"
      "stage mail { default accept }\n", "E002", 1, 15,
      "`{` of `stage connect` is not closed before the next `stage`"),
+    ("E002-unclosed-stage-before-def", "stage connect {\n  default accept\ndef f(x) = x\n",
+     "E002", 1, 15, "`{` of `stage connect` is not closed before the next `def`"),
     ("E002-unclosed-stage-braces-in-comment-string-regex",
      'stage data {\n  # }\n  rule r: when subject() matches /a{2}/ and subject() == "}}"'
      ' accept\n', "E002", 1, 12, "`{` of `stage data` is never closed"),
