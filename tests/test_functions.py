@@ -199,6 +199,14 @@ def test_wrong_number_of_arguments():
     assert related_at(d) == at(text, "may_post")
 
 
+def test_keyword_arguments_are_for_table_lookups_only():
+    text = ("def admin(addr) = is_admin(addr)\n"
+            "stage rcpt {\n  rule a: when admin(addr = sender) accept\n  default accept\n}\n")
+    d = only(errors(text), "E104")
+    assert where(d) == locate(text, "addr = sender")
+    assert d.message == "`admin()` takes no `name = value` arguments"
+
+
 def test_a_function_named_without_a_call():
     text = ("def admin(addr) = is_admin(addr)\n"
             "stage rcpt {\n  rule a: when admin == true accept\n  default accept\n}\n")
@@ -560,3 +568,55 @@ def test_a_call_compiles_to_the_closures_of_its_body_inline():
     for (cond_hand, _), (cond_call, _) in zip(by_hand.steps, by_call.steps, strict=True):
         assert _shape(cond_call) == _shape(cond_hand)
     assert "lookup1" in str(_shape(by_call.steps[1][0]))  # the shape does see lookups
+
+
+# ---------------------------------------------------------------------------------------
+# Functions over table lookups
+
+
+def test_table_lookups_inside_functions_are_checked_per_call_lazy_and_memoised():
+    from .test_table_lookups import ROWS, SCHEMA, directory_for
+
+    text = """
+    def verified(address) = any e in lookup_all("account_emails", email = address,
+                                                 verified = true): e.account_id > 0
+    def writer(address, topic) = any e in lookup_all("account_emails", email = address,
+                                                      verified = true):
+        exists("subscriptions", account_id = e.account_id, topic = topic,
+               permission = "Write")
+    stage rcpt {
+        rule vip: when sender == "vip@example.org" accept
+        rule unverified: when not verified(sender) reject 550 5.7.1 "unverified"
+        rule reader: when not writer(sender, "info") reject 550 5.7.1 "read only"
+        rule both: when verified(sender) and writer(sender, "info") accept
+        default tempfail
+    }
+    """
+    result = compile_sources([Source("t.policy", text)], schema=SCHEMA)
+    assert result.policy_set is not None, [str(d) for d in result.diagnostics]
+    policy = result.policy_set
+    assert set(policy.needs.tables) == {"account_emails", "subscriptions"}
+
+    def run(sender: str) -> tuple[tuple, list]:
+        directory = directory_for(policy, ROWS)
+        decision = decide(policy, request("rcpt", sender=sender, to=["info@x.example"]),
+                          directory)
+        return summary(decision), [r.function for r in decision.lookups]
+
+    assert run("vip@example.org") == (("accept", None, "vip"), [])
+    outcome, lookups = run("anna@example.org")
+    assert outcome == ("accept", None, "both")
+    # account_emails read once although three calls reach it; subscriptions once
+    assert lookups == ["lookup_all(account_emails: email, verified)",
+                       "exists(subscriptions: account_id, permission, topic)"]
+    assert run("bob@example.org")[0] == ("reject", "550 5.7.1 read only", "reader")
+    assert run("nobody@example.org")[0] == ("reject", "550 5.7.1 unverified", "unverified")
+
+    bad = text.replace('writer(sender, "info")', "writer(sender, 5)", 1)
+    found = [d for d in compile_sources([Source("t.policy", bad)], schema=SCHEMA).diagnostics
+             if d.is_error]
+    assert [d.code for d in found] == ["E142"]
+    assert found[0].message.startswith("in `writer()` called here: ")
+    # the key is the parameter itself: the error points at the argument
+    assert (found[0].span.line, found[0].span.column) == locate(
+        bad, "5", after="not writer(sender, ")[:2]

@@ -86,10 +86,16 @@ def run_cases(policy_set: PolicySet, cases: Iterable[Case],
               coverage: Coverage | None = None,
               clock: Callable[[], float] = time.perf_counter) -> list[CaseResult]:
     results = []
+    indexed: set[int] = set()
     for case in cases:
         if case.error is not None or case.request is None or case.directory is None:
             results.append(CaseResult(case, "error"))
             continue
+        require = getattr(case.directory, "require", None)
+        if (policy_set.schema is not None and require is not None
+                and id(case.directory) not in indexed):  # the tables the set's lookups read
+            require(policy_set.schema, policy_set.needs)
+            indexed.add(id(case.directory))
         started = clock()
         decision = decide(policy_set, case.request, case.directory, trace=True)
         differences = compare(case.expect, decision)

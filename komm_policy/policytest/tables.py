@@ -76,8 +76,8 @@ def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
         raise RowError("`rows` must be a table of tables: [[rows.TABLE]]")
     converted: dict[str, list[Any]] = {}
     for table, rows in tables.items():
-        row_type = SCHEMA.get(table)
         described = schema.table(table) if schema is not None else None
+        row_type = _helper_row_type(table, described)
         if row_type is None and described is None:
             names = [*SCHEMA, *(t for t in (schema.tables if schema else ()) if t not in SCHEMA)]
             close = difflib.get_close_matches(table, names, n=1)
@@ -113,6 +113,18 @@ def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
                         raise RowError(f"{where}: column `{column}`: {exc}") from None
             converted.setdefault(table, []).append(value)
     return converted
+
+
+def _helper_row_type(table: str, described: Table | None) -> type[msgspec.Struct] | None:
+    """The helpers' row type for this table, unless the schema file describes a table of
+    that name without the columns the helpers need (another organisation's `account`)."""
+    row_type = SCHEMA.get(table)
+    if row_type is None or described is None:
+        return row_type
+    required = set(row_type.__struct_fields__) - set(
+        row_type.__struct_fields__[len(row_type.__struct_fields__)
+                                   - len(row_type.__struct_defaults__):])
+    return row_type if required <= set(described.column_names) else None
 
 
 def _check_described(table: Table, row: Mapping[str, Any], where: str, *,
@@ -156,12 +168,16 @@ def build_directory(rows: Mapping[str, list[Any]]) -> InMemoryDirectory:
     """An in-memory directory holding exactly these rows (for the helpers and as tables)."""
     tables = {name: [msgspec.to_builtins(r) if isinstance(r, msgspec.Struct) else r
                      for r in table_rows] for name, table_rows in rows.items()}
+
+    def helper(name: str) -> tuple[Any, ...]:  # rows of the helpers' own row types only
+        return tuple(r for r in rows.get(name, ()) if isinstance(r, msgspec.Struct))
+
     return InMemoryDirectory(DirectoryRows(
-        blocked_ips=tuple(rows.get("blocked_ips", ())),  # type: ignore[arg-type]
-        message_categories=tuple(rows.get("message_categories", ())),  # type: ignore[arg-type]
-        account=tuple(rows.get("account", ())),  # type: ignore[arg-type]
-        admin_identities=tuple(r.identity for r in rows.get("admin_identities", ())),  # type: ignore[attr-defined]
-        subscriptions=tuple(rows.get("subscriptions", ())),  # type: ignore[arg-type]
+        blocked_ips=helper("blocked_ips"),
+        message_categories=helper("message_categories"),
+        account=helper("account"),
+        admin_identities=tuple(r.identity for r in helper("admin_identities")),  # type: ignore[attr-defined]
+        subscriptions=helper("subscriptions"),
     ), tables=tables)
 
 
