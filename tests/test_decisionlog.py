@@ -89,10 +89,11 @@ def spooled(*lines: bytes) -> list[SpooledRecord]:
     out = []
     for line in lines:
         try:
-            record_id = json.loads(line).get("id") or f"anon-{next(_SEQ)}"
+            data = json.loads(line)
         except ValueError:
-            record_id = f"anon-{next(_SEQ)}"
-        out.append(SpooledRecord(next(_SEQ), record_id, 0.0, line))
+            data = {}
+        record_id = data.get("id") or f"anon-{next(_SEQ)}"
+        out.append(SpooledRecord(next(_SEQ), record_id, 0.0, data.get("time", ""), line))
     return out
 
 

@@ -151,9 +151,9 @@ def test_writer_killed_while_another_process_locks_the_store(
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         submit(decision_log, 150)
-        wait_for(lambda: len(jsonl_ids(jsonl)) == 150)  # JSONL goes on
-        status = decision_log.status()
-        assert status.backlog["sqlite"] == 150 and status.backlog["jsonl"] == 0
+        wait_for(lambda: decision_log.status().backlog["jsonl"] == 0)  # JSONL goes on
+        assert len(jsonl_ids(jsonl)) == 150
+        assert decision_log.status().backlog["sqlite"] == 150
         os.kill(decision_log.writer_pid, signal.SIGKILL)  # type: ignore[arg-type]
         submit(decision_log, 150)
     finally:

@@ -56,7 +56,10 @@ class LogSettings:
     """/readyz turns 503 when a sink is this far behind (records or seconds)."""
     writer_stall: float = 30.0
     """A writer without a heartbeat this long is killed and restarted."""
-    poll: float = 0.02
+    writer_nice: int = 10
+    """CPU priority of the writer process below the service's (0: the same)."""
+    poll: float = 0.05
+    """Seconds the writer waits when it has caught up (records reach the sinks within)."""
 
 
 @dataclass
@@ -169,7 +172,7 @@ class DecisionLog:
         process = self._context.Process(
             target=writer_main, name="komm-decision-log",
             args=(str(self.spool_dir), self._specs, receiver, self.settings.poll,
-                  self.settings.spool_keep),
+                  self.settings.spool_keep, 20.0, self.settings.writer_nice),
             daemon=True)
         process.start()
         receiver.close()

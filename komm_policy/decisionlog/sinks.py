@@ -24,11 +24,12 @@ import msgspec
 
 class SpooledRecord(NamedTuple):
     """A record read from the spool: its spool sequence number, id, answer time
-    (time.time()) and JSON line (no newline)."""
+    (time.time(), and as the record's ISO 8601 `time`) and JSON line (no newline)."""
 
     seq: int
     id: str
     at: float
+    time: str
     line: bytes
 
 

@@ -70,6 +70,7 @@ class SpoolWriter:
         self.undecodable = 0
         self._last_retain = clock()
         self._last_save_error = 0.0
+        self.behind = False  # the last step read a full batch: more is waiting
 
     def step(self, *, force: bool = False) -> bool:
         """One batch for every sink that can take one; True if any progress was made."""
@@ -100,7 +101,9 @@ class SpoolWriter:
             if state is self.states[0]:
                 self.written += len(records)
             progress = True
-            self.save()  # at once: the next sink may block (a locked store) or crash
+        self.behind = any(len(records) >= self._batch for records, _ in cache.values())
+        if progress:
+            self.save()
         return progress
 
     def _records(self, entries: list[tuple[int, bytes]]) -> list[SpooledRecord]:
@@ -108,7 +111,8 @@ class SpoolWriter:
         for seq, payload in entries:
             try:
                 record, at = record_from_raw(payload, self._timestamps)
-                records.append(SpooledRecord(seq, record.id, at, encode_record(record)))
+                records.append(SpooledRecord(seq, record.id, at, record.time,
+                                             encode_record(record)))
             except Exception:  # one bad entry must not cost the others
                 self.undecodable += 1
                 log.exception("decision log: spool entry %d cannot be decoded; skipped", seq)
@@ -177,11 +181,17 @@ class SpoolWriter:
 
 
 def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
-                poll: float = 0.02, keep: float = 0.0, drain_timeout: float = 20.0) -> None:
+                poll: float = 0.05, keep: float = 0.0, drain_timeout: float = 20.0,
+                nice: int = 10) -> None:
     """The writer process.  `control` is the read end of a pipe from the service: a
-    message or its end (the service closed it, or died) means drain, then exit."""
+    message or its end (the service closed it, or died) means drain, then exit.  It runs
+    at a lower CPU priority (`nice`): answers come first, and the spool holds what the
+    writer has not taken yet (its backlog is in /metrics and /readyz)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     writer = SpoolWriter(directory, specs)
     last_save = 0.0
     try:
@@ -190,12 +200,12 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
             writer.maybe_retain(keep)
             if progressed:
                 last_save = time.monotonic()
-                if not control.poll(0):
-                    continue
             elif time.monotonic() - last_save >= 1.0:  # the heartbeat
                 writer.save()
                 last_save = time.monotonic()
-            if control.poll(0 if progressed else poll):
+            # Caught up: wait a poll interval, so batches are large (every batch costs a
+            # transaction and a state save); behind: go on at once.
+            if control.poll(0 if writer.behind else poll):
                 break  # told to stop, or the service is gone
         # Drain: every sink gets what the spool holds, a failing one one more attempt;
         # what it cannot take stays in the spool for the next start.
