@@ -327,3 +327,35 @@ def test_main_server_sigkill_loses_no_answered_record(deployment: Deployment) ->
     report("main server SIGKILL", load.decided, len(ids), len(stored))
     assert len(ids) == len(set(ids)) and sorted(stored) == sorted(ids)
     assert load.decided <= len(ids) <= load.decided + 4
+
+
+def test_readyz_and_metrics_show_a_sink_that_falls_behind(deployment: Deployment) -> None:
+    server = ServerProcess(deployment, "--no-watch", "--log-level", "warning",
+                           KOMM_LOG_MAX_BACKLOG_AGE="1").start()
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(deployment.database)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        load = Load(server.url, 50).start()
+        load.join()
+        time.sleep(1.5)
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503
+        assert "decision log sink sqlite: oldest unwritten record" in ready.json()["reason"]
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'komm_decision_log_backlog_records{sink="sqlite"} 50.0' in metrics
+        assert 'komm_decision_log_backlog_records{sink="jsonl"} 0.0' in metrics
+        assert "komm_decision_log_writer_alive 1.0" in metrics
+    finally:
+        assert locker.stdin is not None
+        locker.stdin.write("\n")
+        locker.stdin.close()
+        locker.wait(10)
+        if locker.stdout is not None:
+            locker.stdout.close()
+    deadline = time.monotonic() + 40  # the sink's backoff may be at 8-16 s by now
+    while httpx.get(f"{server.url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    server.stop()
+    check_all_stored("readiness while a sink is behind", deployment, load.decided)

@@ -270,3 +270,23 @@ def test_a_sink_that_cannot_be_opened_yet_is_retried(tmp_path: Path) -> None:
     with sqlite3.connect(store) as conn:
         assert conn.execute("SELECT count(*) FROM mta_log").fetchone()[0] == 3
     spool.close()
+
+
+def test_a_writer_drains_the_spools_of_ended_workers(tmp_path: Path) -> None:
+    from komm_policy.decisionlog.writer import adopt_orphans
+
+    root = tmp_path / "spool"
+    ended = SpoolAppender(root / "worker-111", fsync_interval=0)
+    for entry in entries(7):
+        ended.append(entry)
+    ended.close()  # the worker is gone: its lock is free
+    alive = SpoolAppender(root / "worker-222", fsync_interval=0)
+    alive.append(entries(1)[0])
+    own = root / "worker-333"
+    SpoolAppender(own, fsync_interval=0).close()
+    jsonl = tmp_path / "decisions.jsonl"
+    assert adopt_orphans(own, [JsonlSpec(str(jsonl))]) == 7
+    assert len(jsonl.read_bytes().splitlines()) == 7
+    assert not (root / "worker-111").exists()
+    assert (root / "worker-222").exists()  # its worker still runs
+    alive.close()

@@ -38,6 +38,10 @@ from .writer import writer_main
 log = logging.getLogger(__name__)
 
 
+WRITER_GRACE = 5.0
+"""Seconds a writer may be down (being restarted) before /readyz reports it."""
+
+
 @dataclass(frozen=True)
 class LogSettings:
     """How the decision log behaves (the `[log]` options in the README)."""
@@ -104,6 +108,7 @@ class DecisionLog:
         self._context = multiprocessing.get_context("spawn")
         self._stopping = threading.Event()
         self._process: Any = None
+        self._dead_since: float | None = None
         self._process_lock = threading.Lock()
         self._start_writer()
         self._supervisor = threading.Thread(target=self._supervise, name="komm-log-supervisor",
@@ -207,6 +212,8 @@ class DecisionLog:
                 else:
                     delay = 0.1
                     continue
+            if self._dead_since is None:
+                self._dead_since = time.monotonic()
             log.error("decision log writer %s exited (code %s); restarting it",
                       process.pid, process.exitcode)
             if self._stopping.wait(delay):
@@ -217,6 +224,7 @@ class DecisionLog:
                     return
                 self.restarts += 1
                 self._start_writer()
+                self._dead_since = None
 
     # -- state ----------------------------------------------------------------------------
 
@@ -272,7 +280,9 @@ class DecisionLog:
         settings = self.settings
         if status.spool_failing:
             return f"decision log spool cannot be written: {status.spool_failing}"
-        if not status.alive:
+        dead_since = self._dead_since
+        if not status.alive and (dead_since is None
+                                 or time.monotonic() - dead_since > WRITER_GRACE):
             return "decision log writer not running (restarting)"
         for name, backlog in status.backlog.items():
             if backlog > settings.max_backlog_records:

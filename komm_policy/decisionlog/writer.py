@@ -18,8 +18,10 @@ records stored).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -180,6 +182,44 @@ class SpoolWriter:
                     log.exception("closing decision log sink %s", state.name)
 
 
+def adopt_orphans(own: Path, specs: Sequence[SinkSpec]) -> int:
+    """Drain the spools of workers that are gone (`--workers N`: each worker spools into
+    `spool/worker-PID`; a worker that exits leaves its directory behind).  A spool whose
+    lock can be taken has no service; its entries go to this writer's sinks from the
+    positions saved there, and the directory is removed once every sink took all of it.
+    Returns how many records were moved."""
+    moved = 0
+    for other in sorted(own.parent.glob("worker-*")):
+        if other == own or not other.is_dir():
+            continue
+        try:
+            fd = os.open(other / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its worker is alive
+            os.close(fd)
+            continue
+        try:
+            writer = SpoolWriter(other, list(specs))
+            try:
+                while writer.step(force=True):
+                    pass
+                moved += writer.written
+                done = all(not writer.reader.read(state.position, 1)[0]
+                           for state in writer.states)
+            finally:
+                writer.close()
+            if done:
+                log.info("decision log: %d records from the spool of an ended worker (%s) "
+                         "written", writer.written, other.name)
+                shutil.rmtree(other, ignore_errors=True)
+        finally:
+            os.close(fd)
+    return moved
+
+
 def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
                 poll: float = 0.05, keep: float = 0.0, drain_timeout: float = 20.0,
                 nice: int = 10) -> None:
@@ -194,10 +234,18 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
             os.nice(nice)
     writer = SpoolWriter(directory, specs)
     last_save = 0.0
+    last_adopt = 0.0
     try:
         while True:
             progressed = writer.step()
             writer.maybe_retain(keep)
+            if Path(directory).name.startswith("worker-") and (
+                    time.monotonic() - last_adopt >= RETAIN_EVERY):
+                last_adopt = time.monotonic()
+                try:
+                    adopt_orphans(Path(directory), specs)
+                except Exception:  # never the end of the writer
+                    log.exception("decision log: draining an ended worker's spool failed")
             if progressed:
                 last_save = time.monotonic()
             elif time.monotonic() - last_save >= 1.0:  # the heartbeat
