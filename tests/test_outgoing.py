@@ -403,3 +403,37 @@ def test_shipped_policy_accepts_the_bare_postmaster(to, expected) -> None:
     shipped = shipped_plus("")
     decision = decide(shipped, request("rcpt", sender="stranger@example.net", to=to), DEMO)
     assert summary(decision) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# §4 bullet 3: the guard for copying a header that may be present but blank
+
+COPY_MARK = """
+stage data {{
+    rule copy_mark:
+        when {guard}
+        change_header "X-Foo" header("X-Mark")
+        continue
+    default accept
+}}"""
+
+
+@pytest.mark.parametrize(("guard", "mark", "expected"), [
+    # the issue's example: `!= none` still sends an empty value, which deletes X-Foo
+    ('header("X-Mark") != none', " \r\n", [("X-Foo", "")]),
+    ('header("X-Mark") != none', None, []),
+    # the documented guards: nothing is sent for a blank or absent X-Mark
+    ('len(header("X-Mark")) > 0', " \r\n", []),
+    ('len(header("X-Mark")) > 0', None, []),
+    ('len(header("X-Mark")) > 0', " marked\r\n", [("X-Foo", "marked")]),
+    ('header("X-Mark") != none and header("X-Mark") != ""', " \t \r\n", []),
+    ('header("X-Mark") != none and header("X-Mark") != ""', None, []),
+    ('header("X-Mark") != none and header("X-Mark") != ""', " marked\r\n",
+     [("X-Foo", "marked")]),
+])
+def test_guard_for_a_blank_header(guard: str, mark: str | None, expected) -> None:
+    headers = [("X-Foo", "old")] + ([("X-Mark", mark)] if mark is not None else [])
+    decision = run(COPY_MARK.format(guard=guard),
+                   request("data", sender="a@example.org", to=["b@example.org"],
+                           headers=headers))
+    assert [(m.name, m.value) for m in decision.modifications] == expected
