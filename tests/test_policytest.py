@@ -448,3 +448,23 @@ def test_policy_functions_are_covered_through_the_rules_that_call_them(tmp_path)
     # called only by the dry-run rule `watch`, which no case reached: nothing to decide
     assert items[("function", "odd_port")]["missing"] == ["evaluated", "matched"]
     assert items[("function", "never_called")]["missing"] == ["evaluated", "matched"]
+
+
+def test_file_request_fields_merge_with_each_case_field_by_field(tmp_path):
+    tests = """\
+[request]
+stage = "connect"
+client.ip = "127.0.0.1"
+
+[[case]]
+name = "inherits stage and client.ip, adds client.port"
+request = { client.port = 25 }
+expect = { action = "accept", rule = "local" }
+
+[[case]]
+name = "overrides client.ip"
+request = { client.ip = "192.0.2.10", client.port = 25 }
+expect = { action = "accept", rule = "default", logs = ["port 25"] }
+"""
+    code, out, _ = run_test(str(write_set(tmp_path, tests)))
+    assert code == 0, out

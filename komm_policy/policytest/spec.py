@@ -39,7 +39,7 @@ import msgspec
 from ..directory import Directory
 from ..directory.schema import Schema
 from ..wire import AnyModification, Request
-from .requests import CaseRequestError, build_request
+from .requests import CaseRequestError, build_request, flatten
 from .tables import RowError, UnavailableDirectory, build_directory, check_rows
 
 FILE_SUFFIX = ".test.toml"
@@ -146,8 +146,9 @@ def _prepare(case: Case, raw: Mapping[str, Any], path: Path, base_fields: Any,
     try:
         case.expect = _expectation(raw.get("expect"))
         base = _base_payload(raw, path)
-        fields = {**_mapping(base_fields, "request"), **_mapping(raw.get("request", {}),
-                                                                  "request")}
+        # merged field by field: `client.helo` in a case keeps the file's `client.ip`
+        fields = {**flatten(_mapping(base_fields, "request")),
+                  **flatten(_mapping(raw.get("request", {}), "request"))}
         if base is None and "stage" not in fields:
             raise CaseRequestError("no stage: set `stage` in `request`, or give a fixture "
                                    "or payload")
