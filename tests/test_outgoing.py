@@ -12,11 +12,14 @@ import ast
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from komm_policy import outgoing
 from komm_policy.builtins import valid_address
 from komm_policy.decision import Decision
+from komm_policy.demo import DEMO_ROWS
+from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.policyset import PolicySet, Source, compile_sources
 from komm_policy.runtime import decide
 from komm_policy.wire import AddHeader, AddRecipient, ChangeFrom, DeleteRecipient
@@ -437,3 +440,17 @@ def test_guard_for_a_blank_header(guard: str, mark: str | None, expected) -> Non
                    request("data", sender="a@example.org", to=["b@example.org"],
                            headers=headers))
     assert [(m.name, m.value) for m in decision.modifications] == expected
+
+
+def test_issue_example_shipped_category_header_is_7bit() -> None:
+    """The shipped `tag_list_mail` rule with a category named `Gemüse & Obst`."""
+    categories = tuple(msgspec.structs.replace(c, name="Gemüse & Obst") if c.id == 2 else c
+                       for c in DEMO_ROWS.message_categories)
+    directory = InMemoryDirectory(msgspec.structs.replace(DEMO_ROWS,
+                                                          message_categories=categories))
+    decision = decide(shipped_plus(""), request(
+        "data", sender="peter.schmidt@web.example", to=["gemuese@solawi.example"],
+        headers=[("Subject", "Ernte")]), directory)
+    assert decision.action == "accept"
+    assert decision.modifications == (
+        AddHeader(name="X-Komm-Category", value="=?utf-8?q?Gem=C3=BCse?= & Obst"),)
