@@ -198,7 +198,8 @@ class _Compiler:
             "delete_header": lambda ctx, v: outgoing.delete_header(header, index),
             "change_from": lambda ctx, v: outgoing.change_from(v),
             "add_recipient": lambda ctx, v: outgoing.add_recipient(v),
-            "delete_recipient": lambda ctx, v: outgoing.delete_recipient(v, ctx.recipients()),
+            "delete_recipient": lambda ctx, v: outgoing.delete_recipient(
+                v, ctx.recipients_as_sent()),
             "replace_contents": lambda ctx, v: outgoing.replace_contents(v),
         }
         make = factories[kind]

@@ -98,6 +98,12 @@ class EvalContext:
             self._to = to
         return to
 
+    def recipients_as_sent(self) -> list[str]:
+        """The envelope recipients as Stalwart sent (and stores) them, lower-cased: what a
+        `deleteRecipient` must name.  Not memoised: only modifications read it."""
+        envelope = self.request.envelope
+        return [a.address.lower() for a in envelope.to] if envelope is not None else []
+
     def rcpt(self) -> str:
         rcpt = self._rcpt
         if rcpt is None:

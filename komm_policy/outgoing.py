@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .builtins import valid_address
+from .addresses import normalize_address, valid_address
 from .text import clean_header_text, has_controls, to_text
 from .wire import (
     AddHeader,
@@ -98,14 +98,27 @@ def envelope_address(value: Any, statement: str) -> str:
 
 
 def recipient_to_delete(value: Any, recipients: Iterable[str] = ()) -> str:
-    """The lower-cased text of `value` for `deleteRecipient`: a valid address, or exactly
-    one of `recipients` (the envelope's, lower-case) without control characters.
+    """The text for `deleteRecipient`: the envelope recipient `value` names, as Stalwart
+    stored it, or else the lower-cased `value` when it is one valid address.
 
-    Stalwart compares it with the stored lower-case address and never stores it, but it is
-    still held to the same rule as every other address we send.  Raises `UnsafeValue`."""
-    text = to_text(value).strip(" \t\r\n").lower()
-    if valid_address(text) or (not has_controls(text) and text in recipients):
-        return text
+    `recipients` are the envelope's recipients as Stalwart sent them, lower-cased.  Stalwart
+    removes a recipient whose stored (lower-case, as received) address equals the value
+    (`crates/smtp/src/inbound/milter/message.rs`), while policies see addresses in their
+    normal form (A-label domains, `addresses.normalize_address`): so `value` is matched by
+    normal form and the recipient is sent back as received, or `anna@bücher.example` would
+    stay a recipient of a quarantined message.  A recipient holding a control character is
+    never sent.  Raises `UnsafeValue`.  Linear in the number of recipients."""
+    text = to_text(value).strip(" \t\r\n")
+    key = normalize_address(text)
+    for sent in recipients:
+        if normalize_address(sent) == key:
+            if has_controls(sent):
+                break
+            return sent
+    else:
+        lowered = text.lower()
+        if valid_address(lowered):
+            return lowered
     raise UnsafeValue(f"delete_recipient: {_shown(text)} is neither a valid address nor one "
                       "of the message's recipients; nothing was sent")
 

@@ -190,6 +190,7 @@ def _quarantine(ctx: EvalContext, outcome: Outcome, mods: list, mailbox: str) ->
     result: list = [m for m in mods if isinstance(m, _HEADER_MODS)]
     result.append(add_header("X-Komm-Quarantine", outcome.make_reason(ctx)))
     result.append(add_header("X-Komm-Original-Recipients", ", ".join(recipients)))
-    result.extend(delete_recipient(r, recipients) for r in recipients)
+    as_sent = ctx.recipients_as_sent()
+    result.extend(delete_recipient(r, as_sent) for r in as_sent)
     result.append(add_recipient(mailbox))
     return tuple(result)

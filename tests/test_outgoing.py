@@ -190,6 +190,27 @@ def test_quarantine_removes_the_bare_postmaster_recipient_too() -> None:
     assert sent_addresses(decision) == ["", "b@example.org", "quarantine@solawi.example"]
 
 
+def test_deleted_recipients_are_named_as_stalwart_stored_them() -> None:
+    """Policies see A-label domains, but Stalwart removes a recipient only when the value
+    equals its stored, lower-cased address: an IDN recipient of a quarantined message must
+    be named as it arrived, or the message would still reach it (regression: it was sent
+    as `anna@xn--bcher-kva.example`)."""
+    text = """
+    settings { quarantine_to = "quarantine@solawi.example" }
+    stage data { default quarantine "held" }"""
+    decision = run(text, request("data", sender="a@example.org",
+                                 to=["Anna@Bücher.example", "b@example.org", "\u00b2"]))
+    assert sent_addresses(decision) == ["anna@bücher.example", "b@example.org", "\u00b2",
+                                        "quarantine@solawi.example"]
+    one = """
+    stage data {
+        rule mod: when true delete_recipient envelope.to[0] continue
+        default accept
+    }"""
+    decision = run(one, request("data", sender="a@example.org", to=["Anna@Bücher.example"]))
+    assert decision.modifications == (DeleteRecipient(value="anna@bücher.example"),)
+
+
 QUARANTINE_ALL = """
 settings {{ quarantine_to = "quarantine@solawi.example" }}
 stage data {{
