@@ -13,8 +13,10 @@ The layout, in short (docs/language.md, "Formatting"):
   their own lines, and `on error …`; rules and `default` are separated by one blank line;
 - inside a line, one space between tokens except after `(`/`[`/`.`, before `)`/`]`/`,`/`:`/
   `.`, and before the `(` of a call or the `[` of an index;
-- a line break the author put inside an expression is kept (as gofmt does), continued 4
-  spaces deeper; a trailing comment also ends its line there;
+- a line break the author put inside an expression is kept (as gofmt does); the next line
+  is indented 4 spaces deeper than the line that opened the innermost bracket or
+  quantifier body (`any x in xs:`) still open there, or than the statement's first line;
+  a trailing comment also ends its line there;
 - own-line comments stay above the token they preceded, at that line's indentation, with
   at most one blank line before them (kept from the source).
 
@@ -248,10 +250,15 @@ class _Renderer:
 
     def line(self, line: _Line) -> None:
         self.comments_before(line)
-        indent = INDENT * line.indent
-        continued = INDENT * (line.indent + 1)
-        current = indent
+        current = INDENT * line.indent
         previous: Token | None = None
+        # open brackets and quantifier colons here, each with the indent of its line
+        nesting: list[tuple[str, int]] = []
+
+        def continued() -> str:
+            opener = nesting[-1][1] if nesting else len(INDENT) * line.indent
+            return " " * (opener + len(INDENT))
+
         for index in range(line.first, line.last + 1):
             token = self.tokens[index]
             inner = self.own.get(index, []) if index != line.first else []
@@ -259,23 +266,37 @@ class _Renderer:
                 if previous is not None:
                     self.out.append(current)
                 for comment in inner:
-                    self.out.append(continued + comment.text)
-                current, previous = continued, None
+                    self.out.append(continued() + comment.text)
+                current, previous = continued(), None
             elif previous is not None and token.line > (previous.end_line or previous.line):
                 self.out.append(current)
-                current, previous = continued, None
+                current, previous = continued(), None
             elif previous is not None:
                 current += _space(previous, token)
             current += str(token)
             previous = token
+            _nest(nesting, token, len(current) - len(current.lstrip(" ")))
             self.last_line = token.end_line or token.line or self.last_line
             comment = self.trailing.get(index)
             if comment is not None:
                 self.out.append(f"{current}  {comment.text}")
                 self.last_line = comment.line
-                current, previous = continued, None
+                current, previous = continued(), None
         if previous is not None:
             self.out.append(current)
+
+
+def _nest(nesting: list[tuple[str, int]], token: Token, indent: int) -> None:
+    """Track what a continuation line is inside of: each open `(` or `[` and each
+    quantifier body (`any x in xs:`, ended by the bracket that encloses it), with the
+    indent of the line it was opened on (the continuation goes 4 spaces deeper)."""
+    if token.type in ("LPAR", "LSQB"):
+        nesting.append(("(", indent))
+    elif token.type in ("RPAR", "RSQB"):
+        while nesting and nesting.pop()[0] != "(":
+            pass
+    elif token.type == "COLON":
+        nesting.append((":", indent))
 
 
 def _space(previous: Token, token: Token) -> str:

@@ -351,3 +351,24 @@ def test_make_test_checks_the_shipped_policies_are_formatted():
     makefile = (POLICIES.parent / "Makefile").read_text()
     assert "fmt --check policies" in makefile
     assert run_fmt("--check", str(POLICIES))[0] == 0
+
+
+def test_continuation_lines_follow_the_brackets_and_quantifiers_still_open():
+    text = """\
+def may_write(address, topic) =
+  any e in lookup_all("account_emails", email = address):
+   exists("account", id = e.account_id)
+           and (any s in lookup_all("subscriptions", account = e.account_id,
+                                 topic_id = topic):
+                 s.status == "Active")
+"""
+    expected = """\
+def may_write(address, topic) =
+    any e in lookup_all("account_emails", email = address):
+        exists("account", id = e.account_id)
+        and (any s in lookup_all("subscriptions", account = e.account_id,
+            topic_id = topic):
+                s.status == "Active")
+"""
+    assert format_text(text) == expected
+    assert format_text(expected) == expected
