@@ -55,6 +55,12 @@ class Config:
     log_sqlite_max_rows: int = 0
     log_max_backlog_records: int = 100_000
     log_max_backlog_age: float = 60.0
+    log_spacetimedb: str = ""
+    log_spacetimedb_reducer: str = "log_decisions"
+    log_spacetimedb_args: str = "batch"
+    log_spacetimedb_batch: int = 100
+    log_spacetimedb_token: str | None = None
+    log_spacetimedb_dead_letter: str = "var/spacetimedb-dead-letter.jsonl"
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -64,7 +70,7 @@ class Config:
     def redacted(self) -> dict[str, Any]:
         """The configuration as a dict, safe to print (no token)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for secret in ("token", "spacetimedb_token"):
+        for secret in ("token", "spacetimedb_token", "log_spacetimedb_token"):
             if values[secret]:
                 values[secret] = "(set)"
         values["policies"] = str(values["policies"])
@@ -187,6 +193,23 @@ OPTIONS: tuple[Option, ...] = (
            "/readyz is 503 when a sink is more records behind"),
     Option("log_max_backlog_age", "log", "max_backlog_age", "KOMM_LOG_MAX_BACKLOG_AGE",
            _float, "/readyz is 503 when a sink's oldest unwritten record is older (s)"),
+    Option("log_spacetimedb", "log", "spacetimedb", "KOMM_LOG_SPACETIMEDB", _str,
+           "also send decisions to a SpacetimeDB reducer: spacetimedb://HOST:PORT/DB or "
+           "spacetimedb+https://HOST/DB (empty: off)"),
+    Option("log_spacetimedb_reducer", "log", "spacetimedb_reducer",
+           "KOMM_LOG_SPACETIMEDB_REDUCER", _str, "the reducer that takes decision records"),
+    Option("log_spacetimedb_args", "log", "spacetimedb_args", "KOMM_LOG_SPACETIMEDB_ARGS",
+           _str, "batch: reducer(records: Vec<DecisionRecord>); record: reducer(id, record), "
+           "one record per call"),
+    Option("log_spacetimedb_batch", "log", "spacetimedb_batch", "KOMM_LOG_SPACETIMEDB_BATCH",
+           _int, "records per reducer call (spacetimedb_args = batch)"),
+    Option("log_spacetimedb_token", "log", "spacetimedb_token", "KOMM_LOG_SPACETIMEDB_TOKEN",
+           _str, "token for the reducer calls (prefer [log] spacetimedb_token_file or "
+           "KOMM_LOG_SPACETIMEDB_TOKEN_FILE; default: the [directory] token when the log "
+           "goes to the same server)"),
+    Option("log_spacetimedb_dead_letter", "log", "spacetimedb_dead_letter",
+           "KOMM_LOG_SPACETIMEDB_DEAD_LETTER", _str,
+           "file (JSON lines) for records the reducer refused (530)"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -212,6 +235,10 @@ def load_config(
     token_file = env.get("KOMM_TOKEN_FILE")
     if token_file:
         values["token"] = _read_token(Path(token_file), "KOMM_TOKEN_FILE", problems)
+    log_token_file = env.get("KOMM_LOG_SPACETIMEDB_TOKEN_FILE")
+    if log_token_file:
+        values["log_spacetimedb_token"] = _read_token(
+            Path(log_token_file), "KOMM_LOG_SPACETIMEDB_TOKEN_FILE", problems)
     stdb_token_file = env.get("KOMM_SPACETIMEDB_TOKEN_FILE")
     if stdb_token_file:
         values["spacetimedb_token"] = _read_token(
@@ -267,6 +294,14 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
                     continue
                 values["spacetimedb_token"] = _read_token(
                     Path(value), f"{path} [directory] token_file", problems)
+                continue
+            if section == "log" and key == "spacetimedb_token_file":
+                if not isinstance(value, str):
+                    problems.append(f"{path} [log] spacetimedb_token_file: expected a path, "
+                                    f"got {value!r}")
+                    continue
+                values["log_spacetimedb_token"] = _read_token(
+                    Path(value), f"{path} [log] spacetimedb_token_file", problems)
                 continue
             if section == "server" and key == "token_file":
                 if not isinstance(value, str):
@@ -351,4 +386,26 @@ def validate(config: Config) -> list[str]:
                  "log_max_backlog_records", "log_max_backlog_age"):
         if getattr(config, name) < 0:
             problems.append(f"{name}: must not be negative")
+    problems.extend(_validate_log_spacetimedb(config))
+    return problems
+
+
+def _validate_log_spacetimedb(config: Config) -> list[str]:
+    if not config.log_spacetimedb:
+        return []
+    from .spacetimedb.http import Endpoint
+    problems = []
+    try:
+        Endpoint.parse(config.log_spacetimedb)
+    except ValueError as exc:
+        problems.append(f"log_spacetimedb: {exc}")
+    if not config.log_spacetimedb_reducer.strip():
+        problems.append("log_spacetimedb_reducer: must not be empty")
+    if config.log_spacetimedb_args not in ("batch", "record"):
+        problems.append(f"log_spacetimedb_args: {config.log_spacetimedb_args!r} is not batch "
+                        "or record")
+    if config.log_spacetimedb_batch < 1:
+        problems.append("log_spacetimedb_batch: must be at least 1")
+    if not config.log_spacetimedb_dead_letter.strip():
+        problems.append("log_spacetimedb_dead_letter: must not be empty")
     return problems

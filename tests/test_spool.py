@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import struct
 import time
 import zlib
@@ -212,7 +213,7 @@ def test_failing_sink_keeps_its_position_while_the_other_goes_on(tmp_path: Path)
     writer.step()
     assert len(good.records) == 5 and bad.records == []
     delay = writer.next_retry_in()
-    assert delay == 0.5
+    assert delay is not None and 0.25 <= delay <= 0.5
     for entry in entries(2):
         spool.append(entry)
     writer.step()
@@ -229,22 +230,29 @@ def test_failing_sink_keeps_its_position_while_the_other_goes_on(tmp_path: Path)
 
 
 def test_backoff_schedule(tmp_path: Path) -> None:
-    """0.5 s, doubling after each further failure, at most 30 s."""
+    """0.5 s, doubling after each further failure, at most 30 s, each delay jittered
+    within the upper half of its step; two writers do not retry in step."""
     spool = SpoolAppender(tmp_path, fsync_interval=0)
     spool.append(entries(1)[0])
-    clock = FakeClock()
-    bad = FakeSink()
-    bad.failing = True
-    writer = SpoolWriter(tmp_path, [bad], clock=clock)
-    writer.step()
-    delays = []
-    for _ in range(8):
-        delay = writer.next_retry_in()
-        assert delay is not None
-        delays.append(delay)
-        clock.advance(delay)
+    schedules = []
+    for seed in (1, 2):
+        clock = FakeClock()
+        bad = FakeSink()
+        bad.failing = True
+        writer = SpoolWriter(tmp_path, [bad], clock=clock, rng=random.Random(seed))
         writer.step()
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        delays = []
+        for _ in range(8):
+            delay = writer.next_retry_in()
+            assert delay is not None
+            delays.append(delay)
+            clock.advance(delay)
+            writer.step()
+        steps = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        for delay, step in zip(delays, steps, strict=True):
+            assert step / 2 <= delay <= step, (delay, step)
+        schedules.append(delays)
+    assert schedules[0] != schedules[1]
     spool.close()
 
 

@@ -2,12 +2,14 @@
 
 Public entry: `DecisionLog` (the service's side: spool each decision before answering,
 supervise the writer process), configured by `LogSettings` and the sink specs
-(`JsonlSpec`, `SqliteSpec`).  The record itself (`DecisionRecord`, `make_record`,
-`encode_record`) is documented in docs/decision-record.md.
+(`JsonlSpec`, `SqliteSpec`, `ReducerSpec` for a SpacetimeDB reducer).  The record itself
+(`DecisionRecord`, `make_record`, `encode_record`) is documented in
+docs/decision-record.md.
 
 Modules: `records` (the schema, version `RECORD_VERSION`), `spool` (the append-only
 journal), `writer` (the process feeding the sinks from the spool), `sinks` (the sink
-interface, JSON lines), `mta_log` (the SQLite sink), `log` (the service's side).
+interface, JSON lines), `mta_log` (the SQLite sink), `spacetimedb_sink` (a reducer),
+`log` (the service's side).
 """
 
 from .log import DecisionLog, LogSettings, LogStatus
@@ -24,11 +26,13 @@ from .records import (
     make_record,
     raw_entry,
 )
-from .sinks import JsonlSink, JsonlSpec, Sink, SinkSpec, SpooledRecord
+from .sinks import JsonlSink, JsonlSpec, Sink, SinkBlocked, SinkSpec, SpooledRecord
+from .spacetimedb_sink import ReducerSink, ReducerSpec
 
 __all__ = [
     "RECORD_VERSION", "DecisionLog", "DecisionRecord", "JsonlSink", "JsonlSpec", "LogSettings",
-    "LogStatus", "ModificationSummary", "RecordIds", "Sink", "SinkSpec", "SpooledRecord",
+    "LogStatus", "ModificationSummary", "RecordIds", "ReducerSink", "ReducerSpec", "Sink",
+    "SinkBlocked", "SinkSpec", "SpooledRecord",
     "SqliteSink", "SqliteSpec", "Timestamps", "decode_record", "encode_record",
     "line_from_raw", "make_record", "raw_entry",
 ]

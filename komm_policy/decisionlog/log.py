@@ -80,6 +80,10 @@ class LogStatus:
     oldest_age: dict[str, float] = field(default_factory=dict)
     sink_errors: dict[str, int] = field(default_factory=dict)
     failing_sinks: dict[str, str] = field(default_factory=dict)
+    blocked_sinks: dict[str, str] = field(default_factory=dict)
+    """Sinks that refuse records until their configuration is fixed (`SinkBlocked`)."""
+    sink_counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    """A sink's own counters (e.g. `dead_letters`), as its last write left them."""
 
 
 class DecisionLog:
@@ -250,6 +254,10 @@ class DecisionLog:
             status.sink_errors[name] = int(info.get("errors", 0))
             if info.get("failing"):
                 status.failing_sinks[name] = str(info.get("last_error"))
+            if info.get("blocked"):
+                status.blocked_sinks[name] = str(info["blocked"])
+            if isinstance(info.get("counters"), dict):
+                status.sink_counters[name] = info["counters"]
         self._prune(lowest)
         return status
 
@@ -284,6 +292,8 @@ class DecisionLog:
         if not status.alive and (dead_since is None
                                  or time.monotonic() - dead_since > WRITER_GRACE):
             return "decision log writer not running (restarting)"
+        for name, reason in status.blocked_sinks.items():
+            return f"decision log sink {name} refuses records, all kept in the spool: {reason}"
         for name, backlog in status.backlog.items():
             if backlog > settings.max_backlog_records:
                 return f"decision log sink {name}: {backlog} records behind"

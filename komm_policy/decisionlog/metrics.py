@@ -44,13 +44,25 @@ class LogCollector:
                                 labels=["sink"])
         errors = CounterMetricFamily("komm_decision_log_sink_errors",
                                      "Failed writes to a sink (retried)", labels=["sink"])
+        blocked = GaugeMetricFamily("komm_decision_log_sink_blocked",
+                                    "1 while a sink refuses records until its configuration "
+                                    "is fixed (records stay in the spool)", labels=["sink"])
+        dead = CounterMetricFamily("komm_decision_log_dead_letters",
+                                   "Records a sink's server refused for good (SpacetimeDB "
+                                   "530), moved to its dead-letter file", labels=["sink"])
         for name, value in status.backlog.items():
             backlog.add_metric([name], value)
             age.add_metric([name], status.oldest_age[name])
             errors.add_metric([name], status.sink_errors.get(name, 0))
+            blocked.add_metric([name], 1.0 if name in status.blocked_sinks else 0.0)
+            counters = status.sink_counters.get(name, {})
+            if "dead_letters" in counters:
+                dead.add_metric([name], counters["dead_letters"])
         yield backlog
         yield age
         yield errors
+        yield blocked
+        yield dead
 
 
 def register_log_metrics(registry: CollectorRegistry, decision_log: DecisionLog) -> None:

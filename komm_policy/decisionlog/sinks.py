@@ -5,7 +5,9 @@ each sink's position in the spool and moves it only after `write` returned, so a
 crash a sink may be given the last batch again: every sink must store a record id once
 (the JSONL sink remembers the ids at the end of its file, `mta_log` has a unique index,
 a SpacetimeDB reducer sink would key its table by id).  `write` raises to have the same
-batch retried later (with backoff); it never drops records.
+batch retried later (with backoff); it never drops records.  `SinkBlocked` says the
+failure needs an operator (and turns /readyz 503).  A sink may have `counters()` (a dict
+of names to numbers, e.g. dead letters) that the writer publishes with its status.
 
 A `SinkSpec` is the picklable description of a sink (it crosses into the writer
 process); `open()` builds the sink there and may raise, which is retried like a write.
@@ -44,6 +46,13 @@ class Sink(Protocol):
         """Apply the sink's retention (called about once a minute; `now` = time.time())."""
 
     def close(self) -> None: ...
+
+
+class SinkBlocked(Exception):
+    """Raised by `write` when the sink cannot take records until an operator fixes its
+    configuration (a wrong reducer name or signature: SpacetimeDB's 400/404).  The batch
+    stays in the spool and is retried with backoff like any failure; meanwhile /readyz
+    is 503 with this message."""
 
 
 class SinkSpec(Protocol):

@@ -4,8 +4,10 @@ One loop: for each sink not waiting out a backoff, read the next batch after its
 position, turn the raw entries into records (once per batch, shared by the sinks at the
 same position), write them, and move the position.  Positions and the writer's status
 go to the spool's `state.json` after every batch (atomic rename); a restarted writer
-resumes from there.  A failed sink keeps its position and is retried with backoff (0.5 s
-doubling up to 30 s) while the others go on.  Every `RETAIN_EVERY` seconds consumed
+resumes from there.  A failed sink keeps its position and is retried with backoff while
+the others go on: 0.5 s doubling up to 30 s, each delay drawn uniformly from its upper
+half ("equal jitter", `backoff_delay`), so many writers that lost one server do not come
+back in step.  Every `RETAIN_EVERY` seconds consumed
 segments are removed and each sink applies its retention.
 
 Why a process: building records, JSON encoding, SQLite inserts and file writes are
@@ -21,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,18 +31,30 @@ from pathlib import Path
 from typing import Any
 
 from .records import Timestamps, encode_record, record_from_raw
-from .sinks import Sink, SinkSpec, SpooledRecord
+from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
 from .spool import Position, SpoolReader, position_from, read_state, write_state
 
 log = logging.getLogger(__name__)
 
 BATCH = 2000
 RETAIN_EVERY = 60.0
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+
+
+def backoff_delay(failures: int, rng: random.Random, *, first: float = BACKOFF_FIRST,
+                  cap: float = BACKOFF_MAX) -> float:
+    """Seconds to wait after the `failures`-th failure in a row (1, 2, …): the capped
+    exponential `first * 2**(failures-1)` with equal jitter, uniform in [cap/2, cap]
+    (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).  Never below half
+    the step, so a dead server is not hammered; never above `cap`."""
+    step = min(cap, first * 2 ** min(max(failures, 1) - 1, 16))
+    return step / 2 + rng.uniform(0.0, step / 2)
 
 
 class _SinkState:
-    __slots__ = ("errors", "failures", "last_error", "name", "position", "retry_at",
-                 "sink", "spec")
+    __slots__ = ("blocked", "counters", "errors", "failures", "last_error", "name",
+                 "position", "retry_at", "sink", "spec")
 
     def __init__(self, spec: SinkSpec | Sink, position: Position | None) -> None:
         self.spec = spec
@@ -52,6 +67,8 @@ class _SinkState:
         self.errors = 0
         self.retry_at = 0.0
         self.last_error: str | None = None
+        self.blocked: str | None = None  # SinkBlocked's message until a write succeeds
+        self.counters: dict[str, int] = {}
 
 
 class SpoolWriter:
@@ -60,13 +77,14 @@ class SpoolWriter:
 
     def __init__(self, directory: str | Path, sinks: Sequence[SinkSpec | Sink], *,
                  clock: Callable[[], float] = time.monotonic,
-                 batch: int = BATCH) -> None:
+                 batch: int = BATCH, rng: random.Random | None = None) -> None:
         self.directory = Path(directory)
         self.reader = SpoolReader(self.directory)
         saved = read_state(self.directory).get("positions", {})
         self.states = [_SinkState(s, position_from(saved.get(s.name))) for s in sinks]
         self._clock = clock
         self._batch = batch
+        self._rng = rng or random.Random()
         self._timestamps = Timestamps()
         self.written = 0
         self.undecodable = 0
@@ -95,10 +113,13 @@ class SpoolWriter:
                         state.sink = state.spec.open()  # type: ignore[union-attr]
                     state.sink.write(records)
             except Exception as exc:  # keep the position and retry later
+                self._count(state)
                 self._failed(state, exc)
                 continue
+            self._count(state)
             state.failures = 0
             state.last_error = None
+            state.blocked = None
             state.position = after
             if state is self.states[0]:
                 self.written += len(records)
@@ -120,8 +141,15 @@ class SpoolWriter:
                 log.exception("decision log: spool entry %d cannot be decoded; skipped", seq)
         return records
 
+    @staticmethod
+    def _count(state: _SinkState) -> None:
+        counters = getattr(state.sink, "counters", None)
+        if counters is not None:
+            state.counters = dict(counters())
+
     def _failed(self, state: _SinkState, exc: Exception) -> None:
         state.errors += 1
+        state.blocked = str(exc) if isinstance(exc, SinkBlocked) else None
         state.failures += 1
         state.last_error = f"{type(exc).__name__}: {exc}"
         if state.sink is not None and state.sink is not state.spec:
@@ -130,7 +158,7 @@ class SpoolWriter:
             with contextlib.suppress(Exception):
                 state.sink.close()
             state.sink = None
-        delay = min(30.0, 0.5 * 2 ** min(state.failures - 1, 6))
+        delay = backoff_delay(state.failures, self._rng)
         state.retry_at = self._clock() + delay
         log.error("decision log sink %s failed (retrying in %.1fs, nothing lost): %s",
                   state.name, delay, state.last_error)
@@ -160,7 +188,8 @@ class SpoolWriter:
             "positions": {s.name: s.position.as_json() if s.position else None
                           for s in self.states},
             "sinks": {s.name: {"errors": s.errors, "failing": s.failures > 0,
-                               "last_error": s.last_error} for s in self.states},
+                               "last_error": s.last_error, "blocked": s.blocked,
+                               "counters": s.counters} for s in self.states},
             "undecodable": self.undecodable,
             "skipped_tails": self.reader.skipped_tails,
         }

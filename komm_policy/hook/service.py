@@ -7,6 +7,7 @@ fails keeps the old set, logs the diagnostics and counts a failed reload.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..decisionlog import DecisionLog, JsonlSpec, LogSettings, SinkSpec, SqliteSpec
+from ..decisionlog import (
+    DecisionLog,
+    JsonlSpec,
+    LogSettings,
+    ReducerSpec,
+    SinkSpec,
+    SqliteSpec,
+)
 from ..decisionlog.metrics import register_log_metrics
 from ..demo import DEMO_ROWS
 from ..directory import Directory, DirectoryRows
@@ -147,6 +155,8 @@ class HookService:
         if config.log_sqlite and config.sqlite_path is not None:
             sinks.append(SqliteSpec(str(config.sqlite_path.resolve()),
                                     config.log_sqlite_max_age, config.log_sqlite_max_rows))
+        if config.log_spacetimedb:
+            sinks.append(reducer_spec(config, worker))
         return cls(
             policy_set=result.policy_set,
             directory=directory,
@@ -159,6 +169,27 @@ class HookService:
             redact_client_ip=config.redact_client_ip,
             watch=config.watch,
         )
+
+
+def reducer_spec(config: Config, worker: str | None = None) -> ReducerSpec:
+    """The SpacetimeDB reducer sink of `[log] spacetimedb`; each worker has its own
+    dead-letter file.  Without its own token the log uses the directory's token, but only
+    when both name the same server (a token never goes to another host)."""
+    from ..spacetimedb.http import Endpoint
+    dead = Path(config.log_spacetimedb_dead_letter)
+    if worker is not None:
+        dead = dead.with_name(f"{dead.stem}.{worker}{dead.suffix}")
+    token = config.log_spacetimedb_token
+    if token is None and config.spacetimedb_token and config.directory.startswith(
+            "spacetimedb"):
+        with contextlib.suppress(ValueError):
+            if (Endpoint.parse(config.directory).base
+                    == Endpoint.parse(config.log_spacetimedb).base):
+                token = config.spacetimedb_token
+    return ReducerSpec(url=config.log_spacetimedb, reducer=config.log_spacetimedb_reducer,
+                       args=config.log_spacetimedb_args,  # type: ignore[arg-type]
+                       batch=config.log_spacetimedb_batch, token=token or "",
+                       dead_letter=str(dead.resolve()))
 
 
 def log_settings(config: Config, worker: str | None = None) -> LogSettings:

@@ -260,3 +260,13 @@ class SpacetimeHttp:
     def select_all(self, table: str) -> SqlResult:
         """`SELECT * FROM table`."""
         return self.sql(f"SELECT * FROM {quote_ident(table)}")
+
+    def call(self, reducer: str, args_json: bytes) -> None:
+        """`POST /call/{reducer}` with `args_json`, a JSON array of the reducer's arguments
+        (`Content-Type: application/json`, which the server requires, else 415).  Returns
+        on 200 (committed); raises `SpacetimeError` with the status and the server's text
+        otherwise: 530 the reducer refused (returned `Err` or panicked; rolled back),
+        402 energy exhausted, 400 bad arguments, 404 `No such procedure`
+        (`crates/client-api/src/routes/database.rs` `call`)."""
+        self._request("POST", self.endpoint.path(f"/call/{quote(reducer, safe='')}"),
+                      content=args_json, headers={"Content-Type": "application/json"})

@@ -3,6 +3,7 @@
 SpacetimeDB routes (`crates/client-api/src/routes/{identity,database,subscribe}.rs`,
 `crates/client-api/src/auth.rs`; reference note `spacetimedb.md` §2, §4, §6):
 `POST /v1/identity`, `GET /v1/ping`, `POST /v1/database/{db}/sql`,
+`POST /v1/database/{db}/call/{reducer}` (`reducers.py`),
 `GET /v1/database/{db}/schema?version=9`, `WS /v1/database/{db}/subscribe`.
 
 Control routes (tests and people at a terminal drive the double with these):
@@ -10,7 +11,10 @@ Control routes (tests and people at a terminal drive the double with these):
   "form": "array"|"object"?}` — commit a transaction, push it to subscribers;
 - `POST /_double/faults` — set `Faults` fields (`{"slow_ms": 500}`, `{"http_status": 503,
   "http_text": "…", "http_count": 2}`, `{"truncate_count": 1}`, `{"fail_subscribe": "…",
-  "fail_subscribe_count": 1}`, `{"session_busy_count": 1}`); `POST /_double/reset-faults`;
+  "fail_subscribe_count": 1}`, `{"session_busy_count": 1}`, `{"reducer_fail_match": "x",
+  "reducer_fail_text": "…"}` — a /call whose body holds "x" fails with 530);
+  `POST /_double/reset-faults`; `GET /_double/{db}/calls` — the reducer calls and the
+  decision-log table (`logged`);
 - `POST /_double/drop` — drop every subscription socket now;
 - `GET /_double/state` — connection and subscription counts, open sockets.
 """
@@ -30,6 +34,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from . import reducers
 from . import sql as sqlmod
 from .state import SQL_TX_REDUCER_ID, Database, Faults, State, Table, connection_id, u256_hex
 from .wire import dumps
@@ -70,6 +75,8 @@ class Double:
             Route("/v1/ping", self.ping, methods=["GET"]),
             Route("/v1/database/{db}/sql", self.sql, methods=["POST"]),
             Route("/v1/database/{db}/schema", self.schema, methods=["GET"]),
+            Route("/v1/database/{db}/call/{reducer}", self.call, methods=["POST"]),
+            Route("/_double/{db}/calls", self.control_calls, methods=["GET"]),
             WebSocketRoute("/v1/database/{db}/subscribe", self.subscribe),
             Route("/_double/{db}/tx", self.control_tx, methods=["POST"]),
             Route("/_double/faults", self.control_faults, methods=["POST"]),
@@ -167,6 +174,40 @@ class Double:
         payload = self.maybe_truncate(dumps(body).encode())
         headers["spacetime-execution-duration-micros"] = str(micros)
         return Response(payload, media_type="application/json", headers=headers)
+
+    async def call(self, request: Request) -> Response:
+        got = await self.common(request)
+        if isinstance(got, Response):
+            return got
+        db, identity, token = got
+        raw = await request.body()
+        name = request.path_params["reducer"]
+        response = self.run_call(db, name, raw, request.headers.get("content-type"))
+        db.calls.append({"reducer": name, "body": raw.decode("utf-8", "replace"),
+                         "status": response.status_code,
+                         "text": bytes(response.body).decode("utf-8", "replace")})
+        response.headers.update(self.headers(identity, token))
+        return response
+
+    def run_call(self, db: Database, name: str, raw: bytes, content_type: str | None
+                 ) -> Response:
+        if not reducers.json_content_type(content_type):
+            return text(415, "Expected request with `Content-Type: application/json`")
+        params = db.reducers.get(name)
+        if params is None:
+            return text(404, "No such procedure")
+        try:
+            args = reducers.product(db.module, list(params), json.loads(raw), "")
+        except (ValueError, reducers.ArgError) as e:
+            return text(400, f"invalid arguments for reducer {name}: {e}")
+        faults = self.state.faults
+        if faults.reducer_fail_match and faults.reducer_fail_match in raw.decode("utf-8",
+                                                                                 "replace"):
+            return text(530, faults.reducer_fail_text or "the reducer failed")
+        for record_id, record in reducers.logged_pairs(args):
+            db.logged.setdefault(record_id, record)  # a known id is success, unchanged
+        return Response(b"", headers={"spacetime-energy-used": "1234",
+                                      "spacetime-execution-duration-micros": "85"})
 
     def visible(self, db: Database, name: str, owner: bool) -> Table:
         table = db.tables.get(name)
@@ -323,6 +364,12 @@ class Double:
                 await sub.send(message)
                 sent += 1
         return JSONResponse({"sent": sent})
+
+    async def control_calls(self, request: Request) -> Response:
+        db = self.state.database(request.path_params["db"])
+        if db is None:
+            return text(404, "no such database")
+        return JSONResponse({"calls": db.calls, "logged": list(db.logged.items())})
 
     async def control_faults(self, request: Request) -> Response:
         for key, value in (await request.json()).items():

@@ -69,6 +69,10 @@ class Database:
     delta_form: str = "array"
     light: bool = False
     reducers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    """Every `/call`: reducer, body (text), status, text — in arrival order."""
+    logged: dict[str, str] = field(default_factory=dict)
+    """The decision-log table the reducers fill: record id → record JSON, insertion order."""
 
     @classmethod
     def from_spec(cls, name: str, spec: dict[str, Any]) -> Database:
@@ -141,6 +145,9 @@ class Faults:
     fail_subscribe: str = ""
     fail_subscribe_count: int = 0
     session_busy_count: int = 0
+    reducer_fail_match: str = ""
+    """A `/call` whose body contains this text fails with 530 (the reducer returned Err)."""
+    reducer_fail_text: str = ""
 
     @staticmethod
     def take(count: int) -> tuple[bool, int]:
