@@ -321,3 +321,64 @@ def test_a_404_keeps_everything_and_readyz_says_why(tmp_path: Path,
         wait_for(lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200, 10)
     finally:
         server.stop()
+
+
+# -- configuration ----------------------------------------------------------------------
+
+def test_configuration_from_toml_with_a_token_file(tmp_path: Path) -> None:
+    from komm_policy.config import load_config
+    from komm_policy.hook.service import reducer_spec
+
+    from .conftest import POLICIES
+
+    (tmp_path / "token").write_text("log-token\n")
+    toml = tmp_path / "komm.toml"
+    toml.write_text(f'''[log]
+spacetimedb = "spacetimedb+https://stdb.example:3000/komm"
+spacetimedb_reducer = "log_decision"
+spacetimedb_args = "record"
+spacetimedb_batch = 7
+spacetimedb_token_file = "{tmp_path / 'token'}"
+spacetimedb_dead_letter = "{tmp_path / 'dead.jsonl'}"
+''')
+    config = load_config(toml, env={"KOMM_POLICIES": str(POLICIES),
+                                    "KOMM_DIRECTORY": "memory:demo"})
+    assert config.redacted()["log_spacetimedb_token"] == "(set)"
+    spec = reducer_spec(config)
+    assert (spec.url, spec.reducer, spec.args, spec.batch, spec.token) == (
+        "spacetimedb+https://stdb.example:3000/komm", "log_decision", "record", 7,
+        "log-token")
+    assert "log-token" not in repr(spec)
+    assert reducer_spec(config, worker="12").dead_letter.endswith("dead.12.jsonl")
+
+
+def test_the_directory_token_goes_only_to_the_same_server(tmp_path: Path) -> None:
+    from komm_policy.config import load_config
+    from komm_policy.hook.service import reducer_spec
+
+    from .conftest import POLICIES
+
+    env = {"KOMM_POLICIES": str(POLICIES), "KOMM_SPACETIMEDB_TOKEN": "dir-token",
+           "KOMM_DIRECTORY": "spacetimedb://127.0.0.1:3000/komm"}
+    same = load_config(env={**env, "KOMM_LOG_SPACETIMEDB": "spacetimedb://127.0.0.1:3000/log"})
+    assert reducer_spec(same).token == "dir-token"
+    other = load_config(env={**env, "KOMM_LOG_SPACETIMEDB": "spacetimedb://10.0.0.9:3000/log"})
+    assert reducer_spec(other).token == ""
+
+
+def test_bad_sink_settings_are_reported_together() -> None:
+    from komm_policy.config import ConfigError, load_config
+
+    from .conftest import POLICIES
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"KOMM_POLICIES": str(POLICIES), "KOMM_DIRECTORY": "memory:demo",
+                         "KOMM_LOG_SPACETIMEDB": "http://127.0.0.1:3000/komm",
+                         "KOMM_LOG_SPACETIMEDB_ARGS": "all", "KOMM_LOG_SPACETIMEDB_BATCH": "0",
+                         "KOMM_LOG_SPACETIMEDB_REDUCER": " "})
+    text = str(caught.value)
+    for expected in ("log_spacetimedb: 'http://127.0.0.1:3000/komm': expected",
+                     "log_spacetimedb_args: 'all' is not batch or record",
+                     "log_spacetimedb_batch: must be at least 1",
+                     "log_spacetimedb_reducer: must not be empty"):
+        assert expected in text
