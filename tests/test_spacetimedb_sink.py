@@ -211,7 +211,7 @@ def test_configuration_errors_block_and_keep_everything(
     assert not writer.step(force=True)
     sink = ReducerSink(spec)
     with pytest.raises(SinkBlocked, match=re.escape(expected)):
-        sink.write([SpooledRecord(0, "x", 0.0, b'{"id":"x"}')])
+        sink.write([SpooledRecord(0, "x", 0.0, "", b'{"id":"x"}')])
     sink.close()
     assert expected in (writer.status()["sinks"]["spacetimedb"]["blocked"] or "")
     assert writer.states[0].position is None and db(double).logged == {}
