@@ -7,6 +7,8 @@
   with integer `status`, `enhanced_status` (snake_case, the key Stalwart reads) plus
   `enhancedStatus` for readers following Stalwart's docs, `message` and `disconnect`.
 - Modifications go out only with accept (Stalwart applies them only then, at data).
+- Modification values are already safe here: they are built only by `outgoing` (one
+  valid address; header values without controls, 7-bit, folded).
 """
 
 from __future__ import annotations
