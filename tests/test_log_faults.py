@@ -264,7 +264,8 @@ def _mount_small_tmpfs(path: Path) -> Callable[[], None]:
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs for the full-disk test needs root")
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(path)],
+    size = 256 + 2 * REQUESTS  # KiB: room for the requests before the disk is filled
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}k", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
@@ -281,18 +282,21 @@ def test_spool_on_a_full_disk_tempfails_then_recovers(deployment: Deployment) ->
         try:
             before = Load(server.url, REQUESTS // 3).start()
             before.join()
+            assert before.decided == REQUESTS // 3
             filler = spool / "filler"
             with filler.open("wb", buffering=0) as file, pytest.raises(OSError):
                 while True:  # fill the disk
                     file.write(b"\0" * 4096)
             during = Load(server.url, 50, threads=2).start()
             during.join()
-            assert during.tempfailed == 50 and during.decided == 0  # 451 4.3.0 each
+            # 451 4.3.0 each, but for the few entries that still fit in the last page of
+            # the spool's segment (tmpfs allocates whole pages)
+            assert during.tempfailed + during.decided == 50 and during.decided <= 4
             ready = httpx.get(f"{server.url}/readyz")
             assert ready.status_code == 503
             assert "spool cannot be written" in ready.json()["reason"]
             metrics = httpx.get(f"{server.url}/metrics").text
-            assert "komm_decision_log_spool_tempfails_total 50.0" in metrics
+            assert f"komm_decision_log_spool_tempfails_total {during.tempfailed}.0" in metrics
             filler.unlink()
             after = Load(server.url, REQUESTS // 3).start()
             after.join()
@@ -302,7 +306,7 @@ def test_spool_on_a_full_disk_tempfails_then_recovers(deployment: Deployment) ->
             assert server.stop() in (0, -signal.SIGTERM)
     finally:
         unmount()
-    answered = before.decided + after.decided
+    answered = before.decided + during.decided + after.decided
     check_all_stored("spool disk full", deployment, answered)
 
 
