@@ -468,3 +468,22 @@ expect = { action = "accept", rule = "default", logs = ["port 25"] }
 """
     code, out, _ = run_test(str(write_set(tmp_path, tests)))
     assert code == 0, out
+
+
+def test_a_helper_table_row_also_fits_the_schema_file_and_feeds_table_lookups(tmp_path):
+    # blocked_ips as the shipped schema file has it: `blocked_at` is required there
+    (tmp_path / "schema.toml").write_text(
+        (POLICIES / "schema.toml").read_text(encoding="utf-8"))
+    policy = POLICY.replace(
+        'when ip_blocked(client.ip)',
+        'when lookup("blocked_ips", ip = client.ip, active = true) != none')
+    rows = ('[[rows.blocked_ips]]\nip = "192.0.2.66"\nreason = "spam"\n'
+            'blocked_at = 2026-08-01T00:00:00Z\n\n')
+    case = ('[[case]]\nname = "looked up"\n'
+            'request = { stage = "connect", client.ip = "192.0.2.66" }\n'
+            'expect = { action = "reject", rule = "blocked" }\n')
+    code, out, _ = run_test(str(write_set(tmp_path, rows + case, policy)))
+    assert code == 0, out
+    missing = rows.replace("blocked_at = 2026-08-01T00:00:00Z\n", "")
+    code, out, _ = run_test(str(write_set(tmp_path, missing + case, policy)))
+    assert code == 1 and "missing required column `blocked_at`" in out

@@ -16,9 +16,11 @@ for the helpers and as plain tables (`InMemoryDirectory(tables=…)`) for table 
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -89,12 +91,15 @@ def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
             where = f"row {number} of `{table}`"
             if not isinstance(row, Mapping):
                 raise RowError(f"{where}: must be a table of columns")
-            if described is not None:
-                _check_described(described, row, where, required=row_type is None)
+            row = _timestamps(described, row)
             if row_type is None:
+                if described is not None:
+                    _check_described(described, row, where, required=True)
                 converted.setdefault(table, []).append(dict(row))
                 continue
-            known = columns(table)
+            # a helper's table: its row type's columns, and the schema file's if it has any
+            known = (*columns(table), *(c for c in (described.column_names if described
+                                                    else ()) if c not in columns(table)))
             for column in row:
                 if column not in known:
                     close = difflib.get_close_matches(column, known, n=1)
@@ -102,7 +107,8 @@ def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
                     raise RowError(f"{where}: unknown column `{column}`{hint} "
                                    f"(columns: {', '.join(known)})")
             try:
-                value = msgspec.convert(dict(row), row_type, strict=True)
+                value = msgspec.convert({c: v for c, v in row.items()
+                                         if c in columns(table)}, row_type, strict=True)
             except msgspec.ValidationError as exc:
                 raise RowError(f"{where}: {_column_message(exc)}") from None
             for table_name, column in _NETWORK_COLUMNS:
@@ -111,7 +117,43 @@ def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
                         _check_network(getattr(value, column))
                     except ValueError as exc:
                         raise RowError(f"{where}: column `{column}`: {exc}") from None
-            converted.setdefault(table, []).append(value)
+            if described is not None:
+                # the same row as the schema file's table: the helper's defaults, then
+                # the columns written; every column the schema file requires must be there
+                merged = {c: v for c, v in {**msgspec.to_builtins(value), **row}.items()
+                          if c in described.by_name}
+                _check_described(described, merged, where, required=True)
+                converted.setdefault(table, []).append(Described(value, merged))
+            else:
+                converted.setdefault(table, []).append(value)
+    return converted
+
+
+@dataclass(frozen=True, slots=True)
+class Described:
+    """A helper table's row: as the helper's row type, and as the schema file's table."""
+
+    struct: msgspec.Struct
+    columns: dict[str, Any]
+
+
+def _timestamps(table: Table | None, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """TOML dates and times in the schema's timestamp columns → Unix seconds (as SQLite
+    stores them)."""
+    if table is None:
+        return row
+    converted = dict(row)
+    for name, value in row.items():
+        column = table.by_name.get(name)
+        if column is None or column.type != "timestamp":
+            continue
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.UTC)
+            converted[name] = int(value.timestamp())
+        elif isinstance(value, datetime.date):
+            converted[name] = int(datetime.datetime(value.year, value.month, value.day,
+                                                    tzinfo=datetime.UTC).timestamp())
     return converted
 
 
@@ -166,11 +208,13 @@ def _column_message(exc: msgspec.ValidationError) -> str:
 
 def build_directory(rows: Mapping[str, list[Any]]) -> InMemoryDirectory:
     """An in-memory directory holding exactly these rows (for the helpers and as tables)."""
-    tables = {name: [msgspec.to_builtins(r) if isinstance(r, msgspec.Struct) else r
+    tables = {name: [r.columns if isinstance(r, Described) else
+                     msgspec.to_builtins(r) if isinstance(r, msgspec.Struct) else r
                      for r in table_rows] for name, table_rows in rows.items()}
 
     def helper(name: str) -> tuple[Any, ...]:  # rows of the helpers' own row types only
-        return tuple(r for r in rows.get(name, ()) if isinstance(r, msgspec.Struct))
+        return tuple(r.struct if isinstance(r, Described) else r
+                     for r in rows.get(name, ()) if isinstance(r, msgspec.Struct | Described))
 
     return InMemoryDirectory(DirectoryRows(
         blocked_ips=helper("blocked_ips"),
