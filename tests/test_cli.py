@@ -249,7 +249,8 @@ def test_db_init_export_import_round_trip(capsys: pytest.CaptureFixture[str],
     second = tmp_path / "second.sqlite3"
     code, out, _ = run(capsys, "db", "import", str(dump), "--path", str(second))
     assert code == 0
-    assert "imported 4 blocked_ips, 4 message_categories, 4 account" in out
+    assert ("imported 4 account, 1 admin_identities, 4 blocked_ips, 4 message_categories, "
+            "5 subscriptions") in out
     code, again, _ = run(capsys, "db", "export", "--path", str(second))
     assert code == 0
     assert json.loads(again) == data
@@ -273,8 +274,10 @@ def test_db_import_from_stdin(capsys: pytest.CaptureFixture[str], tmp_path: Path
     code, _, _ = run(capsys, "db", "import", "-", "--path", str(path))
     assert code == 0
     code, exported, _ = run(capsys, "db", "export", "--path", str(path))
-    assert json.loads(exported)["blocked_ips"] == [
-        {"ip": "192.0.2.0/24", "reason": "test", "active": True}]
+    (row,) = json.loads(exported)["blocked_ips"]
+    assert {k: row[k] for k in ("ip", "reason", "active")} == {
+        "ip": "192.0.2.0/24", "reason": "test", "active": True}
+    assert isinstance(row["blocked_at"], int)  # the store's default: the time of the insert
 
 
 def test_db_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

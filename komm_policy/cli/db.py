@@ -1,24 +1,34 @@
-"""`komm-policy db init|export|import`: the embedded SQLite store."""
+"""`komm-policy db init|schema|export|import|delete`: the embedded SQLite store, any table.
+
+`schema` prints the store's tables as a schema file (keeping the meanings of an existing
+one for the columns it still has); `export`/`import` move rows of any table as JSON (the
+format is in `directory/transfer.py` and the README); `delete TABLE KEY…` removes rows by
+primary key.  `import` and `delete` validate everything first and write nothing on error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from ..demo import DEMO_ROWS
-from ..directory import DirectoryRows
-from ..directory.sqlite import connect, create_database, read_rows, write_rows
+from ..directory.schema import Schema, SchemaError, Table, dump_schema, load_schema
+from ..directory.sqlite import connect, create_database, init_schema
+from ..directory.sqlite_tables import read_schema
+from ..directory.transfer import TransferError, delete_rows, export_tables, import_tables
 from . import os_error_text, read_input
 
 DEFAULT_PATH = "var/komm.sqlite3"
+DEFAULT_SCHEMA = "policies/schema.toml"
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("db", help="create, export or import the SQLite store",
+    parser = sub.add_parser("db", help="create, describe, export, import or edit the store",
                             description=__doc__.splitlines()[0])
     actions = parser.add_subparsers(dest="db_command", required=True)
     init = actions.add_parser("init", help="create the tables (idempotent)")
@@ -26,57 +36,149 @@ def register(sub: Any) -> None:
     init.add_argument("--demo", action="store_true",
                       help="also insert the demo data that exercises every shipped rule")
     init.set_defaults(run=run_init)
-    export = actions.add_parser("export", help="print the directory tables as JSON")
+    schema = actions.add_parser("schema", help="print the tables as a schema file (TOML)")
+    schema.add_argument("tables", nargs="*", help="only these tables")
+    schema.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
+    schema.add_argument("--schema", metavar="FILE",
+                        help="keep the meanings this schema file gives (default: "
+                             f"{DEFAULT_SCHEMA} when it exists)")
+    schema.set_defaults(run=run_schema)
+    export = actions.add_parser("export", help="print tables as JSON")
+    export.add_argument("tables", nargs="*", help="only these tables (default: all)")
     export.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
+    export.add_argument("--schema", metavar="FILE",
+                        help="shape values by this schema file (bools, lists)")
     export.set_defaults(run=run_export)
-    load = actions.add_parser("import", help="insert or replace rows from a JSON file")
+    load = actions.add_parser("import", help="validate, then insert or replace rows")
     load.add_argument("file", help="JSON as written by `db export` ('-' for stdin)")
     load.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
+    load.add_argument("--schema", metavar="FILE",
+                      help=f"validate by this schema file (default: {DEFAULT_SCHEMA} when "
+                           "it exists)")
     load.set_defaults(run=run_import)
+    delete = actions.add_parser("delete", help="delete rows by primary key")
+    delete.add_argument("table", help="the table")
+    delete.add_argument("keys", nargs="+", metavar="KEY",
+                        help="primary-key values (rowid when the table declares none)")
+    delete.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
+    delete.add_argument("--schema", metavar="FILE",
+                        help="match address keys case-insensitively by this schema file")
+    delete.set_defaults(run=run_delete)
+
+
+def _schema(args: argparse.Namespace, command: str) -> Schema | None:
+    """The schema file named by --schema, or the default one when it exists."""
+    path = args.schema or (DEFAULT_SCHEMA if Path(DEFAULT_SCHEMA).is_file() else None)
+    if path is None:
+        return None
+    try:
+        return load_schema(path)
+    except OSError as exc:
+        raise SystemExit(_fail(command, os_error_text(exc, path), 2)) from exc
+    except SchemaError as exc:
+        raise SystemExit(_fail(command, str(exc), 2)) from exc
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"komm-policy db {command}: {message}", file=sys.stderr)
+    return code
+
+
+def _open(args: argparse.Namespace, command: str) -> sqlite3.Connection | int:
+    if not Path(args.path).exists():
+        return _fail(command, f"{args.path}: no such database", 2)
+    return connect(args.path, create=False)
 
 
 def run_init(args: argparse.Namespace) -> int:
     try:
         create_database(args.path, DEMO_ROWS if args.demo else None)
     except OSError as exc:
-        print(f"komm-policy db init: {os_error_text(exc, args.path)}", file=sys.stderr)
-        return 2
+        return _fail("init", os_error_text(exc, args.path), 2)
     print(f"{args.path}: schema ready{' with demo data' if args.demo else ''}")
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
-    if not Path(args.path).exists():
-        print(f"komm-policy db export: {args.path}: no such database", file=sys.stderr)
-        return 2
-    conn = connect(args.path, readonly=True)
+def run_schema(args: argparse.Namespace) -> int:
+    conn = _open(args, "schema")
+    if isinstance(conn, int):
+        return conn
     try:
-        rows = read_rows(conn)
+        stored = read_schema(conn, args.tables or None)
     finally:
         conn.close()
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows)).decode() + "\n")
+    missing = [t for t in args.tables if t not in stored.tables]
+    if missing:
+        return _fail("schema", f"no table {missing[0]!r} in {args.path}", 1)
+    known = _schema(args, "schema")
+    tables = {}
+    for name, table in stored.tables.items():
+        annotated = known.tables.get(name) if known is not None else None
+        columns = tuple(
+            replace(annotated.by_name[c.name], storage=c.storage)
+            if annotated is not None and c.name in annotated.by_name else c
+            for c in table.columns)
+        tables[name] = Table(name, columns, table.primary_key)
+    header = (f"komm-policy db schema of {args.path}: what each column means.  Types from "
+              "the store are\ninteger, text, float, bool; annotate address, network, enum "
+              "(variants), identity,\ntimestamp, list.  See \"The schema file\" in "
+              "docs/language.md.")
+    sys.stdout.write(dump_schema(Schema(tables), header))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    conn = _open(args, "export")
+    if isinstance(conn, int):
+        return conn
+    try:
+        data = export_tables(conn, args.tables or None, _schema(args, "export"))
+    except TransferError as exc:
+        return _fail("export", str(exc), 1)
+    finally:
+        conn.close()
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
 def run_import(args: argparse.Namespace) -> int:
     try:
-        data = read_input(args.file)
-        rows = msgspec.json.decode(data, type=DirectoryRows)
+        data = json.loads(read_input(args.file))
     except OSError as exc:
-        print(f"komm-policy db import: {os_error_text(exc, args.file)}", file=sys.stderr)
-        return 2
-    except msgspec.ValidationError as exc:
-        print(f"komm-policy db import: {args.file}: {exc}", file=sys.stderr)
-        return 1
-    except msgspec.DecodeError as exc:
-        print(f"komm-policy db import: {args.file}: invalid JSON: {exc}", file=sys.stderr)
-        return 1
-    create_database(args.path)
-    conn = connect(args.path)
+        return _fail("import", os_error_text(exc, args.file), 2)
+    except ValueError as exc:
+        return _fail("import", f"{args.file}: invalid JSON: {exc}", 1)
+    schema = _schema(args, "import")
+    exists = Path(args.path).exists()
+    # A missing store gets the origin's tables, but only once the rows proved valid.
+    conn = connect(args.path, create=False) if exists else sqlite3.connect(":memory:")
     try:
-        write_rows(conn, rows)
+        if not exists:
+            init_schema(conn)
+        counts = import_tables(conn, data, schema)
+        if not exists:
+            conn.close()
+            create_database(args.path)
+            conn = connect(args.path, create=False)
+            counts = import_tables(conn, data, schema)
+    except TransferError as exc:
+        return _fail("import", f"{args.file}: nothing imported:\n  "
+                     + "\n  ".join(exc.problems), 1)
     finally:
         conn.close()
-    counts = {name: len(getattr(rows, name)) for name in rows.__struct_fields__}
-    print(f"{args.path}: imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    print(f"{args.path}: imported " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    conn = _open(args, "delete")
+    if isinstance(conn, int):
+        return conn
+    try:
+        deleted = delete_rows(conn, args.table, args.keys, _schema(args, "delete"))
+    except TransferError as exc:
+        return _fail("delete", "\n".join(exc.problems), 1)
+    finally:
+        conn.close()
+    print(f"{args.path}: deleted {deleted} row{'s' if deleted != 1 else ''} of {args.table}")
     return 0

@@ -1,0 +1,232 @@
+"""`db export`, `db import`, `db delete` for any table of the SQLite store.
+
+The JSON both directions use: one object, each table name mapped to a list of rows, each
+row an object of column values as stored (text, numbers, true/false for `bool` columns,
+null for none, a list for `list` columns); a table of one column may list bare values::
+
+    {"blocked_domains": [{"domain": "spam.example", "reason": "spam"}],
+     "admin_identities": ["c200…0102"]}
+
+`import` validates every row first, against the column meanings of the schema file when
+it describes the table, else the store's declared types: wrong types, `300.1.2.3` or
+`10.0.0.1/8` (host bits set) in a network column, an unknown enum variant, a missing
+value for a column without a default, an unknown table or column.  Every problem is
+reported with its table, row number and key; nothing is written unless all rows are valid,
+and then all are written in one transaction (insert or replace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .schema import BadValue, Column, Schema, decode_value
+from .sqlite_tables import quote, read_schema, user_tables
+
+MAX_REPORTED = 50
+"""Problems listed before `import` stops counting them individually."""
+
+
+class TransferError(Exception):
+    """A refused import or delete; `problems` lists each (table, row, reason)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class _StoredColumn:
+    column: Column
+    has_default: bool
+    rowid_alias: bool
+
+
+def _columns(conn: sqlite3.Connection, table: str, schema: Schema | None
+             ) -> dict[str, _StoredColumn]:
+    stored = read_schema(conn, [table]).tables[table]
+    annotated = schema.tables.get(table) if schema is not None else None
+    info = {row[1]: row for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
+    result = {}
+    for column in stored.columns:
+        meaning = column
+        if annotated is not None and column.name in annotated.by_name:
+            meaning = annotated.by_name[column.name]
+        _cid, _name, declared, _notnull, default, pk = info[column.name]
+        rowid_alias = bool(pk) and (declared or "").upper() == "INTEGER" and len(
+            stored.primary_key) == 1
+        result[column.name] = _StoredColumn(meaning, default is not None, rowid_alias)
+    return result
+
+
+def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
+                  schema: Schema | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Rows of `tables` (default: every directory table), in rowid order, as the JSON
+    above.  Raises `TransferError` for an unknown table."""
+    existing = user_tables(conn)
+    names = tables if tables else existing
+    unknown = [t for t in names if t not in existing]
+    if unknown:
+        raise TransferError([f"no table {t!r} in the store (it has: "
+                             f"{', '.join(existing)})" for t in unknown])
+    result: dict[str, list[dict[str, Any]]] = {}
+    with conn:
+        conn.execute("BEGIN")
+        for name in names:
+            columns = _columns(conn, name, schema)
+            cursor = conn.execute(f"SELECT * FROM {quote(name)} ORDER BY rowid")
+            fields = [d[0] for d in cursor.description]
+            rows = []
+            for values in cursor:
+                row = {}
+                for field, value in zip(fields, values, strict=True):
+                    kind = columns[field].column.type
+                    if kind == "bool" and value in (0, 1):
+                        value = bool(value)
+                    elif kind == "list" and isinstance(value, str):
+                        with contextlib.suppress(ValueError):
+                            value = json.loads(value)
+                    row[field] = value
+                rows.append(row)
+            result[name] = rows
+    return result
+
+
+def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = None
+                  ) -> dict[str, int]:
+    """Validate every row, then insert (or replace) them all in one transaction.
+    Returns rows written per table; raises `TransferError` listing every problem."""
+    if not isinstance(data, Mapping):
+        raise TransferError(["the file must hold one JSON object: table name → rows"])
+    existing = set(user_tables(conn))
+    problems: list[str] = []
+    plans: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
+    for table, rows in data.items():
+        if table not in existing:
+            problems.append(f"{table}: no such table in the store (create it first; it "
+                            f"has: {', '.join(sorted(existing))})")
+            continue
+        if not isinstance(rows, list):
+            problems.append(f"{table}: rows must be a JSON list")
+            continue
+        columns = _columns(conn, table, schema)
+        statements: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row, Mapping) and len(columns) == 1:
+                row = {next(iter(columns)): row}
+            if not isinstance(row, Mapping):
+                problems.append(f"{table} row {number}: not a JSON object")
+                continue
+            values, row_problems = _validate(table, number, row, columns)
+            problems.extend(row_problems)
+            if not row_problems:
+                statements.setdefault(tuple(values), []).append(tuple(values.values()))
+        for names, batch in statements.items():
+            plans.append((table, list(names), batch))
+    if problems:
+        raise TransferError(_bounded(problems))
+    counts: dict[str, int] = {table: 0 for table in data}
+    try:
+        with conn:
+            for table, names, batch in plans:
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO {quote(table)} "
+                    f"({', '.join(quote(n) for n in names)}) "
+                    f"VALUES ({', '.join('?' * len(names))})", batch)
+                counts[table] += len(batch)
+    except sqlite3.Error as exc:  # a constraint the schema file does not know
+        raise TransferError([f"the store refused the rows (nothing written): {exc}"]) from exc
+    return counts
+
+
+def _validate(table: str, number: int, row: Mapping[str, Any],
+              columns: Mapping[str, _StoredColumn]) -> tuple[dict[str, Any], list[str]]:
+    problems = []
+    values: dict[str, Any] = {}
+    key = ", ".join(f"{k}={row[k]!r}" for k in list(row)[:2])
+    where = f"{table} row {number} ({key})"
+    for name in row:
+        if name not in columns:
+            problems.append(f"{where}: no column {name!r} (columns: {', '.join(columns)})")
+    for name, stored in columns.items():
+        if name not in row:
+            if not (stored.has_default or stored.rowid_alias or stored.column.optional):
+                problems.append(f"{where}: column {name} is missing and has no default")
+            continue
+        value = row[name]
+        if value is None and stored.rowid_alias:
+            continue  # SQLite assigns the next rowid
+        try:
+            decode_value(stored.column, value)
+        except BadValue as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, list | dict):
+            value = json.dumps(value, ensure_ascii=False)
+        elif isinstance(value, str) and stored.column.type in ("network", "address"):
+            value = value.strip()
+        values[name] = value
+    return values, problems
+
+
+def _bounded(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_REPORTED:
+        return problems
+    return [*problems[:MAX_REPORTED], f"… and {len(problems) - MAX_REPORTED} more problems"]
+
+
+def delete_rows(conn: sqlite3.Connection, table: str, keys: list[str],
+                schema: Schema | None = None) -> int:
+    """Delete rows by primary key (SQLite's rowid when the table declares none): with a
+    one-column key each KEY is one row; with a key of n columns, the n KEYs name one row.
+    Address keys match case-insensitively.  Raises `TransferError` for an unknown table,
+    a wrong number of keys, or keys that match no row (then nothing is deleted)."""
+    if table not in user_tables(conn):
+        raise TransferError([f"no table {table!r} in the store"])
+    stored = read_schema(conn, [table]).tables[table]
+    columns = _columns(conn, table, schema)
+    primary = list(stored.primary_key) or ["rowid"]
+    if len(primary) == 1:
+        wanted = [[k] for k in keys]
+    elif len(keys) == len(primary):
+        wanted = [keys]
+    else:
+        raise TransferError([f"{table}: its key has {len(primary)} columns "
+                             f"({', '.join(primary)}); give one value for each"])
+    clauses = []
+    for name in primary:
+        meaning = columns[name].column.type if name in columns else "integer"
+        clauses.append(f"{quote(name)} = ? COLLATE NOCASE" if meaning == "address"
+                       else f"{quote(name)} = ?")
+    sql = f"DELETE FROM {quote(table)} WHERE {' AND '.join(clauses)}"
+    missing = []
+    deleted = 0
+    with conn:
+        for values in wanted:
+            params = [_key_value(columns.get(n), v) for n, v in zip(primary, values,
+                                                                     strict=True)]
+            count = conn.execute(sql, params).rowcount
+            if count == 0:
+                missing.append(" ".join(values))
+            deleted += count
+        if missing:
+            conn.rollback()
+            raise TransferError([f"{table}: no row with key {k!r} (nothing deleted)"
+                                 for k in missing])
+    return deleted
+
+
+def _key_value(stored: _StoredColumn | None, text: str) -> Any:
+    kind = stored.column.type if stored is not None else "integer"
+    if kind in ("integer", "timestamp", "bool"):
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    return text
