@@ -38,7 +38,7 @@ from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp, quote_id
 from ..spacetimedb.protocol import IdentityToken, TableRows
 from ..spacetimedb.sats import Decoder, SatsError
 from ..spacetimedb.schema import ModuleSchema
-from ..spacetimedb.subscription import Backoff, SubscriptionClient
+from ..spacetimedb.subscription import UNEXPECTED, Backoff, SubscriptionClient
 from . import (
     AccountRow,
     BlockedIpRow,
@@ -228,7 +228,8 @@ class SpacetimeDirectory:
 
     def on_disconnect(self, reason: str, retry_in: float) -> None:
         self.last_error = reason
-        self.health.failed(f"{reason}; reconnecting in {retry_in:.1f}s", expected=True)
+        self.health.failed(f"{reason}; reconnecting in {retry_in:.1f}s",
+                           expected=not reason.startswith(UNEXPECTED))
         self._publish()
 
     def on_snapshot(self, tables: tuple[TableRows, ...]) -> None:
@@ -319,7 +320,7 @@ class SpacetimeDirectory:
                 except msgspec.ValidationError as e:
                     self.health.bad_row(name, repr(row)[:80], str(e))
             kwargs[name] = tuple(out)
-        return DirectoryIndex(DirectoryRows(**kwargs))
+        return DirectoryIndex(DirectoryRows(**kwargs), self.health.bad_row)
 
     # -- serving ---------------------------------------------------------------------------
 

@@ -42,6 +42,9 @@ from .sats import SatsError
 
 log = logging.getLogger(__name__)
 
+UNEXPECTED = "unexpected error: "
+"""How a disconnect reason starts when the handler itself failed (a bug, counted apart)."""
+
 
 class SubscriptionFailed(Exception):
     """The server refused the subscription (bad query, unknown or private table)."""
@@ -154,7 +157,7 @@ class SubscriptionClient:
                 reason = f"malformed message: {e}"
             except Exception as e:  # the handler's own failure: retried all the same
                 log.exception("SpacetimeDB subscription handler failed")
-                reason = f"{type(e).__name__}: {e}"
+                reason = f"{UNEXPECTED}{type(e).__name__}: {e}"
             if self._stopping.is_set():
                 break
             if self._restart:
