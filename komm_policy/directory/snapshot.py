@@ -64,6 +64,9 @@ class Needs:
     """What a compiled policy set reads: tables and the indexes on them."""
 
     indexes: set[IndexSpec] = field(default_factory=set)
+    legacy: bool = True
+    """Whether it calls the first-version helpers (`ip_blocked`, `category`, …), whose
+    index over the origin tables is then kept too."""
 
     @property
     def tables(self) -> set[str]:

@@ -43,6 +43,8 @@ from .sqlite_tables import (
 
 log = logging.getLogger(__name__)
 
+EMPTY_INDEX = DirectoryIndex(DirectoryRows())
+
 DIRECTORY_TABLES = ("blocked_ips", "message_categories", "account", "admin_identities",
                     "subscriptions")
 
@@ -326,6 +328,9 @@ class SqliteDirectory:
                                          f"{missing[0]!r}")
             self._install_capture(sorted(needs.tables))
             self._schema, self._needs = schema, needs
+            if needs.legacy and self._index is EMPTY_INDEX:
+                self._index = DirectoryIndex(read_rows(conn, self.health.bad_row),
+                                             self.health.bad_row)
             self._seq = last_change(conn)
             self._tables = self._read_tables(conn)
             self._publish()
@@ -394,8 +399,10 @@ class SqliteDirectory:
         if not (legacy_changed or changed):
             return
         index = self._index
-        if legacy_changed or index is None:
+        if index is None or (legacy_changed and self._needs.legacy):
             index = DirectoryIndex(read_rows(conn, self.health.bad_row), self.health.bad_row)
+        elif legacy_changed:  # no policy calls the helpers: their index is not kept
+            index = EMPTY_INDEX
         tables = self._tables
         if tables is not None and self._needs:
             if reset:
