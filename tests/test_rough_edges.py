@@ -122,7 +122,7 @@ def test_every_option_has_help_text() -> None:
 
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], "komm-policy: error: choose a command: check, "),
-    (["db"], "komm-policy db: error: choose a command: init, export, import"),
+    (["db"], "komm-policy db: error: choose a command: init, schema, export, import, delete"),
 ])
 def test_a_missing_command_lists_the_choices(capsys: pytest.CaptureFixture[str],
                                              argv: list[str], expected: str) -> None:
