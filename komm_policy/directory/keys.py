@@ -8,6 +8,7 @@ lower-case form (it can still match a stored value written the same way).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..addresses import normalize_address
@@ -43,3 +44,25 @@ def lookup_key(column: Column, value: Any) -> Any:
                                    column.element), value)
     except BadValue:
         return None
+
+
+def key_normalizer(column: Column) -> Callable[[Any], Any]:
+    """`lookup_key` for one column, specialised once (the common cases without a call)."""
+    kind = column.type
+    if kind == "address":
+        def address(value: Any) -> Any:
+            return address_key(value) if value.__class__ is str else None
+        return address
+    if kind in ("text", "enum"):
+        def text(value: Any) -> Any:
+            return value if value.__class__ is str else None
+        return text
+    if kind == "bool":
+        def boolean(value: Any) -> Any:
+            return value if value.__class__ is bool else lookup_key(column, value)
+        return boolean
+    if kind == "integer":
+        def integer(value: Any) -> Any:
+            return value if value.__class__ is int else lookup_key(column, value)
+        return integer
+    return lambda value: lookup_key(column, value)
