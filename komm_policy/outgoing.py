@@ -29,7 +29,7 @@ outgoing `RCPT TO` / `MAIL FROM` and the Return-Path; header values are written 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from .addresses import normalize_address, valid_address
@@ -97,7 +97,7 @@ def envelope_address(value: Any, statement: str) -> str:
     return text
 
 
-def recipient_to_delete(value: Any, recipients: Iterable[str] = ()) -> str:
+def recipient_to_delete(value: Any, recipients: Sequence[str] = ()) -> str:
     """The text for `deleteRecipient`: the envelope recipient `value` names, as Stalwart
     stored it, or else the lower-cased `value` when it is one valid address.
 
@@ -107,8 +107,15 @@ def recipient_to_delete(value: Any, recipients: Iterable[str] = ()) -> str:
     normal form (A-label domains, `addresses.normalize_address`): so `value` is matched by
     normal form and the recipient is sent back as received, or `anna@bücher.example` would
     stay a recipient of a quarantined message.  A recipient holding a control character is
-    never sent.  Raises `UnsafeValue`.  Linear in the number of recipients."""
+    never sent.  Raises `UnsafeValue`.  Linear in the number of recipients; a value that is
+    exactly one of them (the quarantine's case) is found without normalising any, so
+    removing every recipient stays cheap however many there are."""
     text = to_text(value).strip(" \t\r\n")
+    if text in recipients:
+        if has_controls(text):
+            raise UnsafeValue(f"delete_recipient: {_shown(text)} holds a control character; "
+                              "nothing was sent")
+        return text
     key = normalize_address(text)
     for sent in recipients:
         if normalize_address(sent) == key:
@@ -234,7 +241,7 @@ def add_recipient(value: Any) -> AddRecipient:
     return AddRecipient(value=envelope_address(value, "add_recipient"))
 
 
-def delete_recipient(value: Any, recipients: Iterable[str] = ()) -> DeleteRecipient:
+def delete_recipient(value: Any, recipients: Sequence[str] = ()) -> DeleteRecipient:
     return DeleteRecipient(value=recipient_to_delete(value, recipients))
 
 

@@ -475,3 +475,17 @@ def test_issue_example_shipped_category_header_is_7bit() -> None:
     assert decision.action == "accept"
     assert decision.modifications == (
         AddHeader(name="X-Komm-Category", value="=?utf-8?q?Gem=C3=BCse?= & Obst"),)
+
+
+def test_quarantine_of_many_idn_recipients_stays_cheap() -> None:
+    """Every recipient is named as Stalwart sent it, without normalising each recipient
+    once per recipient (that was 3.8 s for 400 IDN recipients)."""
+    recipients = [f"m{i}@bücher{i}.example" for i in range(400)]
+    text = """
+    settings { quarantine_to = "quarantine@solawi.example" }
+    stage data { default quarantine }"""
+    start = time.perf_counter()
+    decision = run(text, request("data", sender="a@example.org", to=recipients))
+    elapsed = time.perf_counter() - start
+    assert sent_addresses(decision) == [*recipients, "quarantine@solawi.example"]
+    assert elapsed < 1.0, elapsed
