@@ -134,6 +134,20 @@ def test_schema_problems_keep_it_not_ready_and_name_the_column(
         directory.close()
 
 
+def test_schema_problem_at_start_keeps_it_not_ready_saying_why(double: DoubleServer) -> None:
+    schema = parse_schema({"tables": {"blocked_ips": {"columns": {"active": "integer"}}}})
+    directory = open_directory(double, legacy=False, startup_wait=0)
+    try:
+        directory.require(schema, Needs({IndexSpec("blocked_ips", ("active",))}), timeout=2)
+        assert not directory.available
+        assert "column blocked_ips.active is Bool on the server" in (
+            directory.unavailable_reason)
+        with pytest.raises(DirectoryError, match=r"blocked_ips\.active"):
+            directory.snapshot().ip_blocked(parse_ip("192.0.2.66"))
+    finally:
+        directory.close()
+
+
 def test_private_table_and_row_level_security_are_reported(double: DoubleServer) -> None:
     schema = parse_schema({"tables": {"mailing_rules": {"columns": {"pattern": "text"}}}})
     needs = Needs({IndexSpec("mailing_rules", ("pattern",))})
@@ -145,8 +159,8 @@ def test_private_table_and_row_level_security_are_reported(double: DoubleServer)
         directory.close()
     anonymous = open_directory(double, token=None, startup_wait=1)
     try:
-        with pytest.raises(DirectoryError, match="no such table: `mailing_rules`"):
-            anonymous.require(schema, needs, timeout=1.5)
+        anonymous.require(schema, needs, timeout=1.0)  # the server refuses the subscription
+        assert "no such table: `mailing_rules`" in (anonymous.last_error or "")
     finally:
         anonymous.close()
     types_schema = parse_schema({"tables": {"everything": {"columns": {"text": "text"}}}})
@@ -159,19 +173,18 @@ def test_private_table_and_row_level_security_are_reported(double: DoubleServer)
 
 
 def test_outage_serves_last_snapshot_then_fails_then_recovers(double: DoubleServer) -> None:
-    directory = open_directory(double, max_staleness=1.0, ping_interval=0.2)
+    directory = open_directory(double, max_staleness=2.0, ping_interval=0.2)
     try:
         assert directory.ip_blocked(parse_ip("192.0.2.66"))
-        double.stop()
-        stopped = time.monotonic()
-        time.sleep(0.5)
+        double.stop()  # closing the double's sockets may take a moment: measure the age
+        assert directory.age < 1.5
         assert directory.ip_blocked(parse_ip("192.0.2.66"))  # last snapshot, within bound
         assert directory.available
-        eventually(lambda: not directory.available, timeout=3)
-        assert time.monotonic() - stopped >= 0.8
-        with pytest.raises(DirectoryError, match="older than 1s"):
+        eventually(lambda: not directory.available, timeout=4)
+        assert directory.age > 2.0
+        with pytest.raises(DirectoryError, match="older than 2s"):
             directory.snapshot().ip_blocked(parse_ip("192.0.2.66"))
-        assert "older than 1s" in directory.unavailable_reason
+        assert "older than 2s" in directory.unavailable_reason
         # changed while down: the fresh snapshot after the reconnect must show it
         komm = double.state.databases["komm"]
         komm.tables["blocked_ips"].rows.append(["192.0.2.99", "while down", True])

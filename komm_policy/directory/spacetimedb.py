@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -100,7 +101,8 @@ class SpacetimeDirectory:
         self._needs = needs or Needs()
         self._clock = clock
         self._backoff = backoff or Backoff()
-        self._ping_interval = ping_interval
+        # A quiet but healthy connection must never look stale: ping well within the bound.
+        self._ping_interval = min(ping_interval, max_staleness / 3)
         self._http = SpacetimeHttp(endpoint, token, timeout=http_timeout)
         self.health = ReplicaHealth(log, str(endpoint), clock)
         self.last_error: str | None = "not connected yet"
@@ -122,9 +124,11 @@ class SpacetimeDirectory:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: SubscriptionClient | None = None
         self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        """Set by the first snapshot or the first failed attempt: start-up waits for it."""
         if start:
             self.start()
-            self._first.wait(startup_wait)
+            self._started.wait(startup_wait)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -145,16 +149,22 @@ class SpacetimeDirectory:
         self._http.close()
 
     def require(self, schema: Schema, needs: Needs, timeout: float = 10.0) -> None:
-        """Replicate what a policy set reads: resubscribe with its tables and wait for the
-        snapshot.  Raises `DirectoryError` naming the first schema problem."""
+        """Replicate what a policy set reads: resubscribe with its tables and wait (up to
+        `timeout` seconds) for the snapshot.
+
+        Raises `DirectoryError` naming the problem when the server's schema does not fit
+        and a snapshot for an earlier policy set is being served (a reload: the new set
+        must not go live).  At start-up (no snapshot yet), and when SpacetimeDB does not
+        answer, it returns: the directory stays not ready, saying why, and keeps trying."""
+        had_snapshot = self._snapshot is not None
         self._schema, self._needs = schema, needs
         self._first.clear()
         loop, client = self._loop, self._client
         if loop is not None and client is not None:
             loop.call_soon_threadsafe(self._resubscribe)
-        if not self._first.wait(timeout) or self._snapshot is None or self._schema_problem:
-            raise DirectoryError(self._schema_problem or
-                                 f"SpacetimeDB {self.endpoint}: {self.last_error}")
+        self._first.wait(timeout)
+        if self._schema_problem and had_snapshot:
+            raise DirectoryError(self._schema_problem)
 
     def _resubscribe(self) -> None:
         if self._client is not None:
@@ -189,7 +199,7 @@ class SpacetimeDirectory:
 
     def _check_schema(self) -> None:
         """Runs in an executor thread before each connection attempt; raising fails the
-        attempt (it is retried with backoff)."""
+        attempt (it is retried with backoff: a module update may fix it)."""
         try:
             module = self._http.schema()
         except SpacetimeError as e:
@@ -208,7 +218,7 @@ class SpacetimeDirectory:
         self.warnings = check.warnings
         if not check.ok:
             self.last_error = self._schema_problem = "; ".join(check.problems)
-            self._first.set()
+            self._first.set()  # require() answers now, not after its timeout
             raise SchemaMismatch(self.last_error)
         self._schema_problem = None
         tables = sorted(set(wanted) | set(legacy))
@@ -228,6 +238,7 @@ class SpacetimeDirectory:
 
     def on_disconnect(self, reason: str, retry_in: float) -> None:
         self.last_error = reason
+        self._started.set()
         self.health.failed(f"{reason}; reconnecting in {retry_in:.1f}s",
                            expected=not reason.startswith(UNEXPECTED))
         self._publish()
@@ -252,6 +263,7 @@ class SpacetimeDirectory:
         self.health.ok()
         self._publish()
         self._first.set()
+        self._started.set()
 
     def on_update(self, tables: tuple[TableRows, ...]) -> None:
         replica = self._replica
@@ -325,14 +337,13 @@ class SpacetimeDirectory:
     # -- serving ---------------------------------------------------------------------------
 
     @property
-    def age(self) -> float | None:
-        """Seconds since the last message or pong (None before the first)."""
-        return None if self._last_alive is None else self._clock() - self._last_alive
+    def age(self) -> float:
+        """Seconds since the last message or pong (infinite before the first)."""
+        return math.inf if self._last_alive is None else self._clock() - self._last_alive
 
     @property
     def available(self) -> bool:
-        age = self.age
-        return self._snapshot is not None and age is not None and age <= self.max_staleness
+        return self._snapshot is not None and self.age <= self.max_staleness
 
     @property
     def unavailable_reason(self) -> str:
@@ -355,8 +366,8 @@ class SpacetimeDirectory:
 
     def snapshot(self) -> Snapshot | _Unavailable:
         """What one decision reads: the snapshot current when it started (or the error)."""
-        if not self.available and not isinstance(self._serving, _Unavailable):
-            self._publish()  # between two watchdog ticks
+        if not self.available:
+            self._publish()  # between two watchdog ticks, or a newer reason
         return self._serving
 
     def counts(self) -> dict[str, int]:
@@ -378,11 +389,12 @@ class SpacetimeDirectory:
         return out
 
     def metric_families(self) -> Iterable[Any]:
-        """Prometheus metric families: snapshot age, reconnects, rows per table."""
+        """Prometheus metric families: snapshot age, reconnects, applied transactions,
+        rows per table (bad rows and refresh errors come from `health`)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         age = GaugeMetricFamily("komm_directory_snapshot_age_seconds",
                                 "Seconds since the replica last heard from SpacetimeDB")
-        age.add_metric([], self.age if self.age is not None else float("nan"))
+        age.add_metric([], self.age)
         yield age
         yield CounterMetricFamily("komm_directory_reconnects",
                                   "Reconnections to SpacetimeDB", value=self.reconnects)
@@ -392,10 +404,6 @@ class SpacetimeDirectory:
         for table, count in sorted(self.table_rows().items()):
             rows.add_metric([table], count)
         yield rows
-        bad = CounterMetricFamily("komm_directory_bad_rows", "Rows skipped", labels=["table"])
-        for table, count in sorted(self.health.bad_rows.items()):
-            bad.add_metric([table], count)
-        yield bad
 
 
 class SchemaMismatch(OSError):
