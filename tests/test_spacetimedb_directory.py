@@ -17,6 +17,7 @@ from komm_policy.spacetimedb import Endpoint
 from komm_policy.spacetimedb.subscription import Backoff
 
 from .spacetimedb_double import DoubleServer
+from .spacetimedb_double.samples import BLOCKED_AT as T0
 from .spacetimedb_double.samples import SPEC
 
 
@@ -72,14 +73,14 @@ def test_snapshot_serves_the_helpers_and_deltas_change_them(double: DoubleServer
         assert directory.subscribed("peter.schmidt@web.example", category)
         control = double.control()
         assert not directory.ip_blocked(parse_ip("192.0.2.77"))
-        control.tx("komm", "blocked_ips", inserts=[["192.0.2.77", "test", True]])
+        control.tx("komm", "blocked_ips", inserts=[["192.0.2.77", "test", T0, True]])
         eventually(lambda: directory.ip_blocked(parse_ip("192.0.2.77")))
-        control.tx("komm", "blocked_ips", deletes=[["192.0.2.77", "test", True]],
+        control.tx("komm", "blocked_ips", deletes=[["192.0.2.77", "test", T0, True]],
                    light=True)
         eventually(lambda: not directory.ip_blocked(parse_ip("192.0.2.77")))
         # an update (delete + insert of one key) in one transaction, rows as objects
-        control.tx("komm", "blocked_ips", deletes=[["192.0.2.66", "spam run 2026-08", True]],
-                   inserts=[["192.0.2.66", "spam run 2026-08", False]], form="object")
+        control.tx("komm", "blocked_ips", deletes=[["192.0.2.66", "spam run 2026-08", T0, True]],
+                   inserts=[["192.0.2.66", "spam run 2026-08", T0, False]], form="object")
         eventually(lambda: not directory.ip_blocked(parse_ip("192.0.2.66")))
         assert directory.updates == 3
         assert directory.table_rows()["blocked_ips"] == 4
@@ -187,7 +188,7 @@ def test_outage_serves_last_snapshot_then_fails_then_recovers(double: DoubleServ
         assert "older than 2s" in directory.unavailable_reason
         # changed while down: the fresh snapshot after the reconnect must show it
         komm = double.state.databases["komm"]
-        komm.tables["blocked_ips"].rows.append(["192.0.2.99", "while down", True])
+        komm.tables["blocked_ips"].rows.append(["192.0.2.99", "while down", T0, True])
         double.start()
         eventually(lambda: directory.available, timeout=5)
         assert directory.ip_blocked(parse_ip("192.0.2.99"))
@@ -213,7 +214,7 @@ def test_dropped_socket_resubscribes_and_swaps_a_fresh_snapshot(double: DoubleSe
     directory = open_directory(double)
     try:
         komm = double.state.databases["komm"]
-        komm.tables["blocked_ips"].rows.append(["192.0.2.55", "silent change", True])
+        komm.tables["blocked_ips"].rows.append(["192.0.2.55", "silent change", T0, True])
         assert not directory.ip_blocked(parse_ip("192.0.2.55"))  # no update was sent
         double.control().drop()
         eventually(lambda: directory.ip_blocked(parse_ip("192.0.2.55")))

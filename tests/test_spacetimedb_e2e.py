@@ -15,6 +15,7 @@ import pytest
 
 from .serverproc import Deployment, ServerProcess
 from .spacetimedb_double import DoubleServer
+from .spacetimedb_double.samples import BLOCKED_AT as T0
 from .spacetimedb_double.samples import SPEC
 
 CONNECT = json.dumps({"context": {"stage": "connect",
@@ -57,20 +58,20 @@ def test_a_row_changed_in_spacetimedb_changes_the_next_decision_of_two_services(
         for server in (a, b):
             assert httpx.get(f"{server.url}/readyz").status_code == 200
             assert action(server) == "accept"
-        double.control().tx("komm", "blocked_ips", inserts=[["192.0.2.77", "e2e", True]])
+        double.control().tx("komm", "blocked_ips", inserts=[["192.0.2.77", "e2e", T0, True]])
         eventually(lambda: action(a) == "reject 550", timeout=2)
         eventually(lambda: action(b) == "reject 550", timeout=2)
         metrics = httpx.get(f"{a.url}/metrics").text
         assert 'komm_directory_rows{table="blocked_ips"} 5.0' in metrics
         assert "komm_directory_snapshot_age_seconds" in metrics
-        double.control().tx("komm", "blocked_ips", deletes=[["192.0.2.77", "e2e", True]],
+        double.control().tx("komm", "blocked_ips", deletes=[["192.0.2.77", "e2e", T0, True]],
                             light=True)
         eventually(lambda: action(a) == "accept" and action(b) == "accept", timeout=2)
 
 
 def test_outage_last_snapshot_then_fallback_and_503_then_recovery(
         double: DoubleServer, tmp_path: Path) -> None:
-    double.control().tx("komm", "blocked_ips", inserts=[["192.0.2.77", "e2e", True]])
+    double.control().tx("komm", "blocked_ips", inserts=[["192.0.2.77", "e2e", T0, True]])
     with serve(double, tmp_path, "a") as server:
         assert action(server) == "reject 550"
         double.stop()

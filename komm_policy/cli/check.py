@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from ..errors import Diagnostic, render
 from ..policyset import LoadResult, load_path
+from . import spacetimedb
 
 
 def register(sub: Any) -> None:
@@ -25,6 +26,9 @@ def register(sub: Any) -> None:
                         help="output format (default: text)")
     parser.add_argument("--strict", action="store_true",
                         help="treat warnings as errors (exit 1 on any warning)")
+    parser.add_argument("--directory", metavar="URL",
+                        help="also check a SpacetimeDB database (spacetimedb://HOST:PORT/DB) "
+                             "against the schema file and the tables the policies read")
     parser.set_defaults(run=run)
 
 
@@ -50,9 +54,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
                 print(github_annotation(diagnostic, strict=args.strict), file=out)
     else:
         _text(results, errors, warnings, out, strict=args.strict)
-    if errors or (args.strict and warnings):
-        return 1
-    return 0
+    status = 1 if errors or (args.strict and warnings) else 0
+    if getattr(args, "directory", None):
+        for path, result in results:
+            if result.policy_set is not None:
+                found = spacetimedb.check_against(args.directory, Path(path),
+                                                  result.policy_set, out, strict=args.strict)
+                status = max(status, found)
+    return status
 
 
 def _text(results: list[tuple[str, LoadResult]], errors: int, warnings: int,

@@ -21,7 +21,7 @@ from ..directory.schema import Schema, SchemaError, Table, dump_schema, load_sch
 from ..directory.sqlite import connect, create_database, init_schema
 from ..directory.sqlite_tables import read_schema
 from ..directory.transfer import TransferError, delete_rows, export_tables, import_tables
-from . import os_error_text, read_input
+from . import os_error_text, read_input, spacetimedb
 
 DEFAULT_PATH = "var/komm.sqlite3"
 DEFAULT_SCHEMA = "policies/schema.toml"
@@ -42,12 +42,20 @@ def register(sub: Any) -> None:
     schema.add_argument("--schema", metavar="FILE",
                         help="keep the meanings this schema file gives (default: "
                              f"{DEFAULT_SCHEMA} when it exists)")
+    schema.add_argument("--directory", metavar="URL",
+                        help="read a SpacetimeDB database (spacetimedb://HOST:PORT/DB) instead "
+                             "of the SQLite file (token: KOMM_SPACETIMEDB_TOKEN_FILE or "
+                             "KOMM_SPACETIMEDB_TOKEN)")
     schema.set_defaults(run=run_schema)
     export = actions.add_parser("export", help="print tables as JSON")
     export.add_argument("tables", nargs="*", help="only these tables (default: all)")
     export.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
     export.add_argument("--schema", metavar="FILE",
                         help="shape values by this schema file (bools, lists)")
+    export.add_argument("--directory", metavar="URL",
+                        help="read a SpacetimeDB database (spacetimedb://HOST:PORT/DB) instead "
+                             "of the SQLite file (token: KOMM_SPACETIMEDB_TOKEN_FILE or "
+                             "KOMM_SPACETIMEDB_TOKEN)")
     export.set_defaults(run=run_export)
     load = actions.add_parser("import", help="validate, then insert or replace rows")
     load.add_argument("file", help="JSON as written by `db export` ('-' for stdin)")
@@ -100,6 +108,8 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_schema(args: argparse.Namespace) -> int:
+    if spacetimedb.is_spacetimedb(args.directory):
+        return spacetimedb.db_schema(args.directory, sys.stdout)
     conn = _open(args, "schema")
     if isinstance(conn, int):
         return conn
@@ -128,6 +138,8 @@ def run_schema(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if spacetimedb.is_spacetimedb(args.directory):
+        return spacetimedb.db_export(args.directory, args.tables, args.schema, sys.stdout)
     conn = _open(args, "export")
     if isinstance(conn, int):
         return conn

@@ -21,7 +21,7 @@ from .schema import ModuleSchema
 
 # A schema-file meaning may refine the meaning SpacetimeDB's type implies.
 _REFINES = {"text": {"text", "address", "network", "enum"}, "enum": {"enum", "text"},
-            "integer": {"integer", "timestamp"}}
+            "integer": {"integer", "timestamp"}, "identity": {"identity", "text"}}
 
 
 @dataclass

@@ -88,16 +88,24 @@ TYPES: dict[str, Any] = {
 SPEC: dict[str, Any] = {"databases": {"samples": SAMPLES, "types": TYPES}}
 
 
-def directory_spec() -> dict[str, Any]:
-    """The origin's directory tables as a SpacetimeDB module would declare them, filled
-    with the demo rows (`komm_policy.demo`)."""
-    from komm_policy.demo import DEMO_ROWS
-    rows = DEMO_ROWS
-    return {"tables": {
+BLOCKED_AT = 1_788_000_000_000_000  # µs: 2026-08-29
+
+
+def directory_spec(rows: Any = None) -> dict[str, Any]:
+    """The origin's directory tables as a SpacetimeDB module would declare them (columns
+    as in the shipped schema file), filled with `rows` (default: the demo rows of
+    `komm_policy.demo`), and the `log_decisions` reducer of the decision-log sink."""
+    if rows is None:
+        from komm_policy.demo import DEMO_ROWS
+        rows = DEMO_ROWS
+    return {"types": {"DecisionRecord": {"struct": {"id": "String", "record": "String"}}},
+            "reducers": {"log_decisions": [["records", "Array<Ref:DecisionRecord>"]]},
+            "tables": {
         "blocked_ips": {
-            "columns": [["ip", "String"], ["reason", "String"], ["active", "Bool"]],
+            "columns": [["ip", "String"], ["reason", "String"], ["blocked_at", "Timestamp"],
+                        ["active", "Bool"]],
             "primary_key": ["ip"],
-            "rows": [[r.ip, r.reason, r.active] for r in rows.blocked_ips]},
+            "rows": [[r.ip, r.reason, BLOCKED_AT, r.active] for r in rows.blocked_ips]},
         "message_categories": {
             "columns": [["id", "U32"], ["name", "String"], ["email_address", "String"],
                         ["description", "String"], ["active", "Bool"]],
@@ -117,9 +125,9 @@ def directory_spec() -> dict[str, Any]:
         "subscriptions": {
             "columns": [["id", "U32"], ["subscriber_account_id", "U32"],
                         ["subscriber_email", "String"], ["category_id", "U32"],
-                        ["active", "Bool"]],
+                        ["subscribed_at", "Option<Timestamp>"], ["active", "Bool"]],
             "primary_key": ["id"],
-            "rows": [[r.id, r.subscriber_account_id, r.subscriber_email, r.category_id,
+            "rows": [[r.id, r.subscriber_account_id, r.subscriber_email, r.category_id, None,
                       r.active] for r in rows.subscriptions]},
         "mailing_rules": {  # private: only the owner's token may read it
             "columns": [["id", "U32"], ["pattern", "String"]], "primary_key": ["id"],
