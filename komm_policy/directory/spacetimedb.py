@@ -76,7 +76,8 @@ class _Replica:
         self.legacy = legacy
         self.schema = schema
         self.needs = needs
-        self.legacy_rows: dict[str, dict[Any, RowDict]] = {t: {} for t in legacy}
+        self.legacy_rows: dict[str, dict[Any, Any]] = {t: {} for t in legacy}
+        """Origin tables' rows by identity, converted to their `DirectoryRows` types."""
         self.index = DirectoryIndex(DirectoryRows())
         self.tables: TablesSnapshot | None = None
 
@@ -190,9 +191,10 @@ class SpacetimeDirectory:
             watchdog.cancel()
 
     async def _watch(self) -> None:
-        """Flip to unavailable once the replica is older than `max_staleness`."""
+        """Flip to unavailable once the replica is older than `max_staleness` (checked
+        four times a second, so a decision reads `snapshot()` with no clock call)."""
         while True:
-            await asyncio.sleep(min(1.0, self.max_staleness / 4))
+            await asyncio.sleep(min(0.25, self.max_staleness / 8))
             self._publish()
 
     # -- before each connection: the schema ----------------------------------------------
@@ -252,7 +254,8 @@ class SpacetimeDirectory:
         rows = {name: list(self._decode(replica, name, received[name].inserts))
                 if name in received else [] for name in replica.decoders}
         for name in replica.legacy:
-            replica.legacy_rows[name] = {self._ident(replica, name, r): r for r in rows[name]}
+            replica.legacy_rows[name] = {}
+            self._legacy_put(replica, name, rows[name])
         replica.index = self._legacy_index(replica)
         replica.tables = TablesSnapshot.build(
             replica.schema, replica.needs,
@@ -281,8 +284,7 @@ class SpacetimeDirectory:
                 current = replica.legacy_rows[name]
                 for row in deleted:
                     current.pop(self._ident(replica, name, row), None)
-                for row in inserted:
-                    current[self._ident(replica, name, row)] = row
+                self._legacy_put(replica, name, inserted)
                 legacy_changed = True
             if name in replica.needs.tables:
                 changes[name] = (deleted, inserted)
@@ -317,22 +319,27 @@ class SpacetimeDirectory:
             return repr(values)
         return values
 
-    def _legacy_index(self, replica: _Replica) -> DirectoryIndex:
-        kwargs: dict[str, Any] = {}
-        for name in replica.legacy:
-            struct = LEGACY_TABLES[name]
-            rows = replica.legacy_rows[name].values()
+    def _legacy_put(self, replica: _Replica, name: str, rows: Iterable[RowDict]) -> None:
+        """Convert rows of an origin table once, as they arrive (bad ones skipped)."""
+        struct = LEGACY_TABLES[name]
+        current = replica.legacy_rows[name]
+        for row in rows:
+            ident = self._ident(replica, name, row)
             if struct is None:
-                kwargs[name] = tuple(str(r.get("identity", "")) for r in rows)
+                current[ident] = str(row.get("identity", ""))
                 continue
-            out = []
-            for row in rows:
-                try:
-                    out.append(msgspec.convert(row, struct))
-                except msgspec.ValidationError as e:
-                    self.health.bad_row(name, repr(row)[:80], str(e))
-            kwargs[name] = tuple(out)
-        return DirectoryIndex(DirectoryRows(**kwargs), self.health.bad_row)
+            try:
+                current[ident] = msgspec.convert(row, struct)
+            except msgspec.ValidationError as e:
+                current.pop(ident, None)
+                self.health.bad_row(name, repr(row)[:80], str(e))
+
+    def _legacy_index(self, replica: _Replica) -> DirectoryIndex:
+        """The five helpers' index (rebuilt whole when one of their tables changed, as
+        the SQLite backend does; the tables of `require` are updated per row)."""
+        return DirectoryIndex(DirectoryRows(**{
+            name: tuple(replica.legacy_rows[name].values()) for name in replica.legacy}),
+            self.health.bad_row)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -341,9 +348,14 @@ class SpacetimeDirectory:
         """Seconds since the last message or pong (infinite before the first)."""
         return math.inf if self._last_alive is None else self._clock() - self._last_alive
 
+    def _fresh(self) -> bool:
+        return self._snapshot is not None and self.age <= self.max_staleness
+
     @property
     def available(self) -> bool:
-        return self._snapshot is not None and self.age <= self.max_staleness
+        """True while lookups are served (what `/readyz` reports): flips with them, at
+        the watchdog's next look once the replica is older than `max_staleness`."""
+        return self._serving.__class__ is not _Unavailable
 
     @property
     def unavailable_reason(self) -> str:
@@ -353,7 +365,7 @@ class SpacetimeDirectory:
                 f"{self.last_error or 'no message or pong'}")
 
     def _publish(self) -> None:
-        if self.available and self._snapshot is not None:
+        if self._fresh() and self._snapshot is not None:
             serving: Snapshot | _Unavailable = self._snapshot
         elif (isinstance(self._serving, _Unavailable)
               and self._serving.message == self.unavailable_reason):
@@ -366,12 +378,14 @@ class SpacetimeDirectory:
 
     def snapshot(self) -> Snapshot | _Unavailable:
         """What one decision reads: the snapshot current when it started (or the error)."""
-        if not self.available:
-            self._publish()  # between two watchdog ticks, or a newer reason
-        return self._serving
+        serving = self._serving
+        if serving.__class__ is _Unavailable:
+            self._publish()  # a newer reason, or recovered between two watchdog ticks
+            return self._serving
+        return serving
 
     def counts(self) -> dict[str, int]:
-        if self._snapshot is None or not self.available:
+        if self._snapshot is None or not self._fresh():
             raise DirectoryError(self.unavailable_reason)
         counts = self._snapshot.counts()
         if self._snapshot.tables is not None:

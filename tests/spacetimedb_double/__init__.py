@@ -46,6 +46,7 @@ class DoubleServer:
         self.base = f"http://127.0.0.1:{self.port}"
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._control: DoubleControl | None = None
 
     @property
     def owner_token(self) -> str:
@@ -68,6 +69,9 @@ class DoubleServer:
         return self
 
     def stop(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True
@@ -79,7 +83,10 @@ class DoubleServer:
         return getattr(self._server, "_loop", None)
 
     def control(self) -> DoubleControl:
-        return DoubleControl(self.base)
+        """The control client (one kept-alive connection while the double runs)."""
+        if self._control is None:
+            self._control = DoubleControl(self.base)
+        return self._control
 
     def __enter__(self) -> DoubleServer:
         return self.start()
@@ -93,9 +100,13 @@ class DoubleControl:
 
     def __init__(self, base: str) -> None:
         self.base = base
+        self._client = httpx.Client(base_url=base, timeout=10)
+
+    def close(self) -> None:
+        self._client.close()
 
     def _post(self, path: str, body: Any) -> Any:
-        response = httpx.post(self.base + path, json=body, timeout=10)
+        response = self._client.post(path, json=body)
         response.raise_for_status()
         return response.json()
 
@@ -115,4 +126,4 @@ class DoubleControl:
         return self._post("/_double/drop", {})["dropped"]
 
     def state(self) -> dict[str, Any]:
-        return httpx.get(self.base + "/_double/state", timeout=10).json()
+        return self._client.get("/_double/state").json()
