@@ -94,7 +94,7 @@ class SpacetimeBackend:
         self.rows = self.double.state.databases["komm"].tables["blocked_ips"].rows
 
     def add_blocked(self, ip: str | None, reason: str) -> None:
-        self.double.control().tx("komm", "blocked_ips", inserts=[[ip, reason, True]])
+        self.double.control().tx("komm", "blocked_ips", inserts=[[ip, reason, 0, True]])
 
     def open(self) -> Any:
         from komm_policy.directory.spacetimedb import SpacetimeDirectory
