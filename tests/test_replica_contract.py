@@ -229,7 +229,7 @@ def test_stale_replica_fails_lookups_and_readiness_then_recovers(
         assert directory.health.refresh_errors > len(lines)  # … few log lines
         assert len(lines) <= 3
         backend.up()
-        eventually(lambda: directory.available, timeout=8)
+        eventually(lambda: directory.available, timeout=20)  # backoff + snapshot, under load
         assert service.ready[0]
         assert blocked(directory, "192.0.2.66")
         assert "recovered" in caplog.text

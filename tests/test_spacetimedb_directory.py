@@ -191,13 +191,14 @@ def test_outage_serves_last_snapshot_then_fails_then_recovers(double: DoubleServ
                 assert "older than 2s" in str(e)
                 return True
             return False
-        assert eventually(lookups_fail, timeout=1) < 0.5  # the watchdog looks 4 times a second
+        # the watchdog looks 4 times a second; the bound leaves room for a loaded machine
+        assert eventually(lookups_fail, timeout=2) < 1.0
         assert "older than 2s" in directory.unavailable_reason
         # changed while down: the fresh snapshot after the reconnect must show it
         komm = double.state.databases["komm"]
         komm.tables["blocked_ips"].rows.append(["192.0.2.99", "while down", T0, True])
         double.start()
-        eventually(lambda: directory.available, timeout=5)
+        eventually(lambda: directory.available, timeout=20)  # backoff + snapshot, under load
         assert directory.ip_blocked(parse_ip("192.0.2.99"))
         assert directory.reconnects >= 1
     finally:
