@@ -38,6 +38,8 @@ from .writer import writer_main
 log = logging.getLogger(__name__)
 
 
+MAX_SAMPLES = 100_000
+"""(seq, time) samples kept for the oldest-unwritten age (one per 10 ms of traffic)."""
 WRITER_GRACE = 5.0
 """Seconds a writer may be down (being restarted) before /readyz reports it."""
 
@@ -141,6 +143,8 @@ class DecisionLog:
             self._last_sample = at
             self._samples_seq.append(seq)
             self._samples_at.append(at)
+            if len(self._samples_seq) > MAX_SAMPLES:  # nobody reads /metrics: thin out
+                self._thin()
         return True
 
     def _write_held(self) -> None:
@@ -278,9 +282,11 @@ class DecisionLog:
         if index > 0:
             del self._samples_seq[:index]
             del self._samples_at[:index]
-        if len(self._samples_seq) > 200_000:  # no scrapes for a long time: thin out
-            self._samples_seq = self._samples_seq[::2]
-            self._samples_at = self._samples_at[::2]
+
+    def _thin(self) -> None:
+        """Every other sample: memory stays bounded, ages stay upper bounds."""
+        self._samples_seq = self._samples_seq[::2]
+        self._samples_at = self._samples_at[::2]
 
     def problem(self, status: LogStatus | None = None) -> str | None:
         """Why /readyz should say 503, or None."""
