@@ -101,5 +101,6 @@ def test_failed_subscription_keeps_it_not_ready_with_the_reason(
         assert "no such table: `blocked_ips`" in ready.json()["reason"]
         assert action(server) == "reject 451"
         double.control().reset_faults()
-        eventually(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, timeout=10)
+        # recovery is the reconnect backoff (at most 30 s) plus one snapshot
+        eventually(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, timeout=35)
         assert action(server) == "accept"
