@@ -4,11 +4,16 @@ where RFC 2047 §5 allows, address lists parsed, all in time linear in the field
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from komm_policy.address_list import address_list
+from komm_policy.addresses import normalize_address, valid_address
 from komm_policy.demo import DEMO_ROWS
 from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.headers import Headers, read_field, unfold
@@ -226,3 +231,35 @@ def _time(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+# -- properties ----------------------------------------------------------------------
+
+_PIECES = [*' \t\r\n"()<>[]@,;:\\=?_.-aZü', "=?utf-8?q?", "=?utf-8?b?", "?=", "=C3=BC",
+           "w7w=", "\r\n ", "x@y.example"]
+_HEADER_TEXT = st.lists(st.sampled_from(_PIECES), max_size=40).map("".join)
+
+
+@given(name=st.sampled_from(["Subject", "From", "To", "Message-ID", "X-Anything"]),
+       raw=_HEADER_TEXT)
+def test_any_field_reads_without_error_and_without_line_breaks_from_folding(name, raw):
+    value = read_field(name.lower(), raw)
+    assert isinstance(value, str)
+    if "=?" not in raw:           # only decoded words can bring CR or LF back
+        assert "\r" not in value and "\n" not in value
+        assert value == value.strip(" \t")
+
+
+@given(text=_HEADER_TEXT)
+def test_address_lists_give_only_valid_normalised_addresses(text):
+    found = address_list(unfold(text))
+    assert len(found) == len(set(found))
+    assert all(valid_address(a) and a == normalize_address(a) for a in found)
+
+
+def test_no_stdlib_structured_header_parser_is_used():
+    # they are superlinear on hostile input and rewrite values (issue: input safety)
+    package = Path(__file__).resolve().parent.parent / "komm_policy"
+    for path in package.rglob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from|import)\s+email\b", source, re.M), path
