@@ -50,13 +50,23 @@ def normalize_domain(domain: str) -> str:
 
 def normalize_address(address: str) -> str:
     """`local@domain` lower-cased with the domain (after the last `@`) as A-labels; text
-    without `@` is taken as a domain.  Never raises."""
+    without `@` (the null sender `""`, a bare local part) is only lower-cased.  Never
+    raises."""
     if address.isascii():
         return address.lower()
     at = address.rfind("@")
     if at < 0:
-        return normalize_domain(address)
+        return address.lower()
     return address[:at].lower() + "@" + normalize_domain(address[at + 1:])
+
+
+def comparison_form(text: str) -> str:
+    """Plain text compared with an address value, in the same normal form: an address
+    (text with `@`) as `normalize_address`, text without `@` as a domain
+    (`normalize_domain`), so `"bücher.example"` equals `domain("a@xn--bcher-kva.example")`."""
+    if text.isascii():
+        return text.lower()
+    return normalize_address(text) if "@" in text else normalize_domain(text)
 
 
 def domain(address: str) -> str:

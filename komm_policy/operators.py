@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import types as t
-from .addresses import normalize_address
+from .addresses import comparison_form
 from .context import EvalContext
 from .ipset import IPSet
 from .lookups import DeadlineExceeded
@@ -35,13 +35,13 @@ def as_tuple(compiled: Compiled) -> Compiled:
 
 def lowered(compiled: Compiled) -> Compiled:
     """Plain text compared with an address, in the addresses' normal form (lower case,
-    A-label domain: `normalize_address`)."""
+    A-label domain: `comparison_form`)."""
     if isinstance(compiled, Const):
         value = compiled.value
         if isinstance(value, str):
-            return Const(normalize_address(value))
+            return Const(comparison_form(value))
         if isinstance(value, tuple):
-            return Const(tuple(normalize_address(v) if isinstance(v, str) else v
+            return Const(tuple(comparison_form(v) if isinstance(v, str) else v
                                for v in value))
         return compiled
     get = compiled
@@ -49,9 +49,9 @@ def lowered(compiled: Compiled) -> Compiled:
     def lowered(ctx: EvalContext) -> Any:
         value = get(ctx)
         if isinstance(value, str):
-            return normalize_address(value)
+            return comparison_form(value)
         if isinstance(value, list):
-            return [normalize_address(v) if isinstance(v, str) else v for v in value]
+            return [comparison_form(v) if isinstance(v, str) else v for v in value]
         return value
     return lowered
 

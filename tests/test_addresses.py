@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from komm_policy.addresses import (
+    comparison_form,
     domain,
     normalize_address,
     normalize_domain,
@@ -67,7 +68,8 @@ def test_invalid(address):
     ("spam@xn--bcher-kva.example", "spam@xn--bcher-kva.example"),
     ("SPAM@XN--BCHER-KVA.EXAMPLE", "spam@xn--bcher-kva.example"),
     ("a@b@Bücher.example", "a@b@xn--bcher-kva.example"),
-    ("bücher.example", "xn--bcher-kva.example"),
+    ("bücher.example", "bücher.example"),              # no @: not read as a domain
+    ("À", "à"),
     ("Ａ@ＥＸＡＭＰＬＥ.org", "ａ@example.org"),            # UTS #46 maps full-width letters
     ("x@a\u200db.example", "x@a\u200db.example"),         # IDNA refuses: lower-cased as sent
     ("x@" + "ü" * 2000, "x@" + "ü" * 2000),
@@ -78,8 +80,19 @@ def test_normal_form(text, expected):
     assert normalize_address(text) == expected
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("bücher.example", "xn--bcher-kva.example"),       # compared with domain(…)
+    ("Spam@Bücher.Example", "spam@xn--bcher-kva.example"),
+    ("Postmaster", "postmaster"),
+    ("", ""),
+])
+def test_comparison_form(text, expected):
+    assert comparison_form(text) == expected
+
+
 @given(st.text())
 def test_normal_form_never_raises(text):
+    assert isinstance(comparison_form(text), str)
     assert isinstance(normalize_address(text), str)
     assert isinstance(normalize_domain(text), str)
     assert isinstance(valid_address(text), bool)
