@@ -140,3 +140,39 @@ def test_idn_domains_compare_by_a_label(sender, expected):
             default accept
         }""").policy_set
     assert decide(policy, _mail_request(sender), InMemoryDirectory(DEMO_ROWS)).action == expected
+
+
+def _data_request(recipients):
+    return decode_request(json.dumps({
+        "context": {"stage": "data", "client": {"ip": "198.51.100.23"}},
+        "envelope": {"from": {"address": "anna@example.org"},
+                     "to": [{"address": a} for a in recipients]},
+        "message": {"headers": [["Subject", " hi\r\n"]], "contents": "", "size": 1}}))
+
+
+def test_idn_recipients_are_deleted_in_the_form_stalwart_holds():
+    # values compare by A-label, but deleteRecipient must name what Stalwart stored
+    policy = compile_text("""
+        settings { quarantine_to = "quarantine@solawi.example" }
+        stage data {
+            rule drop_idn:
+                when any r in envelope.to: r == "info@xn--bcher-kva.example"
+                delete_recipient "info@Bücher.example"
+                continue
+            rule hold: when true quarantine "held"
+        }""").policy_set
+    decision = decide(policy, _data_request(["Info@Bücher.example", "b@example.org"]),
+                      InMemoryDirectory(DEMO_ROWS))
+    deleted = [m.value for m in decision.modifications if type(m).__name__ == "DeleteRecipient"]
+    assert deleted == ["info@bücher.example", "b@example.org"]   # the quarantine's own
+
+
+def test_delete_recipient_of_an_envelope_value_names_it_as_sent():
+    policy = compile_text("""
+        stage data {
+            rule drop: when true delete_recipient envelope.to[0] continue
+            default accept
+        }""").policy_set
+    decision = decide(policy, _data_request(["Info@Bücher.example"]),
+                      InMemoryDirectory(DEMO_ROWS))
+    assert [m.value for m in decision.modifications] == ["info@bücher.example"]
