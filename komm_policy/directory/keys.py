@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..addresses import normalize_address
+from ..addresses import comparison_form
 from .schema import BadValue, Column, decode_value
 
 
 def address_key(text: str) -> str:
     """`local@domain` (or a bare domain) lower-cased with the domain as A-label (the
     language's one address normal form, `komm_policy.addresses`)."""
-    return normalize_address(text.strip())
+    return comparison_form(text.strip())
 
 
 def column_key(column: Column, value: Any) -> Any:
