@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import NoReturn
+
+from . import DirectoryError
 
 
 class ReplicaHealth:
@@ -73,3 +76,20 @@ class ReplicaHealth:
                              self.clock() - self.failing_since)
             self.failing_since = None
             self._suppressed = 0
+
+
+class Unavailable:
+    """Stands in for a backend's snapshot while it cannot be served (store unreadable,
+    replica older than `max_staleness`): every lookup raises `DirectoryError(message)`."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def _fail(self, *args: object) -> NoReturn:
+        raise DirectoryError(self.message)
+
+    ip_blocked = category = account = is_admin = subscribed = _fail
+
+    @property
+    def tables(self) -> NoReturn:
+        raise DirectoryError(self.message)

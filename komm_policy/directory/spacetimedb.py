@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import msgspec
 
@@ -48,7 +48,7 @@ from . import (
     DirectoryRows,
     SubscriptionRow,
 )
-from .health import ReplicaHealth
+from .health import ReplicaHealth, Unavailable
 from .memory import DirectoryIndex, Snapshot, serve_lookups
 from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
@@ -115,7 +115,7 @@ class SpacetimeDirectory:
         self._replica: _Replica | None = None  # the loop thread's working state
         self._pending: _Replica | None = None  # built by the schema check, for the snapshot
         self._snapshot: Snapshot | None = None
-        self._serving: Snapshot | _Unavailable = _Unavailable("SpacetimeDB " + str(
+        self._serving: Snapshot | Unavailable = Unavailable("SpacetimeDB " + str(
             endpoint) + ": no snapshot yet")
         serve_lookups(self, self._serving)
         self._first = threading.Event()
@@ -355,7 +355,7 @@ class SpacetimeDirectory:
     def available(self) -> bool:
         """True while lookups are served (what `/readyz` reports): flips with them, at
         the watchdog's next look once the replica is older than `max_staleness`."""
-        return self._serving.__class__ is not _Unavailable
+        return self._serving.__class__ is not Unavailable
 
     @property
     def unavailable_reason(self) -> str:
@@ -366,20 +366,20 @@ class SpacetimeDirectory:
 
     def _publish(self) -> None:
         if self._fresh() and self._snapshot is not None:
-            serving: Snapshot | _Unavailable = self._snapshot
-        elif (isinstance(self._serving, _Unavailable)
+            serving: Snapshot | Unavailable = self._snapshot
+        elif (isinstance(self._serving, Unavailable)
               and self._serving.message == self.unavailable_reason):
             return  # already failing lookups, for this reason
         else:
-            serving = _Unavailable(self.unavailable_reason)
+            serving = Unavailable(self.unavailable_reason)
         if serving is not self._serving:
             self._serving = serving
             serve_lookups(self, serving)
 
-    def snapshot(self) -> Snapshot | _Unavailable:
+    def snapshot(self) -> Snapshot | Unavailable:
         """What one decision reads: the snapshot current when it started (or the error)."""
         serving = self._serving
-        if serving.__class__ is _Unavailable:
+        if serving.__class__ is Unavailable:
             self._publish()  # a newer reason, or recovered between two watchdog ticks
             return self._serving
         return serving
@@ -423,19 +423,3 @@ class SpacetimeDirectory:
 class SchemaMismatch(OSError):
     """The server's schema does not have what the replica needs (retried: a module
     update may fix it)."""
-
-
-class _Unavailable:
-    """Stands in for the snapshot while the replica is too old: every lookup fails."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-    def _fail(self, *args: object) -> NoReturn:
-        raise DirectoryError(self.message)
-
-    ip_blocked = category = account = is_admin = subscribed = _fail
-
-    @property
-    def tables(self) -> NoReturn:
-        raise DirectoryError(self.message)

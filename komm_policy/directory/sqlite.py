@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 from . import (
     AccountRow,
@@ -29,7 +28,7 @@ from . import (
     DirectoryRows,
     SubscriptionRow,
 )
-from .health import ReplicaHealth
+from .health import ReplicaHealth, Unavailable
 from .memory import DirectoryIndex, Snapshot, serve_lookups
 from .schema import Schema
 from .snapshot import BadRow, Needs, TablesSnapshot
@@ -459,14 +458,14 @@ class SqliteDirectory:
     def _publish(self) -> None:
         """Point the lookup methods at the current snapshot, or at an error raiser."""
         if self._available and self._index is not None:
-            self._serving: Snapshot | _Unavailable = Snapshot(self._index, self._tables)
+            self._serving: Snapshot | Unavailable = Snapshot(self._index, self._tables)
         else:
-            self._serving = _Unavailable(
+            self._serving = Unavailable(
                 f"directory {self.path} unavailable for more than {self.max_staleness:g}s: "
                 f"{self.last_error}")
         serve_lookups(self, self._serving)
 
-    def snapshot(self) -> Snapshot | _Unavailable:
+    def snapshot(self) -> Snapshot | Unavailable:
         """What one decision reads: the snapshot current when it started (or the error)."""
         return self._serving
 
@@ -474,22 +473,6 @@ class SqliteDirectory:
         if self._index is None or not self._available:
             raise DirectoryError(f"directory {self.path} unavailable: {self.last_error}")
         return self._index.counts()
-
-
-class _Unavailable:
-    """Stands in for the snapshot while the store cannot be read: every lookup fails."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-    def _fail(self, *args: object) -> NoReturn:
-        raise DirectoryError(self.message)
-
-    ip_blocked = category = account = is_admin = subscribed = _fail
-
-    @property
-    def tables(self) -> NoReturn:
-        raise DirectoryError(self.message)
 
 
 def create_database(path: str | Path, rows: DirectoryRows | None = None) -> None:
