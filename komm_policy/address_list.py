@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from .addresses import normalize_address, valid_address
+from .headers import comment_end
 
 # One token at the top level: quoted string, domain literal, atom run, or a single special.
 # Possessive quantifiers: no backtracking on hostile input.
@@ -26,27 +27,7 @@ _TOKEN = re.compile(r'''
   | (?P<atom>[^ \t"()<>\[\],;:@\\]++)
   | (?P<special>.)
 ''', re.VERBOSE | re.DOTALL)
-_CTEXT = re.compile(r"(?:[^()\\]++|\\.?)++")
 _QUOTED_PAIR = re.compile(r"\\(.?)", re.DOTALL)
-
-
-def _skip_comment(text: str, pos: int) -> int:
-    depth, end = 0, len(text)
-    while pos < end:
-        ch = text[pos]
-        if ch == "(":
-            depth += 1
-            pos += 1
-        elif ch == ")":
-            depth -= 1
-            pos += 1
-            if depth == 0:
-                return pos
-        else:
-            match = _CTEXT.match(text, pos)
-            assert match is not None
-            pos = match.end()
-    return pos
 
 
 def _addr_spec(pieces: list[str]) -> str | None:
@@ -94,7 +75,7 @@ def address_list(text: str) -> list[str]:
     pos, end = 0, len(text)
     while pos < end:
         if text[pos] == "(":
-            pos = _skip_comment(text, pos)
+            pos = comment_end(text, pos)
             continue
         match = _TOKEN.match(text, pos)
         assert match is not None

@@ -89,10 +89,10 @@ def read_address_field(text: str) -> str:
     return "".join(out)
 
 
-def _read_comment(text: str, pos: int, out: list[str]) -> int:
-    """Copy the (possibly nested, possibly unclosed) comment at `pos`, decoding its words."""
-    depth, start = 0, pos
-    end = len(text)
+def comment_end(text: str, pos: int) -> int:
+    """The index just after the (possibly nested, possibly unclosed) RFC 5322 §3.2.2
+    comment that starts at `text[pos] == "("`; linear in its length."""
+    depth, end = 0, len(text)
     while pos < end:
         ch = text[pos]
         if ch == "(":
@@ -102,11 +102,18 @@ def _read_comment(text: str, pos: int, out: list[str]) -> int:
             depth -= 1
             pos += 1
             if depth == 0:
-                break
+                return pos
         else:
             match = _CTEXT.match(text, pos)
             assert match is not None
             pos = match.end()
+    return pos
+
+
+def _read_comment(text: str, pos: int, out: list[str]) -> int:
+    """Copy the (possibly nested, possibly unclosed) comment at `pos`, decoding its words."""
+    start = pos
+    pos = comment_end(text, pos)
     out.append(decode_comment(text[start:pos]))
     return pos
 
