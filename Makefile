@@ -27,10 +27,10 @@ lint: install
 	$(BIN)/ruff check .
 
 check: install
-	$(BIN)/komm-policy check --strict policies
+	$(BIN)/komm-policy check --strict policies examples/origin-2026
 
 fmt-check: install
-	$(BIN)/komm-policy fmt --check policies
+	$(BIN)/komm-policy fmt --check policies examples
 
 policy-test: install
 	$(BIN)/komm-policy test --threshold 100 policies

@@ -5,7 +5,7 @@ so nothing the author wrote is dropped: only whitespace changes.  Comments are n
 tree; they are found in the gaps between tokens (a gap holds only whitespace and comments)
 and put back next to the token they followed (trailing comment) or preceded (own-line).
 
-The layout, in short (docs/language.md, "Formatting"):
+The layout, in short (docs/tooling.md, "The layout"):
 
 - top-level items at column 0, one blank line between them (consecutive `let`s keep the
   author's choice of zero or one blank line); block contents indented 4 spaces;
@@ -13,10 +13,13 @@ The layout, in short (docs/language.md, "Formatting"):
   their own lines, and `on error …`; rules and `default` are separated by one blank line;
 - inside a line, one space between tokens except after `(`/`[`/`.`, before `)`/`]`/`,`/`:`/
   `.`, and before the `(` of a call or the `[` of an index;
-- a line break the author put inside an expression is kept (as gofmt does); the next line
-  is indented 4 spaces deeper than the line that opened the innermost bracket or
-  quantifier body (`any x in xs:`) still open there, or than the statement's first line;
-  a trailing comment also ends its line there;
+- a line break the author put inside an expression is kept (as gofmt does; lines are never
+  joined or split); the next line continues just after the innermost `(`/`[` still open
+  if more followed it on its line, else 4 spaces deeper than the line that opened it (a
+  closing bracket starting a line goes back to that line's indent); inside a quantifier
+  (`any x in xs:` and its body) 4 deeper than where its own line continues; with nothing
+  open, 4 deeper than the statement's first line (`_Open`); a trailing comment also ends
+  its line there;
 - own-line comments stay above the token they preceded, at that line's indentation, with
   at most one blank line before them (kept from the source).
 
@@ -48,6 +51,9 @@ _NO_SPACE_BEFORE = {"RPAR", "RSQB", "COMMA", "COLON", "DOT"}
 # Tokens that end a value: a `(` or `[` right after one is a call or an index.
 _VALUE_END = {"NAME", "STRING", "INT", "REGEX", "IPV4", "IPV6", "DURATION", "SIZE",
               "ENHANCED", "RPAR", "RSQB", "TRUE", "FALSE", "NONE"}
+_OPENING = {"LPAR", "LSQB"}
+_CLOSING = {"RPAR", "RSQB"}
+_QUANTIFIERS = {"ANY", "ALL"}
 _BLOCKS_WITH_BLANK_LINES = {"stage"}
 """Blocks whose items (rules, `default`) are separated by one blank line."""
 
@@ -252,12 +258,15 @@ class _Renderer:
         self.comments_before(line)
         current = INDENT * line.indent
         previous: Token | None = None
-        # open brackets and quantifier colons here, each with the indent of its line
-        nesting: list[tuple[str, int]] = []
+        nesting: list[_Open] = []  # brackets and quantifiers open here, innermost last
 
-        def continued() -> str:
-            opener = nesting[-1][1] if nesting else len(INDENT) * line.indent
-            return " " * (opener + len(INDENT))
+        def continued(token: Token) -> str:
+            if token.type in _CLOSING:
+                bracket = next((o for o in reversed(nesting) if o.kind == "("), None)
+                if bracket is not None:
+                    return " " * bracket.indent
+            column = nesting[-1].column if nesting else len(INDENT) * (line.indent + 1)
+            return " " * column
 
         for index in range(line.first, line.last + 1):
             token = self.tokens[index]
@@ -266,37 +275,66 @@ class _Renderer:
                 if previous is not None:
                     self.out.append(current)
                 for comment in inner:
-                    self.out.append(continued() + comment.text)
-                current, previous = continued(), None
+                    self.out.append(continued(token) + comment.text)
+                current, previous = continued(token), None
             elif previous is not None and token.line > (previous.end_line or previous.line):
                 self.out.append(current)
-                current, previous = continued(), None
+                current, previous = continued(token), None
             elif previous is not None:
                 current += _space(previous, token)
+            column = len(current)
             current += str(token)
             previous = token
-            _nest(nesting, token, len(current) - len(current.lstrip(" ")))
+            self.open(nesting, index, column, len(current) - len(current.lstrip(" ")))
             self.last_line = token.end_line or token.line or self.last_line
             comment = self.trailing.get(index)
             if comment is not None:
                 self.out.append(f"{current}  {comment.text}")
                 self.last_line = comment.line
-                current, previous = continued(), None
+                current, previous = "", None
+                if index < line.last:
+                    current = continued(self.tokens[index + 1])
         if previous is not None:
             self.out.append(current)
 
+    def open(self, nesting: list[_Open], index: int, column: int, indent: int) -> None:
+        """Track what a continuation line is inside of (see `_Open`); `column` is where
+        token `index` starts on its output line, `indent` that line's indentation."""
+        token = self.tokens[index]
+        if token.type in _OPENING:
+            if self.line_goes_on(index):  # `f(a,` / `    b)`: aligned with `a`
+                nesting.append(_Open("(", column + 1, indent))
+            else:  # `f(` at the end of its line: the arguments 4 deeper than that line
+                nesting.append(_Open("(", indent + len(INDENT), indent))
+        elif token.type in _CLOSING:
+            while nesting and nesting.pop().kind != "(":
+                pass
+        elif token.type in _QUANTIFIERS:
+            base = nesting[-1].column if nesting else indent
+            nesting.append(_Open("any", base + len(INDENT), indent))
 
-def _nest(nesting: list[tuple[str, int]], token: Token, indent: int) -> None:
-    """Track what a continuation line is inside of: each open `(` or `[` and each
-    quantifier body (`any x in xs:`, ended by the bracket that encloses it), with the
-    indent of the line it was opened on (the continuation goes 4 spaces deeper)."""
-    if token.type in ("LPAR", "LSQB"):
-        nesting.append(("(", indent))
-    elif token.type in ("RPAR", "RSQB"):
-        while nesting and nesting.pop()[0] != "(":
-            pass
-    elif token.type == "COLON":
-        nesting.append((":", indent))
+    def line_goes_on(self, index: int) -> bool:
+        """Whether the output line goes on after token `index` (the next token follows on
+        its source line, with no comment between them)."""
+        if index + 1 >= len(self.tokens) or index in self.trailing or self.own.get(index + 1):
+            return False
+        token = self.tokens[index]
+        return self.tokens[index + 1].line == (token.end_line or token.line)
+
+
+@dataclass(slots=True)
+class _Open:
+    """An open bracket or quantifier on a logical line, and where a line break inside it
+    continues: inside `(`/`[` followed by more on its line, aligned just after the bracket;
+    inside a bracket that ends its line, 4 spaces deeper than that line (and its closing
+    bracket, if it starts a line, at that line's indentation); inside a quantifier
+    (`any x in xs:` and its body, up to the bracket that encloses it), 4 spaces deeper
+    than where the quantifier's own line would continue: the enclosing bracket's or
+    quantifier's column, or the indentation of the line it starts on."""
+
+    kind: Literal["(", "any"]
+    column: int
+    indent: int
 
 
 def _space(previous: Token, token: Token) -> str:

@@ -359,7 +359,7 @@ def may_write(address, topic) =
   any e in lookup_all("account_emails", email = address):
    exists("account", id = e.account_id)
            and (any s in lookup_all("subscriptions", account = e.account_id,
-                                 topic_id = topic):
+                   topic_id = topic):
                  s.status == "Active")
 """
     expected = """\
@@ -367,8 +367,78 @@ def may_write(address, topic) =
     any e in lookup_all("account_emails", email = address):
         exists("account", id = e.account_id)
         and (any s in lookup_all("subscriptions", account = e.account_id,
-            topic_id = topic):
-                s.status == "Active")
+                                 topic_id = topic):
+                 s.status == "Active")
 """
     assert format_text(text) == expected
     assert format_text(expected) == expected
+
+
+def test_a_multi_line_def_body_keeps_its_lines_aligned_as_written():
+    # The shipped directory helper as its author laid it out: the body on its own line,
+    # the quantifier's body 4 deeper, the call's arguments aligned after its `(`.
+    text = """\
+def subscribed(address, category) =
+    any a in lookup_all("account", email = address, is_active = true):
+        exists("subscriptions", subscriber_account_id = a.id, category_id = category.id,
+               active = true)
+"""
+    assert format_text(text) == text
+    flat = "\n".join(line.strip() for line in text.splitlines()) + "\n"
+    assert format_text(flat) == text
+
+
+def test_a_bracket_ending_its_line_indents_its_contents_and_closes_at_its_line():
+    text = """\
+def f(x) = x in [
+1,
+  2
+      ]
+let b = len(
+    "ab") > 1
+"""
+    assert format_text(text) == """\
+def f(x) = x in [
+    1,
+    2
+]
+
+let b = len(
+    "ab") > 1
+"""
+
+
+def test_a_quantifier_body_goes_4_deeper_than_the_line_or_bracket_it_starts_in():
+    text = """\
+stage rcpt {
+    rule r:
+        when any r in envelope.to:
+  r.address == "a@b.c" or (all s in [r.address,
+  "x@y.z"]:
+  s != "")
+        accept
+
+    default accept
+}
+"""
+    assert format_text(text) == """\
+stage rcpt {
+    rule r:
+        when any r in envelope.to:
+            r.address == "a@b.c" or (all s in [r.address,
+                                               "x@y.z"]:
+                                         s != "")
+        accept
+
+    default accept
+}
+"""
+
+
+_EXAMPLES = sorted((POLICIES.parent / "examples").glob("*/*.policy"))
+
+
+@pytest.mark.parametrize("path", _EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_example_policies_are_formatted(path):
+    text = path.read_text(encoding="utf-8")
+    assert format_text(text, path.name) == text
