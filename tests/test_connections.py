@@ -238,3 +238,61 @@ def test_sigterm_with_a_slow_client_is_bounded(deployment: Deployment) -> None:
         assert "shutting down" in json.loads(body)["error"]
     assert "shutting down, and the request body is still incomplete" in server.output()
     assert "Exception in ASGI application" not in server.output()
+
+
+REJECTED = b'{"context":{"stage":"ehlo","client":{"ip":"127.0.0.1","helo":"  "}}}'
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float
+                   ) -> list[tuple[int, dict[str, str], bytes]]:
+    """`count` pipelined responses, which may arrive in one read."""
+    sock.settimeout(timeout)
+    data = b""
+    answers = []
+    while len(answers) < count:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        if found:
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip()
+                       for k, _, v in (line.partition(":") for line in lines[1:])}
+            length = int(headers["content-length"])
+            if len(rest) >= length:
+                answers.append((int(lines[0].split()[1]), headers, rest[:length]))
+                data = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, "closed before every answer arrived"
+        data += chunk
+    return answers
+
+
+def test_inline_and_asgi_paths_answer_alike(server: ServerProcess) -> None:
+    """A hook request whose body comes with its header is answered inline by the
+    protocol; one whose body comes later, pipelined requests, HTTP/1.0 and a bad body
+    take whichever path applies, and every answer is the same as through the app."""
+    expected = server.post(REJECTED)
+    assert expected.status_code == 200 and expected.json()["action"] == "reject"
+    with connect(server.port) as sock:
+        sock.sendall(hook_request(REJECTED))  # inline
+        status, headers, body = read_response(sock, 5)
+        assert (status, json.loads(body)) == (200, expected.json())
+        assert headers["content-type"] == "application/json" and "date" in headers
+        request = hook_request(REJECTED)
+        split = request.index(b"\r\n\r\n") + 4 + 5
+        sock.sendall(request[:split])  # the body's rest comes in a later read: ASGI
+        time.sleep(0.2)
+        sock.sendall(request[split:])
+        status, _, body = read_response(sock, 5)
+        assert (status, json.loads(body)) == (200, expected.json())
+        sock.sendall(hook_request(SEED) + hook_request(REJECTED) + hook_request(b"[1]"))
+        answers = read_responses(sock, 3, 5)
+        assert [(s, json.loads(b)) for s, _, b in answers[:2]] == [
+            (200, {"action": "accept"}), (200, expected.json())]
+        assert answers[2][0] == 400 and json.loads(answers[2][2])["error"]
+    with connect(server.port) as sock:  # HTTP/1.0: answered, then closed
+        sock.sendall(hook_request(SEED).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        status, headers, body = read_response(sock, 5)
+        assert (status, body) == (200, b'{"action":"accept"}')
+        assert headers.get("connection") == "close"
+        assert closed_by_peer(sock, 2)
+    assert metric(server, 'komm_hook_bad_requests_total{status="400"}') == 1

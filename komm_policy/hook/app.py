@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -76,11 +76,28 @@ def create_app(service: HookService) -> HookApp:
     return HookApp(service, _starlette_app(service))
 
 
+class Answer(NamedTuple):
+    """A complete HTTP answer: status, body (JSON) and headers beyond content-type and
+    content-length."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+_WWW_AUTHENTICATE = ((b"www-authenticate", b'Bearer realm="komm-policy"'),)
+
+
 class HookApp:
     """ASGI entry point.  `POST /mta-hook` is served directly from the ASGI messages: it is
     the one route on every SMTP transaction's path, and skipping Starlette's routing,
     middleware and Request/Response objects there roughly halves the per-request
-    overhead.  Everything else (health, metrics, errors, lifespan) is plain Starlette."""
+    overhead.  Everything else (health, metrics, errors, lifespan) is plain Starlette.
+
+    The server's protocol (`server.GuardedProtocol`) goes one step further for a hook
+    request whose body arrived whole with its header: it calls `respond_inline` from the
+    parser's callback and writes the answer itself, without an ASGI task.  Both paths run
+    the same checks in the same order (`_check`, `_respond`)."""
 
     def __init__(self, service: HookService, starlette: Starlette) -> None:
         self.service = service
@@ -89,66 +106,84 @@ class HookApp:
         self._blocking = getattr(service.directory, "blocking", True)
         self._status_auth = service.status_auth and self._token is not None
         self._auth_log = RateLimitedLog(log)
+        self.inline = not self._blocking
+        """Whether `respond_inline` can answer (a directory that never blocks)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["path"] == "/mta-hook"
                 and scope["method"] == "POST"):
             await self.hook(scope, receive, send)
         elif (self._status_auth and scope["type"] == "http"
-              and scope["path"] in ("/metrics", "/readyz")
-              and not await self._authorized(scope, scope["headers"], send)):
-            return
+              and scope["path"] in ("/metrics", "/readyz")):
+            refusal = self._authorization_refusal(scope, scope["headers"])
+            if refusal is not None:
+                await _send(send, refusal)
+                return
+            await self.starlette(scope, receive, send)
         else:
             await self.starlette(scope, receive, send)
 
-    async def _authorized(self, scope: Scope, headers: list[tuple[bytes, bytes]] | None,
-                          send: Send, authorization: bytes | None = None) -> bool:
-        """Check the token (when one is configured); answer 400/401 and log if it fails.
-        `headers` is scanned for Authorization unless the caller already did (None)."""
-        if headers is not None:
-            found = [value for name, value in headers if name == b"authorization"]
-            if len(found) > 1:
-                await self._refuse(scope, send, 400, "duplicate Authorization header")
-                return False
-            authorization = found[0] if found else None
+    def _authorization_refusal(self, scope: Scope, headers: list[tuple[bytes, bytes]]
+                               ) -> Answer | None:
+        """400 for duplicate Authorization headers, 401 for a missing or wrong token
+        (when one is configured), else None."""
+        found = [value for name, value in headers if name == b"authorization"]
+        if len(found) > 1:
+            return self._refuse(scope, 400, "duplicate Authorization header")
+        authorization = found[0] if found else None
         if self._token is None or token_matches(
                 authorization.decode("latin-1") if authorization else None, self._token):
-            return True
-        await self._refuse(scope, send, 401, "invalid token" if authorization
-                           else "missing token")
-        return False
+            return None
+        return self._refuse(scope, 401, "invalid token" if authorization else "missing token")
 
-    async def _refuse(self, scope: Scope, send: Send, status: int, reason: str) -> None:
+    def _refuse(self, scope: Scope, status: int, reason: str) -> Answer:
         self.service.metrics.rejected_requests.labels(str(status)).inc()
         client = scope.get("client")
         self._auth_log.warning(  # never the header's value: it may hold a token
             f"auth: {reason}", "refused %s %s from %s: %s", scope["method"], scope["path"],
             f"{client[0]}:{client[1]}" if client else "unknown client", reason)
-        await _send_json(send, status, {"error": reason}, [
-            (b"www-authenticate", b'Bearer realm="komm-policy"')] if status == 401 else None)
+        return _json_answer(status, {"error": reason},
+                            _WWW_AUTHENTICATE if status == 401 else ())
 
-    async def hook(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service = self.service
-        metrics = service.metrics
-        authorization = None
-        authorizations = 0
+    def _check(self, scope: Scope) -> Answer | None:
+        """The checks before the body is read: Authorization (400/401) and a declared
+        Content-Length over the limit (413)."""
         length = None
+        authorizations = 0
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
             elif name == b"authorization":
-                authorization = value
                 authorizations += 1
-        if authorizations > 1:
-            await self._refuse(scope, send, 400, "duplicate Authorization header")
+        if authorizations > 1 or self._token is not None:
+            refusal = self._authorization_refusal(scope, scope["headers"])
+            if refusal is not None:
+                return refusal
+        if length is not None and length.isdigit() and int(length) > (
+                self.service.max_body_bytes):
+            return self._too_large()
+        return None
+
+    def respond_inline(self, scope: Scope, body: bytes) -> Answer | None:
+        """The answer to `POST /mta-hook` with this complete body, decided now on the
+        calling (event loop) thread; None when it must go the ASGI way instead (a body
+        over `INLINE_BODY_BYTES`, or a directory that may block)."""
+        if self._blocking or len(body) > INLINE_BODY_BYTES:
+            return None
+        refusal = self._check(scope)
+        if refusal is not None:
+            return refusal
+        if len(body) > self.service.max_body_bytes:
+            return self._too_large()
+        started = time.perf_counter()
+        return self._respond(self._answer(body), started)
+
+    async def hook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._check(scope)
+        if refusal is not None:
+            await _send(send, refusal)
             return
-        if self._token is not None and not await self._authorized(
-                scope, None, send, authorization):
-            return
-        limit = service.max_body_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
-            await self._too_large(send)
-            return
+        limit = self.service.max_body_bytes
         chunks = []
         size = 0
         more = True
@@ -159,7 +194,7 @@ class HookApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await self._too_large(send)
+                await _send(send, self._too_large())
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -171,27 +206,30 @@ class HookApp:
             outcome = await run_in_threadpool(self._answer, body)
         else:
             outcome = self._answer(body)
+        await _send(send, self._respond(outcome, started))
+
+    def _respond(self, outcome: RequestError | tuple[Request, Decision | None, bytes],
+                 started: float) -> Answer:
+        """Spool the decision (before the answer leaves: a crash after it loses nothing),
+        count it, and give the answer."""
         if isinstance(outcome, RequestError):
-            metrics.rejected_requests.labels("400").inc()
-            await _send_json(send, 400, {"error": outcome.message, "path": outcome.path})
-            return
+            self.service.metrics.rejected_requests.labels("400").inc()
+            return _json_answer(400, {"error": outcome.message, "path": outcome.path})
+        service = self.service
         request, decision, answer = outcome
         if decision is not None:
             elapsed = time.perf_counter() - started
-            try:  # spooled before the answer leaves: a crash after it loses nothing
+            try:
                 if service.decision_log is not None and not (
                         service.decision_log.submit_decision(
                             request, decision, elapsed * 1000, time.time(),
                             shadow=service.shadow,
                             redact_client_ip=service.redact_client_ip)):
                     answer = wire_response.INTERNAL_ERROR_BODY  # on_spool_error = tempfail
-                metrics.observe(decision, elapsed)
+                service.metrics.observe(decision, elapsed)
             except Exception:
                 log.exception("recording a %s decision failed", request.context.stage)
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(answer)).encode())]})
-        await send({"type": "http.response.body", "body": answer})
+        return Answer(200, answer)
 
     def _answer(self, body: bytes) -> RequestError | tuple[Request, Decision | None, bytes]:
         """Decode, decide on the policy set current now, encode: the request, the decision
@@ -213,19 +251,22 @@ class HookApp:
             service.metrics.rejected_requests.labels("internal").inc()
             return request, None, wire_response.INTERNAL_ERROR_BODY
 
-    async def _too_large(self, send: Send) -> None:
+    def _too_large(self) -> Answer:
         self.service.metrics.rejected_requests.labels("413").inc()
-        await _send_json(send, 413, {
+        return _json_answer(413, {
             "error": f"request body exceeds {self.service.max_body_bytes} bytes"})
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any],
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-        *(headers or [])]})
-    await send({"type": "http.response.body", "body": data})
+def _json_answer(status: int, body: dict[str, Any],
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
+    return Answer(status, json.dumps(body).encode(), headers)
+
+
+async def _send(send: Send, answer: Answer) -> None:
+    await send({"type": "http.response.start", "status": answer.status, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(answer.body)).encode()), *answer.headers]})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 def _starlette_app(service: HookService) -> Starlette:
