@@ -263,6 +263,13 @@ def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
         return None
 
 
+_TOKEN_FILES = {("server", "token_file"): "token",
+                ("directory", "token_file"): "spacetimedb_token",
+                ("log", "spacetimedb_token_file"): "log_spacetimedb_token"}
+"""Options whose value is a file holding a secret: (section, key) → the `Config` field
+that receives the file's text (a secret never stands in the TOML file itself)."""
+
+
 def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
     try:
         return path.read_text(encoding="utf-8").strip()
@@ -287,29 +294,13 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
             problems.append(f"{path}: `{section}` must be a [section]")
             continue
         for key, value in table.items():
-            if section == "directory" and key == "token_file":
-                if not isinstance(value, str):
-                    problems.append(f"{path} [directory] token_file: expected a path, got "
-                                    f"{value!r}")
-                    continue
-                values["spacetimedb_token"] = _read_token(
-                    Path(value), f"{path} [directory] token_file", problems)
-                continue
-            if section == "log" and key == "spacetimedb_token_file":
-                if not isinstance(value, str):
-                    problems.append(f"{path} [log] spacetimedb_token_file: expected a path, "
-                                    f"got {value!r}")
-                    continue
-                values["log_spacetimedb_token"] = _read_token(
-                    Path(value), f"{path} [log] spacetimedb_token_file", problems)
-                continue
-            if section == "server" and key == "token_file":
-                if not isinstance(value, str):
-                    problems.append(f"{path} [server] token_file: expected a path, got "
-                                    f"{value!r}")
-                    continue
-                values["token"] = _read_token(Path(value), f"{path} [server] token_file",
-                                              problems)
+            token_option = _TOKEN_FILES.get((section, key))
+            if token_option is not None:
+                origin = f"{path} [{section}] {key}"
+                if isinstance(value, str):
+                    values[token_option] = _read_token(Path(value), origin, problems)
+                else:
+                    problems.append(f"{origin}: expected a path, got {value!r}")
                 continue
             option = by_key.get((section, key))
             if option is None:
