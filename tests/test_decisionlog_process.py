@@ -11,9 +11,6 @@ import errno
 import json
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ from komm_policy.decisionlog import DecisionLog, JsonlSpec, LogSettings, SqliteS
 from komm_policy.demo import DEMO_ROWS
 from komm_policy.directory.sqlite import create_database
 
+from .logstore import jsonl_ids, store_ids, store_locked
 from .test_decisionlog import decided
 
 
@@ -45,17 +43,6 @@ def decision_log(paths: tuple[Path, Path, Path]) -> Iterator[DecisionLog]:
     log = open_log(paths)
     yield log
     log.close()
-
-
-def jsonl_ids(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(line)["id"] for line in path.read_bytes().splitlines()]
-
-
-def store_ids(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return [row[0] for row in conn.execute("SELECT id FROM mta_log")]
 
 
 PAIRS = [decided(name) for name in ("derived-rcpt-2", "derived-connect-1",
@@ -133,36 +120,16 @@ def test_five_writer_kills_under_submissions_lose_nothing(
     assert_all_stored(paths, total)
 
 
-LOCKER = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-"""
-
-
 def test_writer_killed_while_another_process_locks_the_store(
         paths: tuple[Path, Path, Path], decision_log: DecisionLog) -> None:
     jsonl, store, _ = paths
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(store)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    with store_locked(store):
         submit(decision_log, 150)
         wait_for(lambda: decision_log.status().backlog["jsonl"] == 0)  # JSONL goes on
         assert len(jsonl_ids(jsonl)) == 150
         assert decision_log.status().backlog["sqlite"] == 150
         os.kill(decision_log.writer_pid, signal.SIGKILL)  # type: ignore[arg-type]
         submit(decision_log, 150)
-    finally:
-        assert locker.stdin is not None
-        locker.stdin.write("\n")
-        locker.stdin.close()
-        locker.wait(10)
-        if locker.stdout is not None:
-            locker.stdout.close()
     assert decision_log.flush(timeout=30)
     assert_all_stored(paths, 300)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 from komm_policy.hook.response import INTERNAL_ERROR_BODY
 
 from .conftest import ROOT
+from .logstore import jsonl_ids, store_ids, store_locked
 from .serverproc import Deployment, ServerProcess
 
 REQUESTS = int(os.environ.get("KOMM_SOAK_REQUESTS", "300"))
@@ -109,22 +109,6 @@ class Load:
         self.join()
 
 
-def jsonl_ids(deployment: Deployment) -> list[str]:
-    import json
-
-    path = deployment.log_file
-    return [json.loads(line)["id"] for line in path.read_bytes().splitlines()] if (
-        path.exists()) else []
-
-
-def store_ids(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return [row[0] for row in conn.execute("SELECT id FROM mta_log")]
-    finally:
-        conn.close()
-
-
 def writer_pid(server: ServerProcess) -> int | None:
     assert server.proc is not None
     pid = server.proc.pid
@@ -167,7 +151,7 @@ def server(deployment: Deployment) -> Iterator[ServerProcess]:
 
 
 def check_all_stored(name: str, deployment: Deployment, answered: int) -> None:
-    ids = jsonl_ids(deployment)
+    ids = jsonl_ids(deployment.log_file)
     stored = store_ids(deployment.database)
     report(name, answered, len(ids), len(stored))
     assert len(ids) == len(set(ids)) == answered
@@ -199,22 +183,9 @@ def test_writer_sigkill_five_times_under_load(deployment: Deployment,
     check_all_stored("writer SIGKILL x5", deployment, load.decided)
 
 
-LOCKER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-"""
-
-
 def test_writer_sigkill_while_another_process_locks_the_store(
         deployment: Deployment, server: ServerProcess) -> None:
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(deployment.database)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    with store_locked(deployment.database):
         load = Load(server.url, REQUESTS).start()
         load.wait_for(REQUESTS // 2)
         pid = wait_for_new_writer(server, None)
@@ -223,13 +194,6 @@ def test_writer_sigkill_while_another_process_locks_the_store(
         load.join()
         metrics = httpx.get(f"{server.url}/metrics").text
         assert 'komm_decision_log_backlog_records{sink="sqlite"}' in metrics
-    finally:
-        assert locker.stdin is not None
-        locker.stdin.write("\n")
-        locker.stdin.close()
-        locker.wait(10)
-        if locker.stdout is not None:
-            locker.stdout.close()
     assert server.stop() in (0, -signal.SIGTERM)
     assert load.decided == REQUESTS
     check_all_stored("writer SIGKILL while the store is locked", deployment, load.decided)
@@ -252,7 +216,7 @@ def test_store_deleted_and_created_anew_while_serving(deployment: Deployment,
     second = Load(server.url, REQUESTS - REQUESTS // 3).start()
     second.join()
     assert server.stop() in (0, -signal.SIGTERM)
-    ids = jsonl_ids(deployment)
+    ids = jsonl_ids(deployment.log_file)
     assert len(ids) == len(set(ids)) == first.decided + second.decided == REQUESTS
     after = set(ids[first.decided:])
     in_new_store = set(store_ids(store))
@@ -326,7 +290,7 @@ def test_main_server_sigkill_loses_no_answered_record(deployment: Deployment) ->
     while Path(f"/proc/{writer}").exists():  # the orphaned writer drains, then exits
         assert time.monotonic() < deadline, "the orphaned writer did not finish"
         time.sleep(0.05)
-    ids = jsonl_ids(deployment)
+    ids = jsonl_ids(deployment.log_file)
     stored = store_ids(deployment.database)
     report("main server SIGKILL", load.decided, len(ids), len(stored))
     assert len(ids) == len(set(ids)) and sorted(stored) == sorted(ids)
@@ -336,10 +300,7 @@ def test_main_server_sigkill_loses_no_answered_record(deployment: Deployment) ->
 def test_readyz_and_metrics_show_a_sink_that_falls_behind(deployment: Deployment) -> None:
     server = ServerProcess(deployment, "--no-watch", "--log-level", "warning",
                            KOMM_LOG_MAX_BACKLOG_AGE="1").start()
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(deployment.database)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    with store_locked(deployment.database):
         load = Load(server.url, 50).start()
         load.join()
         time.sleep(1.5)
@@ -350,13 +311,6 @@ def test_readyz_and_metrics_show_a_sink_that_falls_behind(deployment: Deployment
         assert 'komm_decision_log_backlog_records{sink="sqlite"} 50.0' in metrics
         assert 'komm_decision_log_backlog_records{sink="jsonl"} 0.0' in metrics
         assert "komm_decision_log_writer_alive 1.0" in metrics
-    finally:
-        assert locker.stdin is not None
-        locker.stdin.write("\n")
-        locker.stdin.close()
-        locker.wait(10)
-        if locker.stdout is not None:
-            locker.stdout.close()
     deadline = time.monotonic() + 40  # the sink's backoff may be at 8-16 s by now
     while httpx.get(f"{server.url}/readyz").status_code != 200:
         assert time.monotonic() < deadline
