@@ -25,24 +25,12 @@ from komm_policy.directory.sqlite import create_database
 
 from .conftest import POLICIES, ROOT
 from .serverproc import Deployment, ServerProcess
+from .test_cli import run, usage_error
 from .test_hook_e2e import wait_for
 
 FIXTURES = ROOT / "tests" / "fixtures" / "stalwart"
 INTERNALS = re.compile(r"\[Errno \d+\]|Traceback|_command\b|\bdb_command\b|invalid literal"
                        r"|could not convert")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit) as excinfo:
-        main(list(argv))
-    assert excinfo.value.code == 2
-    return capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------
