@@ -32,46 +32,45 @@ def register(sub: Any) -> None:
                             description=__doc__.splitlines()[0])
     actions = parser.add_subparsers(dest="db_command", required=True)
     init = actions.add_parser("init", help="create the tables (idempotent)")
-    init.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
+    _store_arguments(init)
     init.add_argument("--demo", action="store_true",
                       help="also insert the demo data that exercises every shipped rule")
     init.set_defaults(run=run_init)
     schema = actions.add_parser("schema", help="print the tables as a schema file (TOML)")
     schema.add_argument("tables", nargs="*", help="only these tables")
-    schema.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
-    schema.add_argument("--schema", metavar="FILE",
-                        help="keep the meanings this schema file gives (default: "
-                             f"{DEFAULT_SCHEMA} when it exists)")
-    schema.add_argument("--directory", metavar="URL",
-                        help="read a SpacetimeDB database (spacetimedb://HOST:PORT/DB) instead "
-                             "of the SQLite file (token: KOMM_SPACETIMEDB_TOKEN_FILE or "
-                             "KOMM_SPACETIMEDB_TOKEN)")
+    _store_arguments(schema, "keep the meanings this schema file gives (default: "
+                             f"{DEFAULT_SCHEMA} when it exists)", spacetimedb=True)
     schema.set_defaults(run=run_schema)
     export = actions.add_parser("export", help="print tables as JSON")
     export.add_argument("tables", nargs="*", help="only these tables (default: all)")
-    export.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
-    export.add_argument("--schema", metavar="FILE",
-                        help="shape values by this schema file (bools, lists)")
-    export.add_argument("--directory", metavar="URL",
-                        help="read a SpacetimeDB database (spacetimedb://HOST:PORT/DB) instead "
-                             "of the SQLite file (token: KOMM_SPACETIMEDB_TOKEN_FILE or "
-                             "KOMM_SPACETIMEDB_TOKEN)")
+    _store_arguments(export, "shape values by this schema file (bools, lists)",
+                     spacetimedb=True)
     export.set_defaults(run=run_export)
     load = actions.add_parser("import", help="validate, then insert or replace rows")
     load.add_argument("file", help="JSON as written by `db export` ('-' for stdin)")
-    load.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
-    load.add_argument("--schema", metavar="FILE",
-                      help=f"validate by this schema file (default: {DEFAULT_SCHEMA} when "
+    _store_arguments(load, f"validate by this schema file (default: {DEFAULT_SCHEMA} when "
                            "it exists)")
     load.set_defaults(run=run_import)
     delete = actions.add_parser("delete", help="delete rows by primary key")
     delete.add_argument("table", help="the table")
     delete.add_argument("keys", nargs="+", metavar="KEY",
                         help="primary-key values (rowid when the table declares none)")
-    delete.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
-    delete.add_argument("--schema", metavar="FILE",
-                        help="match address keys case-insensitively by this schema file")
+    _store_arguments(delete, "match address keys case-insensitively by this schema file")
     delete.set_defaults(run=run_delete)
+
+
+def _store_arguments(parser: argparse.ArgumentParser, schema_help: str | None = None, *,
+                     spacetimedb: bool = False) -> None:
+    """The options naming the store every `db` action reads: `--path`, and `--schema`
+    (with what this action uses it for) and `--directory` where the action takes them."""
+    parser.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
+    if schema_help is not None:
+        parser.add_argument("--schema", metavar="FILE", help=schema_help)
+    if spacetimedb:
+        parser.add_argument("--directory", metavar="URL",
+                            help="read a SpacetimeDB database (spacetimedb://HOST:PORT/DB) "
+                                 "instead of the SQLite file (token: "
+                                 "KOMM_SPACETIMEDB_TOKEN_FILE or KOMM_SPACETIMEDB_TOKEN)")
 
 
 def _schema(args: argparse.Namespace, command: str) -> Schema | None:
