@@ -232,17 +232,9 @@ def load_config(
     for option in OPTIONS:
         if option.env in env:
             values[option.name] = _parse(option, env[option.env], option.env, problems)
-    token_file = env.get("KOMM_TOKEN_FILE")
-    if token_file:
-        values["token"] = _read_token(Path(token_file), "KOMM_TOKEN_FILE", problems)
-    log_token_file = env.get("KOMM_LOG_SPACETIMEDB_TOKEN_FILE")
-    if log_token_file:
-        values["log_spacetimedb_token"] = _read_token(
-            Path(log_token_file), "KOMM_LOG_SPACETIMEDB_TOKEN_FILE", problems)
-    stdb_token_file = env.get("KOMM_SPACETIMEDB_TOKEN_FILE")
-    if stdb_token_file:
-        values["spacetimedb_token"] = _read_token(
-            Path(stdb_token_file), "KOMM_SPACETIMEDB_TOKEN_FILE", problems)
+    for _section, _key, env_name, token_option in _TOKEN_FILES:
+        if env.get(env_name):
+            values[token_option] = _read_token(Path(env[env_name]), env_name, problems)
     for name, value in (overrides or {}).items():
         if value is None:
             continue
@@ -263,11 +255,15 @@ def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
         return None
 
 
-_TOKEN_FILES = {("server", "token_file"): "token",
-                ("directory", "token_file"): "spacetimedb_token",
-                ("log", "spacetimedb_token_file"): "log_spacetimedb_token"}
-"""Options whose value is a file holding a secret: (section, key) → the `Config` field
-that receives the file's text (a secret never stands in the TOML file itself)."""
+_TOKEN_FILES = (("server", "token_file", "KOMM_TOKEN_FILE", "token"),
+                ("log", "spacetimedb_token_file", "KOMM_LOG_SPACETIMEDB_TOKEN_FILE",
+                 "log_spacetimedb_token"),
+                ("directory", "token_file", "KOMM_SPACETIMEDB_TOKEN_FILE",
+                 "spacetimedb_token"))
+"""Options whose value is a file holding a secret: (section, key, environment variable,
+the `Config` field that receives the file's text), so a secret need not stand in the TOML
+file or the environment."""
+_TOKEN_FILE_KEYS = {(section, key): name for section, key, _env, name in _TOKEN_FILES}
 
 
 def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
@@ -294,7 +290,7 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
             problems.append(f"{path}: `{section}` must be a [section]")
             continue
         for key, value in table.items():
-            token_option = _TOKEN_FILES.get((section, key))
+            token_option = _TOKEN_FILE_KEYS.get((section, key))
             if token_option is not None:
                 origin = f"{path} [{section}] {key}"
                 if isinstance(value, str):
