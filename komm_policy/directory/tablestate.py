@@ -1,0 +1,236 @@
+"""One table's rows and indexes inside a snapshot: built whole, or updated by changes.
+
+Indexes map a key to a bucket: the tuple of matching rows in first-row order.  The key
+of a one-column equality index is the column's key itself; of a wider one, the tuple of
+the columns' keys; of a network index, (IP version, prefix length, network number, keys
+of the other columns…).  Rows and buckets live in HAMT maps (`immutables`), so a changed
+row costs O(log n) per index and the previous state stays intact.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import immutables
+
+from .keys import column_key, key_normalizer
+from .rows import Row, describe_key, ident_of, make_row, order_function, row_class, sort_key
+from .schema import BadValue, Table, decode_value
+
+BadRow = Callable[[str, str, str], None]
+"""`on_bad_row(table, row key, reason)`."""
+
+
+class IndexSpec(NamedTuple):
+    """An index a lookup reads: equality on `columns`, or (`kind="net"`) containment of an
+    IP in the network of the first column and equality on the others."""
+
+    table: str
+    columns: tuple[str, ...]
+    kind: str = "eq"
+
+
+def spec_name(spec: IndexSpec) -> str:
+    """An index's name, e.g. `account(email,is_active)` or `blocked_ips(ip~)` for a
+    network index; lookups may name an index this way."""
+    return f"{spec.table}({','.join(spec.columns)}{'~' if spec.kind == 'net' else ''})"
+
+
+NetLengths = tuple[immutables.Map, dict[int, tuple[tuple[int, int], ...]]]
+"""A network index's prefix lengths in use: (Map[(version, length) → networks],
+{version: ((length, shift), …) longest first}); an IP of width w is looked up under
+`value >> shift` for each, shift = w - length."""
+
+
+class TableState:
+    """One table's rows and indexes, immutable once built."""
+
+    __slots__ = ("buckets", "cls", "net_lengths", "normalizers", "order", "rows", "table")
+
+    def __init__(self, table: Table, cls: type[Row], rows: immutables.Map,
+                 buckets: dict[IndexSpec, immutables.Map],
+                 net_lengths: dict[IndexSpec, NetLengths],
+                 normalizers: dict[IndexSpec, tuple[Callable[[Any], Any], ...]] | None = None
+                 ) -> None:
+        self.table = table
+        self.cls = cls
+        self.order = order_function(table)
+        self.rows = rows
+        """ident → Row"""
+        self.buckets = buckets
+        """spec → Map[key → tuple of rows in first-row order]"""
+        self.net_lengths = net_lengths
+        self.normalizers = normalizers if normalizers is not None else {
+            spec: tuple(key_normalizer(table.by_name[c]) for c in spec.columns)
+            for spec in buckets}
+        """spec → per column: lookup value → index key (None: matches nothing)"""
+
+    @classmethod
+    def empty(cls, table: Table, specs: Iterable[IndexSpec]) -> TableState:
+        specs = list(specs)
+        return cls(table, row_class(table), immutables.Map(),
+                   {s: immutables.Map() for s in specs},
+                   {s: (immutables.Map(), {}) for s in specs if s.kind == "net"})
+
+    def evolve(self, rows: immutables.Map, buckets: dict[IndexSpec, immutables.Map],
+               net_lengths: dict[IndexSpec, NetLengths]) -> TableState:
+        return TableState(self.table, self.cls, rows, buckets, net_lengths, self.normalizers)
+
+
+def bucket_key(table: Table, spec: IndexSpec, values: Mapping[str, Any]) -> Any:
+    """A row's key in the index `spec` (None: the row is not in it)."""
+    columns = spec.columns
+    if spec.kind == "eq" and len(columns) == 1:
+        return column_key(table.by_name[columns[0]], values[columns[0]])
+    net_column = spec.kind == "net"
+    key = tuple(column_key(table.by_name[c], values[c]) for c in columns[net_column:])
+    if None in key:
+        return None
+    if net_column:
+        net = values[columns[0]]
+        if net is None:
+            return None
+        return (net.version, net.prefixlen, int(net.network_address) >> (
+            net.max_prefixlen - net.prefixlen), *key)
+    return key
+
+
+def _lengths(counts: immutables.Map) -> NetLengths:
+    by_version: dict[int, list[tuple[int, int]]] = {}
+    for version, length in sorted(counts.keys(), key=lambda vl: -vl[1]):
+        by_version.setdefault(version, []).append((length, (32 if version == 4 else 128)
+                                                   - length))
+    return counts, {v: tuple(ls) for v, ls in by_version.items()}
+
+
+def build_table(state: TableState, inserted: Iterable[Mapping[str, Any]],
+                on_bad_row: BadRow | None) -> TableState:
+    """`state` (empty) filled with whole tables: plain dictionaries, frozen once."""
+    table = state.table
+    columns = table.columns
+    order = state.order
+    cls = state.cls
+    rows: dict[Any, Row] = {}
+    for raw in inserted:
+        try:
+            values = {c.name: decode_value(c, raw.get(c.name)) for c in columns}
+        except BadValue as exc:
+            rows.pop(ident_of(table, raw), None)
+            if on_bad_row is not None:
+                on_bad_row(table.name, describe_key(table, raw), str(exc))
+            continue
+        ident = ident_of(table, raw)
+        rows[ident] = make_row(cls, values, ident, order(values, ident))
+    buckets: dict[IndexSpec, dict[Any, Any]] = {}
+    lengths = {}
+    for spec in state.buckets:
+        index: dict[Any, Any] = {}
+        for row in rows.values():
+            key = bucket_key(table, spec, _values(row))
+            if key is not None:
+                bucket = index.get(key)
+                if bucket is None:
+                    index[key] = (row,)
+                else:
+                    index[key] = (*bucket, row)
+        for key, bucket in index.items():
+            if len(bucket) > 1:
+                index[key] = tuple(sorted(bucket, key=sort_key))
+        buckets[spec] = immutables.Map(index)
+        if spec.kind == "net":
+            counts: dict[tuple[int, int], int] = {}
+            for key in index:
+                counts[key[:2]] = counts.get(key[:2], 0) + 1
+            lengths[spec] = _lengths(immutables.Map(counts))
+    return state.evolve(immutables.Map(rows), buckets, lengths)
+
+
+class _Values:
+    """A row's columns as a mapping, without building a dict."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: Row) -> None:
+        self.row = row
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self.row, name)
+
+
+def _values(row: Row) -> Mapping[str, Any]:
+    return _Values(row)  # type: ignore[return-value]
+
+
+def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
+                inserted: Iterable[Mapping[str, Any]], on_bad_row: BadRow | None
+                ) -> TableState:
+    """The next state: `deleted` rows removed, then `inserted` rows added (an insert over
+    an existing identity replaces it).  `state` is not modified."""
+    table = state.table
+    rows = state.rows.mutate()
+    buckets = {spec: m.mutate() for spec, m in state.buckets.items()}
+    counts = {spec: pair[0].mutate() for spec, pair in state.net_lengths.items()}
+
+    def unindex(ident: Any) -> None:
+        old = rows.get(ident)
+        if old is None:
+            return
+        values = _values(old)
+        del rows[ident]
+        for spec, index in buckets.items():
+            key = bucket_key(table, spec, values)
+            if key is None:
+                continue
+            rest = tuple(r for r in index.get(key, ()) if r is not old)
+            if rest:
+                index[key] = rest
+            else:
+                del index[key]
+                if spec.kind == "net":
+                    _count(counts[spec], key[:2], -1)
+
+    for raw in deleted:
+        unindex(ident_of(table, raw))
+    for raw in inserted:
+        ident = ident_of(table, raw)
+        try:
+            values = {c.name: decode_value(c, raw.get(c.name)) for c in table.columns}
+        except BadValue as exc:
+            unindex(ident)  # an update to a bad value removes the old row too
+            if on_bad_row is not None:
+                on_bad_row(table.name, describe_key(table, raw), str(exc))
+            continue
+        unindex(ident)
+        row = make_row(state.cls, values, ident, state.order(values, ident))
+        rows[ident] = row
+        for spec, index in buckets.items():
+            key = bucket_key(table, spec, values)
+            if key is None:
+                continue
+            bucket = index.get(key)
+            if bucket is None:
+                index[key] = (row,)
+                if spec.kind == "net":
+                    _count(counts[spec], key[:2], +1)
+            else:
+                items = list(bucket)
+                insort(items, row, key=sort_key)
+                index[key] = tuple(items)
+    lengths = {}
+    for spec, mutable in counts.items():
+        finished = mutable.finish()
+        old_counts, old_order = state.net_lengths[spec]
+        lengths[spec] = ((finished, old_order) if set(finished.keys()) == set(
+            old_counts.keys()) else _lengths(finished))
+    return state.evolve(rows.finish(), {spec: m.finish() for spec, m in buckets.items()},
+                        lengths)
+
+
+def _count(counts: Any, key: tuple[int, int], delta: int) -> None:
+    value = counts.get(key, 0) + delta
+    if value:
+        counts[key] = value
+    else:
+        del counts[key]
