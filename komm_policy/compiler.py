@@ -38,7 +38,7 @@ from .program import (
     Statement,
     as_closure,
 )
-from .table_lookups import table_closure, unchecked_table_closure
+from .table_lookups import Sites, settle_sites, table_closure, unchecked_table_closure
 from .text import reply_text, to_text
 
 
@@ -68,6 +68,7 @@ def compile_program(
         else CompiledStage(name, (), Outcome("accept"), None)
         for name in STAGE_ORDER
     }
+    settle_sites(compiler.sites)
     return stages, settings
 
 
@@ -84,6 +85,10 @@ class _Compiler:
         """Quantifiers enclosing the expression being compiled, through inlined calls."""
         self.params: dict[str, Compiled] = {}
         """Inside an inlined function body: each parameter's compiled argument."""
+        self.sites: Sites = {}
+        """Every table lookup call compiled (which need a per-decision memo)."""
+        self.arguments = 0
+        """Function arguments being compiled (a parameter may be read several times)."""
 
     def type_of(self, expr: n.Expr) -> t.Type:
         return self.types.get(id(expr), t.ANY)
@@ -353,9 +358,14 @@ class _Compiler:
             call = self.analysis.table_calls.get(id(expr))
             if call is None:  # no schema file: W209; the lookup fails into the fallback
                 return unchecked_table_closure(expr.func)
-            getters = tuple(as_closure(self.expr(k)) for k in call.keys)
-            return table_closure(call.label, str(builtin.impl), call.spec, getters,
-                                 builtin.none_result)
+            schema = self.analysis.schema
+            table = schema.tables.get(call.spec.table) if schema is not None else None
+            columns = (tuple(table.by_name[c] for c in call.spec.columns)
+                       if table is not None else None)
+            return table_closure(call.label, str(builtin.impl), call.spec,
+                                 tuple(self.expr(k) for k in call.keys), columns,
+                                 builtin.none_result, self.sites,
+                                 repeated=self.depth > 0 or self.arguments > 0)
         args = [self.expr(a) for a in expr.args]
         optional = any(self.type_of(a).optional for a in expr.args)
         none_result = builtin.none_result

@@ -33,8 +33,8 @@ class EvalContext:
 
     __slots__ = (
         "_headers", "_rcpt", "_sender", "_to", "clock", "deadline_at", "directory", "dry_run",
-        "errors", "failures", "logs", "lookup_log", "memo", "request", "settings", "timed",
-        "trace_steps", "vars",
+        "errors", "failures", "logs", "lookup_log", "memo", "request", "settings", "tables",
+        "timed", "trace_steps", "vars",
     )
 
     def __init__(self, request: Request, directory: Directory, settings: Limits,
@@ -48,6 +48,9 @@ class EvalContext:
         self.memo: dict[tuple[Any, ...], Any] = {}
         self.lookup_log: list[Any] = []
         self.deadline_at: float | None = None
+        self.tables: Any = None
+        """The decision's local table snapshot (a `TablesSnapshot`) while compiled table
+        lookups may read it in place: not timed, and nothing has failed yet."""
         # Created on first use: most decisions never need them.
         self.failures: dict[tuple[Any, ...], str] | None = None
         self.vars: list[Any] | None = None

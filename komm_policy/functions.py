@@ -272,6 +272,7 @@ class Inliner(Protocol):
 
     slots: dict[str, int]
     params: dict[str, Compiled]
+    arguments: int
 
     def expr(self, expr: n.Expr) -> Compiled: ...
 
@@ -280,7 +281,11 @@ def inline(compiler: Inliner, instance: Instance, call: n.Call) -> Compiled:
     """Compile a call as its body, each parameter bound to the argument compiled in the
     caller's scope.  The caller's quantifier variables are not visible in the body (its own
     quantifiers take slots above the caller's, so arguments still read theirs)."""
-    args = [compiler.expr(arg) for arg in call.args]
+    compiler.arguments += 1  # a parameter read twice runs its argument twice
+    try:
+        args = [compiler.expr(arg) for arg in call.args]
+    finally:
+        compiler.arguments -= 1
     saved = compiler.slots, compiler.params
     compiler.slots = {}
     compiler.params = dict(zip(instance.function.params, args, strict=True))

@@ -77,6 +77,7 @@ def failed(ctx: EvalContext, name: str, args: tuple[Any, ...], key: tuple[Any, .
     failure = LookupFailed(f"{name}({describe_args(args)}) {detail}")
     if ctx.failures is None:
         ctx.failures = {}
+        ctx.tables = None  # from now on every lookup checks the failures first
     ctx.failures[key] = str(failure)
     ctx.lookup_log.append(LookupRecord(name, args, None, str(failure), elapsed_ms))
     return failure

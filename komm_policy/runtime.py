@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .context import EvalContext
 from .decision import DEFAULT_REPLIES, Decision, DryRunHit, RuleRef, TraceStep
 from .directory import Directory
+from .directory.snapshot import TablesSnapshot
 from .lookups import DeadlineExceeded, LookupFailed
 from .outgoing import UnsafeValue, add_header, add_recipient, delete_recipient
 from .program import CONTINUE, CompiledRule, CompiledStage, Outcome
@@ -42,6 +43,13 @@ def decide(
     if snapshot is not None:
         directory = snapshot()
     ctx = EvalContext(request, directory, settings, clock, timed)
+    if policy_set.needs.indexes and not timed:
+        try:
+            tables = directory.tables
+        except Exception:  # unavailable: each lookup fails into its `on error`
+            tables = None
+        if tables.__class__ is TablesSnapshot:
+            ctx.tables = tables
     if timed:  # the deadline counts from here (local indexes cannot overrun it)
         ctx.deadline_at = clock() + settings.deadline
     stage = policy_set.stages.get(request.context.stage)

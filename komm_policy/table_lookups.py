@@ -1,70 +1,213 @@
 """Running a table lookup inside a decision: `lookup`, `lookup_all`, `exists`.
 
-The same rules as the helper lookups (`lookups.py`): memoised per decision by function,
-index and keys (failures too); a none key matches nothing and reads nothing; timed and
-deadline-checked on backends that may block; a failure becomes `LookupFailed`, so the
-rule's `on error` or the settings' fallback applies.  The read itself is a dictionary (or
-prefix) read of the decision's snapshot: `snapshot.tables.<method>(spec, keys)`.
+The same rules as the helper lookups (`lookups.py`): memoised per decision by call (its
+label and constant keys) and dynamic keys, failures too; a none key matches nothing and
+reads nothing; timed and deadline-checked on backends that may block; a failure becomes
+`LookupFailed`, so the rule's `on error` or the settings' fallback applies; every lookup
+performed is recorded in the decision.
+
+Fast path: a decision on a local snapshot that is not timed has `ctx.tables` (until a
+lookup fails); a call then reads it with a reader specialised when compiled
+(`table_readers`), in the closure itself.  A call the compiler proved to run at most once
+per decision, with no other call sharing its memo entries, skips the memo
+(`LookupSite`).  Everything else (a blocking backend, a trace, a remembered failure, a
+stand-in for the tables, other call shapes) takes the generic path:
+`snapshot.tables.<method>(index name, keys)` through `run_lookup`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .context import EvalContext
 from .decision import LookupRecord
 from .directory import DirectoryError
+from .directory.schema import Column
 from .directory.snapshot import IndexSpec, spec_name
 from .lookups import failed, run_lookup
-from .program import Closure
+from .program import Closure, Compiled, Const
+from .table_readers import reader
 
 _MISSING = object()
 
 
-def table_closure(label: str, method: str, spec: IndexSpec, getters: tuple[Closure, ...],
-                  none_result: Any) -> Closure:
-    """A compiled table lookup.  `label` names it in records and metrics."""
+class LookupSite:
+    """One compiled table lookup call.  Memoised unless the compiler proved that it runs
+    at most once per decision and that no other call shares its memo entries
+    (`settle_sites`): then a memo would only cost a key, a read and a write."""
+
+    __slots__ = ("memo", "repeated")
+
+    def __init__(self, repeated: bool) -> None:
+        self.memo = True
+        self.repeated = repeated
+        """Inside a quantifier body or a function argument (a parameter may be read
+        several times): may run more than once per decision."""
+
+
+Sites = dict[str, list[LookupSite]]
+"""Every compiled table lookup call of a policy set, by memo tag."""
+
+
+def settle_sites(sites: Sites) -> None:
+    """After compiling a whole set: a tag with one call that is not `repeated` is read
+    at most once per decision and needs no memo."""
+    for calls in sites.values():
+        if len(calls) == 1 and not calls[0].repeated:
+            calls[0].memo = False
+
+
+Slow = Callable[[EvalContext, tuple[Any, ...], tuple[Any, ...]], Any]
+
+
+def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compiled],
+                  columns: Sequence[Column] | None, none_result: Any,
+                  sites: Sites | None = None, repeated: bool = True) -> Compiled:
+    """A compiled table lookup.  `label` names it in records and metrics; `keys` are the
+    compiled key expressions in the index's column order; `columns` their columns in the
+    compiled set's schema (None: no specialisation).  The call registers in `sites`
+    (see `LookupSite`; without `sites` it is always memoised)."""
     name = spec_name(spec)
+    constants: dict[int, Any] = {i: k.value for i, k in enumerate(keys) if isinstance(k, Const)}
+    if any(v is None for v in constants.values()):
+        return Const(none_result)  # a constant none key: the lookup matches nothing
+    dynamic = tuple(i for i in range(len(keys)) if i not in constants)
+    getters = tuple(keys[i] for i in dynamic)  # type: ignore[misc]
+    tag = label if not constants else f"{label} {sorted(constants.items())!r}"
+    """The memo key's first part: two calls share memo entries when they read the same
+    index with the same constant keys."""
+    site = LookupSite(repeated)
+    if sites is not None:
+        sites.setdefault(tag, []).append(site)
+    record_keys = _record_keys(len(keys), constants)
 
-    def call_with(keys: tuple[Any, ...]) -> Any:
+    def slow(ctx: EvalContext, values: tuple[Any, ...], memo_key: tuple[Any, ...]) -> Any:
+        """Through the snapshot's `first`/`all`/`exists`, timed when the backend may
+        block; failures recorded and remembered."""
+        args = record_keys(values)
+
         def call(directory: Any) -> Any:
-            return getattr(directory.tables, method)(name, keys)
-        return call
-
-    def slow(ctx: EvalContext, keys: tuple[Any, ...], memo_key: tuple[Any, ...]) -> Any:
+            return getattr(directory.tables, method)(name, args)
         if ctx.timed or ctx.failures is not None:
-            return run_lookup(ctx, label, method, keys, memo_key, call_with(keys))
+            return run_lookup(ctx, label, method, args, memo_key, call)
         try:
-            value = getattr(ctx.directory.tables, method)(name, keys)
+            value = call(ctx.directory)
         except Exception as exc:
-            raise failed(ctx, label, keys, memo_key, exc, None) from exc
+            raise failed(ctx, label, args, memo_key, exc, None) from exc
         ctx.memo[memo_key] = value
-        ctx.lookup_log.append(LookupRecord(label, keys, value, None, None))
+        ctx.lookup_log.append(LookupRecord(label, args, value))
         return value
 
+    read = reader(spec, name, constants, dynamic, columns, method)
+    if read is None:
+        return _generic(tag, getters, none_result, slow)
     if len(getters) == 1:
-        (get,) = getters
+        (i,) = dynamic
+        before = tuple(constants[k] for k in range(i))
+        after = tuple(constants[k] for k in range(i + 1, len(keys)))
+        return _one_key(label, tag, site, getters[0], read, (before, after), none_result,
+                        slow)
+    return _two_keys(label, tag, site, getters, read, record_keys, none_result, slow)
 
-        def table_lookup1(ctx: EvalContext) -> Any:
-            key = get(ctx)
-            if key is None:
-                return none_result  # a none key matches nothing: no read at all
-            memo_key = (label, key)
-            value = ctx.memo.get(memo_key, _MISSING)
-            if value is not _MISSING:
-                return value
-            return slow(ctx, (key,), memo_key)
-        return table_lookup1
+
+def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
+             around: tuple[tuple[Any, ...], tuple[Any, ...]], none_result: Any,
+             slow: Slow) -> Closure:
+    """One dynamic key; `around`: the constant keys before and after it (for records)."""
+    records = LookupRecord
+    before, after = around
+
+    def table_lookup1(ctx: EvalContext) -> Any:
+        value = get(ctx)
+        if value is None:
+            return none_result  # a none key matches nothing: no read at all
+        memo = site.memo
+        if memo:
+            result = ctx.memo.get((tag, value), _MISSING)
+            if result is not _MISSING:
+                return result
+        tables = ctx.tables
+        if tables is not None:
+            try:
+                result = read(tables, value)
+            except Exception:  # e.g. an index this snapshot lacks: the slow path fails it
+                return slow(ctx, (value,), (tag, value))
+            if memo:
+                ctx.memo[(tag, value)] = result
+            ctx.lookup_log.append(records(label, (*before, value, *after), result))
+            return result
+        return slow(ctx, (value,), (tag, value))
+    return table_lookup1
+
+
+def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ...],
+              read: Any, record_keys: Callable[[tuple[Any, ...]], tuple[Any, ...]],
+              none_result: Any, slow: Slow) -> Closure:
+    first, second = getters
+    records = LookupRecord
+
+    def table_lookup2(ctx: EvalContext) -> Any:
+        a = first(ctx)
+        b = second(ctx)
+        if a is None or b is None:
+            return none_result
+        memo = site.memo
+        if memo:
+            result = ctx.memo.get((tag, a, b), _MISSING)
+            if result is not _MISSING:
+                return result
+        tables = ctx.tables
+        if tables is not None:
+            try:
+                result = read(tables, a, b)
+            except Exception:
+                return slow(ctx, (a, b), (tag, a, b))
+            if memo:
+                ctx.memo[(tag, a, b)] = result
+            ctx.lookup_log.append(records(label, record_keys((a, b)), result))
+            return result
+        return slow(ctx, (a, b), (tag, a, b))
+    return table_lookup2
+
+
+def _record_keys(width: int, constants: dict[int, Any]
+                 ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """The lookup's keys in column order (for its record) from the dynamic ones."""
+    if not constants:
+        return lambda values: values
+    dynamic = [i for i in range(width) if i not in constants]
+    if dynamic and dynamic == list(range(dynamic[0], dynamic[-1] + 1)):  # one run
+        before = tuple(constants[i] for i in range(dynamic[0]))
+        after = tuple(constants[i] for i in range(dynamic[-1] + 1, width))
+        return lambda values: (*before, *values, *after)
+
+    def merge(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        it = iter(values)
+        return tuple(constants[i] if i in constants else next(it) for i in range(width))
+    return merge
+
+
+def _generic(tag: str, getters: tuple[Closure, ...], none_result: Any, slow: Slow
+             ) -> Closure:
+    """Any number of dynamic keys, read through the snapshot's `first`/`all`/`exists`."""
+    if not getters:
+        memo_key = (tag,)
+
+        def table_lookup0(ctx: EvalContext) -> Any:
+            result = ctx.memo.get(memo_key, _MISSING)
+            return slow(ctx, (), memo_key) if result is _MISSING else result
+        return table_lookup0
 
     def table_lookup(ctx: EvalContext) -> Any:
-        keys = tuple([g(ctx) for g in getters])
-        if None in keys:
+        values = tuple([g(ctx) for g in getters])
+        if None in values:
             return none_result
-        memo_key = (label, *keys)
-        value = ctx.memo.get(memo_key, _MISSING)
-        if value is not _MISSING:
-            return value
-        return slow(ctx, keys, memo_key)
+        memo_key = (tag, *values)
+        result = ctx.memo.get(memo_key, _MISSING)
+        if result is not _MISSING:
+            return result
+        return slow(ctx, values, memo_key)
     return table_lookup
 
 

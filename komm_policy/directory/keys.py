@@ -51,7 +51,10 @@ def key_normalizer(column: Column) -> Callable[[Any], Any]:
     kind = column.type
     if kind == "address":
         def address(value: Any) -> Any:
-            return address_key(value) if value.__class__ is str else None
+            if value.__class__ is not str:
+                return None
+            text = value.strip()  # `address_key`, its ASCII case without a call
+            return text.lower() if text.isascii() else comparison_form(text)
         return address
     if kind in ("text", "enum"):
         def text(value: Any) -> Any:
