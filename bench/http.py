@@ -4,6 +4,9 @@ Both servers run under the same uvicorn settings (uvloop + httptools, access log
 same worker count) on loopback, in separate processes from wrk.  They are measured
 alternately (no-op, komm, no-op, komm, …) so drift on this shared machine hits both.
 komm-policy runs as deployed: shipped policies, demo SQLite store, decision log on.
+At the highest connection count a fourth server adds the SpacetimeDB reducer sink
+(`[log] spacetimedb`, batches of 100) against the SpacetimeDB double, which runs in a
+thread of this process (so its CPU, parsing every call, competes on this machine too).
 """
 
 from __future__ import annotations
@@ -99,12 +102,30 @@ def _deployment() -> Path:
     return folder
 
 
-def _servers(folder: Path, workers: int) -> dict[str, Server]:
-    """The no-op baseline, komm-policy as deployed, and komm-policy without its decision
-    log (to show what the log costs)."""
+def _double() -> Any:
+    """The SpacetimeDB double serving a module with the decision-log reducer
+    (`log_decisions(records: Vec<DecisionRecord>)`, docs/spacetimedb-log.md)."""
+    from tests.spacetimedb_double import DoubleServer
+    return DoubleServer({"databases": {"komm": {
+        "types": {"DecisionRecord": {"struct": {"id": "String", "record": "String"}}},
+        "reducers": {"log_decisions": [["records", "Array<Ref:DecisionRecord>"]]},
+        "tables": {}}}}).start()
+
+
+def _forget_calls(double: Any) -> None:
+    """Drop what the double recorded (it keeps every call): memory stays bounded."""
+    database = double.state.databases["komm"]
+    database.calls.clear()
+    database.logged.clear()
+
+
+def _servers(folder: Path, workers: int, double: Any = None) -> dict[str, Server]:
+    """The no-op baseline, komm-policy as deployed, komm-policy without its decision
+    log (to show what the log costs), and with `double`, komm-policy whose log also
+    feeds the SpacetimeDB reducer sink."""
     servers: dict[str, Server] = {}
     try:
-        _start(servers, folder, workers)
+        _start(servers, folder, workers, double)
     except BaseException:
         for server in servers.values():
             server.stop()
@@ -112,16 +133,23 @@ def _servers(folder: Path, workers: int) -> dict[str, Server]:
     return servers
 
 
-def _start(servers: dict[str, Server], folder: Path, workers: int) -> None:
+def _start(servers: dict[str, Server], folder: Path, workers: int, double: Any) -> None:
     port = _free_port()
     servers["noop"] = Server([sys.executable, "-m", "uvicorn", "bench.noop_app:app",
                               "--host", "127.0.0.1", "--port", str(port), "--workers",
                               str(workers), "--log-level", "warning", "--no-access-log"],
                              port, ROOT)
-    for name, log_flags in (("komm", ["--log-jsonl", "decisions.jsonl"]),
-                            ("komm_nolog", ["--log-jsonl", ""])):
+    variants = [("komm", ["--log-jsonl", "decisions.jsonl"]),
+                ("komm_nolog", ["--log-jsonl", ""])]
+    if double is not None:
+        variants.append(("komm_stdb", ["--log-jsonl", "decisions-stdb.jsonl"]))
+    for name, log_flags in variants:
         port = _free_port()
         env = {"KOMM_LOG_SQLITE": "false"} if name == "komm_nolog" else {}
+        if name == "komm_stdb":
+            env = {"KOMM_LOG_SPACETIMEDB": f"spacetimedb://127.0.0.1:{double.port}/komm",
+                   "KOMM_LOG_SPOOL": "var/spool-stdb",
+                   "KOMM_LOG_SPACETIMEDB_DEAD_LETTER": "var/stdb-dead-letter.jsonl"}
         servers[name] = Server([sys.executable, "-m", "komm_policy", "serve", "--host",
                                 "127.0.0.1", "--port", str(port), "--workers", str(workers),
                                 "--policies", "policies", "--directory", "sqlite:komm.sqlite3",
@@ -130,26 +158,33 @@ def _start(servers: dict[str, Server], folder: Path, workers: int) -> None:
 
 
 def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: float,
-        rounds: int, log: Any = print) -> dict[str, Any]:
+        rounds: int, sink: bool = True, log: Any = print) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not installed (Debian package wrk; `make bench` installs "
                            "it)"}
     rows = []
     for worker_count in workers:
         folder = _deployment()
+        double = _double() if sink else None
         try:
-            servers = _servers(folder, worker_count)
+            servers = _servers(folder, worker_count, double)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            if double is not None:
+                double.stop()
             raise
         try:
             for server in servers.values():  # warm them up
                 wrk(server.url, max(connections), 1)
             for conns in connections:
                 samples: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+                if conns != max(connections):  # the sink: at the highest count only
+                    samples.pop("komm_stdb", None)
                 for _ in range(rounds):
-                    for name, server in servers.items():
-                        samples[name].append(wrk(server.url, conns, seconds))
+                    for name in samples:
+                        samples[name].append(wrk(servers[name].url, conns, seconds))
+                    if double is not None:
+                        _forget_calls(double)
                 row: dict[str, Any] = {"workers": worker_count, "connections": conns}
                 for name, runs in samples.items():
                     for key in ("rps", "p50_ms", "p99_ms"):
@@ -157,13 +192,20 @@ def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: floa
                     row[f"{name}_rps_runs"] = [r["rps"] for r in runs]
                 row["ratio"] = row["komm_rps"] / row["noop_rps"]
                 row["ratio_nolog"] = row["komm_nolog_rps"] / row["noop_rps"]
+                with_sink = ""
+                if "komm_stdb" in samples:
+                    row["ratio_stdb"] = row["komm_stdb_rps"] / row["noop_rps"]
+                    with_sink = f", with the SpacetimeDB sink: {row['ratio_stdb']:.2f}"
                 rows.append(row)
                 log(f"  workers={worker_count} connections={conns:>2}: komm "
                     f"{row['komm_rps']:8.0f} req/s (p50 {row['komm_p50_ms']:.2f} ms, p99 "
                     f"{row['komm_p99_ms']:.2f} ms)  no-op {row['noop_rps']:8.0f} req/s  "
-                    f"ratio {row['ratio']:.2f} (log off: {row['ratio_nolog']:.2f})")
+                    f"ratio {row['ratio']:.2f} (log off: {row['ratio_nolog']:.2f}"
+                    f"{with_sink})")
         finally:
             for server in servers.values():
                 server.stop()
+            if double is not None:
+                double.stop()
             shutil.rmtree(folder, ignore_errors=True)
     return {"rows": rows, "request": REQUEST.name, "seconds": seconds, "rounds": rounds}
