@@ -23,6 +23,7 @@ from lark import Token, Tree
 
 from komm_policy import nodes as n
 from komm_policy import parser as parser_module
+from komm_policy import parser_expressions as parser_expressions_module
 from komm_policy import syntax_errors as syntax_errors_module
 from komm_policy.errors import Diagnostic, Severity, Span, render
 from komm_policy.grammar import lark_parser as _parser
@@ -758,6 +759,7 @@ def test_rejected(source, code, line, column, fragment):
 
 def test_every_syntax_error_code_is_in_the_table():
     emitted = set(re.findall(r'"(E0[0-9]{2})"', inspect.getsource(parser_module)
+                             + inspect.getsource(parser_expressions_module)
                              + inspect.getsource(syntax_errors_module)))
     assert emitted == {f"E0{i:02d}" for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14)}
     tested = {r[2] for r in REJECTED} | {"E013"}  # E013 has its own tests below
