@@ -2,7 +2,8 @@
 
 - `http`: `SpacetimeHttp` (`/v1/identity`, `/sql`, `/schema?version=9`), `Endpoint`
   (`spacetimedb://HOST:PORT/DB`, `spacetimedb+https://…`), `quote_literal`.
-- `sats`: SATS types and the schema-driven decoder (rows as objects or arrays).
+- `sats`: the schema-driven decoder (rows as objects or arrays); `sats_types`: the SATS
+  types it decodes.
 - `schema`: the module definition (`RawModuleDefV9`): tables, columns, access, RLS.
 - `protocol`: the WebSocket messages; `subscription`: the reconnecting subscriber.
 

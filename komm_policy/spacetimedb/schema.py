@@ -17,7 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .sats import ProductType, SatsError, SatsType, Typespace, parse_option_str, parse_type
+from .sats_types import (
+    ProductType,
+    SatsError,
+    SatsType,
+    Typespace,
+    parse_option_str,
+    parse_type,
+)
 
 
 @dataclass(frozen=True, slots=True)
