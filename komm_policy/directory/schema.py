@@ -17,31 +17,11 @@ The file (TOML)::
     columns.status = { type = "enum", variants = ["Active", "Expired"] }
     columns.until  = { type = "timestamp", optional = true }
 
-Column types (meanings) and the values the replica holds for them (`decode_value`):
-
-=========  ============================================  ================================
-meaning    value in a row                                SQLite / SATS storage
-=========  ============================================  ================================
-text       str                                           TEXT / String
-address    str, lower-case                               TEXT / String
-network    `ipaddress` network (a host is a /32, /128)   TEXT / String
-enum       str, the variant name                         TEXT / sum of unit variants
-bool       bool                                          INTEGER 0/1 / Bool
-integer    int                                           INTEGER / I8…I256, U8…U256
-float      float                                         REAL / F32, F64
-timestamp  int, microseconds since the Unix epoch        INTEGER seconds / Timestamp
-identity   str, 64 lower-case hex digits                 TEXT hex / Identity
-list       tuple of `element` values                     (JSON text) / Array, Vec
-=========  ============================================  ================================
-
-`optional = true` allows none (SQL NULL, SATS `Option`).  A value that does not fit its
-column raises `BadValue`; the replica skips such a row with a warning, `db import` refuses
-the whole file.
+Column meanings and the values the replica holds for them: `columns`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -49,39 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..ipset import normalize_network
+from .columns import INDEXABLE, MEANINGS, BadValue, Column, decode_value, encode_value
 
-MEANINGS = ("text", "address", "network", "enum", "bool", "integer", "float", "timestamp",
-            "identity", "list")
-"""Every column meaning the schema file may name."""
+__all__ = [
+    "INDEXABLE", "MEANINGS", "SCHEMA_FILE", "BadValue", "Column", "Schema", "SchemaError",
+    "Table", "column_from_sats", "decode_value", "dump_schema", "encode_value",
+    "find_schema", "load_schema", "meaning_from_sqlite", "parse_schema", "tables_named",
+]
 
 SCHEMA_FILE = "schema.toml"
 """The schema file's name in a policy directory."""
 
-INDEXABLE = frozenset({"text", "address", "network", "enum", "bool", "integer",
-                       "timestamp", "identity"})
-"""Meanings a lookup key can use (a float or a list column has no usable index)."""
-
 
 class SchemaError(Exception):
     """The schema file is malformed (message names the file and the entry)."""
-
-
-class BadValue(ValueError):
-    """A stored or imported value does not fit its column (message says why)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """One column: its name, meaning, and for enums the variants, for lists the element."""
-
-    name: str
-    type: str
-    optional: bool = False
-    variants: tuple[str, ...] = ()
-    element: str | None = None
-    storage: str = ""
-    """The backend's own type as `db schema` read it (a comment in the file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,133 +258,6 @@ def _sats_name(element: Mapping[str, Any]) -> str | None:
 
 def _is_unit(at: Mapping[str, Any]) -> bool:
     return at == {"Product": {"elements": []}}
-
-
-# -- values ------------------------------------------------------------------------------
-
-
-def decode_value(column: Column, value: Any) -> Any:
-    """A backend's value for `column` as the replica holds it (see the table above).
-    Raises `BadValue` naming what is wrong."""
-    if value is None:
-        if column.optional:
-            return None
-        raise BadValue(f"column {column.name} is not optional but has no value (NULL)")
-    return _DECODERS[column.type](column, value)
-
-
-def _text(column: Column, value: Any) -> str:
-    if not isinstance(value, str):
-        raise BadValue(f"column {column.name} wants text, got {value!r}")
-    return value
-
-
-def _address(column: Column, value: Any) -> str:
-    text = _text(column, value).strip()
-    if any(c.isspace() for c in text):  # "" stays: no address (as the null sender)
-        raise BadValue(f"column {column.name}: {value!r} is not an address or domain")
-    return text.lower()
-
-
-def _network(column: Column, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return normalize_network(value)
-    text = _text(column, value).strip()
-    try:
-        return normalize_network(ipaddress.ip_network(text, strict=True))
-    except ValueError as exc:
-        raise BadValue(f"column {column.name}: {text!r} is not an IP address or network "
-                       f"({exc})") from None
-
-
-def _enum(column: Column, value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(
-            column.variants):
-        return column.variants[value]  # a SATS sum tag
-    if isinstance(value, str) and value in column.variants:
-        return value
-    raise BadValue(f"column {column.name}: {value!r} is not one of "
-                   f"{', '.join(column.variants)}")
-
-
-def _bool(column: Column, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise BadValue(f"column {column.name} wants a bool (or 0/1), got {value!r}")
-
-
-def _integer(column: Column, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
-        return int(value)  # SATS sends u256 and wide ints as decimal text
-    raise BadValue(f"column {column.name} wants an integer, got {value!r}")
-
-
-def _float(column: Column, value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise BadValue(f"column {column.name} wants a number, got {value!r}")
-
-
-def _timestamp(column: Column, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # SQLite stores Unix seconds (strftime('%s')); SATS sends microseconds.  Values
-        # below 10^11 cannot be microseconds of any date after 1970-01-02.
-        return value * 1_000_000 if abs(value) < 10**11 else value
-    if isinstance(value, Mapping) and "__timestamp_micros_since_unix_epoch__" in value:
-        return _timestamp(column, value["__timestamp_micros_since_unix_epoch__"])
-    raise BadValue(f"column {column.name} wants a timestamp, got {value!r}")
-
-
-_HEX = re.compile(r"(?:0x)?([0-9a-fA-F]{1,64})")
-
-
-def _identity(column: Column, value: Any) -> str:
-    if isinstance(value, Mapping) and len(value) == 1:
-        (value,) = value.values()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return f"{value:064x}"
-    if isinstance(value, str):
-        match = _HEX.fullmatch(value.strip())
-        if match:
-            return match.group(1).lower().rjust(64, "0")
-    raise BadValue(f"column {column.name} wants an identity (hex), got {value!r}")
-
-
-def _list(column: Column, value: Any) -> tuple[Any, ...]:
-    if isinstance(value, str):
-        import json
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BadValue(f"column {column.name} wants a list, got {value!r}") from None
-    if not isinstance(value, list | tuple):
-        raise BadValue(f"column {column.name} wants a list, got {value!r}")
-    element = Column(column.name, column.element or "text")
-    return tuple(decode_value(element, v) for v in value)
-
-
-_DECODERS = {
-    "text": _text, "address": _address, "network": _network, "enum": _enum, "bool": _bool,
-    "integer": _integer, "float": _float, "timestamp": _timestamp, "identity": _identity,
-    "list": _list,
-}
-
-
-def encode_value(column: Column, value: Any) -> Any:
-    """A replica value as JSON (`db export`): networks and identities as text."""
-    if value is None:
-        return None
-    if column.type == "network":
-        net = value
-        return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-    if column.type == "list":
-        element = Column(column.name, column.element or "text")
-        return [encode_value(element, v) for v in value]
-    return value
 
 
 def tables_named(schema: Schema, names: Iterable[str]) -> Schema:
