@@ -16,13 +16,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import core, headers, http, loadtime, scaling, spacetimedb
+from . import core, headers, http, loadtime, scaling, spacetimedb, tables
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("core", "load", "scaling", "headers", "http", "spacetimedb")
+SECTIONS = ("core", "tables", "load", "scaling", "headers", "http", "spacetimedb")
 
 FULL = {
     "core": {"rounds": 5, "min_seconds": 1.0, "chunk_seconds": 0.1},
+    "tables": {"quick": False},
     "load": {"sizes": (10, 100, 1000, 5000), "repeats": 3},
     "scaling": {"sizes": (1_000, 10_000, 100_000), "rounds": 5, "min_seconds": 1.0,
                 "chunk_seconds": 0.1},
@@ -34,6 +35,7 @@ FULL = {
 }
 QUICK = {
     "core": {"rounds": 1, "min_seconds": 0.05, "chunk_seconds": 0.01},
+    "tables": {"quick": True},
     "load": {"sizes": (10, 100, 1000), "repeats": 1},
     "scaling": {"sizes": (1_000, 10_000), "rounds": 1, "min_seconds": 0.05,
                 "chunk_seconds": 0.01},
@@ -80,6 +82,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"target": "faster than every peer engine",
                         "measured": f"fastest peer is {slowest_gap:.1f}× slower",
                         "met": slowest_gap > 1.0})
+    if "tables" in results:
+        out.extend(tables_targets(results["tables"]))
     if "load" in results:
         rows = {r["rules"]: r for r in results["load"]["rows"]}
         if 1000 in rows:
@@ -145,6 +149,32 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def tables_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issues #10 and #11: table lookups and policy functions ≤ 2× hand-written Python,
+    flat from 1k to 100k rows, a 1-row change ≤ 1 ms at 100k rows."""
+    out = []
+    workload = result.get("workload")
+    if workload:
+        out.append({"target": "table lookups (20-rule workload) ≤ 2× hand-written",
+                    "measured": f"{workload['ratio']:.2f}×", "met": workload["ratio"] <= 2.0})
+        out.append({"target": "lookups as policy functions over tables ≤ 2× hand-written",
+                    "measured": f"{workload['functions_ratio']:.2f}×",
+                    "met": workload["functions_ratio"] <= 2.0})
+    scale = result.get("scaling")
+    if scale:
+        out.append({"target": "table lookups flat from 1k to 100k rows",
+                    "measured": f"100k rows = {scale['ratio_100k_to_1k']:.2f}× 1k rows",
+                    "met": scale["ratio_100k_to_1k"] <= 1.25})
+    change = result.get("one_row_change")
+    if change:
+        out.append({"target": f"1-row change at {change['rows']:,} rows ≤ 1 ms",
+                    "measured": f"{change['refresh_median_ms']:.3f} ms median (replica "
+                                "refresh), snapshot update "
+                                f"{change['snapshot_apply_median_ms']:.3f} ms",
+                    "met": change["refresh_median_ms"] <= 1.0})
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Benchmark results ({report['started']})", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "
@@ -168,6 +198,8 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{', '.join(r['probes_failed']) or 'none'} |")
         for name, why in results["core"]["skipped"].items():
             lines.append(f"\nNot reported: {name} ({why}).")
+    if "tables" in results:
+        lines += tables_markdown(results["tables"])
     if "load" in results:
         lines += ["", "## Load time (parse + check + compile)", "",
                   "| rules | lines | parse s | check s | compile s | total s | µs/rule |",
@@ -231,6 +263,33 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tables_markdown(result: dict[str, Any]) -> list[str]:
+    lines = ["", "## Table lookups (bench/tables.py)", ""]
+    workload = result.get("workload")
+    if workload and "rows" in workload:
+        lines += ["| engine | µs/decision median | min | max | ratio |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['median_us']:.2f} | {r['min_us']:.2f} | "
+                  f"{r['max_us']:.2f} | {r['ratio']:.2f}× |" for r in workload["rows"]]
+    scale = result.get("scaling")
+    if scale:
+        lines.append(f"\nOne `exists` (network) and one `lookup` (address) per decision: "
+                     f"{scale['1000_rows_us']:.2f} µs at 1k rows, {scale['10000_rows_us']:.2f} "
+                     f"at 10k, {scale['100000_rows_us']:.2f} at 100k.")
+    built = result.get("build")
+    if built:
+        lines.append(f"\nIndex build, {built['rows']:,} rows ({built['note']}): "
+                     f"{built['build_s']:.2f} s, {built['memory_mb']:.1f} MB "
+                     f"({built['bytes_per_row']} bytes a row, tracemalloc).")
+    change = result.get("one_row_change")
+    if change:
+        lines.append(f"\n1-row UPDATE at {change['rows']:,} rows: replica refresh "
+                     f"{change['refresh_median_ms']:.3f} ms median "
+                     f"(max {change['refresh_max_ms']:.3f}), snapshot update alone "
+                     f"{change['snapshot_apply_median_ms']:.3f} ms.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -256,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = json.loads(previous.read_text())
         report["results"] = kept.get("results", {})
         report["measured"] = kept.get("measured", {})
-    runners = {"core": core.run, "load": loadtime.run, "scaling": scaling.run,
+    runners = {"core": core.run, "tables": tables.run, "load": loadtime.run,
+               "scaling": scaling.run,
                "headers": headers.run, "http": http.run, "spacetimedb": spacetimedb.run}
     for section in sections:
         print(f"== {section}", flush=True)

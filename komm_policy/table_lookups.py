@@ -29,6 +29,8 @@ from .lookups import failed, run_lookup
 from .program import Closure, Compiled, Const
 from .table_readers import reader
 
+FIRST, ALL, EXISTS = "first", "all", "exists"
+
 _MISSING = object()
 
 
@@ -99,24 +101,25 @@ def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compi
         ctx.lookup_log.append(LookupRecord(label, args, value))
         return value
 
-    read = reader(spec, name, constants, dynamic, columns, method)
+    read = reader(spec, name, constants, dynamic, columns)
     if read is None:
         return _generic(tag, getters, none_result, slow)
     if len(getters) == 1:
         (i,) = dynamic
         before = tuple(constants[k] for k in range(i))
         after = tuple(constants[k] for k in range(i + 1, len(keys)))
-        return _one_key(label, tag, site, getters[0], read, (before, after), none_result,
-                        slow)
-    return _two_keys(label, tag, site, getters, read, record_keys, none_result, slow)
+        return _one_key(label, tag, site, getters[0], read, (before, after), method,
+                        none_result, slow)
+    return _two_keys(label, tag, site, getters, read, record_keys, method, none_result, slow)
 
 
 def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
-             around: tuple[tuple[Any, ...], tuple[Any, ...]], none_result: Any,
-             slow: Slow) -> Closure:
+             around: tuple[tuple[Any, ...], tuple[Any, ...]], method: str,
+             none_result: Any, slow: Slow) -> Closure:
     """One dynamic key; `around`: the constant keys before and after it (for records)."""
     records = LookupRecord
     before, after = around
+    first, exists = method == FIRST, method == EXISTS
 
     def table_lookup1(ctx: EvalContext) -> Any:
         value = get(ctx)
@@ -130,9 +133,15 @@ def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
         tables = ctx.tables
         if tables is not None:
             try:
-                result = read(tables, value)
+                bucket = read(tables, value)
             except Exception:  # e.g. an index this snapshot lacks: the slow path fails it
                 return slow(ctx, (value,), (tag, value))
+            if exists:
+                result = bool(bucket)
+            elif first:
+                result = bucket[0] if bucket else None
+            else:
+                result = list(bucket) if bucket else []
             if memo:
                 ctx.memo[(tag, value)] = result
             ctx.lookup_log.append(records(label, (*before, value, *after), result))
@@ -143,13 +152,14 @@ def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
 
 def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ...],
               read: Any, record_keys: Callable[[tuple[Any, ...]], tuple[Any, ...]],
-              none_result: Any, slow: Slow) -> Closure:
-    first, second = getters
+              method: str, none_result: Any, slow: Slow) -> Closure:
+    one, other = getters
     records = LookupRecord
+    first, exists = method == FIRST, method == EXISTS
 
     def table_lookup2(ctx: EvalContext) -> Any:
-        a = first(ctx)
-        b = second(ctx)
+        a = one(ctx)
+        b = other(ctx)
         if a is None or b is None:
             return none_result
         memo = site.memo
@@ -160,9 +170,15 @@ def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ..
         tables = ctx.tables
         if tables is not None:
             try:
-                result = read(tables, a, b)
+                bucket = read(tables, a, b)
             except Exception:
                 return slow(ctx, (a, b), (tag, a, b))
+            if exists:
+                result = bool(bucket)
+            elif first:
+                result = bucket[0] if bucket else None
+            else:
+                result = list(bucket) if bucket else []
             if memo:
                 ctx.memo[(tag, a, b)] = result
             ctx.lookup_log.append(records(label, record_keys((a, b)), result))

@@ -3,11 +3,13 @@
 A lookup's index, its kind and its columns' meanings are literals of the call, so
 everything but the dynamic keys is settled at load time: constant keys are normalised
 once, each dynamic key's normaliser (`keys.key_normalizer`, chosen by the column's
-meaning) is picked once, and the index key is assembled around the dynamic values with
-no loop.  A reader then does one map read of the decision's `TablesSnapshot` (a network
-index: one per prefix length in use, most specific first) and turns the bucket into the
-method's result.  Readers equal `TablesSnapshot.first/all/exists` (tests/
-test_table_readers.py checks that with hypothesis).
+meaning) is picked once — a value already of the column's plain type (int, bool, text)
+is its own key, an address is stripped and lower-cased inline — and the index key is
+assembled around the dynamic values with no loop.  A reader then does one map read of
+the decision's `TablesSnapshot` (a network index: one per prefix length in use, most
+specific first) and returns the bucket: the matching rows in order, or None; `RESULTS`
+turn a bucket into the method's value.  Readers equal `TablesSnapshot.first/all/exists`
+(tests/test_table_readers.py checks them against those and a brute-force model).
 """
 
 from __future__ import annotations
@@ -15,28 +17,30 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .addresses import comparison_form
 from .directory.keys import key_normalizer, lookup_key
 from .directory.schema import Column
 from .directory.snapshot import IndexSpec, TablesSnapshot
 from .ipset import IP
 
-Result = Callable[[Any], Any]
-"""The lookup's value from a bucket (a tuple or list of rows, or None)."""
-
-RESULTS: dict[str, Result] = {
+RESULTS: dict[str, Callable[[Any], Any]] = {
     "first": lambda bucket: bucket[0] if bucket else None,
     "all": lambda bucket: list(bucket) if bucket else [],
     "exists": lambda bucket: bool(bucket),
 }
 
 Reader1 = Callable[[TablesSnapshot, Any], Any]
-"""`read(tables, value)`: one dynamic key."""
+"""`read(tables, value)` → bucket: one dynamic key."""
 Reader2 = Callable[[TablesSnapshot, Any, Any], Any]
-"""`read(tables, a, b)`: two dynamic keys."""
+"""`read(tables, a, b)` → bucket: two dynamic keys."""
+
+_PLAIN = {"integer": int, "bool": bool, "text": str, "enum": str}
+"""Column meanings whose lookup key is the value itself when it has this exact class
+(`keys.key_normalizer` does the same, behind a call)."""
 
 
 def reader(spec: IndexSpec, name: str, constants: dict[int, Any], dynamic: tuple[int, ...],
-           columns: Sequence[Column] | None, method: str) -> Reader1 | Reader2 | None:
+           columns: Sequence[Column] | None) -> Reader1 | Reader2 | None:
     """The reader for a call with `dynamic` key positions (one or two) and `constants`
     at the others (their values as compiled), or None when the generic path must serve
     it (no schema, other shapes, a constant that matches nothing)."""
@@ -51,64 +55,92 @@ def reader(spec: IndexSpec, name: str, constants: dict[int, Any], dynamic: tuple
     if spec.kind == "net":
         if dynamic != (0,):
             return None
-        return _net_reader(name, tuple(normal[i] for i in range(1, width)), method)
-    result = RESULTS[method]
+        return _net_reader(name, tuple(normal[i] for i in range(1, width)))
     if len(dynamic) == 1:
         (i,) = dynamic
-        normalize = key_normalizer(columns[i])
-        if width == 1:  # a one-column index is keyed by the column's key itself
-            def read_one(tables: TablesSnapshot, value: Any) -> Any:
-                key = normalize(value)
-                return result(None if key is None else tables.maps[name].get(key))
-            return read_one
+        column = columns[i]
         before = tuple(normal[k] for k in range(i))
         after = tuple(normal[k] for k in range(i + 1, width))
-
-        def read1(tables: TablesSnapshot, value: Any) -> Any:
-            key = normalize(value)
-            return result(None if key is None else tables.maps[name].get(
-                (*before, key, *after)))
-        return read1
+        if column.type == "address":
+            return _address_reader(name, before, after, width == 1)
+        return _plain_reader(name, column, before, after, width == 1)
     i, j = dynamic
     first, second = key_normalizer(columns[i]), key_normalizer(columns[j])
+    first_class, second_class = _PLAIN.get(columns[i].type), _PLAIN.get(columns[j].type)
     before = tuple(normal[k] for k in range(i))
     between = tuple(normal[k] for k in range(i + 1, j))
     after = tuple(normal[k] for k in range(j + 1, width))
 
     def read2(tables: TablesSnapshot, a: Any, b: Any) -> Any:
-        a = first(a)
-        b = second(b)
-        if a is None or b is None:
-            return result(None)
-        return result(tables.maps[name].get((*before, a, *between, b, *after)))
+        if a.__class__ is not first_class:
+            a = first(a)
+            if a is None:
+                return None
+        if b.__class__ is not second_class:
+            b = second(b)
+            if b is None:
+                return None
+        return tables.maps[name].get((*before, a, *between, b, *after))
     return read2
 
 
-def _net_reader(name: str, rest: tuple[Any, ...], method: str) -> Reader1:
-    """An IP in a network index, the other columns constant: most specific first."""
-    result = RESULTS[method]
+def _address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...],
+                    alone: bool) -> Reader1:
+    """An address key: stripped, lower-cased, the domain as A-label (`keys.address_key`,
+    its ASCII case inline)."""
+    if alone:
+        def read_address(tables: TablesSnapshot, value: Any) -> Any:
+            if value.__class__ is not str:
+                return None
+            key = value.strip()
+            key = key.lower() if key.isascii() else comparison_form(key)
+            return tables.maps[name].get(key)
+        return read_address
 
-    if method == "exists":
-        def exists(tables: TablesSnapshot, ip: Any) -> Any:
-            if ip.__class__ is not IP:
-                return False
-            version, value = ip.version, ip.value
-            buckets = tables.maps[name]
-            for length, shift in tables.nets[name].get(version, ()):
-                if buckets.get((version, length, value >> shift, *rest)):
-                    return True
-            return False
-        return exists
+    def read_address_with(tables: TablesSnapshot, value: Any) -> Any:
+        if value.__class__ is not str:
+            return None
+        key = value.strip()
+        key = key.lower() if key.isascii() else comparison_form(key)
+        return tables.maps[name].get((*before, key, *after))
+    return read_address_with
 
-    def rows(tables: TablesSnapshot, ip: Any) -> Any:
+
+def _plain_reader(name: str, column: Column, before: tuple[Any, ...],
+                  after: tuple[Any, ...], alone: bool) -> Reader1:
+    normalize = key_normalizer(column)
+    plain = _PLAIN.get(column.type)
+    if alone:  # a one-column index is keyed by the column's key itself
+        def read_one(tables: TablesSnapshot, value: Any) -> Any:
+            if value.__class__ is not plain:
+                value = normalize(value)
+                if value is None:
+                    return None
+            return tables.maps[name].get(value)
+        return read_one
+
+    def read_with(tables: TablesSnapshot, value: Any) -> Any:
+        if value.__class__ is not plain:
+            value = normalize(value)
+            if value is None:
+                return None
+        return tables.maps[name].get((*before, value, *after))
+    return read_with
+
+
+def _net_reader(name: str, rest: tuple[Any, ...]) -> Reader1:
+    """An IP in a network index, the other columns constant: every matching row, the
+    most specific network first."""
+
+    def read_net(tables: TablesSnapshot, ip: Any) -> Any:
         if ip.__class__ is not IP:
-            return result(None)
+            return None
         version, value = ip.version, ip.value
         buckets = tables.maps[name]
-        found: list[Any] = []
+        found = None
         for length, shift in tables.nets[name].get(version, ()):
             bucket = buckets.get((version, length, value >> shift, *rest))
             if bucket:
-                found.extend(bucket)
-        return result(found)
-    return rows
+                found = bucket if found is None else (*found, *bucket)
+        return found
+    return read_net

@@ -26,7 +26,8 @@ def column_key(column: Column, value: Any) -> Any:
     if value is None:
         return None
     if column.type == "address":
-        return address_key(value)
+        key = address_key(value)
+        return value if key == value else key  # one string per row, not two
     return value
 
 

@@ -92,9 +92,12 @@ def order_function(table: Table) -> Callable[[Mapping[str, Any], Any], Any]:
     key = table.primary_key
     if len(key) == 1:
         column = table.by_name[key[0]]
+        name = column.name
         if column.type in _PLAIN_ORDER and not column.optional:
-            name = column.name
             return lambda values, ident: values[name]
+        if column.type == "network" and not column.optional:  # v4 before v6, as order_value
+            return lambda values, ident: (values[name].version, int(
+                values[name].network_address), values[name].prefixlen)
     if key:
         return lambda values, ident: order_value(tuple(values[c] for c in key))
     return lambda values, ident: order_value(ident)
@@ -103,6 +106,19 @@ def order_function(table: Table) -> Callable[[Mapping[str, Any], Any], Any]:
 def sort_key(row: Row) -> tuple[Any, Any]:
     """Rows of one bucket in first-row order (identity breaks ties)."""
     return row._order, order_value(row._ident)
+
+
+def ident_from(table: Table, row: Mapping[str, Any], values: Mapping[str, Any]) -> Any:
+    """`ident_of` a row whose columns decoded to `values` (no second decoding, and the
+    identity shares the row's value objects)."""
+    if "rowid" in row and "rowid" not in table.by_name:
+        return ("rowid", row["rowid"])
+    key = table.primary_key
+    if len(key) == 1:
+        return values[key[0]]
+    if key:
+        return tuple(values[c] for c in key)
+    return tuple(values.values())
 
 
 def ident_of(table: Table, row: Mapping[str, Any]) -> Any:

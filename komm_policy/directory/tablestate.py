@@ -16,7 +16,16 @@ from typing import Any, NamedTuple
 import immutables
 
 from .keys import column_key, key_normalizer
-from .rows import Row, describe_key, ident_of, make_row, order_function, row_class, sort_key
+from .rows import (
+    Row,
+    describe_key,
+    ident_from,
+    ident_of,
+    make_row,
+    order_function,
+    row_class,
+    sort_key,
+)
 from .schema import BadValue, Table, decode_value
 
 BadRow = Callable[[str, str, str], None]
@@ -121,7 +130,7 @@ def build_table(state: TableState, inserted: Iterable[Mapping[str, Any]],
             if on_bad_row is not None:
                 on_bad_row(table.name, describe_key(table, raw), str(exc))
             continue
-        ident = ident_of(table, raw)
+        ident = ident_from(table, raw, values)
         rows[ident] = make_row(cls, values, ident, order(values, ident))
     buckets: dict[IndexSpec, dict[Any, Any]] = {}
     lengths = {}
@@ -194,14 +203,14 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
     for raw in deleted:
         unindex(ident_of(table, raw))
     for raw in inserted:
-        ident = ident_of(table, raw)
         try:
             values = {c.name: decode_value(c, raw.get(c.name)) for c in table.columns}
         except BadValue as exc:
-            unindex(ident)  # an update to a bad value removes the old row too
+            unindex(ident_of(table, raw))  # an update to a bad value removes the old row too
             if on_bad_row is not None:
                 on_bad_row(table.name, describe_key(table, raw), str(exc))
             continue
+        ident = ident_from(table, raw, values)
         unindex(ident)
         row = make_row(state.cls, values, ident, state.order(values, ident))
         rows[ident] = row
