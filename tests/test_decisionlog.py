@@ -36,6 +36,7 @@ from komm_policy.demo import DEMO_ROWS
 from komm_policy.directory import BlockedIpRow, DirectoryError, DirectoryRows
 from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.directory.sqlite import create_database
+from komm_policy.directory.sqlite_tables import user_tables
 from komm_policy.policyset import PolicySet, load_policy_set
 from komm_policy.runtime import decide
 from komm_policy.wire import Request, decode_request
@@ -681,6 +682,42 @@ def test_sqlite_sink_adds_the_version_1_columns_to_an_older_table(tmp_path: Path
     sink.close()
     rows = mta_log(path, "id, record_version, helo, sasl_login", "ORDER BY rowid")
     assert rows == [("old", 0, None, None), ("derived-auth-1-1", 1, "[192.168.178.23]", "jane")]
+
+
+def test_mta_log_is_a_view_over_a_plain_table(tmp_path: Path) -> None:
+    """Inserts cost no derived column (SQLite computes generated columns on INSERT); an
+    older `mta_log` table keeps its rows and rowids; the directory never sees the table."""
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE mta_log (id TEXT NOT NULL, time TEXT NOT NULL, record TEXT "
+                 "NOT NULL, stage TEXT GENERATED ALWAYS AS (json_extract(record, "
+                 "'$.stage')) VIRTUAL)")
+    conn.execute("""INSERT INTO mta_log (rowid, id, time, record) VALUES
+                    (7, 'old', 't', '{"id":"old","stage":"rcpt"}')""")
+    conn.commit()
+    conn.close()
+    sink = SqliteSink(path)
+    sink.write(spooled(record_line("derived-auth-1", 1)))
+    sink.close()
+    SqliteSink(path).close()  # opening again changes nothing
+    conn = sqlite3.connect(path)
+    try:
+        kinds = dict(conn.execute("SELECT name, type FROM sqlite_schema WHERE name LIKE "
+                                  "'mta_log%'").fetchall())
+        assert kinds == {"mta_log": "view", "mta_log_records": "table",
+                         "mta_log_id": "index", "mta_log_time": "index",
+                         "mta_log_insert": "trigger"}
+        assert [c[1] for c in conn.execute("PRAGMA table_xinfo(mta_log_records)")] == [
+            "id", "time", "record"]
+        assert user_tables(conn) == []
+        conn.execute("""INSERT INTO mta_log (record) VALUES ('{"id":"by-hand","stage":"x"}')""")
+        conn.commit()
+    finally:
+        conn.close()
+    rows = mta_log(path, "rowid, id, stage, helo", "ORDER BY rowid")
+    assert rows[0] == (7, "old", "rcpt", None)
+    assert rows[1][1:] == ("derived-auth-1-1", "auth", "[192.168.178.23]")
+    assert rows[2][1:] == ("by-hand", "x", None)
 
 
 def test_sqlite_sink_writes_into_a_store_created_anew(store: Path) -> None:

@@ -100,35 +100,6 @@ CREATE INDEX IF NOT EXISTS subscriptions_category ON subscriptions (category_id)
 CREATE INDEX IF NOT EXISTS subscriptions_email
     ON subscriptions (subscriber_email COLLATE NOCASE);
 
-CREATE TABLE IF NOT EXISTS mta_log (
-    -- One row per answered hook request: the decision record as JSON (the same line as
-    -- in the JSONL log); the other columns are derived from it by SQLite.
-    record         TEXT NOT NULL,
-    id             TEXT GENERATED ALWAYS AS (json_extract(record, '$.id')) VIRTUAL,
-    time           TEXT GENERATED ALWAYS AS (json_extract(record, '$.time')) VIRTUAL,
-    stage          TEXT GENERATED ALWAYS AS (json_extract(record, '$.stage')) VIRTUAL,
-    client_ip      TEXT GENERATED ALWAYS AS (json_extract(record, '$.client_ip')) VIRTUAL,
-    sender         TEXT GENERATED ALWAYS AS (json_extract(record, '$.sender')) VIRTUAL,
-    recipients     TEXT GENERATED ALWAYS AS (json_extract(record, '$.recipients')) VIRTUAL,
-    queue_id       TEXT GENERATED ALWAYS AS (json_extract(record, '$.queue_id')) VIRTUAL,
-    action         TEXT GENERATED ALWAYS AS (json_extract(record, '$.action')) VIRTUAL,
-    reply          TEXT GENERATED ALWAYS AS (
-        json_extract(record, '$.reply.status') || ' ' ||
-        coalesce(json_extract(record, '$.reply.enhanced') || ' ', '') ||
-        json_extract(record, '$.reply.message')) VIRTUAL,
-    rule           TEXT GENERATED ALWAYS AS (json_extract(record, '$.rule.name')) VIRTUAL,
-    rule_location  TEXT GENERATED ALWAYS AS (
-        json_extract(record, '$.rule.file') || ':' || json_extract(record, '$.rule.line'))
-        VIRTUAL,
-    fallback       INTEGER GENERATED ALWAYS AS (
-        coalesce(json_extract(record, '$.fallback'), 0)) VIRTUAL,
-    cause          TEXT GENERATED ALWAYS AS (json_extract(record, '$.cause')) VIRTUAL,
-    duration_ms    REAL GENERATED ALWAYS AS (json_extract(record, '$.duration_ms')) VIRTUAL,
-    policy_version TEXT GENERATED ALWAYS AS (json_extract(record, '$.policy_version'))
-        VIRTUAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS mta_log_id ON mta_log (id);
-CREATE INDEX IF NOT EXISTS mta_log_time ON mta_log (time);
 """
 
 _TRIGGER = """
@@ -163,6 +134,8 @@ def init_schema(conn: sqlite3.Connection) -> None:
             for event, event_sql in (("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")):
                 conn.execute(_TRIGGER.format(table=table, event=event, event_sql=event_sql))
     install_change_capture(conn, DIRECTORY_TABLES)
+    from ..decisionlog.mta_log import ensure_mta_log  # the decision log's table and view
+    ensure_mta_log(conn)
 
 
 def write_rows(conn: sqlite3.Connection, rows: DirectoryRows) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .schema import Column, Schema, Table, meaning_from_sqlite
 
-INTERNAL_TABLES = frozenset({"komm_meta", "komm_changes", "mta_log"})
+INTERNAL_TABLES = frozenset({"komm_meta", "komm_changes", "mta_log", "mta_log_records"})
 CHANGE_LOG_KEEP = 100_000
 
 CHANGE_LOG = """
