@@ -222,3 +222,26 @@ def test_local_snapshot_is_read_in_place_and_timed_decisions_take_the_generic_pa
     traced = decide_for(policy, directory, trace=True, sender="b@x.example",
                         to=["c@x.example"])
     assert traced.fallback and "generic read" in (traced.cause or "")
+
+
+def test_a_decision_reads_the_snapshot_it_started_with(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    """A change published while a decision runs (here: as its context is created) is not
+    seen by that decision's in-place reads, and is seen by the next decision."""
+    policy = _compile()
+    directory = InMemoryDirectory(tables=ROWS)
+    directory.require(SCHEMA, policy.needs)
+    published: list[bool] = []
+
+    class PublishingContext(EvalContext):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            if not published:
+                published.append(True)
+                directory.apply({"nets": ([], [{"net": "192.0.2.0/24", "active": True}])})
+
+    monkeypatch.setattr(runtime, "EvalContext", PublishingContext)
+    first = decide_for(policy, directory, sender="a@x.example", to=["a@x.example"])
+    assert first.rule is not None and first.rule.name == "looped"  # the old snapshot
+    second = decide_for(policy, directory, sender="a@x.example", to=["a@x.example"])
+    assert second.rule is not None and second.rule.name == "blocked"
