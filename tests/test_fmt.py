@@ -164,10 +164,12 @@ def test_a_byte_order_mark_and_crlf_line_ends_are_normalised():
 # Properties: the shipped set and scrambled generated policies
 
 _SHIPPED = sorted(POLICIES.glob("*.policy"))
+_EXAMPLES = sorted((POLICIES.parent / "examples").glob("*/*.policy"))
 
 
-@pytest.mark.parametrize("path", _SHIPPED, ids=lambda p: p.name)
-def test_shipped_policies_are_formatted(path):
+@pytest.mark.parametrize("path", _SHIPPED + _EXAMPLES,
+                         ids=lambda p: p.relative_to(POLICIES.parent).as_posix())
+def test_shipped_and_example_policies_are_formatted(path):
     text = path.read_text(encoding="utf-8")
     assert format_text(text, path.name) == text
 
@@ -433,12 +435,3 @@ stage rcpt {
     default accept
 }
 """
-
-
-_EXAMPLES = sorted((POLICIES.parent / "examples").glob("*/*.policy"))
-
-
-@pytest.mark.parametrize("path", _EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_example_policies_are_formatted(path):
-    text = path.read_text(encoding="utf-8")
-    assert format_text(text, path.name) == text
