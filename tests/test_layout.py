@@ -80,7 +80,6 @@ BEING_SPLIT = {
     "checker.py": "the `legacy` and `speed` work rewrites parts of it, then splits it",
     "compiler.py": "the `legacy` and `speed` work rewrites parts of it, then splits it",
     "directory/sqlite.py": "the `legacy` work removes the organisation's tables from it",
-    "directory/snapshot.py": "the `speed` work moves its table state out",
     "directory/spacetimedb.py": "the `legacy` work removes the organisation's tables from it",
     "hook/server.py": "the `http` work is changing it (inline answers); split after",
 }
