@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .addresses import comparison_form
 from .context import EvalContext
 from .decision import LookupRecord
 from .directory import DirectoryError
@@ -27,7 +28,7 @@ from .directory.schema import Column
 from .directory.snapshot import IndexSpec, spec_name
 from .lookups import failed, run_lookup
 from .program import Closure, Compiled, Const
-from .table_readers import reader
+from .table_readers import address_plan, reader
 
 FIRST, ALL, EXISTS = "first", "all", "exists"
 
@@ -108,6 +109,10 @@ def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compi
         (i,) = dynamic
         before = tuple(constants[k] for k in range(i))
         after = tuple(constants[k] for k in range(i + 1, len(keys)))
+        plan = address_plan(spec, constants, dynamic, columns)
+        if plan is not None:
+            return _address_key(label, tag, site, getters[0], name, plan, (before, after),
+                                method, none_result, slow)
         return _one_key(label, tag, site, getters[0], read, (before, after), method,
                         none_result, slow)
     return _two_keys(label, tag, site, getters, read, record_keys, method, none_result, slow)
@@ -148,6 +153,54 @@ def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
             return result
         return slow(ctx, (value,), (tag, value))
     return table_lookup1
+
+
+def _address_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
+                 plan: tuple[tuple[Any, ...], tuple[Any, ...]],
+                 around: tuple[tuple[Any, ...], tuple[Any, ...]], method: str,
+                 none_result: Any, slow: Slow) -> Closure:
+    """`_one_key` for an address key of an equality index, with the reader inline (the
+    most common lookup: by a sender or recipient): `plan` holds the index keys of the
+    constant columns around it, `around` their values as written (for records)."""
+    records = LookupRecord
+    key_before, key_after = plan
+    wide = bool(key_before or key_after)  # a one-column index is keyed by the key itself
+    before, after = around
+    first, exists = method == FIRST, method == EXISTS
+
+    def table_lookup_address(ctx: EvalContext) -> Any:
+        value = get(ctx)
+        if value is None:
+            return none_result  # a none key matches nothing: no read at all
+        memo = site.memo
+        if memo:
+            result = ctx.memo.get((tag, value), _MISSING)
+            if result is not _MISSING:
+                return result
+        tables = ctx.tables
+        if tables is None:
+            return slow(ctx, (value,), (tag, value))
+        if value.__class__ is str:  # `keys.address_key`, its ASCII case inline
+            key = value.strip()
+            key = key.lower() if key.isascii() else comparison_form(key)
+            try:
+                bucket = tables.maps[name].get(
+                    (*key_before, key, *key_after) if wide else key)
+            except Exception:  # e.g. an index this snapshot lacks: the slow path fails it
+                return slow(ctx, (value,), (tag, value))
+        else:
+            bucket = None
+        if exists:
+            result = bool(bucket)
+        elif first:
+            result = bucket[0] if bucket else None
+        else:
+            result = list(bucket) if bucket else []
+        if memo:
+            ctx.memo[(tag, value)] = result
+        ctx.lookup_log.append(records(label, (*before, value, *after), result))
+        return result
+    return table_lookup_address
 
 
 def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ...],

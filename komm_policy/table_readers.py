@@ -84,6 +84,24 @@ def reader(spec: IndexSpec, name: str, constants: dict[int, Any], dynamic: tuple
     return read2
 
 
+def address_plan(spec: IndexSpec, constants: dict[int, Any], dynamic: tuple[int, ...],
+                 columns: Sequence[Column] | None
+                 ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """For a call with one dynamic key on an address column of an equality index: the
+    index keys of the constant columns before and after it, so that the lookup closure
+    can build the index key itself (`table_lookups`); None for any other call."""
+    if columns is None or spec.kind != "eq" or len(dynamic) != 1:
+        return None
+    (i,) = dynamic
+    if columns[i].type != "address":
+        return None
+    normal = {k: lookup_key(columns[k], v) for k, v in constants.items()}
+    if any(v is None for v in normal.values()):
+        return None
+    return (tuple(normal[k] for k in range(i)),
+            tuple(normal[k] for k in range(i + 1, len(columns))))
+
+
 def _address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...],
                     alone: bool) -> Reader1:
     """An address key: stripped, lower-cased, the domain as A-label (`keys.address_key`,

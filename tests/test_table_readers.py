@@ -245,3 +245,73 @@ def test_a_decision_reads_the_snapshot_it_started_with(monkeypatch: pytest.Monke
     assert first.rule is not None and first.rule.name == "looped"  # the old snapshot
     second = decide_for(policy, directory, sender="a@x.example", to=["a@x.example"])
     assert second.rule is not None and second.rule.name == "blocked"
+
+
+# -- end to end: compiled fast path == generic path ------------------------------------------
+
+class GenericTables:
+    """The snapshot's tables behind a stand-in: every lookup takes the generic path."""
+
+    def __init__(self, inner: TablesSnapshot) -> None:
+        self.inner = inner
+
+    def first(self, spec: Any, keys: Any) -> Any:
+        return self.inner.first(spec, keys)
+
+    def all(self, spec: Any, keys: Any) -> Any:
+        return self.inner.all(spec, keys)
+
+    def exists(self, spec: Any, keys: Any) -> Any:
+        return self.inner.exists(spec, keys)
+
+
+class GenericDirectory:
+    blocking = False
+
+    def __init__(self, inner: InMemoryDirectory) -> None:
+        self.tables = GenericTables(inner.snapshot().tables)
+
+    def snapshot(self) -> GenericDirectory:
+        return self
+
+
+SHAPES = _compile("""
+def member(address) = lookup("members", email = address, active = true)
+stage rcpt {
+    rule net: when exists("nets", net = client.ip, active = true) reject 550 5.7.1 "net"
+    rule unknown: when member(sender) == none and lookup_all("members", email = rcpt) == []
+        reject 550 5.7.1 "unknown"
+    rule pair: when exists("members", group_id = member(sender).group_id,
+                           email = rcpt, active = true)
+        reject 550 5.7.1 "pair {member(sender).id}"
+    rule status: when lookup("members", status = "Suspended", email = sender) != none
+        reject 550 5.7.1 "suspended"
+    rule noted: when lookup("members", note = lookup("members", email = rcpt).note) != none
+        reject 550 5.7.1 "noted"
+    rule grouped: when any m in lookup_all("members", email = sender):
+            exists("members", group_id = m.group_id, email = rcpt)
+        reject 550 5.7.1 "grouped"
+    default accept
+}
+""")
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(_member, max_size=8), st.lists(_net, max_size=3),
+       st.sampled_from([*ADDRESSES, "nobody@x.example"]), st.sampled_from(ADDRESSES),
+       st.sampled_from(["192.0.2.10", "10.1.2.3", "2001:db8::7"]))
+def test_compiled_lookups_decide_and_record_as_the_generic_path(
+        members: list[dict[str, Any]], nets: list[dict[str, Any]], sender: str, rcpt: str,
+        ip: str) -> None:
+    rows = {"members": [{"id": i, **m} for i, m in enumerate(members, start=1)],
+            "nets": nets}
+    directory = InMemoryDirectory(tables=rows)
+    directory.require(SCHEMA, SHAPES.needs)
+    fields = {"sender": sender, "to": [rcpt], "ip": ip}
+    fast = decide_for(SHAPES, directory, **fields)
+    generic = decide_for(SHAPES, GenericDirectory(directory), **fields)
+    assert not fast.fallback and not generic.fallback, (fast.cause, generic.cause)
+    assert (fast.action, fast.reply, fast.rule) == (generic.action, generic.reply,
+                                                    generic.rule)
+    assert [(r.function, r.args, r.result) for r in fast.lookups] == [
+        (r.function, r.args, r.result) for r in generic.lookups]
