@@ -5,8 +5,9 @@ same worker count) on loopback, in separate processes from wrk.  They are measur
 alternately (no-op, komm, no-op, komm, …) so drift on this shared machine hits both.
 komm-policy runs as deployed: shipped policies, demo SQLite store, decision log on.
 At the highest connection count a fourth server adds the SpacetimeDB reducer sink
-(`[log] spacetimedb`, batches of 100) against the SpacetimeDB double, which runs in a
-thread of this process (so its CPU, parsing every call, competes on this machine too).
+(`[log] spacetimedb`, its default of 500 records a call) against the SpacetimeDB
+double, which runs in a thread of this process (so its CPU, parsing every call,
+competes on this machine too).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class Config:
     log_spacetimedb: str = ""
     log_spacetimedb_reducer: str = "log_decisions"
     log_spacetimedb_args: str = "batch"
-    log_spacetimedb_batch: int = 100
+    log_spacetimedb_batch: int = 500
     log_spacetimedb_token: str | None = None
     log_spacetimedb_dead_letter: str = "var/spacetimedb-dead-letter.jsonl"
 

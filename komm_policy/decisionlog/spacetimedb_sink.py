@@ -174,7 +174,7 @@ class ReducerSpec(msgspec.Struct, frozen=True):
     url: str
     reducer: str = "log_decisions"
     args: Literal["batch", "record"] = "batch"
-    batch: int = 100
+    batch: int = 500
     token: str = ""
     dead_letter: str = "var/spacetimedb-dead-letter.jsonl"
     timeout: float = 10.0
