@@ -24,8 +24,10 @@ from .addresses import comparison_form
 from .context import EvalContext
 from .decision import LookupRecord
 from .directory import DirectoryError
+from .directory.keys import lookup_key
 from .directory.schema import Column
 from .directory.snapshot import IndexSpec, spec_name
+from .ipset import IP
 from .lookups import failed, run_lookup
 from .program import Closure, Compiled, Const
 from .table_readers import address_plan, reader
@@ -109,6 +111,11 @@ def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compi
         (i,) = dynamic
         before = tuple(constants[k] for k in range(i))
         after = tuple(constants[k] for k in range(i + 1, len(keys)))
+        if spec.kind == "net" and dynamic == (0,) and read is not None:
+            rest = tuple(lookup_key(columns[k], constants[k])  # type: ignore[index]
+                         for k in range(1, len(keys)))
+            return _ip_key(label, tag, site, getters[0], name, rest, after, method,
+                           none_result, slow)
         plan = address_plan(spec, constants, dynamic, columns)
         if plan is not None:
             return _address_key(label, tag, site, getters[0], name, plan, (before, after),
@@ -201,6 +208,52 @@ def _address_key(label: str, tag: str, site: LookupSite, get: Closure, name: str
         ctx.lookup_log.append(records(label, (*before, value, *after), result))
         return result
     return table_lookup_address
+
+
+def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
+            rest: tuple[Any, ...], after: tuple[Any, ...], method: str, none_result: Any,
+            slow: Slow) -> Closure:
+    """`_one_key` for an IP in a network index (the other columns constant), with the
+    reader inline: one map read per prefix length in use, most specific first.  `rest`:
+    the index keys of the constant columns, `after` their values as written."""
+    records = LookupRecord
+    first, exists = method == FIRST, method == EXISTS
+
+    def table_lookup_ip(ctx: EvalContext) -> Any:
+        ip = get(ctx)
+        if ip is None:
+            return none_result  # a none key matches nothing: no read at all
+        memo = site.memo
+        if memo:
+            result = ctx.memo.get((tag, ip), _MISSING)
+            if result is not _MISSING:
+                return result
+        tables = ctx.tables
+        if tables is None:
+            return slow(ctx, (ip,), (tag, ip))
+        found = None
+        if ip.__class__ is IP:
+            version, value = ip.version, ip.value
+            try:
+                buckets = tables.maps[name]
+                lengths = tables.nets[name].get(version, ())
+            except Exception:  # e.g. an index this snapshot lacks: the slow path fails it
+                return slow(ctx, (ip,), (tag, ip))
+            for length, shift in lengths:
+                bucket = buckets.get((version, length, value >> shift, *rest))
+                if bucket:
+                    found = bucket if found is None else (*found, *bucket)
+        if exists:
+            result = found is not None
+        elif first:
+            result = found[0] if found else None
+        else:
+            result = list(found) if found else []
+        if memo:
+            ctx.memo[(tag, ip)] = result
+        ctx.lookup_log.append(records(label, (ip, *after), result))
+        return result
+    return table_lookup_ip
 
 
 def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ...],

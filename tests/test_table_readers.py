@@ -278,6 +278,10 @@ class GenericDirectory:
 SHAPES = _compile("""
 def member(address) = lookup("members", email = address, active = true)
 stage rcpt {
+    rule nets: when lookup_all("nets", net = client.ip, active = false) == []
+            and lookup("nets", net = client.ip, active = true) == none
+            and sender == "never@x.example"
+        reject 550 5.7.1 "never"
     rule net: when exists("nets", net = client.ip, active = true) reject 550 5.7.1 "net"
     rule unknown: when member(sender) == none and lookup_all("members", email = rcpt) == []
         reject 550 5.7.1 "unknown"
@@ -297,9 +301,10 @@ stage rcpt {
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.lists(_member, max_size=8), st.lists(_net, max_size=3),
+@given(st.lists(_member, max_size=8), st.lists(_net, max_size=4),
        st.sampled_from([*ADDRESSES, "nobody@x.example"]), st.sampled_from(ADDRESSES),
-       st.sampled_from(["192.0.2.10", "10.1.2.3", "2001:db8::7"]))
+       st.sampled_from(["192.0.2.10", "10.1.2.3", "10.9.9.9", "2001:db8::1",
+                        "2001:db8::7"]))
 def test_compiled_lookups_decide_and_record_as_the_generic_path(
         members: list[dict[str, Any]], nets: list[dict[str, Any]], sender: str, rcpt: str,
         ip: str) -> None:
