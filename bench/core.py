@@ -6,7 +6,7 @@ from typing import Any
 
 from .engines import PEERS, Engine, hand_written, komm_engines
 from .measure import interleaved
-from .workload import GATE, PROBES, make_data, memory_directory, probe_fields
+from .workload import GATE, PROBES, ReferenceIndex, make_data, probe_fields
 
 
 def check_probes(engine: Engine) -> bool:
@@ -24,7 +24,7 @@ def check_probes(engine: Engine) -> bool:
 def run(*, rounds: int, min_seconds: float, chunk_seconds: float,
         log: Any = print) -> dict[str, Any]:
     data = make_data()
-    engines: list[Engine] = [hand_written(memory_directory(data)), *komm_engines(data)]
+    engines: list[Engine] = [hand_written(ReferenceIndex(data)), *komm_engines(data)]
     skipped: dict[str, str] = {}
     for name, build in PEERS.items():
         try:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from komm_policy.directory import Category, DirectoryRows
 from komm_policy.directory.memory import InMemoryDirectory
-from komm_policy.directory.sqlite import SqliteDirectory, connect, create_database
-from komm_policy.ipset import IP
-from komm_policy.policyset import PolicySet, compile_text
+from komm_policy.directory.schema import load_schema
+from komm_policy.directory.snapshot import Needs
+from komm_policy.directory.sqlite import SqliteDirectory, create_database
+from komm_policy.policyset import PolicySet, Source, compile_sources
 from komm_policy.runtime import decide
 
 from .workload import (
@@ -41,8 +41,17 @@ class Engine:
     probes_failed: list[str] = field(default_factory=list)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+DIRECTORY_FILE = ROOT / "policies" / "00-directory.policy"
+SCHEMA = load_schema(ROOT / "policies" / "schema.toml")
+
+
 def compile_workload(text: str = POLICY) -> PolicySet:
-    result = compile_text(text, "bench/workload.policy")
+    """The workload after the shipped directory file (its helpers are functions over the
+    origin's tables), checked against the shipped schema file."""
+    result = compile_sources([Source(str(DIRECTORY_FILE),
+                                     DIRECTORY_FILE.read_text(encoding="utf-8")),
+                              Source("bench/workload.policy", text)], schema=SCHEMA)
     if result.policy_set is None:
         raise RuntimeError("\n".join(str(d) for d in result.diagnostics))
     return result.policy_set
@@ -111,41 +120,7 @@ def hand_written(directory: Any) -> Engine:
                   reference=True)
 
 
-class SqlQueryDirectory:
-    """A directory that runs one indexed SQL query per lookup (the alternative to the
-    replica that `SqliteDirectory` uses; here only to measure that choice)."""
-
-    blocking = True
-
-    def __init__(self, path: Path) -> None:
-        self.conn = connect(path, readonly=True)
-
-    def ip_blocked(self, ip: IP) -> bool:
-        row = self.conn.execute("SELECT 1 FROM blocked_ips WHERE ip = ? AND active",
-                                (ip.text,)).fetchone()
-        return row is not None
-
-    def category(self, address: str) -> Category | None:
-        row = self.conn.execute(
-            "SELECT id, name, email_address, description FROM message_categories "
-            "WHERE email_address = ? COLLATE NOCASE AND active", (address,)).fetchone()
-        return Category(row[0], row[1], row[2].lower(), row[3]) if row else None
-
-    def account(self, address: str) -> None:  # not used by the workload
-        return None
-
-    def is_admin(self, address: str) -> bool:
-        return False
-
-    def subscribed(self, address: str, category: Category) -> bool:
-        row = self.conn.execute(
-            "SELECT 1 FROM subscriptions s JOIN account a ON a.id = s.subscriber_account_id "
-            "WHERE a.email = ? COLLATE NOCASE AND a.is_active AND s.category_id = ? "
-            "AND s.active LIMIT 1", (address, category.id)).fetchone()
-        return row is not None
-
-
-def sqlite_file(rows: DirectoryRows, folder: Path | None = None) -> Path:
+def sqlite_file(rows: dict[str, Any], folder: Path | None = None) -> Path:
     folder = folder or Path(tempfile.mkdtemp(prefix="komm-bench-"))
     path = folder / "bench.sqlite3"
     create_database(path, rows)
@@ -154,23 +129,23 @@ def sqlite_file(rows: DirectoryRows, folder: Path | None = None) -> Path:
 
 def komm_engines(data: Data) -> list[Engine]:
     policy_set = compile_workload()
+    functions_set = compile_workload(FUNCTIONS_POLICY)
     rows = directory_rows(data)
     memory = InMemoryDirectory(rows)
+    memory.require(SCHEMA, Needs(policy_set.needs.indexes | functions_set.needs.indexes))
     path = sqlite_file(rows)
     replica = SqliteDirectory(path, start=False)
+    replica.require(SCHEMA, policy_set.needs)
     return [
         komm_engine("komm-policy (in-memory directory)", policy_set, memory,
                     note="compiled closures; fused spam rules; memoised lookups"),
         komm_engine("komm-policy, lookups in policy functions (in-memory)",
-                    compile_workload(FUNCTIONS_POLICY), memory,
+                    functions_set, memory,
                     note="the same rules calling `def` functions that wrap the lookups"),
         komm_engine("komm-policy, trace=True", policy_set, memory,
                     note="records every rule and timed lookup"),
         komm_engine("komm-policy (SQLite store, replica)", policy_set, replica,
                     note="the default backend: lookups read the in-memory replica"),
-        komm_engine("komm-policy (SQLite, one SQL query per lookup)", policy_set,
-                    SqlQueryDirectory(path),
-                    note="the rejected alternative: indexed queries, timed lookups"),
     ]
 
 

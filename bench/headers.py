@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.policyset import PolicySet, compile_text
 from komm_policy.runtime import decide
@@ -65,7 +65,7 @@ def _policy() -> PolicySet:
 def run(*, sizes: tuple[int, ...], rounds: int, min_seconds: float, chunk_seconds: float,
         log: Any = print) -> dict[str, Any]:
     policy_set = _policy()
-    directory = InMemoryDirectory(DEMO_ROWS)
+    directory = InMemoryDirectory(DEMO_TABLES)
     cases = []
     for size in sizes:
         body = request_body(size)

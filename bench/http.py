@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
 def _deployment() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="komm-bench-http-"))
     shutil.copytree(ROOT / "policies", folder / "policies")
-    create_database(folder / "komm.sqlite3", DEMO_ROWS)
+    create_database(folder / "komm.sqlite3", DEMO_TABLES)
     return folder
 
 

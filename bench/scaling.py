@@ -6,19 +6,20 @@ import gc
 import tracemalloc
 from typing import Any
 
-from komm_policy.directory.memory import DirectoryIndex, InMemoryDirectory
+from komm_policy.directory.memory import InMemoryDirectory
+from komm_policy.directory.snapshot import Needs, TablesSnapshot
 from komm_policy.directory.sqlite import SqliteDirectory
 from komm_policy.runtime import decide
 
-from .engines import compile_workload, sqlite_file
+from .engines import SCHEMA, compile_workload, sqlite_file
 from .measure import interleaved
 from .workload import directory_rows, make_data, probe_fields, stalwart_request
 
 
-def index_bytes(rows: Any) -> int:
+def index_bytes(rows: Any, needs: Needs) -> int:
     gc.collect()
     tracemalloc.start()
-    index = DirectoryIndex(rows)
+    index = TablesSnapshot.build(SCHEMA, needs, {t: rows[t] for t in needs.tables})
     size = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     del index
@@ -33,10 +34,11 @@ def run(*, sizes: tuple[int, ...], rounds: int, min_seconds: float, chunk_second
     memory: dict[int, int] = {}
     for size in sizes:
         rows = directory_rows(make_data(subscriptions=size))
-        memory[size] = index_bytes(rows)
+        memory[size] = index_bytes(rows, policy_set.needs)
         for label, directory in (("in-memory", InMemoryDirectory(rows)),
                                  ("SQLite replica", SqliteDirectory(sqlite_file(rows),
                                                                     start=False))):
+            directory.require(SCHEMA, policy_set.needs)
             assert decide(policy_set, request, directory).action == "accept"
 
             def one(req: Any, directory: Any = directory) -> str:

@@ -9,19 +9,16 @@ import time
 import tracemalloc
 from typing import Any
 
-import msgspec
-
 from komm_policy.directory.schema import parse_schema
 from komm_policy.directory.snapshot import IndexSpec, Needs
 from komm_policy.directory.spacetimedb import SpacetimeDirectory
-from komm_policy.ipset import IP
 from komm_policy.runtime import decide
 from komm_policy.spacetimedb import Endpoint
 from komm_policy.spacetimedb.protocol import TableRows
 from tests.spacetimedb_double import DoubleServer
 from tests.spacetimedb_double.samples import directory_spec
 
-from .engines import compile_workload
+from .engines import SCHEMA, compile_workload
 from .measure import interleaved
 from .workload import directory_rows, make_data, memory_directory, probe_fields, stalwart_request
 
@@ -42,9 +39,8 @@ def run(*, subscriptions: int, big_rows: int, deltas: int, rounds: int, min_seco
     data = make_data(subscriptions=subscriptions)
     rows = directory_rows(data)
     # account.identity is an Identity in the module: an account without one gets its id
-    rows = msgspec.structs.replace(rows, account=tuple(
-        msgspec.structs.replace(a, identity=a.identity or f"{a.id:064x}")
-        for a in rows.account))
+    rows = {**rows, "account": [{**a, "identity": a["identity"] or f"{a['id']:064x}"}
+                                for a in rows["account"]]}
     spec = directory_spec(rows)
     spec["tables"]["big"] = {**BIG, "rows": [[i, f"user{i}@example.org", "x" * 20]
                                              for i in range(big_rows)]}
@@ -54,7 +50,9 @@ def run(*, subscriptions: int, big_rows: int, deltas: int, rounds: int, min_seco
         policy_set = compile_workload()
         request = stalwart_request(probe_fields({}))
         replica = _open(server)
+        replica.require(SCHEMA, policy_set.needs, timeout=120)
         memory = memory_directory(data)
+        memory.require(SCHEMA, policy_set.needs)
         assert decide(policy_set, request, replica).action == "accept"
         cases = [(f"in-memory, {subscriptions:,} subscriptions",
                   lambda r: decide(policy_set, r, memory).action, request),
@@ -67,12 +65,11 @@ def run(*, subscriptions: int, big_rows: int, deltas: int, rounds: int, min_seco
         log(f"  replica / in-memory decision: {results['lookup_ratio']:.2f}×")
 
         # 2. a committed delta, from the transaction's POST to visible in a lookup: a
-        #    table the policy set reads (snapshot builder), and an origin table behind
-        #    the built-in helpers (their index is rebuilt whole)
+        #    table the policy set reads (snapshot builder)
         control = server.control()
         replica.require(BIG_SCHEMA, BIG_NEEDS, timeout=120)
         spec_email = IndexSpec("big", ("email",))
-        tables_ms, legacy_ms = [], []
+        tables_ms: list[float] = []
         for i in range(deltas):
             email = f"delta{i}@example.org"
             started = time.perf_counter()
@@ -80,26 +77,17 @@ def run(*, subscriptions: int, big_rows: int, deltas: int, rounds: int, min_seco
             while replica.snapshot().tables.first(spec_email, (email,)) is None:  # type: ignore[union-attr]
                 time.sleep(0.0002)
             tables_ms.append((time.perf_counter() - started) * 1000)
-        for i in range(max(10, deltas // 5)):
-            address = f"198.51.{i // 250}.{i % 250 + 1}"
-            ip = IP.parse(address)
-            started = time.perf_counter()
-            control.tx("komm", "blocked_ips", inserts=[[address, "bench", 0, True]])
-            while not replica.ip_blocked(ip):  # type: ignore[arg-type]
-                time.sleep(0.0002)
-            legacy_ms.append((time.perf_counter() - started) * 1000)
-        for name, values in (("delta_ms", tables_ms), ("delta_legacy_ms", legacy_ms)):
+        for name, values in (("delta_ms", tables_ms),):
             values.sort()
             results[name] = {"p50": statistics.median(values),
                              "p99": values[max(0, int(len(values) * 0.99) - 1)],
                              "max": values[-1], "count": len(values)}
         log(f"  delta visible (tables): p50 {results['delta_ms']['p50']:.2f} ms, p99 "
-            f"{results['delta_ms']['p99']:.2f} ms; helpers' tables: p50 "
-            f"{results['delta_legacy_ms']['p50']:.2f} ms (incl. the control POST)")
+            f"{results['delta_ms']['p99']:.2f} ms (incl. the control POST)")
         replica.close()
 
         # 3. snapshot load time and memory, and a 1-row delta, for a table of `big_rows`
-        big = _open(server, legacy=False)
+        big = _open(server)
         big.require(BIG_SCHEMA, BIG_NEEDS, timeout=120)
         table = server.state.databases["komm"].tables["big"]
         strings = server.state.databases["komm"].encode_rows(table, table.rows, "object")

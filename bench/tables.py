@@ -38,6 +38,7 @@ from .workload import (
     BENCH_REQUEST,
     POLICY,
     PROBES,
+    ReferenceIndex,
     directory_rows,
     make_data,
     probe_fields,
@@ -89,9 +90,8 @@ def workload(quick: bool) -> dict[str, Any]:
     rows = directory_rows(make_data())
     tables_set, functions_set = compile_tables(), compile_functions()
     directory = InMemoryDirectory(rows)
-    directory.require(SCHEMA, Needs(tables_set.needs.indexes | functions_set.needs.indexes,
-                                    legacy=False))
-    reference = hand_written(InMemoryDirectory(rows))
+    directory.require(SCHEMA, Needs(tables_set.needs.indexes | functions_set.needs.indexes))
+    reference = hand_written(ReferenceIndex(make_data()))
     for label, changes, expected in PROBES:
         request = stalwart_request(probe_fields(changes))
         for policy_set in (tables_set, functions_set):
@@ -187,7 +187,7 @@ def one_row_change(n: int = 100_000, repeats: int = 20) -> dict[str, Any]:
                          "VALUES (?, '', ?, ?, 1)",
                          [(i, f"m{i}", f"member{i}@example.net") for i in range(1, n + 1)])
     directory = SqliteDirectory(path, start=False)
-    directory.require(SCHEMA, Needs({EMAIL}, legacy=False))
+    directory.require(SCHEMA, Needs({EMAIL}))
     refresh_ms = []
     apply_ms = []
     for k in range(repeats):

@@ -12,14 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from komm_policy.directory import (
-    AccountRow,
-    BlockedIpRow,
-    CategoryRow,
-    DirectoryRows,
-    SubscriptionRow,
-)
 from komm_policy.directory.memory import InMemoryDirectory
+from komm_policy.ipset import IP, IPSet, parse_entry
 from komm_policy.wire import Request, decode_request
 
 SENDER_PATTERN = r"[^@]+@[^@]+\.[a-z]{2,}"  # matched against the whole address
@@ -96,21 +90,50 @@ def make_data(subscriptions: int = 10_000) -> Data:
     return Data(blocked, categories, tuple(pairs))
 
 
-def directory_rows(data: Data) -> DirectoryRows:
-    """The same data in the origin's tables: one account per subscriber."""
+def directory_rows(data: Data) -> dict[str, list[dict[str, object]]]:
+    """The same data in the origin's tables (policies/schema.toml): one account per
+    subscriber."""
     category_id = {key: i for i, key in enumerate(data.categories.values(), start=1)}
-    accounts: dict[str, AccountRow] = {}
+    accounts: dict[str, dict[str, object]] = {}
     subscriptions = []
     for number, (sender, key) in enumerate(data.subscriptions, start=1):
-        account = accounts.setdefault(sender, AccountRow(len(accounts) + 1, sender, sender))
-        subscriptions.append(SubscriptionRow(number, account.id, category_id[key], sender))
-    return DirectoryRows(
-        blocked_ips=tuple(BlockedIpRow(ip) for ip in data.blocked_ips),
-        message_categories=tuple(CategoryRow(category_id[key], key, address)
-                                 for address, key in data.categories.items()),
-        account=tuple(accounts.values()),
-        subscriptions=tuple(subscriptions),
-    )
+        account = accounts.setdefault(sender, {
+            "id": len(accounts) + 1, "identity": "", "name": sender, "email": sender,
+            "is_active": True, "last_synced": None})
+        subscriptions.append({"id": number, "subscriber_account_id": account["id"],
+                              "subscriber_email": sender, "category_id": category_id[key],
+                              "subscribed_at": None, "active": True})
+    return {
+        "blocked_ips": [{"ip": ip, "reason": "", "blocked_at": 0, "active": True}
+                        for ip in data.blocked_ips],
+        "message_categories": [{"id": category_id[key], "name": key, "email_address": address,
+                                "description": "", "active": True}
+                               for address, key in data.categories.items()],
+        "account": list(accounts.values()),
+        "admin_identities": [],
+        "subscriptions": subscriptions,
+    }
+
+
+class ReferenceIndex:
+    """What hand-written Python would keep for the workload: a set of blocked networks,
+    list address -> category id, and (sender, category id) subscription pairs."""
+
+    def __init__(self, data: Data) -> None:
+        self._blocked = IPSet([parse_entry(ip) for ip in data.blocked_ips])
+        ids = {key: i for i, key in enumerate(data.categories.values(), start=1)}
+        self._categories = {address.lower(): ids[key]
+                            for address, key in data.categories.items()}
+        self._subscribed = {(sender.lower(), ids[key]) for sender, key in data.subscriptions}
+
+    def ip_blocked(self, ip: IP) -> bool:
+        return ip in self._blocked
+
+    def category(self, address: str) -> int | None:
+        return self._categories.get(address)
+
+    def subscribed(self, address: str, category: int) -> bool:
+        return (address, category) in self._subscribed
 
 
 def probe_fields(changes: dict[str, str]) -> dict[str, str]:
@@ -138,5 +161,5 @@ def stalwart_request(fields: dict[str, str]) -> Request:
 
 
 def memory_directory(data: Data) -> InMemoryDirectory:
-    """An in-memory directory holding the workload's data."""
+    """An in-memory directory holding the workload's data (indexed by `require`)."""
     return InMemoryDirectory(directory_rows(data))

@@ -2,9 +2,11 @@
 
 Three kinds: `pure` functions of their arguments (folded at load time when the arguments are
 constants), `request` functions that read the current message (`header`, `headers`), and
-`lookup` functions answered by the `Directory` (memoised per decision, subject to the lookup
-timeout and the policy's `on error` fallback).  The registry is a read-only mapping passed to
-the checker and compiler, so tests can hand in their own.
+`table` lookups answered by the directory's tables (`lookup`, `lookup_all`, `exists`:
+memoised per decision, subject to the lookup timeout and the policy's `on error` fallback).
+The organisation's helpers are policy-defined functions over tables, not built-ins.  The
+registry is a read-only mapping passed to the checker and compiler, so tests can hand in
+their own.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from . import types as t
 from .address_list import address_list
 from .addresses import domain, local_part, valid_address
 
-Kind = Literal["pure", "request", "lookup", "table"]
+Kind = Literal["pure", "request", "table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +48,8 @@ class Builtin:
     returns: t.Type
     kind: Kind
     impl: Callable[..., Any] | str
-    """pure: f(*args); request: f(ctx, *args); lookup: the name of the Directory method;
-    table: the name of the `TablesSnapshot` method (`first`, `all`, `exists`)."""
+    """pure: f(*args); request: f(ctx, *args); table: the name of the `TablesSnapshot`
+    method (`first`, `all`, `exists`)."""
     doc: str
     none_result: Any = None
     """What the call gives when an optional argument is none (no lookup is made)."""
@@ -120,22 +122,5 @@ DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
         Builtin("exists", (), t.BOOL, "table", "exists",
                 "true when the table has a row whose columns equal the keys",
                 none_result=False),
-        Builtin("ip_blocked", (Param("ip", frozenset({"ip"})),), t.BOOL, "lookup",
-                "ip_blocked",
-                "true when an active blocked_ips entry (address or CIDR) covers the address",
-                none_result=False),
-        Builtin("category", (_text("address"),), t.CATEGORY.opt(), "lookup",
-                "category",
-                "the active mailing-list category with that list address, or none"),
-        Builtin("account", (_text("address"),), t.ACCOUNT.opt(), "lookup",
-                "account",
-                "the active member account with that e-mail address, or none"),
-        Builtin("is_admin", (_text("address"),), t.BOOL, "lookup",
-                "is_admin",
-                "true when an active account with that address is an admin", none_result=False),
-        Builtin("subscribed", (_text("address"), Param("category", frozenset({"category"}))),
-                t.BOOL, "lookup", "subscribed",
-                "true when an active account with that address has an active subscription "
-                "to the category (false when the category is none)", none_result=False),
     )
 })

@@ -24,7 +24,6 @@ from .fields import STAGE_ORDER
 from .functions import inline
 from .fusion import FUSABLE, fuse
 from .ipset import IP, normalize_network
-from .lookups import lookup_closure
 from .operators import COMPARE, DUAL, as_tuple, both, either, lowered
 from .program import (
     CONTINUE,
@@ -376,8 +375,6 @@ class _Compiler:
                 return Const(none_result)
             return Const(impl(*values))
         getters = tuple(as_closure(a) for a in args)
-        if builtin.kind == "lookup":
-            return lookup_closure(builtin.name, impl, getters, optional, none_result)
         if builtin.kind == "request":
             (get,) = getters
 

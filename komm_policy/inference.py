@@ -130,7 +130,7 @@ class Inference:
                 type_ = self.infer(part, scope)
                 if type_.kind in t.RECORD_KINDS | {"regex"}:
                     self.error("E105", f"cannot write a {type_} value into text", part.span,
-                               "pick a field, e.g. `.name` or `.address`"
+                               "pick a field, e.g. `.name`"
                                if type_.kind in t.RECORD_KINDS else None)
         return t.STRING
 
@@ -189,16 +189,8 @@ class Inference:
             return t.ANY
         if obj_type.kind == "row":
             return self.tables.field(obj_type, expr)
-        record = t.RECORD_FIELDS.get(obj_type.kind)
-        if record is None:
-            return self.error("E105", f"`.{expr.name}` needs a category or account, but this "
-                              f"is {obj_type}", expr.name_span)
-        if expr.name not in record:
-            return self.error("E107", f"a {obj_type.kind} has no field `{expr.name}`",
-                              expr.name_span, suggest(expr.name, record) or
-                              f"its fields are: {', '.join(record)}")
-        result = record[expr.name]
-        return result.opt() if obj_type.optional else result
+        return self.error("E105", f"`.{expr.name}` needs a table row, but this is {obj_type}",
+                          expr.name_span)
 
     def _Index(self, expr: n.Index, scope: Scope) -> t.Type:
         obj_type = self.infer(expr.obj, scope)
@@ -228,7 +220,7 @@ class Inference:
                               suggest(expr.func, [*self.builtins, *defined])
                               or "available functions: "
                               + ", ".join(sorted([*self.builtins, *defined])))
-        if builtin.kind in ("lookup", "table") and not scope.allow_lookups:
+        if builtin.kind == "table" and not scope.allow_lookups:
             return self.error("E108", f"{scope.where} cannot call the lookup `{expr.func}()`",
                               expr.span, "lookups run only in rule conditions, statements "
                               "and the rule's own action")

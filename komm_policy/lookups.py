@@ -15,7 +15,6 @@ from typing import Any
 
 from .context import EvalContext
 from .decision import LookupRecord
-from .program import Closure
 
 
 class LookupFailed(Exception):
@@ -27,12 +26,9 @@ class DeadlineExceeded(Exception):
 
 
 def run_lookup(ctx: EvalContext, name: str, method: str, args: tuple[Any, ...],
-               key: tuple[Any, ...], call: Callable[[Any], Any] | None = None) -> Any:
+               key: tuple[Any, ...], call: Callable[[Any], Any]) -> Any:
     """Perform a lookup that is not in the memo yet (the caller checked the memo).
-    `call(directory)` performs it; by default `directory.<method>(*args)`."""
-    if call is None:
-        def call(directory: Any) -> Any:
-            return getattr(directory, method)(*args)
+    `call(directory)` performs it."""
     failures = ctx.failures
     if failures is not None and key in failures:
         raise LookupFailed(failures[key])
@@ -88,69 +84,3 @@ def describe_args(args: tuple[Any, ...]) -> str:
     return ", ".join(str(a.name) if hasattr(a, "id") and hasattr(a, "name")
                      else repr(str(a)) for a in args)
 
-
-_MISSING = object()
-
-
-def lookup_closure(name: str, method: str, getters: tuple[Closure, ...], optional: bool,
-                    none_result: Any) -> Closure:
-    """A lookup call.  A memo hit is one dict read; a miss on a local (non-blocking)
-    directory calls it inline; anything else goes through `run_lookup` (timing, deadline,
-    remembered failures)."""
-    if len(getters) == 1:
-        (get,) = getters
-
-        def lookup1(ctx: EvalContext) -> Any:
-            arg = get(ctx)
-            if arg is None:
-                return none_result
-            key = (name, arg)
-            memo = ctx.memo
-            value = memo.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-            if ctx.timed or ctx.failures is not None:
-                return run_lookup(ctx, name, method, (arg,), key)
-            try:
-                value = getattr(ctx.directory, method)(arg)
-            except Exception as exc:
-                raise failed(ctx, name, (arg,), key, exc, None) from exc
-            memo[key] = value
-            ctx.lookup_log.append(LookupRecord(name, (arg,), value, None, None))
-            return value
-        return lookup1
-
-    if len(getters) == 2:
-        first, second = getters
-
-        def lookup2(ctx: EvalContext) -> Any:
-            a = first(ctx)
-            b = second(ctx)
-            if a is None or b is None:
-                return none_result
-            key = (name, a, b)
-            memo = ctx.memo
-            value = memo.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-            if ctx.timed or ctx.failures is not None:
-                return run_lookup(ctx, name, method, (a, b), key)
-            try:
-                value = getattr(ctx.directory, method)(a, b)
-            except Exception as exc:
-                raise failed(ctx, name, (a, b), key, exc, None) from exc
-            memo[key] = value
-            ctx.lookup_log.append(LookupRecord(name, (a, b), value, None, None))
-            return value
-        return lookup2
-
-    def lookup_n(ctx: EvalContext) -> Any:
-        args = tuple([g(ctx) for g in getters])
-        if None in args:
-            return none_result
-        key = (name, *args)
-        value = ctx.memo.get(key, _MISSING)
-        if value is not _MISSING:
-            return value
-        return run_lookup(ctx, name, method, args, key)
-    return lookup_n

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from . import nodes as n
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import check
 from .compiler import compile_program
@@ -121,17 +120,9 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
         settings=settings,
         warnings=tuple(diagnostics),
         schema=schema,
-        needs=Needs({call.spec for call in analysis.table_calls.values()},
-                    legacy=_calls_helpers(files, builtins)),
+        needs=Needs({call.spec for call in analysis.table_calls.values()}),
     )
     return LoadResult(policy_set, tuple(diagnostics), texts)
-
-
-def _calls_helpers(files: Sequence[n.PolicyFile], builtins: Mapping[str, Builtin]) -> bool:
-    """Does any call (rules, constants, functions) use a first-version helper lookup?"""
-    return any(isinstance(node, n.Call) and node.func in builtins
-               and builtins[node.func].kind == "lookup"
-               for policy_file in files for node in n.walk(policy_file))
 
 
 def compile_text(text: str, name: str = "<policy>", **kwargs: object) -> LoadResult:

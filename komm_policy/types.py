@@ -57,8 +57,6 @@ CIDR = Type("cidr")
 REGEX = Type("regex")
 DURATION = Type("duration")
 SIZE = Type("size")
-CATEGORY = Type("category")
-ACCOUNT = Type("account")
 ANY = Type("any", optional=True)
 
 
@@ -75,14 +73,8 @@ def row_of(table: str) -> Type:
     return Type("row", table=table)
 
 
-RECORD_KINDS = frozenset({"category", "account", "row"})
+RECORD_KINDS = frozenset({"row"})
 """Kinds whose values have fields and cannot be written into text as a whole."""
-
-
-RECORD_FIELDS: dict[str, dict[str, Type]] = {
-    "category": {"id": INT, "name": STRING, "address": ADDRESS, "description": STRING},
-    "account": {"id": INT, "name": STRING, "email": ADDRESS, "identity": STRING},
-}
 
 
 def assignable(source: Type, target: Type) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
 
 from .conftest import POLICIES
@@ -34,7 +34,7 @@ class Deployment:
         self.policies = root / "policies"
         shutil.copytree(POLICIES, self.policies)
         self.database = root / "komm.sqlite3"
-        create_database(self.database, DEMO_ROWS)
+        create_database(self.database, DEMO_TABLES)
         self.log_file = root / "decisions.jsonl"
 
 

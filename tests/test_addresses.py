@@ -16,13 +16,12 @@ from komm_policy.addresses import (
     normalize_domain,
     valid_address,
 )
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.policyset import compile_text, load_policy_set
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
 
 from .conftest import POLICIES
+from .shipped import directory as demo_directory
 
 
 @pytest.mark.parametrize("address", [
@@ -115,13 +114,13 @@ def shipped():
 
 @pytest.mark.parametrize("address", ["odd user@example.org", "a@b@example.org", ""])
 def test_shipped_policy_accepts_dequoted_senders(shipped, address):
-    decision = decide(shipped, _mail_request(address), InMemoryDirectory(DEMO_ROWS))
+    decision = decide(shipped, _mail_request(address), demo_directory())
     assert decision.action == "accept"
 
 
 @pytest.mark.parametrize("address", ["a@localhost", "ü" * 40 + "@example.org", "a\x00@x.org"])
 def test_shipped_policy_rejects_invalid_senders(shipped, address):
-    decision = decide(shipped, _mail_request(address), InMemoryDirectory(DEMO_ROWS))
+    decision = decide(shipped, _mail_request(address), demo_directory())
     assert str(decision.reply) == "553 5.1.7 Invalid sender address"
 
 
@@ -139,7 +138,7 @@ def test_idn_domains_compare_by_a_label(sender, expected):
             rule blocked_sender: when sender == "spam@Bücher.example" reject 550 5.7.1 "no"
             default accept
         }""").policy_set
-    assert decide(policy, _mail_request(sender), InMemoryDirectory(DEMO_ROWS)).action == expected
+    assert decide(policy, _mail_request(sender), demo_directory()).action == expected
 
 
 def _data_request(recipients):
@@ -162,7 +161,7 @@ def test_idn_recipients_are_deleted_in_the_form_stalwart_holds():
             rule hold: when true quarantine "held"
         }""").policy_set
     decision = decide(policy, _data_request(["Info@Bücher.example", "b@example.org"]),
-                      InMemoryDirectory(DEMO_ROWS))
+                      demo_directory())
     deleted = [m.value for m in decision.modifications if type(m).__name__ == "DeleteRecipient"]
     assert deleted == ["info@bücher.example", "b@example.org"]   # the quarantine's own
 
@@ -174,5 +173,5 @@ def test_delete_recipient_of_an_envelope_value_names_it_as_sent():
             default accept
         }""").policy_set
     decision = decide(policy, _data_request(["Info@Bücher.example"]),
-                      InMemoryDirectory(DEMO_ROWS))
+                      demo_directory())
     assert [m.value for m in decision.modifications] == ["info@bücher.example"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 
 from komm_policy.errors import Diagnostic, Severity
-from komm_policy.policyset import Source, compile_sources, compile_text, load_path
+from komm_policy.policyset import Source, compile_sources, load_path
 
 from .conftest import POLICIES
+from .shipped import DIRECTORY_SOURCES, SCHEMA, compile_with_directory
 
 FILE = "test.policy"
 
@@ -22,12 +23,17 @@ FILE = "test.policy"
 
 
 def diagnostics(text: str) -> list[Diagnostic]:
-    return list(compile_text(text, FILE).diagnostics)
+    """Check a snippet after the shipped directory file (the helpers), against the shipped
+    schema file."""
+    return list(compile_with_directory(text, FILE).diagnostics)
 
 
 def diagnostics_of(files: dict[str, str]) -> list[Diagnostic]:
-    """Check several files as one set, in the given order (the load order)."""
-    result = compile_sources([Source(name, text) for name, text in files.items()])
+    """Check several files as one set, in the given order (the load order), after the
+    shipped directory file."""
+    result = compile_sources([*DIRECTORY_SOURCES,
+                              *(Source(name, text) for name, text in files.items())],
+                             schema=SCHEMA)
     return list(result.diagnostics)
 
 
@@ -134,7 +140,7 @@ def test_e101_unknown_function_without_close_match_lists_the_available_ones():
                      "use one of its fields: client.helo, client.ip, client.port, client.ptr",
                      id="namespace-as-value"),
         pytest.param("ip_blocked", "connect", "ip_blocked", "`ip_blocked` is a function",
-                     "call it: `ip_blocked(ip: ip) -> bool`", id="function-without-call"),
+                     "call it: `ip_blocked(ip)`", id="function-without-call"),
     ],
 )
 def test_e102_unknown_name(cond, stage, needle, message, hint):
@@ -221,8 +227,7 @@ def test_e103_inside_a_reply_template():
                      "signature: lower(text: address or string) -> string", id="too-many"),
         pytest.param("subscribed(sender)", "subscribed(sender)",
                      "`subscribed()` takes 2 arguments, got 1",
-                     "signature: subscribed(address: address or string, category: category) "
-                     "-> bool", id="too-few"),
+                     "signature: subscribed(address, category)", id="too-few"),
         pytest.param("len() == 0", "len()", "`len()` takes 1 argument, got 0",
                      "signature: len(value: address or list or string) -> int", id="none"),
     ],
@@ -243,13 +248,19 @@ def test_e104_wrong_number_of_arguments(cond, needle, message, hint):
 @pytest.mark.parametrize(
     ("cond", "needle", "message", "hint"),
     [
-        pytest.param("ip_blocked(sender)", "sender",
-                     "argument 1 (`ip`) of `ip_blocked()` must be ip, but this is address",
-                     "signature: ip_blocked(ip: ip) -> bool", id="call-argument"),
-        pytest.param('subscribed(sender, "news@example.org")', '"news@example.org"',
-                     "argument 2 (`category`) of `subscribed()` must be category, but this is "
-                     "string", "signature: subscribed(address: address or string, category: "
-                     "category) -> bool", id="call-second-argument"),
+        pytest.param("lower(client.port) == \"x\"", "client.port",
+                     "argument 1 (`text`) of `lower()` must be address or string, but this is "
+                     "int", "signature: lower(text: address or string) -> string",
+                     id="call-argument"),
+        # a row-typed parameter: `subscribed` reads `category.id`, so it needs a row
+        pytest.param('subscribed(sender, "news@example.org")',
+                     'subscribed(sender, "news@example.org")',
+                     "in `subscribed()` called here: `.id` needs a table row, but this is "
+                     "string", None, id="call-second-argument"),
+        pytest.param("subscribed(sender, ip_blocked(client.ip))",
+                     "subscribed(sender, ip_blocked(client.ip))",
+                     "in `subscribed()` called here: `.id` needs a table row, but this is "
+                     "bool", None, id="call-row-argument-of-another-type"),
         pytest.param('client.port == "25"', "==", "`==` cannot combine int and string", None,
                      id="eq"),
         pytest.param("client.ip != 25", "!=", "`!=` cannot combine ip and int", None,
@@ -290,7 +301,7 @@ def test_e104_wrong_number_of_arguments(cond, needle, message, hint):
                      "a list index must be an int, but this is string", None,
                      id="non-int-index"),
         pytest.param('sender.name == "a"', "name",
-                     "`.name` needs a category or account, but this is address", None,
+                     "`.name` needs a table row, but this is address", None,
                      id="field-of-non-record"),
         pytest.param('client.port in [25, "smtp"]', '[25, "smtp"]',
                      "list items must have one type, found int, string", None,
@@ -313,13 +324,14 @@ def test_e105_type_mismatch_in_condition(cond, needle, message, hint):
     ("stage", "body", "needle", "message", "hint"),
     [
         pytest.param("data", 'add_header "X-Category" category(sender)\n        continue',
-                     "category(sender)", "cannot write a category? value into a header",
+                     "category(sender)",
+                     "cannot write a row of message_categories? value into a header",
                      "pick a field, e.g. `.name`", id="record-into-header"),
         pytest.param("data", 'add_header "X-Pattern" /x/\n        continue', "/x/",
                      "cannot write a regex value into a header", None, id="regex-into-header"),
         pytest.param("rcpt", 'reject 550 5.1.1 "No list {category(rcpt)}"', "category(rcpt)",
-                     "cannot write a category? value into text",
-                     "pick a field, e.g. `.name` or `.address`", id="record-into-template"),
+                     "cannot write a row of message_categories? value into text",
+                     "pick a field, e.g. `.name`", id="record-into-template"),
         pytest.param("data", "change_from 1\n        continue", "1",
                      "`change_from` needs text, but this is int", None, id="change-from-int"),
     ],
@@ -347,7 +359,8 @@ def test_e105_type_mismatch_in_statement_or_action(stage, body, needle, message,
                      "a rule's `when` condition must be true or false, but this is string?",
                      "compare with none explicitly, e.g. `x != none`", id="optional-value"),
         pytest.param("category(sender)", "category(sender)",
-                     "a rule's `when` condition must be true or false, but this is category?",
+                     "a rule's `when` condition must be true or false, but this is row of "
+                     "message_categories?",
                      "compare with none explicitly, e.g. `x != none`", id="optional-record"),
         pytest.param("not sender", "sender",
                      "the operand of `not` must be true or false, but this is address", None,
@@ -380,9 +393,10 @@ def test_e106_non_bool_condition(cond, needle, message, hint):
                      "unknown request field `client.hello`", "did you mean `client.helo`?",
                      id="request-field"),
         pytest.param("rcpt", 'category(rcpt).nam == "x"', "nam",
-                     "a category has no field `nam`", "did you mean `name`?", id="record-field"),
+                     "a row of `message_categories` has no field `nam`", "did you mean `name`?",
+                     id="record-field"),
         pytest.param("rcpt", 'account(sender).emial == "x"', "emial",
-                     "a account has no field `emial`", "did you mean `email`?",
+                     "a row of `account` has no field `emial`", "did you mean `email`?",
                      id="account-field"),
     ],
 )
@@ -414,7 +428,7 @@ def test_field_access_on_a_list_field_is_a_type_error_not_an_unknown_field():
     text = a_rule('envelope.to.name == "x"', stage="rcpt")
     d = single(diagnostics(text), "E105")
     assert where(d) == locate(text, "name")
-    assert d.message == "`.name` needs a category or account, but this is list[address]"
+    assert d.message == "`.name` needs a table row, but this is list[address]"
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,7 +443,8 @@ def test_e108_lookup_in_let():
     d = single(diagnostics(text), "E108")
     assert_error(d, "E108")
     assert where(d) == locate(text, 'category("admins@example.org")')
-    assert d.message == "a `let` cannot call the lookup `category()`"
+    assert d.message == ("in `category()` called here: a `let` cannot call the lookup "
+                         "`lookup()`")
     assert d.hint == ("lookups run only in rule conditions, statements and the rule's own "
                       "action")
 
@@ -446,21 +461,24 @@ def test_e108_lookup_in_on_error_action():
     )
     d = single(diagnostics(text), "E108")
     assert where(d) == locate(text, "category(rcpt)")
-    assert d.message == "an `on error` action cannot call the lookup `category()`"
+    assert d.message == ("in `category()` called here: an `on error` action cannot call "
+                         "the lookup `lookup()`")
 
 
 def test_e108_lookup_in_default():
     text = 'stage rcpt {\n    default reject 550 "{account(rcpt).name}"\n}\n'
     d = single(diagnostics(text), "E108")
     assert where(d) == locate(text, "account(rcpt)")
-    assert d.message == "a `default` cannot call the lookup `account()`"
+    assert d.message == ("in `account()` called here: a `default` cannot call the lookup "
+                         "`lookup()`")
 
 
 def test_e108_lookup_in_settings():
     text = settings('on_lookup_error = tempfail 451 "Blocked: {ip_blocked(10.0.0.1)}"')
     d = single(diagnostics(text), "E108")
     assert where(d) == locate(text, "ip_blocked(10.0.0.1)")
-    assert d.message == "settings cannot call the lookup `ip_blocked()`"
+    assert d.message == ("in `ip_blocked()` called here: settings cannot call the lookup "
+                         "`exists()`")
 
 
 # ---------------------------------------------------------------------------------------
@@ -567,7 +585,7 @@ def test_e111_duplicate_let_across_files_points_at_the_first():
         pytest.param("sender", "a request field", id="field"),
         pytest.param("client", "a request field", id="namespace"),
         pytest.param("lower", "a built-in function", id="builtin"),
-        pytest.param("category", "a built-in function", id="lookup"),
+        pytest.param("category", "a function", id="directory-function"),
     ],
 )
 def test_e111_let_hiding_a_field_or_builtin(name, what):
@@ -1110,8 +1128,9 @@ stage data {
 
 
 def test_design_example_is_clean():
-    result = compile_sources([Source("10-connection.policy", DESIGN_EXAMPLE_CONNECTION),
-                              Source("20-lists.policy", DESIGN_EXAMPLE_LISTS)])
+    result = compile_sources([*DIRECTORY_SOURCES,
+                              Source("10-connection.policy", DESIGN_EXAMPLE_CONNECTION),
+                              Source("20-lists.policy", DESIGN_EXAMPLE_LISTS)], schema=SCHEMA)
     assert result.diagnostics == ()
     assert result.policy_set is not None
 

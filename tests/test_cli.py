@@ -26,8 +26,8 @@ FIXTURES = ROOT / "tests" / "fixtures" / "stalwart"
 
 CLEAN = "stage rcpt {\n    rule a: when sender == \"\" reject\n    default accept\n}\n"
 WARNING_ONLY = "stage rcpt {\n    rule a: when sender == \"\" reject\n}\n"  # W202
-ERROR = ("stage rcpt {\n    rule a: when ip_blockd(client.ip) reject\n"
-         "    default accept\n}\n")  # E101 at 2:18-2:27
+ERROR = ("stage rcpt {\n    rule a: when domian(sender) == \"x.example\" reject\n"
+         "    default accept\n}\n")  # E101 at 2:18-2:24
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -82,7 +82,7 @@ def test_check_errors_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     directory = policy_dir(tmp_path, "bad", a=ERROR)
     code, out, _ = run(capsys, "check", str(directory))
     assert code == 1
-    assert "E101" in out and "ip_blockd" in out
+    assert "E101" in out and "domian" in out
     assert f"{directory}: failed" in out
     assert out.rstrip().endswith("1 error, 0 warnings")
 
@@ -148,9 +148,9 @@ def test_check_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert first["files"] == [str(bad / "a.policy")]
     [diagnostic] = first["diagnostics"]
     assert diagnostic == {
-        "code": "E101", "severity": "error", "message": "unknown function `ip_blockd`",
+        "code": "E101", "severity": "error", "message": "unknown function `domian`",
         "file": str(bad / "a.policy"), "line": 2, "column": 18, "end_line": 2,
-        "end_column": 27, "hint": "did you mean `ip_blocked`?"}
+        "end_column": 24, "hint": "did you mean `domain`?"}
     assert second["ok"] is True
     assert second["rules"] == 1
     assert isinstance(second["version"], str) and second["version"]
@@ -177,8 +177,8 @@ def test_check_github(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     error_line, warning_line = out.splitlines()
     file = str(bad / "a.policy").replace(":", "%3A").replace(",", "%2C")
     assert error_line == (
-        f"::error file={file},line=2,col=18,endLine=2,endColumn=27,title=E101::"
-        "unknown function `ip_blockd` (did you mean `ip_blocked`?)")
+        f"::error file={file},line=2,col=18,endLine=2,endColumn=24,title=E101::"
+        "unknown function `domian` (did you mean `domain`?)")
     assert warning_line.startswith(f"::warning file={warn / 'b.policy'},line=1,col=7,"
                                    "endLine=1,endColumn=11,title=W202::")
     code, out, _ = run(capsys, "check", "--format", "github", "--strict", str(warn))
@@ -327,9 +327,16 @@ def test_eval_explain(capsys: pytest.CaptureFixture[str]) -> None:
         ["not_allowed_to_post", "matched"]]
     assert all("20-envelope.policy:" in line for line in rules)
     lookups = lines[lines.index("lookups:") + 1:]
-    assert lookups[0].startswith("  category('gemuese@solawi.example') -> Category(")
-    assert lookups[1].startswith("  is_admin('anna.mueller@gmail.com') -> False")
-    assert lookups[2].startswith("  subscribed('anna.mueller@gmail.com', Gemuese) -> False")
+    # the directory file's category(), is_admin() and subscribed(), as table reads
+    assert lookups[0].startswith("  lookup(message_categories: active, email_address)"
+                                 "('True', 'gemuese@solawi.example') -> "
+                                 "message_categories(id=2, name='Gemuese'")
+    assert lookups[1].startswith("  lookup_all(account: email, is_active)"
+                                 "('anna.mueller@gmail.com', 'True') -> [account(id=101,")
+    assert lookups[2].startswith("  exists(admin_identities: identity)('c200")
+    assert " -> False" in lookups[2]
+    assert lookups[3].startswith("  exists(subscriptions: active, category_id, "
+                                 "subscriber_account_id)('True', '2', '101') -> False")
 
 
 def test_eval_without_explain_has_no_trace(capsys: pytest.CaptureFixture[str]) -> None:

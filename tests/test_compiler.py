@@ -152,7 +152,7 @@ def test_none_from_a_lookup_record(condition, expected):
     ('domain(rcpt) in ["Solawi.Example"]', True),
     ('"INFO@SOLAWI.EXAMPLE" in envelope.to', True),
     ('any r in envelope.to: r == "INFO@SOLAWI.EXAMPLE"', True),
-    ('category(rcpt).address == "Info@Solawi.Example"', True),
+    ('category(rcpt).email_address == "Info@Solawi.Example"', True),
     ('envelope.to contains "INFO@SOLAWI.EXAMPLE"', True),
 ])
 def test_address_comparisons_are_case_insensitive(condition, expected):

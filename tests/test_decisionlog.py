@@ -32,9 +32,8 @@ from komm_policy.decisionlog import (
     encode_record,
     make_record,
 )
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory import BlockedIpRow, DirectoryError, DirectoryRows
-from komm_policy.directory.memory import InMemoryDirectory
+from komm_policy.demo import DEMO_TABLES
+from komm_policy.directory import DirectoryError
 from komm_policy.directory.sqlite import create_database
 from komm_policy.directory.sqlite_tables import user_tables
 from komm_policy.policyset import PolicySet, load_policy_set
@@ -42,6 +41,8 @@ from komm_policy.runtime import decide
 from komm_policy.wire import Request, decode_request
 
 from .conftest import POLICIES, ROOT
+from .shipped import compile_with_directory
+from .shipped import directory as demo_directory
 
 FIXTURES = ROOT / "tests" / "fixtures" / "stalwart"
 ISO_UTC = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00\Z")
@@ -52,7 +53,7 @@ def policy_set() -> PolicySet:
     return load_policy_set(POLICIES)
 
 
-DEMO = InMemoryDirectory(DEMO_ROWS)
+DEMO = demo_directory()
 
 
 class DownDirectory:
@@ -60,10 +61,12 @@ class DownDirectory:
 
     blocking = False
 
-    def _fail(self, *args: object) -> None:
-        raise DirectoryError("store down")
+    def snapshot(self) -> DownDirectory:
+        return self
 
-    ip_blocked = category = account = is_admin = subscribed = _fail
+    @property
+    def tables(self) -> None:
+        raise DirectoryError("store down")
 
 
 def fixture_request(name: str) -> Request:
@@ -306,12 +309,16 @@ def test_header_values_appear_only_as_lookup_arguments() -> None:
     request = decode_request(json.dumps(payload))
     decision = decide(policy_set(), request, DEMO)
     record = json.loads(encode_record(make_record(request, decision, 0.0)))
-    assert {"function": "category", "args": ["private-list@elsewhere.example"]} in [
+    assert {"function": "lookup(message_categories: active, email_address)",
+            "args": [True, "private-list@elsewhere.example"]} in [
         {k: v for k, v in lookup.items() if k != "result"} for lookup in record["lookups"]]
     without_lookups = json.dumps({k: v for k, v in record.items() if k != "lookups"})
     assert "private-list@elsewhere.example" not in without_lookups
     assert "Abholung" not in json.dumps(record)  # the Subject
-    assert "Anna Mueller" not in json.dumps(record)  # the From display name
+    # the From display name: not from the header (the sender's account row, a lookup
+    # result, carries the same name from the directory)
+    assert "Anna Mueller" not in without_lookups
+    assert all("Anna Mueller" not in json.dumps(lookup["args"]) for lookup in record["lookups"])
 
 
 @pytest.mark.parametrize("directory", [DEMO, DownDirectory()], ids=["blocked", "fallback"])
@@ -469,7 +476,7 @@ def test_jsonl_sink_counts_an_existing_file_towards_rotation(tmp_path: Path) -> 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     path = tmp_path / "komm.sqlite3"
-    create_database(path, DEMO_ROWS)
+    create_database(path, DEMO_TABLES)
     return path
 
 
@@ -559,16 +566,15 @@ def test_sqlite_sink_never_creates_a_store(tmp_path: Path) -> None:
 def test_redaction_covers_logs_replies_and_the_ipv4_mapped_form() -> None:
     """The client address is gone from every part of the record, also where a policy
     interpolated it into a `log` line or a reply, and when Stalwart sent it IPv4-mapped."""
-    from komm_policy.policyset import compile_text
-
-    policy = compile_text(
+    policy = compile_with_directory(
         "stage connect {\n"
         '  rule note: when true log "client {client.ip}" continue\n'
         "  rule blocked: when ip_blocked(client.ip)\n"
         '    reject 550 5.7.1 "go away {client.ip}"\n'
         "  default accept\n}\n").policy_set
     assert policy is not None
-    directory = InMemoryDirectory(DirectoryRows(blocked_ips=(BlockedIpRow("192.0.2.7"),)))
+    directory = demo_directory({"blocked_ips": [
+        {"ip": "192.0.2.7", "reason": "", "blocked_at": 0, "active": True}]})
     for sent in ("192.0.2.7", "::ffff:192.0.2.7"):
         request = decode_request(json.dumps(
             {"context": {"stage": "connect", "client": {"ip": sent}}}))
@@ -583,7 +589,7 @@ def test_redaction_covers_logs_replies_and_the_ipv4_mapped_form() -> None:
         assert record["client_ip"] is None
         assert record["logs"] == ["client [redacted]"]
         assert record["reply"]["message"] == "go away [redacted]"
-        assert record["lookups"][0]["args"] == ["[redacted]"]
+        assert record["lookups"][0]["args"] == ["[redacted]", True]  # (ip, active)
 
 
 def test_a_failed_rotation_does_not_kill_the_jsonl_sink(
@@ -730,7 +736,7 @@ def test_sqlite_sink_writes_into_a_store_created_anew(store: Path) -> None:
         store.with_name(store.name + suffix).unlink(missing_ok=True)
     with pytest.raises(OSError):
         sink.write(spooled(record_line("derived-rcpt-2", 2)))  # gone: retried later
-    create_database(store, DEMO_ROWS)
+    create_database(store, DEMO_TABLES)
     sink.write(spooled(record_line("derived-rcpt-2", 2), record_line("derived-rcpt-2", 3)))
     sink.close()
     assert sorted(mta_log(store, "id")) == [("derived-rcpt-2-2",), ("derived-rcpt-2-3",)]

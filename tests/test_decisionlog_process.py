@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from komm_policy.decisionlog import DecisionLog, JsonlSpec, LogSettings, SqliteSpec
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
 
 from .logstore import jsonl_ids, store_ids, store_locked
@@ -28,7 +28,7 @@ from .test_decisionlog import decided
 @pytest.fixture
 def paths(tmp_path: Path) -> tuple[Path, Path, Path]:
     store = tmp_path / "komm.sqlite3"
-    create_database(store, DEMO_ROWS)
+    create_database(store, DEMO_TABLES)
     return tmp_path / "log" / "decisions.jsonl", store, tmp_path / "spool"
 
 
@@ -146,7 +146,7 @@ def test_backlog_past_its_bound_makes_the_log_a_readiness_problem(
         assert status.backlog == {"sqlite": 30}
         problem = log.problem(status)
         assert problem is not None and "sqlite: 30 records behind" in problem
-        create_database(missing, DEMO_ROWS)
+        create_database(missing, DEMO_TABLES)
         wait_for(lambda: log.status().backlog == {"sqlite": 0}, timeout=15)
         assert log.problem() is None
     finally:

@@ -19,15 +19,15 @@ from lark import Token
 
 from komm_policy.cli import fmt as fmt_cli
 from komm_policy.cli import main
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.formatter import FormatError, _concrete_parser, format_text
 from komm_policy.parser import parse
-from komm_policy.policyset import compile_text
+from komm_policy.policyset import LoadResult, compile_text
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
 
 from .conftest import POLICIES
+from .shipped import SCHEMA, compile_with_directory
+from .shipped import directory as demo_directory
 from .test_properties import _PRELUDE, FAST, expressions
 
 _COMMENT = re.compile(r"#[^\n]*")
@@ -228,11 +228,19 @@ def payloads(stalwart_fixtures):
     return [decode_request(raw) for raw in stalwart_fixtures.values()]
 
 
-_DEMO = InMemoryDirectory(DEMO_ROWS)
+_DEMO = demo_directory()
+
+
+def _compile(text: str) -> LoadResult:
+    """A generated snippet after the shipped directory file; the shipped set (which has it)
+    as it is, against the shipped schema file."""
+    if "def ip_blocked(" in text:
+        return compile_text(text, "p.policy", schema=SCHEMA)
+    return compile_with_directory(text, "p.policy")
 
 
 def decisions(text: str, requests: list) -> list | None:
-    loaded = compile_text(text, "p.policy")
+    loaded = _compile(text)
     if loaded.policy_set is None:
         return None
     return [(d.action, str(d.reply), d.rule.name if d.rule else None, d.logs, d.fallback)
@@ -266,7 +274,7 @@ def test_generated_typed_policies_decide_alike_after_formatting(conditions, data
     scrambled = scramble(policy(conditions, "rcpt"), data)
     formatted = assert_formats_safely(scrambled)
     decided = decisions(formatted, payloads)
-    assert decided is not None, compile_text(formatted, "p.policy").diagnostics
+    assert decided is not None, _compile(formatted).diagnostics
     assert decided == decisions(scrambled, payloads)
 
 

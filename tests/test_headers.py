@@ -14,14 +14,13 @@ from hypothesis import strategies as st
 
 from komm_policy.address_list import address_list
 from komm_policy.addresses import normalize_address, valid_address
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.headers import Headers, read_field, unfold
 from komm_policy.policyset import load_policy_set
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
 
 from .conftest import POLICIES
+from .shipped import directory as demo_directory
 
 
 def read(name: str, raw: str) -> str | None:
@@ -131,7 +130,7 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def demo():
-    return InMemoryDirectory(DEMO_ROWS)
+    return demo_directory()
 
 
 def data_request(stalwart_fixtures, headers):

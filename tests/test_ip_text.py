@@ -8,12 +8,12 @@ import json
 import pytest
 
 from komm_policy.decisionlog import make_record
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.ipset import IP
 from komm_policy.policyset import compile_text
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
+
+from .shipped import directory as demo_directory
 
 POLICY = compile_text("""
 stage connect {
@@ -37,7 +37,7 @@ def test_ip_text(sent, shown):
     assert str(IP.parse(sent)) == shown
     request = decode_request(json.dumps({"context": {
         "stage": "connect", "client": {"ip": sent}, "server": {"ip": sent}}}))
-    decision = decide(POLICY, request, InMemoryDirectory(DEMO_ROWS))
+    decision = decide(POLICY, request, demo_directory())
     assert decision.reply is not None
     assert decision.reply.message == f"client {shown} server {shown}"
     assert make_record(request, decision, 1.0).client_ip == shown

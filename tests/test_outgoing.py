@@ -12,20 +12,20 @@ import ast
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from komm_policy import outgoing
 from komm_policy.builtins import valid_address
 from komm_policy.decision import Decision
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.policyset import PolicySet, Source, compile_sources
 from komm_policy.runtime import decide
 from komm_policy.wire import AddHeader, AddRecipient, ChangeFrom, DeleteRecipient
 
 from .conftest import POLICIES
 from .sent import address_problems, header_problems, read_back
+from .shipped import SCHEMA
+from .shipped import directory as demo_directory
 from .test_checker import assert_error, assert_warning, codes, diagnostics, locate, single, where
 from .test_runtime import DEMO, request, run, summary
 
@@ -44,7 +44,7 @@ INJECTION = "=?us-ascii?q?kasse@solawi.example=0D=0ARCPT_TO:<x@evil.example>?="
 
 def shipped_plus(extra: str) -> PolicySet:
     sources = [Source(p.name, p.read_text()) for p in sorted(POLICIES.glob("*.policy"))]
-    result = compile_sources([*sources, Source("40-extra.policy", extra)])
+    result = compile_sources([*sources, Source("40-extra.policy", extra)], schema=SCHEMA)
     assert result.policy_set is not None, [str(d) for d in result.diagnostics]
     return result.policy_set
 
@@ -465,10 +465,9 @@ def test_guard_for_a_blank_header(guard: str, mark: str | None, expected) -> Non
 
 def test_issue_example_shipped_category_header_is_7bit() -> None:
     """The shipped `tag_list_mail` rule with a category named `Gemüse & Obst`."""
-    categories = tuple(msgspec.structs.replace(c, name="Gemüse & Obst") if c.id == 2 else c
-                       for c in DEMO_ROWS.message_categories)
-    directory = InMemoryDirectory(msgspec.structs.replace(DEMO_ROWS,
-                                                          message_categories=categories))
+    categories = tuple({**c, "name": "Gemüse & Obst"} if c["id"] == 2 else c
+                       for c in DEMO_TABLES["message_categories"])
+    directory = demo_directory({**DEMO_TABLES, "message_categories": categories})
     decision = decide(shipped_plus(""), request(
         "data", sender="peter.schmidt@web.example", to=["gemuese@solawi.example"],
         headers=[("Subject", "Ernte")]), directory)

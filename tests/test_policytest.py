@@ -14,6 +14,7 @@ import pytest
 
 from komm_policy.cli import main
 from komm_policy.cli import test as test_cli
+from komm_policy.directory.schema import load_schema
 from komm_policy.policyset import compile_text
 from komm_policy.policytest.requests import build_request
 from komm_policy.policytest.runner import Coverage, run_cases
@@ -33,7 +34,7 @@ stage connect {
         continue
 
     rule blocked:
-        when ip_blocked(client.ip)
+        when exists("blocked_ips", ip = client.ip)
         reject 550 5.7.1 "blocked"
         on error tempfail 451 4.3.0 "try later"
 
@@ -54,7 +55,24 @@ def run_test(*paths: str, format: str = "text", coverage: bool = False,
     return test_cli.run(args, out, err), out.getvalue(), err.getvalue()
 
 
+TABLES = """\
+[tables.blocked_ips]
+primary_key = ["ip"]
+columns.ip = { type = "network" }
+columns.reason = { type = "text", optional = true }
+
+[tables.account]
+primary_key = ["id"]
+columns.id = { type = "integer" }
+columns.name = { type = "text" }
+columns.email = { type = "address" }
+"""
+"""The schema file of the sets written here (rows are checked against it)."""
+
+
 def write_set(tmp_path: Path, tests: str, policy: str = POLICY) -> Path:
+    if not (tmp_path / "schema.toml").exists():
+        (tmp_path / "schema.toml").write_text(TABLES)
     (tmp_path / "10-connect.policy").write_text(policy)
     (tmp_path / "10-connect.test.toml").write_text(tests)
     return tmp_path
@@ -89,7 +107,7 @@ def test_the_shipped_tests_pass_with_full_coverage():
     assert report["passed"] >= 25
     assert report["coverage"]["percent"] == 100.0
     kinds = {item["kind"] for item in report["coverage"]["items"]}
-    assert kinds == {"rule", "default", "on error"}
+    assert kinds == {"rule", "default", "on error", "function"}  # the directory's helpers
 
 
 def test_make_test_runs_the_shipped_tests():
@@ -203,12 +221,14 @@ def test_a_dry_run_rule_counts_as_matched(tmp_path):
 
 
 def test_rows_are_checked_against_the_schema(tmp_path):
+    (tmp_path / "schema.toml").write_text(TABLES)
+    schema = load_schema(tmp_path / "schema.toml")
     for rows, message in [
         ('[[rows.blocked_ip]]\nip = "192.0.2.1"\n', "unknown table `blocked_ip`; did you "
                                                      "mean `blocked_ips`?"),
         ('[[rows.blocked_ips]]\naddress = "192.0.2.1"\n', "unknown column `address`"),
-        ("[[rows.account]]\nid = \"101\"\nname = \"A\"\nemail = \"a@b.c\"\n",
-         "column `id`: Expected `int`, got `str`"),
+        ("[[rows.account]]\nid = \"one\"\nname = \"A\"\nemail = \"a@b.c\"\n",
+         "column `id` (integer): column id wants an integer, got 'one'"),
         ('[[rows.account]]\nname = "A"\nemail = "a@b.c"\n', "missing required column `id`"),
         ('[[rows.blocked_ips]]\nip = "10.0.0.1/8"\n', "host bits set"),
         ('[[rows.blocked_ips]]\nip = "300.1.2.3"\n', "not an IP address"),
@@ -217,8 +237,17 @@ def test_rows_are_checked_against_the_schema(tmp_path):
         path.write_text(rows + '[[case]]\nrequest = { stage = "connect" }\n'
                                'expect = { action = "accept" }\n')
         with pytest.raises(SpecError) as caught:
-            load_file(path)
+            load_file(path, schema)
         assert message in str(caught.value), (rows, str(caught.value))
+
+
+def test_rows_without_a_schema_file_are_an_error(tmp_path):
+    path = tmp_path / "x.test.toml"
+    path.write_text('[[rows.blocked_ips]]\nip = "192.0.2.1"\n[[case]]\n'
+                    'request = { stage = "connect" }\nexpect = { action = "accept" }\n')
+    with pytest.raises(SpecError) as caught:
+        load_file(path)
+    assert "no schema file beside the policies" in str(caught.value)
 
 
 def test_case_rows_are_added_to_the_file_rows_for_that_case_only(tmp_path):
@@ -375,9 +404,10 @@ def test_hundreds_of_cases_per_second(tmp_path):
 
 def test_run_cases_directly_matches_the_decision(tmp_path):
     path = write_set(tmp_path, PASSING) / "10-connect.test.toml"
-    policy_set = compile_text(POLICY, "p.policy").policy_set
+    schema = load_schema(tmp_path / "schema.toml")
+    policy_set = compile_text(POLICY, "p.policy", schema=schema).policy_set
     coverage = Coverage(policy_set)
-    results = run_cases(policy_set, load_file(path), coverage)
+    results = run_cases(policy_set, load_file(path, schema), coverage)
     assert [r.status for r in results] == ["passed", "passed"]
     assert results[1].decision.reply.status == 550
     assert coverage.percent == pytest.approx(100 * 8 / 12)  # local 3, tag 2, blocked 3
@@ -404,7 +434,6 @@ def test_rows_are_checked_against_the_schema_file_beside_the_policies(tmp_path):
             '[[case]]\nrequest = { stage = "connect" }\nexpect = { action = "accept" }\n')
     path = tmp_path / "x.test.toml"
     path.write_text(good)
-    from komm_policy.directory.schema import load_schema
     schema = load_schema(tmp_path / "schema.toml")
     (case,) = load_file(path, schema)
     assert case.error is None
@@ -470,14 +499,14 @@ expect = { action = "accept", rule = "default", logs = ["port 25"] }
     assert code == 0, out
 
 
-def test_a_helper_table_row_also_fits_the_schema_file_and_feeds_table_lookups(tmp_path):
+def test_a_row_of_the_shipped_schema_file_feeds_table_lookups(tmp_path):
     # blocked_ips as the shipped schema file has it: `blocked_at` is required there
     (tmp_path / "schema.toml").write_text(
         (POLICIES / "schema.toml").read_text(encoding="utf-8"))
     policy = POLICY.replace(
-        'when ip_blocked(client.ip)',
+        'when exists("blocked_ips", ip = client.ip)',
         'when lookup("blocked_ips", ip = client.ip, active = true) != none')
-    rows = ('[[rows.blocked_ips]]\nip = "192.0.2.66"\nreason = "spam"\n'
+    rows = ('[[rows.blocked_ips]]\nip = "192.0.2.66"\nreason = "spam"\nactive = true\n'
             'blocked_at = 2026-08-01T00:00:00Z\n\n')
     case = ('[[case]]\nname = "looked up"\n'
             'request = { stage = "connect", client.ip = "192.0.2.66" }\n'

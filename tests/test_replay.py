@@ -15,8 +15,6 @@ import pytest
 
 from komm_policy.cli import replay as replay_cli
 from komm_policy.decisionlog import encode_record, make_record
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.directory.sqlite import connect, init_schema
 from komm_policy.policyset import load_policy_set
 from komm_policy.replay import rebuild_request
@@ -24,6 +22,7 @@ from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
 
 from .conftest import POLICIES, ROOT
+from .shipped import directory as demo_directory
 
 FIXTURES = ROOT / "tests" / "fixtures" / "stalwart"
 REDACTED_FIXTURE = "derived-ehlo-2"
@@ -34,7 +33,7 @@ def log_lines() -> list[bytes]:
     """The shipped set's decisions on every captured payload, as the service logs them;
     one record with the client IP redacted, and one line that is no record."""
     shipped = load_policy_set(POLICIES)
-    directory = InMemoryDirectory(DEMO_ROWS)
+    directory = demo_directory()
     lines = []
     for path in sorted(FIXTURES.glob("*.json")):
         request = decode_request(path.read_bytes())
@@ -56,7 +55,7 @@ def jsonl(tmp_path, log_lines) -> Path:
 def policies_without(tmp_path: Path, rule: str) -> Path:
     """A copy of the shipped set with one rule removed: the known change."""
     target = tmp_path / f"without-{rule}"
-    shutil.copytree(POLICIES, target, ignore=shutil.ignore_patterns("*.toml"))
+    shutil.copytree(POLICIES, target, ignore=shutil.ignore_patterns("*.test.toml"))
     for path in target.glob("*.policy"):
         text = path.read_text()
         start = text.find(f"    rule {rule}:")
@@ -113,7 +112,7 @@ def test_a_removed_rule_is_found_with_old_and_new_decision(jsonl, tmp_path):
 
 def test_a_changed_reply_text_is_a_change(jsonl, tmp_path):
     new = tmp_path / "new"
-    shutil.copytree(POLICIES, new, ignore=shutil.ignore_patterns("*.toml"))
+    shutil.copytree(POLICIES, new, ignore=shutil.ignore_patterns("*.test.toml"))
     envelope = new / "20-envelope.policy"
     envelope.write_text(envelope.read_text().replace('"No such mailing list"',
                                                      '"Unknown list"'))

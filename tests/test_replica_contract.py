@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory import DirectoryError
 from komm_policy.directory.schema import parse_schema
 from komm_policy.directory.snapshot import IndexSpec, Needs, TablesSnapshot
@@ -37,9 +37,12 @@ from komm_policy.ipset import IP
 from komm_policy.policyset import compile_text
 
 SCHEMA = parse_schema({"tables": {"blocked_ips": {"primary_key": ["ip"], "columns": {
-    "ip": {"type": "network"}, "reason": {"type": "text"}, "active": {"type": "bool"}}}}})
+    "ip": {"type": "network"}, "reason": {"type": "text"}, "active": {"type": "bool"}}},
+    "admin_identities": {"primary_key": ["identity"], "columns": {
+        "identity": {"type": "identity"}}}}})
 NET = IndexSpec("blocked_ips", ("ip",), "net")
-NEEDS = Needs({NET})
+ADMIN = IndexSpec("admin_identities", ("identity",))
+NEEDS = Needs({NET, ADMIN})
 MAX_STALENESS = 1.0
 
 
@@ -58,7 +61,7 @@ class SqliteBackend:
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "komm.sqlite3"
         self.aside = tmp_path / "aside.sqlite3"
-        create_database(self.path, DEMO_ROWS)
+        create_database(self.path, DEMO_TABLES)
 
     def add_blocked(self, ip: str | None, reason: str) -> None:
         conn = sqlite3.connect(self.path)
@@ -165,7 +168,7 @@ def test_bad_rows_are_skipped_counted_and_later_changes_still_apply(
         assert "blocked_ips" in text and "'300.1.2.3'" in text and "host bits set" in text
         if isinstance(backend, SqliteBackend):
             assert directory.health.bad_rows["admin_identities"] == 1
-            assert "column identity is NULL" in text
+            assert "column identity is not optional but has no value (NULL)" in text
         # later: another bad row, then a good one; the good one arrives
         backend.add_blocked("not an ip", "junk")
         backend.add_blocked("198.51.100.0/24", "good")

@@ -14,8 +14,6 @@ import msgspec
 import pytest
 
 from komm_policy.decision import DEFAULT_REPLIES, Decision, Reply, RuleRef
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.hook import response as wire_response
 from komm_policy.hook.app import token_matches
 from komm_policy.policyset import load_policy_set
@@ -36,6 +34,7 @@ from komm_policy.wire import (
 )
 
 from .conftest import POLICIES
+from .shipped import directory as demo_directory
 from .stalwart_oracle import stalwart_parse_problems
 
 RULE = RuleRef("some_rule", "policies/x.policy", 3)
@@ -131,7 +130,7 @@ def test_quarantine_is_an_accept_with_the_redirect() -> None:
                           "derived-data-1.json").read_text())
     payload["message"]["headers"].append(["X-Spam-Flag", " YES\r\n"])
     decision = decide(policy_set, decode_request(json.dumps(payload)),
-                      InMemoryDirectory(DEMO_ROWS))
+                      demo_directory())
     assert decision.action == "quarantine"
     data = body(decision)
     assert data["action"] == "accept"
@@ -218,7 +217,7 @@ def test_wire_reply_keys() -> None:
 def test_every_fixture_decision_encodes_to_something_stalwart_parses(
         stalwart_fixtures: dict[str, bytes]) -> None:
     policy_set = load_policy_set(POLICIES)
-    directory = InMemoryDirectory(DEMO_ROWS)
+    directory = demo_directory()
     actions = set()
     for name, payload in stalwart_fixtures.items():
         decision = decide(policy_set, decode_request(payload), directory)

@@ -20,7 +20,7 @@ import pytest
 
 from komm_policy.cli import build_parser, main, version
 from komm_policy.config import Config
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
 
 from .conftest import POLICIES, ROOT
@@ -49,7 +49,7 @@ def test_eval_defaults_to_the_directory_serve_uses(capsys: pytest.CaptureFixture
     default_store = Config().directory.removeprefix("sqlite:")
     assert f"directory: {default_store} does not exist" in err
     assert "--directory memory:demo" in err
-    create_database(tmp_path / default_store, DEMO_ROWS)
+    create_database(tmp_path / default_store, DEMO_TABLES)
     code, out, _ = run(capsys, "eval", str(FIXTURES / "derived-rcpt-1.json"),
                        "--policies", str(POLICIES))
     assert code == 0

@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 
 from komm_policy.decision import Decision, DryRunHit, LookupRecord, Reply, TraceStep
-from komm_policy.demo import DEMO_ROWS
 from komm_policy.directory import DirectoryError
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.policyset import PolicySet, Source, compile_sources, compile_text
 from komm_policy.runtime import decide
 from komm_policy.wire import (
@@ -37,17 +35,19 @@ from komm_policy.wire import (
 )
 
 from .conftest import POLICIES
+from .shipped import compile_with_directory, directory
 
 # ---------------------------------------------------------------------------------------
 # Helpers (also imported by test_compiler.py)
 
-DEMO = InMemoryDirectory(DEMO_ROWS)
+DEMO = directory()
 
 
 @functools.cache
 def policy(text: str, name: str = "<policy>") -> PolicySet:
-    """Compile a policy snippet; fail the test with the diagnostics if it does not check."""
-    result = compile_text(text, name)
+    """Compile a policy snippet after the shipped directory file (the helpers); fail the
+    test with the diagnostics if it does not check."""
+    result = compile_with_directory(text, name)
     assert result.policy_set is not None, "\n".join(str(d) for d in result.diagnostics)
     return result.policy_set
 
@@ -125,8 +125,13 @@ class FakeClock:
 
 
 class CountingDirectory:
-    """Wraps a directory: counts calls, and can fail, be slow (on a fake clock) or return
-    a replacement value for chosen lookups."""
+    """Wraps a directory's tables: records every table read as (table, *keys), and can
+    fail, be slow (on a fake clock) or return a replacement value for chosen tables.
+
+    The helpers are functions over the shipped tables: `is_admin(a)` reads
+    `lookup_all("account", …)` (shared with `subscribed`, memoised) and, for each account
+    found, `admin_identities`; `category` reads `message_categories`; `account` reads
+    `account` (first row); `subscribed` reads `subscriptions`."""
 
     def __init__(self, inner: Any = None, *, blocking: bool = False,
                  fail: Iterable[str] = (), clock: FakeClock | None = None,
@@ -141,35 +146,41 @@ class CountingDirectory:
         self.returns = returns or {}
         self.calls: list[tuple[Any, ...]] = []
 
-    def count(self, name: str) -> int:
-        return sum(1 for call in self.calls if call[0] == name)
+    def snapshot(self) -> CountingDirectory:
+        return self
 
-    def _call(self, name: str, *args: Any) -> Any:
-        self.calls.append((name, *args))
+    @property
+    def tables(self) -> CountingDirectory:
+        return self
+
+    def count(self, table: str) -> int:
+        return sum(1 for call in self.calls if call[0] == table)
+
+    def _read(self, method: str, index: str, keys: tuple[Any, ...]) -> Any:
+        table = index.split("(", 1)[0]
+        self.calls.append((table, *keys))
         if self.clock is not None:
             self.clock.now += self.delay
         if self.sleep:
             time.sleep(self.sleep)
-        if name in self.fail:
-            raise DirectoryError(f"{name} backend unreachable")
-        if name in self.returns:
-            return self.returns[name]
-        return getattr(self.inner, name)(*args)
+        if table in self.fail:
+            raise DirectoryError(f"{table} backend unreachable")
+        if table in self.returns:
+            return self.returns[table]
+        return getattr(self.inner.snapshot().tables, method)(index, keys)
 
-    def ip_blocked(self, ip: Any) -> Any:
-        return self._call("ip_blocked", ip)
+    def first(self, index: str, keys: tuple[Any, ...]) -> Any:
+        return self._read("first", index, keys)
 
-    def category(self, address: str) -> Any:
-        return self._call("category", address)
+    def all(self, index: str, keys: tuple[Any, ...]) -> Any:
+        return self._read("all", index, keys)
 
-    def account(self, address: str) -> Any:
-        return self._call("account", address)
+    def exists(self, index: str, keys: tuple[Any, ...]) -> Any:
+        return self._read("exists", index, keys)
 
-    def is_admin(self, address: str) -> Any:
-        return self._call("is_admin", address)
 
-    def subscribed(self, address: str, category: Any) -> Any:
-        return self._call("subscribed", address, category)
+ACCOUNTS = "lookup_all(account: email, is_active)"
+"""The read `is_admin` and `subscribed` start with (its label in records and causes)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,7 +429,7 @@ def test_a_failing_dry_run_rule_never_decides():
     }
     """
     decision = run(text, request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
-                   CountingDirectory(fail={"is_admin"}))
+                   CountingDirectory(fail={"account"}))
     assert summary(decision) == ("tempfail", "451 4.7.1 list", "list")
     assert decision.fallback is False
     assert decision.dry_run == ()
@@ -587,7 +598,7 @@ def test_lookups_are_lazy():
     decision = run(LAZY, request("rcpt", sender="a@example.org", to=["nope@solawi.example"]),
                    directory)
     assert summary(decision)[2] == "unknown_list"
-    assert directory.calls == [("category", "nope@solawi.example")]
+    assert directory.calls == [("message_categories", True, "nope@solawi.example")]
 
 
 def test_lookups_skipped_by_short_circuit_and_none_arguments():
@@ -615,9 +626,12 @@ def test_lookups_are_memoised_within_a_decision():
     decision = run(LAZY, request("rcpt", sender="peter.schmidt@web.example",
                                  to=["buchhaltung@solawi.example"]), directory)
     # category(rcpt) is used by three rules, is_admin once, subscribed once
-    assert directory.count("category") == 1
-    assert directory.count("is_admin") == 1
-    assert [record.function for record in decision.lookups] == ["category", "is_admin"]
+    assert directory.count("message_categories") == 1
+    assert directory.count("account") == 1
+    assert directory.count("admin_identities") == 1
+    assert [record.function for record in decision.lookups] == [
+        "lookup(message_categories: active, email_address)", ACCOUNTS,
+        "exists(admin_identities: identity)"]
     assert summary(decision) == ("reject", "550 5.7.1 closed", "closed_list")
 
 
@@ -633,7 +647,7 @@ def test_none_results_are_memoised_too():
     decision = run(text, request("rcpt", sender="a@example.org", to=["nope@solawi.example"]),
                    directory)
     assert summary(decision)[2] == "b"
-    assert directory.calls == [("category", "nope@solawi.example")]
+    assert directory.calls == [("message_categories", True, "nope@solawi.example")]
 
 
 def test_memo_is_not_shared_between_decisions():
@@ -642,14 +656,15 @@ def test_memo_is_not_shared_between_decisions():
     first = run(LAZY, req, directory)
     second = run(LAZY, req, directory)
     assert summary(first) == summary(second) == ("accept", None, "default")
-    assert directory.count("category") == 2
-    assert directory.count("subscribed") == 2
-    assert len(second.lookups) == len(first.lookups) == 2
+    assert directory.count("message_categories") == 2
+    assert directory.count("subscriptions") == 2
+    # category, the sender's accounts, and the subscription
+    assert len(second.lookups) == len(first.lookups) == 3
 
 
 @pytest.mark.parametrize("blocking", [False, True])
 def test_lookup_records(blocking):
-    directory = CountingDirectory(blocking=blocking, fail={"is_admin"})
+    directory = CountingDirectory(blocking=blocking, fail={"account"})
     text = """
     stage rcpt {
         rule admin: when is_admin(sender) accept
@@ -664,10 +679,11 @@ def test_lookup_records(blocking):
     failed, found = decision.lookups
     assert isinstance(failed, LookupRecord)
     assert (failed.function, failed.args, failed.result) == (
-        "is_admin", ("jane@solawi.example",), None)
-    assert failed.error is not None and "is_admin backend unreachable" in failed.error
+        ACCOUNTS, ("jane@solawi.example", True), None)
+    assert failed.error is not None and "account backend unreachable" in failed.error
     assert (found.function, found.args, found.error) == (
-        "category", ("info@solawi.example",), None)
+        "lookup(message_categories: active, email_address)", (True, "info@solawi.example"),
+        None)
     assert found.result is not None and found.result.name == "Info"
     if blocking:
         assert found.duration_ms is not None and found.duration_ms >= 0
@@ -688,14 +704,14 @@ def test_failed_lookups_are_memoised(blocking):
         default accept
     }
     """
-    directory = CountingDirectory(blocking=blocking, fail={"is_admin"})
+    directory = CountingDirectory(blocking=blocking, fail={"account"})
     decision = run(text, request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
                    directory)
     assert summary(decision) == ("accept", None, "default")
-    assert directory.count("is_admin") == 1
+    assert directory.count("account") == 1
     assert [e.split(":", 1)[0] for e in decision.errors] == [
         "rule first (<policy>", "rule second (<policy>", "rule third (<policy>"]
-    assert sum(1 for r in decision.lookups if r.function == "is_admin") == 1
+    assert sum(1 for r in decision.lookups if r.function == ACCOUNTS) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -729,7 +745,7 @@ def _failing(on_error: str, settings: str = "") -> str:
     ("on error tempfail", ("tempfail", "451 4.3.0 Temporary failure, please try again later")),
 ])
 def test_rule_on_error_action_applies(on_error, expected):
-    directory = CountingDirectory(fail={"is_admin"})
+    directory = CountingDirectory(fail={"account"})
     decision = run(_failing(on_error),
                    request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
                    directory)
@@ -737,13 +753,13 @@ def test_rule_on_error_action_applies(on_error, expected):
     assert decision.fallback is True
     assert decision.cause is not None
     assert "admin_bypass" in decision.cause
-    assert "is_admin('a@example.org')" in decision.cause
-    assert "is_admin backend unreachable" in decision.cause
-    assert directory.count("category") == 0  # evaluation stopped at the failing rule
+    assert f"{ACCOUNTS}('a@example.org', 'True')" in decision.cause
+    assert "account backend unreachable" in decision.cause
+    assert directory.count("message_categories") == 0  # stopped at the failing rule
 
 
 def test_on_error_continue_records_the_error_and_goes_on():
-    directory = CountingDirectory(fail={"is_admin"})
+    directory = CountingDirectory(fail={"account"})
     decision = run(_failing("on error continue"),
                    request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
                    directory)
@@ -751,23 +767,23 @@ def test_on_error_continue_records_the_error_and_goes_on():
     assert decision.fallback is False and decision.cause is None
     assert len(decision.errors) == 1
     assert "admin_bypass" in decision.errors[0]
-    assert "is_admin('a@example.org')" in decision.errors[0]
+    assert f"{ACCOUNTS}('a@example.org', 'True')" in decision.errors[0]
 
 
 def test_settings_on_lookup_error_is_the_fallback():
     settings = ('settings { on_lookup_error = tempfail 452 4.4.3 "Directory busy" }\n')
     decision = run(_failing("", settings),
                    request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
-                   CountingDirectory(fail={"is_admin"}))
+                   CountingDirectory(fail={"account"}))
     assert summary(decision) == ("tempfail", "452 4.4.3 Directory busy", "admin_bypass")
     assert decision.fallback is True
-    assert decision.cause is not None and "is_admin" in decision.cause
+    assert decision.cause is not None and ACCOUNTS in decision.cause
 
 
 def test_built_in_fallback_is_tempfail_451_430():
     decision = run(_failing(""),
                    request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
-                   CountingDirectory(fail={"is_admin"}))
+                   CountingDirectory(fail={"account"}))
     assert decision.action == "tempfail"
     assert decision.reply is not None
     assert (decision.reply.status, decision.reply.enhanced) == (451, "4.3.0")
@@ -779,7 +795,7 @@ def test_built_in_fallback_is_tempfail_451_430():
 def test_no_failure_no_fallback():
     decision = run(_failing(""), request("rcpt", sender="vip@example.org",
                                          to=["info@solawi.example"]),
-                   CountingDirectory(fail={"is_admin"}))
+                   CountingDirectory(fail={"account"}))
     assert summary(decision) == ("accept", None, "vip")
     assert decision.fallback is False and decision.errors == ()
 
@@ -811,12 +827,12 @@ def test_slow_lookup_times_out_on_a_fake_clock():
     assert summary(decision) == ("tempfail", "451 4.4.3 Directory slow", "admin")
     assert decision.fallback is True
     assert decision.cause is not None
-    assert "admin" in decision.cause and "is_admin(" in decision.cause
+    assert "admin" in decision.cause and f"{ACCOUNTS}(" in decision.cause
     assert "timed out" in decision.cause
     (record,) = decision.lookups
     assert record.error is not None and "timed out" in record.error
     assert record.duration_ms == pytest.approx(300)
-    assert directory.calls == [("is_admin", "a@example.org")]
+    assert directory.calls == [("account", "a@example.org", True)]
 
 
 def test_timed_out_lookup_uses_the_rules_on_error():
@@ -829,19 +845,21 @@ def test_timed_out_lookup_uses_the_rules_on_error():
     assert decision.errors and "timed out" in decision.errors[0]
     assert decision.fallback is True
     assert decision.rule is not None and decision.rule.name == "account_check"
-    assert decision.cause is not None and "account(" in decision.cause
+    assert decision.cause is not None and "lookup(account: email, is_active)(" in (
+        decision.cause)
 
 
 def test_lookups_under_the_timeout_and_deadline_succeed():
     clock = FakeClock()
-    directory = CountingDirectory(blocking=True, clock=clock, delay=0.1)
+    directory = CountingDirectory(blocking=True, clock=clock, delay=0.09)
     decision = decide(policy(SLOW.replace("ON_ERROR", "")),
                       request("rcpt", sender="peter.schmidt@web.example",
                               to=["info@solawi.example"]),
                       directory, clock=clock)
     assert summary(decision) == ("accept", None, "subscriber")
     assert decision.fallback is False
-    assert [r.duration_ms for r in decision.lookups] == pytest.approx([100.0] * 4)
+    # accounts, admin identity, account, category, subscription: 450 ms of a 500 ms deadline
+    assert [r.duration_ms for r in decision.lookups] == pytest.approx([90.0] * 5)
 
 
 def test_slow_lookup_times_out_on_the_real_clock():
@@ -862,6 +880,7 @@ def test_slow_lookup_times_out_on_the_real_clock():
 def test_whole_decision_over_the_deadline_gets_the_settings_fallback():
     clock = FakeClock()
     # each lookup 200 ms: under the 250 ms timeout, but the third ends after 600 ms
+    # (is_admin reads the sender's accounts and their admin identity, then account())
     directory = CountingDirectory(blocking=True, clock=clock, delay=0.2)
     decision = decide(policy(SLOW.replace("ON_ERROR", "on error accept")),
                       request("rcpt", sender="peter.schmidt@web.example",
@@ -872,7 +891,7 @@ def test_whole_decision_over_the_deadline_gets_the_settings_fallback():
     assert decision.fallback is True
     assert decision.cause is not None and "deadline" in decision.cause
     # no lookup is started after the deadline passed
-    assert [c[0] for c in directory.calls] == ["is_admin", "account", "category"]
+    assert [c[0] for c in directory.calls] == ["account", "admin_identities", "account"]
 
 
 def test_deadline_without_settings_is_the_built_in_tempfail():
@@ -909,7 +928,7 @@ stage rcpt {
 
 
 def test_a_policy_bug_at_run_time_becomes_the_fallback():
-    directory = CountingDirectory(returns={"category": "not a category record"})
+    directory = CountingDirectory(returns={"message_categories": "not a category record"})
     decision = run(WRONG_TYPE.replace("ON_ERROR", ""),
                    request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
                    directory)
@@ -920,7 +939,7 @@ def test_a_policy_bug_at_run_time_becomes_the_fallback():
 
 
 def test_a_policy_bug_with_on_error_continue_goes_on():
-    directory = CountingDirectory(returns={"category": 42})
+    directory = CountingDirectory(returns={"message_categories": 42})
     decision = run(WRONG_TYPE.replace("ON_ERROR", "on error continue"),
                    request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
                    directory)
@@ -938,7 +957,7 @@ def test_wrong_lookup_results_never_raise_from_decide(bad):
         default accept
     }
     """
-    directory = CountingDirectory(returns={"category": bad, "subscribed": False})
+    directory = CountingDirectory(returns={"message_categories": bad, "subscriptions": False})
     decision = run(text, request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
                    directory)
     assert decision.action == "tempfail"
@@ -956,7 +975,7 @@ def test_a_failing_lookup_in_a_reply_template_uses_on_error():
     }
     """
     decision = run(text, request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
-                   CountingDirectory(fail={"category"}))
+                   CountingDirectory(fail={"message_categories"}))
     assert summary(decision) == ("reject", "550 5.7.1 closed", "r")
     assert decision.fallback is True
 
@@ -977,7 +996,7 @@ def test_a_failing_lookup_in_a_reply_template_uses_on_error():
 def test_or_and_with_a_failing_side_and_a_deciding_side_do_not_fail(condition, matched):
     text = f"stage rcpt {{ rule r: when {condition} reject 550 5.7.1 \"hit\" default accept }}"
     decision = run(text, request("rcpt", sender="a@example.org", to=["x@example.org"]),
-                   CountingDirectory(fail={"is_admin"}))
+                   CountingDirectory(fail={"account"}))
     assert decision.fallback is False, decision.cause
     assert summary(decision) == (("reject", "550 5.7.1 hit", "r") if matched
                                  else ("accept", None, "default"))
@@ -992,10 +1011,10 @@ def test_or_and_with_a_failing_side_and_a_deciding_side_do_not_fail(condition, m
 def test_or_and_fail_when_the_other_side_does_not_decide(condition):
     text = f"stage rcpt {{ rule r: when {condition} reject 550 5.7.1 \"hit\" default accept }}"
     decision = run(text, request("rcpt", sender="a@example.org", to=["x@example.org"]),
-                   CountingDirectory(fail={"is_admin"}))
+                   CountingDirectory(fail={"account"}))
     assert decision.fallback is True
     assert decision.action == "tempfail"
-    assert decision.cause is not None and "is_admin(" in decision.cause
+    assert decision.cause is not None and f"{ACCOUNTS}(" in decision.cause
 
 
 # ---------------------------------------------------------------------------------------
@@ -1018,7 +1037,7 @@ stage rcpt {
 
 def test_trace_lists_every_rule_evaluated_in_order():
     decision = run(TRACED, request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
-                   CountingDirectory(fail={"is_admin"}), trace=True)
+                   CountingDirectory(fail={"account"}), trace=True)
     assert summary(decision)[::2] == ("tempfail", "hit")
     assert decision.trace is not None
     assert [(step.rule.name, step.outcome) for step in decision.trace] == [
@@ -1031,7 +1050,7 @@ def test_trace_lists_every_rule_evaluated_in_order():
     ]
     assert all(isinstance(step, TraceStep) for step in decision.trace)
     broken = decision.trace[3]
-    assert broken.error is not None and "is_admin" in broken.error
+    assert broken.error is not None and ACCOUNTS in broken.error
     assert [step.rule.line for step in decision.trace] == [3, 4, 5, 6, 8, 9]
 
 
@@ -1143,7 +1162,7 @@ stage data {
 def test_settings_fallback_quarantine_becomes_tempfail_before_data():
     decision = run(QUARANTINE_FALLBACK,
                    request("rcpt", sender="a@example.org", to=["info@solawi.example"]),
-                   CountingDirectory(fail={"category"}))
+                   CountingDirectory(fail={"message_categories"}))
     assert decision.action == "tempfail"
     assert decision.reply is not None
     assert (decision.reply.status, decision.reply.enhanced) == (451, "4.3.0")
@@ -1154,7 +1173,7 @@ def test_settings_fallback_quarantine_becomes_tempfail_before_data():
 def test_settings_fallback_quarantine_at_data_quarantines():
     decision = run(QUARANTINE_FALLBACK,
                    request("data", sender="a@example.org", to=["Info@solawi.example"]),
-                   CountingDirectory(fail={"category"}))
+                   CountingDirectory(fail={"message_categories"}))
     assert decision.action == "quarantine"
     assert decision.fallback is True
     assert decision.reply is None
@@ -1177,7 +1196,7 @@ def test_rule_on_error_quarantine_at_data():
     }
     """
     decision = run(text, request("data", sender="a@example.org", to=["b@example.org"]),
-                   CountingDirectory(fail={"is_admin"}))
+                   CountingDirectory(fail={"account"}))
     assert decision.action == "quarantine" and decision.fallback is True
     assert AddHeader(name="X-Komm-Quarantine", value="could not check a@example.org") in (
         decision.modifications)
@@ -1296,7 +1315,7 @@ def test_shipped_connect_blocks_addresses_and_ranges(shipped, ip, action):
 
 
 def test_shipped_directory_failure_at_data(shipped):
-    directory = CountingDirectory(fail={"category"})
+    directory = CountingDirectory(fail={"message_categories"})
     decision = _shipped(shipped, request(
         "data", sender="peter.schmidt@web.example", to=["info@solawi.example"],
         headers=[("X-BeenThere", "info@solawi.example"), ("Subject", "hi")]), directory)
@@ -1307,4 +1326,4 @@ def test_shipped_directory_failure_at_data(shipped):
         "list_post_not_allowed")
     assert decision.fallback is True
     # the list address in X-BeenThere and the recipient are the same: asked once
-    assert directory.count("category") == 1
+    assert directory.count("message_categories") == 1

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory.memory import InMemoryDirectory
 from komm_policy.policyset import load_path, load_policy_set
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
 
 from .conftest import POLICIES
+from .shipped import directory as demo_directory
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def demo():
-    return InMemoryDirectory(DEMO_ROWS)
+    return demo_directory()
 
 
 def test_shipped_policies_have_no_findings():

@@ -16,6 +16,8 @@ from komm_policy.ipset import IP
 from komm_policy.spacetimedb import Endpoint
 from komm_policy.spacetimedb.subscription import Backoff
 
+from .shipped import SCHEMA as SHIPPED_SCHEMA
+from .shipped import Helpers, helper_needs
 from .spacetimedb_double import DoubleServer
 from .spacetimedb_double.samples import BLOCKED_AT as T0
 from .spacetimedb_double.samples import SPEC
@@ -27,10 +29,15 @@ def double() -> Iterator[DoubleServer]:
         yield server
 
 
-def open_directory(double: DoubleServer, db: str = "komm", **options: object
-                   ) -> SpacetimeDirectory:
+def open_directory(double: DoubleServer, db: str = "komm", *, helpers: bool = True,
+                   **options: object) -> SpacetimeDirectory:
+    """A replica of the double's database; with `helpers`, replicating what the shipped
+    directory file's helpers read (by the shipped schema file)."""
     options.setdefault("backoff", Backoff(0.05, 0.2))
     options.setdefault("token", double.owner_token)
+    if helpers:
+        options.setdefault("schema", SHIPPED_SCHEMA)
+        options.setdefault("needs", helper_needs())
     return SpacetimeDirectory(
         Endpoint.parse(f"spacetimedb://127.0.0.1:{double.port}/{db}"), **options)  # type: ignore[arg-type]
 
@@ -64,24 +71,25 @@ def test_snapshot_serves_the_helpers_and_deltas_change_them(double: DoubleServer
     directory = open_directory(double)
     try:
         assert directory.available
-        assert directory.ip_blocked(parse_ip("192.0.2.66"))
-        assert directory.ip_blocked(parse_ip("2001:db8:4860::1"))
-        assert not directory.ip_blocked(parse_ip("203.0.113.200"))  # inactive row
-        category = directory.category("gemuese@solawi.example")
+        assert Helpers(directory).ip_blocked("192.0.2.66")
+        assert Helpers(directory).ip_blocked("2001:db8:4860::1")
+        assert not Helpers(directory).ip_blocked("203.0.113.200")  # inactive row
+        category = Helpers(directory).category("gemuese@solawi.example")
         assert category is not None and category.id == 2
-        assert directory.is_admin("JANE@solawi.example")
-        assert directory.subscribed("peter.schmidt@web.example", category)
+        assert Helpers(directory).is_admin("JANE@solawi.example")
+        assert Helpers(directory).subscribed("peter.schmidt@web.example",
+                                             "gemuese@solawi.example")
         control = double.control()
-        assert not directory.ip_blocked(parse_ip("192.0.2.77"))
+        assert not Helpers(directory).ip_blocked("192.0.2.77")
         control.tx("komm", "blocked_ips", inserts=[["192.0.2.77", "test", T0, True]])
-        eventually(lambda: directory.ip_blocked(parse_ip("192.0.2.77")))
+        eventually(lambda: Helpers(directory).ip_blocked("192.0.2.77"))
         control.tx("komm", "blocked_ips", deletes=[["192.0.2.77", "test", T0, True]],
                    light=True)
-        eventually(lambda: not directory.ip_blocked(parse_ip("192.0.2.77")))
+        eventually(lambda: not Helpers(directory).ip_blocked("192.0.2.77"))
         # an update (delete + insert of one key) in one transaction, rows as objects
         control.tx("komm", "blocked_ips", deletes=[["192.0.2.66", "spam run 2026-08", T0, True]],
                    inserts=[["192.0.2.66", "spam run 2026-08", T0, False]], form="object")
-        eventually(lambda: not directory.ip_blocked(parse_ip("192.0.2.66")))
+        eventually(lambda: not Helpers(directory).ip_blocked("192.0.2.66"))
         assert directory.updates == 3
         assert directory.table_rows()["blocked_ips"] == 4
     finally:
@@ -137,14 +145,14 @@ def test_schema_problems_keep_it_not_ready_and_name_the_column(
 
 def test_schema_problem_at_start_keeps_it_not_ready_saying_why(double: DoubleServer) -> None:
     schema = parse_schema({"tables": {"blocked_ips": {"columns": {"active": "integer"}}}})
-    directory = open_directory(double, legacy=False, startup_wait=0)
+    directory = open_directory(double, helpers=False, startup_wait=0)
     try:
         directory.require(schema, Needs({IndexSpec("blocked_ips", ("active",))}), timeout=2)
         assert not directory.available
         assert "column blocked_ips.active is Bool on the server" in (
             directory.unavailable_reason)
         with pytest.raises(DirectoryError, match=r"blocked_ips\.active"):
-            directory.snapshot().ip_blocked(parse_ip("192.0.2.66"))
+            Helpers(directory).ip_blocked("192.0.2.66")
     finally:
         directory.close()
 
@@ -158,14 +166,14 @@ def test_private_table_and_row_level_security_are_reported(double: DoubleServer)
         assert any("'mailing_rules' is private" in w for w in directory.warnings)
     finally:
         directory.close()
-    anonymous = open_directory(double, token=None, startup_wait=1)
+    anonymous = open_directory(double, helpers=False, token=None, startup_wait=1)
     try:
         anonymous.require(schema, needs, timeout=1.0)  # the server refuses the subscription
         assert "no such table: `mailing_rules`" in (anonymous.last_error or "")
     finally:
         anonymous.close()
     types_schema = parse_schema({"tables": {"everything": {"columns": {"text": "text"}}}})
-    typed = open_directory(double, db="types", legacy=False)
+    typed = open_directory(double, db="types", helpers=False)
     try:
         typed.require(types_schema, Needs({IndexSpec("everything", ("text",))}))
         assert any("row-level security" in w and ":sender" in w for w in typed.warnings)
@@ -176,17 +184,17 @@ def test_private_table_and_row_level_security_are_reported(double: DoubleServer)
 def test_outage_serves_last_snapshot_then_fails_then_recovers(double: DoubleServer) -> None:
     directory = open_directory(double, max_staleness=2.0, ping_interval=0.2)
     try:
-        assert directory.ip_blocked(parse_ip("192.0.2.66"))
+        assert Helpers(directory).ip_blocked("192.0.2.66")
         double.stop()  # closing the double's sockets may take a moment: measure the age
         assert directory.age < 1.5
-        assert directory.ip_blocked(parse_ip("192.0.2.66"))  # last snapshot, within bound
+        assert Helpers(directory).ip_blocked("192.0.2.66")  # last snapshot, within bound
         assert directory.available
         eventually(lambda: not directory.available, timeout=4)
         assert directory.age > 2.0
 
         def lookups_fail() -> bool:
             try:
-                directory.snapshot().ip_blocked(parse_ip("192.0.2.66"))
+                Helpers(directory).ip_blocked("192.0.2.66")
             except DirectoryError as e:
                 assert "older than 2s" in str(e)
                 return True
@@ -199,7 +207,7 @@ def test_outage_serves_last_snapshot_then_fails_then_recovers(double: DoubleServ
         komm.tables["blocked_ips"].rows.append(["192.0.2.99", "while down", T0, True])
         double.start()
         eventually(lambda: directory.available, timeout=20)  # backoff + snapshot, under load
-        assert directory.ip_blocked(parse_ip("192.0.2.99"))
+        assert Helpers(directory).ip_blocked("192.0.2.99")
         assert directory.reconnects >= 1
     finally:
         directory.close()
@@ -213,7 +221,7 @@ def test_failed_subscription_and_5xx_schema_then_recovery(double: DoubleServer) 
     try:
         eventually(lambda: directory.available)
         assert directory.health.refresh_errors >= 3  # two 503s, one failed subscription
-        assert directory.ip_blocked(parse_ip("192.0.2.66"))
+        assert Helpers(directory).ip_blocked("192.0.2.66")
     finally:
         directory.close()
 
@@ -223,9 +231,9 @@ def test_dropped_socket_resubscribes_and_swaps_a_fresh_snapshot(double: DoubleSe
     try:
         komm = double.state.databases["komm"]
         komm.tables["blocked_ips"].rows.append(["192.0.2.55", "silent change", T0, True])
-        assert not directory.ip_blocked(parse_ip("192.0.2.55"))  # no update was sent
+        assert not Helpers(directory).ip_blocked("192.0.2.55")  # no update was sent
         double.control().drop()
-        eventually(lambda: directory.ip_blocked(parse_ip("192.0.2.55")))
+        eventually(lambda: Helpers(directory).ip_blocked("192.0.2.55"))
         assert directory.available and directory.reconnects == 1
     finally:
         directory.close()

@@ -28,7 +28,7 @@ from komm_policy.decisionlog.spool import (
     segments,
 )
 from komm_policy.decisionlog.writer import SpoolWriter
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
 
 from .test_decisionlog import FakeClock, decided
@@ -269,7 +269,7 @@ def test_a_sink_that_cannot_be_opened_yet_is_retried(tmp_path: Path) -> None:
     writer.step()
     assert not store.exists()  # opening the sink must not create an empty store
     assert len(jsonl.read_bytes().splitlines()) == 3
-    create_database(store, DEMO_ROWS)
+    create_database(store, DEMO_TABLES)
     clock.advance(1)
     writer.step()
     writer.close()

@@ -12,27 +12,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from komm_policy.demo import DEMO_ROWS
-from komm_policy.directory import (
-    AccountRow,
-    BlockedIpRow,
-    CategoryRow,
-    DirectoryError,
-    DirectoryRows,
-    SubscriptionRow,
-)
-from komm_policy.directory.memory import InMemoryDirectory
+from komm_policy.demo import DEMO_TABLES
+from komm_policy.directory import DirectoryError
 from komm_policy.directory.sqlite import (
     SqliteDirectory,
     connect,
     create_database,
-    read_rows,
-    write_rows,
+    write_tables,
 )
-from komm_policy.ipset import IP
+from komm_policy.directory.sqlite_tables import read_schema, read_table
+
+from .shipped import SCHEMA, Helpers, helper_needs
+from .shipped import directory as demo_directory
 
 
 class FakeClock:
@@ -49,7 +42,7 @@ class FakeClock:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "komm.sqlite3"
-    create_database(path, DEMO_ROWS)
+    create_database(path, DEMO_TABLES)
     return path
 
 
@@ -62,6 +55,7 @@ def clock() -> FakeClock:
 def replica(db: Path, clock: FakeClock) -> Iterator[SqliteDirectory]:
     directory = SqliteDirectory(db, refresh_interval=1.0, max_staleness=10.0, clock=clock,
                                 start=False)
+    directory.require(SCHEMA, helper_needs())
     yield directory
     directory.close()
 
@@ -76,9 +70,18 @@ def execute(path: Path, sql: str, *params: object) -> None:
         conn.close()
 
 
-def sorted_rows(rows: DirectoryRows) -> dict[str, list]:
-    return {name: sorted(msgspec.to_builtins(getattr(rows, name)), key=repr)
-            for name in rows.__struct_fields__}
+def read_rows(conn: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
+    """Every origin table's rows ({column: value}, without rowid), sorted, as stored."""
+    schema = read_schema(conn, list(DEMO_TABLES))
+    return {name: sorted(({k: v for k, v in row.items() if k != "rowid"}
+                          for row in read_table(conn, schema.tables[name])), key=repr)
+            for name in DEMO_TABLES}
+
+
+def as_stored(tables) -> dict[str, list[dict[str, object]]]:
+    """Rows as SQLite gives them back: booleans as 0/1."""
+    return {name: sorted(({k: int(v) if isinstance(v, bool) else v for k, v in row.items()}
+                          for row in rows), key=repr) for name, rows in tables.items()}
 
 
 def move_store(src: Path, dst: Path) -> None:
@@ -99,40 +102,48 @@ def test_create_write_read_round_trip(db: Path) -> None:
         rows = read_rows(conn)
     finally:
         conn.close()
-    assert sorted_rows(rows) == sorted_rows(DEMO_ROWS)
+    assert rows == as_stored(DEMO_TABLES)
 
 
-def test_write_rows_replaces_by_key(tmp_path: Path) -> None:
+def test_write_tables_replaces_by_key(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     create_database(path)
     conn = connect(path)
+    blocked = {"ip": "192.0.2.1", "reason": "a", "blocked_at": 1, "active": True}
+    category = {"id": 1, "name": "A", "email_address": "a@x.example", "description": "",
+                "active": True}
+    account = {"id": 1, "identity": "id1", "name": "One", "email": "one@x.example",
+               "is_active": True, "last_synced": None}
     try:
-        write_rows(conn, DirectoryRows(
-            blocked_ips=(BlockedIpRow("192.0.2.1", "a"),),
-            message_categories=(CategoryRow(1, "A", "a@x.example"),),
-            account=(AccountRow(1, "One", "one@x.example", "id1"),),
-            admin_identities=("id1",),
-            subscriptions=(SubscriptionRow(1, 1, 1, "one@x.example"),)))
-        write_rows(conn, DirectoryRows(
-            blocked_ips=(BlockedIpRow("192.0.2.1", "b", False),),
-            message_categories=(CategoryRow(1, "A2", "a2@x.example", "d", False),),
-            admin_identities=("id1",)))
+        write_tables(conn, {
+            "blocked_ips": [blocked], "message_categories": [category], "account": [account],
+            "admin_identities": [{"identity": "id1"}],
+            "subscriptions": [{"id": 1, "subscriber_account_id": 1, "category_id": 1,
+                               "subscriber_email": "one@x.example", "subscribed_at": None,
+                               "active": True}]})
+        write_tables(conn, {
+            "blocked_ips": [{**blocked, "reason": "b", "active": False}],
+            "message_categories": [{**category, "name": "A2", "email_address": "a2@x.example",
+                                    "description": "d", "active": False}],
+            "admin_identities": [{"identity": "id1"}]})
         rows = read_rows(conn)
     finally:
         conn.close()
-    assert rows.blocked_ips == (BlockedIpRow("192.0.2.1", "b", False),)
-    assert rows.message_categories == (CategoryRow(1, "A2", "a2@x.example", "d", False),)
-    assert rows.account == (AccountRow(1, "One", "one@x.example", "id1"),)
-    assert rows.admin_identities == ("id1",)
-    assert len(rows.subscriptions) == 1
+    assert rows["blocked_ips"] == [{**blocked, "reason": "b", "active": 0}]
+    assert rows["message_categories"] == [{**category, "name": "A2", "active": 0,
+                                           "email_address": "a2@x.example",
+                                           "description": "d"}]
+    assert rows["account"] == as_stored({"a": [account]})["a"]
+    assert rows["admin_identities"] == [{"identity": "id1"}]
+    assert len(rows["subscriptions"]) == 1
 
 
 def test_create_database_is_idempotent(db: Path) -> None:
     create_database(db)
-    create_database(db, DEMO_ROWS)
+    create_database(db, DEMO_TABLES)
     conn = connect(db, readonly=True)
     try:
-        assert sorted_rows(read_rows(conn)) == sorted_rows(DEMO_ROWS)
+        assert read_rows(conn) == as_stored(DEMO_TABLES)
     finally:
         conn.close()
 
@@ -204,46 +215,44 @@ IPS = [
 
 
 def test_lookups_match_the_in_memory_directory(replica: SqliteDirectory) -> None:
-    memory = InMemoryDirectory(DEMO_ROWS)
-    for text in IPS:
-        ip = IP.parse(text)
-        assert ip is not None
-        assert replica.ip_blocked(ip) == memory.ip_blocked(ip), text
+    """The helpers (policy functions over the tables) answer alike from the SQLite
+    replica and from the same rows in memory."""
+    sqlite, memory = Helpers(replica), Helpers(demo_directory())
+    for ip in IPS:
+        assert sqlite.ip_blocked(ip) == memory.ip_blocked(ip), ip
     for address in ADDRESSES:
-        assert replica.category(address) == memory.category(address), address
-        assert replica.account(address) == memory.account(address), address
-        assert replica.is_admin(address) == memory.is_admin(address), address
-        for category_address in ("info@solawi.example", "gemuese@solawi.example"):
-            category = memory.category(category_address)
-            assert category is not None
-            assert (replica.subscribed(address, category)
-                    == memory.subscribed(address, category)), (address, category_address)
+        assert sqlite.category(address) == memory.category(address), address
+        assert sqlite.account(address) == memory.account(address), address
+        assert sqlite.is_admin(address) == memory.is_admin(address), address
+        for list_address in ("info@solawi.example", "gemuese@solawi.example"):
+            assert (sqlite.subscribed(address, list_address)
+                    == memory.subscribed(address, list_address)), (address, list_address)
 
 
 def test_demo_lookups(replica: SqliteDirectory) -> None:
     """The demo data's intent, spelled out: CIDR ranges, case, inactive rows ignored."""
-    assert replica.ip_blocked(IP.parse("192.0.2.66"))
-    assert replica.ip_blocked(IP.parse("2001:db8:4860:abcd::1"))  # in the /48
-    assert not replica.ip_blocked(IP.parse("2001:db8:4861::1"))
-    assert replica.ip_blocked(IP.parse("198.19.1.1"))  # in 198.18.0.0/15
-    assert not replica.ip_blocked(IP.parse("198.20.0.1"))
-    assert not replica.ip_blocked(IP.parse("203.0.113.200"))  # inactive entry
-    gemuese = replica.category("GEMUESE@solawi.EXAMPLE")
+    ask = Helpers(replica)
+    assert ask.ip_blocked("192.0.2.66")
+    assert ask.ip_blocked("2001:db8:4860:abcd::1")  # in the /48
+    assert not ask.ip_blocked("2001:db8:4861::1")
+    assert ask.ip_blocked("198.19.1.1")  # in 198.18.0.0/15
+    assert not ask.ip_blocked("198.20.0.1")
+    assert not ask.ip_blocked("203.0.113.200")  # inactive entry
+    gemuese = ask.category("GEMUESE@solawi.EXAMPLE")
     assert gemuese is not None and gemuese.id == 2 and gemuese.name == "Gemuese"
-    assert replica.category("vorstand@solawi.example") is None  # inactive category
-    account = replica.account("ANNA.MUELLER@gmail.com")
+    assert ask.category("vorstand@solawi.example") is None  # inactive category
+    account = ask.account("ANNA.MUELLER@gmail.com")
     assert account is not None and account.id == 101
-    assert replica.account("john.doe@example.org") is None  # inactive account
-    assert replica.is_admin("Jane@Solawi.Example")
-    assert not replica.is_admin("anna.mueller@gmail.com")
-    info = replica.category("info@solawi.example")
-    assert info is not None
-    assert replica.subscribed("Anna.Mueller@Gmail.com", info)
-    assert not replica.subscribed("anna.mueller@gmail.com", gemuese)  # inactive subscription
-    assert not replica.subscribed("john.doe@example.org", info)  # inactive account
-    assert replica.subscribed("peter.schmidt@web.example", gemuese)
+    assert ask.account("john.doe@example.org") is None  # inactive account
+    assert ask.is_admin("Jane@Solawi.Example")
+    assert not ask.is_admin("anna.mueller@gmail.com")
+    assert ask.subscribed("Anna.Mueller@Gmail.com", "info@solawi.example")
+    # inactive subscription
+    assert not ask.subscribed("anna.mueller@gmail.com", "gemuese@solawi.example")
+    assert not ask.subscribed("john.doe@example.org", "info@solawi.example")  # inactive
+    assert ask.subscribed("peter.schmidt@web.example", "gemuese@solawi.example")
     assert replica.available
-    assert replica.counts()["message_categories"] == 3
+    assert replica.counts()["message_categories"] == 4  # rows replicated, active or not
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,20 +264,20 @@ def test_refresh_picks_up_a_change_from_another_connection(db: Path,
     assert replica.reloads == 1
     replica.refresh()
     assert replica.reloads == 1  # nothing changed: no reload
-    assert replica.category("new@solawi.example") is None
+    assert Helpers(replica).category("new@solawi.example") is None
     execute(db, "INSERT INTO message_categories (id, name, email_address) VALUES (9, 'New', "
                 "'New@Solawi.example')")
     replica.refresh()
     assert replica.reloads == 2
-    category = replica.category("new@solawi.example")
+    category = Helpers(replica).category("new@solawi.example")
     assert category is not None and category.name == "New"
     execute(db, "UPDATE account SET is_active = 0 WHERE id = 104")
     replica.refresh()
     assert replica.reloads == 3
-    assert replica.account("peter.schmidt@web.example") is None
+    assert Helpers(replica).account("peter.schmidt@web.example") is None
     execute(db, "DELETE FROM blocked_ips WHERE ip = '192.0.2.66'")
     replica.refresh()
-    assert not replica.ip_blocked(IP.parse("192.0.2.66"))
+    assert not Helpers(replica).ip_blocked("192.0.2.66")
 
 
 def test_a_write_to_mta_log_does_not_reload(db: Path, replica: SqliteDirectory) -> None:
@@ -289,14 +298,14 @@ def test_removed_file_is_served_until_max_staleness(tmp_path: Path, db: Path, cl
     clock.advance(9.0)
     replica.refresh()
     assert replica.available
-    assert replica.category("info@solawi.example") is not None  # still the last good data
+    assert Helpers(replica).category("info@solawi.example") is not None  # still the last good data
     clock.advance(2.0)  # 11 s since the last good read > max_staleness 10 s
     replica.refresh()
     assert not replica.available
     with pytest.raises(DirectoryError, match="unavailable"):
-        replica.category("info@solawi.example")
+        Helpers(replica).category("info@solawi.example")
     with pytest.raises(DirectoryError):
-        replica.ip_blocked(IP.parse("192.0.2.66"))
+        Helpers(replica).ip_blocked("192.0.2.66")
     with pytest.raises(DirectoryError):
         replica.counts()
 
@@ -314,7 +323,7 @@ def test_lookups_work_again_when_the_file_comes_back(tmp_path: Path, db: Path,
     replica.refresh()
     assert replica.available
     assert replica.last_error is None
-    assert replica.category("info@solawi.example") is not None
+    assert Helpers(replica).category("info@solawi.example") is not None
 
 
 def test_changes_made_while_the_file_was_away_are_read(tmp_path: Path, db: Path,
@@ -331,14 +340,14 @@ def test_changes_made_while_the_file_was_away_are_read(tmp_path: Path, db: Path,
     move_store(away, db)
     replica.refresh()
     assert replica.last_error is None
-    category = replica.category("info@solawi.example")
+    category = Helpers(replica).category("info@solawi.example")
     assert category is not None and category.name == "Changed"
 
 
 def test_replaced_file_is_reread(tmp_path: Path, db: Path, replica: SqliteDirectory) -> None:
     other = tmp_path / "new.sqlite3"
-    create_database(other, DirectoryRows(
-        message_categories=(CategoryRow(7, "Only", "only@solawi.example"),)))
+    create_database(other, {"message_categories": [
+        {"id": 7, "name": "Only", "email_address": "only@solawi.example"}]})
     old_inode = db.stat().st_ino
     for suffix in ("-wal", "-shm"):
         db.with_name(db.name + suffix).unlink(missing_ok=True)
@@ -346,8 +355,8 @@ def test_replaced_file_is_reread(tmp_path: Path, db: Path, replica: SqliteDirect
     assert db.stat().st_ino != old_inode
     replica.refresh()
     assert replica.reloads == 2
-    assert replica.category("info@solawi.example") is None
-    only = replica.category("only@solawi.example")
+    assert Helpers(replica).category("info@solawi.example") is None
+    only = Helpers(replica).category("only@solawi.example")
     assert only is not None and only.id == 7
 
 
@@ -367,12 +376,13 @@ def test_opening_a_file_that_is_not_a_store(tmp_path: Path) -> None:
 
 def test_background_thread_picks_up_changes(db: Path) -> None:
     directory = SqliteDirectory(db, refresh_interval=0.02, max_staleness=5.0)
+    directory.require(SCHEMA, helper_needs())
     try:
-        assert directory.category("late@solawi.example") is None
+        assert Helpers(directory).category("late@solawi.example") is None
         execute(db, "INSERT INTO message_categories (id, name, email_address) VALUES (8, "
                     "'Late', 'late@solawi.example')")
         deadline = time.monotonic() + 1.0
-        while directory.category("late@solawi.example") is None:
+        while Helpers(directory).category("late@solawi.example") is None:
             assert time.monotonic() < deadline, "change not picked up within a second"
             time.sleep(0.01)
         assert directory.reloads >= 2
@@ -384,7 +394,7 @@ def test_a_locked_store_becomes_unavailable_after_the_staleness_bound(
         db: Path, replica: SqliteDirectory, clock: FakeClock) -> None:
     """Another process holding an exclusive lock: the replica keeps answering from what
     it has, then fails lookups once the store has been unreadable for max_staleness."""
-    info = replica.category("info@solawi.example")
+    info = Helpers(replica).category("info@solawi.example")
     assert info is not None
     replica._drop_connection()  # the locker must be the only connection to take the lock
     locker = sqlite3.connect(db, timeout=0)
@@ -394,15 +404,15 @@ def test_a_locked_store_becomes_unavailable_after_the_staleness_bound(
         locker.execute("UPDATE message_categories SET name = 'Locked' WHERE id = 1")
         replica.refresh()
         assert replica.last_error is not None and "locked" in replica.last_error
-        assert replica.category("info@solawi.example") == info  # within the bound
+        assert Helpers(replica).category("info@solawi.example") == info  # within the bound
         clock.advance(replica.max_staleness + 1)
         replica.refresh()
         assert not replica.available
         with pytest.raises(DirectoryError, match="unavailable"):
-            replica.category("info@solawi.example")
+            Helpers(replica).category("info@solawi.example")
     finally:
         locker.rollback()
         locker.close()
     replica.refresh()
     assert replica.available
-    assert replica.category("info@solawi.example") == info
+    assert Helpers(replica).category("info@solawi.example") == info

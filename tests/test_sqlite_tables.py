@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from komm_policy.demo import DEMO_ROWS
+from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory import DirectoryError
 from komm_policy.directory import sqlite as sqlite_module
 from komm_policy.directory.schema import parse_schema
-from komm_policy.directory.snapshot import IndexSpec, Needs
+from komm_policy.directory.snapshot import IndexSpec, Needs, spec_name
 from komm_policy.directory.sqlite import SqliteDirectory, connect, create_database
 from komm_policy.directory.sqlite_tables import read_schema
 from komm_policy.ipset import IP
@@ -24,10 +24,13 @@ SCHEMA = parse_schema({"tables": {
     "blocked_ips": {"primary_key": ["ip"], "columns": {
         "ip": {"type": "network"}, "reason": {"type": "text"},
         "active": {"type": "bool"}}},
+    "admin_identities": {"primary_key": ["identity"], "columns": {
+        "identity": {"type": "identity"}}},
 }})
 DOMAIN = IndexSpec("blocked_domains", ("domain",))
 NET = IndexSpec("blocked_ips", ("ip",), "net")
 NEEDS = Needs({DOMAIN, NET})
+ADMIN = IndexSpec("admin_identities", ("identity",))
 
 
 def execute(path: Path, *statements: str) -> None:
@@ -50,7 +53,7 @@ class Clock:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "komm.sqlite3"
-    create_database(path, DEMO_ROWS)
+    create_database(path, DEMO_TABLES)
     execute(path, "CREATE TABLE blocked_domains (domain TEXT NOT NULL, reason TEXT)",
             "INSERT INTO blocked_domains VALUES ('Spam.Example', 'spam')",
             "INSERT INTO blocked_domains VALUES ('bücher.example', NULL)")
@@ -127,7 +130,7 @@ def test_bad_rows_are_skipped_with_a_warning_and_counted(
             "INSERT INTO blocked_ips (ip, reason) VALUES ('10.0.0.1/8', 'host bits')")
     caplog.set_level(logging.WARNING)
     directory = SqliteDirectory(db, start=False, clock=Clock())  # starts despite them
-    directory.require(SCHEMA, NEEDS)
+    directory.require(SCHEMA, Needs({*NEEDS.indexes, ADMIN}))
     try:
         assert directory.available
         assert directory.health.bad_rows["admin_identities"] == 1
@@ -135,14 +138,14 @@ def test_bad_rows_are_skipped_with_a_warning_and_counted(
         snap = tables(directory)
         assert not snap.exists(NET, (IP.parse("10.9.9.9"),))  # not all of 10/8 blocked
         text = caplog.text
-        assert "admin_identities" in text and "column identity is NULL" in text
+        assert "admin_identities" in text and "column identity is not optional" in text
         assert "'300.1.2.3'" in text and "host bits set" in text
         # the refresher keeps applying later changes
         execute(db, "INSERT INTO blocked_ips (ip, reason) VALUES (NULL, 'null')",
                 "INSERT INTO blocked_ips (ip, reason) VALUES ('198.51.100.0/24', 'ok')")
         directory.refresh()
         assert tables(directory).exists(NET, (IP.parse("198.51.100.9"),))
-        assert directory.is_admin("nobody@example.org") is False
+        assert not tables(directory).exists(spec_name(ADMIN), ("c200" + "0" * 60,))
     finally:
         directory.close()
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..demo import DEMO_ROWS
+from ..demo import DEMO_TABLES
 from ..directory.schema import Schema, SchemaError, Table, dump_schema, load_schema
 from ..directory.sqlite import connect, create_database, init_schema
 from ..directory.sqlite_tables import read_schema
@@ -99,7 +99,7 @@ def _open(args: argparse.Namespace, command: str) -> sqlite3.Connection | int:
 
 def run_init(args: argparse.Namespace) -> int:
     try:
-        create_database(args.path, DEMO_ROWS if args.demo else None)
+        create_database(args.path, DEMO_TABLES if args.demo else None)
     except OSError as exc:
         return _fail("init", os_error_text(exc, args.path), 2)
     print(f"{args.path}: schema ready{' with demo data' if args.demo else ''}")

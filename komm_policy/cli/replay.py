@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import Config
+from ..directory.schema import Schema
+from ..directory.snapshot import Needs
 from ..hook.service import close_directory, open_directory
 from ..policyset import PolicySet, load_path
 from ..replay import LogError, ReplayReport, read_log, replay
@@ -60,6 +62,19 @@ def _load(path: str, err: TextIO) -> PolicySet | int:
     return result.policy_set
 
 
+def _require(directory: object, *sets: PolicySet | None) -> None:
+    """Replicate what both policy sets read (their tables, by their schema files; the new
+    set's description of a table wins)."""
+    require = getattr(directory, "require", None)
+    loaded = [s for s in sets if s is not None]
+    schemas = [s.schema for s in loaded if s.schema is not None]
+    if require is None or not schemas:
+        return
+    tables = {name: table for schema in schemas for name, table in schema.tables.items()}
+    require(Schema(tables, schemas[-1].source),
+            Needs({spec for s in loaded for spec in s.needs.indexes}))
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
         ) -> int:
     out = out or sys.stdout
@@ -79,6 +94,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     try:
         entries = read_log(Path(args.log))
         directory = open_directory(Config(directory=url))
+        try:
+            _require(directory, baseline, new)
+        except Exception:
+            close_directory(directory)
+            raise
     except LogError as exc:
         print(f"komm-policy replay: {exc}", file=err)
         return 2

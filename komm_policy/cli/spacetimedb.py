@@ -15,7 +15,6 @@ from typing import TextIO
 import msgspec
 
 from ..directory.schema import BadValue, Schema, SchemaError, dump_schema, find_schema, load_schema
-from ..directory.spacetimedb import LEGACY_TABLES
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp
 from ..spacetimedb.tools import check_directory, export_tables, schema_of
 
@@ -92,9 +91,9 @@ def db_export(url: str, tables: Iterable[str] | None, schema_path: str | None,
 
 def check_against(url: str, policy_path: Path, policy_set: object, out: TextIO, *,
                   strict: bool = False) -> int:
-    """Check the module behind `url` against what `policy_set` reads (its tables, and the
-    origin tables behind the built-in helpers); 0 ok, 1 problems (or warnings with
-    `strict`), 2 unreachable.  Prints one line per problem or warning."""
+    """Check the module behind `url` against what `policy_set` reads (its tables); 0 ok,
+    1 problems (or warnings with `strict`), 2 unreachable.  Prints one line per problem
+    or warning."""
     http = _client("check", url)
     if http is None:
         return 2
@@ -105,18 +104,11 @@ def check_against(url: str, policy_path: Path, policy_set: object, out: TextIO, 
             found = find_schema(policy_path)
             schema = load_schema(found) if found is not None else None
         with http:
-            module = http.schema()
             tables = set(needs.tables) if needs else set()
-            tables |= {t for t in LEGACY_TABLES if t in module.tables}
             result = check_directory(http, schema, sorted(tables))
     except (SpacetimeError, SchemaError, OSError) as exc:
         print(f"{policy_path}: {exc}", file=out)
         return 2
-    absent = [t for t in LEGACY_TABLES if t not in module.tables]
-    if absent:
-        result.warnings.append(f"SpacetimeDB {http.endpoint} has no table "
-                               f"{', '.join(map(repr, absent))}: the built-in helpers "
-                               "(ip_blocked, category, …) read them as empty")
     for problem in result.problems:
         print(f"{policy_path}: error: {problem}", file=out)
     for warning in result.warnings:

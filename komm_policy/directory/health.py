@@ -39,8 +39,8 @@ class ReplicaHealth:
         self._seen: set[tuple[str, str]] = set()
 
     def bad_row(self, table: str, key: str, reason: str) -> None:
-        """Report a skipped row once (a row read again by a later reload, or by both the
-        helpers' index and the tables, is not reported again)."""
+        """Report a skipped row once (a row read again by a later reload is not reported
+        again)."""
         with self._lock:
             if (table, key) in self._seen:
                 return
@@ -84,11 +84,6 @@ class Unavailable:
 
     def __init__(self, message: str) -> None:
         self.message = message
-
-    def _fail(self, *args: object) -> NoReturn:
-        raise DirectoryError(self.message)
-
-    ip_blocked = category = account = is_admin = subscribed = _fail
 
     @property
     def tables(self) -> NoReturn:

@@ -10,7 +10,7 @@ database.
 
 The file (TOML)::
 
-    [tables.blocked_ips]
+    [tables.blocked_networks]
     primary_key = ["ip"]                  # lowest key first; omit: SQLite's rowid
     columns.ip     = { type = "network" }
     columns.reason = { type = "text" }

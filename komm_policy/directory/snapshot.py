@@ -7,8 +7,8 @@ one and publishes it by one reference assignment.  Nothing a decision holds ever
 Backend-neutral API (SQLite change triggers and SpacetimeDB `TransactionUpdate` deltas feed
 it the same way)::
 
-    snap = TablesSnapshot.build(schema, needs, {"blocked_ips": rows, ...}, on_bad_row)
-    snap = snap.apply({"blocked_ips": (deleted_rows, inserted_rows)}, on_bad_row)
+    snap = TablesSnapshot.build(schema, needs, {"blocked_networks": rows, ...}, on_bad_row)
+    snap = snap.apply({"blocked_networks": (deleted_rows, inserted_rows)}, on_bad_row)
 
 - `schema`: the tables' `Schema`; `needs`: the `Needs` of the compiled policy set (which
   tables, which indexes); tables and indexes nobody needs are not built.
@@ -53,9 +53,6 @@ class Needs:
     """What a compiled policy set reads: tables and the indexes on them."""
 
     indexes: set[IndexSpec] = field(default_factory=set)
-    legacy: bool = True
-    """Whether it calls the first-version helpers (`ip_blocked`, `category`, …), whose
-    index over the origin tables is then kept too."""
 
     @property
     def tables(self) -> set[str]:

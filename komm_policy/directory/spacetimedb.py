@@ -7,18 +7,15 @@ thread runs one asyncio loop with a `SubscriptionClient` (komm_policy.spacetimed
    table or column the replica needs that is missing or of another type keeps the
    directory not ready, with a message naming it; private tables and row-level security
    are reported as warnings;
-2. one legacy `Subscribe` with `SELECT * FROM t` for exactly the tables read: the tables
-   the policy set needs (`require(schema, needs)`) and the origin tables behind the five
-   built-in helpers (`category`, `account`, … — those present in the module);
+2. one legacy `Subscribe` with `SELECT * FROM t` for exactly the tables the policy set
+   reads (`require(schema, needs)`), nothing else;
 3. `InitialSubscription` → a fresh snapshot, swapped in whole (after every reconnect too);
    `TransactionUpdate` (Committed) and `TransactionUpdateLight` → the deltas applied through
    `TablesSnapshot.apply` (cost ∝ changed rows), published by one reference swap.
 
 Staleness is the time since the last message or pong.  While it is below `max_staleness`
 decisions read the last snapshot, also during an outage; beyond it every lookup raises
-`DirectoryError` (the policy's fallback) and `available` is False (`/readyz` 503).  The
-helpers' index over the origin tables is rebuilt when one of its tables changes (as the
-SQLite backend does); the tables of `require` are updated per row.
+`DirectoryError` (the policy's fallback) and `available` is False (`/readyz` 503).
 """
 
 from __future__ import annotations
@@ -40,45 +37,29 @@ from ..spacetimedb.protocol import IdentityToken, TableRows
 from ..spacetimedb.sats import Decoder, SatsError
 from ..spacetimedb.schema import ModuleSchema
 from ..spacetimedb.subscription import UNEXPECTED, Backoff, SubscriptionClient
-from . import (
-    AccountRow,
-    BlockedIpRow,
-    CategoryRow,
-    DirectoryError,
-    DirectoryRows,
-    SubscriptionRow,
-)
+from . import DirectoryError
 from .health import ReplicaHealth, Unavailable
-from .memory import DirectoryIndex, Snapshot, serve_lookups
+from .memory import Snapshot
 from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
 
 log = logging.getLogger(__name__)
 
-LEGACY_TABLES: dict[str, type[msgspec.Struct] | None] = {
-    "blocked_ips": BlockedIpRow, "message_categories": CategoryRow, "account": AccountRow,
-    "admin_identities": None, "subscriptions": SubscriptionRow}
-"""The origin tables the five built-in helpers read (None: a list of identities)."""
-
 RowDict = dict[str, Any]
 
 
 class _Replica:
-    """The state one subscription builds: decoders for the subscribed tables, the rows of
-    the legacy tables (by row identity), and the published parts."""
+    """The state one subscription builds: decoders for the subscribed tables and the
+    published tables."""
 
-    def __init__(self, module: ModuleSchema, tables: list[str], legacy: list[str],
-                 schema: Schema, needs: Needs) -> None:
+    def __init__(self, module: ModuleSchema, tables: list[str], schema: Schema,
+                 needs: Needs) -> None:
         decoder = Decoder(module.typespace, micros=True)
         self.names = {t: module.tables[t].row_type.names for t in tables}
         self.decoders = {t: decoder.product(module.tables[t].row_type) for t in tables}
         self.keys = {t: module.tables[t].primary_key for t in tables}
-        self.legacy = legacy
         self.schema = schema
         self.needs = needs
-        self.legacy_rows: dict[str, dict[Any, Any]] = {t: {} for t in legacy}
-        """Origin tables' rows by identity, converted to their `DirectoryRows` types."""
-        self.index = DirectoryIndex(DirectoryRows())
         self.tables: TablesSnapshot | None = None
 
 
@@ -90,14 +71,13 @@ class SpacetimeDirectory:
 
     def __init__(self, endpoint: Endpoint, token: str | None = None, *,
                  max_staleness: float = 30.0, schema: Schema | None = None,
-                 needs: Needs | None = None, legacy: bool = True,
+                 needs: Needs | None = None,
                  startup_wait: float = 10.0, backoff: Backoff | None = None,
                  ping_interval: float = 10.0, http_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
         self.endpoint = endpoint
         self.token = token
         self.max_staleness = max_staleness
-        self.legacy = legacy
         self._schema = schema or Schema({})
         self._needs = needs or Needs()
         self._clock = clock
@@ -117,11 +97,9 @@ class SpacetimeDirectory:
         self._snapshot: Snapshot | None = None
         self._serving: Snapshot | Unavailable = Unavailable("SpacetimeDB " + str(
             endpoint) + ": no snapshot yet")
-        serve_lookups(self, self._serving)
         self._first = threading.Event()
         """Set when a snapshot arrived or a schema check failed (what `require` waits for)."""
         self._schema_problem: str | None = None
-        self._absent_legacy: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: SubscriptionClient | None = None
         self._thread: threading.Thread | None = None
@@ -207,12 +185,6 @@ class SpacetimeDirectory:
         except SpacetimeError as e:
             raise OSError(f"schema: {e}") from None
         wanted = sorted(self._needs.tables)
-        legacy = [t for t in LEGACY_TABLES if t in module.tables] if self.legacy else []
-        absent = [t for t in LEGACY_TABLES if t not in module.tables] if self.legacy else []
-        if absent and absent != self._absent_legacy:
-            log.warning("SpacetimeDB %s has no table %s: the built-in helpers read it as "
-                        "empty", self.endpoint, ", ".join(absent))
-        self._absent_legacy = absent
         check = check_module(module, wanted, self._schema, f"SpacetimeDB {self.endpoint}")
         for warning in check.warnings:
             if warning not in self.warnings:
@@ -223,10 +195,9 @@ class SpacetimeDirectory:
             self._first.set()  # require() answers now, not after its timeout
             raise SchemaMismatch(self.last_error)
         self._schema_problem = None
-        tables = sorted(set(wanted) | set(legacy))
-        self._pending = _Replica(module, tables, legacy, self._schema, self._needs)
+        self._pending = _Replica(module, wanted, self._schema, self._needs)
         assert self._client is not None
-        self._client.queries = [f"SELECT * FROM {quote_ident(t)}" for t in tables]
+        self._client.queries = [f"SELECT * FROM {quote_ident(t)}" for t in wanted]
 
     # -- subscription events (on the replica's loop) ---------------------------------------
 
@@ -253,15 +224,11 @@ class SpacetimeDirectory:
         received = {t.table_name: t for t in tables}
         rows = {name: list(self._decode(replica, name, received[name].inserts))
                 if name in received else [] for name in replica.decoders}
-        for name in replica.legacy:
-            replica.legacy_rows[name] = {}
-            self._legacy_put(replica, name, rows[name])
-        replica.index = self._legacy_index(replica)
         replica.tables = TablesSnapshot.build(
             replica.schema, replica.needs,
             {t: rows.get(t, ()) for t in replica.needs.tables}, self.health.bad_row)
         self._replica = replica
-        self._snapshot = Snapshot(replica.index, replica.tables)
+        self._snapshot = Snapshot(replica.tables)
         self.last_error = None
         self.health.ok()
         self._publish()
@@ -273,27 +240,18 @@ class SpacetimeDirectory:
         if replica is None:
             return
         changes = {}
-        legacy_changed = False
         for part in tables:
             name = part.table_name
             if name not in replica.decoders:
                 continue
             deleted = list(self._decode(replica, name, part.deletes))
             inserted = list(self._decode(replica, name, part.inserts))
-            if name in replica.legacy_rows:
-                current = replica.legacy_rows[name]
-                for row in deleted:
-                    current.pop(self._ident(replica, name, row), None)
-                self._legacy_put(replica, name, inserted)
-                legacy_changed = True
             if name in replica.needs.tables:
                 changes[name] = (deleted, inserted)
-        if legacy_changed:
-            replica.index = self._legacy_index(replica)
         if changes and replica.tables is not None:
             replica.tables = replica.tables.apply(changes, self.health.bad_row)
         self.updates += 1
-        self._snapshot = Snapshot(replica.index, replica.tables)
+        self._snapshot = Snapshot(replica.tables)
         self._publish()
 
     # -- decoding ---------------------------------------------------------------------------
@@ -307,39 +265,6 @@ class SpacetimeDirectory:
                 self.health.bad_row(table, f"row {i} of the message", str(e))
                 continue
             yield dict(zip(names, values, strict=True))
-
-    @staticmethod
-    def _ident(replica: _Replica, table: str, row: RowDict) -> Any:
-        key = replica.keys[table]
-        names = replica.names[table]
-        values = tuple(row[names[i]] for i in key) if key else tuple(row.values())
-        try:
-            hash(values)
-        except TypeError:
-            return repr(values)
-        return values
-
-    def _legacy_put(self, replica: _Replica, name: str, rows: Iterable[RowDict]) -> None:
-        """Convert rows of an origin table once, as they arrive (bad ones skipped)."""
-        struct = LEGACY_TABLES[name]
-        current = replica.legacy_rows[name]
-        for row in rows:
-            ident = self._ident(replica, name, row)
-            if struct is None:
-                current[ident] = str(row.get("identity", ""))
-                continue
-            try:
-                current[ident] = msgspec.convert(row, struct)
-            except msgspec.ValidationError as e:
-                current.pop(ident, None)
-                self.health.bad_row(name, repr(row)[:80], str(e))
-
-    def _legacy_index(self, replica: _Replica) -> DirectoryIndex:
-        """The five helpers' index (rebuilt whole when one of their tables changed, as
-        the SQLite backend does; the tables of `require` are updated per row)."""
-        return DirectoryIndex(DirectoryRows(**{
-            name: tuple(replica.legacy_rows[name].values()) for name in replica.legacy}),
-            self.health.bad_row)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -374,7 +299,6 @@ class SpacetimeDirectory:
             serving = Unavailable(self.unavailable_reason)
         if serving is not self._serving:
             self._serving = serving
-            serve_lookups(self, serving)
 
     def snapshot(self) -> Snapshot | Unavailable:
         """What one decision reads: the snapshot current when it started (or the error)."""
@@ -387,20 +311,14 @@ class SpacetimeDirectory:
     def counts(self) -> dict[str, int]:
         if self._snapshot is None or not self._fresh():
             raise DirectoryError(self.unavailable_reason)
-        counts = self._snapshot.counts()
-        if self._snapshot.tables is not None:
-            counts.update(self._snapshot.tables.counts())
-        return counts
+        return self._snapshot.counts()
 
     def table_rows(self) -> dict[str, int]:
         """Rows per replicated table (metrics)."""
         replica = self._replica
         if replica is None:
             return {}
-        out = {t: len(r) for t, r in replica.legacy_rows.items()}
-        if replica.tables is not None:
-            out.update(replica.tables.counts())
-        return out
+        return replica.tables.counts() if replica.tables is not None else {}
 
     def metric_families(self) -> Iterable[Any]:
         """Prometheus metric families: snapshot age, reconnects, applied transactions,

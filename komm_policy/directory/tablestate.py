@@ -42,7 +42,7 @@ class IndexSpec(NamedTuple):
 
 
 def spec_name(spec: IndexSpec) -> str:
-    """An index's name, e.g. `account(email,is_active)` or `blocked_ips(ip~)` for a
+    """An index's name, e.g. `account(email,is_active)` or `blocked_networks(ip~)` for a
     network index; lookups may name an index this way."""
     return f"{spec.table}({','.join(spec.columns)}{'~' if spec.kind == 'net' else ''})"
 

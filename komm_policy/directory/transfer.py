@@ -5,7 +5,7 @@ row an object of column values as stored (text, numbers, true/false for `bool` c
 null for none, a list for `list` columns); a table of one column may list bare values::
 
     {"blocked_domains": [{"domain": "spam.example", "reason": "spam"}],
-     "admin_identities": ["c200…0102"]}
+     "admins": ["c200…0102"]}
 
 `import` validates every row first, against the column meanings of the schema file when
 it describes the table, else the store's declared types: wrong types, `300.1.2.3` or

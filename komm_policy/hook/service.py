@@ -25,8 +25,8 @@ from ..decisionlog import (
     SqliteSpec,
 )
 from ..decisionlog.metrics import register_log_metrics
-from ..demo import DEMO_ROWS
-from ..directory import Directory, DirectoryRows
+from ..demo import DEMO_TABLES
+from ..directory import Directory
 from ..directory.memory import InMemoryDirectory
 from ..directory.schema import Schema
 from ..directory.spacetimedb import SpacetimeDirectory
@@ -238,8 +238,8 @@ def open_directory(config: Config) -> Directory:
         return SqliteDirectory(config.sqlite_path, refresh_interval=config.refresh_interval,
                                max_staleness=config.max_staleness)
     if config.directory == "memory:demo":
-        return InMemoryDirectory(DEMO_ROWS)
+        return InMemoryDirectory(DEMO_TABLES)
     if config.directory == "memory:empty":
-        return InMemoryDirectory(DirectoryRows())
+        return InMemoryDirectory()
     raise ValueError(f"unknown directory {config.directory!r} (use sqlite:PATH, memory:demo "
                      "or memory:empty)")

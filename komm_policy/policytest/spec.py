@@ -5,7 +5,7 @@ The format (docs/tooling.md, "Test files"):
     [request]                      # optional: fields every case starts from
     stage = "rcpt"
 
-    [[rows.message_categories]]    # optional: rows every case sees
+    [[rows.mailing_lists]]         # optional: rows every case sees
     id = 1
     name = "Info"
     email_address = "info@solawi.example"
@@ -15,7 +15,7 @@ The format (docs/tooling.md, "Test files"):
     fixture = "../tests/fixtures/stalwart/derived-rcpt-3.json"   # optional
     payload = { ... }              # optional: a Stalwart payload inline
     request = { sender = "anna@example.org", rcpt = "nobody@solawi.example" }
-    rows = { subscriptions = [ { id = 1, ... } ] }     # added to the file's rows
+    rows = { members = [ { id = 1, ... } ] }           # added to the file's rows
     expect = { action = "reject", status = 550, enhanced = "5.1.1", rule = "unknown_list" }
 
 A problem with the file as a whole (TOML syntax, an unknown key) is a `SpecError` naming

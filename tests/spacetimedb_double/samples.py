@@ -94,10 +94,11 @@ BLOCKED_AT = 1_788_000_000_000_000  # µs: 2026-08-29
 def directory_spec(rows: Any = None) -> dict[str, Any]:
     """The origin's directory tables as a SpacetimeDB module would declare them (columns
     as in the shipped schema file), filled with `rows` (default: the demo rows of
-    `komm_policy.demo`), and the `log_decisions` reducer of the decision-log sink."""
+    `komm_policy.demo`, as {table: [{column: value}]}), and the `log_decisions` reducer
+    of the decision-log sink."""
     if rows is None:
-        from komm_policy.demo import DEMO_ROWS
-        rows = DEMO_ROWS
+        from komm_policy.demo import DEMO_TABLES
+        rows = DEMO_TABLES
     return {"types": {"DecisionRecord": {"struct": {"id": "String", "record": "String"}}},
             "reducers": {"log_decisions": [["records", "Array<Ref:DecisionRecord>"]]},
             "tables": {
@@ -105,30 +106,31 @@ def directory_spec(rows: Any = None) -> dict[str, Any]:
             "columns": [["ip", "String"], ["reason", "String"], ["blocked_at", "Timestamp"],
                         ["active", "Bool"]],
             "primary_key": ["ip"],
-            "rows": [[r.ip, r.reason, BLOCKED_AT, r.active] for r in rows.blocked_ips]},
+            "rows": [[r["ip"], r["reason"], BLOCKED_AT, r["active"]]
+                     for r in rows["blocked_ips"]]},
         "message_categories": {
             "columns": [["id", "U32"], ["name", "String"], ["email_address", "String"],
                         ["description", "String"], ["active", "Bool"]],
             "primary_key": ["id"],
-            "rows": [[r.id, r.name, r.email_address, r.description, r.active]
-                     for r in rows.message_categories]},
+            "rows": [[r["id"], r["name"], r["email_address"], r["description"], r["active"]]
+                     for r in rows["message_categories"]]},
         "account": {
             "columns": [["id", "U32"], ["identity", "Identity"], ["name", "String"],
                         ["email", "String"], ["is_active", "Bool"],
                         ["last_synced", "Option<Timestamp>"]],
             "primary_key": ["id"],
-            "rows": [[r.id, r.identity, r.name, r.email, r.is_active, None]
-                     for r in rows.account]},
+            "rows": [[r["id"], r["identity"], r["name"], r["email"], r["is_active"], None]
+                     for r in rows["account"]]},
         "admin_identities": {
             "columns": [["identity", "Identity"]], "primary_key": ["identity"],
-            "rows": [[i] for i in rows.admin_identities]},
+            "rows": [[r["identity"]] for r in rows["admin_identities"]]},
         "subscriptions": {
             "columns": [["id", "U32"], ["subscriber_account_id", "U32"],
                         ["subscriber_email", "String"], ["category_id", "U32"],
                         ["subscribed_at", "Option<Timestamp>"], ["active", "Bool"]],
             "primary_key": ["id"],
-            "rows": [[r.id, r.subscriber_account_id, r.subscriber_email, r.category_id, None,
-                      r.active] for r in rows.subscriptions]},
+            "rows": [[r["id"], r["subscriber_account_id"], r["subscriber_email"],
+                      r["category_id"], None, r["active"]] for r in rows["subscriptions"]]},
         "mailing_rules": {  # private: only the owner's token may read it
             "columns": [["id", "U32"], ["pattern", "String"]], "primary_key": ["id"],
             "public": False, "rows": [[1, "*@spam.example"]]},
