@@ -1,4 +1,6 @@
-"""AST + analysis → closures.  Runs once per load; the request path only calls closures.
+"""AST + analysis → closures: expressions and comparisons (the set level, stages, rules
+and statements, is `rule_compiler`).  Runs once per load; the request path only calls
+closures.
 
 Constants are folded (literals, `let`s, pure built-ins over constants, boolean logic with a
 constant side); regexes, IP sets and literal lists become ready-made objects; request fields
@@ -10,35 +12,30 @@ non-address side once (constants) or at run time (other text).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from . import nodes as n
-from . import outgoing
 from . import types as t
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import Analysis
 from .context import EvalContext
-from .decision import RuleRef
 from .fields import STAGE_ORDER
 from .functions import inline
-from .fusion import FUSABLE, fuse
 from .ipset import IP, normalize_network
 from .operators import COMPARE, DUAL, as_tuple, both, either, lowered
 from .program import (
-    CONTINUE,
     Closure,
     Compiled,
-    CompiledRule,
     CompiledStage,
     Const,
     Outcome,
     RuntimeSettings,
-    Statement,
     as_closure,
 )
+from .rule_compiler import RuleCompiling
 from .table_lookups import Sites, settle_sites, table_closure, unchecked_table_closure
-from .text import reply_text, to_text
+from .text import to_text
 
 
 class _LoadTimeContext:
@@ -71,7 +68,7 @@ def compile_program(
     return stages, settings
 
 
-class _Compiler:
+class _Compiler(RuleCompiling):
     def __init__(self, analysis: Analysis, builtins: Mapping[str, Builtin]) -> None:
         self.analysis = analysis
         self.types = analysis.types
@@ -91,136 +88,6 @@ class _Compiler:
 
     def type_of(self, expr: n.Expr) -> t.Type:
         return self.types.get(id(expr), t.ANY)
-
-    # -- set level ------------------------------------------------------------------------
-
-    def settings(self) -> RuntimeSettings:
-        values: dict[str, Any] = {}
-        for name, setting in self.analysis.settings.items():
-            if isinstance(setting.value, n.Action):
-                values[name] = self.outcome(setting.value)
-            else:
-                compiled = self.expr(setting.value)
-                assert isinstance(compiled, Const), name
-                value = compiled.value
-                values[name] = value.lower() if name == "quarantine_to" else value
-        return RuntimeSettings(**values)
-
-    def stage(self, stage: Any) -> CompiledStage:
-        rules = tuple(self.rule(rule) for rule in stage.rules)
-        steps = tuple((rule.cond, rule) for rule in fuse(
-            [(rule, self.fusable(ast)) for ast, rule in zip(stage.rules, rules, strict=True)]))
-        default = stage.default
-        if default is None:
-            return CompiledStage(stage.name, rules, Outcome("accept"), None, steps)
-        ref = RuleRef("default", default.span.file, default.span.line, default.span.column)
-        return CompiledStage(stage.name, rules, self.outcome(default.action), ref, steps)
-
-    def fusable(self, rule: n.Rule) -> tuple[tuple[Any, ...], Any] | None:
-        """The rule's fusion key and (getter, constants), or None (see `fusion`)."""
-        if rule.dry_run or rule.statements or not isinstance(rule.final, n.Action):
-            return None
-        when = rule.when
-        if not isinstance(when, n.Compare) or when.op not in FUSABLE:
-            return None
-        field_ = self.field_refs.get(id(when.left))
-        left_t = self.type_of(when.left)
-        if field_ is None or left_t.optional or left_t.kind in ("list", "any"):
-            return None  # fused groups index by the field's value: scalars only
-        _, right, _, right_t = self.operands(when)
-        if not isinstance(right, Const):
-            return None
-        family = FUSABLE[when.op]
-        if family == "eq":
-            values = (right.value,) if when.op == "==" else right.value
-            if right_t.kind == "cidr" or (when.op == "in" and right_t.elem is not None
-                                          and right_t.elem.kind in ("ip", "cidr")):
-                return None
-            try:
-                frozenset(values)
-            except TypeError:
-                return None
-        elif not isinstance(right.value, str):
-            return None
-        else:
-            values = right.value
-        return (field_.name, family), (field_.get, values)
-
-    def rule(self, rule: n.Rule) -> CompiledRule:
-        cond = self.expr(rule.when)
-        if isinstance(cond, Const):
-            always = bool(cond.value)
-            cond_fn: Closure = lambda ctx: always  # noqa: E731
-        else:
-            cond_fn = cond
-        final = self.outcome(rule.final) if isinstance(rule.final, n.Action) else None
-        on_error: Outcome | str | None = None
-        if isinstance(rule.on_error, n.Continue):
-            on_error = CONTINUE
-        elif isinstance(rule.on_error, n.Action):
-            on_error = self.outcome(rule.on_error)
-        ref = RuleRef(rule.name, rule.span.file, rule.span.line, rule.span.column)
-        statements = tuple(self.statement(s) for s in rule.statements)
-        return CompiledRule(rule.name, ref, cond_fn, statements, final, on_error, rule.dry_run)
-
-    def outcome(self, action: n.Action) -> Outcome:
-        message: str | Closure | None = None
-        if action.message is not None:
-            compiled = self.expr(action.message)
-            if isinstance(compiled, Const):  # e.g. a `let` interpolated: clean it once
-                text = to_text(compiled.value)  # a quarantine reason: `outgoing` cleans it
-                message = text if action.kind == "quarantine" else reply_text(text)
-            else:
-                message = compiled
-        if action.kind == "quarantine":
-            return Outcome("quarantine", reason=message)
-        if action.kind in ("reject", "tempfail"):
-            return Outcome(action.kind, status=action.code, enhanced=action.enhanced,
-                           message=message)
-        return Outcome(action.kind)
-
-    def statement(self, statement: n.Statement) -> Statement:
-        if isinstance(statement, n.Log):
-            text = as_closure(self.expr(statement.message))
-
-            def log(ctx: EvalContext, mods: list) -> None:
-                ctx.log(to_text(text(ctx)))
-            return log
-        return self.modification(statement)
-
-    def modification(self, mod: n.Modification) -> Statement:
-        """One modification statement; every value leaves through `outgoing`, which refuses
-        an address that is not one valid address (a rule error, so nothing is sent)."""
-        kind = mod.kind
-        header = mod.header or ""
-        index = mod.index if mod.index is not None else 1
-        value = self.expr(mod.value) if mod.value is not None else Const(None)
-        factories: dict[str, Callable[[EvalContext, Any], Any]] = {
-            "add_header": lambda ctx, v: outgoing.add_header(header, v),
-            "insert_header": lambda ctx, v: outgoing.insert_header(header, v, index),
-            "change_header": lambda ctx, v: outgoing.change_header(header, v, index),
-            "delete_header": lambda ctx, v: outgoing.delete_header(header, index),
-            "change_from": lambda ctx, v: outgoing.change_from(v),
-            "add_recipient": lambda ctx, v: outgoing.add_recipient(v),
-            "delete_recipient": lambda ctx, v: outgoing.delete_recipient(
-                v, ctx.recipients_as_sent()),
-            "replace_contents": lambda ctx, v: outgoing.replace_contents(v),
-        }
-        make = factories[kind]
-        if isinstance(value, Const) and kind != "delete_recipient":
-            try:
-                built = make(None, value.value)  # type: ignore[arg-type]
-            except outgoing.UnsafeValue:
-                pass  # `check` reports it (E125); each decision fails the rule as well
-            else:
-                def append_const(ctx: EvalContext, mods: list) -> None:
-                    mods.append(built)
-                return append_const
-        get = as_closure(value)
-
-        def append(ctx: EvalContext, mods: list) -> None:
-            mods.append(make(ctx, get(ctx)))
-        return append
 
     # -- expressions ----------------------------------------------------------------------
 
