@@ -115,7 +115,7 @@ def hand_written(directory: Any) -> Engine:
         return "accept"
 
     assert len(SPAM_SUFFIXES) == 14
-    return Engine("hand-written Python (same request + in-memory directory)",
+    return Engine("hand-written Python (same request, its own dictionaries of the data)",
                   stalwart_request, run, "straight-line ifs over the decoded request",
                   reference=True)
 
