@@ -10,6 +10,7 @@ import json
 import resource
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -296,3 +297,21 @@ def test_inline_and_asgi_paths_answer_alike(server: ServerProcess) -> None:
         assert headers.get("connection") == "close"
         assert closed_by_peer(sock, 2)
     assert metric(server, 'komm_hook_bad_requests_total{status="400"}') == 1
+
+
+def test_pipelined_requests_are_all_answered_in_order(deployment: Deployment) -> None:
+    """Thousands of requests pipelined on one connection before any answer is read (the
+    inline path answers them as they are parsed; the server stops reading while its
+    unsent answers are over the transport's high-water mark): each is answered, in
+    order."""
+    count = 5000
+    requests = hook_request(SEED) * (count - 1) + hook_request(REJECTED)
+    with ServerProcess(deployment, "--no-watch") as server, connect(server.port) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(requests,), daemon=True)
+        sender.start()
+        time.sleep(0.5)
+        answers = read_responses(sock, count, 60)
+        sender.join(30)
+    assert [(status, body) for status, _, body in answers[:-1]] == [
+        (200, b'{"action":"accept"}')] * (count - 1)
+    assert json.loads(answers[-1][2])["action"] == "reject"

@@ -1,0 +1,317 @@
+"""The HTTP protocol the server runs: uvicorn's httptools protocol with read timeouts,
+the connection guard's limits and an inline path for hook requests (see `server` for the
+behaviour and `GuardedProtocol` for how it is done)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from .app import INLINE_BODY_BYTES
+
+if TYPE_CHECKING:
+    from .server import ConnectionGuard
+
+log = logging.getLogger("komm_policy.http")
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header/body/idle timeouts, the guard's limits,
+    and an inline path for hook requests.
+
+    Timeouts cost O(1) attribute writes per request: each connection has one deadline
+    (`_deadline`, for the phase in `_phase`: "header", "body", "idle" or None) and at most
+    one timer, armed at most `_tick` (the shortest timeout) ahead.  Every deadline set is
+    at least `_tick` away, so it is never earlier than the armed timer: moving it needs no
+    re-arming.  The timer, when it fires, acts on a passed deadline or re-arms itself (so
+    a busy connection costs one timer event per `_tick` seconds, not three per request).
+
+    Inline path: a `POST /mta-hook` whose body arrives whole in the same read as its
+    header (the usual case: a few KB) is answered from the parser's callback by the app's
+    `respond_inline` (`app.HookApp`), written with one `write`, without an ASGI task.
+    Anything else — a body still arriving after that read, over `INLINE_BODY_BYTES`, a
+    request behind one still in progress, `Expect: 100-continue`, an app without
+    `respond_inline` — goes uvicorn's ASGI way, from where it stands."""
+
+    def __init__(self, guard: ConnectionGuard, config: Any, server_state: Any,
+                 app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.guard = guard
+        self.limit_concurrency = None  # ours counts requests in progress, not connections
+        limits = guard.limits
+        self._timeouts = {"header": limits.header_timeout, "body": limits.body_timeout,
+                          "idle": limits.idle_timeout}
+        self._tick = max(0.01, min(self._timeouts.values()))
+        self._phase: str | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._shutdown_timer: asyncio.TimerHandle | None = None
+        self._awaiting_header = True
+        self._received = False  # any byte of the request being read
+        inline = getattr(self.app, "respond_inline", None)
+        self._respond_inline = inline if getattr(self.app, "inline", False) else None
+        self._inline_body: list[bytes] | None = None  # a hook request read inline
+        self._inline_size = 0
+
+    @property
+    def evictable(self) -> bool:
+        """No request in progress: still reading a header, or idle between requests."""
+        return self._inline_body is None and (self.cycle is None
+                                              or self.cycle.response_complete)
+
+    # Connection lifetime
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.guard.admit(self):
+            self._expect("header")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._phase = None
+        for timer in (self._timer, self._shutdown_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._shutdown_timer = None
+        self.guard.forget(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase in (None, "idle") and (self._awaiting_header or self.evictable):
+            # The first byte after an idle keep-alive period: the header clock starts.
+            self._expect("header")
+        self._received = True
+        super().data_received(data)
+        if self._inline_body is not None and not self.transport.is_closing():
+            self._to_asgi()  # the body did not arrive with its header
+
+    # Parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_header = True
+        if self._phase != "header":
+            self._expect("header")
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_header = False
+        self._received = False
+        self._expect("body")
+        if (self._respond_inline is not None and self.url == b"/mta-hook"
+                and self.parser.get_method() == b"POST" and not self.expect_100_continue
+                and (self.cycle is None or self.cycle.response_complete)
+                and not self.parser.should_upgrade() and not self.transport.is_closing()
+                and len(self.tasks) < self.guard.limits.max_concurrency):
+            self._inline_body = []
+            self._inline_size = 0
+            return
+        self._start_cycle()
+
+    def _start_cycle(self) -> None:
+        """uvicorn's request cycle (an ASGI task), or a fast 503 beyond max_concurrency."""
+        if len(self.tasks) >= self.guard.limits.max_concurrency:
+            self.guard.stats.shed += 1
+            self.guard.warn.warning("shed", "answered 503: %d requests in progress "
+                                    "(max_concurrency)", len(self.tasks))
+            app, self.app = self.app, _busy
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        else:
+            super().on_headers_complete()
+
+    def _to_asgi(self) -> None:
+        """Hand an inline request read so far to an ASGI cycle (its body continues there)."""
+        body = self._inline_body
+        self._inline_body = None
+        self._start_cycle()
+        if body and self.cycle is not None:
+            self.cycle.body += b"".join(body)
+            self.cycle.message_event.set()
+
+    def on_body(self, body: bytes) -> None:
+        inline = self._inline_body
+        if inline is None:
+            super().on_body(body)
+            return
+        inline.append(body)
+        self._inline_size += len(body)
+        if self._inline_size > INLINE_BODY_BYTES:
+            self._to_asgi()
+
+    def on_message_complete(self) -> None:
+        if self._phase == "body":
+            self._phase = None
+        body = self._inline_body
+        if body is None:
+            super().on_message_complete()
+            return
+        self._inline_body = None
+        scope = self.scope
+        scope["path"] = "/mta-hook"
+        scope["raw_path"] = b"/mta-hook"
+        scope["query_string"] = b""
+        scope["method"] = "POST"
+        try:
+            answer = self._respond_inline(scope, b"".join(body))  # type: ignore[misc]
+        except Exception:  # the app catches its own errors; this is the last defence
+            log.exception("answering a hook request inline failed")
+            answer = _INTERNAL_ERROR
+        if answer is None:  # the app wants the ASGI way (e.g. a large body)
+            self._inline_body = body
+            self._to_asgi()
+            super().on_message_complete()
+            return
+        self._write_answer(answer)
+
+    def _write_answer(self, answer: Any) -> None:
+        """One write: status line, uvicorn's default headers (date, server), ours, body."""
+        keep_alive = (self.parser.should_keep_alive()
+                      and self.parser.get_http_version() != "1.0")
+        head = [STATUS_LINE[answer.status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        for name, value in answer.headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n%s\r\n"
+                    % (len(answer.body), b"" if keep_alive else b"connection: close\r\n"))
+        head.append(answer.body)
+        self.transport.write(b"".join(head))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+    def on_response_complete(self) -> None:
+        """A response went out: count it, start the next pipelined request or the idle
+        clock (uvicorn's keep-alive timer is not used: the deadline covers it)."""
+        self.server_state.total_requests += 1
+        self.guard.touch(self)
+        if self.transport.is_closing():
+            return
+        if self.flow.write_paused:
+            # A client sending requests without reading the answers: read no more until
+            # it has taken them (`resume_writing`), so the answers never pile up here.
+            self.flow.pause_reading()
+        else:
+            self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._phase is None:
+            self._expect("idle")
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.evictable:  # reading was paused for the answers (on_response_complete)
+            self.flow.resume_reading()
+
+    # The deadline
+    def _expect(self, phase: str) -> None:
+        """Start `phase`'s clock (its timeout from now)."""
+        now = self.loop.time()
+        self._phase = phase
+        self._deadline = now + self._timeouts[phase]
+        if self._timer is None:
+            self._timer = self.loop.call_at(min(self._deadline, now + self._tick),
+                                            self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        phase = self._phase
+        if phase is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if now < self._deadline:
+            self._timer = self.loop.call_at(min(self._deadline, now + self._tick),
+                                            self._check_deadline)
+            return
+        self._phase = None
+        if phase == "header":
+            self._header_timed_out()
+        elif phase == "body":
+            self._body_timed_out()
+        else:
+            self.transport.close()  # idle keep-alive connection
+
+    def _header_timed_out(self) -> None:
+        if not self.evictable:
+            # A pipelined request is late while the one before it runs: close after it.
+            self.cycle.keep_alive = False
+            return
+        self.guard.cut(self, "header_timeout")
+        if self._received:
+            self._write_error(408, "request header not received within "
+                                   f"{self.guard.limits.header_timeout} s")
+        self.transport.close()
+
+    def _body_timed_out(self, reason: str = "body_timeout") -> None:
+        self._shutdown_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        self.guard.cut(self, reason)
+        if not cycle.response_started:
+            limits = self.guard.limits
+            self._write_error(408, "request body not received within "
+                                   f"{limits.body_timeout} s" if reason == "body_timeout"
+                              else "shutting down: request body not received")
+        # The app waiting in receive() gets http.disconnect; anything it sends is dropped.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: idle connections close now (uvicorn); a request still
+        sending its body is cut just before `shutdown_timeout`, with a 408, so it ends
+        cleanly instead of being cancelled inside the app."""
+        super().shutdown()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            if self._phase == "body":
+                self._phase = None
+            if self._shutdown_timer is not None:
+                self._shutdown_timer.cancel()
+            self._shutdown_timer = self.loop.call_later(
+                max(0.0, self.guard.limits.shutdown_timeout - 0.2), self._body_timed_out,
+                "shutdown")
+
+    def refuse(self) -> None:
+        """No room for this connection: 503 and close."""
+        self._write_error(503, "too many connections")
+        self.transport.close()
+
+    def _write_error(self, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+
+
+_BUSY_BODY = json.dumps({"error": "server busy: too many requests in progress; "
+                                  "retry later"}).encode()
+
+
+@dataclass(frozen=True)
+class _Internal:
+    status: int = 500
+    body: bytes = json.dumps({"error": "internal error"}).encode()
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+_INTERNAL_ERROR = _Internal()
+
+
+async def _busy(scope: Any, receive: Any, send: Any) -> None:
+    """The answer beyond `max_concurrency`: 503 at once, the body left unread."""
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_BUSY_BODY)).encode()),
+        (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": _BUSY_BODY})
