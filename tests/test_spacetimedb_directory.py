@@ -119,6 +119,30 @@ def test_required_tables_are_replicated_and_updated_per_row(double: DoubleServer
         directory.close()
 
 
+def test_only_the_tables_the_policy_set_reads_are_subscribed(double: DoubleServer) -> None:
+    """No origin table is subscribed for the engine's sake: the shipped directory file's
+    functions read five tables, a set reading two gets two (the module has more)."""
+    def subscribed() -> set[str]:
+        (subscriber,) = double.double.subscribers
+        return set(subscriber.tables)
+
+    directory = open_directory(double)  # needs: what the shipped helpers read
+    try:
+        assert subscribed() == {"blocked_ips", "message_categories", "account",
+                                "admin_identities", "subscriptions"}
+    finally:
+        directory.close()
+    eventually(lambda: not double.double.subscribers)
+    directory = open_directory(double, helpers=False)
+    try:
+        directory.require(BLOCKED_SCHEMA, NEEDS)
+        eventually(lambda: len(double.double.subscribers) == 1
+                   and subscribed() == {"blocked_ips", "account"})
+        assert set(double.state.databases["komm"].tables) > {"blocked_ips", "account"}  # more
+    finally:
+        directory.close()
+
+
 @pytest.mark.parametrize("tables,message", [
     ({"blocked_ip": {"columns": {"ip": "network"}}},
      "no table 'blocked_ip'"),
