@@ -19,7 +19,7 @@ class _Log:
 def test_every_family_carries_its_status_value() -> None:
     status = LogStatus(
         alive=True, restarts=3, next_seq=17, held=0, spool_errors=2, spool_failing="disk",
-        tempfails=4, dropped=5, backlog={"jsonl": 1, "spacetimedb": 7},
+        tempfails=4, unrecordable=6, dropped=5, backlog={"jsonl": 1, "spacetimedb": 7},
         oldest_age={"jsonl": 0.5, "spacetimedb": 9.0}, sink_errors={"spacetimedb": 3},
         blocked_sinks={"spacetimedb": "404"},
         sink_counters={"spacetimedb": {"dead_letters": 2}})
@@ -32,6 +32,7 @@ def test_every_family_carries_its_status_value() -> None:
         "komm_decision_log_writer_restarts_total 3.0",
         "komm_decision_log_spool_errors_total 2.0",
         "komm_decision_log_spool_tempfails_total 4.0",
+        "komm_decision_log_unrecordable_total 6.0",
         "komm_decision_log_dropped_records_total 5.0",
         "komm_decision_log_spool_failing 1.0",
         "komm_decision_log_spooled_records_total 17.0",

@@ -32,7 +32,7 @@ from ..decision import Decision
 from ..wire import Request
 from .records import RecordIds, raw_entry
 from .sinks import SinkSpec
-from .spool import SpoolAppender, position_from, read_state, segments
+from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
 from .writer import writer_main
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class LogStatus:
     spool_errors: int
     spool_failing: str | None
     tempfails: int
+    unrecordable: int
     dropped: int
     backlog: dict[str, int] = field(default_factory=dict)
     oldest_age: dict[str, float] = field(default_factory=dict)
@@ -107,6 +108,7 @@ class DecisionLog:
         self._last_sample = 0.0
         self.spool_errors = 0
         self.tempfails = 0
+        self.unrecordable = 0
         self.dropped = 0
         self.restarts = 0
         self._failing: str | None = None
@@ -128,8 +130,13 @@ class DecisionLog:
                         redact_client_ip: bool = False) -> bool:
         """Spool an answered request's decision; `at` is the answer's time.time().
         False means: not spooled, and on_spool_error = tempfail — answer 451 instead."""
-        entry = raw_entry(request, decision, duration_ms, at, self._ids(), shadow=shadow,
-                          redact_client_ip=redact_client_ip)
+        try:
+            entry = raw_entry(request, decision, duration_ms, at, self._ids(), shadow=shadow,
+                              redact_client_ip=redact_client_ip)
+            if len(entry) > MAX_ENTRY:
+                raise ValueError(f"record of {len(entry)} bytes over {MAX_ENTRY} bytes")
+        except (ValueError, TypeError, OverflowError) as exc:
+            return self._unrecordable(request, exc)
         try:
             if self._held:
                 self._write_held()
@@ -146,6 +153,19 @@ class DecisionLog:
             if len(self._samples_seq) > MAX_SAMPLES:  # nobody reads /metrics: thin out
                 self._thin()
         return True
+
+    def _unrecordable(self, request: Request, exc: Exception) -> bool:
+        """A decision whose record cannot be encoded or is too large for the spool: never
+        answered unlogged — the answer becomes 451 (Stalwart retries), counted in
+        `unrecordable`, logged (rate-limited)."""
+        self.unrecordable += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 10.0:
+            self._last_error_log = now
+            log.error("decision log: a %s decision cannot be recorded (%s: %s); answered "
+                      "451 so that nothing is accepted unlogged", request.context.stage,
+                      type(exc).__name__, exc)
+        return False
 
     def _write_held(self) -> None:
         held = self._held
@@ -245,7 +265,8 @@ class DecisionLog:
             alive=self._process is not None and self._process.is_alive(),
             restarts=self.restarts, next_seq=next_seq, held=len(self._held),
             spool_errors=self.spool_errors, spool_failing=self._failing,
-            tempfails=self.tempfails, dropped=self.dropped)
+            tempfails=self.tempfails, unrecordable=self.unrecordable,
+            dropped=self.dropped)
         now = time.time()
         lowest = next_seq
         for name in self._names:

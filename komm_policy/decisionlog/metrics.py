@@ -20,6 +20,9 @@ _PROCESS: tuple[tuple[Family, str, str, Callable[[LogStatus], float]], ...] = (
      "Decisions that could not be written to the spool", lambda s: s.spool_errors),
     (CounterMetricFamily, "komm_decision_log_spool_tempfails",
      "Answers turned into 451 4.3.0 because the spool failed", lambda s: s.tempfails),
+    (CounterMetricFamily, "komm_decision_log_unrecordable",
+     "Answers turned into 451 4.3.0 because their record could not be encoded or was "
+     "over the spool's entry limit", lambda s: s.unrecordable),
     (CounterMetricFamily, "komm_decision_log_dropped_records",
      "Records dropped: spool failing and the memory queue full", lambda s: s.dropped),
     (GaugeMetricFamily, "komm_decision_log_spool_failing",

@@ -132,7 +132,11 @@ class SpoolAppender:
 
     def append(self, payload: bytes) -> int:
         """Write one entry; returns its sequence number.  Raises OSError (ENOSPC, EROFS,
-        EIO …) with nothing of the entry left in the spool."""
+        EIO …) with nothing of the entry left in the spool, ValueError for an entry over
+        MAX_ENTRY bytes (the reader would take its length field for corruption)."""
+        if len(payload) > MAX_ENTRY:
+            raise ValueError(f"a spool entry of {len(payload)} bytes is over the "
+                             f"{MAX_ENTRY}-byte limit")
         data = frame(payload)
         if self._fd < 0 or self._size >= self.segment_bytes:
             self._roll()
@@ -252,6 +256,12 @@ class SpoolReader:
                 with path.open("rb") as file:
                     file.seek(position.offset)
                     data = file.read(self.read_bytes)
+                    if len(data) >= 8:
+                        # A frame longer than the read window: read it whole (up to
+                        # MAX_ENTRY), or the reader would wait at it for ever.
+                        length = _HEADER.unpack_from(data)[0]
+                        if len(data) < 8 + length <= 8 + MAX_ENTRY:
+                            data += file.read(8 + length - len(data))
             except FileNotFoundError:
                 data = b""
                 if not path.parent.exists():

@@ -228,7 +228,9 @@ class HookApp:
                     answer = wire_response.INTERNAL_ERROR_BODY  # on_spool_error = tempfail
                 service.metrics.observe(decision, elapsed)
             except Exception:
+                # Never an answer whose decision is not in the log: 451, Stalwart retries.
                 log.exception("recording a %s decision failed", request.context.stage)
+                answer = wire_response.INTERNAL_ERROR_BODY
         return Answer(200, answer)
 
     def _answer(self, body: bytes) -> RequestError | tuple[Request, Decision | None, bytes]:
