@@ -129,7 +129,17 @@ def _parse_column(where: str, name: str, spec: Any) -> Column:
     type_ = spec["type"]
     if type_ not in MEANINGS:
         raise SchemaError(f"{where}: unknown type {type_!r} (one of {', '.join(MEANINGS)})")
-    variants = tuple(spec.get("variants", ()))
+    raw_variants = spec.get("variants", [])
+    if not isinstance(raw_variants, list) or not all(isinstance(v, str) and v
+                                                     for v in raw_variants):
+        raise SchemaError(f"{where}: `variants` must be a list of names, e.g. "
+                          f'["Read", "Write"] (got {raw_variants!r})')
+    if len(set(raw_variants)) != len(raw_variants):
+        raise SchemaError(f"{where}: `variants` names a variant twice")
+    variants = tuple(raw_variants)
+    optional = spec.get("optional", False)
+    if not isinstance(optional, bool):
+        raise SchemaError(f"{where}: `optional` must be true or false (got {optional!r})")
     if type_ == "enum" and not variants:
         raise SchemaError(f"{where}: an enum needs `variants`")
     element = spec.get("element")
@@ -138,7 +148,7 @@ def _parse_column(where: str, name: str, spec: Any) -> Column:
     extra = set(spec) - {"type", "optional", "variants", "element", "storage"}
     if extra:
         raise SchemaError(f"{where}: unknown key {sorted(extra)[0]!r}")
-    return Column(name, type_, bool(spec.get("optional", False)), variants, element,
+    return Column(name, type_, optional, variants, element,
                   str(spec.get("storage", "")))
 
 

@@ -114,6 +114,8 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
             problems.append(f"{table}: rows must be a JSON list")
             continue
         columns = _columns(conn, table, schema)
+        primary = read_schema(conn, [table]).tables[table].primary_key
+        seen: dict[tuple[Any, ...], int] = {}  # primary key → first row number
         statements: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for number, row in enumerate(rows, start=1):
             if not isinstance(row, Mapping) and len(columns) == 1:
@@ -122,6 +124,16 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
                 problems.append(f"{table} row {number}: not a JSON object")
                 continue
             values, row_problems = _validate(table, number, row, columns)
+            if not row_problems and primary and all(
+                    values.get(k) is not None for k in primary):
+                # Two rows with one key in one file: the last would silently win.
+                key = tuple(_key_form(columns[k], values[k]) for k in primary)
+                if key in seen:
+                    row_problems.append(
+                        f"{table} row {number}: the same primary key "
+                        f"({', '.join(primary)}) as row {seen[key]}")
+                else:
+                    seen[key] = number
             problems.extend(row_problems)
             if not row_problems:
                 statements.setdefault(tuple(values), []).append(tuple(values.values()))
@@ -141,6 +153,13 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
     except sqlite3.Error as exc:  # a constraint the schema file does not know
         raise TransferError([f"the store refused the rows (nothing written): {exc}"]) from exc
     return counts
+
+
+def _key_form(stored: _StoredColumn, value: Any) -> Any:
+    """How the store compares a key value: addresses case-insensitively."""
+    if isinstance(value, str) and stored.column.type == "address":
+        return value.lower()
+    return value
 
 
 def _validate(table: str, number: int, row: Mapping[str, Any],
