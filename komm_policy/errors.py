@@ -9,6 +9,7 @@ whether they come from the parser or from the checker.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 
@@ -43,6 +44,21 @@ class Related:
     message: str
 
 
+# A word (a run without spaces) longer than this in a message or hint is shortened.
+QUOTED_WIDTH = 80
+_LONG_WORD = re.compile(r"\S{" + str(QUOTED_WIDTH + 1) + ",}")
+
+
+def shorten_quoted(text: str) -> str:
+    """`text` with every word over `QUOTED_WIDTH` characters cut to its first and last
+    characters around `…` (its length in characters is added): a quoted multi-megabyte
+    literal or name becomes one short word."""
+    def cut(match: re.Match[str]) -> str:
+        word = match.group(0)
+        return f"{word[:QUOTED_WIDTH - 20]}…{word[-8:]} ({len(word)} characters)"
+    return _LONG_WORD.sub(cut, text)
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     code: str
@@ -51,6 +67,13 @@ class Diagnostic:
     span: Span
     hint: str | None = None
     related: Related | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        # Messages quote names and values from the source; a multi-megabyte one is shown
+        # shortened, so a diagnostic stays a few lines whatever the policy holds.
+        object.__setattr__(self, "message", shorten_quoted(self.message))
+        if self.hint:
+            object.__setattr__(self, "hint", shorten_quoted(self.hint))
 
     @property
     def is_error(self) -> bool:
@@ -82,15 +105,48 @@ class Diagnostic:
         return out
 
 
+# The widest excerpt of one source line a diagnostic shows, in characters; a longer line
+# (a multi-megabyte string literal) is shown as a window around the span, cut with `…`.
+EXCERPT_WIDTH = 100
+_BEFORE = 40  # characters of context kept left of the span in a cut line
+
+
+def _source_line(text: str, number: int) -> str | None:
+    """Line `number` (1-based) of `text`, found without splitting the whole text."""
+    start = 0
+    for _ in range(number - 1):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return None
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
 def source_excerpt(text: str, span: Span) -> str:
-    """The span's source line with a caret underline, numbered like a compiler would."""
-    lines = text.split("\n")
-    if not 1 <= span.line <= len(lines):
+    """The span's source line with a caret underline, numbered like a compiler would.
+
+    A line longer than `EXCERPT_WIDTH` characters is cut to a window around the span's
+    start, with `…` where text was left out; the caret still points at the span.  The
+    excerpt is at most about 2 × `EXCERPT_WIDTH` characters whatever the line's length.
+    """
+    if span.line < 1:
         return ""
-    line = lines[span.line - 1].rstrip("\r").expandtabs(1)
+    raw = _source_line(text, span.line)
+    if raw is None:
+        return ""
     start = max(span.column, 1)
     same_line = span.end_line == span.line and span.end_column > start
     width = span.end_column - start if same_line else 1
+    line = raw.rstrip("\r")
+    if len(line) > EXCERPT_WIDTH:
+        first = max(0, min(start - 1 - _BEFORE, len(line) - EXCERPT_WIDTH))
+        last = first + EXCERPT_WIDTH
+        prefix = "…" if first > 0 else ""
+        suffix = "…" if last < len(line) else ""
+        line = prefix + line[first:last] + suffix
+        start = start - first + len(prefix)
+        width = min(width, last - (span.column - 1))
+    line = line.expandtabs(1)
     width = max(1, min(width, max(len(line) - start + 1, 1)))
     number = str(span.line)
     pad = " " * len(number)

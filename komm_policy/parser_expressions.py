@@ -21,6 +21,8 @@ from .ipset import normalize_network
 from .regex import RegexError, compile_regex
 from .syntax_errors import nesting_diagnostic, syntax_diagnostic
 
+# The current character and the plain ones after it (no escape, no brace).
+_PLAIN_RUN = re.compile(r".[^\\{}]*", re.DOTALL)
 _DOTTED_NAME = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*[ \t]*")
 """`{sender}` / `{client.ip}`: the common template parts, built without a Lark parse."""
 
@@ -252,8 +254,11 @@ class ExpressionBuilder:
                 parts.append(self.embedded(source, span.line, column))
                 i = close + 1
             else:
-                buf.append(char)
-                i += 1
+                # A run of plain characters at once: a multi-MB literal costs one slice,
+                # not one list item per character.
+                end = _PLAIN_RUN.match(raw, i).end()  # type: ignore[union-attr]
+                buf.append(raw[i:end])
+                i = end
         if buf:
             parts.append("".join(buf))
         if not any(not isinstance(p, str) for p in parts):

@@ -175,14 +175,34 @@ def policy_files(path: Path) -> list[Path]:
     return [path]
 
 
+# The largest policy file read, in bytes.  A policy is a page of rules; the limit keeps
+# `check` and a reload bounded in memory (about ten times the file's size) and time.
+MAX_POLICY_FILE_BYTES = 16 * 1024 * 1024
+
+
+def _too_large(name: str, head: bytes) -> Diagnostic:
+    """E016 at the line and column where the file passes the limit."""
+    line = head.count(b"\n") + 1
+    column = len(head[head.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+    return Diagnostic("E016", Severity.ERROR,
+                      f"policy file is larger than {MAX_POLICY_FILE_BYTES // (1024 * 1024)} MiB "
+                      "(the limit is passed here)",
+                      Span(name, line, column, line, column + 1),
+                      "split the file, or keep large lists in a directory table")
+
+
 def read_sources(path: Path) -> tuple[list[Source], list[Diagnostic]]:
     """Read a policy set's files.  OSError propagates (the caller reports an I/O error);
     text that is not UTF-8 becomes a positioned diagnostic."""
     sources: list[Source] = []
     problems: list[Diagnostic] = []
     for file in policy_files(path):
-        data = file.read_bytes()
         name = str(file)
+        with file.open("rb") as handle:
+            data = handle.read(MAX_POLICY_FILE_BYTES + 1)
+        if len(data) > MAX_POLICY_FILE_BYTES:
+            problems.append(_too_large(name, data[:MAX_POLICY_FILE_BYTES]))
+            continue
         try:
             sources.append(Source(name, data.decode("utf-8")))
         except UnicodeDecodeError as exc:
