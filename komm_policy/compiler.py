@@ -19,11 +19,12 @@ from . import nodes as n
 from . import types as t
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import Analysis
+from .codegen import StageGenerator
 from .context import EvalContext
 from .fields import STAGE_ORDER
 from .functions import inline
 from .ipset import IP, normalize_network
-from .operators import COMPARE, DUAL, as_tuple, both, either, lowered
+from .operators import COMPARE, DUAL, as_tuple, both, either, index_value, lowered
 from .program import (
     Closure,
     Compiled,
@@ -44,13 +45,6 @@ class _LoadTimeContext:
     vars: list[Any] | None = None
 
 
-def _index(seq: Any, i: int) -> Any:
-    try:
-        return seq[i] if seq is not None else None
-    except IndexError:
-        return None
-
-
 def compile_program(
     analysis: Analysis, *, builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS
 ) -> tuple[dict[str, CompiledStage], RuntimeSettings]:
@@ -64,7 +58,10 @@ def compile_program(
         else CompiledStage(name, (), Outcome("accept"), None)
         for name in STAGE_ORDER
     }
+    generator = StageGenerator(compiler, compiler.generated_sites)
+    stages = {name: generator.stage(stage, compiler.rule_asts) for name, stage in stages.items()}
     settle_sites(compiler.sites)
+    settle_sites(compiler.generated_sites)
     return stages, settings
 
 
@@ -85,6 +82,10 @@ class _Compiler(RuleCompiling):
         """Every table lookup call compiled (which need a per-decision memo)."""
         self.arguments = 0
         """Function arguments being compiled (a parameter may be read several times)."""
+        self.generated_sites: Sites = {}
+        """The table lookups of the generated stage functions (`codegen`), apart."""
+        self.rule_asts: dict[int, n.Rule] = {}
+        """Compiled rule (by identity) → its AST, for `codegen`."""
 
     def type_of(self, expr: n.Expr) -> t.Type:
         return self.types.get(id(expr), t.ANY)
@@ -155,9 +156,9 @@ class _Compiler(RuleCompiling):
     def _Index(self, expr: n.Index) -> Compiled:
         obj, idx = self.expr(expr.obj), self.expr(expr.index)
         if isinstance(obj, Const) and isinstance(idx, Const):
-            return Const(_index(obj.value, idx.value))
+            return Const(index_value(obj.value, idx.value))
         get_obj, get_idx = as_closure(obj), as_closure(idx)
-        return lambda ctx: _index(get_obj(ctx), get_idx(ctx))
+        return lambda ctx: index_value(get_obj(ctx), get_idx(ctx))
 
     def _ListExpr(self, expr: n.ListExpr) -> Compiled:
         items = [self.expr(item) for item in expr.items]

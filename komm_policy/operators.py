@@ -28,9 +28,21 @@ def as_tuple(compiled: Compiled) -> Compiled:
     get = compiled
 
     def as_tuple(ctx: EvalContext) -> Any:
-        value = get(ctx)
-        return tuple(value) if isinstance(value, list) else value
+        return tuple_value(get(ctx))
     return as_tuple
+
+
+def tuple_value(value: Any) -> Any:
+    """A list as a tuple (request lists compare equal to list literals), else the value."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def index_value(seq: Any, i: Any) -> Any:
+    """`seq[i]`, none for a none sequence or an index out of range."""
+    try:
+        return seq[i] if seq is not None else None
+    except IndexError:
+        return None
 
 
 def lowered(compiled: Compiled) -> Compiled:
@@ -47,13 +59,17 @@ def lowered(compiled: Compiled) -> Compiled:
     get = compiled
 
     def lowered(ctx: EvalContext) -> Any:
-        value = get(ctx)
-        if isinstance(value, str):
-            return comparison_form(value)
-        if isinstance(value, list):
-            return [comparison_form(v) if isinstance(v, str) else v for v in value]
-        return value
+        return lower_value(get(ctx))
     return lowered
+
+
+def lower_value(value: Any) -> Any:
+    """Text (or a list's text items) in the addresses' normal form (`lowered`)."""
+    if isinstance(value, str):
+        return comparison_form(value)
+    if isinstance(value, list):
+        return [comparison_form(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def either(left: Closure, right: Closure) -> Closure:
@@ -130,7 +146,7 @@ def _ordering(fn: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
     return build
 
 
-def _container(value: Any, right_t: t.Type) -> Any:
+def container_of(value: Any, right_t: t.Type) -> Any:
     if right_t.kind == "cidr":
         return IPSet([value])
     items = tuple(value)
@@ -146,7 +162,7 @@ def _cmp_in(left: Compiled, right: Compiled, _opt: bool, rt: t.Type,
             negate: bool = False) -> Compiled:
     get = as_closure(left)
     if isinstance(right, Const):
-        container = _container(right.value, rt)
+        container = container_of(right.value, rt)
         if negate:
             return lambda ctx: get(ctx) not in container
         return lambda ctx: get(ctx) in container
@@ -189,7 +205,7 @@ def _text_method(method: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
     def build(left: Compiled, right: Compiled, opt: bool, _rt: t.Type,
               negate: bool = False) -> Compiled:
         get = as_closure(left)
-        if isinstance(right, Const) and opt and right.value is not None and method is _contains:
+        if isinstance(right, Const) and opt and right.value is not None and method is contains:
             needle = right.value
 
             def contains_optional(ctx: EvalContext) -> bool:
@@ -198,7 +214,7 @@ def _text_method(method: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
             return contains_optional
         if isinstance(right, Const) and not opt and right.value is not None:
             c = right.value
-            if method is _contains:
+            if method is contains:
                 if negate:
                     return lambda ctx: c not in get(ctx)
                 return lambda ctx: c in get(ctx)
@@ -219,7 +235,7 @@ def _text_method(method: Callable[[Any, Any], bool]) -> Callable[..., Compiled]:
     return build
 
 
-def _contains(haystack: Any, needle: Any) -> bool:
+def contains(haystack: Any, needle: Any) -> bool:
     return needle in haystack
 
 
@@ -233,7 +249,7 @@ COMPARE: dict[str, Callable[..., Compiled]] = {
     "in": _cmp_in,
     "not in": _cmp_not_in,
     "matches": _cmp_matches,
-    "contains": _text_method(_contains),
+    "contains": _text_method(contains),
     "starts_with": _text_method(str.startswith),
     "ends_with": _text_method(str.endswith),
 }

@@ -107,7 +107,10 @@ class CompiledStage:
     default: Outcome
     default_ref: RuleRef | None
     steps: tuple[tuple[Closure, CompiledRule], ...] = ()
-    """(condition, rule) pairs with simple consecutive rules fused: the fast path."""
+    """(condition, rule) pairs with simple consecutive rules fused."""
+    run: Callable[[EvalContext, Any], Any] | None = None
+    """The stage as one generated function, `run(ctx, policy_set)` → `Decision`
+    (`codegen`): what decisions without a trace call."""
 
 
 @dataclass(frozen=True, slots=True)

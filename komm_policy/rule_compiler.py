@@ -41,6 +41,7 @@ class RuleCompiling:
 
     analysis: Analysis
     field_refs: Mapping[int, Field]
+    rule_asts: dict[int, n.Rule]
 
     if TYPE_CHECKING:  # supplied by the expression compiler
         def expr(self, expr: n.Expr) -> Compiled: ...
@@ -63,6 +64,7 @@ class RuleCompiling:
 
     def stage(self, stage: Any) -> CompiledStage:
         rules = tuple(self.rule(rule) for rule in stage.rules)
+        self.rule_asts.update((id(c), ast) for c, ast in zip(rules, stage.rules, strict=True))
         steps = tuple((rule.cond, rule) for rule in fuse(
             [(rule, self.fusable(ast)) for ast, rule in zip(stage.rules, rules, strict=True)]))
         default = stage.default

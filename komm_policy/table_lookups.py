@@ -133,8 +133,7 @@ def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
     before, after = around
     first, exists = method == FIRST, method == EXISTS
 
-    def table_lookup1(ctx: EvalContext) -> Any:
-        value = get(ctx)
+    def table_lookup1(ctx: EvalContext, value: Any) -> Any:
         if value is None:
             return none_result  # a none key matches nothing: no read at all
         memo = site.memo
@@ -159,7 +158,7 @@ def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
             ctx.lookup_log.append(records(label, (*before, value, *after), result))
             return result
         return slow(ctx, (value,), (tag, value))
-    return table_lookup1
+    return _keyed(get, table_lookup1)
 
 
 def _address_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
@@ -175,8 +174,7 @@ def _address_key(label: str, tag: str, site: LookupSite, get: Closure, name: str
     before, after = around
     first, exists = method == FIRST, method == EXISTS
 
-    def table_lookup_address(ctx: EvalContext) -> Any:
-        value = get(ctx)
+    def table_lookup_address(ctx: EvalContext, value: Any) -> Any:
         if value is None:
             return none_result  # a none key matches nothing: no read at all
         memo = site.memo
@@ -207,7 +205,11 @@ def _address_key(label: str, tag: str, site: LookupSite, get: Closure, name: str
             ctx.memo[(tag, value)] = result
         ctx.lookup_log.append(records(label, (*before, value, *after), result))
         return result
-    return table_lookup_address
+    # what `codegen_lookups` needs to write this lookup's common case inline
+    table_lookup_address.address_parts = (  # type: ignore[attr-defined]
+        label, tag, site, name, key_before if wide else None, key_after, before, after,
+        method, none_result)
+    return _keyed(get, table_lookup_address)
 
 
 def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
@@ -219,8 +221,7 @@ def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
     records = LookupRecord
     first, exists = method == FIRST, method == EXISTS
 
-    def table_lookup_ip(ctx: EvalContext) -> Any:
-        ip = get(ctx)
+    def table_lookup_ip(ctx: EvalContext, ip: Any) -> Any:
         if ip is None:
             return none_result  # a none key matches nothing: no read at all
         memo = site.memo
@@ -253,7 +254,7 @@ def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
             ctx.memo[(tag, ip)] = result
         ctx.lookup_log.append(records(label, (ip, *after), result))
         return result
-    return table_lookup_ip
+    return _keyed(get, table_lookup_ip)
 
 
 def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ...],
@@ -263,9 +264,7 @@ def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ..
     records = LookupRecord
     first, exists = method == FIRST, method == EXISTS
 
-    def table_lookup2(ctx: EvalContext) -> Any:
-        a = one(ctx)
-        b = other(ctx)
+    def table_lookup2(ctx: EvalContext, a: Any, b: Any) -> Any:
         if a is None or b is None:
             return none_result
         memo = site.memo
@@ -290,7 +289,11 @@ def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ..
             ctx.lookup_log.append(records(label, record_keys((a, b)), result))
             return result
         return slow(ctx, (a, b), (tag, a, b))
-    return table_lookup2
+
+    def table_lookup2_closure(ctx: EvalContext) -> Any:
+        return table_lookup2(ctx, one(ctx), other(ctx))
+    table_lookup2_closure.by_keys = table_lookup2  # type: ignore[attr-defined]
+    return table_lookup2_closure
 
 
 def _record_keys(width: int, constants: dict[int, Any]
@@ -321,8 +324,7 @@ def _generic(tag: str, getters: tuple[Closure, ...], none_result: Any, slow: Slo
             return slow(ctx, (), memo_key) if result is _MISSING else result
         return table_lookup0
 
-    def table_lookup(ctx: EvalContext) -> Any:
-        values = tuple([g(ctx) for g in getters])
+    def table_lookup_n(ctx: EvalContext, *values: Any) -> Any:
         if None in values:
             return none_result
         memo_key = (tag, *values)
@@ -330,6 +332,20 @@ def _generic(tag: str, getters: tuple[Closure, ...], none_result: Any, slow: Slo
         if result is not _MISSING:
             return result
         return slow(ctx, values, memo_key)
+
+    def table_lookup(ctx: EvalContext) -> Any:
+        return table_lookup_n(ctx, *[g(ctx) for g in getters])
+    table_lookup.by_keys = table_lookup_n  # type: ignore[attr-defined]
+    return table_lookup
+
+
+def _keyed(get: Closure, by_key: Callable[[EvalContext, Any], Any]) -> Closure:
+    """The closure of a one-key lookup: its key read, then the lookup by that value.
+    `by_keys` (ctx, key values…) is what generated stage code (`codegen`) calls, having
+    computed the keys itself: both paths run the same lookup."""
+    def table_lookup(ctx: EvalContext) -> Any:
+        return by_key(ctx, get(ctx))
+    table_lookup.by_keys = by_key  # type: ignore[attr-defined]
     return table_lookup
 
 
