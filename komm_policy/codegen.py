@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import nodes as n
 from .codegen_compare import CompareGenerating, Unsupported, Val
-from .codegen_lookups import address_lookup, field_read
+from .codegen_lookups import address_lookup, field_read, ip_lookup, two_key_lookup
+from .fusion import first_affix
 from .lookups import DeadlineExceeded
 from .operators import index_value
 from .program import CompiledStage, Const
-from .stage_run import rule_failed, rule_hit, stage_default
+from .stage_run import finish, rule_failed, rule_hit, stage_default
 from .table_lookups import table_closure, unchecked_table_closure
 from .text import to_text
 
@@ -129,7 +130,11 @@ class StageGenerator(CompareGenerating):
             self.emit(f"    _d = {failed}(ctx, policy, {name}, {target}, mods, _e)")
             self.emit("    if _d is not None:")
             self.emit("        return _d")
-        self.emit(f"return {default}(ctx, policy, {holder}, mods)")
+        if stage.default.kind == "quarantine":  # may be refused: `stage_default` falls back
+            self.emit(f"return {default}(ctx, policy, {holder}, mods)")
+        else:
+            self.emit(f"return {self.bind(finish)}(ctx, policy, {name}, "
+                      f"{self.bind(stage.default)}, {self.bind(stage.default_ref)}, mods)")
         source = "def run(ctx, policy):\n" + "\n".join(self.lines) + "\n"
         try:
             code = compile(source, "<komm-policy generated stage>", "exec")
@@ -159,7 +164,20 @@ class StageGenerator(CompareGenerating):
                 if isinstance(compiled, Const):
                     return [], (None, compiled.value)
                 cond = compiled
+        fused = getattr(cond, "fused", None)
+        if fused is not None:
+            return self.capture(self._fused, *fused)
         return self.capture(lambda: self.tmp(f"{self.bind(cond)}(ctx)"))
+
+    def _fused(self, get: Any, values: Any, method: Any) -> Val:
+        """A fused group's condition (`fusion`): the member's 1-based position or 0."""
+        value = self._field(get)[0]
+        if method is None:
+            return self.tmp(f"{self.bind(values)}({value}, 0)")
+        local, bound, affixes = self.name("t"), self.bind(method), self.bind(values)
+        self.emit(f"{local} = {self.bind(first_affix)}({bound}, {value}, {affixes}) "
+                  f"if {bound}({value}, {affixes}) else 0")
+        return local, None
 
     # -- expressions ----------------------------------------------------------------------
 
@@ -362,4 +380,8 @@ class StageGenerator(CompareGenerating):
         dynamic = ", ".join(c for c, _ in keys if c is not None)
         if hasattr(by_keys, "address_parts"):
             return address_lookup(self, by_keys, dynamic)
+        if hasattr(by_keys, "ip_parts"):
+            return ip_lookup(self, by_keys, dynamic)
+        if hasattr(by_keys, "two_key_parts") and hasattr(by_keys.two_key_parts[3], "parts"):
+            return two_key_lookup(self, by_keys, keys)
         return self.tmp(f"{self.bind(by_keys)}(ctx, {dynamic})")

@@ -26,6 +26,7 @@ from .operators import (
     tuple_value,
 )
 from .program import Const
+from .regex import Regex
 
 Val = tuple[str | None, Any]
 """An expression's result: (local name, None), or (None, value) for a constant (whose
@@ -142,6 +143,12 @@ class CompareGenerating:
             if rv[0] is None:
                 self.splice(ll)
                 search = self.bind(rv[1].search)
+                if not opt and isinstance(rv[1], Regex):  # its memo of answers, read inline
+                    found = self.name("f")
+                    self.emit(f"{found} = {self.bind(rv[1]._memo)}.get({lv[0]})")
+                    self.emit(f"if {found} is None:")
+                    self.emit(f"    {found} = {search}({lv[0]}) is not None")
+                    return self.tmp(f"not {found}" if neg else found)
                 test = f"{search}({self.atom(lv)}) is {'' if neg else 'not '}None"
                 if not opt:
                     return self.tmp(test)

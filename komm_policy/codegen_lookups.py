@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .addresses import comparison_form
 from .context import EvalContext
 from .decision import LookupRecord
+from .ipset import IP
 from .table_lookups import ALL, EXISTS, FIRST
 
 if TYPE_CHECKING:
@@ -43,6 +44,27 @@ def field_read(gen: Any, get: Any) -> Val | None:
     gen.emit(f"if {local} is None:")
     gen.emit(f"    {local} = {compute}")
     return local, None
+
+
+def _result(method: str, found: str, net: bool = False) -> str:
+    """The lookup's value from the bucket `found` (`table_readers.RESULTS`; a network
+    read's `found` is None when nothing matched)."""
+    if method == EXISTS:
+        return f"{found} is not None" if net else f"bool({found})"
+    if method == FIRST:
+        return f"{found}[0] if {found} else None"
+    return f"list({found}) if {found} else []"
+
+
+def _memo_lines(gen: Any, t: str, memo: str, site: Any, key: str) -> tuple[str, str]:
+    """(the memo read, the memo write) for the memo key tuple source `key`."""
+    missing = gen.bind(_MISSING)
+    return (f"{t} = ctx.memo.get({key}, {missing}) if {memo} else {missing}",
+            f"if {t} is {missing}:")
+
+
+def _tuple(gen: Any, items: list[str]) -> str:
+    return "(" + ", ".join(items) + ",)"
 
 
 def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
@@ -86,6 +108,91 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
         f"                    ctx.memo[({tag_}, {value})] = {t}",
         f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
         f"{record_keys}, {t}))",
+    ):
+        gen.emit(line)
+    return t, None
+
+
+def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
+    """The network lookup `by_key` (with `ip_parts`) of the local variable `ip`, inline:
+    one map read per prefix length in use, as `table_lookups._ip_key`."""
+    label, tag, site, name, rest, after, method, none_result = by_key.ip_parts
+    t, found, bucket, memo, tables, maps, lengths, length, shift = (
+        gen.name(p) for p in ("t", "f", "b", "m", "tb", "mp", "ln", "l", "s"))
+    by, tag_ = gen.bind(by_key), gen.bind(tag)
+    read, test = _memo_lines(gen, t, memo, site, f"({tag_}, {ip})")
+    name_ = gen.bind(name)
+    key = _tuple(gen, [f"{ip}.version", length, f"{ip}.value >> {shift}",
+                       *map(gen.bind, rest)])
+    for line in (
+        f"if {ip} is None:",
+        f"    {t} = {gen.bind(none_result)}",
+        "else:",
+        f"    {memo} = {gen.bind(site)}.memo",
+        f"    {read}",
+        f"    {test}",
+        f"        {tables} = ctx.tables",
+        f"        if {tables} is None or {ip}.__class__ is not {gen.bind(IP)}:",
+        f"            {t} = {by}(ctx, {ip})",
+        "        else:",
+        "            try:",
+        f"                {maps} = {tables}.maps[{name_}]",
+        f"                {lengths} = {tables}.nets[{name_}].get({ip}.version, ())",
+        "            except Exception:",
+        f"                {t} = {by}(ctx, {ip})",
+        "            else:",
+        f"                {found} = None",
+        f"                for {length}, {shift} in {lengths}:",
+        f"                    {bucket} = {maps}.get({key})",
+        f"                    if {bucket}:",
+        f"                        {found} = {bucket} if {found} is None else "
+        f"(*{found}, *{bucket})",
+        f"                {t} = {_result(method, found, net=True)}",
+        f"                if {memo}:",
+        f"                    ctx.memo[({tag_}, {ip})] = {t}",
+        f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
+        f"{_tuple(gen, [ip, *map(gen.bind, after)])}, {t}))",
+    ):
+        gen.emit(line)
+    return t, None
+
+
+def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
+    """The two-key lookup `by_keys` (with `two_key_parts`, its reader with `parts`) of the
+    keys `keys` (index column order: two local variables, constants between), inline
+    when both values have their columns' plain classes, as `table_lookups._two_keys`."""
+    label, tag, site, read, method, none_result = by_keys.two_key_parts
+    name, first_class, second_class, before, between, after = read.parts
+    a, b = (code for code, _ in keys if code is not None)
+    t, bucket, memo, tables = (gen.name(p) for p in ("t", "b", "m", "tb"))
+    by, tag_ = gen.bind(by_keys), gen.bind(tag)
+    read_memo, test = _memo_lines(gen, t, memo, site, f"({tag_}, {a}, {b})")
+    index_key = _tuple(gen, [*map(gen.bind, before), a, *map(gen.bind, between), b,
+                             *map(gen.bind, after)])
+    record = _tuple(gen, [code if code is not None else gen.bind(value)
+                          for code, value in keys])
+    for line in (
+        f"if {a} is None or {b} is None:",
+        f"    {t} = {gen.bind(none_result)}",
+        "else:",
+        f"    {memo} = {gen.bind(site)}.memo",
+        f"    {read_memo}",
+        f"    {test}",
+        f"        {tables} = ctx.tables",
+        f"        if ({tables} is None or {a}.__class__ is not {gen.bind(first_class)}"
+        f" or {b}.__class__ is not {gen.bind(second_class)}):",
+        f"            {t} = {by}(ctx, {a}, {b})",
+        "        else:",
+        "            try:",
+        f"                {bucket} = {tables}.maps[{gen.bind(name)}].get({index_key})",
+        "            except Exception:",
+        f"                {t} = {by}(ctx, {a}, {b})",
+        "            else:",
+        f"                {t} = {_result(method, bucket)}",
+        f"                if {memo}:",
+        f"                    ctx.memo[({tag_}, {a}, {b})] = {t}",
+        f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
+        f"{record}, {t}))",
     ):
         gen.emit(line)
     return t, None

@@ -6,7 +6,9 @@ fused step's condition returns the 1-based position of the first member that mat
 for none), so first-match order and the deciding rule's name stay exactly as written.
 Only rules without statements, with a terminal action, comparing a scalar, never-none
 request field with constants are fused (the compiler decides, `_Compiler.fusable`).
-Traces walk the unfused rules.
+Traces walk the unfused rules; a group's condition carries `fused` = (field getter,
+dict.get of the values or the affixes, None or the `str` method) for `codegen`, which
+writes it inline.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ def fuse(rules: list[tuple[CompiledRule, Shape | None]]) -> list[CompiledRule]:
     return out
 
 
+def first_affix(method: Any, value: str, affixes: tuple[str, ...]) -> int:
+    """The 1-based position of the first affix `method(value, affix)` finds (0: none)."""
+    for position, affix in enumerate(affixes, start=1):
+        if method(value, affix):
+            return position
+    return 0
+
+
 def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> CompiledRule:
     """One step for a run of fusable rules."""
     members = tuple(rule for rule, _ in run)
@@ -65,6 +75,7 @@ def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> Compile
 
         def cond(ctx: EvalContext) -> int:
             return lookup(get(ctx), 0)
+        cond.fused = (get, lookup, None)  # type: ignore[attr-defined]
     else:
         affixes = tuple(values for _, (_, values) in run)
         method = str.endswith if family == "ends" else str.startswith
@@ -72,10 +83,9 @@ def _group(key: tuple[Any, ...], run: list[tuple[CompiledRule, Any]]) -> Compile
         def cond(ctx: EvalContext) -> int:
             value = get(ctx)
             if method(value, affixes):
-                for position, affix in enumerate(affixes, start=1):
-                    if method(value, affix):
-                        return position
+                return first_affix(method, value, affixes)
             return 0
+        cond.fused = (get, affixes, method)  # type: ignore[attr-defined]
     first = members[0]
     name = f"{first.name}..{members[-1].name}"
     return CompiledRule(name, first.ref, cond, (), None, None, False, members)

@@ -254,6 +254,8 @@ def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
             ctx.memo[(tag, ip)] = result
         ctx.lookup_log.append(records(label, (ip, *after), result))
         return result
+    table_lookup_ip.ip_parts = (  # type: ignore[attr-defined]
+        label, tag, site, name, rest, after, method, none_result)
     return _keyed(get, table_lookup_ip)
 
 
@@ -289,6 +291,9 @@ def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ..
             ctx.lookup_log.append(records(label, record_keys((a, b)), result))
             return result
         return slow(ctx, (a, b), (tag, a, b))
+
+    table_lookup2.two_key_parts = (  # type: ignore[attr-defined]
+        label, tag, site, read, method, none_result)
 
     def table_lookup2_closure(ctx: EvalContext) -> Any:
         return table_lookup2(ctx, one(ctx), other(ctx))

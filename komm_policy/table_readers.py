@@ -81,6 +81,10 @@ def reader(spec: IndexSpec, name: str, constants: dict[int, Any], dynamic: tuple
             if b is None:
                 return None
         return tables.maps[name].get((*before, a, *between, b, *after))
+    # what `codegen_lookups` needs to write the common case inline: both keys of their
+    # columns' plain classes
+    read2.parts = (  # type: ignore[attr-defined]
+        name, first_class, second_class, before, between, after)
     return read2
 
 
