@@ -2,9 +2,10 @@
 
 Every backend keeps one `ReplicaHealth` (the contract of issue #9 §3): a row that does not
 fit the schema is skipped with one warning naming table, key and reason, and counted; an
-error while refreshing is logged (rate-limited while it persists: the first, then at most
-one line per `log_every` seconds), counted, and followed by a "recovered" line once a
-refresh succeeds again.
+error while refreshing is logged and counted; repeats of one reason are rate-limited (the
+first line, then at most one per `log_every` seconds), but a changed reason (the store came
+back without a table the policies read, say) is logged at once; a "recovered" line follows
+once a refresh succeeds again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ReplicaHealth:
         """Of those, errors of an unexpected kind (a bug): the refresher carried on."""
         self.failing_since: float | None = None
         self._last_line = 0.0
+        self._last_reason: str | None = None
+        """The reason of the last line logged (a different one is logged at once)."""
         self._suppressed = 0
         self._lock = threading.Lock()
         self._seen: set[tuple[str, str]] = set()
@@ -51,18 +54,27 @@ class ReplicaHealth:
         self.log.warning("directory %s: skipping a row of %s (%s): %s", self.name, table,
                          key, reason)
 
-    def failed(self, message: str, *, expected: bool) -> None:
+    def failed(self, message: str, *, expected: bool, reason: str | None = None) -> None:
+        """Count a failed refresh and log it unless it repeats the last line's reason
+        within `log_every` seconds.  `reason` (default: `message`) is what identifies a
+        repeat when the message carries varying details (a retry delay)."""
         now = self.clock()
         self.refresh_errors += 1
         if not expected:
             self.unexpected_errors += 1
+        reason = message if reason is None else reason
         if self.failing_since is None:
             self.failing_since = now
-        elif now - self._last_line < self.log_every:
+        elif reason == self._last_reason and now - self._last_line < self.log_every:
             self._suppressed += 1
             return
-        more = f" ({self._suppressed} similar lines suppressed)" if self._suppressed else ""
+        more = ""
+        if self._suppressed:
+            more = (f" ({self._suppressed} similar lines suppressed)"
+                    if reason == self._last_reason else
+                    f" ({self._suppressed} lines of the previous reason suppressed)")
         self._last_line = now
+        self._last_reason = reason
         self._suppressed = 0
         if expected:
             self.log.warning("directory %s unavailable: %s%s", self.name, message, more)
@@ -75,6 +87,7 @@ class ReplicaHealth:
             self.log.warning("directory %s recovered after %.1fs", self.name,
                              self.clock() - self.failing_since)
             self.failing_since = None
+            self._last_reason = None
             self._suppressed = 0
 
 

@@ -213,7 +213,7 @@ class SpacetimeDirectory:
         self.last_error = reason
         self._started.set()
         self.health.failed(f"{reason}; reconnecting in {retry_in:.1f}s",
-                           expected=not reason.startswith(UNEXPECTED))
+                           expected=not reason.startswith(UNEXPECTED), reason=reason)
         self._publish()
 
     def on_snapshot(self, tables: tuple[TableRows, ...]) -> None:

@@ -125,6 +125,8 @@ class SqliteDirectory:
         self._loaded = False
         self._captured = True
         """Whether every replicated table has change capture (else: whole reloads)."""
+        self._recapture = False
+        """A new store file: install change capture before its next whole read."""
         self._schema = schema or Schema({})
         self._needs = needs or Needs()
         self._tables: TablesSnapshot | None = None
@@ -170,22 +172,28 @@ class SqliteDirectory:
         table or column it needs is not in the store (the policy set must not go live)."""
         with self._lock:
             conn = self._connection()
-            stored = read_schema(conn, sorted(needs.tables))
-            for name in sorted(needs.tables):
-                table = stored.tables.get(name)
-                if table is None:
-                    raise DirectoryError(f"{self.path}: no table {name!r} (the schema file "
-                                         "names it; create it or correct the schema)")
-                wanted = schema.tables[name]
-                missing = [c for c in wanted.column_names if c not in table.by_name]
-                if missing:
-                    raise DirectoryError(f"{self.path}: table {name!r} has no column "
-                                         f"{missing[0]!r}")
+            self._verify(conn, schema, needs)
             self._install_capture(sorted(needs.tables))
             self._schema, self._needs = schema, needs
             self._seq = last_change(conn)
             self._tables = self._read_tables(conn)
             self._publish()
+
+    def _verify(self, conn: sqlite3.Connection, schema: Schema, needs: Needs) -> None:
+        """Raise `DirectoryError` naming the first table or column the policy set reads
+        that the store lacks (at `require`, and whenever the store is read whole again:
+        a store re-created by `db init` has only the origin's tables)."""
+        stored = read_schema(conn, sorted(needs.tables))
+        for name in sorted(needs.tables):
+            table = stored.tables.get(name)
+            if table is None:
+                raise DirectoryError(f"{self.path}: no table {name!r} (the policies read "
+                                     "it; create it or correct the schema file)")
+            wanted = schema.tables[name]
+            missing = [c for c in wanted.column_names if c not in table.by_name]
+            if missing:
+                raise DirectoryError(f"{self.path}: table {name!r} has no column "
+                                     f"{missing[0]!r} (the schema file names it)")
 
     def _install_capture(self, tables: list[str]) -> None:
         try:
@@ -204,6 +212,7 @@ class SqliteDirectory:
         rows = {}
         with conn:
             conn.execute("BEGIN")
+            self._verify(conn, self._schema, self._needs)
             for name in sorted(self._needs.tables):
                 rows[name] = read_table(conn, self._schema.tables[name])
         return TablesSnapshot.build(self._schema, self._needs, rows, self.health.bad_row)
@@ -219,12 +228,15 @@ class SqliteDirectory:
                 self._failed(f"{type(exc).__name__}: {exc}", expected=False)
 
     def _failed(self, message: str, *, expected: bool) -> None:
+        changed = message != self.last_error
         self.last_error = message
         self.health.failed(message, expected=expected)
         self._drop_connection()
         if self._available and self._clock() - self._last_ok > self.max_staleness:
             self._available = False
             self._publish()
+        elif changed and not self._available:
+            self._publish()  # lookups and /readyz give the current reason
 
     def _refresh(self) -> None:
         self._check_file()
@@ -254,6 +266,11 @@ class SqliteDirectory:
         tables = self._tables
         if tables is not None and self._needs:
             if reset:
+                if self._recapture:  # a new file: its tables first, then its triggers
+                    self._verify(conn, self._schema, self._needs)
+                    self._install_capture(sorted(self._needs.tables))
+                    self._recapture = False
+                    seq = last_change(conn)
                 tables = self._read_tables(conn)
             else:
                 updates = {}
@@ -270,14 +287,19 @@ class SqliteDirectory:
         self._publish()
 
     def _check_file(self) -> None:
-        stat = os.stat(self.path)  # raises FileNotFoundError when the file was removed
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            # removed: whatever appears here next is a new store, even on the same inode
+            # (free again once our connection to the removed file is closed)
+            self._inode = None
+            raise
         inode = (stat.st_dev, stat.st_ino)
-        if self._inode is not None and inode != self._inode:
+        if inode != self._inode and (self._inode is not None or self._loaded):
             self._drop_connection()  # replaced by a new file: read the new one
             self._data_version = None
             self._seq = -1  # below any sequence number: the next read reloads everything
-            if self._needs:
-                self._install_capture(sorted(self._needs.tables))
+            self._recapture = bool(self._needs)
         self._inode = inode
 
     def _connection(self) -> sqlite3.Connection:
@@ -303,14 +325,21 @@ class SqliteDirectory:
         """Seconds since the store was last read successfully."""
         return self._clock() - self._last_ok
 
+    @property
+    def unavailable_reason(self) -> str:
+        """Why lookups fail (what `/readyz` reports): the current error, e.g. the table
+        the policies read that a re-created store lacks."""
+        if not self._loaded:
+            return f"directory {self.path} not loaded yet: {self.last_error}"
+        return (f"directory {self.path} unavailable for more than "
+                f"{self.max_staleness:g}s: {self.last_error}")
+
     def _publish(self) -> None:
         """Serve the current snapshot, or an error raiser."""
         if self._available and self._loaded:
             self._serving: Snapshot | Unavailable = Snapshot(self._tables)
         else:
-            self._serving = Unavailable(
-                f"directory {self.path} unavailable for more than {self.max_staleness:g}s: "
-                f"{self.last_error}")
+            self._serving = Unavailable(self.unavailable_reason)
 
     def snapshot(self) -> Snapshot | Unavailable:
         """What one decision reads: the snapshot current when it started (or the error)."""

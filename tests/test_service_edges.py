@@ -1,0 +1,161 @@
+"""Service rough edges found by the breaker, each reproduced with a real `serve` process.
+
+- `/readyz` gives the current, specific reason the directory cannot be served (which table
+  is missing, which error), and a changed reason is logged at once (only repeats of one
+  reason are rate-limited); "recovered" follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from komm_policy.demo import DEMO_TABLES
+from komm_policy.directory.health import ReplicaHealth
+from komm_policy.directory.schema import parse_schema
+from komm_policy.directory.snapshot import IndexSpec, Needs
+from komm_policy.directory.sqlite import SqliteDirectory, create_database
+
+from .serverproc import Deployment, ServerProcess
+
+OPERATOR_SCHEMA = """
+[tables.blocked_domains]
+columns.domain = { type = "address" }
+columns.reason = { type = "text", optional = true }
+"""
+OPERATOR_RULE = """
+stage mail {
+    rule blocked_sender_domain:
+        when exists("blocked_domains", domain = domain(sender))
+        reject 550 5.7.1 "Mail from {domain(sender)} is not accepted"
+        on error tempfail 451 4.3.0 "Directory unavailable"
+}
+"""
+
+
+def with_operator_table(root: Path) -> Deployment:
+    """The shipped deployment plus the README's operator table `blocked_domains`."""
+    d = Deployment(root)
+    conn = sqlite3.connect(d.database)
+    with conn:
+        conn.execute("CREATE TABLE blocked_domains (domain TEXT NOT NULL, reason TEXT)")
+        conn.execute("INSERT INTO blocked_domains VALUES ('spam.example', 'spam run')")
+    conn.close()
+    with (d.policies / "schema.toml").open("a") as f:
+        f.write(OPERATOR_SCHEMA)
+    (d.policies / "25-operator.policy").write_text(OPERATOR_RULE)
+    return d
+
+
+def wait_for(predicate, timeout: float = 10.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not reached within {timeout}s")
+
+
+def remove_store(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        p = path.with_name(path.name + suffix)
+        if p.exists():
+            os.unlink(p)
+
+
+def test_readyz_names_the_missing_table_of_a_recreated_store_and_logs_each_new_reason(
+        tmp_path: Path) -> None:
+    d = with_operator_table(tmp_path)
+    env = {"KOMM_REFRESH_INTERVAL": "0.1", "KOMM_MAX_STALENESS": "1"}
+    with ServerProcess(d, "--no-watch", **env) as server:
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        remove_store(d.database)
+        # the first reason: the file is gone (logged at once)
+        wait_for(lambda: "FileNotFoundError" in server.output())
+        create_database(d.database)  # `db init`: the origin's tables, not the operator's
+
+        def reason() -> str | None:
+            r = httpx.get(f"{server.url}/readyz")
+            text = r.json().get("reason", "")
+            return text if r.status_code == 503 and "blocked_domains" in text else None
+        text = wait_for(reason)
+        assert "no table 'blocked_domains'" in text, text
+        assert str(d.database) in text
+        # a new reason is logged at once, not after the rate limiter's minute
+        wait_for(lambda: "no table 'blocked_domains'" in server.output(), timeout=3)
+        # and recovery follows when the table is back
+        conn = sqlite3.connect(d.database)
+        with conn:
+            conn.execute("CREATE TABLE blocked_domains (domain TEXT NOT NULL, reason TEXT)")
+            conn.execute("INSERT INTO blocked_domains VALUES ('spam.example', 'spam run')")
+        conn.close()
+        wait_for(lambda: httpx.get(f"{server.url}/readyz").status_code == 200)
+        assert "recovered" in server.output()
+        answer = server.post('{"context": {"stage": "mail", "client": {"ip": "192.0.2.1"}}, '
+                             '"envelope": '
+                             '{"from": {"address": "a@spam.example"}, "to": []}}')
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["action"] == "reject", answer.text
+        # the new file got its change capture (no whole-table reloads from now on)
+        assert "cannot install change capture" not in server.output()
+        conn = sqlite3.connect(d.database)
+        assert conn.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' "
+                            "AND name LIKE 'komm_cap_blocked_domains_%'").fetchone()[0] == 3
+        conn.close()
+
+
+def test_health_logs_a_changed_reason_at_once_and_rate_limits_only_repeats(caplog) -> None:
+    now = [100.0]
+    health = ReplicaHealth(logging.getLogger("test.health"), "store", lambda: now[0],
+                           log_every=60.0)
+    with caplog.at_level(logging.WARNING, "test.health"):
+        health.failed("FileNotFoundError: gone", expected=True)
+        for _ in range(3):
+            now[0] += 1
+            health.failed("FileNotFoundError: gone", expected=True)
+        now[0] += 1
+        health.failed("DirectoryError: no table 'blocked_domains'", expected=True)
+        now[0] += 1
+        health.failed("DirectoryError: no table 'blocked_domains'", expected=True)
+        # a varying detail (the retry delay) is not a new reason
+        health.failed("refused; reconnecting in 1.2s", expected=True, reason="refused")
+        health.failed("refused; reconnecting in 2.9s", expected=True, reason="refused")
+        now[0] += 61
+        health.failed("refused; reconnecting in 9.0s", expected=True, reason="refused")
+        health.ok()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "directory store unavailable: FileNotFoundError: gone",
+        "directory store unavailable: DirectoryError: no table 'blocked_domains' "
+        "(3 lines of the previous reason suppressed)",
+        "directory store unavailable: refused; reconnecting in 1.2s "
+        "(1 lines of the previous reason suppressed)",
+        "directory store unavailable: refused; reconnecting in 9.0s "
+        "(1 similar lines suppressed)",
+        "directory store recovered after 66.0s",
+    ]
+    assert health.refresh_errors == 9
+
+
+def test_a_store_recreated_on_the_same_inode_is_read_as_a_new_store(tmp_path: Path) -> None:
+    """Removed and re-created between two polls: once our connection to the removed file
+    is closed, the new file may get the same inode; it is still a new store."""
+    d = with_operator_table(tmp_path)
+    schema = parse_schema({"tables": {"blocked_domains": {"columns": {
+        "domain": {"type": "address"}, "reason": {"type": "text", "optional": True}}}}})
+    directory = SqliteDirectory(d.database, start=False, max_staleness=0.0)
+    directory.require(schema, Needs({IndexSpec("blocked_domains", ("domain",))}))
+    assert directory.available
+    remove_store(d.database)
+    directory.refresh()  # the file is gone: the connection to it is closed
+    create_database(d.database, DEMO_TABLES)  # as many changes logged as the old store
+    directory.refresh()
+    assert not directory.available
+    assert "no table 'blocked_domains'" in directory.unavailable_reason
+    directory.close()
