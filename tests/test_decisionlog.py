@@ -753,3 +753,34 @@ def test_sqlite_retention_by_age_and_rows(store: Path) -> None:
     sink.retain(time.time())
     sink.close()
     assert sorted(mta_log(store, "id")) == [("new2",), ("new3",), ("new4",)]
+
+
+@pytest.mark.parametrize("names", [(), ("email",), ("id", "email", "net", "active")])
+def test_a_lookup_row_is_logged_as_its_columns(names: tuple[str, ...]) -> None:
+    """A row in a lookup record goes through the spool as a mapping of its columns (read
+    by a per-class getter on the answer path), for rows of 0, 1 and several columns, the
+    same as `Row.as_dict` with networks and IPs as text."""
+    import ipaddress
+
+    from komm_policy.decision import LookupRecord
+    from komm_policy.decisionlog import records
+    from komm_policy.directory.rows import row_class
+    from komm_policy.directory.schema import Column, Table
+
+    kinds = {"id": "int", "email": "email", "net": "network", "active": "bool"}
+    values = {"id": 7, "email": "anna@example.org",
+              "net": ipaddress.ip_network("192.0.2.0/24"), "active": True}
+    cls = row_class(Table("people", tuple(Column(n, kinds[n]) for n in names)))
+    row = cls(*(values[n] for n in names))
+    request, decision = decided("derived-rcpt-1")
+    lookups = (LookupRecord("lookup(people: email)", ("anna@example.org",), row),
+               LookupRecord("lookup_all(people: email)", ("anna@example.org",), [row, row]))
+    decision = decision.__class__(**{**{f: getattr(decision, f)
+                                        for f in decision.__struct_fields__},
+                                     "lookups": lookups})
+    entry = records.raw_entry(request, decision, 0.5, time.time(), "row-test")
+    logged = json.loads(records.line_from_raw(entry, Timestamps()))["lookups"]
+    expected = {n: str(values[n]) if n == "net" else values[n] for n in names}
+    assert expected == {n: (str(v) if n == "net" else v) for n, v in row.as_dict().items()}
+    assert logged[0]["result"] == expected
+    assert logged[1]["result"] == [expected, expected]
