@@ -9,6 +9,7 @@ milliseconds, Bearer auth).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 import sys
@@ -74,12 +75,50 @@ class Secret:
         return {"@type": "Value", "secret": self.value or ""}
 
 
+# A DNS host name: LDH labels of 1-63 characters, dot-separated (RFC 1123 §2.1); an IDN
+# host is written as its A-labels (`xn--…`), the form Stalwart's HTTP client sends.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
 def check_url(url: str) -> str | None:
-    """Why Stalwart could not call `url`, or None."""
-    parts = urlsplit(url)
+    """Why Stalwart could not call `url` (an http:// or https:// URL with a valid host,
+    an optional port 1-65535, no credentials and no fragment), or None.  Stalwart POSTs to
+    the URL as given (reference §3: nothing is appended), so a malformed one would only
+    fail at the first SMTP session."""
+    if not url.isascii() or any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
+        return (f"--url {url!r} has spaces, control or non-ASCII characters (percent-encode "
+                "the path; write an IDN host as its xn-- form)")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed `[` of an IPv6 host
+        return f"--url {url!r} has an invalid IPv6 address in brackets"
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return (f"--url {url!r} is not an http:// or https:// URL (e.g. "
                 "http://127.0.0.1:3002/mta-hook)")
+    if "@" in parts.netloc:
+        return (f"--url {url!r} carries credentials: give the token with --token-env "
+                "or --token-file instead")
+    if parts.fragment or url.endswith("#"):
+        return f"--url {url!r} has a fragment (`#…`), which an HTTP request cannot carry"
+    try:
+        port = parts.port
+    except ValueError:
+        return f"--url {url!r} has an invalid port (a number from 1 to 65535)"
+    if port == 0:
+        return f"--url {url!r} has an invalid port (a number from 1 to 65535)"
+    host = parts.hostname or ""
+    if parts.netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"--url {url!r} has an invalid IPv6 address in brackets"
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"--url {url!r} has an invalid IPv4 address {host!r}"
+    elif not _HOST_NAME.fullmatch(host):
+        return f"--url {url!r} has an invalid host name {host!r}"
     return None
 
 
