@@ -20,7 +20,7 @@ from types import MappingProxyType
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import check
 from .compiler import compile_program
-from .directory.schema import Schema, SchemaError, find_schema, parse_schema
+from .directory.schema import Schema, SchemaError, error_position, find_schema, parse_schema
 from .directory.snapshot import Needs
 from .errors import Diagnostic, PolicyError, Severity, Span, render
 from .parser import parse
@@ -153,13 +153,14 @@ def schema_beside(path: Path) -> tuple[Schema | None, str, Diagnostic | None]:
     found = find_schema(path)
     if found is None:
         return None, "", None
-    text = found.read_text(encoding="utf-8")
+    text = found.read_text(encoding="utf-8").removeprefix("\ufeff")
     try:
         return parse_schema(tomllib.loads(text), str(found)), text, None
     except (SchemaError, tomllib.TOMLDecodeError) as exc:
-        line = getattr(exc, "lineno", 1) or 1
-        return None, text, Diagnostic("E144", Severity.ERROR, f"schema file: {exc}",
-                                      Span(str(found), line, 1, line, 2),
+        line, column = error_position(text, exc)
+        message = str(exc).removeprefix(f"{found}: ")
+        return None, text, Diagnostic("E144", Severity.ERROR, f"schema file: {message}",
+                                      Span(str(found), line, column, line, column + 1),
                                       "see the schema file section of the language "
                                       "reference")
 

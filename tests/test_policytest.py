@@ -126,11 +126,11 @@ def test_passing_cases_exit_0(tmp_path):
 
 
 def test_a_failure_shows_expected_and_actual_per_field(tmp_path):
-    failing = PASSING.replace('rule = "local"', 'rule = "nearby", status = 250')
+    failing = PASSING.replace('rule = "local"', 'rule = "blocked", status = 250')
     code, out, _ = run_test(str(write_set(tmp_path, failing)))
     assert code == 1
     assert f"FAIL  {tmp_path}/10-connect.test.toml:4: local" in out
-    assert '- rule: "nearby"\n      + rule: "local"' in out
+    assert '- rule: "blocked"\n      + rule: "local"' in out
     assert "- status: 250\n      + status: null" in out
     assert "decision: accept by local (" in out
     assert "1 passed, 1 failed, 0 errors" in out

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from komm_policy.decisionlog.mta_log import ensure_mta_log
+from komm_policy.directory.schema import SchemaError, load_schema
 from komm_policy.directory.sqlite import connect
+from komm_policy.tomlpos import KeyPositions
 
 from .test_cli import run
 
@@ -84,3 +86,153 @@ def test_a_fresh_store_logs_no_upgrade(capsys: pytest.CaptureFixture[str], tmp_p
     assert code == 0
     said = " ".join(r.getMessage() for r in caplog.records) + out + err
     assert "upgrad" not in said
+
+
+# -- schema file positions (E144) ---------------------------------------------------------
+
+SCHEMA_OK = """\
+# the operator's tables
+[tables.blocked_domains]
+primary_key = ["domain"]
+columns.domain = { type = "address" }
+columns.note   = { type = "text", optional = true }
+
+[tables."odd name"]
+columns.id = "integer"
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "where", "words"), [
+    ('columns.domain = { type = "address" }', 'columns.domain = { type = "adress" }',
+     (4, 20), "unknown type 'adress'"),
+    ('optional = true', 'optional = "yes"', (5, 35), "`optional` must be true or false"),
+    ('columns.id = "integer"', 'columns.id = "integer"\ncolumns.x = { type = "enum" }',
+     (9, 1), "an enum needs `variants`"),
+    ('primary_key = ["domain"]', 'primary_key = ["dom"]', (3, 1), "primary key column 'dom'"),
+    ('columns.id = "integer"', 'columns.id = "integer"\nkind = "x"', (9, 1),
+     "unknown key 'kind'"),
+    ('columns.note   = { type = "text", optional = true }',
+     'columns.note   = { type = "text", optional = true, size = 3 }', (5, 52),
+     "unknown key 'size'"),
+    ('[tables."odd name"]\ncolumns.id = "integer"', '[tables."odd name"]\nid = "integer"',
+     (7, 2), "needs `columns`"),
+    ('# the operator', '[extra]\n# the operator', (1, 2), "unknown top-level key 'extra'"),
+    ('columns.id = "integer"', 'columns.id = "integer"\ncolumns.y = { type = "enum", '
+     'variants = ["A", "A"] }', (9, 30), "names a variant twice"),
+    ('columns.id = "integer"', 'columns.id = "integer"\ncolumns.y = {', (9, 14), "Invalid"),
+])
+def test_schema_file_errors_point_at_the_offending_key(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str, new: str,
+        where: tuple[int, int], words: str) -> None:
+    assert old in SCHEMA_OK
+    (tmp_path / "schema.toml").write_text(SCHEMA_OK.replace(old, new), encoding="utf-8")
+    (tmp_path / "a.policy").write_text("stage connect {\n    default accept\n}\n")
+    code, out, _ = run(capsys, "check", str(tmp_path))
+    assert code == 1
+    line, column = where
+    assert f"schema.toml:{line}:{column}: error E144:" in out, out
+    assert words in out
+    with pytest.raises(SchemaError) as caught:
+        load_schema(tmp_path / "schema.toml")
+    assert f"schema.toml:{line}:{column}: " in str(caught.value)
+
+
+def test_a_schema_file_with_a_bom_is_read(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    (tmp_path / "schema.toml").write_bytes(b"\xef\xbb\xbf" + SCHEMA_OK.encode())
+    (tmp_path / "a.policy").write_text(
+        'stage rcpt {\n    rule r:\n        when exists("blocked_domains", domain = sender)\n'
+        '        reject\n    default accept\n}\n')
+    code, out, _ = run(capsys, "check", "--strict", str(tmp_path))
+    assert code == 0, out
+
+
+def test_key_positions_follow_arrays_of_tables_and_inline_tables() -> None:
+    text = ('a = 1\ns = """\n[[case]]\nx = 1\n"""\n[[case]]\nname = "a"\n[case.expect]\n'
+            'rule = "r"\n\n[[case]]\nexpect = { action = "accept", rule = "q" }\n')
+    positions = KeyPositions(text)
+    assert positions.find(("case", 0, "expect", "rule")) == (9, 1)
+    assert positions.find(("case", 1, "expect", "rule")) == (12, 31)
+    assert positions.find(("case", 1, "expect", "missing")) == (12, 1)
+    assert positions.find(("case", 0, "name")) == (7, 1)
+    assert positions.find(("nothing",)) == (1, 1)
+
+
+# -- komm-policy test files ---------------------------------------------------------------
+
+POLICY = """\
+stage connect {
+    rule local:
+        when client.ip in [127.0.0.0/8]
+        accept
+
+    rule watch dry_run:
+        when client.port == 2525
+        reject
+
+    default accept
+}
+"""
+CASE = ('[[case]]\nname = "local"\nrequest = { stage = "connect", client.ip = "127.0.0.1" }\n'
+        'expect = { action = "accept", rule = "local" }\n')
+
+
+def _test_set(tmp_path: Path, tests: bytes | str) -> Path:
+    (tmp_path / "10-a.policy").write_text(POLICY, encoding="utf-8")
+    path = tmp_path / "10-a.test.toml"
+    if isinstance(tests, str):
+        tests = tests.encode()
+    path.write_bytes(tests)
+    return path
+
+
+def test_a_test_file_with_a_bom_runs(capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
+    _test_set(tmp_path, b"\xef\xbb\xbf" + CASE.encode())
+    code, out, _ = run(capsys, "test", str(tmp_path))
+    assert code == 0, out
+    assert "1 passed, 0 failed, 0 errors" in out
+
+
+@pytest.mark.parametrize(("text", "where", "kind"), [
+    ("case = 5\n", "1:1", "an integer (5)"),
+    ('# x\n\ncase = "local"\n', "3:1", "a string ('local')"),
+    ("case = [1, 2]\n", "1:1", "an integer (1)"),
+    ("[case]\nname = 'a'\n", "1:2", "a table"),
+])
+def test_a_case_of_the_wrong_shape_says_what_was_expected(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, where: str,
+        kind: str) -> None:
+    path = _test_set(tmp_path, text)
+    code, out, _ = run(capsys, "test", str(tmp_path))
+    assert code == 1
+    assert f"{path}:{where}: `case` must be an array of tables" in out, out
+    assert f"not {kind}" in out
+    assert "no cases" not in out
+
+
+@pytest.mark.parametrize(("expect", "key", "name", "close", "column"), [
+    ('{ action = "accept", rule = "locl" }', "rule", "locl", "local", 31),
+    ('{ action = "accept", rule = "nothing_like_it" }', "rule", "nothing_like_it", None, 31),
+    ('{ action = "accept", dry_run = ["wach"] }', "dry_run", "wach", "watch", 31),
+])
+def test_expect_naming_an_unknown_rule_is_an_error_with_its_position(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, expect: str, key: str,
+        name: str, close: str | None, column: int) -> None:
+    text = CASE + '\n[[case]]\nname = "typo"\nrequest = { stage = "connect" }\n' \
+        f'expect = {expect}\n'
+    path = _test_set(tmp_path, text)
+    code, out, _ = run(capsys, "test", str(tmp_path))
+    assert code == 1
+    assert "1 passed, 0 failed, 1 error" in out, out
+    assert f"{path}:9:{column}: `expect.{key}` names no rule of the policy set: `{name}`" \
+        in out
+    assert (f"did you mean `{close}`?" in out) == (close is not None)
+
+
+def test_expect_rule_default_is_known(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    _test_set(tmp_path, '[[case]]\nrequest = { stage = "connect", client.ip = "192.0.2.1" }\n'
+                        'expect = { action = "accept", rule = "default" }\n')
+    code, out, _ = run(capsys, "test", str(tmp_path))
+    assert code == 0, out

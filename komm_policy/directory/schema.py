@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..tomlpos import KeyPositions
 from .columns import INDEXABLE, MEANINGS, BadValue, Column, decode_value, encode_value
 
 __all__ = [
@@ -42,7 +43,13 @@ SCHEMA_FILE = "schema.toml"
 
 
 class SchemaError(Exception):
-    """The schema file is malformed (message names the file and the entry)."""
+    """The schema file is malformed (message names the file and the entry).  `key` is the
+    TOML key path of the offending entry (`("tables", "t", "columns", "c", "type")`), so
+    the caller can point at where it is written (`tomlpos`)."""
+
+    def __init__(self, message: str, key: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +81,31 @@ class Schema:
 # -- the schema file ---------------------------------------------------------------------
 
 
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def error_position(text: str, exc: Exception) -> tuple[int, int]:
+    """(line, column), 1-based, of a schema file problem in `text`: where `tomllib` stopped
+    for a syntax error, else where the offending key (`SchemaError.key`) is written."""
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        found = _TOML_AT.search(str(exc))
+        return (int(found.group(1)), int(found.group(2))) if found else (1, 1)
+    key = getattr(exc, "key", ())
+    return KeyPositions(text).find(key) if key else (1, 1)
+
+
 def load_schema(path: str | Path) -> Schema:
-    """Read a schema file.  Raises `SchemaError` (with the file and table named) or
+    """Read a schema file.  Raises `SchemaError` (`FILE:LINE:COL: …`, the table named) or
     `OSError`."""
     path = Path(path)
+    text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise SchemaError(f"{path}: {exc}") from exc
-    return parse_schema(data, str(path))
+        return parse_schema(tomllib.loads(text), str(path))
+    except (tomllib.TOMLDecodeError, SchemaError) as exc:
+        line, column = error_position(text, exc)
+        message = str(exc).removeprefix(f"{path}: ")
+        raise SchemaError(f"{path}:{line}:{column}: {message}",
+                          getattr(exc, "key", ())) from exc
 
 
 def find_schema(policy_path: str | Path) -> Path | None:
@@ -96,16 +119,18 @@ def parse_schema(data: Mapping[str, Any], source: str = "") -> Schema:
     tables_data = data.get("tables", {})
     unknown = set(data) - {"tables"}
     if unknown:
-        raise SchemaError(f"{source}: unknown top-level key {sorted(unknown)[0]!r} "
-                          "(expected [tables.NAME])")
+        first = sorted(unknown)[0]
+        raise SchemaError(f"{source}: unknown top-level key {first!r} "
+                          "(expected [tables.NAME])", (first,))
     if not isinstance(tables_data, dict):
-        raise SchemaError(f"{source}: `tables` must be a table of tables")
+        raise SchemaError(f"{source}: `tables` must be a table of tables", ("tables",))
     tables = {}
     for name, spec in tables_data.items():
         where = f"{source}: table {name}"
         if not isinstance(spec, dict) or not isinstance(spec.get("columns"), dict):
-            raise SchemaError(f"{where}: needs `columns`")
-        columns = tuple(_parse_column(f"{where}, column {cname}", cname, cspec)
+            raise SchemaError(f"{where}: needs `columns`", ("tables", name))
+        columns = tuple(_parse_column(f"{where}, column {cname}", cname, cspec,
+                                      ("tables", name, "columns", cname))
                         for cname, cspec in spec["columns"].items())
         primary_key = spec.get("primary_key", [])
         if isinstance(primary_key, str):
@@ -113,41 +138,47 @@ def parse_schema(data: Mapping[str, Any], source: str = "") -> Schema:
         names = {c.name for c in columns}
         for key in primary_key:
             if key not in names:
-                raise SchemaError(f"{where}: primary key column {key!r} is not a column")
+                raise SchemaError(f"{where}: primary key column {key!r} is not a column",
+                                  ("tables", name, "primary_key"))
         extra = set(spec) - {"columns", "primary_key"}
         if extra:
-            raise SchemaError(f"{where}: unknown key {sorted(extra)[0]!r}")
+            first = sorted(extra)[0]
+            raise SchemaError(f"{where}: unknown key {first!r}", ("tables", name, first))
         tables[name] = Table(name, columns, tuple(primary_key))
     return Schema(tables, source)
 
 
-def _parse_column(where: str, name: str, spec: Any) -> Column:
+def _parse_column(where: str, name: str, spec: Any, key: tuple[str, ...] = ()) -> Column:
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict) or "type" not in spec:
-        raise SchemaError(f"{where}: needs a `type` (one of {', '.join(MEANINGS)})")
+        raise SchemaError(f"{where}: needs a `type` (one of {', '.join(MEANINGS)})", key)
     type_ = spec["type"]
     if type_ not in MEANINGS:
-        raise SchemaError(f"{where}: unknown type {type_!r} (one of {', '.join(MEANINGS)})")
+        raise SchemaError(f"{where}: unknown type {type_!r} (one of {', '.join(MEANINGS)})",
+                          (*key, "type"))
     raw_variants = spec.get("variants", [])
     if not isinstance(raw_variants, list) or not all(isinstance(v, str) and v
                                                      for v in raw_variants):
         raise SchemaError(f"{where}: `variants` must be a list of names, e.g. "
-                          f'["Read", "Write"] (got {raw_variants!r})')
+                          f'["Read", "Write"] (got {raw_variants!r})', (*key, "variants"))
     if len(set(raw_variants)) != len(raw_variants):
-        raise SchemaError(f"{where}: `variants` names a variant twice")
+        raise SchemaError(f"{where}: `variants` names a variant twice", (*key, "variants"))
     variants = tuple(raw_variants)
     optional = spec.get("optional", False)
     if not isinstance(optional, bool):
-        raise SchemaError(f"{where}: `optional` must be true or false (got {optional!r})")
+        raise SchemaError(f"{where}: `optional` must be true or false (got {optional!r})",
+                          (*key, "optional"))
     if type_ == "enum" and not variants:
-        raise SchemaError(f"{where}: an enum needs `variants`")
+        raise SchemaError(f"{where}: an enum needs `variants`", key)
     element = spec.get("element")
     if type_ == "list" and element not in MEANINGS:
-        raise SchemaError(f"{where}: a list needs an `element` type")
+        raise SchemaError(f"{where}: a list needs an `element` type",
+                          (*key, "element") if "element" in spec else key)
     extra = set(spec) - {"type", "optional", "variants", "element", "storage"}
     if extra:
-        raise SchemaError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        first = sorted(extra)[0]
+        raise SchemaError(f"{where}: unknown key {first!r}", (*key, first))
     return Column(name, type_, optional, variants, element,
                   str(spec.get("storage", "")))
 

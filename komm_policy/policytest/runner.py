@@ -9,6 +9,7 @@ its branch was taken.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -82,12 +83,38 @@ def compare(expect: dict[str, Any], decision: Decision) -> list[Difference]:
     return differences
 
 
+def rule_names(policy_set: PolicySet) -> dict[str, str]:
+    """Every rule's name in the set, with its stage."""
+    return {member.ref.name: stage.name for stage in policy_set.stages.values()
+            for rule in stage.rules for member in rule.members or (rule,)}
+
+
+def unknown_rule(case: Case, names: dict[str, str]) -> str | None:
+    """The error for an `expect.rule` (or a name in `expect.dry_run`) naming no rule of the
+    set, with where it is written and a close name; or None.  `"default"` names a stage's
+    default."""
+    for key in ("rule", "dry_run"):
+        wanted = case.expect.get(key)
+        for name in [wanted] if isinstance(wanted, str) else wanted or []:
+            if name in names or (key == "rule" and name == "default"):
+                continue
+            line, column = case.positions.get(key, (0, 0))
+            close = difflib.get_close_matches(str(name), list(names), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            where = f"{case.file}:{line}:{column}: " if line else ""
+            return f"{where}`expect.{key}` names no rule of the policy set: `{name}`{hint}"
+    return None
+
+
 def run_cases(policy_set: PolicySet, cases: Iterable[Case],
               coverage: Coverage | None = None,
               clock: Callable[[], float] = time.perf_counter) -> list[CaseResult]:
     results = []
     indexed: set[int] = set()
+    names = rule_names(policy_set)
     for case in cases:
+        if case.error is None:
+            case.error = unknown_rule(case, names)
         if case.error is not None or case.request is None or case.directory is None:
             results.append(CaseResult(case, "error"))
             continue

@@ -38,6 +38,7 @@ import msgspec
 
 from ..directory import Directory
 from ..directory.schema import Schema
+from ..tomlpos import KeyPositions
 from ..wire import AnyModification, Request
 from .requests import CaseRequestError, build_request, flatten
 from .tables import RowError, UnavailableDirectory, build_directory, check_rows
@@ -60,10 +61,14 @@ _CASE_HEADER = re.compile(r"^\s*\[\[\s*case\s*\]\]")
 class SpecError(ValueError):
     """A test file that cannot be read as tests: `file:line: message`."""
 
-    def __init__(self, file: str, line: int | None, message: str) -> None:
-        super().__init__(f"{file}:{line}: {message}" if line else f"{file}: {message}")
+    def __init__(self, file: str, line: int | None, message: str,
+                 column: int | None = None) -> None:
+        where = f"{file}:{line}:{column}" if line and column else (
+            f"{file}:{line}" if line else file)
+        super().__init__(f"{where}: {message}")
         self.file = file
         self.line = line
+        self.column = column
         self.message = message
 
 
@@ -79,6 +84,9 @@ class Case:
     request: Request | None = None
     directory: Directory | None = None
     error: str | None = None
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Where `expect.rule` and `expect.dry_run` are written (line, column), for an error
+    naming an unknown rule."""
 
     @property
     def title(self) -> str:
@@ -101,7 +109,7 @@ def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
     name = str(path)
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")  # editors may write a BOM
         document = tomllib.loads(text)
     except UnicodeDecodeError:
         raise SpecError(name, None, "file is not valid UTF-8") from None
@@ -114,9 +122,16 @@ def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
     if problem:
         raise SpecError(name, None, problem)
     cases = document.get("case", [])
-    if not isinstance(cases, list) or not cases:
+    if not isinstance(cases, list) or (cases and not isinstance(cases[0], Mapping)):
+        line, column = KeyPositions(text).find(("case",))
+        shown = cases[0] if isinstance(cases, list) else cases
+        raise SpecError(name, line, "`case` must be an array of tables, each written "
+                        f"`[[case]]` (or `case = [{{ … }}]`), not {_toml_kind(shown)}",
+                        column)
+    if not cases:
         raise SpecError(name, None, "no cases: write each as a [[case]] table")
     lines = [i for i, line in enumerate(text.splitlines(), 1) if _CASE_HEADER.match(line)]
+    positions = KeyPositions(text)
     base_fields = document.get("request", {})
     try:
         base_rows = check_rows(document.get("rows", {}), schema)
@@ -127,6 +142,8 @@ def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
     for index, raw in enumerate(cases):
         line = lines[index] if index < len(lines) else 0
         case = Case(name, index + 1, line, f"case {index + 1}")
+        case.positions = {key: positions.find(("case", index, "expect", key))
+                          for key in ("rule", "dry_run")}
         if isinstance(raw, Mapping):
             case.name = str(raw.get("name", case.name))
             _prepare(case, raw, path, base_fields, base_rows, shared_directory, schema)
@@ -224,6 +241,14 @@ def _expectation(value: Any) -> dict[str, Any]:
                              "`type` and the fields Stalwart uses, e.g. { type = "
                              "\"addHeader\", name = \"X-A\", value = \"1\" })") from None
     return expect
+
+
+def _toml_kind(value: Any) -> str:
+    """How TOML calls a parsed value: `an integer`, `a string`, …"""
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+             (list, "an array"), (Mapping, "a table"))
+    return next((f"{kind} ({value!r})" if kind not in ("an array", "a table") else kind
+                 for cls, kind in kinds if isinstance(value, cls)), "a date or time")
 
 
 def _type_name(wanted: type | tuple[type, ...]) -> str:
