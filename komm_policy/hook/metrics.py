@@ -1,9 +1,23 @@
-"""Prometheus metrics for the hook service, in a registry owned by one app instance."""
+"""Prometheus metrics for the hook service, in a registry owned by one app instance.
+
+What every answered hook request counts (requests by stage/action/rule, latency, fallbacks,
+lookups, their errors and timings) is kept in plain dicts under one lock and turned into
+metric families when scraped (`_DecisionCounts`): prometheus_client's `inc`/`observe` take
+a lock and validate their argument on every call, and a decision with four lookups made
+seven of them — about 5 µs a request, as much as spooling its decision record.  The
+exposition is the same (counter `_total` samples, cumulative histogram buckets).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import bisect
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from ..decision import Decision
 
@@ -19,23 +33,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("komm_hook_requests", "Hook requests answered",
-                                ("stage", "action", "rule"), registry=r)
         self.rejected_requests = Counter("komm_hook_bad_requests",
                                          "Hook requests refused before evaluation",
                                          ("status",), registry=r)
-        self.latency = Histogram("komm_hook_request_seconds",
-                                 "Time from receiving the body to the answer", ("stage",),
-                                 buckets=_LATENCY_BUCKETS, registry=r)
-        self.fallbacks = Counter("komm_decision_fallbacks", "Decisions that are fallbacks",
-                                 ("stage",), registry=r)
-        self.lookups = Counter("komm_lookups", "Directory lookups performed", ("function",),
-                               registry=r)
-        self.lookup_errors = Counter("komm_lookup_errors", "Directory lookups that failed",
-                                     ("function",), registry=r)
-        self.lookup_latency = Histogram("komm_lookup_seconds",
-                                        "Duration of timed directory lookups", ("function",),
-                                        buckets=_LOOKUP_BUCKETS, registry=r)
+        self._counts = _DecisionCounts()
+        r.register(self._counts)
         self.reloads = Counter("komm_policy_reloads", "Policy reloads", ("result",),
                                registry=r)
         self.rules = Gauge("komm_policy_rules", "Rules in the active policy set", registry=r)
@@ -51,10 +53,6 @@ class Metrics:
         self.directory_age = Gauge(
             "komm_directory_age_seconds", "Seconds since the replica last read its store",
             registry=r)
-        # Label children are cached: `labels()` costs more than the increment itself.
-        self._request_children: dict[tuple[str, str, str], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
-        self._lookup_children: dict[str, Counter] = {}
 
     def watch_directory(self, directory: object) -> None:
         """Report a replica's `health` (bad rows, refresh errors) and `age`."""
@@ -70,29 +68,102 @@ class Metrics:
             self.directory_age.set_function(lambda: float(directory.age))  # type: ignore[attr-defined]
 
     def observe(self, decision: Decision, seconds: float) -> None:
-        rule = decision.rule.name if decision.rule is not None else "(none)"
-        key = (decision.stage, decision.action, rule)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self.requests.labels(*key)
-        counter.inc()
-        latency = self._latency_children.get(decision.stage)
-        if latency is None:
-            latency = self._latency_children[decision.stage] = self.latency.labels(
-                decision.stage)
-        latency.observe(seconds)
-        if decision.fallback:
-            self.fallbacks.labels(decision.stage).inc()
-        for lookup in decision.lookups:
-            function = lookup.function
-            counter = self._lookup_children.get(function)
-            if counter is None:
-                counter = self._lookup_children[function] = self.lookups.labels(function)
-            counter.inc()
-            if lookup.error is not None:
-                self.lookup_errors.labels(function).inc()
-            if lookup.duration_ms is not None:
-                self.lookup_latency.labels(function).observe(lookup.duration_ms / 1000)
+        """Count one answered request: its decision and `seconds` from body to answer."""
+        self._counts.observe(decision, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DecisionCounts:
+    """The per-decision metrics, counted in dicts under one lock (decisions on large
+    bodies run in worker threads) and exposed as Prometheus families when collected:
+    `komm_hook_requests_total{stage,action,rule}`, `komm_hook_request_seconds{stage}`
+    (histogram), `komm_decision_fallbacks_total{stage}`, `komm_lookups_total{function}`,
+    `komm_lookup_errors_total{function}`, `komm_lookup_seconds{function}` (histogram, for
+    timed lookups)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, str], int] = {}
+        # A histogram: counts per bucket (the last one +Inf), then the sum.
+        self.latency: dict[str, list[float]] = {}
+        self.fallbacks: dict[str, int] = {}
+        self.lookups: dict[str, int] = {}
+        self.lookup_errors: dict[str, int] = {}
+        self.lookup_latency: dict[str, list[float]] = {}
+
+    def observe(self, decision: Decision, seconds: float) -> None:
+        stage = decision.stage
+        key = (stage, decision.action,
+               decision.rule.name if decision.rule is not None else "(none)")
+        with self._lock:
+            requests = self.requests
+            requests[key] = requests.get(key, 0) + 1
+            histogram = self.latency.get(stage)
+            if histogram is None:
+                histogram = self.latency[stage] = [0] * (len(_LATENCY_BUCKETS) + 2)
+            # prometheus_client: the first bucket whose bound is >= the value
+            histogram[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+            histogram[-1] += seconds
+            if decision.fallback:
+                self.fallbacks[stage] = self.fallbacks.get(stage, 0) + 1
+            if decision.lookups:
+                lookups = self.lookups
+                for lookup in decision.lookups:
+                    function = lookup.function
+                    lookups[function] = lookups.get(function, 0) + 1
+                    if lookup.error is not None:
+                        self.lookup_errors[function] = self.lookup_errors.get(function, 0) + 1
+                    if lookup.duration_ms is not None:
+                        timed = self.lookup_latency.get(function)
+                        if timed is None:
+                            timed = self.lookup_latency[function] = (
+                                [0] * (len(_LOOKUP_BUCKETS) + 2))
+                        timed[bisect.bisect_left(_LOOKUP_BUCKETS,
+                                                 lookup.duration_ms / 1000)] += 1
+                        timed[-1] += lookup.duration_ms / 1000
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            requests = dict(self.requests)
+            latency = {k: list(v) for k, v in self.latency.items()}
+            fallbacks = dict(self.fallbacks)
+            lookups = dict(self.lookups)
+            lookup_errors = dict(self.lookup_errors)
+            lookup_latency = {k: list(v) for k, v in self.lookup_latency.items()}
+        yield _counter("komm_hook_requests", "Hook requests answered",
+                       ("stage", "action", "rule"), requests)
+        yield _histogram("komm_hook_request_seconds",
+                         "Time from receiving the body to the answer", "stage",
+                         _LATENCY_BUCKETS, latency)
+        yield _counter("komm_decision_fallbacks", "Decisions that are fallbacks",
+                       ("stage",), {(k,): v for k, v in fallbacks.items()})
+        yield _counter("komm_lookups", "Directory lookups performed", ("function",),
+                       {(k,): v for k, v in lookups.items()})
+        yield _counter("komm_lookup_errors", "Directory lookups that failed",
+                       ("function",), {(k,): v for k, v in lookup_errors.items()})
+        yield _histogram("komm_lookup_seconds", "Duration of timed directory lookups",
+                         "function", _LOOKUP_BUCKETS, lookup_latency)
+
+
+def _counter(name: str, documentation: str, labels: tuple[str, ...],
+             values: dict[tuple[str, ...], int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in values.items():
+        family.add_metric(key, value)
+    return family
+
+
+def _histogram(name: str, documentation: str, label: str, bounds: tuple[float, ...],
+               values: dict[str, list[float]]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=(label,))
+    names = [floatToGoString(b) for b in bounds] + ["+Inf"]
+    for key, counts in values.items():
+        cumulative = 0.0
+        buckets = []
+        for bound, count in zip(names, counts[:-1], strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric((key,), buckets, counts[-1])
+    return family
