@@ -175,3 +175,45 @@ def test_a_broken_generator_is_caught(monkeypatch: Any, broken: str):
         assert result.policy_set is not None
         found += differences(result.policy_set)
     assert found
+
+
+def _chain(depth: int) -> str:
+    """`depth` functions, each `or`-ing one comparison with a call of the one before."""
+    lines = ['def f0(p) = p == "a@example.org"']
+    lines += [f'def f{i}(p) = p == "r{i}@example.org" or f{i - 1}(p)' for i in range(1, depth)]
+    return "\n".join(lines) + "\n" + _policy([(f"f{depth - 1}(sender)", "    reject\n", "")],
+                                             "rcpt")
+
+
+def _decides_the_chain(policy_set: PolicySet) -> None:
+    for sender, expected in (("a@example.org", "reject"), ("r7@example.org", "reject"),
+                             ("b@example.org", "accept")):
+        req = request("rcpt", sender=sender, to=["x@example.org"])
+        assert decide(policy_set, req, demo_for(policy_set)).action == expected
+
+
+@pytest.mark.parametrize("depth", [20, 150])
+def test_deeply_nested_conditions(depth: int):
+    """Functions calling functions nest `or`s (at 150 levels the generator's recursion
+    gives up and the rule calls its closure); both depths decide like the closures."""
+    result = compile_with_directory(_chain(depth))
+    assert result.policy_set is not None
+    if depth == 20:
+        assert result.policy_set.stages["rcpt"].run is not None
+    assert differences(result.policy_set) == []
+    _decides_the_chain(result.policy_set)
+
+
+def test_a_stage_python_refuses_runs_on_closures(monkeypatch: Any):
+    """Source Python will not compile (say, more nested blocks than it allows): the stage
+    keeps its closures, no `run`, and decides as before."""
+    from komm_policy import codegen
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise SyntaxError("too many statically nested blocks")
+
+    monkeypatch.setattr(codegen, "compile", refuse, raising=False)
+    result = compile_with_directory(_chain(20))
+    assert result.policy_set is not None
+    assert result.policy_set.stages["rcpt"].run is None
+    _decides_the_chain(result.policy_set)
