@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .addresses import comparison_form
 from .context import EvalContext
 from .decision import LookupRecord
+from .fields import FIELDS
 from .ipset import IP
 from .table_lookups import ALL, EXISTS, FIRST
 
@@ -32,9 +33,15 @@ FIELD_CACHES = {
 """Field getter → (the cached value, none until computed; the call that computes it or
 raises).  Both are fixed source text, never policy text."""
 
+FIELD_PATHS = {FIELDS["client.helo"].get: "ctx.request.context.client.helo"}
+"""Field getter → the same read as fixed source text."""
+
 
 def field_read(gen: Any, get: Any) -> Val | None:
     """A field read inline, or None when `get` has no inline form."""
+    path = FIELD_PATHS.get(get)
+    if path is not None:
+        return gen.tmp(path)
     inline = FIELD_CACHES.get(get)
     if inline is None:
         return None
@@ -56,11 +63,12 @@ def _result(method: str, found: str, net: bool = False) -> str:
     return f"list({found}) if {found} else []"
 
 
-def _memo_lines(gen: Any, t: str, memo: str, site: Any, key: str) -> tuple[str, str]:
-    """(the memo read, the memo write) for the memo key tuple source `key`."""
-    missing = gen.bind(_MISSING)
-    return (f"{t} = ctx.memo.get({key}, {missing}) if {memo} else {missing}",
-            f"if {t} is {missing}:")
+def _memo_lines(gen: Any, t: str, memo: str, key: str) -> tuple[str, str, str, str]:
+    """(memo read, its else, the miss test, the memo key's local) for the key tuple
+    source `key`, built once for the read and the write."""
+    missing, local = gen.bind(_MISSING), gen.name("mk")
+    return (f"if {memo}: {local} = {key}; {t} = ctx.memo.get({local}, {missing})",
+            f"else: {t} = {missing}", f"if {t} is {missing}:", local)
 
 
 def _tuple(gen: Any, items: list[str]) -> str:
@@ -73,8 +81,9 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
     (label, tag, site, name, key_before, key_after, before, after, method,
      none_result) = by_key.address_parts
     t, key, bucket, memo, tables = (gen.name(p) for p in ("t", "key", "b", "m", "tb"))
-    by, missing = gen.bind(by_key), gen.bind(_MISSING)
+    by = gen.bind(by_key)
     tag_, site_, name_ = gen.bind(tag), gen.bind(site), gen.bind(name)
+    read, otherwise, test, memo_key = _memo_lines(gen, t, memo, f"({tag_}, {value})")
     if key_before is None:  # a one-column index is keyed by the key itself
         index_key = key
     else:
@@ -89,8 +98,9 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
         f"    {t} = {gen.bind(none_result)}",
         "else:",
         f"    {memo} = {site_}.memo",
-        f"    {t} = ctx.memo.get(({tag_}, {value}), {missing}) if {memo} else {missing}",
-        f"    if {t} is {missing}:",
+        f"    {read}",
+        f"    {otherwise}",
+        f"    {test}",
         f"        {tables} = ctx.tables",
         f"        if {tables} is None or {value}.__class__ is not str:",
         f"            {t} = {by}(ctx, {value})",
@@ -105,7 +115,7 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
         "            else:",
         f"                {t} = {result}",
         f"                if {memo}:",
-        f"                    ctx.memo[({tag_}, {value})] = {t}",
+        f"                    ctx.memo[{memo_key}] = {t}",
         f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
         f"{record_keys}, {t}))",
     ):
@@ -120,7 +130,7 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
     t, found, bucket, memo, tables, maps, lengths, length, shift = (
         gen.name(p) for p in ("t", "f", "b", "m", "tb", "mp", "ln", "l", "s"))
     by, tag_ = gen.bind(by_key), gen.bind(tag)
-    read, test = _memo_lines(gen, t, memo, site, f"({tag_}, {ip})")
+    read, otherwise, test, memo_key = _memo_lines(gen, t, memo, f"({tag_}, {ip})")
     name_ = gen.bind(name)
     key = _tuple(gen, [f"{ip}.version", length, f"{ip}.value >> {shift}",
                        *map(gen.bind, rest)])
@@ -130,6 +140,7 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
         "else:",
         f"    {memo} = {gen.bind(site)}.memo",
         f"    {read}",
+        f"    {otherwise}",
         f"    {test}",
         f"        {tables} = ctx.tables",
         f"        if {tables} is None or {ip}.__class__ is not {gen.bind(IP)}:",
@@ -149,7 +160,7 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
         f"(*{found}, *{bucket})",
         f"                {t} = {_result(method, found, net=True)}",
         f"                if {memo}:",
-        f"                    ctx.memo[({tag_}, {ip})] = {t}",
+        f"                    ctx.memo[{memo_key}] = {t}",
         f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
         f"{_tuple(gen, [ip, *map(gen.bind, after)])}, {t}))",
     ):
@@ -166,7 +177,7 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
     a, b = (code for code, _ in keys if code is not None)
     t, bucket, memo, tables = (gen.name(p) for p in ("t", "b", "m", "tb"))
     by, tag_ = gen.bind(by_keys), gen.bind(tag)
-    read_memo, test = _memo_lines(gen, t, memo, site, f"({tag_}, {a}, {b})")
+    read_memo, otherwise, test, memo_key = _memo_lines(gen, t, memo, f"({tag_}, {a}, {b})")
     index_key = _tuple(gen, [*map(gen.bind, before), a, *map(gen.bind, between), b,
                              *map(gen.bind, after)])
     record = _tuple(gen, [code if code is not None else gen.bind(value)
@@ -177,6 +188,7 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
         "else:",
         f"    {memo} = {gen.bind(site)}.memo",
         f"    {read_memo}",
+        f"    {otherwise}",
         f"    {test}",
         f"        {tables} = ctx.tables",
         f"        if ({tables} is None or {a}.__class__ is not {gen.bind(first_class)}"
@@ -190,7 +202,7 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
         "            else:",
         f"                {t} = {_result(method, bucket)}",
         f"                if {memo}:",
-        f"                    ctx.memo[({tag_}, {a}, {b})] = {t}",
+        f"                    ctx.memo[{memo_key}] = {t}",
         f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
         f"{record}, {t}))",
     ):
