@@ -58,12 +58,22 @@ class GuardedProtocol(HttpToolsProtocol):
         self._respond_inline = inline if getattr(self.app, "inline", False) else None
         self._inline_body: list[bytes] | None = None  # a hook request read inline
         self._inline_size = 0
+        self._deciding: list[Any] = []  # this connection's cycles counted in guard.deciding
+
+    @property
+    def _between_requests(self) -> bool:
+        """No request past its header: still reading a header, or idle."""
+        return self._inline_body is None and (self.cycle is None
+                                              or self.cycle.response_complete)
 
     @property
     def evictable(self) -> bool:
-        """No request in progress: still reading a header, or idle between requests."""
-        return self._inline_body is None and (self.cycle is None
-                                              or self.cycle.response_complete)
+        """No request being decided or answered: reading a header or a body, or idle."""
+        if self._deciding or self.pipeline:
+            return False
+        cycle = self.cycle
+        return (cycle is None or cycle.response_complete
+                or (cycle.more_body and not cycle.response_started))
 
     # Connection lifetime
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -77,11 +87,12 @@ class GuardedProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._timer = self._shutdown_timer = None
+        self._release(everything=True)
         self.guard.forget(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._phase in (None, "idle") and (self._awaiting_header or self.evictable):
+        if self._phase in (None, "idle") and (self._awaiting_header or self._between_requests):
             # The first byte after an idle keep-alive period: the header clock starts.
             self._expect("header")
         self._received = True
@@ -104,7 +115,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 and self.parser.get_method() == b"POST" and not self.expect_100_continue
                 and (self.cycle is None or self.cycle.response_complete)
                 and not self.parser.should_upgrade() and not self.transport.is_closing()
-                and len(self.tasks) < self.guard.limits.max_concurrency):
+                and self.guard.deciding < self.guard.limits.max_concurrency):
             self._inline_body = []
             self._inline_size = 0
             return
@@ -112,10 +123,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _start_cycle(self) -> None:
         """uvicorn's request cycle (an ASGI task), or a fast 503 beyond max_concurrency."""
-        if len(self.tasks) >= self.guard.limits.max_concurrency:
-            self.guard.stats.shed += 1
-            self.guard.warn.warning("shed", "answered 503: %d requests in progress "
-                                    "(max_concurrency)", len(self.tasks))
+        if (self.guard.deciding >= self.guard.limits.max_concurrency
+                and (self.cycle is None or self.cycle.response_complete)):
+            # (a request pipelined behind one in progress waits its turn instead)
+            self._count_shed()
             app, self.app = self.app, _busy
             try:
                 super().on_headers_complete()
@@ -123,6 +134,42 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+
+    def _count_shed(self) -> None:
+        self.guard.stats.shed += 1
+        self.guard.warn.warning("shed", "answered 503: %d requests in progress "
+                                "(max_concurrency)", self.guard.deciding)
+
+    def _decide(self) -> bool:
+        """An ASGI request's body is complete: it counts against max_concurrency from
+        now until its answer is written (a body still arriving does not: it is bounded
+        by the body timeout and evictable).  False (answered 503, connection closed) when
+        max_concurrency requests are already being decided."""
+        cycle = self.cycle
+        if (cycle is None or not cycle.more_body or cycle.response_complete
+                or cycle.disconnected):
+            return True
+        if self.pipeline and self.pipeline[0][0] is cycle:
+            return True  # queued behind the one in progress: counted when it starts
+        guard = self.guard
+        if guard.deciding >= guard.limits.max_concurrency and not cycle.response_started:
+            self._count_shed()
+            self._write_error(503, _BUSY_MESSAGE, _RETRY_AFTER)
+            cycle.disconnected = True  # the app's receive() gets http.disconnect
+            cycle.message_event.set()
+            self.transport.close()
+            return False
+        guard.deciding += 1
+        self._deciding.append(cycle)
+        return True
+
+    def _release(self, everything: bool = False) -> None:
+        """Uncount this connection's requests that were answered (or all of them)."""
+        if not self._deciding:
+            return
+        kept = [] if everything else [c for c in self._deciding if not c.response_complete]
+        self.guard.deciding -= len(self._deciding) - len(kept)
+        self._deciding = kept
 
     def _to_asgi(self) -> None:
         """Hand an inline request read so far to an ASGI cycle (its body continues there)."""
@@ -148,7 +195,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self._phase = None
         body = self._inline_body
         if body is None:
-            super().on_message_complete()
+            if self._decide():
+                super().on_message_complete()
             return
         self._inline_body = None
         scope = self.scope
@@ -164,7 +212,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if answer is None:  # the app wants the ASGI way (e.g. a large body)
             self._inline_body = body
             self._to_asgi()
-            super().on_message_complete()
+            if self._decide():
+                super().on_message_complete()
             return
         self._write_answer(answer)
 
@@ -189,6 +238,7 @@ class GuardedProtocol(HttpToolsProtocol):
         """A response went out: count it, start the next pipelined request or the idle
         clock (uvicorn's keep-alive timer is not used: the deadline covers it)."""
         self.server_state.total_requests += 1
+        self._release()
         self.guard.touch(self)
         if self.transport.is_closing():
             return
@@ -200,13 +250,16 @@ class GuardedProtocol(HttpToolsProtocol):
             self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
+            if not cycle.more_body:  # its body came while it was queued (`_decide`)
+                self.guard.deciding += 1
+                self._deciding.append(cycle)
             self._start_asgi_task(cycle, app)
         elif self._phase is None:
             self._expect("idle")
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.evictable:  # reading was paused for the answers (on_response_complete)
+        if self._between_requests:  # reading was paused for the answers (on_response_complete)
             self.flow.resume_reading()
 
     # The deadline
@@ -238,7 +291,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.close()  # idle keep-alive connection
 
     def _header_timed_out(self) -> None:
-        if not self.evictable:
+        if not self._between_requests:
             # A pipelined request is late while the one before it runs: close after it.
             self.cycle.keep_alive = False
             return
@@ -284,18 +337,22 @@ class GuardedProtocol(HttpToolsProtocol):
         self._write_error(503, "too many connections")
         self.transport.close()
 
-    def _write_error(self, status: int, message: str) -> None:
+    def _write_error(self, status: int, message: str,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """A JSON error answer (`{"error": message}`, as the app's) marked
+        `connection: close`; the caller closes the transport."""
         body = json.dumps({"error": message}).encode()
         head = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
+        for name, value in (*self.server_state.default_headers, *headers):
             head += [name, b": ", value, b"\r\n"]
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
                     b"connection: close\r\n\r\n" % len(body))
         self.transport.write(b"".join(head) + body)
 
 
-_BUSY_BODY = json.dumps({"error": "server busy: too many requests in progress; "
-                                  "retry later"}).encode()
+_BUSY_MESSAGE = "server busy: too many requests in progress; retry later"
+_BUSY_BODY = json.dumps({"error": _BUSY_MESSAGE}).encode()
+_RETRY_AFTER = ((b"retry-after", b"1"),)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
 * **connection limit**: at most `max_connections` open connections per process (default:
   the descriptor limit less `RESERVED_DESCRIPTORS`), so `accept()` never meets EMFILE;
   a new connection beyond it evicts the least recently active connection that has no
-  request in progress (one still sending its header, or idle), or, when every connection
-  is busy, is refused with `503`;
-* **concurrency limit**: at most `max_concurrency` requests in progress per process;
+  request being decided (one still sending its header or its body, or idle), or, when
+  every connection is busy, is refused with `503`;
+* **concurrency limit**: at most `max_concurrency` requests being decided or answered per
+  process (a request counts from its complete body to its written answer; one still
+  sending its body does not, so clients stalling in a body cannot take the slots);
   beyond it a request is answered at once with `503` and a JSON body, so Stalwart
   tempfails instead of waiting for its own hook timeout;
 * **bounded shutdown**: SIGTERM waits at most `shutdown_timeout` seconds for requests in
@@ -36,7 +38,7 @@ import asyncio
 import logging
 import resource
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +96,9 @@ class ConnectionStats:
 class ConnectionCollector:
     """Prometheus collector for one process's `ConnectionStats`."""
 
-    def __init__(self, stats: ConnectionStats) -> None:
+    def __init__(self, stats: ConnectionStats, deciding: Callable[[], int]) -> None:
         self.stats = stats
+        self.deciding = deciding
 
     def collect(self) -> Iterator[Any]:
         yield GaugeMetricFamily("komm_http_connections_open", "Open client connections",
@@ -107,6 +110,9 @@ class ConnectionCollector:
         for reason, count in self.stats.closed.items():
             closed.add_metric((reason,), count)
         yield closed
+        yield GaugeMetricFamily("komm_http_requests_in_progress",
+                                "Requests being decided or answered (body complete), "
+                                "counted against max_concurrency", value=self.deciding())
         yield CounterMetricFamily("komm_http_requests_shed",
                                   "Requests answered 503 at the concurrency limit",
                                   value=self.stats.shed)
@@ -125,6 +131,8 @@ class ConnectionGuard:
 
     def _setup(self) -> None:
         self.connections: OrderedDict[GuardedProtocol, None] = OrderedDict()
+        self.deciding = 0
+        """Requests with a complete body whose answer is not yet written (ASGI path)."""
         self.stats = ConnectionStats()
         self.capacity = connection_capacity(self.limits.max_connections)
         self.warn = RateLimitedLog(log)
@@ -151,7 +159,7 @@ class ConnectionGuard:
         metrics = getattr(getattr(config.loaded_app, "service", None), "metrics", None)
         registry = getattr(metrics, "registry", None)
         if registry is not None:
-            registry.register(ConnectionCollector(self.stats))
+            registry.register(ConnectionCollector(self.stats, lambda: self.deciding))
 
     def admit(self, protocol: GuardedProtocol) -> bool:
         """Register a new connection; at the limit, evict an idle one or refuse this one."""
