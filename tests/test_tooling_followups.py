@@ -236,3 +236,57 @@ def test_expect_rule_default_is_known(capsys: pytest.CaptureFixture[str],
                         'expect = { action = "accept", rule = "default" }\n')
     code, out, _ = run(capsys, "test", str(tmp_path))
     assert code == 0, out
+
+
+# -- db export / import of a rowid table --------------------------------------------------
+
+
+def test_export_then_import_of_a_rowid_table_is_idempotent(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    store = tmp_path / "store.sqlite3"
+    assert run(capsys, "db", "init", "--path", str(store))[0] == 0
+    conn = connect(store)
+    with conn:
+        conn.execute("CREATE TABLE notes (txt TEXT, n INTEGER)")
+        conn.executemany("INSERT INTO notes VALUES (?, ?)", [("a", 1), ("b", 2), ("a", 1)])
+    conn.close()
+    code, exported, _ = run(capsys, "db", "export", "notes", "--path", str(store))
+    assert code == 0
+    dump = tmp_path / "notes.json"
+    dump.write_text(exported)
+    for _ in range(2):
+        code, out, err = run(capsys, "db", "import", str(dump), "--path", str(store))
+        assert code == 0, err
+    code, again, _ = run(capsys, "db", "export", "notes", "--path", str(store))
+    assert json.loads(again) == json.loads(exported)
+    assert [row["rowid"] for row in json.loads(again)["notes"]] == [1, 2, 3]
+    # a row without a rowid is appended; a changed row with its rowid replaces that row
+    dump.write_text(json.dumps({"notes": [{"rowid": 2, "txt": "B", "n": 20},
+                                          {"txt": "c", "n": 3}]}))
+    assert run(capsys, "db", "import", str(dump), "--path", str(store))[0] == 0
+    code, out, _ = run(capsys, "db", "export", "notes", "--path", str(store))
+    assert json.loads(out)["notes"] == [
+        {"rowid": 1, "txt": "a", "n": 1}, {"rowid": 2, "txt": "B", "n": 20},
+        {"rowid": 3, "txt": "a", "n": 1}, {"rowid": 4, "txt": "c", "n": 3}]
+
+
+@pytest.mark.parametrize(("rows", "reason"), [
+    ([{"rowid": "x", "txt": "a", "n": 1}], "`rowid` must be an integer"),
+    ([{"rowid": True, "txt": "a", "n": 1}], "`rowid` must be an integer"),
+    ([{"rowid": 5, "txt": "a", "n": 1}, {"rowid": 5, "txt": "b", "n": 2}],
+     "the same rowid (5) as row 1"),
+])
+def test_a_bad_rowid_is_refused_and_nothing_written(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, rows: list, reason: str) -> None:
+    store = tmp_path / "store.sqlite3"
+    assert run(capsys, "db", "init", "--path", str(store))[0] == 0
+    conn = connect(store)
+    with conn:
+        conn.execute("CREATE TABLE notes (txt TEXT, n INTEGER)")
+    conn.close()
+    dump = tmp_path / "notes.json"
+    dump.write_text(json.dumps({"notes": rows}))
+    code, _, err = run(capsys, "db", "import", str(dump), "--path", str(store))
+    assert code == 1 and reason in err
+    code, out, _ = run(capsys, "db", "export", "notes", "--path", str(store))
+    assert json.loads(out)["notes"] == []

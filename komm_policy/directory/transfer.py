@@ -13,6 +13,12 @@ it describes the table, else the store's declared types: wrong types, `300.1.2.3
 value for a column without a default, an unknown table or column.  Every problem is
 reported with its table, row number and key; nothing is written unless all rows are valid,
 and then all are written in one transaction (insert or replace).
+
+Rows are keyed by the table's primary key.  A table that declares none is keyed by
+SQLite's `rowid`: `export` writes it as each row's first field (`{"rowid": 1, …}`), and
+`import` replaces the row with that rowid (a row without `rowid` is appended with a new
+one), so importing an export again changes nothing.  (A table with a column itself named
+`rowid` has no separate rowid to write.)
 """
 
 from __future__ import annotations
@@ -78,12 +84,17 @@ def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
         conn.execute("BEGIN")
         for name in names:
             columns = _columns(conn, name, schema)
-            cursor = conn.execute(f"SELECT * FROM {quote(name)} ORDER BY rowid")
+            keyed_by_rowid = _keyed_by_rowid(conn, name, columns)
+            select = "rowid AS rowid, *" if keyed_by_rowid else "*"
+            cursor = conn.execute(f"SELECT {select} FROM {quote(name)} ORDER BY rowid")
             fields = [d[0] for d in cursor.description]
             rows = []
             for values in cursor:
                 row = {}
                 for field, value in zip(fields, values, strict=True):
+                    if field not in columns:  # the rowid
+                        row[field] = value
+                        continue
                     kind = columns[field].column.type
                     if kind == "bool" and value in (0, 1):
                         value = bool(value)
@@ -115,7 +126,9 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
             continue
         columns = _columns(conn, table, schema)
         primary = read_schema(conn, [table]).tables[table].primary_key
+        keyed_by_rowid = _keyed_by_rowid(conn, table, columns)
         seen: dict[tuple[Any, ...], int] = {}  # primary key → first row number
+        seen_rowids: dict[int, int] = {}  # rowid → first row number
         statements: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for number, row in enumerate(rows, start=1):
             if not isinstance(row, Mapping) and len(columns) == 1:
@@ -123,7 +136,22 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
             if not isinstance(row, Mapping):
                 problems.append(f"{table} row {number}: not a JSON object")
                 continue
+            rowid = None
+            if keyed_by_rowid and "rowid" in row:
+                row = dict(row)
+                rowid = row.pop("rowid")
             values, row_problems = _validate(table, number, row, columns)
+            if rowid is not None:
+                if type(rowid) is not int:
+                    row_problems.append(f"{table} row {number}: `rowid` must be an integer "
+                                        f"(the row's key in a table without a primary key), "
+                                        f"not {rowid!r}")
+                elif rowid in seen_rowids:
+                    row_problems.append(f"{table} row {number}: the same rowid ({rowid}) as "
+                                        f"row {seen_rowids[rowid]}")
+                else:
+                    seen_rowids[rowid] = number
+                    values = {"rowid": rowid, **values}
             if not row_problems and primary and all(
                     values.get(k) is not None for k in primary):
                 # Two rows with one key in one file: the last would silently win.
@@ -153,6 +181,14 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
     except sqlite3.Error as exc:  # a constraint the schema file does not know
         raise TransferError([f"the store refused the rows (nothing written): {exc}"]) from exc
     return counts
+
+
+def _keyed_by_rowid(conn: sqlite3.Connection, table: str,
+                    columns: Mapping[str, _StoredColumn]) -> bool:
+    """The table declares no primary key and has a rowid of its own to key rows by."""
+    if "rowid" in {name.lower() for name in columns}:
+        return False
+    return not read_schema(conn, [table]).tables[table].primary_key
 
 
 def _key_form(stored: _StoredColumn, value: Any) -> Any:
