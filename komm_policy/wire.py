@@ -2,7 +2,9 @@
 
 Decoding is tolerant on purpose: Stalwart always sends more than the seed's minimal payload,
 and newer versions may add fields, so only `context.stage` and `context.client.ip` are
-required; unknown keys are ignored and stage names are matched case-insensitively.
+required, and what a stage always carries (`ENVELOPE_REQUIRED`: the envelope with its
+sender from `mail` on, a recipient at `rcpt` and `data`); unknown keys are ignored and
+stage names are matched case-insensitively.
 Encoding follows what Stalwart's serde types parse: `action` always, `response` only for a
 non-accept answer (integer `status`, snake_case `enhanced_status`, `message`, boolean
 `disconnect`), `modifications` tagged by `type`.
@@ -76,8 +78,12 @@ class Address(msgspec.Struct, frozen=True):
     parameters: dict[str, str | None] | None = None
 
 
+_NO_FROM = Address("")
+"""`envelope.from` when the body has none (told apart from the null sender by identity)."""
+
+
 class Envelope(msgspec.Struct, frozen=True):
-    from_: Address = msgspec.field(name="from", default=Address(""))
+    from_: Address = msgspec.field(name="from", default=_NO_FROM)
     to: tuple[Address, ...] = ()
 
 
@@ -139,7 +145,36 @@ def decode_request(body: bytes | str) -> Request:
     server_ip = request.context.server.ip
     if server_ip is not None and request.context.server.parsed_ip is None:
         raise RequestError(f"not an IP address: {server_ip!r}", "$.context.server.ip")
+    if request.context.stage in ENVELOPE_REQUIRED:
+        _check_envelope(request)
     return request
+
+
+ENVELOPE_REQUIRED = frozenset({"mail", "rcpt", "data"})
+"""Stages at which Stalwart always sends the envelope: from MAIL FROM on, with the
+sender; at `rcpt` with the recipient being added as the last of `to`; at `data` with at
+least one accepted recipient (../shared/reference/stalwart-mta-hooks.md §3.2; Stalwart
+`crates/smtp/src/inbound/hooks/mod.rs`, `rcpt.rs` appends the recipient before the hook
+runs, and DATA needs a recipient)."""
+
+
+def _check_envelope(request: Request) -> None:
+    """Refuse a request missing what its stage always carries: without it a rule would
+    judge a made-up value (a missing sender read as the null sender `""`, a missing
+    recipient as `rcpt == ""`, the bare `<Postmaster>` every server must accept)."""
+    stage = request.context.stage
+    envelope = request.envelope
+    if envelope is None:
+        raise RequestError(f"the {stage} stage needs the envelope (Stalwart always sends "
+                           "it from MAIL FROM on)", "$.envelope")
+    if envelope.from_ is _NO_FROM:
+        raise RequestError(f"the {stage} stage needs the sender (envelope.from; the null "
+                           'sender is {"address": ""})', "$.envelope.from")
+    if stage != "mail" and not envelope.to:
+        which = ("the recipient being added (the last of envelope.to)" if stage == "rcpt"
+                 else "at least one accepted recipient")
+        raise RequestError(f"the {stage} stage needs {which}; envelope.to is empty",
+                           "$.envelope.to")
 
 
 # ---------------------------------------------------------------------------------------

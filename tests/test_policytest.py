@@ -333,7 +333,8 @@ def test_requests_from_fixture_payload_and_fields():
     assert [a.address for a in request.envelope.to] == [
         "info@solawi.example", "gemuese@solawi.example", "extra@solawi.example"]
     request = build_request(None, {"stage": "DATA", "headers": [["X-A", "1"], ["X-A", "2"]],
-                                   "subject": "hi", "message": {"body": "text"}})
+                                   "subject": "hi", "message": {"body": "text"},
+                                   "sender": "a@example.org", "rcpt": "b@example.org"})
     assert request.context.stage == "data"
     assert request.message.headers == (("Subject", " hi\r\n"), ("X-A", " 1\r\n"),
                                        ("X-A", " 2\r\n"))

@@ -159,3 +159,40 @@ def test_a_store_recreated_on_the_same_inode_is_read_as_a_new_store(tmp_path: Pa
     assert not directory.available
     assert "no table 'blocked_domains'" in directory.unavailable_reason
     directory.close()
+
+
+CLIENT = '"client": {"ip": "192.0.2.1", "port": 4711, "helo": "mx.example"}'
+
+
+def test_stage_required_envelope_fields_are_400_naming_the_field(tmp_path: Path) -> None:
+    """Stalwart always sends the envelope from MAIL FROM on, at `rcpt` with the recipient
+    being added last in `to`: a body without them is refused (400 naming the field),
+    never judged on a made-up value (an empty `to` read as `rcpt == ""`, the bare
+    <Postmaster> every server accepts)."""
+    d = Deployment(tmp_path)
+    refused = {
+        "rcpt": ('{"from": {"address": "a@example.org"}, "to": []}', "$.envelope.to"),
+        "data": ('{"from": {"address": "a@example.org"}, "to": []}', "$.envelope.to"),
+        "mail": ('{"to": []}', "$.envelope.from"),
+    }
+    with ServerProcess(d, "--no-watch") as server:
+        for stage, (envelope, path) in refused.items():
+            body = f'{{"context": {{"stage": "{stage}", {CLIENT}}}, "envelope": {envelope}}}'
+            answer = server.post(body)
+            assert answer.status_code == 400, (stage, answer.text)
+            assert answer.json()["path"] == path, answer.text
+        for stage in ("mail", "rcpt", "data"):
+            answer = server.post(f'{{"context": {{"stage": "{stage}", {CLIENT}}}}}')
+            assert answer.status_code == 400, (stage, answer.text)
+            assert answer.json()["path"] == "$.envelope", answer.text
+        # what Stalwart sends is answered: the null sender at mail, one recipient at rcpt
+        ok = {"mail": '{"from": {"address": ""}, "to": []}',
+              "rcpt": '{"from": {"address": ""}, "to": [{"address": "postmaster"}]}'}
+        for stage, envelope in ok.items():
+            body = f'{{"context": {{"stage": "{stage}", {CLIENT}}}, "envelope": {envelope}}}'
+            answer = server.post(body)
+            assert answer.status_code == 200, (stage, answer.text)
+            assert answer.json()["action"] == "accept"
+        # the seed's minimal connect request stays valid
+        assert server.post('{"context":{"stage":"connect","client":{"ip":"127.0.0.1",'
+                           '"helo":"test.example.com"}}}').json() == {"action": "accept"}
