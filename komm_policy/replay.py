@@ -2,7 +2,7 @@
 
 Each decision record (a JSON line, or a row of the SQLite `mta_log`) holds enough of the
 request to decide an envelope stage again: the client address, HELO, SASL login, sender
-and recipients (record version 1, docs/decision-record.md; records written before
+and recipients (record versions 1 and 2, docs/decision-record.md; records written before
 versioning lack HELO, SASL and TLS facts, which are then replayed as absent).  A record is
 rebuilt into the hook request Stalwart sent, decided by the new policy set, and compared
 with the recorded decision, or, with a baseline set, with the baseline's decision on the
@@ -30,8 +30,9 @@ from .policytest.requests import CaseRequestError, build_request
 from .runtime import decide
 from .wire import Request
 
-READ_RECORD_VERSION = 1
-"""The newest `record_version` this reader understands (0: records without one)."""
+READ_RECORD_VERSION = 2
+"""The newest `record_version` this reader understands (0: records without one; 2 differs
+from 1 only in lookup results, which replay does not read)."""
 
 ENVELOPE_STAGES = ("connect", "ehlo", "auth", "mail", "rcpt")
 

@@ -7,21 +7,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from komm_policy.demo import DEMO_TABLES
+from komm_policy.directory import tablestate
 from komm_policy.directory.health import ReplicaHealth
 from komm_policy.directory.schema import parse_schema
 from komm_policy.directory.snapshot import IndexSpec, Needs
 from komm_policy.directory.sqlite import SqliteDirectory, create_database
 
 from .serverproc import Deployment, ServerProcess
+from .spacetimedb_double import DoubleServer
+from .test_tables_snapshot import _full_state, _ops, _view, build
 
 OPERATOR_SCHEMA = """
 [tables.blocked_domains]
@@ -196,3 +205,136 @@ def test_stage_required_envelope_fields_are_400_naming_the_field(tmp_path: Path)
         # the seed's minimal connect request stays valid
         assert server.post('{"context":{"stage":"connect","client":{"ip":"127.0.0.1",'
                            '"helo":"test.example.com"}}}').json() == {"action": "accept"}
+
+
+def test_records_name_looked_up_rows_by_identity_and_replay_them(
+        tmp_path: Path, stalwart_fixtures: dict[str, bytes]) -> None:
+    """Record version 2: a row a lookup found is its primary key, never its other columns
+    (names, identities, sync times of accounts went into every record before); the log
+    still replays with no change."""
+    d = Deployment(tmp_path)
+    server = ServerProcess(d, "--no-watch").start()
+    for name in sorted(stalwart_fixtures):
+        assert server.post(stalwart_fixtures[name]).status_code == 200
+    server.stop()
+    lines = d.log_file.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == len(stalwart_fixtures)  # every one recorded (none 451)
+    assert {r["record_version"] for r in records} == {2}
+    results = []
+    for r in records:
+        for lookup in r.get("lookups", ()):
+            result = lookup["result"]
+            results.extend(result if isinstance(result, list) else [result])
+    rows = [x for x in results if isinstance(x, dict)]
+    assert rows, "the fixtures make lookups that find rows"
+    assert all(set(row) == {"id"} for row in rows), rows  # the tables' primary keys
+    # no column beyond the key of any demo row reaches the log
+    for table in ("account", "message_categories"):
+        for row in DEMO_TABLES[table]:
+            assert f'"{row["name"]}"' not in "\n".join(lines), (table, row["name"])
+    report = subprocess.run(
+        [sys.executable, "-m", "komm_policy", "replay", str(d.log_file), "--policies",
+         str(d.policies), "--directory", f"sqlite:{d.database}", "--format", "json"],
+        capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    summary = json.loads(report.stdout)
+    assert summary["replayed"] == sum(r["stage"] != "data" for r in records) > 0
+    assert summary["changed"] == 0, summary
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops, st.integers(0, 25))
+def test_a_large_change_rebuilt_in_one_pass_equals_row_by_row_and_a_full_build(
+        ops: list[tuple[Any, ...]], split: int) -> None:
+    """All operations after `split` as one change set: applied with the tables' indexes
+    rebuilt in one pass (the bulk path) and row by row, both equal a build from scratch."""
+    start = _full_state(ops[:split])
+    snap = build({name: list(rows.values()) for name, rows in start.items()})
+    final = _full_state(ops)
+    changes = {}
+    for name in ("account_emails", "blocked"):
+        old, new = start[name], final[name]
+        changes[name] = ([old[k] for k in old if k not in new or new[k] != old[k]],
+                         [new[k] for k in new if k not in old or old[k] != new[k]])
+    full = _view(build({name: list(rows.values()) for name, rows in final.items()}))
+    assert _view(snap.apply(changes, bulk=True)) == full
+    assert _view(snap.apply(changes, bulk=False)) == full
+    assert _view(snap.apply(changes)) == full
+
+
+def test_the_size_of_a_change_picks_the_bulk_path(monkeypatch) -> None:
+    calls = []
+    original = tablestate.rebuild_table
+
+    def counting(*args: Any) -> Any:
+        calls.append(len(args[2]))
+        return original(*args)
+    monkeypatch.setattr(tablestate, "rebuild_table", counting)
+    rows = [{"ip": f"10.0.{i >> 8}.{i & 255}", "reason": "r"} for i in range(2000)]
+    snap = build({"blocked": rows[:1000]})
+    snap = snap.apply({"blocked": ([], rows[1000:1001])})  # 1 row: row by row
+    assert calls == []
+    snap = snap.apply({"blocked": ([], rows[1001:])})  # 999 rows into 1,001: one pass
+    assert calls == [999]
+    assert snap.counts()["blocked"] == 2000
+
+
+def test_a_change_log_pruned_before_the_first_read_reloads_whole(tmp_path: Path) -> None:
+    """More changes than the log keeps, into a store whose log was empty: the entries
+    before the kept ones are gone, so the replica must reload (it used to apply only the
+    kept entries: an import of more than 100k rows lost its first rows)."""
+    d = with_operator_table(tmp_path)
+    schema = parse_schema({"tables": {"blocked_domains": {"columns": {
+        "domain": {"type": "address"}, "reason": {"type": "text", "optional": True}}}}})
+    conn = sqlite3.connect(d.database)
+    with conn:
+        conn.execute("DELETE FROM komm_changes")
+    directory = SqliteDirectory(d.database, start=False)
+    directory.require(schema, Needs({IndexSpec("blocked_domains", ("domain",))}))
+    with conn:
+        conn.execute("INSERT INTO blocked_domains VALUES ('early.example', 'r')")
+        conn.execute("INSERT INTO blocked_domains VALUES ('late.example', 'r')")
+        # what pruning past CHANGE_LOG_KEEP leaves: the newest entries only
+        conn.execute("DELETE FROM komm_changes WHERE seq = (SELECT min(seq) FROM "
+                     "komm_changes WHERE tbl = 'blocked_domains')")
+    conn.close()
+    directory.refresh()
+    tables = directory.snapshot().tables
+    assert tables.exists(IndexSpec("blocked_domains", ("domain",)), ("late.example",))
+    assert tables.exists(IndexSpec("blocked_domains", ("domain",)), ("early.example",))
+    directory.close()
+
+
+def test_httpx_request_lines_stay_out_of_the_log_unless_debug(tmp_path: Path) -> None:
+    """The SpacetimeDB sink calls its reducer over httpx; httpx logged one INFO line per
+    call ("HTTP Request: POST …"), in the writer process too.  At the default level they
+    are gone; our own lines say what matters (the sink failing and delivering again);
+    `--log-level debug` shows httpx's lines."""
+    from .test_spacetimedb_sink import BODY, db, log_spec, url
+
+    with DoubleServer(log_spec()) as double:
+        for level, shown in (("info", False), ("debug", True)):
+            root = tmp_path / level
+            root.mkdir()
+            server = ServerProcess(
+                Deployment(root), "--no-watch", "--log-level", level,
+                KOMM_LOG_SPACETIMEDB=url(double),
+                KOMM_LOG_SPOOL=str(root / "spool")).start()
+            try:
+                before = len(db(double).logged)
+                for _ in range(3):
+                    assert server.post(BODY).status_code == 200
+                wait_for(lambda b=before: len(db(double).logged) == b + 3)
+                if not shown:  # a failure and its recovery: our own two lines
+                    double.stop()
+                    assert server.post(BODY).status_code == 200
+                    wait_for(lambda s=server: "decision log sink spacetimedb failed"
+                             in s.output())
+                    double.start()
+                    wait_for(lambda s=server: "delivering again" in s.output(),
+                             timeout=40)
+            finally:
+                server.stop()
+            output = server.output()
+            assert ("HTTP Request: POST" in output) is shown, output[-2000:]

@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..config import OPTIONS, Config, ConfigError, load_config
+from ..logsetup import configure_logging
 
 if TYPE_CHECKING:
     from ..hook.server import ServerLimits
@@ -67,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"komm-policy serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)  # httpx and friends quiet unless debug
     from ..hook.server import run as run_server
     from ..hook.service import HookService, close_directory, open_directory
     from ..policyset import load_path

@@ -1,4 +1,4 @@
-"""The decision record, version 1: what was decided for one hook request, and why.
+"""The decision record, version 2: what was decided for one hook request, and why.
 
 The schema is documented field by field in docs/decision-record.md; `RECORD_VERSION` is
 raised whenever a field changes meaning or goes away (adding an optional field does not
@@ -6,7 +6,9 @@ raise it).  A record carries what is needed to decide the envelope stages again 
 HELO, SASL login, sender, recipients, TLS and server facts) and the full answer (action,
 SMTP reply, quarantine reason, a summary of the modifications), never message bodies,
 header values or secrets — except what a policy itself puts into it (lookup arguments,
-`log` lines, reply and quarantine texts).  Client IPs can be redacted everywhere in it.
+`log` lines, reply and quarantine texts).  A row a lookup found is recorded by its
+identity (primary key, or rowid), never its other columns (version 2; version 1 carried
+every column of every row).  Client IPs can be redacted everywhere in it.
 
 On the answer path only the request's context, envelope and decision are packed
 (`raw_entry`, one msgpack call); the writer process turns them into records
@@ -30,6 +32,7 @@ from typing import Any
 import msgspec
 
 from ..decision import Decision, DryRunHit, LookupRecord, Reply, RuleRef
+from ..directory.rows import row_identity
 from ..directory.snapshot import Row
 from ..ipset import IP
 from ..wire import (
@@ -46,7 +49,7 @@ from ..wire import (
     Request,
 )
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 QUARANTINE_HEADER = "X-Komm-Quarantine"
 """The header `runtime` puts the quarantine reason in (our text, not the message's)."""
 
@@ -101,23 +104,24 @@ class DecisionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 @functools.lru_cache(maxsize=1024)
-def _row_values(cls: type[Row]) -> Callable[[Row], tuple[Any, ...]]:
-    """A C-level reader of a row class's column values, in column order.  `Row.as_dict`
-    reads them in a generator (about 3 µs a row); a decision's lookup records carry
-    their rows, and each is encoded on the answer path (`raw_entry`)."""
-    fields = cls._fields
-    if len(fields) > 1:
-        return operator.attrgetter(*fields)
-    if fields:
-        read = operator.attrgetter(fields[0])
-        return lambda row: (read(row),)
-    return lambda row: ()
+def _row_identity(cls: type[Row]) -> Callable[[Row], dict[str, Any]]:
+    """A row class's identity reader (`rows.row_identity`: its primary-key columns), with
+    a C-level getter of the key columns: a decision's lookup records carry their rows'
+    identities, and each is encoded on the answer path (`raw_entry`)."""
+    key = cls._key
+    if len(key) > 1:
+        read = operator.attrgetter(*key)
+        return lambda row: dict(zip(key, read(row), strict=True))
+    if key:
+        (name,) = key
+        one = operator.attrgetter(name)
+        return lambda row: {name: one(row)}
+    return row_identity  # a rowid, or nothing that names the row
 
 
 def _encode_hook(value: Any) -> Any:
-    if isinstance(value, Row):  # a table lookup's row: its columns, networks as text
-        cls = type(value)
-        return dict(zip(cls._fields, _row_values(cls)(value), strict=True))
+    if isinstance(value, Row):  # a table lookup's row: its identity, not its columns
+        return _row_identity(type(value))(value)
     if isinstance(value, IP):
         return str(value)
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..logsetup import configure_logging
 from .records import Timestamps, encode_record, record_from_raw
 from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
 from .spool import Position, SpoolReader, position_from, read_state, write_state
@@ -117,6 +118,9 @@ class SpoolWriter:
                 self._failed(state, exc)
                 continue
             self._count(state)
+            if state.failures:
+                log.warning("decision log sink %s delivering again after %d failed "
+                            "attempts", state.name, state.failures)
             state.failures = 0
             state.last_error = None
             state.blocked = None
@@ -256,8 +260,7 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
     message or its end (the service closed it, or died) means drain, then exit.  It runs
     at a lower CPU priority (`nice`): answers come first, and the spool holds what the
     writer has not taken yet (its backlog is in /metrics and /readyz)."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # the service's level (KOMM_LOG_LEVEL); httpx quiet
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)

@@ -23,7 +23,9 @@ it the same way)::
   (NULL in a non-optional column, `300.1.2.3` in a network column, …); the row is skipped.
 
 Cost: every changed row costs O(log n) per index (HAMT maps of the `immutables` package,
-buckets of equal keys are copied when touched).  A network index is keyed by (prefix
+buckets of equal keys are copied when touched); a change to a large part of a table (a
+bulk import) rebuilds that table's indexes in one pass instead, with Python's cyclic
+garbage collector paused (`tablestate.BULK_FRACTION`).  A network index is keyed by (prefix
 length, network number): an IP lookup is one shift and one map read per prefix length in
 use, most specific first.  The rows and indexes of one table: `tablestate`; rows:
 `rows`.  Compiled lookups read `maps` and `nets` directly (`table_lookups`).
@@ -105,14 +107,17 @@ class TablesSnapshot:
             name: build_table(state, rows.get(name, ()), on_bad_row)
             for name, state in empty.states.items()})
 
-    def apply(self, changes: Changes, on_bad_row: BadRow | None = None) -> TablesSnapshot:
+    def apply(self, changes: Changes, on_bad_row: BadRow | None = None,
+              bulk: bool | None = None) -> TablesSnapshot:
         """The next snapshot: this one with `changes` ({table: (deleted, inserted)})
-        applied.  Tables nobody needs are ignored; this snapshot is not modified."""
+        applied.  Tables nobody needs are ignored; this snapshot is not modified.  A
+        table changed in a large part is re-indexed in one pass (`bulk`: force it on or
+        off; see `tablestate.BULK_FRACTION`)."""
         states = dict(self.states)
         for name, (deleted, inserted) in changes.items():
             state = states.get(name)
             if state is not None:
-                states[name] = apply_table(state, deleted, inserted, on_bad_row)
+                states[name] = apply_table(state, deleted, inserted, on_bad_row, bulk)
         return TablesSnapshot(self.schema, self.needs, states)
 
     # -- reading -----------------------------------------------------------------------

@@ -109,7 +109,10 @@ def read_changes(conn: sqlite3.Connection, since: int
         return since, {}, False
     if not rows:
         return since, {}, False
-    gap = since > 0 and rows[0][0] > since + 1  # AUTOINCREMENT never reuses a seq
+    # AUTOINCREMENT never reuses a seq: a first entry past since + 1 means entries were
+    # pruned unread (also from 0: an import of more than CHANGE_LOG_KEEP rows into a
+    # store whose log was empty lost its first entries)
+    gap = rows[0][0] > since + 1
     changed: dict[str, set[int]] = {}
     for _seq, table, rid in rows:
         changed.setdefault(table, set()).add(rid)

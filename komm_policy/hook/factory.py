@@ -8,6 +8,7 @@ import os
 from starlette.applications import Starlette
 
 from ..config import load_config
+from ..logsetup import configure_logging
 from .app import create_app
 from .service import HookService
 
@@ -15,9 +16,7 @@ from .service import HookService
 def app_from_environment() -> Starlette:
     config = load_config()
     service = HookService.from_config(config, worker=str(os.getpid()))
-    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # uvicorn configures only its own loggers; level: KOMM_LOG_LEVEL
     logging.getLogger("komm_policy").info(
         "worker %d: policies version %s (%d rules)%s", os.getpid(),
         service.policy_set.version, service.policy_set.rule_count,
