@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from komm_policy.decisionlog import JsonlSpec, SpooledRecord, SqliteSpec
-from komm_policy.decisionlog.records import RecordIds, raw_entry
+from komm_policy.decisionlog.records import RECORD_VERSION, RecordIds, raw_entry
 from komm_policy.decisionlog.spool import (
     Position,
     SpoolAppender,
@@ -190,7 +190,7 @@ def test_writer_feeds_every_sink_and_resumes_from_saved_positions(tmp_path: Path
         pass
     assert first.ids == second.ids and len(first.ids) == 10 == len(set(first.ids))
     assert [r.seq for r in first.records] == list(range(10))
-    assert json.loads(first.records[0].line)["record_version"] == 1
+    assert json.loads(first.records[0].line)["record_version"] == RECORD_VERSION
     for entry in entries(3, ids):
         spool.append(entry)
     resumed_a, resumed_b = FakeSink("a"), FakeSink("b")
