@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import nodes as n
 from .codegen_compare import CompareGenerating, Unsupported, Val
@@ -35,14 +35,20 @@ from .lookups import DeadlineExceeded
 from .operators import index_value
 from .program import CompiledStage, Const
 from .stage_run import finish, rule_failed, rule_hit, stage_default
-from .table_lookups import table_closure, unchecked_table_closure
+from .table_lookups import Sites, table_closure, unchecked_table_closure
 from .text import to_text
 
-if TYPE_CHECKING:
-    from .table_lookups import Sites
 
 def _no_key(ctx: Any) -> Any:  # a dynamic key's placeholder: generated code passes keys
     raise AssertionError("generated code passes the key values")
+
+
+INLINE_LOOKUPS = 64
+"""Lookups written inline per stage (later ones are calls), and generated lines per stage
+after which the remaining rules call their closures: Python's `compile()` costs ~15 µs a
+line and an inline lookup is ~25 lines (1,000 rules with three lookups each took 3 s to
+load without budgets); the first rules, which every decision reaches, stay generated."""
+STAGE_LINES = 10_000
 
 
 class StageGenerator(CompareGenerating):
@@ -57,12 +63,12 @@ class StageGenerator(CompareGenerating):
         self.lines: list[str] = []
         self.pad = ""
         self.count = 0
-        self.locals: dict[str, str] = {}
-        """Quantifier variables in scope: name → local variable."""
+        self.locals: dict[str, str] = {}  # quantifier variables in scope → local names
+        # inside an inlined body: parameter → (argument, the caller's locals and params)
         self.params: dict[str, tuple[n.Expr, dict, dict]] = {}
-        """Inside an inlined body: parameter → (argument, the caller's locals and params)."""
         self.depth = 0
         self.arguments = 0
+        self.inlined = 0  # lookups written inline in the stage so far
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -102,14 +108,14 @@ class StageGenerator(CompareGenerating):
 
     def stage(self, stage: CompiledStage, asts: dict[int, n.Rule]) -> CompiledStage:
         """`stage` with its generated `run` (unchanged when Python refuses the source)."""
-        self.lines, self.pad = [], "    "
+        self.lines, self.pad, self.inlined = [], "    ", 0
         holder = self.bind(None)
         name, default = self.bind(stage.name), self.bind(stage_default)
         hit, failed = self.bind(rule_hit), self.bind(rule_failed)
         self.emit("mods = []")
         for cond, rule in stage.steps:
-            ast = asts.get(id(rule))
-            lines, val = self.condition(ast, cond)
+            lines, val = self.condition(asts.get(id(rule)), cond,
+                                        len(self.lines) < STAGE_LINES)
             if val[0] is None and not val[1]:
                 continue  # never true: the rule cannot match (nor fail)
             grouped = rule.members is not None
@@ -148,22 +154,25 @@ class StageGenerator(CompareGenerating):
         self.ns.clear()
         return result
 
-    def condition(self, ast: n.Rule | None, cond: Any) -> tuple[list[str], Val]:
+    def condition(self, ast: n.Rule | None, cond: Any, generate: bool
+                  ) -> tuple[list[str], Val]:
         """A step's condition: generated from the rule, or a call of its closure (a fused
-        group, a rule this module does not generate)."""
+        group, a rule this module does not generate or that is past the budget)."""
         if ast is not None:
             self.locals, self.params, self.depth, self.arguments = {}, {}, 0, 0
-            try:
-                return self.capture(self.expr, ast.when)
-            except (Unsupported, RecursionError):
-                saved, self.c.sites = self.c.sites, self.sites  # its lookups share our memo
+            if generate:
                 try:
-                    compiled = self.c.expr(ast.when)
-                finally:
-                    self.c.sites = saved
-                if isinstance(compiled, Const):
-                    return [], (None, compiled.value)
-                cond = compiled
+                    return self.capture(self.expr, ast.when)
+                except (Unsupported, RecursionError):
+                    pass
+            saved, self.c.sites = self.c.sites, self.sites  # its lookups share our memo
+            try:
+                compiled = self.c.expr(ast.when)
+            finally:
+                self.c.sites = saved
+            if isinstance(compiled, Const):
+                return [], (None, compiled.value)
+            cond = compiled
         fused = getattr(cond, "fused", None)
         if fused is not None:
             return self.capture(self._fused, *fused)
@@ -378,10 +387,13 @@ class StageGenerator(CompareGenerating):
         if by_keys is None:
             return self.tmp(f"{self.bind(compiled)}(ctx)")
         dynamic = ", ".join(c for c, _ in keys if c is not None)
-        if hasattr(by_keys, "address_parts"):
-            return address_lookup(self, by_keys, dynamic)
-        if hasattr(by_keys, "ip_parts"):
-            return ip_lookup(self, by_keys, dynamic)
-        if hasattr(by_keys, "two_key_parts") and hasattr(by_keys.two_key_parts[3], "parts"):
-            return two_key_lookup(self, by_keys, keys)
+        self.inlined += 1  # ~25 lines each: past the budget, a call (load time)
+        if self.inlined <= INLINE_LOOKUPS:
+            if hasattr(by_keys, "address_parts"):
+                return address_lookup(self, by_keys, dynamic)
+            if hasattr(by_keys, "ip_parts"):
+                return ip_lookup(self, by_keys, dynamic)
+            if (hasattr(by_keys, "two_key_parts")
+                    and hasattr(by_keys.two_key_parts[3], "parts")):
+                return two_key_lookup(self, by_keys, keys)
         return self.tmp(f"{self.bind(by_keys)}(ctx, {dynamic})")

@@ -217,3 +217,20 @@ def test_a_stage_python_refuses_runs_on_closures(monkeypatch: Any):
     assert result.policy_set is not None
     assert result.policy_set.stages["rcpt"].run is None
     _decides_the_chain(result.policy_set)
+
+
+def test_past_the_budgets_rules_call_closures_and_decide_alike(monkeypatch: Any):
+    """Past the inline-lookup budget lookups are calls, past the line budget rules call
+    their closures (both bound load time); the decisions stay the closures'."""
+    from komm_policy import codegen
+
+    monkeypatch.setattr(codegen, "INLINE_LOOKUPS", 2)
+    monkeypatch.setattr(codegen, "STAGE_LINES", 60)
+    rules = [(f'category(rcpt) != none and not subscribed(sender, category(rcpt)) and '
+              f'sender ends_with "@d{i}.example"', "    reject\n", "") for i in range(6)]
+    rules += [("ip_blocked(client.ip) or is_admin(sender)", "    tempfail\n", ""),
+              ("category(rcpt) == none", '    log "x"\n    continue\n', "")]
+    result = compile_with_directory(_policy(rules, "rcpt"))
+    assert result.policy_set is not None
+    assert result.policy_set.stages["rcpt"].run is not None
+    assert differences(result.policy_set) == []
