@@ -38,7 +38,7 @@ class Param:
         return type_.kind in kinds
 
     def describe(self) -> str:
-        return " or ".join(sorted(self.kinds))
+        return " or ".join(sorted(t.kind_name(kind) for kind in self.kinds))
 
 
 @dataclass(frozen=True, slots=True)

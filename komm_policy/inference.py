@@ -196,7 +196,7 @@ class Inference:
         obj_type = self.infer(expr.obj, scope)
         index_type = self.infer(expr.index, scope)
         if index_type.kind not in ("int", "any") or index_type.optional:
-            self.error("E105", f"a list index must be an int, but this is {index_type}",
+            self.error("E105", f"a list index must be an integer, but this is {index_type}",
                        expr.index.span)
         if obj_type.is_any:
             return t.ANY

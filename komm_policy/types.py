@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+KIND_NAMES = {"string": "text", "cidr": "network", "int": "integer"}
+"""What diagnostics and the docs call a kind whose internal name differs: one vocabulary
+with the schema file's column meanings (`text`, `network`, `integer`)."""
+
+
+def kind_name(kind: str) -> str:
+    """The name an operator reads for a type kind (`KIND_NAMES`, else the kind)."""
+    return KIND_NAMES.get(kind, kind)
+
 
 @dataclass(frozen=True, slots=True)
 class Type:
@@ -29,7 +38,7 @@ class Type:
         elif self.kind == "enum":
             base = f"enum({' | '.join(self.variants)})"
         else:
-            base = self.kind
+            base = kind_name(self.kind)
         return f"{base}?" if self.optional and self.kind not in ("none", "any") else base
 
     def opt(self) -> Type:

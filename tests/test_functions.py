@@ -105,7 +105,7 @@ def test_argument_of_the_wrong_type_is_reported_at_the_argument():
     d = only(errors(text), "E142")
     assert where(d) == locate(text, "sender", after="rule b")
     assert d.message.startswith("in `blocked()` called here: in `ip_blocked()` called here: "
-                                "column `ip` holds cidr, but the key is address")
+                                "column `ip` holds network, but the key is address")
     assert related_at(d) == at(text, "addr", after="ip_blocked(")
     assert d.related is not None and d.related.message == "in the body of `blocked`"
 

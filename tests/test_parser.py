@@ -282,7 +282,7 @@ def test_accepted_expression(source, expected):
 
 
 def test_literal_values_have_the_runtime_types():
-    # equality above compares values; pin the exact types too (an int is not a float, an
+    # equality above compares values; pin the exact types too (an integer is not a float, an
     # IPv4-mapped address is the IPv4Address)
     lst = when_of(in_rule('[1, 1s, 1KB, ::ffff:1.2.3.4, 10.0.0.0/8, "s", /r/]'))
     assert isinstance(lst, n.ListExpr)
@@ -1063,7 +1063,7 @@ def test_render_of_a_checker_error():
     result = compile_text(text, "t.policy")
     (error,) = result.errors
     assert render(error, text).split("\n")[:3] == [
-        "t.policy:2:24: error E105: `matches` cannot combine string? and string",
+        "t.policy:2:24: error E105: `matches` cannot combine text? and text",
         " 2 |   rule r: when subject matches \"viagra\"",
         "   |                        ^~~~~~~",
     ]

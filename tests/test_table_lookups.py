@@ -287,7 +287,7 @@ def rule(condition: str) -> str:
     ('lookup("account_emails", email = sender).emial == ""',
      ("E107", 55, "did you mean `email`?")),
     ('lower(text = sender) == ""',
-     ("E104", 20, "signature: lower(text: address or string) -> string")),
+     ("E104", 20, "signature: lower(text: address or text) -> text")),
     ('lookup("account_emails", email = sender) == "x"', ("E105", 55, None)),
 ])
 def test_checker_diagnostics(condition: str, expected: tuple[Any, ...]) -> None:

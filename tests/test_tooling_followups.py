@@ -290,3 +290,79 @@ def test_a_bad_rowid_is_refused_and_nothing_written(
     assert code == 1 and reason in err
     code, out, _ = run(capsys, "db", "export", "notes", "--path", str(store))
     assert json.loads(out)["notes"] == []
+
+
+# -- one vocabulary for types -------------------------------------------------------------
+
+
+def _types_table() -> set[str]:
+    """The type names of the language reference's §8.1 table."""
+    doc = (Path(__file__).parent.parent / "docs" / "language.md").read_text(encoding="utf-8")
+    section = doc.split("### 8.1 Types", 1)[1].split("\n### ", 1)[0]
+    return {cell.split("`")[1] for cell in
+            (line.split("|")[1].strip() for line in section.splitlines()
+             if line.startswith("| `"))}
+
+
+def test_checker_messages_docs_and_schema_file_name_types_alike() -> None:
+    from komm_policy import types as t
+    from komm_policy.directory.columns import MEANINGS
+    documented = _types_table()
+    for kind in (t.STRING, t.ADDRESS, t.INT, t.BOOL, t.IP, t.CIDR, t.REGEX, t.DURATION,
+                 t.SIZE):
+        assert str(kind) in documented, (str(kind), documented)
+    # a schema column meaning that is also a language type has the same name there
+    assert {"text", "network", "integer", "address", "bool"} <= set(MEANINGS) & documented
+    assert str(t.list_of(t.CIDR)) == "list[network]" and str(t.STRING.opt()) == "text?"
+
+
+@pytest.mark.parametrize(("condition", "message"), [
+    ('client.port == "25"', "`==` cannot combine integer and text"),
+    ("client.ip in 25", "`in` cannot combine ip and integer"),
+    ("10.0.0.0/8 == 1", "`==` cannot combine network and integer"),
+])
+def test_checker_messages_use_the_schema_vocabulary(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, condition: str,
+        message: str) -> None:
+    path = tmp_path / "a.policy"
+    path.write_text(f"stage rcpt {{\n    rule r:\n        when {condition}\n        accept\n"
+                    "    default accept\n}\n", encoding="utf-8")
+    code, out, _ = run(capsys, "check", str(path))
+    assert code == 1
+    assert message in out, out
+    assert "string" not in out and "cidr" not in out
+
+
+# -- fmt --check cost ---------------------------------------------------------------------
+
+
+def test_fmt_of_a_canonical_file_parses_it_once_per_parser(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fmt --check` of a kept set was four Lark parses a file (the input and the output,
+    each with the AST and the concrete parser): an unchanged output is the input, so it
+    is not parsed again."""
+    from komm_policy import formatter
+    text = (Path(__file__).parent.parent / "policies" / "20-envelope.policy").read_text()
+    assert formatter.format_text(text) == text  # the shipped set is canonical
+    calls: list[str] = []
+    real_parse = formatter.parse
+    monkeypatch.setattr(formatter, "parse",
+                        lambda *a, **k: calls.append("ast") or real_parse(*a, **k))
+    assert formatter.format_text(text) == text
+    assert calls == ["ast"]
+    # a file that changes is still checked by parsing the result
+    calls.clear()
+    messy = text.replace("\n    rule ", "\n  rule ", 1)
+    assert messy != text
+    assert formatter.format_text(messy) == text
+    assert calls == ["ast", "ast"]
+
+
+def test_fmt_comment_lines_are_right_with_many_comments() -> None:
+    from komm_policy.formatter import format_text
+    rules = "".join(f"    # before {i}\n    rule r{i}:  # after {i}\n        when sender == "
+                    f'"a{i}@example.org"\n        accept\n\n' for i in range(300))
+    text = "stage mail {\n" + rules + "    default accept\n}\n"
+    result = format_text(text)
+    for i in (0, 150, 299):
+        assert f"    # before {i}\n    rule r{i}:  # after {i}\n" in result
