@@ -112,6 +112,11 @@ def format_text(text: str, path: str = "<policy>") -> str:
     comments = _comments(text, tokens)
     lines = _Layout(tokens).start(tree)
     result = _Renderer(tokens, comments).render(lines)
+    if result == text:
+        # Already canonical (what `fmt --check` of a kept set meets): the output is the
+        # input, so its AST and comments are the input's; parsing it twice more would
+        # make `fmt --check` cost three times `check`'s parse.
+        return result
     after = parse(result, path)
     if after.file is None or after.file != before.file:
         raise FormatError(f"{path}: formatting would change the policy's meaning "
@@ -128,13 +133,15 @@ def _comments(text: str, tokens: list[Token]) -> list[_Comment]:
     """Comments in the gaps between tokens (the grammar ignores only whitespace and these)."""
     found: list[_Comment] = []
     previous_end = 0
+    line, counted = 1, 0  # the line number at offset `counted`, advanced, never recounted
     for index in range(len(tokens) + 1):
         start = tokens[index].start_pos if index < len(tokens) else len(text)
         gap = text[previous_end:start]
         for match in _COMMENT.finditer(gap):
             position = previous_end + match.start()
             trailing = index > 0 and "\n" not in text[previous_end:position]
-            line = text.count("\n", 0, position) + 1
+            line += text.count("\n", counted, position)
+            counted = position
             found.append(_Comment(match.group().rstrip(), line, trailing, index))
         if index < len(tokens):
             previous_end = tokens[index].end_pos
