@@ -20,8 +20,9 @@ the parameters, and that is how both halves treat it:
 
 Calls must come after the definition in set order (file-name order, then position), and no
 function may reach itself through calls (E152), so inlining always ends.  A budget on the
-total inlined size (E155) keeps a chain of functions that each call the next several times
-from multiplying without bound.
+size one written call expands into (E155) keeps a chain of functions that each call the
+next several times from multiplying without bound; it is per call, so a long chain that
+expands linearly is never refused because of how many other calls the set has.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from .program import Compiled
 
 MAX_INLINED_NODES = 100_000
-"""Expression nodes all calls of a policy set may expand into (E155 beyond)."""
+"""Expression nodes one call written in a rule, constant or definition may expand into,
+with the calls inside it (E155 beyond)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class Functions:
         self.depth = 0
         """How many call copies are being typed right now (0: a definition or a rule)."""
         self.inlined = 0
+        """Nodes the written call being typed has expanded into so far."""
         self.over_budget = False
 
     def __contains__(self, name: str) -> bool:
@@ -165,12 +168,12 @@ class Functions:
         fn = self.defs[name]
         scope = Scope(None, "a function", vars=dict.fromkeys(fn.params, t.ANY))
         found: list[Diagnostic] = []
-        saved_emit, saved_depth = infer.emit, self.depth
+        saved_emit, saved_depth, saved_inlined = infer.emit, self.depth, self.inlined
         infer.emit, self.depth = found.append, 0
         try:
             infer.infer(fn.body, scope)
         finally:
-            infer.emit, self.depth = saved_emit, saved_depth
+            infer.emit, self.depth, self.inlined = saved_emit, saved_depth, saved_inlined
         for diagnostic in found:
             infer.emit(diagnostic)
         if any(d.is_error for d in found):
@@ -202,6 +205,8 @@ class Functions:
         if fn.name in self.recursive:
             return t.ANY
         self.definition(fn.name, infer)
+        if self.depth == 0:  # a call written in the source: its own budget
+            self.inlined = 0
         if fn.name in self.broken or not self._spend(fn, expr):
             return t.ANY
         body = clone(fn.body)
@@ -236,7 +241,7 @@ class Functions:
             return True
         if not self.over_budget:
             self.over_budget = True
-            self.error("E155", f"function calls expand into more than {MAX_INLINED_NODES} "
+            self.error("E155", f"this call expands into more than {MAX_INLINED_NODES} "
                        "expression nodes", expr.span, "a function that calls another several "
                        "times multiplies its size; compute shared parts once in a `let` or "
                        "call fewer functions")

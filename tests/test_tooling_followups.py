@@ -13,6 +13,7 @@ import pytest
 from komm_policy.decisionlog.mta_log import ensure_mta_log
 from komm_policy.directory.schema import SchemaError, load_schema
 from komm_policy.directory.sqlite import connect
+from komm_policy.policyset import load_path
 from komm_policy.tomlpos import KeyPositions
 
 from .test_cli import run
@@ -366,3 +367,41 @@ def test_fmt_comment_lines_are_right_with_many_comments() -> None:
     result = format_text(text)
     for i in (0, 150, 299):
         assert f"    # before {i}\n    rule r{i}:  # after {i}\n" in result
+
+
+# -- E155: the expansion budget is per written call ---------------------------------------
+
+
+def _chain(n: int) -> str:
+    """n functions, each calling the previous once beside 10 comparisons of its own: the
+    rule's call expands into about 40 n nodes, linear in the source."""
+    body = " or ".join(f'x == "c{j}"' for j in range(10))
+    defs = 'def f0(x) = lower(x) == "a"\n' + "".join(
+        f"def f{i}(x) = f{i - 1}(x) or {body}\n" for i in range(1, n))
+    return (defs + f"stage mail {{\n    rule r:\n        when f{n - 1}(sender)\n"
+            "        accept\n    default accept\n}\n")
+
+
+def test_a_long_linear_chain_of_functions_is_accepted(tmp_path: Path) -> None:
+    # 100 functions: checking each definition expands the chain below it, ~200k nodes in
+    # all; the set-wide budget refused this (E155 at line 63)
+    path = tmp_path / "chain.policy"
+    path.write_text(_chain(100), encoding="utf-8")
+    result = load_path(path)
+    assert [d.code for d in result.diagnostics if d.is_error] == []
+    assert result.policy_set is not None
+
+
+def test_an_exponential_expansion_is_still_refused_at_the_call(tmp_path: Path) -> None:
+    lines = ["def f0(x) = x == 1"]
+    lines += [f"def f{i}(x) = f{i - 1}(x) and f{i - 1}(x)" for i in range(1, 18)]
+    text = ("\n".join(lines) + "\nstage mail {\n    rule r:\n        when f17(1)\n"
+            "        accept\n    default accept\n}\n")
+    path = tmp_path / "blowup.policy"
+    path.write_text(text, encoding="utf-8")
+    result = load_path(path)
+    assert result.policy_set is None
+    found = [d for d in result.diagnostics if d.code == "E155"]
+    assert found, result.diagnostics
+    assert all(d.span.line >= 1 and d.span.column > 1 for d in found)
+    assert "expands into more than 100000 expression nodes" in found[0].message
