@@ -37,6 +37,8 @@ class Config:
     max_connections: int = 0
     max_concurrency: int = 512
     shutdown_timeout: float = 10.0
+    max_header_bytes: int = 16384
+    max_headers: int = 100
     status_auth: bool = False
     policies: Path = Path("policies")
     watch: bool = True
@@ -199,6 +201,10 @@ def validate(config: Config) -> list[str]:
                         f"{config.max_connections}")
     if config.max_concurrency < 1:
         problems.append(f"max_concurrency: must be at least 1, got {config.max_concurrency}")
+    if config.max_header_bytes < 1024:
+        problems.append(f"max_header_bytes: {config.max_header_bytes} is too small (min 1024)")
+    if config.max_headers < 8:
+        problems.append(f"max_headers: {config.max_headers} is too small (min 8)")
     if config.status_auth and not config.token:
         problems.append("status_auth: needs a token (token, token_file, KOMM_TOKEN)")
     if not config.policies.is_dir():

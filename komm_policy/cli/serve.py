@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 _OPTIONS = {o.name: o for o in OPTIONS}
 _LIMIT_FLAGS = (("header_timeout", float, "SECONDS"), ("body_timeout", float, "SECONDS"),
                 ("idle_timeout", float, "SECONDS"), ("max_connections", int, "N"),
-                ("max_concurrency", int, "N"), ("shutdown_timeout", float, "SECONDS"))
+                ("max_concurrency", int, "N"), ("shutdown_timeout", float, "SECONDS"),
+                ("max_header_bytes", int, "BYTES"), ("max_headers", int, "N"))
 
 
 def register(sub: Any) -> None:
@@ -126,7 +127,9 @@ def server_limits(config: Config) -> ServerLimits:
                         idle_timeout=config.idle_timeout,
                         max_connections=config.max_connections,
                         max_concurrency=config.max_concurrency,
-                        shutdown_timeout=config.shutdown_timeout)
+                        shutdown_timeout=config.shutdown_timeout,
+                        max_header_bytes=config.max_header_bytes,
+                        max_headers=config.max_headers)
 
 
 def config_environment(config: Config) -> dict[str, str]:

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .app import INLINE_BODY_BYTES
@@ -59,6 +60,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._inline_body: list[bytes] | None = None  # a hook request read inline
         self._inline_size = 0
         self._deciding: list[Any] = []  # this connection's cycles counted in guard.deciding
+        self._header_bytes = 0  # request line and header lines parsed (callbacks)
+        self._header_count = 0
+        self._header_read = 0  # bytes of later reads while inside one header
+        self._refusal: tuple[int, str] | None = None  # why a callback stopped the parser
 
     @property
     def _between_requests(self) -> bool:
@@ -96,25 +101,91 @@ class GuardedProtocol(HttpToolsProtocol):
             # The first byte after an idle keep-alive period: the header clock starts.
             self._expect("header")
         self._received = True
-        super().data_received(data)
+        if self._awaiting_header:
+            self._header_read += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrade not supported")
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(*(self._refusal or (400, f"invalid HTTP request: {exc}")))
+            return
+        if self._awaiting_header and self._header_read > self.guard.limits.max_header_bytes:
+            # Every byte counted here belongs to the header still being read (the read
+            # it began in is not counted): so what httptools buffers stays bounded.
+            self._refuse(431, "request header exceeds "
+                              f"{self.guard.limits.max_header_bytes} bytes")
+            return
         if self._inline_body is not None and not self.transport.is_closing():
             self._to_asgi()  # the body did not arrive with its header
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request the parser cannot or must not take (malformed, header too large,
+        upgrade): a JSON 4xx answer unless one for this request is under way, then
+        close.  Counted in `komm_hook_bad_requests{status}` like the app's refusals."""
+        self._inline_body = None
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete and (
+            cycle.response_started or self.pipeline or not cycle.more_body)
+        self.guard.bad_request(self, status, message)
+        if answering:
+            # A request before this one is being answered: that answer is the last.
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() gets http.disconnect
+            cycle.message_event.set()
+        self._write_error(status, message)
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:  # uvicorn's, for any path not above
+        self._refuse(400, msg)
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        if self._header_bytes > self.guard.limits.max_header_bytes:
+            self._refusal = (414, "request target exceeds "
+                                  f"{self.guard.limits.max_header_bytes} bytes")
+            raise _Refused
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        limits = self.guard.limits
+        if self._header_count > limits.max_headers:
+            self._refusal = (431, f"more than {limits.max_headers} request header fields")
+            raise _Refused
+        if self._header_bytes > limits.max_header_bytes:
+            self._refusal = (431, f"request header exceeds {limits.max_header_bytes} bytes")
+            raise _Refused
+        super().on_header(name, value)
 
     # Parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_header = True
+        self._header_bytes = 16  # method, spaces, "HTTP/1.1", line ends: about
+        self._header_count = 0
+        self._header_read = 0
         if self._phase != "header":
             self._expect("header")
 
     def on_headers_complete(self) -> None:
         self._awaiting_header = False
         self._received = False
+        if self.parser.should_upgrade():
+            # httptools stops parsing at an upgrade (the body would never be read), and
+            # this service speaks nothing but HTTP/1.1.
+            self._refusal = (400, "protocol upgrade not supported")
+            raise _Refused
         self._expect("body")
         if (self._respond_inline is not None and self.url == b"/mta-hook"
                 and self.parser.get_method() == b"POST" and not self.expect_100_continue
                 and (self.cycle is None or self.cycle.response_complete)
-                and not self.parser.should_upgrade() and not self.transport.is_closing()
+                and not self.transport.is_closing()
                 and self.guard.deciding < self.guard.limits.max_concurrency):
             self._inline_body = []
             self._inline_size = 0
@@ -242,6 +313,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.touch(self)
         if self.transport.is_closing():
             return
+        if self.cycle is not None and self.cycle.more_body and not self.pipeline:
+            # Answered before its body was read (413, 401): the rest of the body cannot
+            # be told from a next request, so this answer is the connection's last.
+            self.transport.close()
+            return
         if self.flow.write_paused:
             # A client sending requests without reading the answers: read no more until
             # it has taken them (`resume_writing`), so the answers never pile up here.
@@ -348,6 +424,10 @@ class GuardedProtocol(HttpToolsProtocol):
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
                     b"connection: close\r\n\r\n" % len(body))
         self.transport.write(b"".join(head) + body)
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; `_refusal` says why."""
 
 
 _BUSY_MESSAGE = "server busy: too many requests in progress; retry later"

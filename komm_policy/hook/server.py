@@ -25,6 +25,12 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
   sending its body does not, so clients stalling in a body cannot take the slots);
   beyond it a request is answered at once with `503` and a JSON body, so Stalwart
   tempfails instead of waiting for its own hook timeout;
+* **header limits**: a request line and header fields over `max_header_bytes` bytes, or
+  more than `max_headers` fields, get `431` (`414` for a request target alone over it)
+  and the connection is closed; httptools never buffers more than the limit and one read;
+* **malformed requests** (httptools' parse errors, a protocol upgrade) get a `400` with a
+  JSON body like the app's errors, not uvicorn's plain text, and the connection closes;
+  so does a request answered before its body was read (e.g. `413`);
 * **bounded shutdown**: SIGTERM waits at most `shutdown_timeout` seconds for requests in
   progress (uvicorn's `timeout_graceful_shutdown`), then cancels them.
 
@@ -66,6 +72,10 @@ class ServerLimits:
     """0: the descriptor limit (RLIMIT_NOFILE) less `RESERVED_DESCRIPTORS`."""
     max_concurrency: int = 512
     shutdown_timeout: float = 10.0
+    max_header_bytes: int = 16384
+    """Request line and header fields together; beyond it 431 (414 for the target)."""
+    max_headers: int = 100
+    """Header fields per request; beyond it 431."""
 
 
 def connection_capacity(configured: int) -> int:
@@ -137,6 +147,7 @@ class ConnectionGuard:
         self.capacity = connection_capacity(self.limits.max_connections)
         self.warn = RateLimitedLog(log)
         self._bound = False
+        self._rejected: Any = None  # the app's komm_hook_bad_requests counter
 
     def __getstate__(self) -> dict[str, Any]:
         return {"limits": self.limits}
@@ -158,6 +169,7 @@ class ConnectionGuard:
             config.load()
         metrics = getattr(getattr(config.loaded_app, "service", None), "metrics", None)
         registry = getattr(metrics, "registry", None)
+        self._rejected = getattr(metrics, "rejected_requests", None)
         if registry is not None:
             registry.register(ConnectionCollector(self.stats, lambda: self.deciding))
 
@@ -176,6 +188,15 @@ class ConnectionGuard:
         self.cut(victim, "evicted")
         victim.transport.abort()
         return True
+
+    def bad_request(self, protocol: GuardedProtocol, status: int, message: str) -> None:
+        """Count (`komm_hook_bad_requests{status}`) and log, rate-limited, a request
+        the protocol refused before the app saw it."""
+        if self._rejected is not None:
+            self._rejected.labels(str(status)).inc()
+        client = "{}:{}".format(*protocol.client) if protocol.client else "unknown client"
+        self.warn.warning(f"refused {status}", "answered %d to %s: %s", status, client,
+                          message)
 
     def touch(self, protocol: GuardedProtocol) -> None:
         if protocol in self.connections:
