@@ -1,0 +1,96 @@
+"""What the guarded HTTP protocol (`protocol.GuardedProtocol`) answers itself: requests
+refused at the parser (malformed, header limits, upgrades), the 503 beyond
+max_concurrency, and the last-defence 500.  Errors are JSON `{"error": ...}` like the
+app's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+class RequestLimits:
+    """Parser-side refusals, mixed into `GuardedProtocol` (which has `guard`, `cycle`,
+    `pipeline`, `flow`, `transport` and `_write_error`)."""
+
+    guard: Any
+    cycle: Any
+    pipeline: Any
+    flow: Any
+    transport: Any
+    _inline_body: Any
+    _header_bytes: int
+    _header_count: int
+    _refusal: tuple[int, str] | None
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request the parser cannot or must not take (malformed, header too large,
+        upgrade): a JSON 4xx answer unless one for this request is under way, then
+        close.  Counted in `komm_hook_bad_requests{status}` like the app's refusals."""
+        self._inline_body = None
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete and (
+            cycle.response_started or self.pipeline or not cycle.more_body)
+        self.guard.bad_request(self, status, message)
+        if answering:
+            # A request before this one is being answered: that answer is the last.
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() gets http.disconnect
+            cycle.message_event.set()
+        self._write_error(status, message)
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:  # uvicorn's, for any path not above
+        self._refuse(400, msg)
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        if self._header_bytes > self.guard.limits.max_header_bytes:
+            self._refusal = (414, "request target exceeds "
+                                  f"{self.guard.limits.max_header_bytes} bytes")
+            raise _Refused
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        limits = self.guard.limits
+        if self._header_count > limits.max_headers:
+            self._refusal = (431, f"more than {limits.max_headers} request header fields")
+            raise _Refused
+        if self._header_bytes > limits.max_header_bytes:
+            self._refusal = (431, f"request header exceeds {limits.max_header_bytes} bytes")
+            raise _Refused
+        super().on_header(name, value)
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; `_refusal` says why."""
+
+
+_BUSY_MESSAGE = "server busy: too many requests in progress; retry later"
+_BUSY_BODY = json.dumps({"error": _BUSY_MESSAGE}).encode()
+_RETRY_AFTER = ((b"retry-after", b"1"),)
+
+
+@dataclass(frozen=True)
+class _Internal:
+    status: int = 500
+    body: bytes = json.dumps({"error": "internal error"}).encode()
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+_INTERNAL_ERROR = _Internal()
+
+
+async def _busy(scope: Any, receive: Any, send: Any) -> None:
+    """The answer beyond `max_concurrency`: 503 at once, the body left unread."""
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_BUSY_BODY)).encode()),
+        (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": _BUSY_BODY})
