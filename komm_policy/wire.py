@@ -13,7 +13,7 @@ non-accept answer (integer `status`, snake_case `enhanced_status`, `message`, bo
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -21,13 +21,32 @@ from .ipset import IP
 
 STAGES = ("connect", "ehlo", "auth", "mail", "rcpt", "data")
 
+# Bounds on what a request may carry (wire reference §3: Stalwart's types).  Numbers take
+# their Rust type's range, so nothing out of range reaches the decision log (whose encoder
+# stops at 64 bits).  Text is bounded far above anything Stalwart's SMTP parser passes on
+# (RFC 5321 §4.5.3.1: a command line is at most 512 octets, a path 256), so a decision
+# record stays small whatever a client sends.  What an address contains is left to the
+# policies on purpose (`valid_address(sender)` refuses a control character with the policy's own
+# SMTP reply; a 400 would be a hook error, which Stalwart may be configured to pass).
+MAX_TEXT = 1024
+"""Characters in an address, HELO name, PTR name, SASL login, TLS or server field."""
+MAX_RECIPIENTS = 1000
+"""Entries in `envelope.to`: ten times Stalwart's default `maxRecipients` (100)."""
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""u16 (wire reference §3: `client.port`, `server.port`)."""
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A byte count (u64 in Stalwart; msgspec checks bounds within int64, ample for a size)."""
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+
 
 class Client(msgspec.Struct, frozen=True, dict=True):
-    ip: str
-    port: int = 0
-    ptr: str | None = None
-    helo: str | None = None
-    active_connections: int = msgspec.field(name="activeConnections", default=1)
+    ip: Text
+    port: Port = 0
+    ptr: Text | None = None
+    helo: Text | None = None
+    active_connections: U32 = msgspec.field(name="activeConnections", default=1)
 
     @cached_property
     def parsed_ip(self) -> IP | None:
@@ -36,19 +55,19 @@ class Client(msgspec.Struct, frozen=True, dict=True):
 
 
 class Sasl(msgspec.Struct, frozen=True):
-    login: str = ""
-    method: str | None = None
+    login: Text = ""
+    method: Text | None = None
 
 
 class Tls(msgspec.Struct, frozen=True):
-    version: str = ""
-    cipher: str = ""
+    version: Text = ""
+    cipher: Text = ""
 
 
 class Server(msgspec.Struct, frozen=True, dict=True):
-    name: str = ""
-    port: int = 0
-    ip: str | None = None
+    name: Text = ""
+    port: Port = 0
+    ip: Text | None = None
 
     @cached_property
     def parsed_ip(self) -> IP | None:
@@ -56,11 +75,11 @@ class Server(msgspec.Struct, frozen=True, dict=True):
 
 
 class Queue(msgspec.Struct, frozen=True):
-    id: str = ""
+    id: Text = ""
 
 
 class Protocol(msgspec.Struct, frozen=True):
-    version: int = 1
+    version: U32 = 1
 
 
 class Context(msgspec.Struct, frozen=True):
@@ -74,8 +93,8 @@ class Context(msgspec.Struct, frozen=True):
 
 
 class Address(msgspec.Struct, frozen=True):
-    address: str
-    parameters: dict[str, str | None] | None = None
+    address: Text
+    parameters: Annotated[dict[Text, Text | None], msgspec.Meta(max_length=64)] | None = None
 
 
 _NO_FROM = Address("")
@@ -84,7 +103,7 @@ _NO_FROM = Address("")
 
 class Envelope(msgspec.Struct, frozen=True):
     from_: Address = msgspec.field(name="from", default=_NO_FROM)
-    to: tuple[Address, ...] = ()
+    to: Annotated[tuple[Address, ...], msgspec.Meta(max_length=MAX_RECIPIENTS)] = ()
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -92,7 +111,7 @@ class Message(msgspec.Struct, frozen=True):
     server_headers: tuple[tuple[str, str], ...] = msgspec.field(name="serverHeaders",
                                                                 default=())
     contents: str = ""
-    size: int = 0
+    size: Size = 0
 
 
 class Request(msgspec.Struct, frozen=True):

@@ -57,16 +57,44 @@ def _wait_for_ids(path: Path, count: int, timeout: float = 20.0) -> list[str]:
     return ids
 
 
+def _rcpt_with_large_envelope() -> bytes:
+    """The largest envelope the wire bounds allow, in two-octet characters: a record of
+    about 2 MB (1,000 recipients of 1,000 characters, wire.MAX_RECIPIENTS/MAX_TEXT)."""
+    to = [{"address": f"{i:04d}" + "é" * 990 + "@example.org"} for i in range(1000)]
+    return json.dumps({
+        "context": {"stage": "rcpt", "client": {"ip": "192.0.2.1", "port": 25}},
+        "envelope": {"from": {"address": "a@example.org"}, "to": to}}).encode()
+
+
 def test_a_two_megabyte_record_is_logged_and_the_log_goes_on(tmp_path: Path) -> None:
     deployment = Deployment(tmp_path)
     with ServerProcess(deployment, "--no-watch", "--log-level", "warning") as server:
         assert server.post(_connect()).status_code == 200
-        big = server.post(_connect(helo="h" * 2_000_000))
+        big = server.post(_rcpt_with_large_envelope())
         assert big.status_code == 200 and big.content != INTERNAL_ERROR_BODY
         for _ in range(10):
             assert server.post(_connect()).status_code == 200
         ids = _wait_for_ids(deployment.log_file, 12)
         assert len(ids) == len(set(ids)) == 12
+        assert max(len(line) for line in deployment.log_file.read_bytes().splitlines()) \
+            > 1_100_000  # past the reader's 1 MiB window
+
+
+def test_fields_past_the_wire_bounds_are_refused_before_any_decision(tmp_path: Path) -> None:
+    """Found by the tester: a 2 MB HELO or a 500,000-character sender made a 1-2 MB record
+    of one request; a port of 2**64 was decided and then could not be recorded (451)."""
+    deployment = Deployment(tmp_path)
+    with ServerProcess(deployment, "--no-watch", "--log-level", "warning") as server:
+        refused = {
+            "$.context.client.helo": _connect(helo="h" * 2_000_000),
+            "$.context.client.port": _connect(port=2**64),
+        }
+        for path, body in refused.items():
+            answer = server.post(body)
+            assert answer.status_code == 400, (path, answer.text)
+            assert answer.json()["path"] == path
+        assert server.post(_connect()).status_code == 200
+        assert len(_wait_for_ids(deployment.log_file, 1)) == 1
 
 
 def test_a_record_that_cannot_be_encoded_is_never_answered_unlogged(tmp_path: Path) -> None:
@@ -74,13 +102,14 @@ def test_a_record_that_cannot_be_encoded_is_never_answered_unlogged(tmp_path: Pa
     with ServerProcess(deployment, "--no-watch", "--log-level", "warning") as server:
         answers = [server.post(_connect(port=p)) for p in
                    (1, "99999999999999999999999", "18446744073709551616", 2)]
-        logged_or_refused = [a.status_code == 400 or a.content == INTERNAL_ERROR_BODY
-                             for a in answers]
-        assert logged_or_refused == [False, True, True, False]
+        # Out-of-range numbers are now refused at the wire (400, never decided); the
+        # record encoder's own refusal (451, counted) stays behind it as a backstop.
+        assert [a.status_code for a in answers] == [200, 400, 400, 200]
+        assert all(a.content != INTERNAL_ERROR_BODY for a in answers)
         ids = _wait_for_ids(deployment.log_file, 2)
         time.sleep(0.5)
         assert len(jsonl_ids(deployment.log_file)) == 2 == len(ids)
         metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
         unrecordable = [line for line in metrics.splitlines()
                         if line.startswith("komm_decision_log_unrecordable_total ")]
-        assert unrecordable and float(unrecordable[0].split()[1]) >= 1
+        assert unrecordable and float(unrecordable[0].split()[1]) == 0

@@ -45,6 +45,9 @@ def register(sub: Any) -> None:
                         help="do not reload policies on file changes (SIGHUP still works)")
     parser.add_argument("--log-jsonl", metavar="PATH",
                         help="decision log file (default var/decisions.jsonl; '' disables)")
+    parser.add_argument("--log-spool", metavar="DIR",
+                        help=f"{_OPTIONS['log_spool'].help}: one per running service "
+                             f"({_OPTIONS['log_spool'].env}; default {Config().log_spool})")
     parser.add_argument("--redact-client-ip", action="store_true", default=None,
                         help="leave client IPs out of the decision log")
     for name, kind, metavar in _LIMIT_FLAGS:
@@ -63,7 +66,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name, None) for name in (
         "host", "port", "policies", "directory", "workers", "token", "shadow", "watch",
-        "log_jsonl", "redact_client_ip", "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
+        "log_jsonl", "log_spool", "redact_client_ip", "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:

@@ -115,7 +115,8 @@ class SpoolAppender:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise SpoolError(f"spool {self.directory} is in use by another komm-policy "
-                             "process") from None
+                             "process; give each service its own (serve --log-spool DIR, "
+                             "log.spool, KOMM_LOG_SPOOL)") from None
         existing = segments(self.directory)
         self.next_seq = (existing[-1] + count_frames(self.directory / segment_name(
             existing[-1]))) if existing else 0
