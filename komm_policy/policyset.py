@@ -8,11 +8,9 @@ raises on bad policy text: errors come back as diagnostics.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +21,7 @@ from .compiler import compile_program
 from .directory.schema import Schema, SchemaError, error_position, find_schema, parse_schema
 from .directory.snapshot import Needs
 from .errors import Diagnostic, PolicyError, Severity, Span, render
+from .gcpause import no_gc_pauses
 from .parser import parse
 from .program import CompiledStage, RuntimeSettings
 
@@ -71,19 +70,6 @@ class LoadResult:
     def render(self, diagnostics: Sequence[Diagnostic]) -> str:
         """Diagnostics with their source lines, one after the other."""
         return "\n".join(render(d, self.texts.get(d.span.file)) for d in diagnostics)
-
-
-@contextlib.contextmanager
-def no_gc_pauses() -> Iterator[None]:
-    """Loading builds many small objects that all stay alive; cyclic-GC passes over them
-    are wasted and make load time grow faster than the policy.  Paused while compiling."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def compile_sources(

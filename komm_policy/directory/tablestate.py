@@ -9,14 +9,13 @@ row costs O(log n) per index and the previous state stays intact.
 
 from __future__ import annotations
 
-import gc
 from bisect import insort
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import immutables
 
+from ..gcpause import no_gc_pauses
 from .keys import column_key, key_normalizer
 from .rows import (
     Row,
@@ -116,27 +115,11 @@ def _lengths(counts: immutables.Map) -> NetLengths:
     return counts, {v: tuple(ls) for v, ls in by_version.items()}
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a table is built: building 100k rows
-    creates several hundred thousand containers, and the collections they trigger
-    (each walking every tracked object, the replica's rows included) took about half of
-    a 100k-row build.  Rows and indexes hold no reference cycles, so nothing is left for
-    the collector; it runs again afterwards (unless it was off before)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def build_table(state: TableState, inserted: Iterable[Mapping[str, Any]],
                 on_bad_row: BadRow | None) -> TableState:
     """`state` (empty) filled with whole tables: plain dictionaries, frozen once."""
     rows: dict[Any, Row] = {}
-    with _collector_paused():
+    with no_gc_pauses():
         _decode_into(state, rows, inserted, on_bad_row)
         return _indexed(state, rows)
 
@@ -293,7 +276,7 @@ def rebuild_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
     dictionary, then every index built in one pass (the unchanged rows' objects are
     reused; `state` is not modified)."""
     table = state.table
-    with _collector_paused():
+    with no_gc_pauses():
         rows: dict[Any, Row] = dict(state.rows.items())
         for raw in deleted:
             rows.pop(ident_of(table, raw), None)
