@@ -13,7 +13,15 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .app import INLINE_BODY_BYTES
-from .refusals import _BUSY_MESSAGE, _INTERNAL_ERROR, _RETRY_AFTER, RequestLimits, _busy, _Refused
+from .refusals import (
+    _BUSY_MESSAGE,
+    _INTERNAL_ERROR,
+    _RETRY_AFTER,
+    EarlyAnswerCycle,
+    RequestLimits,
+    _busy,
+    _Refused,
+)
 
 if TYPE_CHECKING:
     from .server import ConnectionGuard
@@ -162,6 +170,8 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.__class__ = EarlyAnswerCycle
 
     def _count_shed(self) -> None:
         self.guard.stats.shed += 1

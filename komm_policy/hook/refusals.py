@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
 
 class RequestLimits:
     """Parser-side refusals, mixed into `GuardedProtocol` (which has `guard`, `cycle`,
@@ -66,6 +68,18 @@ class RequestLimits:
             self._refusal = (431, f"request header exceeds {limits.max_header_bytes} bytes")
             raise _Refused
         super().on_header(name, value)
+
+
+class EarlyAnswerCycle(RequestResponseCycle):
+    """uvicorn's request cycle, but an answer started before the request's body was read
+    (401, 413, 404, …) says `connection: close`: the unread rest of the body cannot be
+    told from a next request, so the protocol closes the connection after it, and RFC
+    9112 §9.6 wants a server that closes after a response to say so in it."""
+
+    async def send(self, message: Any) -> None:
+        if self.more_body and not self.response_started:
+            self.keep_alive = False  # uvicorn then adds `connection: close`
+        await super().send(message)
 
 
 class _Refused(Exception):

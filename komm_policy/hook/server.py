@@ -30,7 +30,8 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
   and the connection is closed; httptools never buffers more than the limit and one read;
 * **malformed requests** (httptools' parse errors, a protocol upgrade) get a `400` with a
   JSON body like the app's errors, not uvicorn's plain text, and the connection closes;
-  so does a request answered before its body was read (e.g. `413`);
+  so does a request answered before its body was read (e.g. `413`); every answer
+  after which the connection closes says `connection: close` (RFC 9112 §9.6);
 * **bounded shutdown**: SIGTERM waits at most `shutdown_timeout` seconds for requests in
   progress (uvicorn's `timeout_graceful_shutdown`), then cancels them.
 
