@@ -5,7 +5,7 @@ the one taken on a local snapshot, the generic one when timed or on a stand-in."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -165,10 +165,9 @@ class CountingMemo(dict):
 
 
 class CountingContext(EvalContext):
-    last: CountingContext | None = None
+    last: ClassVar[CountingContext | None] = None
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __post_init__(self) -> None:
         memo = CountingMemo()
         memo.writes = []
         self.memo = memo
@@ -234,8 +233,7 @@ def test_a_decision_reads_the_snapshot_it_started_with(monkeypatch: pytest.Monke
     published: list[bool] = []
 
     class PublishingContext(EvalContext):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
+        def __post_init__(self) -> None:
             if not published:
                 published.append(True)
                 directory.apply({"nets": ([], [{"net": "192.0.2.0/24", "active": True}])})
