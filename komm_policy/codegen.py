@@ -30,6 +30,7 @@ from typing import Any
 from . import nodes as n
 from .codegen_compare import CompareGenerating, Unsupported, Val
 from .codegen_lookups import address_lookup, field_read, ip_lookup, two_key_lookup
+from .codegen_outcomes import decision_lines
 from .fusion import first_affix
 from .lookups import DeadlineExceeded
 from .operators import index_value
@@ -112,7 +113,10 @@ class StageGenerator(CompareGenerating):
         holder = self.bind(None)
         name, default = self.bind(stage.name), self.bind(stage_default)
         hit, failed = self.bind(rule_hit), self.bind(rule_failed)
-        self.emit("mods = []")
+        finished = self.bind(finish)
+        statements = any(rule.statements for _, step in stage.steps
+                         for rule in (step, *(step.members or ())))
+        self.emit("mods = []" if statements else "mods = ()")  # only statements add to it
         for cond, rule in stage.steps:
             lines, val = self.condition(asts.get(id(rule)), cond,
                                         len(self.lines) < STAGE_LINES)
@@ -129,9 +133,18 @@ class StageGenerator(CompareGenerating):
             if grouped:
                 members = self.bind(rule.members)
                 self.emit(f"        rule = {members}[{val[0]} - 1]")
-            self.emit(f"        _d = {hit}(ctx, policy, {name}, {target}, mods)")
-            self.emit("        if _d is not None:")
-            self.emit("            return _d")
+            final = rule.final
+            inline = (None if grouped or rule.dry_run or rule.statements or final is None
+                      else decision_lines(self, name, final, rule.ref,
+                                          f"{finished}(ctx, policy, {name}, "
+                                          f"{self.bind(final)}, {self.bind(rule.ref)}, "
+                                          "mods)"))
+            if inline is not None:  # a terminal rule: its decision, built here
+                self.splice(inline, "        ")
+            else:
+                self.emit(f"        _d = {hit}(ctx, policy, {name}, {target}, mods)")
+                self.emit("        if _d is not None:")
+                self.emit("            return _d")
             self.emit("except Exception as _e:")
             self.emit(f"    _d = {failed}(ctx, policy, {name}, {target}, mods, _e)")
             self.emit("    if _d is not None:")
@@ -139,8 +152,11 @@ class StageGenerator(CompareGenerating):
         if stage.default.kind == "quarantine":  # may be refused: `stage_default` falls back
             self.emit(f"return {default}(ctx, policy, {holder}, mods)")
         else:
-            self.emit(f"return {self.bind(finish)}(ctx, policy, {name}, "
-                      f"{self.bind(stage.default)}, {self.bind(stage.default_ref)}, mods)")
+            call = (f"{finished}(ctx, policy, {name}, {self.bind(stage.default)}, "
+                    f"{self.bind(stage.default_ref)}, mods)")
+            for line in (decision_lines(self, name, stage.default, stage.default_ref, call)
+                         or [f"return {call}"]):
+                self.emit(line)
         source = "def run(ctx, policy):\n" + "\n".join(self.lines) + "\n"
         try:
             code = compile(source, "<komm-policy generated stage>", "exec")

@@ -33,7 +33,7 @@ class Limits(Protocol):
 class EvalContext(msgspec.Struct):
     """Everything one decision reads and records.  Not shared between decisions.
 
-    A `msgspec.Struct` (positional: request, directory, settings, clock, timed) because
+    A `msgspec.Struct` (positional: request, directory, settings, clock, timed, tables) because
     one is built per decision: its C constructor fills the defaults (fresh `memo` and
     `lookup_log` each time) in about half the time of a class with `__slots__` and an
     `__init__`.  Subclasses extend it with `__post_init__`."""
@@ -44,12 +44,12 @@ class EvalContext(msgspec.Struct):
     clock: Callable[[], float]
     timed: bool
     """Time each lookup (blocking backends, traces); local indexes are not timed."""
-    memo: dict[tuple[Any, ...], Any] = {}
-    lookup_log: list[Any] = []
-    deadline_at: float | None = None
     tables: Any = None
     """The decision's local table snapshot (a `TablesSnapshot`) while compiled table
     lookups may read it in place: not timed, and nothing has failed yet."""
+    memo: dict[tuple[Any, ...], Any] = {}
+    lookup_log: list[Any] = []
+    deadline_at: float | None = None
     # Created on first use: most decisions never need them.
     failures: dict[tuple[Any, ...], str] | None = None
     vars: list[Any] | None = None

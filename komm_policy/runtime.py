@@ -39,26 +39,30 @@ def decide(
     snapshot = getattr(directory, "snapshot", None)
     if snapshot is not None:
         directory = snapshot()
-    ctx = EvalContext(request, directory, settings, clock, timed)
-    if policy_set.needs.indexes and not timed:
+    tables = None
+    if not timed and policy_set.needs.indexes:
         try:
             tables = directory.tables
         except Exception:  # unavailable: each lookup fails into its `on error`
             tables = None
-        if tables.__class__ is TablesSnapshot:
-            ctx.tables = tables
+        if tables.__class__ is not TablesSnapshot:
+            tables = None
+    ctx = EvalContext(request, directory, settings, clock, timed, tables)
     if timed:  # the deadline counts from here (local indexes cannot overrun it)
         ctx.deadline_at = clock() + settings.deadline
-    stage = policy_set.stages.get(request.context.stage)
-    if stage is None:
-        stage = CompiledStage(request.context.stage, (), Outcome("accept"), None)
+    name = request.context.stage
+    try:
+        stage = policy_set.stages[name]
+    except KeyError:
+        stage = CompiledStage(name, (), Outcome("accept"), None)
     try:
         if trace:
             ctx.trace_steps = []
             return run_steps(ctx, policy_set, stage,
                              tuple((rule.cond, rule) for rule in map(_traced, stage.rules)))
-        if stage.run is not None:
-            return stage.run(ctx, policy_set)
+        run = stage.run
+        if run is not None:
+            return run(ctx, policy_set)
         return run_steps(ctx, policy_set, stage, stage.steps)
     except DeadlineExceeded as exc:
         return finish(ctx, policy_set, stage.name, settings.on_lookup_error, None, [],

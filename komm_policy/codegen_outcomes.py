@@ -1,0 +1,38 @@
+"""Generated decisions (`codegen`'s half for outcomes): a constant outcome's `Decision`
+built in the stage function itself, as `stage_run.finish` builds it.
+
+Most decisions end at a terminal rule without statements or at the stage's default, with
+nothing else recorded (no modifications kept, no dry-run hits, logs, errors or trace): the
+decision is then one constructor call on constants and the lookup log, and the call of
+`finish` (its branches on the outcome's kind, a Python frame) is skipped.  Anything else
+calls `finish`, so both ways build the same value (tests/test_codegen.py compares them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .decision import Decision, RuleRef
+from .program import Outcome
+
+
+def decision_lines(gen: Any, stage: str, outcome: Outcome, ref: RuleRef | None,
+                   finish_call: str) -> list[str] | None:
+    """Lines returning the decision for `outcome` (the stage's name in the local source
+    `stage`), or None when it is not constant (a quarantine, a reply built from the
+    request): `finish_call` is the source of the equivalent `finish(...)` call, taken
+    when the decision recorded more than lookups."""
+    kind = outcome.kind
+    if kind == "quarantine":
+        return None  # redirected or refused at the data stage: `finish` decides
+    reply = None if kind == "accept" else outcome.reply
+    if kind != "accept" and reply is None:
+        return None  # a reply built from the request
+    kept = "mods or " if kind == "accept" else ""  # only an accept keeps modifications
+    return [
+        f"if {kept}ctx.dry_run or ctx.logs or ctx.errors or ctx.trace_steps is not None:",
+        f"    return {finish_call}",
+        f"return {gen.bind(Decision)}({stage}, {gen.bind(kind)}, {gen.bind(reply)}, (), "
+        f"{gen.bind(ref)}, (), tuple(ctx.lookup_log), (), (), False, None, policy.version, "
+        "None)",
+    ]
