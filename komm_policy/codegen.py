@@ -7,8 +7,10 @@ AST into the source text of one function per stage, `run(ctx, policy)`, compiled
 inlined where their parameters are read, quantifiers become `for` loops, and lookups call the
 same by-value lookup functions the closures call (`table_lookups`: memo, record, readers,
 the slow timed path).  Matches, errors and the default go through `stage_run`, as for the
-closure runner, so both have one semantics; tests/test_codegen.py checks them against each
-other on random policies, and decisions with a trace keep using the closures.
+closure runner, so both have one semantics (a constant decision with nothing else recorded
+is built inline as `finish` builds it, `codegen_outcomes`); tests/test_codegen.py checks
+them against each other on random policies, and decisions with a trace keep using the
+closures.
 
 Safety: no text of the policy ever becomes source.  Every value from the policy (strings,
 names, regexes, lists, readers) is bound in the function's namespace under a generated name
@@ -30,12 +32,12 @@ from typing import Any
 from . import nodes as n
 from .codegen_compare import CompareGenerating, Unsupported, Val
 from .codegen_lookups import address_lookup, field_read, ip_lookup, two_key_lookup
-from .codegen_outcomes import decision_lines
+from .codegen_outcomes import default_lines, matched_lines
 from .fusion import first_affix
 from .lookups import DeadlineExceeded
 from .operators import index_value
 from .program import CompiledStage, Const
-from .stage_run import finish, rule_failed, rule_hit, stage_default
+from .stage_run import rule_failed
 from .table_lookups import Sites, table_closure, unchecked_table_closure
 from .text import to_text
 
@@ -111,9 +113,7 @@ class StageGenerator(CompareGenerating):
         """`stage` with its generated `run` (unchanged when Python refuses the source)."""
         self.lines, self.pad, self.inlined = [], "    ", 0
         holder = self.bind(None)
-        name, default = self.bind(stage.name), self.bind(stage_default)
-        hit, failed = self.bind(rule_hit), self.bind(rule_failed)
-        finished = self.bind(finish)
+        name, failed = self.bind(stage.name), self.bind(rule_failed)
         statements = any(rule.statements for _, step in stage.steps
                          for rule in (step, *(step.members or ())))
         self.emit("mods = []" if statements else "mods = ()")  # only statements add to it
@@ -133,30 +133,12 @@ class StageGenerator(CompareGenerating):
             if grouped:
                 members = self.bind(rule.members)
                 self.emit(f"        rule = {members}[{val[0]} - 1]")
-            final = rule.final
-            inline = (None if grouped or rule.dry_run or rule.statements or final is None
-                      else decision_lines(self, name, final, rule.ref,
-                                          f"{finished}(ctx, policy, {name}, "
-                                          f"{self.bind(final)}, {self.bind(rule.ref)}, "
-                                          "mods)"))
-            if inline is not None:  # a terminal rule: its decision, built here
-                self.splice(inline, "        ")
-            else:
-                self.emit(f"        _d = {hit}(ctx, policy, {name}, {target}, mods)")
-                self.emit("        if _d is not None:")
-                self.emit("            return _d")
+            self.splice(matched_lines(self, name, rule, target), "        ")
             self.emit("except Exception as _e:")
             self.emit(f"    _d = {failed}(ctx, policy, {name}, {target}, mods, _e)")
             self.emit("    if _d is not None:")
             self.emit("        return _d")
-        if stage.default.kind == "quarantine":  # may be refused: `stage_default` falls back
-            self.emit(f"return {default}(ctx, policy, {holder}, mods)")
-        else:
-            call = (f"{finished}(ctx, policy, {name}, {self.bind(stage.default)}, "
-                    f"{self.bind(stage.default_ref)}, mods)")
-            for line in (decision_lines(self, name, stage.default, stage.default_ref, call)
-                         or [f"return {call}"]):
-                self.emit(line)
+        self.splice(default_lines(self, name, stage, holder))
         source = "def run(ctx, policy):\n" + "\n".join(self.lines) + "\n"
         try:
             code = compile(source, "<komm-policy generated stage>", "exec")

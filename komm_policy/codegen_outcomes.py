@@ -13,7 +13,35 @@ from __future__ import annotations
 from typing import Any
 
 from .decision import Decision, RuleRef
-from .program import Outcome
+from .program import CompiledRule, CompiledStage, Outcome
+from .stage_run import finish, rule_hit, stage_default
+
+
+def matched_lines(gen: Any, stage: str, rule: CompiledRule, target: str) -> list[str]:
+    """What a step does when its condition holds (`target`: the source of the rule, a
+    fused group's member already picked): a terminal rule's constant decision, else
+    `rule_hit` (a dry run, statements, `continue`, a decision that may not be constant)."""
+    final = rule.final
+    if rule.members is None and not rule.dry_run and not rule.statements and final is not None:
+        call = (f"{gen.bind(finish)}(ctx, policy, {stage}, {gen.bind(final)}, "
+                f"{gen.bind(rule.ref)}, mods)")
+        lines = decision_lines(gen, stage, final, rule.ref, call)
+        if lines is not None:
+            return lines
+    return [f"_d = {gen.bind(rule_hit)}(ctx, policy, {stage}, {target}, mods)",
+            "if _d is not None:",
+            "    return _d"]
+
+
+def default_lines(gen: Any, stage: str, compiled: CompiledStage, holder: str) -> list[str]:
+    """The end of the stage function: the default's decision (`holder`: the source of the
+    compiled stage, for `stage_default`)."""
+    default = compiled.default
+    if default.kind == "quarantine":  # may be refused: `stage_default` falls back
+        return [f"return {gen.bind(stage_default)}(ctx, policy, {holder}, mods)"]
+    call = (f"{gen.bind(finish)}(ctx, policy, {stage}, {gen.bind(default)}, "
+            f"{gen.bind(compiled.default_ref)}, mods)")
+    return decision_lines(gen, stage, default, compiled.default_ref, call) or [f"return {call}"]
 
 
 def decision_lines(gen: Any, stage: str, outcome: Outcome, ref: RuleRef | None,
