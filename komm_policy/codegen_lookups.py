@@ -2,11 +2,11 @@
 
 The most common lookup, by an address on an equality index (a sender's or recipient's
 row), is written out inline: memo check, key normalisation (`keys.address_key`, its ASCII
-case), one map read, the result and its record, exactly as `table_lookups._address_key`
-does it, which every other case (a none key, no local snapshot, a key that is not text,
-an index the snapshot lacks) calls instead.  The request fields read most (`sender`,
-`rcpt`, `client.ip`) read the context's cached value inline and call its method only the
-first time.
+case), one map read (a `versioned.Since` entry resolved), the result and its record,
+exactly as `table_lookups._address_key` does it, which every other case (a none key, no
+local snapshot, a key that is not text, an index the snapshot lacks) calls instead.  The
+request fields read most (`sender`, `rcpt`, `client.ip`) read the context's cached value
+inline and call its method only the first time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .addresses import comparison_form
 from .context import EvalContext
 from .decision import LookupRecord
+from .directory.versioned import Since
 from .fields import FIELDS
 from .ipset import IP
 from .table_lookups import ALL, EXISTS, FIRST
@@ -110,6 +111,8 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
         f"{gen.bind(comparison_form)}({key})",
         "            try:",
         f"                {bucket} = {tables}.maps[{name_}].get({index_key})",
+        f"                if {bucket}.__class__ is {gen.bind(Since)}:",
+        f"                    {bucket} = {tables}.resolve({name_}, {bucket})",
         "            except Exception:",
         f"                {t} = {by}(ctx, {value})",
         "            else:",
@@ -155,6 +158,8 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
         f"                {found} = None",
         f"                for {length}, {shift} in {lengths}:",
         f"                    {bucket} = {maps}.get({key})",
+        f"                    if {bucket}.__class__ is {gen.bind(Since)}:",
+        f"                        {bucket} = {tables}.resolve({name_}, {bucket})",
         f"                    if {bucket}:",
         f"                        {found} = {bucket} if {found} is None else "
         f"(*{found}, *{bucket})",
@@ -197,6 +202,8 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
         "        else:",
         "            try:",
         f"                {bucket} = {tables}.maps[{gen.bind(name)}].get({index_key})",
+        f"                if {bucket}.__class__ is {gen.bind(Since)}:",
+        f"                    {bucket} = {tables}.resolve({gen.bind(name)}, {bucket})",
         "            except Exception:",
         f"                {t} = {by}(ctx, {a}, {b})",
         "            else:",

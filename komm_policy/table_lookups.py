@@ -27,6 +27,7 @@ from .directory import DirectoryError
 from .directory.keys import lookup_key
 from .directory.schema import Column
 from .directory.snapshot import IndexSpec, spec_name
+from .directory.versioned import Since
 from .ipset import IP
 from .lookups import failed, run_lookup
 from .program import Closure, Compiled, Const
@@ -191,6 +192,8 @@ def _address_key(label: str, tag: str, site: LookupSite, get: Closure, name: str
             try:
                 bucket = tables.maps[name].get(
                     (*key_before, key, *key_after) if wide else key)
+                if bucket.__class__ is Since:
+                    bucket = tables.resolve(name, bucket)
             except Exception:  # e.g. an index this snapshot lacks: the slow path fails it
                 return slow(ctx, (value,), (tag, value))
         else:
@@ -242,6 +245,8 @@ def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
                 return slow(ctx, (ip,), (tag, ip))
             for length, shift in lengths:
                 bucket = buckets.get((version, length, value >> shift, *rest))
+                if bucket.__class__ is Since:
+                    bucket = tables.resolve(name, bucket)
                 if bucket:
                     found = bucket if found is None else (*found, *bucket)
         if exists:

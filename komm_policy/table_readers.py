@@ -8,8 +8,10 @@ is its own key, an address is stripped and lower-cased inline — and the index 
 assembled around the dynamic values with no loop.  A reader then does one map read of
 the decision's `TablesSnapshot` (a network index: one per prefix length in use, most
 specific first) and returns the bucket: the matching rows in order, or None; `RESULTS`
-turn a bucket into the method's value.  Readers equal `TablesSnapshot.first/all/exists`
-(tests/test_table_readers.py checks them against those and a brute-force model).
+turn a bucket into the method's value.  An entry changed since the maps' last sweep is a
+`versioned.Since`, resolved to the snapshot's version (`TablesSnapshot.resolve`).
+Readers equal `TablesSnapshot.first/all/exists` (tests/test_table_readers.py checks them
+against those and a brute-force model).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .addresses import comparison_form
 from .directory.keys import key_normalizer, lookup_key
 from .directory.schema import Column
 from .directory.snapshot import IndexSpec, TablesSnapshot
+from .directory.versioned import Since
 from .ipset import IP
 
 RESULTS: dict[str, Callable[[Any], Any]] = {
@@ -80,7 +83,8 @@ def reader(spec: IndexSpec, name: str, constants: dict[int, Any], dynamic: tuple
             b = second(b)
             if b is None:
                 return None
-        return tables.maps[name].get((*before, a, *between, b, *after))
+        bucket = tables.maps[name].get((*before, a, *between, b, *after))
+        return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
     # what `codegen_lookups` needs to write the common case inline: both keys of their
     # columns' plain classes
     read2.parts = (  # type: ignore[attr-defined]
@@ -116,7 +120,8 @@ def _address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...],
                 return None
             key = value.strip()
             key = key.lower() if key.isascii() else comparison_form(key)
-            return tables.maps[name].get(key)
+            bucket = tables.maps[name].get(key)
+            return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
         return read_address
 
     def read_address_with(tables: TablesSnapshot, value: Any) -> Any:
@@ -124,7 +129,8 @@ def _address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...],
             return None
         key = value.strip()
         key = key.lower() if key.isascii() else comparison_form(key)
-        return tables.maps[name].get((*before, key, *after))
+        bucket = tables.maps[name].get((*before, key, *after))
+        return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
     return read_address_with
 
 
@@ -138,7 +144,8 @@ def _plain_reader(name: str, column: Column, before: tuple[Any, ...],
                 value = normalize(value)
                 if value is None:
                     return None
-            return tables.maps[name].get(value)
+            bucket = tables.maps[name].get(value)
+            return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
         return read_one
 
     def read_with(tables: TablesSnapshot, value: Any) -> Any:
@@ -146,7 +153,8 @@ def _plain_reader(name: str, column: Column, before: tuple[Any, ...],
             value = normalize(value)
             if value is None:
                 return None
-        return tables.maps[name].get((*before, value, *after))
+        bucket = tables.maps[name].get((*before, value, *after))
+        return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
     return read_with
 
 
@@ -162,6 +170,8 @@ def _net_reader(name: str, rest: tuple[Any, ...]) -> Reader1:
         found = None
         for length, shift in tables.nets[name].get(version, ()):
             bucket = buckets.get((version, length, value >> shift, *rest))
+            if bucket.__class__ is Since:
+                bucket = tables.resolve(name, bucket)
             if bucket:
                 found = bucket if found is None else (*found, *bucket)
         return found

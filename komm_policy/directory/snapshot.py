@@ -22,13 +22,15 @@ it the same way)::
 - `on_bad_row(table, key, reason)` is called for every row that does not fit the schema
   (NULL in a non-optional column, `300.1.2.3` in a network column, …); the row is skipped.
 
-Cost: every changed row costs O(log n) per index (HAMT maps of the `immutables` package,
-buckets of equal keys are copied when touched); a change to a large part of a table (a
-bulk import) rebuilds that table's indexes in one pass instead, with Python's cyclic
-garbage collector paused (`tablestate.BULK_FRACTION`).  A network index is keyed by (prefix
+Cost: every changed row costs O(1) per index (plain dicts shared by successive snapshots
+and changed in place under version stamps, `versioned`; buckets of equal keys are copied
+when touched; a read is a dict read); a change to a large part of a table (a bulk import)
+rebuilds that table's indexes in one pass instead, with Python's cyclic garbage collector
+paused (`tablestate.BULK_FRACTION`).  A network index is keyed by (prefix
 length, network number): an IP lookup is one shift and one map read per prefix length in
 use, most specific first.  The rows and indexes of one table: `tablestate`; rows:
-`rows`.  Compiled lookups read `maps` and `nets` directly (`table_lookups`).
+`rows`.  Compiled lookups read `maps` and `nets` directly (`table_lookups`) and resolve
+the rare `versioned.Since` entry with `resolve`.
 """
 
 from __future__ import annotations
@@ -37,12 +39,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import immutables
-
 from ..ipset import IP
 from .rows import Row, row_class, sort_key
 from .schema import Schema
 from .tablestate import BadRow, IndexSpec, TableState, apply_table, build_table, spec_name
+from .versioned import Since, resolve
 
 __all__ = ["BadRow", "Changes", "IndexSpec", "Needs", "Row", "TablesSnapshot", "row_class",
            "spec_name"]
@@ -67,16 +68,21 @@ class Needs:
 class TablesSnapshot:
     """The tables one decision reads.  Lookups: `first`, `all`, `exists`."""
 
-    __slots__ = ("_readers", "maps", "needs", "nets", "schema", "states")
+    __slots__ = ("_readers", "maps", "needs", "nets", "schema", "states", "versions")
 
     def __init__(self, schema: Schema, needs: Needs, states: dict[str, TableState]) -> None:
         self.schema = schema
         self.needs = needs
         self.states = states
-        self.maps: dict[str, immutables.Map] = {
+        self.maps: dict[str, dict[Any, Any]] = {
             spec_name(spec): bucket for state in states.values()
             for spec, bucket in state.buckets.items()}
-        """index name → Map[key → rows]: what compiled lookups read."""
+        """index name → dict[key → rows, or a `Since` entry: `resolve(entry,
+        versions[name])`]: what compiled lookups read."""
+        self.versions: dict[str, int] = {
+            spec_name(spec): state.version for state in states.values()
+            for spec in state.buckets}
+        """index name → the version its map is read at."""
         self.nets: dict[str, dict[int, tuple[tuple[int, int], ...]]] = {
             spec_name(spec): lengths[1] for state in states.values()
             for spec, lengths in state.net_lengths.items()}
@@ -84,7 +90,7 @@ class TablesSnapshot:
         self._readers = {
             spec_name(spec): (spec.kind == "eq", len(spec.columns) == 1,
                               state.normalizers[spec], state.buckets[spec],
-                              self.nets.get(spec_name(spec)))
+                              self.nets.get(spec_name(spec)), state.version)
             for state in states.values() for spec in state.buckets}
 
     # -- building ----------------------------------------------------------------------
@@ -125,19 +131,19 @@ class TablesSnapshot:
     def _bucket(self, spec: IndexSpec | str, key: tuple[Any, ...]) -> Any:
         """The matching rows in order (a tuple or list), or None.  `spec` may be given by
         its `spec_name`."""
-        eq, single, normalizers, buckets, lengths = self._readers[
+        eq, single, normalizers, buckets, lengths, version = self._readers[
             spec if spec.__class__ is str else spec_name(spec)]  # type: ignore[arg-type]
         if eq:
             if single:
                 k = normalizers[0](key[0])
-                return None if k is None else buckets.get(k)
+                return None if k is None else resolve(buckets.get(k), version)
             normal = []
             for normalize, value in zip(normalizers, key, strict=True):
                 k = normalize(value)
                 if k is None:
                     return None
                 normal.append(k)
-            return buckets.get(tuple(normal))
+            return resolve(buckets.get(tuple(normal)), version)
         rest = []
         for normalize, value in zip(normalizers[1:], key[1:], strict=True):
             k = normalize(value)
@@ -148,9 +154,10 @@ class TablesSnapshot:
         if not isinstance(ip, IP):
             return None
         found: list[Any] = []
-        version, value = ip.version, ip.value
-        for length, shift in lengths.get(version, ()):
-            bucket = buckets.get((version, length, value >> shift, *rest))
+        ip_version, value = ip.version, ip.value
+        for length, shift in lengths.get(ip_version, ()):
+            bucket = resolve(buckets.get((ip_version, length, value >> shift, *rest)),
+                             version)
             if bucket:
                 found.extend(bucket)
         return found or None
@@ -171,6 +178,10 @@ class TablesSnapshot:
     def rows(self, table: str) -> list[Row]:
         """Every row of a replicated table, in first-row order (tests, `db export`)."""
         return sorted(self.states[table].rows.values(), key=sort_key)
+
+    def resolve(self, name: str, entry: Since) -> Any:
+        """The bucket a `Since` entry of the index `name` holds for this snapshot."""
+        return resolve(entry, self.versions[name])
 
     def counts(self) -> dict[str, int]:
         return {name: len(state.rows) for name, state in self.states.items()}

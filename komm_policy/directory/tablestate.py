@@ -3,8 +3,10 @@
 Indexes map a key to a bucket: the tuple of matching rows in first-row order.  The key
 of a one-column equality index is the column's key itself; of a wider one, the tuple of
 the columns' keys; of a network index, (IP version, prefix length, network number, keys
-of the other columns…).  Rows and buckets live in HAMT maps (`immutables`), so a changed
-row costs O(log n) per index and the previous state stays intact.
+of the other columns…).  The indexes are plain dicts shared by the states built from one
+another and changed in place under version stamps (`versioned`): a read is a dict read,
+a changed row costs O(1) per index, and a previous state reads what it always read.
+Rows (identity → Row, read only by changes) live in a HAMT map (`immutables`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .rows import (
     sort_key,
 )
 from .schema import BadValue, Table, decode_value
+from .versioned import Lineage, Since, fork, resolve
 
 BadRow = Callable[[str, str, str], None]
 """`on_bad_row(table, row key, reason)`."""
@@ -55,22 +58,27 @@ NetLengths = tuple[immutables.Map, dict[int, tuple[tuple[int, int], ...]]]
 
 
 class TableState:
-    """One table's rows and indexes, immutable once built."""
+    """One table's rows and indexes, unchanging once built (as read at `version`)."""
 
-    __slots__ = ("buckets", "cls", "net_lengths", "normalizers", "order", "rows", "table")
+    __slots__ = ("__weakref__", "buckets", "cls", "lineage", "net_lengths", "normalizers",
+                 "order", "rows", "table", "version")
 
     def __init__(self, table: Table, cls: type[Row], rows: immutables.Map,
-                 buckets: dict[IndexSpec, immutables.Map],
+                 buckets: dict[IndexSpec, dict[Any, Any]],
                  net_lengths: dict[IndexSpec, NetLengths],
-                 normalizers: dict[IndexSpec, tuple[Callable[[Any], Any], ...]] | None = None
-                 ) -> None:
+                 normalizers: dict[IndexSpec, tuple[Callable[[Any], Any], ...]] | None = None,
+                 lineage: Lineage | None = None, version: int = 0) -> None:
         self.table = table
         self.cls = cls
         self.order = order_function(table)
         self.rows = rows
         """ident → Row"""
         self.buckets = buckets
-        """spec → Map[key → tuple of rows in first-row order]"""
+        """spec → dict[key → tuple of rows in first-row order, or a `versioned.Since`
+        entry: read through `bucket`]"""
+        self.lineage = lineage if lineage is not None else Lineage(version)
+        self.version = version
+        self.lineage.register(version, self)
         self.net_lengths = net_lengths
         self.normalizers = normalizers if normalizers is not None else {
             spec: tuple(key_normalizer(table.by_name[c]) for c in spec.columns)
@@ -81,12 +89,20 @@ class TableState:
     def empty(cls, table: Table, specs: Iterable[IndexSpec]) -> TableState:
         specs = list(specs)
         return cls(table, row_class(table), immutables.Map(),
-                   {s: immutables.Map() for s in specs},
+                   {s: {} for s in specs},
                    {s: (immutables.Map(), {}) for s in specs if s.kind == "net"})
 
-    def evolve(self, rows: immutables.Map, buckets: dict[IndexSpec, immutables.Map],
-               net_lengths: dict[IndexSpec, NetLengths]) -> TableState:
-        return TableState(self.table, self.cls, rows, buckets, net_lengths, self.normalizers)
+    def evolve(self, rows: immutables.Map, buckets: dict[IndexSpec, dict[Any, Any]],
+               net_lengths: dict[IndexSpec, NetLengths], lineage: Lineage | None = None,
+               version: int = 0) -> TableState:
+        """A state of this table with other contents (a new lineage unless given)."""
+        return TableState(self.table, self.cls, rows, buckets, net_lengths, self.normalizers,
+                          lineage, version)
+
+    def bucket(self, spec: IndexSpec, key: Any) -> Any:
+        """The rows of `key` in the index `spec` as this state reads them, or None."""
+        entry = self.buckets[spec].get(key)
+        return resolve(entry, self.version) if entry.__class__ is Since else entry
 
 
 def bucket_key(table: Table, spec: IndexSpec, values: Mapping[str, Any]) -> Any:
@@ -162,7 +178,7 @@ def _indexed(state: TableState, rows: dict[Any, Row]) -> TableState:
         for key, bucket in index.items():
             if len(bucket) > 1:
                 index[key] = tuple(sorted(bucket, key=sort_key))
-        buckets[spec] = immutables.Map(index)
+        buckets[spec] = index
         if spec.kind == "net":
             counts: dict[tuple[int, int], int] = {}
             for key in index:
@@ -210,9 +226,19 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
     if bulk:
         return rebuild_table(state, deleted, inserted, on_bad_row)
     table = state.table
+    lineage, version = state.lineage, state.version + 1
+    if lineage.claim(state.version):
+        buckets = state.buckets
+    else:  # a second change to the same state: it gets maps of its own
+        lineage = Lineage(version)
+        buckets = {spec: fork(index, state.version) for spec, index in state.buckets.items()}
     rows = state.rows.mutate()
-    buckets = {spec: m.mutate() for spec, m in state.buckets.items()}
     counts = {spec: pair[0].mutate() for spec, pair in state.net_lengths.items()}
+    put = lineage.put
+
+    def current(index: dict[Any, Any], key: Any) -> Any:
+        entry = index.get(key)
+        return resolve(entry, version) if entry.__class__ is Since else entry
 
     def unindex(ident: Any) -> None:
         old = rows.get(ident)
@@ -224,13 +250,10 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
             key = bucket_key(table, spec, values)
             if key is None:
                 continue
-            rest = tuple(r for r in index.get(key, ()) if r is not old)
-            if rest:
-                index[key] = rest
-            else:
-                del index[key]
-                if spec.kind == "net":
-                    _count(counts[spec], key[:2], -1)
+            rest = tuple(r for r in current(index, key) or () if r is not old)
+            put(index, key, rest or None, version)
+            if not rest and spec.kind == "net":
+                _count(counts[spec], key[:2], -1)
 
     for raw in deleted:
         unindex(ident_of(table, raw))
@@ -250,23 +273,24 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
             key = bucket_key(table, spec, values)
             if key is None:
                 continue
-            bucket = index.get(key)
+            bucket = current(index, key)
             if bucket is None:
-                index[key] = (row,)
+                put(index, key, (row,), version)
                 if spec.kind == "net":
                     _count(counts[spec], key[:2], +1)
             else:
                 items = list(bucket)
                 insort(items, row, key=sort_key)
-                index[key] = tuple(items)
+                put(index, key, tuple(items), version)
     lengths = {}
     for spec, mutable in counts.items():
         finished = mutable.finish()
         old_counts, old_order = state.net_lengths[spec]
         lengths[spec] = ((finished, old_order) if set(finished.keys()) == set(
             old_counts.keys()) else _lengths(finished))
-    return state.evolve(rows.finish(), {spec: m.finish() for spec, m in buckets.items()},
-                        lengths)
+    new = state.evolve(rows.finish(), buckets, lengths, lineage, version)
+    lineage.sweep()
+    return new
 
 
 def rebuild_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
