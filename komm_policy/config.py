@@ -34,6 +34,7 @@ class Config:
     header_timeout: float = 5.0
     body_timeout: float = 10.0
     idle_timeout: float = 20.0
+    write_timeout: float = 10.0
     max_connections: int = 0
     max_concurrency: int = 512
     shutdown_timeout: float = 10.0
@@ -191,7 +192,7 @@ def validate(config: Config) -> list[str]:
         problems.append("token: must not be empty when set")
     if config.max_body_bytes < 1024:
         problems.append(f"max_body_bytes: {config.max_body_bytes} is too small (min 1024)")
-    for name in ("header_timeout", "body_timeout", "idle_timeout"):
+    for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout"):
         if not getattr(config, name) > 0:
             problems.append(f"{name}: must be positive, got {getattr(config, name)}")
     if config.shutdown_timeout < 0:

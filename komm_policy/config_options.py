@@ -72,6 +72,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a client has to send the body after its header (else 408, closed)"),
     Option("idle_timeout", "server", "idle_timeout", "KOMM_IDLE_TIMEOUT", _float,
            "seconds an idle keep-alive connection stays open"),
+    Option("write_timeout", "server", "write_timeout", "KOMM_WRITE_TIMEOUT", _float,
+           "seconds a client may leave its answers unread (write buffer full) before it is "
+           "closed"),
     Option("max_connections", "server", "max_connections", "KOMM_MAX_CONNECTIONS", _int,
            "open connections per process (0: the descriptor limit less 64); beyond it the "
            "least recently active idle connection is closed"),

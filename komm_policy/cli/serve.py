@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 _OPTIONS = {o.name: o for o in OPTIONS}
 _LIMIT_FLAGS = (("header_timeout", float, "SECONDS"), ("body_timeout", float, "SECONDS"),
-                ("idle_timeout", float, "SECONDS"), ("max_connections", int, "N"),
+                ("idle_timeout", float, "SECONDS"),
+                ("write_timeout", float, "SECONDS"), ("max_connections", int, "N"),
                 ("max_concurrency", int, "N"), ("shutdown_timeout", float, "SECONDS"),
                 ("max_header_bytes", int, "BYTES"), ("max_headers", int, "N"))
 
@@ -128,6 +129,7 @@ def server_limits(config: Config) -> ServerLimits:
 
     return ServerLimits(header_timeout=config.header_timeout, body_timeout=config.body_timeout,
                         idle_timeout=config.idle_timeout,
+                        write_timeout=config.write_timeout,
                         max_connections=config.max_connections,
                         max_concurrency=config.max_concurrency,
                         shutdown_timeout=config.shutdown_timeout,

@@ -1,11 +1,10 @@
 """The HTTP protocol the server runs: uvicorn's httptools protocol with read timeouts,
 the connection guard's limits and an inline path for hook requests (see `server` for the
-behaviour and `GuardedProtocol` for how it is done)."""
+behaviour, `GuardedProtocol` and `writeflow` for how it is done)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from .refusals import (
     _busy,
     _Refused,
 )
+from .writeflow import FEED_SLICE, BoundedFlow, WriteLimits
 
 if TYPE_CHECKING:
     from .server import ConnectionGuard
@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("komm_policy.http")
 
 
-class GuardedProtocol(RequestLimits, HttpToolsProtocol):
-    """uvicorn's httptools protocol with header/body/idle timeouts, the guard's limits,
-    and an inline path for hook requests.
+class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
+    """uvicorn's httptools protocol with header/body/idle/write timeouts, the guard's
+    limits, bounded reads (`writeflow`) and an inline path for hook requests.
 
     Timeouts cost O(1) attribute writes per request: each connection has one deadline
     (`_deadline`, for the phase in `_phase`: "header", "body", "idle" or None) and at most
@@ -91,6 +91,7 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
     # Connection lifetime
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = BoundedFlow(transport, self)
         if self.guard.admit(self):
             self._expect("header")
 
@@ -100,11 +101,32 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._timer = self._shutdown_timer = None
+        self._forget_writes()
+        self._disconnect_cycles()
         self._release(everything=True)
         self.guard.forget(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Parse a read, by slices: paused reading keeps the rest (`writeflow`)."""
+        if self._unparsed:
+            data = self._unparsed + data
+            self._unparsed = b""
+        if len(data) <= FEED_SLICE:
+            if not self._feed(data):
+                return
+        else:
+            for start in range(0, len(data), FEED_SLICE):
+                if start and (self.flow.read_paused or self.transport.is_closing()):
+                    self._unparsed = data[start:]
+                    break
+                if not self._feed(data[start:start + FEED_SLICE]):
+                    return
+        if self._inline_body is not None and not self.transport.is_closing():
+            self._to_asgi()  # the body did not arrive with its header
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when the request was refused (the connection closes)."""
         if self._phase in (None, "idle") and (self._awaiting_header or self._between_requests):
             # The first byte after an idle keep-alive period: the header clock starts.
             self._expect("header")
@@ -115,18 +137,17 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrade not supported")
-            return
+            return False
         except httptools.HttpParserError as exc:
             self._refuse(*(self._refusal or (400, f"invalid HTTP request: {exc}")))
-            return
+            return False
         if self._awaiting_header and self._header_read > self.guard.limits.max_header_bytes:
             # Every byte counted here belongs to the header still being read (the read
             # it began in is not counted): so what httptools buffers stays bounded.
             self._refuse(431, "request header exceeds "
                               f"{self.guard.limits.max_header_bytes} bytes")
-            return
-        if self._inline_body is not None and not self.transport.is_closing():
-            self._to_asgi()  # the body did not arrive with its header
+            return False
+        return True
 
     # Parser callbacks
     def on_message_begin(self) -> None:
@@ -195,7 +216,7 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
             self._write_error(503, _BUSY_MESSAGE, _RETRY_AFTER)
             cycle.disconnected = True  # the app's receive() gets http.disconnect
             cycle.message_event.set()
-            self.transport.close()
+            self._close()
             return False
         guard.deciding += 1
         self._deciding.append(cycle)
@@ -269,7 +290,7 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
         head.append(answer.body)
         self.transport.write(b"".join(head))
         if not keep_alive:
-            self.transport.close()
+            self._close()
         self.on_response_complete()
 
     def on_response_complete(self) -> None:
@@ -279,11 +300,12 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
         self._release()
         self.guard.touch(self)
         if self.transport.is_closing():
+            self._watch_write()  # closed after this answer: it must leave in time
             return
         if self.cycle is not None and self.cycle.more_body and not self.pipeline:
             # Answered before its body was read (413, 401): the rest of the body cannot
             # be told from a next request, so this answer is the connection's last.
-            self.transport.close()
+            self._close()
             return
         if self.flow.write_paused:
             # A client sending requests without reading the answers: read no more until
@@ -299,11 +321,6 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         elif self._phase is None:
             self._expect("idle")
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._between_requests:  # reading was paused for the answers (on_response_complete)
-            self.flow.resume_reading()
 
     # The deadline
     def _expect(self, phase: str) -> None:
@@ -331,9 +348,11 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
         elif phase == "body":
             self._body_timed_out()
         else:
-            self.transport.close()  # idle keep-alive connection
+            self._close()  # idle keep-alive connection
 
     def _header_timed_out(self) -> None:
+        if self.flow.write_paused:  # unread because its answers are: write_timeout's
+            return self._expect("header")
         if not self._between_requests:
             # A pipelined request is late while the one before it runs: close after it.
             self.cycle.keep_alive = False
@@ -342,7 +361,7 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
         if self._received:
             self._write_error(408, "request header not received within "
                                    f"{self.guard.limits.header_timeout} s")
-        self.transport.close()
+        self._close()
 
     def _body_timed_out(self, reason: str = "body_timeout") -> None:
         self._shutdown_timer = None
@@ -358,13 +377,14 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
         # The app waiting in receive() gets http.disconnect; anything it sends is dropped.
         cycle.disconnected = True
         cycle.message_event.set()
-        self.transport.close()
+        self._close()
 
     def shutdown(self) -> None:
         """Graceful shutdown: idle connections close now (uvicorn); a request still
         sending its body is cut just before `shutdown_timeout`, with a 408, so it ends
         cleanly instead of being cancelled inside the app."""
         super().shutdown()
+        self._watch_write()
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not self.transport.is_closing():
             if self._phase == "body":
@@ -374,20 +394,3 @@ class GuardedProtocol(RequestLimits, HttpToolsProtocol):
             self._shutdown_timer = self.loop.call_later(
                 max(0.0, self.guard.limits.shutdown_timeout - 0.2), self._body_timed_out,
                 "shutdown")
-
-    def refuse(self) -> None:
-        """No room for this connection: 503 and close."""
-        self._write_error(503, "too many connections")
-        self.transport.close()
-
-    def _write_error(self, status: int, message: str,
-                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        """A JSON error answer (`{"error": message}`, as the app's) marked
-        `connection: close`; the caller closes the transport."""
-        body = json.dumps({"error": message}).encode()
-        head = [STATUS_LINE[status]]
-        for name, value in (*self.server_state.default_headers, *headers):
-            head += [name, b": ", value, b"\r\n"]
-        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
-                    b"connection: close\r\n\r\n" % len(body))
-        self.transport.write(b"".join(head) + body)

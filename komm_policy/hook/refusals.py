@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 
 class RequestLimits:
@@ -25,6 +25,25 @@ class RequestLimits:
     _header_bytes: int
     _header_count: int
     _refusal: tuple[int, str] | None
+    server_state: Any
+    _close: Any
+
+    def refuse(self) -> None:
+        """No room for this connection: 503 and close."""
+        self._write_error(503, "too many connections")
+        self._close()
+
+    def _write_error(self, status: int, message: str,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """A JSON error answer (`{"error": message}`, as the app's) marked
+        `connection: close`; the caller closes the transport."""
+        body = json.dumps({"error": message}).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
 
     def _refuse(self, status: int, message: str) -> None:
         """A request the parser cannot or must not take (malformed, header too large,
@@ -44,7 +63,7 @@ class RequestLimits:
             cycle.disconnected = True  # the app's receive() gets http.disconnect
             cycle.message_event.set()
         self._write_error(status, message)
-        self.transport.close()
+        self._close()
 
     def send_400_response(self, msg: str) -> None:  # uvicorn's, for any path not above
         self._refuse(400, msg)

@@ -15,6 +15,12 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
   or the client gets `408` and the connection is closed (the request is never decided);
 * **idle timeout**: a keep-alive connection with no request is closed after
   `idle_timeout` seconds (uvicorn's `timeout_keep_alive`);
+* **write timeout**: a client that leaves its answers unread (the transport's write
+  buffer stays over its high-water mark, or unsent data holds a closing connection) for
+  `write_timeout` seconds is cut (`abort`): its slot, its buffered answers and any
+  request waiting to write are freed.  While the buffer is over the mark the connection
+  reads no further request (so a client pipelining requests without reading the answers
+  cannot grow what the process holds);
 * **connection limit**: at most `max_connections` open connections per process (default:
   the descriptor limit less `RESERVED_DESCRIPTORS`), so `accept()` never meets EMFILE;
   a new connection beyond it evicts the least recently active connection that has no
@@ -69,6 +75,9 @@ class ServerLimits:
     header_timeout: float = 5.0
     body_timeout: float = 10.0
     idle_timeout: float = 20.0
+    write_timeout: float = 10.0
+    """How long answers may wait unread: the transport's write buffer over its high-water
+    mark, or unsent data behind a close."""
     max_connections: int = 0
     """0: the descriptor limit (RLIMIT_NOFILE) less `RESERVED_DESCRIPTORS`."""
     max_concurrency: int = 512
@@ -96,7 +105,8 @@ def connection_capacity(configured: int) -> int:
 class ConnectionStats:
     """Counters of connections cut or refused, read by the metrics collector."""
 
-    REASONS = ("header_timeout", "body_timeout", "evicted", "refused", "shutdown")
+    REASONS = ("header_timeout", "body_timeout", "write_timeout", "evicted", "refused",
+               "shutdown")
 
     def __init__(self) -> None:
         self.open = 0
@@ -216,6 +226,7 @@ class ConnectionGuard:
         explanation = {
             "header_timeout": f"no complete request header within {limits.header_timeout} s",
             "body_timeout": f"request body incomplete {limits.body_timeout} s after its header",
+            "write_timeout": f"its answers left unread for {limits.write_timeout} s",
             "evicted": f"connection limit {self.capacity} reached; closed the least recently "
                        "active connection without a request in progress",
             "refused": f"connection limit {self.capacity} reached with every connection busy",
