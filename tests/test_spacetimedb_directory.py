@@ -161,8 +161,13 @@ def test_schema_problems_keep_it_not_ready_and_name_the_column(
                    for t, spec in tables.items()})
     directory = open_directory(double)
     try:
+        (subscriber,) = double.double.subscribers
         with pytest.raises(DirectoryError, match=message):
             directory.require(schema, needs, timeout=1.5)
+        # refused before anything changed: the same subscription, still serving
+        assert double.double.subscribers == [subscriber]
+        assert directory.available and directory.last_error is None
+        assert Helpers(directory).ip_blocked("192.0.2.66")
     finally:
         directory.close()
 

@@ -131,19 +131,46 @@ class SpacetimeDirectory:
         """Replicate what a policy set reads: resubscribe with its tables and wait (up to
         `timeout` seconds) for the snapshot.
 
-        Raises `DirectoryError` naming the problem when the server's schema does not fit
-        and a snapshot for an earlier policy set is being served (a reload: the new set
-        must not go live).  At start-up (no snapshot yet), and when SpacetimeDB does not
-        answer, it returns: the directory stays not ready, saying why, and keeps trying."""
+        On a reload (a snapshot for an earlier policy set is being served) the server's
+        schema is checked *before* anything changes: when it does not fit (or cannot be
+        read) `DirectoryError` names the problem and the replica keeps serving, and
+        subscribing to, the earlier set's tables (the new set must not go live).  Should
+        the module change between that check and the resubscription, the earlier set is
+        put back and resubscribed before raising.  At start-up (no snapshot yet) a
+        schema that does not fit, or a SpacetimeDB that does not answer, does not raise:
+        the directory stays not ready, saying why, and keeps trying."""
         had_snapshot = self._snapshot is not None
+        if had_snapshot:
+            problem = self._problem_with(schema, needs)
+            if problem is not None:
+                raise DirectoryError(problem)
+        earlier = (self._schema, self._needs)
+        self._subscribe(schema, needs, timeout)
+        problem = self._schema_problem
+        if problem and had_snapshot:
+            log.warning("%s; keeping the earlier tables", problem)
+            self._subscribe(*earlier, timeout)
+            raise DirectoryError(problem)
+
+    def _problem_with(self, schema: Schema, needs: Needs) -> str | None:
+        """Why the server's schema cannot serve `needs` (None when it can)."""
+        try:
+            module = self._http.schema()
+        except SpacetimeError as e:
+            return (f"SpacetimeDB {self.endpoint}: cannot read the schema to check the "
+                    f"new tables: {e}")
+        check = check_module(module, sorted(needs.tables), schema,
+                             f"SpacetimeDB {self.endpoint}")
+        return None if check.ok else "; ".join(check.problems)
+
+    def _subscribe(self, schema: Schema, needs: Needs, timeout: float) -> None:
         self._schema, self._needs = schema, needs
+        self._schema_problem = None
         self._first.clear()
         loop, client = self._loop, self._client
         if loop is not None and client is not None:
             loop.call_soon_threadsafe(self._resubscribe)
         self._first.wait(timeout)
-        if self._schema_problem and had_snapshot:
-            raise DirectoryError(self._schema_problem)
 
     def _resubscribe(self) -> None:
         if self._client is not None:
