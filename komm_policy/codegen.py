@@ -72,6 +72,7 @@ class StageGenerator(CompareGenerating):
         self.depth = 0
         self.arguments = 0
         self.inlined = 0  # lookups written inline in the stage so far
+        self.normalised: set[str] = set()  # locals holding `sender` or `rcpt` as read
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -34,6 +34,10 @@ FIELD_CACHES = {
 """Field getter → (the cached value, none until computed; the call that computes it or
 raises).  Both are fixed source text, never policy text."""
 
+NORMALISED = frozenset({EvalContext.sender, EvalContext.rcpt})
+"""Field getters whose value is an address in its normal form (`normalize_address`):
+lower case when it is ASCII, so its lookup key needs no `lower()` (`address_lookup`)."""
+
 FIELD_PATHS = {FIELDS["client.helo"].get: "ctx.request.context.client.helo"}
 """Field getter → the same read as fixed source text."""
 
@@ -48,6 +52,8 @@ def field_read(gen: Any, get: Any) -> Val | None:
         return None
     cached, compute = inline
     local = gen.name("t")
+    if get in NORMALISED:
+        gen.normalised.add(local)
     gen.emit(f"{local} = {cached}")
     gen.emit(f"if {local} is None:")
     gen.emit(f"    {local} = {compute}")
@@ -94,6 +100,7 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
                                    *map(gen.bind, after)]) + ",)"
     result = {EXISTS: f"bool({bucket})", FIRST: f"{bucket}[0] if {bucket} else None",
               ALL: f"list({bucket}) if {bucket} else []"}[method]
+    lower = f"{key}" if value in gen.normalised else f"{key}.lower()"  # see NORMALISED
     for line in (
         f"if {value} is None:",
         f"    {t} = {gen.bind(none_result)}",
@@ -107,7 +114,7 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
         f"            {t} = {by}(ctx, {value})",
         "        else:",
         f"            {key} = {value}.strip()",
-        f"            {key} = {key}.lower() if {key}.isascii() else "
+        f"            {key} = {lower} if {key}.isascii() else "
         f"{gen.bind(comparison_form)}({key})",
         "            try:",
         f"                {bucket} = {tables}.maps[{name_}].get({index_key})",

@@ -16,6 +16,7 @@ from komm_policy.addresses import (
     normalize_domain,
     valid_address,
 )
+from komm_policy.directory.keys import address_key
 from komm_policy.policyset import compile_text, load_policy_set
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
@@ -95,6 +96,24 @@ def test_normal_form_never_raises(text):
     assert isinstance(normalize_address(text), str)
     assert isinstance(normalize_domain(text), str)
     assert isinstance(valid_address(text), bool)
+
+
+_ADDRESS_TEXT = st.one_of(
+    st.text(),
+    st.builds(lambda local, dom, pad: f"{pad}{local}@{dom}{pad}",
+              st.text(min_size=1, max_size=12), st.from_regex(r"[A-Za-zÄÖÜäöüßİK\u212a.\-]{1,20}",
+                                                             fullmatch=True),
+              st.sampled_from(["", " ", "\u3000", "\u00a0", "\t"])))
+
+
+@given(_ADDRESS_TEXT)
+def test_a_normal_address_that_is_ascii_is_its_own_lookup_key(text):
+    """The generated address lookups (`codegen_lookups.NORMALISED`) skip `lower()` for
+    `sender` and `rcpt`: their normal form, stripped, is its own key when it is ASCII."""
+    normal = normalize_address(text).strip()
+    if normal.isascii():
+        assert address_key(normal) == normal
+        assert normal.lower() == normal
 
 
 def test_domain_is_in_normal_form():

@@ -39,6 +39,8 @@ _REQUESTS = [
         ("Jane@solawi.example", ["info@solawi.example", "x@example.org"], "192.0.2.66",
          "localhost"),
         ("a@example.org", ["Info@Solawi.example"], "198.51.100.1", None),
+        # non-ASCII and padded: lookup keys of `sender`/`rcpt` beyond the ASCII shortcut
+        (" Jörg@Bücher.Example", ["İnfo@Solawi.example\u3000"], "192.0.2.10", "mx.a.b"),
     )
 ]
 _FAILING = [(), ("account",), ("message_categories",), ("subscriptions", "account")]
