@@ -29,6 +29,8 @@ class Config:
     port: int = 3002
     workers: int = 1
     token: str | None = None
+    token_file: Path | None = None
+    """Where `token` was read from (re-read on SIGHUP), if from a file."""
     max_body_bytes: int = 64 * 1024 * 1024
     shadow: bool = False
     header_timeout: float = 5.0
@@ -105,14 +107,20 @@ def load_config(
     for option in OPTIONS:
         if option.env in env:
             values[option.name] = _parse(option, env[option.env], option.env, problems)
+            if option.name == "token":  # a token given outright is not re-read
+                values.pop("token_file", None)
     for _section, _key, env_name, token_option in _TOKEN_FILES:
         if env.get(env_name):
             values[token_option] = _read_token(Path(env[env_name]), env_name, problems)
+            if token_option == "token":
+                values["token_file"] = Path(env[env_name])
     for name, value in (overrides or {}).items():
         if value is None:
             continue
         option = _BY_NAME[name]
         values[name] = _parse(option, value, f"--{name.replace('_', '-')}", problems)
+        if name == "token":
+            values.pop("token_file", None)
     config = replace(Config(), **{k: v for k, v in values.items() if v is not None})
     problems.extend(p for p in validate(config) if only is None or p.split(":")[0] in only)
     if problems:
@@ -168,6 +176,8 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
                 origin = f"{path} [{section}] {key}"
                 if isinstance(value, str):
                     values[token_option] = _read_token(Path(value), origin, problems)
+                    if token_option == "token":
+                        values["token_file"] = Path(value)
                 else:
                     problems.append(f"{origin}: expected a path, got {value!r}")
                 continue

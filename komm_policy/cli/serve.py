@@ -145,4 +145,6 @@ def config_environment(config: Config) -> dict[str, str]:
         if value is None:
             continue
         env[option.env] = str(value).lower() if isinstance(value, bool) else str(value)
+    if config.token_file is not None:  # so a worker, too, knows where to re-read it
+        env["KOMM_TOKEN_FILE"] = str(config.token_file)
     return env

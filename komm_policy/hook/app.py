@@ -103,11 +103,15 @@ class HookApp:
         self.service = service
         self.starlette = starlette
         self._token = service.token.encode() if service.token else None
+        service.token_listeners.append(self._token_changed)
         self._blocking = getattr(service.directory, "blocking", True)
         self._status_auth = service.status_auth and self._token is not None
         self._auth_log = RateLimitedLog(log)
         self.inline = not self._blocking
         """Whether `respond_inline` can answer (a directory that never blocks)."""
+
+    def _token_changed(self, token: str) -> None:
+        self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["path"] == "/mta-hook"
@@ -338,10 +342,12 @@ def _starlette_app(service: HookService) -> Starlette:
 
 
 async def _reloader(service: HookService, requested: asyncio.Event) -> None:
-    """Recompile whenever asked (SIGHUP or a file change), off the event loop."""
+    """Re-read the token file and recompile whenever asked (SIGHUP or a policy file
+    change), off the event loop."""
     while True:
         await requested.wait()
         requested.clear()
+        await run_in_threadpool(service.reload_token)
         await run_in_threadpool(service.reload)
 
 

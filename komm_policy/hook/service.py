@@ -53,6 +53,8 @@ class HookService:
     policies_path: Path | None = None
     decision_log: DecisionLog | None = None
     token: str | None = None
+    token_file: Path | None = None
+    """The file `token` came from: re-read by `reload_token` (SIGHUP)."""
     max_body_bytes: int = 64 * 1024 * 1024
     shadow: bool = False
     status_auth: bool = False
@@ -63,6 +65,8 @@ class HookService:
     """The first diagnostic of the last failed reload, while the files on disk stay broken
     and an older set serves (`/readyz` reports "degraded")."""
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    token_listeners: list[Callable[[str], None]] = field(default_factory=list, repr=False)
+    """Called with the new token when `reload_token` changes it (the app's check)."""
 
     def __post_init__(self) -> None:
         families = getattr(self.directory, "metric_families", None)
@@ -87,6 +91,28 @@ class HookService:
             if problem is not None:
                 return False, problem
         return True, "ok"
+
+    def reload_token(self) -> bool:
+        """Re-read `token_file` (SIGHUP): a new token takes effect for the next request.
+        A file that cannot be read, or is empty, keeps the token in use (never no
+        authentication) and logs an error; False then."""
+        if self.token_file is None:
+            return True
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = f"cannot read it: {getattr(exc, 'strerror', None) or exc}"
+        else:
+            if token:
+                if token != self.token:
+                    self.token = token
+                    for listener in self.token_listeners:
+                        listener(token)
+                    log.info("token re-read from %s: a new token is in use", self.token_file)
+                return True
+            problem = "it is empty"
+        log.error("token file %s: %s; keeping the token in use", self.token_file, problem)
+        return False
 
     def reload(self) -> ReloadResult:
         """Recompile the policies; swap them in only if they compile."""
@@ -163,6 +189,7 @@ class HookService:
             policies_path=config.policies,
             decision_log=DecisionLog(sinks, log_settings(config, worker)) if sinks else None,
             token=config.token,
+            token_file=config.token_file,
             max_body_bytes=config.max_body_bytes,
             shadow=config.shadow,
             status_auth=config.status_auth,
