@@ -187,6 +187,7 @@ class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
             app, self.app = self.app, _busy
             try:
                 super().on_headers_complete()
+                self.cycle.shed = True  # answered by _busy: `_decide` leaves it alone
             finally:
                 self.app = app
         else:
@@ -206,7 +207,7 @@ class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
         max_concurrency requests are already being decided."""
         cycle = self.cycle
         if (cycle is None or not cycle.more_body or cycle.response_complete
-                or cycle.disconnected):
+                or cycle.disconnected or cycle.shed):
             return True
         if self.pipeline and self.pipeline[0][0] is cycle:
             return True  # queued behind the one in progress: counted when it starts

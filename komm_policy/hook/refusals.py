@@ -95,6 +95,9 @@ class EarlyAnswerCycle(RequestResponseCycle):
     told from a next request, so the protocol closes the connection after it, and RFC
     9112 §9.6 wants a server that closes after a response to say so in it."""
 
+    shed = False
+    """Answered 503 at once (max_concurrency), counted when its header came."""
+
     async def send(self, message: Any) -> None:
         if self.more_body and not self.response_started:
             self.keep_alive = False  # uvicorn then adds `connection: close`
