@@ -15,9 +15,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from komm_policy.decisionlog import DecisionLog, JsonlSpec, LogSettings, SqliteSpec
+from komm_policy.decisionlog.spool import MAX_ENTRY
 from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
 
@@ -228,3 +230,94 @@ def test_age_samples_stay_bounded_without_scrapes(tmp_path: Path,
     finally:
         log.close()
     assert len(jsonl_ids(tmp_path / "d.jsonl")) == 400
+
+
+def stage(log: DecisionLog, count: int) -> int:
+    accepted = 0
+    for n in range(count):
+        request, decision = PAIRS[n % len(PAIRS)]
+        accepted += log.stage_decision(request, decision, 0.3, time.time())
+    return accepted
+
+
+def test_staged_decisions_are_spooled_by_one_write_at_commit(
+        paths: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(paths)
+    try:
+        first = log.status().next_seq
+        assert stage(log, 16) == 16
+        assert log.status().next_seq == first  # nothing in the spool before the commit
+        writes = []
+        real_write = os.write
+
+        def counted(fd: int, data: bytes) -> int:
+            writes.append(fd)
+            return real_write(fd, data)
+
+        monkeypatch.setattr("komm_policy.decisionlog.spool.os.write", counted)
+        assert log.commit()
+        monkeypatch.undo()
+        assert len(writes) == 1 and log.status().next_seq == first + 16
+        assert log.commit()  # nothing staged: nothing to do
+        assert submit(log, 2) == 2 and stage(log, 2) == 2 and log.commit()
+        assert log.flush()
+    finally:
+        log.close()
+    assert_all_stored(paths, 20)
+
+
+def _fail_batches(log: DecisionLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(payloads: list[bytes]) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(log._appender, "append_batch", full)
+
+
+def test_a_failed_commit_tempfails_every_staged_decision(
+        paths: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(paths)
+    try:
+        _fail_batches(log, monkeypatch)
+        assert stage(log, 6) == 6
+        assert not log.commit()  # all six are answered 451 by the hook
+        status = log.status()
+        assert (status.spool_errors, status.tempfails, status.dropped) == (1, 6, 0)
+        assert "spool cannot be written" in (log.problem(status) or "")
+        monkeypatch.undo()
+        assert stage(log, 3) == 3 and log.commit()  # the failed ones are not retried
+        assert log.problem() is None
+        assert log.flush()
+    finally:
+        log.close()
+    assert_all_stored(paths, 3)
+
+
+def test_a_failed_commit_under_accept_holds_the_staged_decisions(
+        paths: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(paths, on_spool_error="accept", queue_max=4)
+    try:
+        _fail_batches(log, monkeypatch)
+        assert stage(log, 6) == 6
+        assert log.commit()  # answered as decided
+        status = log.status()
+        assert (status.held, status.dropped, status.tempfails) == (4, 2, 0)
+        monkeypatch.undo()
+        assert stage(log, 2) == 2 and log.commit()  # the held ones go first
+        assert log.depth == 0
+        assert log.flush()
+    finally:
+        log.close()
+    assert_all_stored(paths, 6)
+
+
+def test_an_unrecordable_decision_is_never_staged(paths: tuple[Path, Path, Path]) -> None:
+    log = open_log(paths)
+    request, decision = PAIRS[0]
+    huge = msgspec.structs.replace(decision, logs=("x" * (MAX_ENTRY + 1),))
+    try:
+        first = log.status().next_seq
+        assert not log.stage_decision(request, huge, 0.3, time.time())  # 451 at once
+        assert log.commit() and log.status().next_seq == first
+        assert log.unrecordable == 1
+    finally:
+        log.close()

@@ -19,6 +19,7 @@ import pytest
 from komm_policy.decisionlog import JsonlSpec, SpooledRecord, SqliteSpec
 from komm_policy.decisionlog.records import RECORD_VERSION, RecordIds, raw_entry
 from komm_policy.decisionlog.spool import (
+    MAX_ENTRY,
     Position,
     SpoolAppender,
     SpoolError,
@@ -298,3 +299,52 @@ def test_a_writer_drains_the_spools_of_ended_workers(tmp_path: Path) -> None:
     assert not (root / "worker-111").exists()
     assert (root / "worker-222").exists()  # its worker still runs
     alive.close()
+
+
+def test_a_batch_is_one_write_and_reads_back_as_its_entries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = SpoolAppender(tmp_path, fsync_interval=0)
+    assert spool.append(b"first") == 0
+    real_write = os.write
+    writes = []
+
+    def counted(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("komm_policy.decisionlog.spool.os.write", counted)
+    batch = [b"entry-%d" % i for i in range(16)]
+    assert spool.append_batch(batch) == 16  # the last one's sequence number
+    assert writes == [sum(len(frame(p)) for p in batch)]
+    assert spool.append_batch([]) == 16 and len(writes) == 1
+    monkeypatch.undo()
+    assert spool.append(b"last") == 17
+    spool.close()
+    got, _ = SpoolReader(tmp_path).read(None, 100)
+    assert got == list(enumerate([b"first", *batch, b"last"]))
+
+
+def test_a_failed_batch_leaves_none_of_its_entries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = SpoolAppender(tmp_path, fsync_interval=0)
+    spool.append(b"first")
+    with pytest.raises(ValueError, match="over the"):  # one entry too large: none written
+        spool.append_batch([b"ok", b"x" * (MAX_ENTRY + 1)])
+    real_write = os.write
+    calls = []
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[:len(data) // 2])  # a short write, then full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("komm_policy.decisionlog.spool.os.write", short_then_full)
+    with pytest.raises(OSError):
+        spool.append_batch([b"second", b"third", b"fourth"])
+    monkeypatch.undo()
+    assert (tmp_path / segment_name(0)).read_bytes() == frame(b"first")  # taken back
+    assert spool.append_batch([b"fifth", b"sixth"]) == 2
+    spool.close()
+    got, _ = SpoolReader(tmp_path).read(None, 100)
+    assert got == [(0, b"first"), (1, b"fifth"), (2, b"sixth")]

@@ -2,12 +2,15 @@
 
 `DecisionLog.submit_decision` runs on the answer path before the answer is sent: it packs
 the decision (`raw_entry`) and appends it to the spool (one `write`).  Once that returned
-the record survives the service being killed.  When the spool cannot be written (disk
-full, read-only) `on_spool_error` decides: "tempfail" — `submit_decision` returns False
-and the hook answers 451 4.3.0 instead of the decision (Stalwart retries the message
-later); "accept" — the decision stands and its entry is held in a bounded in-memory
-queue, written to the spool first thing once it works again; past `queue_max` held
-entries, further ones are dropped, counted and logged.
+the record survives the service being killed.  The HTTP protocol's inline path stages
+each decision instead (`stage_decision`) and commits once per event-loop turn
+(`commit`: one `write` for all the answers of that turn), sending those answers after.
+When the spool cannot be written (disk full, read-only) `on_spool_error` decides:
+"tempfail" — `submit_decision` (`commit`) returns False and the hook answers 451 4.3.0
+instead of the decision (Stalwart retries the message later); "accept" — the decision
+stands and its entry is held in a bounded in-memory queue, written to the spool first
+thing once it works again; past `queue_max` held entries, further ones are dropped,
+counted and logged.
 
 A supervisor thread watches the writer process (its exit, and a heartbeat in the spool's
 state file) and restarts it with backoff, even when no request comes; the new writer
@@ -24,13 +27,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..decision import Decision
 from ..wire import Request
 from .records import RecordIds, raw_entry
+from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
 from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
 from .writer import writer_main
@@ -42,51 +45,6 @@ MAX_SAMPLES = 100_000
 """(seq, time) samples kept for the oldest-unwritten age (one per 10 ms of traffic)."""
 WRITER_GRACE = 5.0
 """Seconds a writer may be down (being restarted) before /readyz reports it."""
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    """How the decision log behaves (the `[log]` options in the README)."""
-
-    spool: str = "var/spool"
-    fsync_interval: float = 0.2
-    """Seconds between fsyncs of the spool (0: never; the OS writes back)."""
-    segment_bytes: int = 64 * 1024 * 1024
-    on_spool_error: Literal["tempfail", "accept"] = "tempfail"
-    queue_max: int = 10_000
-    """Entries held in memory while the spool fails (on_spool_error = accept)."""
-    spool_keep: float = 0.0
-    """Seconds to keep segments every sink has taken (0: remove them at once)."""
-    max_backlog_records: int = 100_000
-    max_backlog_age: float = 60.0
-    """/readyz turns 503 when a sink is this far behind (records or seconds)."""
-    writer_stall: float = 30.0
-    """A writer without a heartbeat this long is killed and restarted."""
-    writer_nice: int = 10
-    """CPU priority of the writer process below the service's (0: the same)."""
-    poll: float = 0.05
-    """Seconds the writer waits when it has caught up (records reach the sinks within)."""
-
-
-@dataclass
-class LogStatus:
-    alive: bool
-    restarts: int
-    next_seq: int
-    held: int
-    spool_errors: int
-    spool_failing: str | None
-    tempfails: int
-    unrecordable: int
-    dropped: int
-    backlog: dict[str, int] = field(default_factory=dict)
-    oldest_age: dict[str, float] = field(default_factory=dict)
-    sink_errors: dict[str, int] = field(default_factory=dict)
-    failing_sinks: dict[str, str] = field(default_factory=dict)
-    blocked_sinks: dict[str, str] = field(default_factory=dict)
-    """Sinks that refuse records until their configuration is fixed (`SinkBlocked`)."""
-    sink_counters: dict[str, dict[str, int]] = field(default_factory=dict)
-    """A sink's own counters (e.g. `dead_letters`), as its last write left them."""
 
 
 class DecisionLog:
@@ -103,6 +61,7 @@ class DecisionLog:
         self._started = time.time()
         self._ids = RecordIds()
         self._held: deque[bytes] = deque()
+        self._staged: list[bytes] = []
         self._samples_seq: list[int] = []
         self._samples_at: list[float] = []
         self._last_sample = 0.0
@@ -130,19 +89,55 @@ class DecisionLog:
                         redact_client_ip: bool = False) -> bool:
         """Spool an answered request's decision; `at` is the answer's time.time().
         False means: not spooled, and on_spool_error = tempfail — answer 451 instead."""
+        entry = self._entry(request, decision, duration_ms, at, shadow, redact_client_ip)
+        if entry is None:
+            return False
+        return self._append([entry], at)
+
+    def stage_decision(self, request: Request, decision: Decision, duration_ms: float,
+                       at: float, *, shadow: bool = False,
+                       redact_client_ip: bool = False) -> bool:
+        """Like `submit_decision`, but the entry waits for `commit`, which writes every
+        entry staged since the last one with one `write` (the HTTP protocol commits once
+        per event-loop turn, then sends the answers of that turn).  False: the decision
+        cannot be recorded (answer 451 now, nothing staged).  The answer must not leave
+        before `commit` returned True."""
+        entry = self._entry(request, decision, duration_ms, at, shadow, redact_client_ip)
+        if entry is None:
+            return False
+        self._staged.append(entry)
+        return True
+
+    def commit(self) -> bool:
+        """Spool the staged entries (one `write`).  False means: none of them was
+        spooled, and on_spool_error = tempfail — answer all of them 451 instead."""
+        staged = self._staged
+        if not staged:
+            return True
+        self._staged = []
+        return self._append(staged, time.time())
+
+    def _entry(self, request: Request, decision: Decision, duration_ms: float, at: float,
+               shadow: bool, redact_client_ip: bool) -> bytes | None:
+        """The spool entry, or None (counted, logged) when it cannot be recorded."""
         try:
             entry = raw_entry(request, decision, duration_ms, at, self._ids(), shadow=shadow,
                               redact_client_ip=redact_client_ip)
             if len(entry) > MAX_ENTRY:
                 raise ValueError(f"record of {len(entry)} bytes over {MAX_ENTRY} bytes")
         except (ValueError, TypeError, OverflowError) as exc:
-            return self._unrecordable(request, exc)
+            self._unrecordable(request, exc)
+            return None
+        return entry
+
+    def _append(self, entries: list[bytes], at: float) -> bool:
         try:
             if self._held:
                 self._write_held()
-            seq = self._appender.append(entry)
+            seq = (self._appender.append(entries[0]) if len(entries) == 1
+                   else self._appender.append_batch(entries))
         except OSError as exc:
-            return self._spool_failed(entry, exc)
+            return self._spool_failed(entries, exc)
         if self._failing is not None:
             log.warning("decision log spool writable again")
             self._failing = None
@@ -173,7 +168,7 @@ class DecisionLog:
             self._appender.append(held[0])
             held.popleft()
 
-    def _spool_failed(self, entry: bytes, exc: OSError) -> bool:
+    def _spool_failed(self, entries: list[bytes], exc: OSError) -> bool:
         self.spool_errors += 1
         self._failing = f"{type(exc).__name__}: {exc}"
         now = time.monotonic()
@@ -182,15 +177,16 @@ class DecisionLog:
             log.error("decision log spool %s cannot be written (%s); on_spool_error = %s",
                       self.spool_dir, self._failing, self.settings.on_spool_error)
         if self.settings.on_spool_error == "tempfail":
-            self.tempfails += 1
+            self.tempfails += len(entries)
             return False
-        if len(self._held) < self.settings.queue_max:
-            self._held.append(entry)
-        else:
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.error("decision log: %d records dropped so far (spool failing, "
-                          "%d held in memory)", self.dropped, len(self._held))
+        for entry in entries:
+            if len(self._held) < self.settings.queue_max:
+                self._held.append(entry)
+            else:
+                self.dropped += 1
+                if self.dropped % 1000 == 1:
+                    log.error("decision log: %d records dropped so far (spool failing, "
+                              "%d held in memory)", self.dropped, len(self._held))
         return True
 
     @property
@@ -351,6 +347,8 @@ class DecisionLog:
         could not take stays in the spool for the next start."""
         self._stopping.set()
         self._supervisor.join(5)
+        if self._staged:  # (answers that were never sent: recorded all the same)
+            self.commit()
         with contextlib.suppress(OSError):
             if self._held:
                 self._write_held()

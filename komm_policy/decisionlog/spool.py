@@ -99,9 +99,10 @@ def count_frames(path: Path) -> int:
 class SpoolAppender:
     """The service's end: append entries, fsync in the background.
 
-    `append` is called on the event loop thread; it is one `write` syscall (no lock, no
-    fsync).  A failed write is taken back (truncate), and the next append starts a new
-    segment, so a reader never sees a frame cut short followed by more frames."""
+    `append` and `append_batch` are called on the event loop thread; each is one `write`
+    syscall (no lock, no fsync).  A failed write is taken back (truncate), and the next
+    append starts a new segment, so a reader never sees a frame cut short followed by
+    more frames."""
 
     def __init__(self, directory: str | Path, *, fsync_interval: float = 0.2,
                  segment_bytes: int = 64 * 1024 * 1024) -> None:
@@ -138,7 +139,28 @@ class SpoolAppender:
         if len(payload) > MAX_ENTRY:
             raise ValueError(f"a spool entry of {len(payload)} bytes is over the "
                              f"{MAX_ENTRY}-byte limit")
-        data = frame(payload)
+        return self._write(frame(payload), 1)
+
+    def append_batch(self, payloads: list[bytes]) -> int:
+        """Write several entries with one `write`; returns the last one's sequence number
+        (-1 for none).  All or nothing: raises like `append`, with none of them left in
+        the spool."""
+        for payload in payloads:
+            if len(payload) > MAX_ENTRY:
+                raise ValueError(f"a spool entry of {len(payload)} bytes is over the "
+                                 f"{MAX_ENTRY}-byte limit")
+        if not payloads:
+            return self.next_seq - 1
+        pack = _HEADER.pack
+        crc32 = zlib.crc32
+        parts = []
+        for payload in payloads:
+            parts.append(pack(len(payload), crc32(payload)))
+            parts.append(payload)
+        return self._write(b"".join(parts), len(payloads))
+
+    def _write(self, data: bytes, count: int) -> int:
+        """Append `count` whole frames (`data`); the last one's sequence number."""
         if self._fd < 0 or self._size >= self.segment_bytes:
             self._roll()
         fd = self._fd
@@ -151,9 +173,8 @@ class SpoolAppender:
             raise
         self._size += len(data)
         self._dirty = True
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        return seq
+        self.next_seq += count
+        return self.next_seq - 1
 
     def _take_back(self) -> None:
         with self._roll_lock:

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -37,7 +37,9 @@ from ..wire import Request, RequestError, decode_request
 from . import response as wire_response
 from .metrics import CONTENT_TYPE
 from .ratelog import RateLimitedLog
+from .response import Answer
 from .service import HookService
+from .spooling import SpoolBatch
 
 log = logging.getLogger("komm_policy.hook")
 
@@ -76,13 +78,6 @@ def create_app(service: HookService) -> HookApp:
     return HookApp(service, _starlette_app(service))
 
 
-class Answer(NamedTuple):
-    """A complete HTTP answer: status, body (JSON) and headers beyond content-type and
-    content-length."""
-
-    status: int
-    body: bytes
-    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 _WWW_AUTHENTICATE = ((b"www-authenticate", b'Bearer realm="komm-policy"'),)
@@ -109,6 +104,10 @@ class HookApp:
         self._auth_log = RateLimitedLog(log)
         self.inline = not self._blocking
         """Whether `respond_inline` can answer (a directory that never blocks)."""
+        batch = SpoolBatch(service)
+        self.after_spool = batch.after_spool
+        """Send an inline answer once its decision is spooled (`spooling.SpoolBatch`)."""
+        self.commit_spooled = batch.commit
 
     def _token_changed(self, token: str) -> None:
         self._token = token.encode()
@@ -180,7 +179,7 @@ class HookApp:
         if len(body) > self.service.max_body_bytes:
             return self._too_large()
         started = time.perf_counter()
-        return self._respond(self._answer(body), started)
+        return self._respond(self._answer(body), started, stage=True)
 
     async def hook(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = self._check(scope)
@@ -213,29 +212,35 @@ class HookApp:
         await _send(send, self._respond(outcome, started))
 
     def _respond(self, outcome: RequestError | tuple[Request, Decision | None, bytes],
-                 started: float) -> Answer:
+                 started: float, *, stage: bool = False) -> Answer:
         """Spool the decision (before the answer leaves: a crash after it loses nothing),
-        count it, and give the answer."""
+        count it, and give the answer.  `stage`: only stage it (`DecisionLog.
+        stage_decision`); the answer is marked `spooling` and waits for `after_spool`."""
         if isinstance(outcome, RequestError):
             self.service.metrics.rejected_requests.labels("400").inc()
             return _json_answer(400, {"error": outcome.message, "path": outcome.path})
         service = self.service
         request, decision, answer = outcome
+        spooling = False
         if decision is not None:
             elapsed = time.perf_counter() - started
+            decision_log = service.decision_log
             try:
-                if service.decision_log is not None and not (
-                        service.decision_log.submit_decision(
-                            request, decision, elapsed * 1000, time.time(),
-                            shadow=service.shadow,
-                            redact_client_ip=service.redact_client_ip)):
-                    answer = wire_response.INTERNAL_ERROR_BODY  # on_spool_error = tempfail
+                if decision_log is not None:
+                    record = (decision_log.stage_decision if stage
+                              else decision_log.submit_decision)
+                    if record(request, decision, elapsed * 1000, time.time(),
+                              shadow=service.shadow,
+                              redact_client_ip=service.redact_client_ip):
+                        spooling = stage
+                    else:  # unrecordable, or on_spool_error = tempfail
+                        answer = wire_response.INTERNAL_ERROR_BODY
                 service.metrics.observe(decision, elapsed)
             except Exception:
                 # Never an answer whose decision is not in the log: 451, Stalwart retries.
                 log.exception("recording a %s decision failed", request.context.stage)
                 answer = wire_response.INTERNAL_ERROR_BODY
-        return Answer(200, answer)
+        return Answer(200, answer, (), spooling)
 
     def _answer(self, body: bytes) -> RequestError | tuple[Request, Decision | None, bytes]:
         """Decode, decide on the policy set current now, encode: the request, the decision

@@ -21,6 +21,7 @@ from .refusals import (
     _busy,
     _Refused,
 )
+from .spooling import SpoolingAnswers
 from .writeflow import FEED_SLICE, BoundedFlow, WriteLimits
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("komm_policy.http")
 
 
-class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
+class GuardedProtocol(SpoolingAnswers, RequestLimits, WriteLimits, HttpToolsProtocol):
     """uvicorn's httptools protocol with header/body/idle/write timeouts, the guard's
     limits, bounded reads (`writeflow`) and an inline path for hook requests.
 
@@ -82,7 +83,7 @@ class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
     @property
     def evictable(self) -> bool:
         """No request being decided or answered: reading a header or a body, or idle."""
-        if self._deciding or self.pipeline:
+        if self._deciding or self.pipeline or self._spooling:
             return False
         cycle = self.cycle
         return (cycle is None or cycle.response_complete
@@ -117,6 +118,7 @@ class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
                 return
         else:
             for start in range(0, len(data), FEED_SLICE):
+                self._send_spooled_now()  # the last slice's answers (reading may pause)
                 if start and (self.flow.read_paused or self.transport.is_closing()):
                     self._unparsed = data[start:]
                     break
@@ -180,6 +182,7 @@ class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
 
     def _start_cycle(self) -> None:
         """uvicorn's request cycle (an ASGI task), or a fast 503 beyond max_concurrency."""
+        self._send_spooled_now()  # answers waiting for the spool go before its answer
         if (self.guard.deciding >= self.guard.limits.max_concurrency
                 and (self.cycle is None or self.cycle.response_complete)):
             # (a request pipelined behind one in progress waits its turn instead)
@@ -275,12 +278,13 @@ class GuardedProtocol(RequestLimits, WriteLimits, HttpToolsProtocol):
             if self._decide():
                 super().on_message_complete()
             return
+        if self._spooling or getattr(answer, "spooling", False):
+            return self._send_after_spool(answer)  # after this turn's spool write
         self._write_answer(answer)
 
-    def _write_answer(self, answer: Any) -> None:
+    def _write_answer(self, answer: Any, keep_alive: bool | None = None) -> None:
         """One write: status line, uvicorn's default headers (date, server), ours, body."""
-        keep_alive = (self.parser.should_keep_alive()
-                      and self.parser.get_http_version() != "1.0")
+        keep_alive = self._keep_alive() if keep_alive is None else keep_alive
         head = [STATUS_LINE[answer.status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..decision import Decision
 from ..wire import RESPONSE_ENCODER, WireReply, WireResponse
 
@@ -55,3 +57,18 @@ def encode(decision: Decision, *, shadow: bool = False) -> bytes:
     if shadow or (decision.action == "accept" and not decision.modifications):
         return ACCEPT_BODY
     return RESPONSE_ENCODER.encode(to_wire(decision))
+
+
+class Answer(NamedTuple):
+    """A complete HTTP answer: status, body (JSON) and headers beyond content-type and
+    content-length.  `spooling`: its decision is staged in the decision log — send it
+    only once `HookApp.after_spool` called back with True, else send `TEMPFAIL`."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    spooling: bool = False
+
+
+TEMPFAIL = Answer(200, INTERNAL_ERROR_BODY)
+"""What a staged answer becomes when its decision could not be spooled (451 4.3.0)."""

@@ -1,0 +1,52 @@
+"""How the decision log behaves (`LogSettings`, the `[log]` options) and what it reports
+(`LogStatus`, shown in /metrics and /readyz)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How the decision log behaves (the `[log]` options in the README)."""
+
+    spool: str = "var/spool"
+    fsync_interval: float = 0.2
+    """Seconds between fsyncs of the spool (0: never; the OS writes back)."""
+    segment_bytes: int = 64 * 1024 * 1024
+    on_spool_error: Literal["tempfail", "accept"] = "tempfail"
+    queue_max: int = 10_000
+    """Entries held in memory while the spool fails (on_spool_error = accept)."""
+    spool_keep: float = 0.0
+    """Seconds to keep segments every sink has taken (0: remove them at once)."""
+    max_backlog_records: int = 100_000
+    max_backlog_age: float = 60.0
+    """/readyz turns 503 when a sink is this far behind (records or seconds)."""
+    writer_stall: float = 30.0
+    """A writer without a heartbeat this long is killed and restarted."""
+    writer_nice: int = 10
+    """CPU priority of the writer process below the service's (0: the same)."""
+    poll: float = 0.05
+    """Seconds the writer waits when it has caught up (records reach the sinks within)."""
+
+
+@dataclass
+class LogStatus:
+    alive: bool
+    restarts: int
+    next_seq: int
+    held: int
+    spool_errors: int
+    spool_failing: str | None
+    tempfails: int
+    unrecordable: int
+    dropped: int
+    backlog: dict[str, int] = field(default_factory=dict)
+    oldest_age: dict[str, float] = field(default_factory=dict)
+    sink_errors: dict[str, int] = field(default_factory=dict)
+    failing_sinks: dict[str, str] = field(default_factory=dict)
+    blocked_sinks: dict[str, str] = field(default_factory=dict)
+    """Sinks that refuse records until their configuration is fixed (`SinkBlocked`)."""
+    sink_counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    """A sink's own counters (e.g. `dead_letters`), as its last write left them."""
