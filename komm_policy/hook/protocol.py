@@ -41,12 +41,11 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, WriteLimits, HttpToolsProt
     re-arming.  The timer, when it fires, acts on a passed deadline or re-arms itself (so
     a busy connection costs one timer event per `_tick` seconds, not three per request).
 
-    Inline path: a `POST /mta-hook` whose body arrives whole in the same read as its
-    header (the usual case: a few KB) is answered from the parser's callback by the app's
-    `respond_inline` (`app.HookApp`), written with one `write`, without an ASGI task.
-    Anything else — a body still arriving after that read, over `INLINE_BODY_BYTES`, a
-    request behind one still in progress, `Expect: 100-continue`, an app without
-    `respond_inline` — goes uvicorn's ASGI way, from where it stands."""
+    Inline path: a `POST /mta-hook` whose body comes whole with its header is answered
+    from the parser's callback by `respond_inline` (`app.HookApp`), no ASGI task, one
+    `write` once the turn's decisions are spooled (`spooling`); anything else (a body
+    later or over `INLINE_BODY_BYTES`, a request behind one in progress, `Expect:
+    100-continue`) goes uvicorn's ASGI way, from where it stands."""
 
     def __init__(self, guard: ConnectionGuard, config: Any, server_state: Any,
                  app_state: dict[str, Any],
