@@ -104,3 +104,26 @@ def test_failed_subscription_keeps_it_not_ready_with_the_reason(
         # recovery is the reconnect backoff (at most 30 s) plus one snapshot
         eventually(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, timeout=35)
         assert action(server) == "accept"
+
+
+def test_undecodable_rows_in_the_snapshot_are_skipped_and_mail_is_answered(
+        double: DoubleServer, tmp_path: Path) -> None:
+    """A row nested 1,200 levels deep and a row with a NULL key in the initial snapshot:
+    each is a bad row (one warning, counted once), not a dropped connection — which,
+    failing again on every reconnect, used to leave the service 503 and every mail 451."""
+    from .spacetimedb_double.state import RawRow
+    rows = double.state.databases["komm"].tables["blocked_ips"].rows
+    rows.append(RawRow("[" * 1200 + "]" * 1200))
+    rows.append([None, "null ip", T0, True])
+    double.control().tx("komm", "blocked_ips", inserts=[["192.0.2.77", "e2e", T0, True]])
+    with serve(double, tmp_path, "a") as server:
+        time.sleep(2.5)  # past max_staleness (2 s): still connected, still serving
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert action(server) == "reject 550"
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert "komm_directory_bad_rows 2.0" in metrics
+        assert 'komm_directory_refresh_errors{kind="all"} 0.0' in metrics  # stayed connected
+        output = server.output()
+        assert output.count("skipping a row of blocked_ips") == 2
+        assert "nested too deeply" in output and "expected a string" in output
+        assert "Traceback" not in output and "NoneType: None" not in output

@@ -11,6 +11,7 @@ once a refresh succeeds again.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import NoReturn
@@ -79,8 +80,11 @@ class ReplicaHealth:
         if expected:
             self.log.warning("directory %s unavailable: %s%s", self.name, message, more)
         else:
+            # The traceback when called while handling the exception (the SQLite
+            # refresher); not otherwise (the subscription logged it where it caught it):
+            # exc_info=True outside an `except` prints "NoneType: None".
             self.log.error("directory %s: unexpected error while refreshing (will retry): "
-                           "%s%s", self.name, message, more, exc_info=True)
+                           "%s%s", self.name, message, more, exc_info=sys.exception())
 
     def ok(self) -> None:
         if self.failing_since is not None:

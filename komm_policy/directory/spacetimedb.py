@@ -34,6 +34,7 @@ import msgspec
 from ..spacetimedb.check import check_module
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp, quote_ident
 from ..spacetimedb.protocol import IdentityToken, TableRows
+from ..spacetimedb.rownames import RowNamer
 from ..spacetimedb.sats import Decoder, SatsError
 from ..spacetimedb.schema import ModuleSchema
 from ..spacetimedb.subscription import UNEXPECTED, Backoff, SubscriptionClient
@@ -58,6 +59,8 @@ class _Replica:
         self.names = {t: module.tables[t].row_type.names for t in tables}
         self.decoders = {t: decoder.product(module.tables[t].row_type) for t in tables}
         self.keys = {t: module.tables[t].primary_key for t in tables}
+        self.namers = {t: RowNamer(decoder, module.tables[t].row_type,
+                                   module.tables[t].primary_key) for t in tables}
         self.schema = schema
         self.needs = needs
         self.tables: TablesSnapshot | None = None
@@ -284,12 +287,20 @@ class SpacetimeDirectory:
     # -- decoding ---------------------------------------------------------------------------
 
     def _decode(self, replica: _Replica, table: str, rows: list[str]) -> Iterator[RowDict]:
+        """Decode one message's rows of `table`; a row that cannot be decoded, for any
+        reason (a wrong type, invalid JSON, nesting too deep for the JSON decoder), is
+        skipped and reported once by its `RowNamer` name (never by its position in the message,
+        which repeats across messages and shifts after a reconnect)."""
         decode, names = replica.decoders[table], replica.names[table]
-        for i, text in enumerate(rows):
+        for text in rows:
             try:
                 values = decode(msgspec.json.decode(text))
-            except (SatsError, msgspec.DecodeError) as e:
-                self.health.bad_row(table, f"row {i} of the message", str(e))
+            except Exception as e:  # any failure of one row skips that row only
+                # (RecursionError: msgspec's answer to a value nested ~1,000 levels deep)
+                reason = str(e) or type(e).__name__
+                if isinstance(e, RecursionError):
+                    reason = f"nested too deeply to decode ({e})"
+                self.health.bad_row(table, replica.namers[table](text), reason)
                 continue
             yield dict(zip(names, values, strict=True))
 

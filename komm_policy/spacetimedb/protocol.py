@@ -119,6 +119,8 @@ def parse_message(text: str | bytes) -> Message:
         raw = msgspec.json.decode(text)
     except msgspec.DecodeError as e:
         raise SatsError(f"not JSON: {e}") from None
+    except RecursionError:  # msgspec's answer to ~1,000 nested levels
+        raise SatsError("nested too deeply to decode") from None
     if not isinstance(raw, dict) or len(raw) != 1:
         raise SatsError("expected a ServerMessage {\"Variant\": {...}}")
     ((kind, body),) = raw.items()

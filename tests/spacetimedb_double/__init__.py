@@ -112,7 +112,8 @@ class DoubleControl:
 
     def tx(self, db: str, table: str, inserts: list[list[Any]] = (),  # type: ignore
            deletes: list[list[Any]] = (), **options: Any) -> int:  # type: ignore
-        """Commit a transaction on `table`; returns how many subscribers got it."""
+        """Commit a transaction on `table`; returns how many subscribers got it.
+        `raw_inserts=[text, …]` inserts rows sent as exactly that JSON text."""
         body = {"table": table, "inserts": list(inserts), "deletes": list(deletes), **options}
         return self._post(f"/_double/{db}/tx", body)["sent"]
 

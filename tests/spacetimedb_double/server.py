@@ -36,7 +36,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import reducers
 from . import sql as sqlmod
-from .state import SQL_TX_REDUCER_ID, Database, Faults, State, Table, connection_id, u256_hex
+from .state import (
+    SQL_TX_REDUCER_ID,
+    Database,
+    Faults,
+    RawRow,
+    State,
+    Table,
+    connection_id,
+    u256_hex,
+)
 from .wire import dumps
 
 TEXT_PROTOCOL = "v1.json.spacetimedb"
@@ -344,6 +353,7 @@ class Double:
                 return text(404, f"no table {change['table']}")
             deletes = [list(r) for r in change.get("deletes", [])]
             inserts = [list(r) for r in change.get("inserts", [])]
+            inserts += [RawRow(t) for t in change.get("raw_inserts", [])]  # as sent
             try:
                 db.apply(table, deletes, inserts)
             except ValueError:
