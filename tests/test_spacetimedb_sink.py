@@ -382,3 +382,44 @@ def test_bad_sink_settings_are_reported_together() -> None:
                      "log_spacetimedb_batch: must be at least 1",
                      "log_spacetimedb_reducer: must not be empty"):
         assert expected in text
+
+
+def test_a_quiet_service_whose_module_refuses_everything_blocks_too(
+        tmp_path: Path, writers: Any, double: DoubleServer) -> None:
+    """One record per spool batch (a quiet service): the first `max_dead_letters`
+    refusals are dead-lettered, the next one blocks the sink (records kept, /readyz's
+    `blocked`) — the count is of refusals in a row, not per batch (the tester's finding:
+    at low traffic everything was dead-lettered and the sink never blocked)."""
+    from .test_spool import entries
+    double.control().faults(reducer_fail_match='"id"', reducer_fail_text="table full")
+    spec = ReducerSpec(url=url(double), dead_letter=str(tmp_path / "dead.jsonl"),
+                       max_dead_letters=5)
+    spool = SpoolAppender(tmp_path / "spool", fsync_interval=0)
+    writer = writers(tmp_path / "spool", [spec])
+    todo = entries(8)
+
+    def sink() -> dict[str, Any]:
+        return writer.status()["sinks"]["spacetimedb"]  # type: ignore[no-any-return]
+
+    for entry in todo[:5]:
+        spool.append(entry)
+        writer.step(force=True)
+        assert not sink()["blocked"]
+    assert sink()["counters"]["dead_letters"] == 5
+    assert sink()["counters"]["refused_in_a_row"] == 5
+    spool.append(todo[5])
+    assert not writer.step(force=True)
+    assert "refused 6 records in a row" in (sink()["blocked"] or "")
+    assert "table full" in sink()["blocked"]
+    assert sink()["counters"]["dead_letters"] == 5  # the sixth stays in the spool
+    assert writer.states[0].position is not None and writer.states[0].position.seq == 5
+    writer.step(force=True)  # retried: refused again, still blocked
+    assert sink()["blocked"] and sink()["counters"]["refused_in_a_row"] == 7
+    assert sink()["counters"]["dead_letters"] == 5
+    assert len((tmp_path / "dead.jsonl").read_text().splitlines()) == 5
+    # the module is fixed: what was kept arrives, the run of refusals ends
+    double.control().reset_faults()
+    run(writer)
+    assert not sink()["blocked"] and sink()["counters"]["refused_in_a_row"] == 0
+    assert len(db(double).logged) == 1
+    spool.close()

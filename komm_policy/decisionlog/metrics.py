@@ -45,6 +45,10 @@ _PER_SINK: tuple[tuple[Family, str, str, Callable[[LogStatus, str], float | None
     (CounterMetricFamily, "komm_decision_log_dead_letters",
      "Records a sink's server refused for good (SpacetimeDB 530), moved to its "
      "dead-letter file", lambda s, sink: s.sink_counters.get(sink, {}).get("dead_letters")),
+    (GaugeMetricFamily, "komm_decision_log_refused_in_a_row",
+     "Records a sink's server refused since it last accepted one (more than "
+     "max_dead_letters blocks the sink)",
+     lambda s, sink: s.sink_counters.get(sink, {}).get("refused_in_a_row")),
 )
 """Each sink's state, labelled `sink`: (family, name, help, value; None: not reported by
 that sink)."""

@@ -26,9 +26,13 @@ Answers (what the writer then does; the spool position moves only when `write` r
   configuration error): `SinkBlocked` — everything stays in the spool, /readyz is 503
   with the reason, and the batch is retried with backoff until it is fixed.
 
-More than `max_dead_letters` refused records in one spool batch means the module refuses
-nearly everything (a bug, a full table): none of them is dead-lettered, the sink is
-blocked instead and keeps them all.
+More than `max_dead_letters` records refused *in a row* — counted across calls and spool
+batches, reset by any record the reducer accepts — means the module refuses everything (a
+bug, a full table): the sink is blocked instead (`SinkBlocked`, /readyz 503,
+`…_sink_blocked`) and the refused batch stays in the spool, none of it dead-lettered,
+until a record is accepted again.  The count does not depend on the batch size, so a
+quiet service (one record per batch) blocks after the same number of refusals as a busy
+one; the current run is the `refused_in_a_row` counter.
 """
 
 from __future__ import annotations
@@ -60,6 +64,13 @@ def _count_lines(path: Path) -> int:
     return count
 
 
+def _read_count(path: Path) -> int:
+    try:
+        return max(0, int(path.read_text().strip() or 0))
+    except (OSError, ValueError):
+        return 0
+
+
 class ReducerSink:
     """Sends spooled records to one reducer.  `counters()` gives `dead_letters`, the
     records in the dead-letter file (counted at open, then kept up to date)."""
@@ -73,11 +84,17 @@ class ReducerSink:
         self._dead_ids = _tail_ids(self.dead_letter)
         self._dead_count = _count_lines(self.dead_letter)
         self.calls = 0
+        self._streak_file = Path(spec.dead_letter + ".refused-in-a-row")
+        self.refused_in_a_row = _read_count(self._streak_file)
+        """Refusals (530) since the reducer last accepted a record.  Kept in a file beside
+        the dead-letter file: the writer opens a new sink after every failure (and after a
+        restart), and the run must go on counting across them."""
         self._client = client or SpacetimeHttp(self.endpoint, spec.token or None,
                                                timeout=spec.timeout)
 
     def counters(self) -> dict[str, int]:
-        return {"dead_letters": self._dead_count, "calls": self.calls}
+        return {"dead_letters": self._dead_count, "calls": self.calls,
+                "refused_in_a_row": self.refused_in_a_row}
 
     # -- the body of a call -------------------------------------------------------------
     def _args(self, records: Sequence[SpooledRecord]) -> bytes:
@@ -95,16 +112,20 @@ class ReducerSink:
     def _send(self, records: Sequence[SpooledRecord], refused: list[tuple[SpooledRecord, str]],
               limit: int) -> None:
         """Send one call's records; on 530 bisect.  Raises `SpacetimeError` (retry),
-        `SinkBlocked`, or `_Refused` once more than `limit` records were refused."""
+        `SinkBlocked`, or `_Refused` once more than `limit` records were refused in a
+        row (since the reducer last accepted one, in this batch or an earlier one)."""
         try:
             self.calls += 1
             self._client.call(self.spec.reducer, self._args(records))
+            if self.refused_in_a_row:
+                self._set_refused(0)
             return
         except SpacetimeError as exc:
             if exc.status == 530:
                 if len(records) == 1:
                     refused.append((records[0], exc.text))
-                    if len(refused) > limit:
+                    self._set_refused(self.refused_in_a_row + 1)
+                    if self.refused_in_a_row > limit:
                         raise _Refused(refused) from None
                     return
                 half = len(records) // 2
@@ -125,13 +146,20 @@ class ReducerSink:
             for call in self._calls(records):
                 self._send(call, refused, self.spec.max_dead_letters)
         except _Refused as exc:
-            first = exc.records[0][1]
+            last = exc.records[-1][1]
             raise SinkBlocked(
-                f"{self.endpoint} reducer {self.spec.reducer!r} refused more than "
-                f"{self.spec.max_dead_letters} records of one batch (530: {first}); "
-                "none dead-lettered") from None
+                f"{self.endpoint} reducer {self.spec.reducer!r} refused "
+                f"{self.refused_in_a_row} records in a row, more than "
+                f"max_dead_letters={self.spec.max_dead_letters} (530: {last}); the module "
+                "seems to refuse everything: records stay in the spool, this batch is not "
+                "dead-lettered") from None
         if refused:
             self._dead_letter(refused)
+
+    def _set_refused(self, count: int) -> None:
+        self.refused_in_a_row = count
+        with contextlib.suppress(OSError):  # at worst the run restarts from 0
+            self._streak_file.write_text(f"{count}\n")
 
     def _dead_letter(self, refused: list[tuple[SpooledRecord, str]]) -> None:
         now = time.time()
