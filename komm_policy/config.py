@@ -148,11 +148,22 @@ _TOKEN_FILE_KEYS = {(section, key): name for section, key, _env, name in _TOKEN_
 
 
 def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
+    """The file's text, stripped.  An empty (or blank) file is a problem, not "no token":
+    SpacetimeDB would take it as an anonymous connection with a fresh identity, the hook
+    as no authentication — both silently."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         problems.append(f"{origin}: cannot read {path}: {exc.strerror}")
         return None
+    except UnicodeDecodeError as exc:
+        problems.append(f"{origin}: {path} is not UTF-8 text ({exc.reason})")
+        return None
+    if not text:
+        problems.append(f"{origin}: token file {path} is empty (write the token into it, "
+                        "or remove the setting to run without a token)")
+        return None
+    return text
 
 
 def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:

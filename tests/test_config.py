@@ -292,10 +292,13 @@ def test_port_bounds_are_accepted(base_env: dict[str, str], port: str) -> None:
 def test_empty_token(base_env: dict[str, str], tmp_path: Path) -> None:
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
-    for env in ({"KOMM_TOKEN": ""}, {"KOMM_TOKEN_FILE": str(empty)}):
+    for env, problem in (({"KOMM_TOKEN": ""}, "token: must not be empty when set"),
+                         ({"KOMM_TOKEN_FILE": str(empty)},
+                          f"KOMM_TOKEN_FILE: token file {empty} is empty (write the token "
+                          "into it, or remove the setting to run without a token)")):
         with pytest.raises(ConfigError) as excinfo:
             load_config(env={**base_env, **env})
-        assert problems_of(excinfo) == ["token: must not be empty when set"]
+        assert problems_of(excinfo) == [problem]
 
 
 def test_policies_directory_without_policy_files(tmp_path: Path) -> None:

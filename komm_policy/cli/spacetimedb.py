@@ -21,11 +21,16 @@ from ..spacetimedb.tools import check_directory, export_tables, schema_of
 
 def token_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """`KOMM_SPACETIMEDB_TOKEN_FILE` (its content, stripped) or `KOMM_SPACETIMEDB_TOKEN`.
-    Raises `OSError` when the file cannot be read."""
+    Raises `OSError` when the file cannot be read or is empty (an empty token would
+    silently connect anonymously)."""
     env = os.environ if env is None else env
     path = env.get("KOMM_SPACETIMEDB_TOKEN_FILE")
     if path:
-        return Path(path).read_text(encoding="utf-8").strip() or None
+        token = Path(path).read_text(encoding="utf-8").strip()
+        if not token:
+            raise OSError(f"KOMM_SPACETIMEDB_TOKEN_FILE: token file {path} is empty (write "
+                          "the token into it, or unset the variable to connect anonymously)")
+        return token
     return env.get("KOMM_SPACETIMEDB_TOKEN") or None
 
 
