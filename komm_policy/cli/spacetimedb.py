@@ -66,7 +66,9 @@ def db_schema(url: str, out: TextIO) -> int:
 
 def db_export(url: str, tables: Iterable[str] | None, schema_path: str | None,
               out: TextIO) -> int:
-    """Print the rows of `tables` (default: every user table) as JSON."""
+    """Print the rows of `tables` (default: every user table) as JSON.  Rows that do not
+    decode or fit the schema are left out, each reported on stderr (table, row number,
+    reason), and the exit status is 1; the JSON holds every good row."""
     http = _client("db export", url)
     if http is None:
         return 2
@@ -83,7 +85,8 @@ def db_export(url: str, tables: Iterable[str] | None, schema_path: str | None,
             schema = load_schema(schema_path) if schema_path else Schema({})
             derived = schema_of(module, names)
             merged = Schema({n: schema.tables.get(n) or derived.tables[n] for n in names})
-            rows = export_tables(http, merged, names)
+            bad: list[str] = []
+            rows = export_tables(http, merged, names, bad)
     except (SpacetimeError, SchemaError, OSError) as exc:
         print(f"komm-policy db export: {exc}", file=sys.stderr)
         return 2
@@ -91,7 +94,12 @@ def db_export(url: str, tables: Iterable[str] | None, schema_path: str | None,
         print(f"komm-policy db export: {exc}", file=sys.stderr)
         return 1
     out.write(msgspec.json.format(msgspec.json.encode(rows)).decode() + "\n")
-    return 0
+    for problem in bad:
+        print(f"komm-policy db export: skipped {problem}", file=sys.stderr)
+    if bad:
+        print(f"komm-policy db export: {len(bad)} rows skipped, the others exported",
+              file=sys.stderr)
+    return 1 if bad else 0
 
 
 def check_against(url: str, policy_path: Path, policy_set: object, out: TextIO, *,

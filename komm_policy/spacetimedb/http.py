@@ -19,7 +19,7 @@ character); identifiers that are not plain words are double-quoted.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -125,6 +125,8 @@ class SqlResult:
     rows: list[tuple[Any, ...]]
     total_duration_micros: int
     stats: dict[str, int]
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)
+    """With `skip_bad_rows`: (row number, reason) of the rows that did not decode."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -141,8 +143,9 @@ def decode_sql_body(body: bytes) -> list[SqlResult]:
     return decode_sql_results(raw)
 
 
-def decode_sql_results(raw: Any) -> list[SqlResult]:
-    """`decode_sql_body` for an already parsed body."""
+def decode_sql_results(raw: Any, *, skip_bad_rows: bool = False) -> list[SqlResult]:
+    """`decode_sql_body` for an already parsed body.  With `skip_bad_rows` a row that does
+    not decode is left out and listed in its result's `bad_rows` instead of raising."""
     if not isinstance(raw, list):
         raise SatsError("expected an array of statement results")
     results = []
@@ -153,15 +156,19 @@ def decode_sql_results(raw: Any) -> list[SqlResult]:
         columns = parse_sql_schema(stmt.get("schema"), path + ".schema")
         decode = Decoder().product(columns)
         rows = []
+        bad: list[tuple[int, str]] = []
         for r, row in enumerate(stmt["rows"]):
             try:
                 rows.append(decode(row))
             except SatsError as e:
-                raise SatsError(e.message, f"{path}.rows[{r}]{e.path[1:]}") from None
+                located = SatsError(e.message, f"{path}.rows[{r}]{e.path[1:]}")
+                if not skip_bad_rows:
+                    raise located from None
+                bad.append((r, str(located)))
         duration = stmt.get("total_duration_micros", 0)
         stats = stmt.get("stats") if isinstance(stmt.get("stats"), dict) else {}
         results.append(SqlResult(columns, rows, duration if isinstance(duration, int) else 0,
-                                 stats))
+                                 stats, bad))
     return results
 
 
@@ -243,13 +250,15 @@ class SpacetimeHttp:
         return self._request("POST", self.endpoint.path("/sql"), content=query.encode(),
                              params=params, headers={"Content-Type": "text/plain"})
 
-    def sql(self, query: str, *, confirmed: bool | None = None) -> SqlResult:
-        """Run one statement and decode its result with the result's own schema."""
+    def sql(self, query: str, *, confirmed: bool | None = None,
+            skip_bad_rows: bool = False) -> SqlResult:
+        """Run one statement and decode its result with the result's own schema (rows
+        that do not decode: `decode_sql_results`' `skip_bad_rows`)."""
         params = {} if confirmed is None else {"confirmed": str(confirmed).lower()}
         raw = self._json("POST", self.endpoint.path("/sql"), content=query.encode(),
                          params=params, headers={"Content-Type": "text/plain"})
         try:
-            results = decode_sql_results(raw)
+            results = decode_sql_results(raw, skip_bad_rows=skip_bad_rows)
         except SatsError as e:
             raise SpacetimeError(f"/sql answer of {self.endpoint}: {e}", 200) from None
         if len(results) != 1:
@@ -257,9 +266,9 @@ class SpacetimeHttp:
                                  f"result, found {len(results)}", 200)
         return results[0]
 
-    def select_all(self, table: str) -> SqlResult:
+    def select_all(self, table: str, *, skip_bad_rows: bool = False) -> SqlResult:
         """`SELECT * FROM table`."""
-        return self.sql(f"SELECT * FROM {quote_ident(table)}")
+        return self.sql(f"SELECT * FROM {quote_ident(table)}", skip_bad_rows=skip_bad_rows)
 
     def call(self, reducer: str, args_json: bytes) -> None:
         """`POST /call/{reducer}` with `args_json`, a JSON array of the reducer's arguments

@@ -36,25 +36,34 @@ def schema_of(module: ModuleSchema, tables: Iterable[str] | None = None,
     return Schema(out, source)
 
 
-def export_tables(http: SpacetimeHttp, schema: Schema, tables: Iterable[str]
-                  ) -> dict[str, list[dict[str, Any]]]:
+def export_tables(http: SpacetimeHttp, schema: Schema, tables: Iterable[str],
+                  bad_rows: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Every row of `tables`, as the schema's meanings read them, in JSON form.  Raises
-    `SpacetimeError` (server) or `BadValue` (a row that does not fit, naming it)."""
+    `SpacetimeError` (server).  A row that does not decode or fit the schema raises
+    `BadValue` naming it — or, given a `bad_rows` list, is left out and described there
+    (`table row N: reason`), so the good rows are exported."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name in tables:
         table = schema.tables[name]
-        result = http.select_all(name)
+        result = http.select_all(name, skip_bad_rows=bad_rows is not None)
+        if bad_rows is not None:
+            bad_rows.extend(f"{name} row {n}: {reason}" for n, reason in result.bad_rows)
         names = result.names
         rows = []
-        for number, values in enumerate(result.rows):
+        skipped = {n for n, _ in result.bad_rows}
+        numbers = [n for n in range(len(result.rows) + len(skipped)) if n not in skipped]
+        for number, values in zip(numbers, result.rows, strict=True):
             raw = dict(zip(names, values, strict=True))
             row = {}
-            for column in table.columns:
-                try:
+            try:
+                for column in table.columns:
                     value = decode_value(column, _plain(raw.get(column.name)))
-                except BadValue as e:
+                    row[column.name] = encode_value(column, value)
+            except BadValue as e:
+                if bad_rows is None:
                     raise BadValue(f"{name} row {number}: {e}") from None
-                row[column.name] = encode_value(column, value)
+                bad_rows.append(f"{name} row {number}: {e}")
+                continue
             rows.append(row)
         out[name] = rows
     return out
