@@ -19,7 +19,7 @@ from .builtins import DEFAULT_BUILTINS, Builtin, valid_address
 from .directory.schema import Schema
 from .errors import Diagnostic, Related, Severity, Span
 from .fields import FIELDS, NAMESPACES, STAGE_ORDER, Field
-from .functions import Functions, Instance
+from .functions import Functions, Instance, too_deep
 from .inference import Inference, Scope, suggest
 from .program import RuntimeSettings
 from .tablecheck import TableCall
@@ -120,10 +120,19 @@ class _Checker(ActionChecks):
             for item in policy_file.items:
                 self._collect(item)
         self.functions.resolve(files)
-        for name in self.lets:
-            self._let_type(name)
+        for name, let in self.lets.items():
+            try:
+                self._let_type(name)
+            except RecursionError:
+                self.diagnostics.append(too_deep(let.name_span, f"`let {name}`"))
+                self.let_types[name] = t.ANY
+                self.let_checking.clear()
         self.functions.check_definitions(self.infer)
-        self._check_settings()
+        try:
+            self._check_settings()
+        except RecursionError:
+            assert self.settings_block is not None
+            self.diagnostics.append(too_deep(self.settings_block.span, "the settings"))
         for stage in self.stages.values():
             self._check_stage(stage)
         for block in self.unknown_stages:  # still report what else is wrong in them
@@ -334,6 +343,13 @@ class _Checker(ActionChecks):
 
     def _check_rule(self, rule: n.Rule, stage: str | None, scope: Scope, quiet: Scope
                     ) -> None:
+        try:
+            self._check_rule_parts(rule, stage, scope, quiet)
+        except RecursionError:
+            self.diagnostics.append(too_deep(rule.name_span, f"rule `{rule.name}`"))
+
+    def _check_rule_parts(self, rule: n.Rule, stage: str | None, scope: Scope, quiet: Scope
+                          ) -> None:
         self.infer.expect_bool(rule.when, scope, "a rule's `when` condition")
         for statement in rule.statements:
             if isinstance(statement, n.Log):

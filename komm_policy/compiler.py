@@ -24,7 +24,7 @@ from .context import EvalContext
 from .fields import STAGE_ORDER
 from .functions import inline
 from .ipset import IP, normalize_network
-from .operators import COMPARE, DUAL, as_tuple, both, either, index_value, lowered
+from .operators import COMPARE, DUAL, all_of, any_of, as_tuple, both, either, index_value, lowered
 from .program import (
     Closure,
     Compiled,
@@ -187,10 +187,11 @@ class _Compiler(RuleCompiling):
             runtime.append(compiled)
         if not runtime:
             return Const(not short)
-        result = runtime[-1]
-        for left in reversed(runtime[:-1]):
-            result = either(left, result) if short else both(left, result)
-        return result
+        if len(runtime) > 2:  # one loop, not one nested closure (and frame) per operand
+            return any_of(runtime) if short else all_of(runtime)
+        if len(runtime) == 2:
+            return either(*runtime) if short else both(*runtime)
+        return runtime[0]
 
     def _Quantifier(self, expr: n.Quantifier) -> Compiled:
         iterable = as_closure(self.expr(expr.iterable))

@@ -108,7 +108,7 @@ def format_text(text: str, path: str = "<policy>") -> str:
     if before.file is None:
         raise FormatError(f"{path}: does not parse", before.diagnostics)
     tree = _concrete_parser().parse(text)
-    tokens = [t for t in tree.scan_values(lambda v: isinstance(v, Token))]
+    tokens = _leaves(tree)
     comments = _comments(text, tokens)
     lines = _Layout(tokens).start(tree)
     result = _Renderer(tokens, comments).render(lines)
@@ -121,8 +121,7 @@ def format_text(text: str, path: str = "<policy>") -> str:
     if after.file is None or after.file != before.file:
         raise FormatError(f"{path}: formatting would change the policy's meaning "
                           "(a formatter bug; the file was left as it is)")
-    tokens_after = list(_concrete_parser().parse(result).scan_values(
-        lambda v: isinstance(v, Token)))
+    tokens_after = _leaves(_concrete_parser().parse(result))
     if [c.text for c in _comments(result, tokens_after)] != [c.text for c in comments]:
         raise FormatError(f"{path}: formatting would lose or move a comment "
                           "(a formatter bug; the file was left as it is)")
@@ -218,9 +217,18 @@ def _present(children: list[object]) -> list[Tree | Token]:
 
 
 def _leaves(item: Tree | Token) -> list[Token]:
-    if isinstance(item, Token):
-        return [item]
-    return list(item.scan_values(lambda v: isinstance(v, Token)))
+    """The tokens under `item`, in source order.  An explicit stack, not Lark's recursive
+    `scan_values`: parentheses are kept in the concrete tree, and 1,000 nested ones (which
+    the AST does not see, so E013 does not refuse them) must format, not overflow."""
+    found: list[Token] = []
+    stack: list[object] = [item]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, Token):
+            found.append(current)
+        elif isinstance(current, Tree):
+            stack.extend(reversed(current.children))
+    return found
 
 
 class _Renderer:

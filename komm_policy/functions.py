@@ -43,6 +43,23 @@ MAX_INLINED_NODES = 100_000
 """Expression nodes one call written in a rule, constant or definition may expand into,
 with the calls inside it (E155 beyond)."""
 
+MAX_EXPANDED_DEPTH = 150
+"""Levels of expression nesting a function's body may reach once the calls in it are
+expanded (E156 beyond): a chain of about 150 functions each calling the next.  The checker,
+the compiler and the closures walk an expansion recursively; with this bound (and E013's 64
+levels around a call, also inside a template's `{…}`) the checker, the hungriest, needs
+about 830 Python frames at the very worst, inside the default limit of 1,000, in `check` as
+in a `serve` reload.  `too_deep` covers what still runs out of frames."""
+
+
+def too_deep(span: Span, what: str) -> Diagnostic:
+    """E156 for a construct that ran out of Python's recursion limit while being checked or
+    compiled (the static bound above should make this unreachable): an error, never a
+    traceback, and a failed reload keeps the running policies."""
+    return Diagnostic("E156", Severity.ERROR, f"{what} nests too deeply to check (more than "
+                      "Python's recursion limit allows)", span,
+                      "split it with `let` constants or shorter function chains")
+
 
 @dataclass(frozen=True, slots=True)
 class Instance:
@@ -86,6 +103,8 @@ class Functions:
         """How many call copies are being typed right now (0: a definition or a rule)."""
         self.inlined = 0
         """Nodes the written call being typed has expanded into so far."""
+        self.expanded_depth: dict[str, int] = {}
+        """Each non-recursive function's nesting depth with its calls expanded."""
         self.over_budget = False
 
     def __contains__(self, name: str) -> bool:
@@ -154,10 +173,72 @@ class Functions:
                 else:
                     continue
                 self.recursive.add(name)
+        self._check_depths(callees)
+
+    def _check_depths(self, callees: dict[str, list[n.Call]]) -> None:
+        """E156 where a function's expansion first gets deeper than `MAX_EXPANDED_DEPTH`
+        (its callers are then refused without more reports).  Callees are measured before
+        their callers, with explicit stacks: the chain may be thousands long."""
+        depth = self.expanded_depth
+        deepest: dict[str, n.Call | None] = {}
+        for name in self._callees_first(callees):
+            best, via = 0, None
+            stack: list[tuple[object, int]] = [(self.defs[name].body, 1)]
+            while stack:
+                node, level = stack.pop()
+                reach = level
+                if isinstance(node, n.Call) and node.func in depth:
+                    reach = level + depth[node.func]
+                if reach > best:
+                    best = reach
+                    via = node if isinstance(node, n.Call) and node.func in depth else None
+                stack.extend((child, level + 1) for child in n.children(node))
+            depth[name], deepest[name] = best, via
+            if best <= MAX_EXPANDED_DEPTH:
+                continue
+            self.broken.add(name)
+            if via is None or via.func in self.broken:
+                continue  # refused already, at the function it calls
+            chain = [name]
+            while (call := deepest.get(chain[-1])) is not None:
+                chain.append(call.func)
+            shown = chain if len(chain) <= 6 else [*chain[:3], "…", *chain[-2:]]
+            self.error("E156", f"function `{name}` nests more than {MAX_EXPANDED_DEPTH} "
+                       f"levels deep once its calls are expanded ({best} levels, through "
+                       f"{len(chain)} functions: {' → '.join(shown)})", via.func_span,
+                       "call the lower functions directly instead of through a long chain, "
+                       "or compute parts once in a `let`",
+                       Related(self.defs[via.func].name_span,
+                               f"`{via.func}` is {depth[via.func]} levels deep"))
+
+    def _callees_first(self, callees: dict[str, list[n.Call]]) -> list[str]:
+        """The non-recursive functions, each after every function it calls."""
+        order: list[str] = []
+        state: dict[str, bool] = {}  # False: being visited, True: done
+        for root in self.defs:
+            if root in state or root in self.recursive:
+                continue
+            state[root] = False
+            stack = [(root, iter(callees[root]))]
+            while stack:
+                name, pending = stack[-1]
+                call = next(pending, None)
+                if call is None:
+                    stack.pop()
+                    state[name] = True
+                    order.append(name)
+                elif call.func not in state and call.func not in self.recursive:
+                    state[call.func] = False
+                    stack.append((call.func, iter(callees[call.func])))
+        return order
 
     def check_definitions(self, infer: Inference) -> None:
         for name in self.defs:
-            self.definition(name, infer)
+            try:
+                self.definition(name, infer)
+            except RecursionError:
+                self.broken.add(name)
+                infer.emit(too_deep(self.defs[name].name_span, f"function `{name}`"))
 
     def definition(self, name: str, infer: Inference) -> None:
         """Type the body once with parameters of unknown type; an error there breaks the

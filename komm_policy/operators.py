@@ -8,7 +8,7 @@ may be none, the right side's type and whether to negate (`not (a in b)` becomes
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import types as t
@@ -105,6 +105,48 @@ def both(left: Closure, right: Closure) -> Closure:
         return bool(right(ctx))
     return both
 
+
+
+def all_of(operands: Sequence[Closure]) -> Closure:
+    """`a and b and …` over any number of operands, in one loop: the same result, order
+    and raised error (the last one) as `both` nested to the right, without one Python frame
+    per operand (3,000 `and`ed comparisons must not end in a RecursionError)."""
+    items = tuple(operands)
+
+    def all_of(ctx: EvalContext) -> bool:
+        error: Exception | None = None
+        for operand in items:
+            try:
+                if not operand(ctx):
+                    return False
+            except DeadlineExceeded:
+                raise
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            raise error
+        return True
+    return all_of
+
+
+def any_of(operands: Sequence[Closure]) -> Closure:
+    """`a or b or …` in one loop, as `either` nested to the right (see `all_of`)."""
+    items = tuple(operands)
+
+    def any_of(ctx: EvalContext) -> bool:
+        error: Exception | None = None
+        for operand in items:
+            try:
+                if operand(ctx):
+                    return True
+            except DeadlineExceeded:
+                raise
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            raise error
+        return False
+    return any_of
 
 # -- comparison builders: (left, right, left may be none, right type, negate) → closure ----
 

@@ -21,6 +21,7 @@ from .compiler import compile_program
 from .directory.schema import Schema, SchemaError, error_position, find_schema, parse_schema
 from .directory.snapshot import Needs
 from .errors import Diagnostic, PolicyError, Severity, Span, render
+from .functions import too_deep
 from .gcpause import no_gc_pauses
 from .parser import parse
 from .program import CompiledStage, RuntimeSettings
@@ -98,7 +99,11 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
     diagnostics.extend(analysis.diagnostics)
     if analysis.has_errors:
         return LoadResult(None, tuple(diagnostics), texts)
-    stages, settings = compile_program(analysis, builtins=builtins)
+    try:
+        stages, settings = compile_program(analysis, builtins=builtins)
+    except RecursionError:  # the checker's bounds (E013, E156) should keep this unreachable
+        diagnostics.append(too_deep(files[0].span, "the policy set"))
+        return LoadResult(None, tuple(diagnostics), texts)
     policy_set = PolicySet(
         version=_version(sources, schema_text),
         sources=tuple(sources),
