@@ -6,7 +6,7 @@ number of concurrent decisions.  Nothing here walks the AST or looks up a name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,13 +82,14 @@ class CompiledRule:
     """One rule, or a fused group of consecutive simple rules (`members`): the group's
     condition returns the 1-based index of the first member that matches, or 0."""
 
-    __slots__ = ("cond", "dry_run", "final", "members", "name", "on_error", "ref",
+    __slots__ = ("cond", "dry_run", "final", "members", "name", "on_error", "paths", "ref",
                  "statements")
 
     def __init__(self, name: str, ref: RuleRef, cond: Closure,
                  statements: tuple[Statement, ...], final: Outcome | None,
                  on_error: Outcome | str | None, dry_run: bool,
-                 members: tuple[CompiledRule, ...] | None = None) -> None:
+                 members: tuple[CompiledRule, ...] | None = None,
+                 paths: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.ref = ref
         self.cond = cond
@@ -97,6 +98,8 @@ class CompiledRule:
         self.on_error = on_error  # None: the settings fallback; CONTINUE: skip the rule
         self.dry_run = dry_run
         self.members = members
+        self.paths = paths or {}
+        """Table → ` → f() → table `t``: where its lookups sit (`call_paths`), for causes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import nodes as n
 from . import outgoing
 from . import types as t
+from .call_paths import lookup_paths
 from .checker import Analysis
 from .context import EvalContext
 from .decision import RuleRef
@@ -118,7 +119,10 @@ class RuleCompiling:
             on_error = self.outcome(rule.on_error)
         ref = RuleRef(rule.name, rule.span.file, rule.span.line, rule.span.column)
         statements = tuple(self.statement(s) for s in rule.statements)
-        return CompiledRule(rule.name, ref, cond_fn, statements, final, on_error, rule.dry_run)
+        paths = lookup_paths((rule.when, *rule.statements, rule.final), self.analysis.instances,
+                             self.analysis.table_calls)
+        return CompiledRule(rule.name, ref, cond_fn, statements, final, on_error, rule.dry_run,
+                            paths=paths)
 
     def outcome(self, action: n.Action) -> Outcome:
         message: str | Closure | None = None

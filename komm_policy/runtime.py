@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .call_paths import failure_path
 from .context import EvalContext
 from .decision import Decision, TraceStep
 from .directory import Directory
@@ -84,10 +85,12 @@ def _traced(rule: CompiledRule) -> CompiledRule:
         try:
             value = cond(ctx)
         except Exception as exc:
-            steps.append(TraceStep(ref, "error", error_text(exc)))
+            where = failure_path(rule.paths, exc).removeprefix(" → ")
+            steps.append(TraceStep(ref, "error", f"{where}: {error_text(exc)}" if where
+                                   else error_text(exc)))
             raise
         steps.append(TraceStep(ref, seen if value else "no match"))
         return value
 
     return CompiledRule(rule.name, ref, traced_cond, rule.statements, rule.final,
-                        rule.on_error, rule.dry_run)
+                        rule.on_error, rule.dry_run, paths=rule.paths)

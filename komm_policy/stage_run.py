@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .call_paths import failure_path
 from .context import EvalContext
 from .decision import DEFAULT_REPLIES, Decision, DryRunHit, RuleRef
 from .lookups import DeadlineExceeded, LookupFailed
@@ -84,7 +85,7 @@ def rule_failed(ctx: EvalContext, policy: Policy, stage: str, rule: CompiledRule
     if isinstance(exc, DeadlineExceeded):
         return finish(ctx, policy, stage, policy.settings.on_lookup_error, rule.ref, mods,
                       True, f"rule {rule.ref}: {exc}")
-    cause = f"rule {rule.ref}: {error_text(exc)}"
+    cause = f"rule {rule.ref}{failure_path(rule.paths, exc)}: {error_text(exc)}"
     handler = rule.on_error
     if rule.dry_run or handler is CONTINUE:
         ctx.error(cause)
