@@ -1,15 +1,15 @@
 """Where a rule's table lookups sit: `rule → function() → … → table`, for failure causes.
 
 A lookup inside a policy-defined function fails with the lookup's own text (`lookup_all(
-account: email, is_active)('a@example.org', 'True') failed: …`), and the rule that called
+people: email)('a@example.org') failed: …`), and the rule that called
 the function is what the decision names.  Between the two, an operator needs the functions
 the rule went through, to see which definition reads the failing table.  The path is known
 when the policy compiles (functions are inlined per call site, `functions.Instance`), so
 each rule carries a map from table name to its path text, built once, and the text is only
 looked up when a lookup has failed: nothing is added to a decision that succeeds.
 
-A rule that reaches one table along several paths (say `is_admin()` and `subscribed()` both
-reading `account`) names them all after their common start: the memo shares one failure
+A rule that reaches one table along several paths (say `f()` and `g()` both reading table
+`people`) names them all after their common start: the memo shares one failure
 between them, so either may be the one that raised.
 """
 
