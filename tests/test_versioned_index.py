@@ -5,6 +5,7 @@ buckets without changing what any live snapshot reads, and incremental == rebuil
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -188,3 +189,39 @@ def test_every_snapshot_kept_equals_a_rebuild(ops: list[tuple[Any, ...]], sweep:
         for old, old_state in kept:
             assert view(old) == view(build(old_state))
         assert view(snap) == view(build(state))
+
+
+def test_a_reader_thread_sees_whole_snapshots_while_a_writer_changes_the_maps() -> None:
+    """A writer thread moves one row between two addresses 3,000 times (changing the
+    shared maps in place, sweeping along the way); a reader in this thread holds each
+    published snapshot for a while: it always finds the row under exactly one address,
+    the same one on every read of that snapshot."""
+    state = {"account": {1: account(1, EMAILS[0])}, "blocked": {}}
+    published = [build(state)]
+    done = threading.Event()
+
+    def write() -> None:
+        snap, old = published[0], state
+        for step in range(3000):
+            new = {"account": {1: account(1, EMAILS[(step + 1) % 2], name=f"v{step}")},
+                   "blocked": {}}
+            snap, old = snap.apply(changes(old, new), bulk=False), new
+            published[0] = snap
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    try:
+        while not done.is_set() or reads < 10:
+            snap = published[0]
+            first = [len(snap.all(EMAIL, (e, True))) for e in EMAILS[:2]]
+            assert sorted(first) == [0, 1]
+            for _ in range(20):
+                assert [len(snap.all(EMAIL, (e, True))) for e in EMAILS[:2]] == first
+            reads += 1
+    finally:
+        writer.join(30)
+    assert reads >= 10 and not writer.is_alive()
+    assert view(published[0]) == view(build(
+        {"account": {1: account(1, EMAILS[0], name="v2999")}, "blocked": {}}))
