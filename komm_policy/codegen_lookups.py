@@ -135,15 +135,22 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
 
 def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
     """The network lookup `by_key` (with `ip_parts`) of the local variable `ip`, inline:
-    one map read per prefix length in use, as `table_lookups._ip_key`."""
+    one map read per prefix length in use, most specific first, as
+    `table_lookups._ip_key`; `lookup` and `exists` stop at the first matching length
+    (its first row is the most specific match)."""
     label, tag, site, name, rest, after, method, none_result = by_key.ip_parts
-    t, found, bucket, memo, tables, maps, lengths, length, shift = (
-        gen.name(p) for p in ("t", "f", "b", "m", "tb", "mp", "ln", "l", "s"))
+    t, found, bucket, memo, tables, maps, lengths, length, shift, version, value = (
+        gen.name(p) for p in ("t", "f", "b", "m", "tb", "mp", "ln", "l", "s", "v", "x"))
     by, tag_ = gen.bind(by_key), gen.bind(tag)
     read, otherwise, test, memo_key = _memo_lines(gen, t, memo, f"({tag_}, {ip})")
     name_ = gen.bind(name)
-    key = _tuple(gen, [f"{ip}.version", length, f"{ip}.value >> {shift}",
-                       *map(gen.bind, rest)])
+    key = _tuple(gen, [version, length, f"{value} >> {shift}", *map(gen.bind, rest)])
+    if method == ALL:
+        collect = [f"                        {found} = {bucket} if {found} is None else "
+                   f"(*{found}, *{bucket})"]
+    else:
+        collect = [f"                        {found} = {bucket}",
+                   "                        break"]
     for line in (
         f"if {ip} is None:",
         f"    {t} = {gen.bind(none_result)}",
@@ -156,9 +163,11 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
         f"        if {tables} is None or {ip}.__class__ is not {gen.bind(IP)}:",
         f"            {t} = {by}(ctx, {ip})",
         "        else:",
+        f"            {version} = {ip}.version",
+        f"            {value} = {ip}.value",
         "            try:",
         f"                {maps} = {tables}.maps[{name_}]",
-        f"                {lengths} = {tables}.nets[{name_}].get({ip}.version, ())",
+        f"                {lengths} = {tables}.nets[{name_}].get({version}, ())",
         "            except Exception:",
         f"                {t} = {by}(ctx, {ip})",
         "            else:",
@@ -168,8 +177,7 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
         f"                    if {bucket}.__class__ is {gen.bind(Since)}:",
         f"                        {bucket} = {tables}.resolve({name_}, {bucket})",
         f"                    if {bucket}:",
-        f"                        {found} = {bucket} if {found} is None else "
-        f"(*{found}, *{bucket})",
+        *collect,
         f"                {t} = {_result(method, found, net=True)}",
         f"                if {memo}:",
         f"                    ctx.memo[{memo_key}] = {t}",
