@@ -325,6 +325,7 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, WriteLimits, HttpToolsProt
             self._start_asgi_task(cycle, app)
         elif self._phase is None:
             self._expect("idle")
+        self._end_after_eof()
 
     # The deadline
     def _expect(self, phase: str) -> None:

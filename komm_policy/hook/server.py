@@ -21,6 +21,9 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
   request waiting to write are freed.  While the buffer is over the mark the connection
   reads no further request (so a client pipelining requests without reading the answers
   cannot grow what the process holds);
+* **half-close**: a client that shuts down its sending side after its requests gets
+  each complete one answered, in order, then the connection closes (uvicorn closed at
+  the FIN, leaving pipelined requests unanswered);
 * **connection limit**: at most `max_connections` open connections per process (default:
   the descriptor limit less `RESERVED_DESCRIPTORS`), so `accept()` never meets EMFILE;
   a new connection beyond it evicts the least recently active connection that has no

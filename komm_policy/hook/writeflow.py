@@ -62,6 +62,9 @@ class WriteLimits:
     _unparsed = b""
     """Bytes read but not yet parsed (reading was paused between slices of a read)."""
     _feed_scheduled = False
+    _feeding = False
+    _eof = False
+    """The client half-closed (sent FIN) with requests still to answer."""
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]
@@ -116,4 +119,30 @@ class WriteLimits:
     def _feed_unparsed(self) -> None:
         self._feed_scheduled = False
         if self._unparsed and not self.flow.read_paused and not self.transport.is_closing():
-            self.data_received(b"")  # type: ignore[attr-defined]
+            self._feeding = True
+            try:
+                self.data_received(b"")  # type: ignore[attr-defined]
+            finally:
+                self._feeding = False
+            self._end_after_eof()
+
+    def eof_received(self) -> bool | None:
+        """A half-close (FIN) after pipelined requests: answer those read (and kept
+        unparsed) first, then close (`_end_after_eof`); uvicorn closed at once, so the
+        requests queued behind the one in progress were never answered."""
+        cycle = self.cycle
+        if self._unparsed or self.pipeline or (
+                cycle is not None and not cycle.response_complete and not cycle.more_body):
+            self._eof = True
+            return True  # keep our side open for the answers
+        return None  # nothing more can come: the transport closes
+
+    def _end_after_eof(self) -> None:
+        """After a half-close, close once every complete request read is answered (a
+        request whose body was cut by the FIN can never complete)."""
+        if (not self._eof or self._feeding or self._unparsed or self.pipeline
+                or self.transport.is_closing()):
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or cycle.more_body:
+            self._close()
