@@ -327,7 +327,6 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, WriteLimits, HttpToolsProt
             self._expect("idle")
         self._end_after_eof()
 
-    # The deadline
     def _expect(self, phase: str) -> None:
         """Start `phase`'s clock (its timeout from now)."""
         now = self.loop.time()
