@@ -16,15 +16,31 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError, load_config
 from ..demo import DEMO_TABLES
-from ..directory.schema import Schema, SchemaError, Table, dump_schema, load_schema
+from ..directory.schema import (
+    Schema,
+    SchemaError,
+    Table,
+    dump_schema,
+    find_schema,
+    load_schema,
+)
 from ..directory.sqlite import connect, create_database, init_schema
 from ..directory.sqlite_tables import read_schema
-from ..directory.transfer import TransferError, delete_rows, export_tables, import_tables
+from ..directory.transfer import (
+    TransferError,
+    delete_rows,
+    export_tables,
+    import_tables,
+    undescribed_tables,
+)
 from . import os_error_text, read_input, spacetimedb
 
 DEFAULT_PATH = "var/komm.sqlite3"
 DEFAULT_SCHEMA = "policies/schema.toml"
+"""Where the schema file is without --schema, --policies or a configured policy directory
+(the service's default policy directory, `policies`, with its `schema.toml`)."""
 
 
 def register(sub: Any) -> None:
@@ -38,8 +54,7 @@ def register(sub: Any) -> None:
     init.set_defaults(run=run_init)
     schema = actions.add_parser("schema", help="print the tables as a schema file (TOML)")
     schema.add_argument("tables", nargs="*", help="only these tables")
-    _store_arguments(schema, "keep the meanings this schema file gives (default: "
-                             f"{DEFAULT_SCHEMA} when it exists)", spacetimedb=True)
+    _store_arguments(schema, "keep the meanings this schema file gives", spacetimedb=True)
     schema.set_defaults(run=run_schema)
     export = actions.add_parser("export", help="print tables as JSON")
     export.add_argument("tables", nargs="*", help="only these tables (default: all)")
@@ -48,8 +63,10 @@ def register(sub: Any) -> None:
     export.set_defaults(run=run_export)
     load = actions.add_parser("import", help="validate, then insert or replace rows")
     load.add_argument("file", help="JSON as written by `db export` ('-' for stdin)")
-    _store_arguments(load, f"validate by this schema file (default: {DEFAULT_SCHEMA} when "
-                           "it exists)")
+    _store_arguments(load, "validate by this schema file")
+    load.add_argument("--storage-types-only", action="store_true",
+                      help="accept that no schema file describes some tables: check their "
+                           "rows against the store's declared types only (no notice)")
     load.set_defaults(run=run_import)
     delete = actions.add_parser("delete", help="delete rows by primary key")
     delete.add_argument("table", help="the table")
@@ -65,7 +82,14 @@ def _store_arguments(parser: argparse.ArgumentParser, schema_help: str | None = 
     (with what this action uses it for) and `--directory` where the action takes them."""
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"database file ({DEFAULT_PATH})")
     if schema_help is not None:
-        parser.add_argument("--schema", metavar="FILE", help=schema_help)
+        parser.add_argument("--schema", metavar="FILE",
+                            help=f"{schema_help} (default: schema.toml in the policy directory)")
+        parser.add_argument("--policies", metavar="DIR",
+                            help="the policy directory whose schema.toml to use, as `check` "
+                                 "and `serve` find it (default: [policies] path of --config "
+                                 "or KOMM_CONFIG, KOMM_POLICIES, else policies)")
+        parser.add_argument("--config", metavar="FILE",
+                            help="komm.toml naming the policy directory (or KOMM_CONFIG)")
     if spacetimedb:
         parser.add_argument("--directory", metavar="URL",
                             help="read a SpacetimeDB database (spacetimedb://HOST:PORT/DB) "
@@ -73,9 +97,25 @@ def _store_arguments(parser: argparse.ArgumentParser, schema_help: str | None = 
                                  "KOMM_SPACETIMEDB_TOKEN_FILE or KOMM_SPACETIMEDB_TOKEN)")
 
 
+def schema_path(args: argparse.Namespace, command: str) -> tuple[Path | None, str]:
+    """The schema file a `db` command uses, and where it looked: `--schema FILE`; else
+    `schema.toml` in the policy directory (`--policies DIR`, else the configured one as
+    `serve` reads it: --config/KOMM_CONFIG `[policies] path`, KOMM_POLICIES, `policies`).
+    Exits 2 when the configuration is broken."""
+    if args.schema:
+        return Path(args.schema), args.schema
+    policies = args.policies
+    if policies is None:
+        try:
+            policies = load_config(args.config, only=()).policies
+        except ConfigError as exc:
+            raise SystemExit(_fail(command, str(exc), 2)) from exc
+    return find_schema(policies), str(Path(policies) / "schema.toml")
+
+
 def _schema(args: argparse.Namespace, command: str) -> Schema | None:
-    """The schema file named by --schema, or the default one when it exists."""
-    path = args.schema or (DEFAULT_SCHEMA if Path(DEFAULT_SCHEMA).is_file() else None)
+    """The schema file `schema_path` names (None: there is none)."""
+    path, _where = schema_path(args, command)
     if path is None:
         return None
     try:
@@ -172,12 +212,25 @@ def run_import(args: argparse.Namespace) -> int:
             create_database(args.path)
             conn = connect(args.path, create=False)
             counts = import_tables(conn, data, schema)
+        undescribed = undescribed_tables(conn, counts, schema)
     except TransferError as exc:
         return _fail("import", f"{args.file}: nothing imported:\n  "
                      + "\n  ".join(exc.problems), 1)
     finally:
         conn.close()
+    if not counts:
+        print(f"{args.path}: imported 0 rows (the file names no tables)")
+        return 0
     print(f"{args.path}: imported " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    if undescribed and not args.storage_types_only:
+        _path, where = schema_path(args, "import")
+        source = (f"{schema.source} does not describe" if schema is not None
+                  else f"no schema file ({where} does not exist) describes")
+        print(f"komm-policy db import: notice: {source} {', '.join(undescribed)}: "
+              "only the store's declared types were checked "
+              "(not address or network syntax, not enum variants); describe the tables "
+              "there, name the schema file with --schema or --policies, or pass "
+              "--storage-types-only", file=sys.stderr)
     return 0
 
 

@@ -8,11 +8,15 @@ null for none, a list for `list` columns); a table of one column may list bare v
      "admins": ["c200…0102"]}
 
 `import` validates every row first, against the column meanings of the schema file when
-it describes the table, else the store's declared types: wrong types, `300.1.2.3` or
-`10.0.0.1/8` (host bits set) in a network column, an unknown enum variant, a missing
-value for a column without a default, an unknown table or column.  Every problem is
-reported with its table, row number and key; nothing is written unless all rows are valid,
-and then all are written in one transaction (insert or replace).
+it describes the table, else the store's declared types (`undescribed_tables` names the
+tables only storage types checked; the command line says so): wrong types, `300.1.2.3` or
+`10.0.0.1/8` (host bits set) in a network column, an address that is neither a mailbox
+nor a domain (`addresses.valid_address`, the language's own check), an unknown enum
+variant, an integer outside SQLite's 64 bits, a missing value for a column without a
+default, an unknown table or column.  JSON `true`/`false` are 1/0 in an integer column the
+schema file does not describe (what `export` writes for a `bool` column imports anywhere).
+Every problem is reported with its table, row number and key; nothing is written unless
+all rows are valid, and then all are written in one transaction (insert or replace).
 
 Rows are keyed by the table's primary key.  A table that declares none is keyed by
 SQLite's `rowid`: `export` writes it as each row's first field (`{"rowid": 1, …}`), and
@@ -30,8 +34,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..addresses import valid_address, valid_domain
 from .schema import BadValue, Column, Schema, decode_value
 from .sqlite_tables import quote, read_schema, user_tables
+
+SQLITE_INTEGER_RANGE = range(-(2**63), 2**63)
+"""SQLite's INTEGER: 64-bit signed (https://sqlite.org/datatype3.html §2)."""
 
 MAX_REPORTED = 50
 """Problems listed before `import` stops counting them individually."""
@@ -50,6 +58,8 @@ class _StoredColumn:
     column: Column
     has_default: bool
     rowid_alias: bool
+    described: bool = False
+    """The schema file gives this column's meaning (else: the store's declared type)."""
 
 
 def _columns(conn: sqlite3.Connection, table: str, schema: Schema | None
@@ -60,12 +70,14 @@ def _columns(conn: sqlite3.Connection, table: str, schema: Schema | None
     result = {}
     for column in stored.columns:
         meaning = column
-        if annotated is not None and column.name in annotated.by_name:
+        described = annotated is not None and column.name in annotated.by_name
+        if described:
             meaning = annotated.by_name[column.name]
         _cid, _name, declared, _notnull, default, pk = info[column.name]
         rowid_alias = bool(pk) and (declared or "").upper() == "INTEGER" and len(
             stored.primary_key) == 1
-        result[column.name] = _StoredColumn(meaning, default is not None, rowid_alias)
+        result[column.name] = _StoredColumn(meaning, default is not None, rowid_alias,
+                                            described)
     return result
 
 
@@ -107,6 +119,28 @@ def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
     return result
 
 
+def undescribed_tables(conn: sqlite3.Connection, tables: Any, schema: Schema | None
+                       ) -> list[str]:
+    """What `schema` does not describe among the store's `tables`: `"notes"` for a table it
+    has no entry for, `"subscriptions (status, permission)"` for columns its entry lacks.
+    `import` checks those against the store's declared types only (no address or network
+    syntax, no enum variants)."""
+    existing = set(user_tables(conn))
+    result = []
+    for table in tables:
+        if table not in existing:
+            continue
+        annotated = schema.tables.get(table) if schema is not None else None
+        if annotated is None:
+            result.append(table)
+            continue
+        stored = read_schema(conn, [table]).tables[table]
+        missing = [c.name for c in stored.columns if c.name not in annotated.by_name]
+        if missing:
+            result.append(f"{table} ({', '.join(missing)})")
+    return result
+
+
 def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = None
                   ) -> dict[str, int]:
     """Validate every row, then insert (or replace) them all in one transaction.
@@ -142,7 +176,10 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
                 rowid = row.pop("rowid")
             values, row_problems = _validate(table, number, row, columns)
             if rowid is not None:
-                if type(rowid) is not int:
+                if type(rowid) is int and rowid not in SQLITE_INTEGER_RANGE:
+                    row_problems.append(f"{table} row {number}: `rowid` {rowid} is outside "
+                                        f"SQLite's 64-bit integers")
+                elif type(rowid) is not int:
                     row_problems.append(f"{table} row {number}: `rowid` must be an integer "
                                         f"(the row's key in a table without a primary key), "
                                         f"not {rowid!r}")
@@ -215,8 +252,11 @@ def _validate(table: str, number: int, row: Mapping[str, Any],
         value = row[name]
         if value is None and stored.rowid_alias:
             continue  # SQLite assigns the next rowid
+        if isinstance(value, bool) and stored.column.type == "integer" and not stored.described:
+            value = int(value)  # a bool column as another schema file's `export` wrote it
         try:
             decode_value(stored.column, value)
+            _check_storable(stored.column, value)
         except BadValue as exc:
             problems.append(f"{where}: {exc}")
             continue
@@ -228,6 +268,26 @@ def _validate(table: str, number: int, row: Mapping[str, Any],
             value = value.strip()
         values[name] = value
     return values, problems
+
+
+def _check_storable(column: Column, value: Any) -> None:
+    """What `decode_value` lets through but the store or the language cannot hold: an
+    integer beyond SQLite's 64 bits (SATS allows u256; SQLite would raise OverflowError),
+    an address the language's `valid_address` refuses (neither a mailbox nor a domain;
+    "" stays: no address, as the null sender).  Raises `BadValue`."""
+    if isinstance(value, int) and not isinstance(value, bool) and (
+            value not in SQLITE_INTEGER_RANGE):
+        raise BadValue(f"column {column.name}: {value} is outside SQLite's 64-bit integers "
+                       f"(-2^63 … 2^63-1)")
+    if column.type == "address" and isinstance(value, str):
+        text = value.strip()
+        if text and not (valid_address(text) if "@" in text else valid_domain(text)):
+            raise BadValue(f"column {column.name}: {value!r} is not an address or domain "
+                           f"(as valid_address checks it: local@domain)")
+    if column.type == "list" and isinstance(value, list):
+        element = Column(column.name, column.element or "text")
+        for item in value:
+            _check_storable(element, item)
 
 
 def _bounded(problems: list[str]) -> list[str]:
@@ -260,20 +320,26 @@ def delete_rows(conn: sqlite3.Connection, table: str, keys: list[str],
         clauses.append(f"{quote(name)} = ? COLLATE NOCASE" if meaning == "address"
                        else f"{quote(name)} = ?")
     sql = f"DELETE FROM {quote(table)} WHERE {' AND '.join(clauses)}"
-    missing = []
+    missing: list[str] = []
+    out_of_range: list[str] = []
     deleted = 0
     with conn:
         for values in wanted:
             params = [_key_value(columns.get(n), v) for n, v in zip(primary, values,
                                                                      strict=True)]
+            if None in params:
+                out_of_range.append(" ".join(values))
+                continue
             count = conn.execute(sql, params).rowcount
             if count == 0:
                 missing.append(" ".join(values))
             deleted += count
-        if missing:
+        if missing or out_of_range:
             conn.rollback()
-            raise TransferError([f"{table}: no row with key {k!r} (nothing deleted)"
-                                 for k in missing])
+            raise TransferError(
+                [f"{table}: key {k!r} is outside SQLite's 64-bit integers: no row has it "
+                 f"(nothing deleted)" for k in out_of_range]
+                + [f"{table}: no row with key {k!r} (nothing deleted)" for k in missing])
     return deleted
 
 
@@ -281,7 +347,9 @@ def _key_value(stored: _StoredColumn | None, text: str) -> Any:
     kind = stored.column.type if stored is not None else "integer"
     if kind in ("integer", "timestamp", "bool"):
         try:
-            return int(text)
+            number = int(text)
         except ValueError:
             return text
+        # Beyond 64 bits no row can have it (SQLite would raise OverflowError).
+        return number if number in SQLITE_INTEGER_RANGE else None
     return text
