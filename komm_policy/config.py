@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .config_options import OPTIONS, Option
+from .config_options import OPTIONS, Option, limit
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "validate"]
 
@@ -130,10 +130,17 @@ def load_config(
 
 def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
     try:
-        return option.parse(value)
+        parsed = option.parse(value)
     except (TypeError, ValueError) as exc:
         problems.append(f"{origin}: {exc}")
         return None
+    largest = limit(option)
+    if largest is not None and parsed > largest:
+        unit = " seconds" if isinstance(parsed, float) else ""
+        problems.append(f"{origin}: {value!r} is too large: {option.name} takes at most "
+                        f"{int(largest):,}{unit}")
+        return None
+    return parsed
 
 
 _TOKEN_FILES = (("server", "token_file", "KOMM_TOKEN_FILE", "token"),

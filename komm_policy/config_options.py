@@ -4,6 +4,7 @@ it.  A parser raises ValueError saying what it expected."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +46,46 @@ def _float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
     try:
-        return float(value)
-    except ValueError:
+        number = float(value)
+    except (ValueError, OverflowError):
         raise ValueError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):  # float("inf"), "nan", "1e999"
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
 
 
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {value!r}")
     return value
+
+
+DAY = 86_400.0
+"""The largest interval or timeout any option takes, in seconds: larger values are typing
+mistakes, and `inf` or `1e300` would overflow the timers that wait for them."""
+
+MAXIMA: dict[str, float] = {
+    "workers": 1024, "max_body_bytes": 2**30,
+    "max_connections": 2**20, "max_concurrency": 2**20, "max_header_bytes": 2**24,
+    "max_headers": 100_000, "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
+    "log_queue_max": 10_000_000, "log_spacetimedb_batch": 100_000,
+    # retention, not waiting: up to ten years
+    "log_spool_keep": 3650 * DAY, "log_jsonl_max_age": 3650 * DAY,
+    "log_sqlite_max_age": 3650 * DAY,
+}
+"""The largest value of a numeric option (`limit`); every other seconds option takes at
+most `DAY`, every other whole-number option SQLite's largest integer."""
+
+
+def limit(option: Option) -> float | None:
+    """The largest value `option` takes (None: not a number)."""
+    if option.name in MAXIMA:
+        return MAXIMA[option.name]
+    if option.parse is _float:
+        return DAY
+    if option.parse is _int:
+        return 2**63 - 1
+    return None
 
 
 OPTIONS: tuple[Option, ...] = (

@@ -164,8 +164,18 @@ class SqliteDirectory:
             self._conn = None
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_interval):
-            self.refresh()
+        """The refresher thread: supervised, so nothing ends it but `close` (an error is
+        logged, counted as unexpected in `health`, and the next poll tries again)."""
+        while True:
+            try:
+                if self._stop.wait(poll_wait(self.refresh_interval)):
+                    return
+                self.refresh()
+            except Exception as exc:  # refresh never raises; this is the loop's own guard
+                with self._lock:
+                    self._failed(f"refresher: {type(exc).__name__}: {exc}", expected=False)
+                if self._stop.wait(1.0):
+                    return
 
     def require(self, schema: Schema, needs: Needs) -> None:
         """Replicate and index what a policy set reads.  Raises `DirectoryError` when a
@@ -350,6 +360,16 @@ class SqliteDirectory:
         if not self._loaded or not self._available:
             raise DirectoryError(f"directory {self.path} unavailable: {self.last_error}")
         return self._tables.counts() if self._tables is not None else {}
+
+
+def poll_wait(interval: float) -> float:
+    """Seconds the refresher waits between polls: `interval`, within what a thread can wait
+    (`threading.TIMEOUT_MAX`; a day at most), and 1 s for a value that is no number of
+    seconds (NaN, negative).  The configuration refuses those; a directory built in code
+    must not lose its refresher to them (`Event.wait(1e300)` raises OverflowError)."""
+    if not interval > 0:
+        return 1.0
+    return min(interval, 86_400.0, threading.TIMEOUT_MAX)
 
 
 def create_database(path: str | Path,
