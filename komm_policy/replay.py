@@ -41,6 +41,7 @@ DATA_STAGE = "data stage (the record holds no message headers or body)"
 REDACTED_IP = "client IP redacted"
 NOT_A_RECORD = "not a decision record (unreadable line)"
 NEWER_VERSION = "record_version newer than this komm-policy reads"
+BAD_VERSION = "malformed record_version (not a whole number from 0 up)"
 BAD_REQUEST = "request cannot be rebuilt"
 
 
@@ -199,7 +200,9 @@ def _rows(conn: sqlite3.Connection, cursor: sqlite3.Cursor
 def rebuild_request(record: dict[str, Any]) -> Request | str:
     """The hook request a record was decided for, or the reason it cannot be rebuilt."""
     version = record.get("record_version", 0)
-    if not isinstance(version, int) or version > READ_RECORD_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        return BAD_VERSION  # "2", 2.0, true, null: written by no komm-policy
+    if version > READ_RECORD_VERSION:
         return NEWER_VERSION
     stage = str(record.get("stage", "")).lower()
     if stage == "data":

@@ -35,8 +35,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--port", type=int, help="listen port (default 3002)")
     parser.add_argument("--policies", metavar="DIR", help="policy directory (default policies)")
     parser.add_argument("--directory", metavar="URL",
-                        help="sqlite:PATH (default sqlite:var/komm.sqlite3), memory:demo, "
-                             "memory:empty")
+                        help="sqlite:PATH (default sqlite:var/komm.sqlite3), "
+                             "spacetimedb://HOST:PORT/DB, spacetimedb+https://HOST/DB, "
+                             "memory:demo, memory:empty")
     parser.add_argument("--workers", type=int, help="worker processes (default 1)")
     parser.add_argument("--token", help="require this token (prefer KOMM_TOKEN or "
                                         "KOMM_TOKEN_FILE: flags are visible to other users)")

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from ..wire import STAGES
 
 DEFAULT_STAGES = ("connect", "ehlo", "mail", "rcpt", "data")
+MAX_TIMEOUT_MS = 86_400_000
+"""The longest `--timeout` (a day), as the service's own timeouts (README, Configuration)."""
 
 
 def register(sub: Any) -> None:
@@ -80,14 +82,56 @@ class Secret:
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
+_MACRO = re.compile(r"%\{|\}%")
+"""Stalwart's configuration macros, `%{env:NAME}%` and `%{file:PATH}%` (wire reference §8,
+the 0.15 TOML form): a value holding `%{` is expanded, and a `}%` ends the macro around it,
+so neither may appear in what is printed inside or outside one."""
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+"""A `%` not starting a percent-escape (RFC 3986 §2.1: `%` HEXDIG HEXDIG)."""
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""An environment variable name as POSIX shells write one (POSIX.1-2017 §8.1)."""
+
+
+def check_secret(args: argparse.Namespace) -> str | None:
+    """Why `--token-env`, `--token-file` or `--token` cannot be written into the
+    configuration, or None: an environment variable name that is not `[A-Za-z_][A-Za-z0-9_]*`,
+    a path or token with a macro delimiter (`%{`, `}%`: Stalwart would expand or end a macro
+    there), control characters or an empty value."""
+    if args.token_env is not None and not ENV_NAME.fullmatch(args.token_env):
+        return (f"--token-env {args.token_env!r} is not an environment variable name "
+                "(letters, digits and _, not starting with a digit)")
+    for flag, value in (("--token-file", args.token_file), ("--token", args.token)):
+        if value is None:
+            continue
+        if not value.strip():
+            return f"{flag} must not be empty"
+        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+            return f"{flag} {_shown(flag, value)} has control characters"
+        if _MACRO.search(value):
+            return (f"{flag} {_shown(flag, value)} holds `%{{` or `}}%`, which Stalwart "
+                    "reads as a configuration macro")
+    return None
+
+
+def _shown(flag: str, value: str) -> str:
+    return "(the token)" if flag == "--token" else repr(value)
+
+
 def check_url(url: str) -> str | None:
     """Why Stalwart could not call `url` (an http:// or https:// URL with a valid host,
-    an optional port 1-65535, no credentials and no fragment), or None.  Stalwart POSTs to
-    the URL as given (reference §3: nothing is appended), so a malformed one would only
-    fail at the first SMTP session."""
+    an optional port 1-65535, no credentials, no fragment, only valid percent-escapes and
+    no configuration macro `%{…}%`), or None.  Stalwart POSTs to the URL as given
+    (reference §3: nothing is appended), so a malformed one would only fail at the first
+    SMTP session."""
     if not url.isascii() or any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
         return (f"--url {url!r} has spaces, control or non-ASCII characters (percent-encode "
                 "the path; write an IDN host as its xn-- form)")
+    if _MACRO.search(url):
+        return (f"--url {url!r} holds `%{{` or `}}%`: Stalwart would expand it as a "
+                "configuration macro (percent-encode `{` as %7B, `}` as %7D)")
+    if _BAD_ESCAPE.search(url):
+        return (f"--url {url!r} has a `%` that does not start a percent-escape (%XX, two "
+                "hex digits; write `%` itself as %25)")
     try:
         parts = urlsplit(url)
     except ValueError:  # an unclosed `[` of an IPv6 host
@@ -129,7 +173,10 @@ def _timeout_ms(text: str) -> int:
     number, unit = int(match.group(1)), match.group(2) or "s"
     if number == 0:
         raise ValueError("the timeout must be positive")
-    return number * {"ms": 1, "s": 1000, "m": 60000}[unit]
+    ms = number * {"ms": 1, "s": 1000, "m": 60000}[unit]
+    if ms > MAX_TIMEOUT_MS:
+        raise ValueError(f"the timeout {text.strip()} is too long (at most 1 day, 86400s)")
+    return ms
 
 
 def _duration_text(ms: int) -> str:
@@ -204,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"komm-policy stalwart-config: {exc}", file=sys.stderr)
         return 2
-    problem = check_url(args.url)
+    problem = check_url(args.url) or check_secret(args)
     if problem:
         print(f"komm-policy stalwart-config: {problem}", file=sys.stderr)
         return 2
