@@ -231,3 +231,22 @@ def test_an_import_of_no_tables_says_so(capsys: pytest.CaptureFixture[str],
     code, out, _ = run(capsys, "db", "import", str(data), "--path", "s.sqlite3")
     assert code == 0
     assert out.strip() == "s.sqlite3: imported 0 rows (the file names no tables)"
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_float_that_is_not_finite_is_refused(capsys: pytest.CaptureFixture[str],
+                                               elsewhere: Path, text: str) -> None:
+    store = elsewhere / "s.sqlite3"
+    with sqlite3.connect(store) as conn:
+        conn.execute("CREATE TABLE scores (id INTEGER PRIMARY KEY, score REAL)")
+    data = elsewhere / "rows.json"
+    data.write_text('{"scores": [{"id": 1, "score": 1.5}, {"id": 2, "score": ' + text + '}]}')
+    code, _, err = run(capsys, "db", "import", str(data), "--path", str(store),
+                       "--storage-types-only")
+    assert code == 1 and "scores row 2 (id=2, score=" in err
+    assert "column score: " in err and "is not a finite number" in err
+    assert rows_of(store, "scores") == []
+    data.write_text('{"scores": [{"id": 1, "score": 1.5}, {"id": 2, "score": -2}]}')
+    assert run(capsys, "db", "import", str(data), "--path", str(store),
+               "--storage-types-only")[0] == 0
+    assert rows_of(store, "scores") == [(1, 1.5), (2, -2.0)]

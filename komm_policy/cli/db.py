@@ -178,7 +178,9 @@ def run_schema(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     if spacetimedb.is_spacetimedb(args.directory):
-        return spacetimedb.db_export(args.directory, args.tables, args.schema, sys.stdout)
+        path, _where = schema_path(args, "export")
+        return spacetimedb.db_export(args.directory, args.tables,
+                                     str(path) if path is not None else None, sys.stdout)
     conn = _open(args, "export")
     if isinstance(conn, int):
         return conn

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
 def undescribed_tables(conn: sqlite3.Connection, tables: Any, schema: Schema | None
                        ) -> list[str]:
     """What `schema` does not describe among the store's `tables`: `"notes"` for a table it
-    has no entry for, `"subscriptions (status, permission)"` for columns its entry lacks.
+    has no entry for, `"orders (status, note)"` for columns its entry lacks.
     `import` checks those against the store's declared types only (no address or network
     syntax, no enum variants)."""
     existing = set(user_tables(conn))
@@ -273,8 +274,12 @@ def _validate(table: str, number: int, row: Mapping[str, Any],
 def _check_storable(column: Column, value: Any) -> None:
     """What `decode_value` lets through but the store or the language cannot hold: an
     integer beyond SQLite's 64 bits (SATS allows u256; SQLite would raise OverflowError),
+    a float that is not finite (Python's JSON reads NaN, Infinity and 1e999),
     an address the language's `valid_address` refuses (neither a mailbox nor a domain;
     "" stays: no address, as the null sender).  Raises `BadValue`."""
+    if isinstance(value, float) and not math.isfinite(value):  # JSON NaN, Infinity, 1e999
+        raise BadValue(f"column {column.name}: {value} is not a finite number (SQLite "
+                       f"would store NaN as NULL)")
     if isinstance(value, int) and not isinstance(value, bool) and (
             value not in SQLITE_INTEGER_RANGE):
         raise BadValue(f"column {column.name}: {value} is outside SQLite's 64-bit integers "
