@@ -27,6 +27,12 @@ _PROCESS: tuple[tuple[Family, str, str, Callable[[LogStatus], float]], ...] = (
      "Records dropped: spool failing and the memory queue full", lambda s: s.dropped),
     (GaugeMetricFamily, "komm_decision_log_spool_failing",
      "1 while the spool cannot be written", lambda s: 1.0 if s.spool_failing else 0.0),
+    (CounterMetricFamily, "komm_decision_log_spool_skipped_bytes",
+     "Bytes of the spool the writer skipped: no intact frame (corruption, a frame cut "
+     "short)", lambda s: s.spool_skipped_bytes),
+    (CounterMetricFamily, "komm_decision_log_spool_lost_records",
+     "Records lost in corrupt stretches of the spool (they reach no sink)",
+     lambda s: s.spool_lost_records),
     (CounterMetricFamily, "komm_decision_log_spooled_records",
      "Sequence number of the next spool entry", lambda s: s.next_seq),
 )

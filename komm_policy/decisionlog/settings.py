@@ -50,3 +50,6 @@ class LogStatus:
     """Sinks that refuse records until their configuration is fixed (`SinkBlocked`)."""
     sink_counters: dict[str, dict[str, int]] = field(default_factory=dict)
     """A sink's own counters (e.g. `dead_letters`), as its last write left them."""
+    spool_skipped_bytes: int = 0  # no intact frame there, and the records it held:
+    spool_lost_records: int = 0  # as the writer counted them (`spool_reader`)
+    spool_corruption: str | None = None  # the last loss, while recent (/readyz)

@@ -11,9 +11,12 @@ Layout of a spool directory:
 - `NNNNNNNNNNNNNNNNNNNN.seg` — a segment; its name is the sequence number of its first
   entry.  A service opens a new segment when it starts and after `segment_bytes`; it
   never appends to a segment it did not open.
-- a frame per entry: 4-byte big-endian payload length, 4-byte CRC-32 of the payload,
-  the payload (a msgpack `raw_entry`).  A frame cut short (a crash while writing, a full
-  disk) ends its segment: the reader skips it once a later segment exists.
+- a frame per entry (`spoolframe`: magic, length, seq, payload CRC, header CRC, the
+  payload).  A bad stretch in the middle of a segment (a flipped byte, a bad sector) is
+  skipped up to the next intact frame; its bytes and the entries it held (by seq) are
+  counted (`SpoolReader.corruption`) and logged.  A frame not complete at the end of the
+  segment being written is waited for; once a later frame or segment exists it is a gap
+  like any other.
 - `lock` — flock'ed by the service that appends, so two services cannot share a spool.
 - `state.json` — written by the writer: each sink's position and the writer's status.
 
@@ -28,27 +31,23 @@ import fcntl
 import json
 import logging
 import os
-import struct
 import threading
-import zlib
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .spoolframe import HEADER_SIZE, MAX_ENTRY, Frame, Gap, frame, frames, header_at, last_seq, scan
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">II")
-MAX_ENTRY = 16 * 1024 * 1024
-"""A longer length field means corruption (entries are a few hundred bytes)."""
 SUFFIX = ".seg"
 
 
 class SpoolError(OSError):
     """The spool cannot be used (locked by another process, not writable)."""
-
-
-def frame(payload: bytes) -> bytes:
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def segment_name(first_seq: int) -> str:
@@ -66,34 +65,13 @@ def segments(directory: Path) -> list[int]:
     return sorted(found)
 
 
-def parse_frames(data: bytes | memoryview, start: int = 0
-                 ) -> Iterator[tuple[int, bytes | None]]:
-    """(end offset, payload) for each complete frame from `start`; payload None for a
-    frame whose CRC does not match.  Stops at the first incomplete frame."""
-    view = memoryview(data)
-    position = start
-    size = len(view)
-    while position + 8 <= size:
-        length, crc = _HEADER.unpack_from(view, position)
-        if length > MAX_ENTRY:
-            return
-        end = position + 8 + length
-        if end > size:
-            return
-        payload = bytes(view[position + 8:end])
-        yield end, (payload if zlib.crc32(payload) == crc else None)
-        position = end
-
-
-def count_frames(path: Path) -> int:
-    """Complete, intact frames at the start of a segment (what a reader will deliver)."""
-    count = 0
-    with contextlib.suppress(FileNotFoundError):
-        for _end, payload in parse_frames(path.read_bytes()):
-            if payload is None:
-                break
-            count += 1
-    return count
+def next_seq_after(path: Path, first: int) -> int:
+    """The seq after the last entry a segment holds (whose header checks), or `first`."""
+    try:
+        found = last_seq(path.read_bytes())
+    except FileNotFoundError:
+        return first
+    return first if found is None else max(first, found + 1)
 
 
 class SpoolAppender:
@@ -119,8 +97,8 @@ class SpoolAppender:
                              "process; give each service its own (serve --log-spool DIR, "
                              "log.spool, KOMM_LOG_SPOOL)") from None
         existing = segments(self.directory)
-        self.next_seq = (existing[-1] + count_frames(self.directory / segment_name(
-            existing[-1]))) if existing else 0
+        self.next_seq = next_seq_after(self.directory / segment_name(existing[-1]),
+                                       existing[-1]) if existing else 0
         self._fd = -1
         self._size = 0
         self._roll_lock = threading.Lock()
@@ -139,7 +117,7 @@ class SpoolAppender:
         if len(payload) > MAX_ENTRY:
             raise ValueError(f"a spool entry of {len(payload)} bytes is over the "
                              f"{MAX_ENTRY}-byte limit")
-        return self._write(frame(payload), 1)
+        return self._write(frame(payload, self.next_seq), 1)
 
     def append_batch(self, payloads: list[bytes]) -> int:
         """Write several entries with one `write`; returns the last one's sequence number
@@ -151,13 +129,7 @@ class SpoolAppender:
                                  f"{MAX_ENTRY}-byte limit")
         if not payloads:
             return self.next_seq - 1
-        pack = _HEADER.pack
-        crc32 = zlib.crc32
-        parts = []
-        for payload in payloads:
-            parts.append(pack(len(payload), crc32(payload)))
-            parts.append(payload)
-        return self._write(b"".join(parts), len(payloads))
+        return self._write(frames(payloads, self.next_seq), len(payloads))
 
     def _write(self, data: bytes, count: int) -> int:
         """Append `count` whole frames (`data`); the last one's sequence number."""
@@ -250,19 +222,103 @@ class Position:
         return [self.segment, self.offset, self.seq]
 
 
-class SpoolReader:
-    """The writer's end: entries after a position, in order."""
+@dataclass(frozen=True)
+class Corruption:
+    """A stretch of a segment that held no intact frame, skipped by the reader."""
 
-    def __init__(self, directory: str | Path, *, read_bytes: int = 1024 * 1024) -> None:
+    segment: int
+    """The segment's name (its first seq)."""
+    offset: int
+    skipped_bytes: int
+    lost_records: int
+    """Entries the stretch held (by seq): records that reach no sink."""
+    at: float
+    """When the reader met it (time.time())."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"segment": self.segment, "offset": self.offset, "bytes": self.skipped_bytes,
+                "records": self.lost_records, "at": self.at}
+
+
+KEEP_EVENTS = 20
+"""Recent corruptions kept in the writer's state (the totals are kept whole)."""
+
+
+class SpoolReader:
+    """The writer's end: entries after a position, in order.
+
+    A stretch that is no intact frame is skipped: the reader goes on at the next frame
+    whose header and payload check (`spoolframe.scan`).  Each stretch is counted once
+    (also when sinks at different positions meet it, and across writer restarts through
+    `known`, the state the writer saved): `skipped_bytes`, `lost_records` (the entries it
+    held, from the sequence numbers around it) and `events`, the recent ones."""
+
+    def __init__(self, directory: str | Path, *, read_bytes: int = 1024 * 1024,
+                 known: dict[str, Any] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self.read_bytes = read_bytes
-        self.corrupt = 0
-        self.skipped_tails = 0
+        self._clock = clock
+        known = known if isinstance(known, dict) else {}
+        self.skipped_bytes = int(known.get("bytes", 0))
+        self.lost_records = int(known.get("records", 0))
+        self.events: deque[Corruption] = deque(maxlen=KEEP_EVENTS)
+        for event in known.get("events", ()):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self.events.append(Corruption(int(event["segment"]), int(event["offset"]),
+                                              int(event["bytes"]), int(event["records"]),
+                                              float(event["at"])))
+        self._seen: dict[tuple[int, int], None] = {
+            (e.segment, e.offset): None for e in self.events}
+
+    def corruption(self) -> dict[str, Any]:
+        """The counts as the writer saves them (and `known` takes them back)."""
+        return {"bytes": self.skipped_bytes, "records": self.lost_records,
+                "events": [e.as_json() for e in self.events]}
+
+    def _skipped(self, segment: int, offset: int, skipped: int, lost: int,
+                 why: str) -> None:
+        if skipped <= 0 and lost <= 0:
+            return
+        key = (segment, offset)
+        if key in self._seen:  # another sink (or an earlier writer) met it already
+            return
+        self._seen[key] = None
+        if len(self._seen) > 4 * KEEP_EVENTS:
+            del self._seen[next(iter(self._seen))]
+        lost = max(lost, 0)
+        self.skipped_bytes += skipped
+        self.lost_records += lost
+        self.events.append(Corruption(segment, offset, skipped, lost, self._clock()))
+        if lost:
+            log.error("decision log spool: %s in %s at offset %d: %d bytes unreadable, "
+                      "%d records lost; delivery goes on after them", why,
+                      segment_name(segment), offset, skipped, lost)
+        else:
+            log.warning("decision log spool: %s in %s at offset %d: %d bytes skipped, no "
+                        "record lost", why, segment_name(segment), offset, skipped)
 
     def start(self) -> Position | None:
         """Where a sink with no position starts: the oldest segment present."""
         present = segments(self.directory)
         return Position(present[0], 0, present[0]) if present else None
+
+    def _window(self, path: Path, offset: int) -> tuple[bytes, int] | None:
+        """The bytes from `offset` (a read window, widened to hold a whole frame that
+        starts there and a window after it), and the file's size before they were
+        read; None when the file does not exist."""
+        try:
+            with path.open("rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                file.seek(offset)
+                data = file.read(self.read_bytes)
+                header = header_at(data, 0)
+                if header is not None and len(data) < HEADER_SIZE + header.length:
+                    data += file.read(HEADER_SIZE + header.length + self.read_bytes
+                                      - len(data))
+                return data, size
+        except FileNotFoundError:
+            return None
 
     def read(self, position: Position | None, limit: int
              ) -> tuple[list[tuple[int, bytes]], Position | None]:
@@ -273,44 +329,44 @@ class SpoolReader:
                 return [], None
         entries: list[tuple[int, bytes]] = []
         while len(entries) < limit:
-            path = self.directory / segment_name(position.segment)
-            try:
-                with path.open("rb") as file:
-                    file.seek(position.offset)
-                    data = file.read(self.read_bytes)
-                    if len(data) >= 8:
-                        # A frame longer than the read window: read it whole (up to
-                        # MAX_ENTRY), or the reader would wait at it for ever.
-                        length = _HEADER.unpack_from(data)[0]
-                        if len(data) < 8 + length <= 8 + MAX_ENTRY:
-                            data += file.read(8 + length - len(data))
-            except FileNotFoundError:
-                data = b""
-                if not path.parent.exists():
-                    return entries, position
-            end = 0
-            seq = position.seq
-            for end_offset, payload in parse_frames(data):
-                if payload is None:
-                    break  # corrupt or being written: decided below
-                entries.append((seq, payload))
-                seq += 1
-                end = end_offset
+            segment, offset, seq = position.segment, position.offset, position.seq
+            window = self._window(self.directory / segment_name(segment), offset)
+            if window is None and not self.directory.exists():
+                return entries, position
+            data, size = window or (b"", offset)
+            consumed = 0
+            for item in scan(data):
+                if isinstance(item, Gap):
+                    self._skipped(segment, offset + item.start, item.end - item.start,
+                                  item.next_seq - seq, "a corrupt stretch")
+                    seq = max(seq, item.next_seq)
+                elif isinstance(item, Frame):
+                    if item.seq > seq:  # entries missing without a trace in the bytes
+                        self._skipped(segment, offset + item.start, 0, item.seq - seq,
+                                      "entries missing")
+                    entries.append((item.seq, item.payload))
+                    seq = max(seq, item.seq + 1)
+                consumed = item.end
                 if len(entries) >= limit:
                     break
-            if end:
-                position = Position(position.segment, position.offset + end, seq)
+            if consumed:
+                position = Position(segment, offset + consumed, seq)
                 continue
-            # Nothing more here.  A later segment means this one is finished: whatever
-            # follows (a frame cut short, a bad CRC) can never complete.
-            later = [s for s in segments(self.directory) if s > position.segment]
+            if size > offset + len(data):
+                # The whole window was there before it was read and holds no frame
+                # start: skip it (but a header's length short of its end) and go on.
+                skip = max(1, len(data) - HEADER_SIZE + 1)
+                self._skipped(segment, offset, skip, 0, "a corrupt stretch")
+                position = Position(segment, offset + skip, seq)
+                continue
+            # Nothing more here.  A later segment means this one is finished: what
+            # follows (a frame cut short, a corrupt end) can never complete.
+            later = [s for s in segments(self.directory) if s > segment]
             if not later:
                 return entries, position
-            if data:
-                self.skipped_tails += 1
-                log.error("decision log spool: %d unreadable bytes at the end of %s "
-                          "skipped", len(data), path.name)
-            position = Position(later[0], 0, later[0])
+            self._skipped(segment, offset, len(data), later[0] - seq,
+                          "an incomplete or corrupt end" if window else "a missing segment")
+            position = Position(later[0], 0, max(later[0], seq))
         return entries, position
 
     def collect(self, positions: list[Position | None], *, keep: float = 0.0,

@@ -80,8 +80,9 @@ class SpoolWriter:
                  clock: Callable[[], float] = time.monotonic,
                  batch: int = BATCH, rng: random.Random | None = None) -> None:
         self.directory = Path(directory)
-        self.reader = SpoolReader(self.directory)
-        saved = read_state(self.directory).get("positions", {})
+        state = read_state(self.directory)
+        self.reader = SpoolReader(self.directory, known=state.get("corruption"))
+        saved = state.get("positions", {})
         self.states = [_SinkState(s, position_from(saved.get(s.name))) for s in sinks]
         self._clock = clock
         self._batch = batch
@@ -195,7 +196,7 @@ class SpoolWriter:
                                "last_error": s.last_error, "blocked": s.blocked,
                                "counters": s.counters} for s in self.states},
             "undecodable": self.undecodable,
-            "skipped_tails": self.reader.skipped_tails,
+            "corruption": self.reader.corruption(),
         }
 
     def save(self) -> None:

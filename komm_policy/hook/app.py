@@ -295,6 +295,11 @@ def _starlette_app(service: HookService) -> Starlette:
         if ready and service.reload_problem is not None:  # still serving the older set
             body.update(status="degraded", reason="the policies on disk do not compile",
                         diagnostic=service.reload_problem)
+        notice = service.decision_log.notice() if service.decision_log else None
+        if ready and notice is not None:  # records lost to spool corruption, recently
+            body.update(status="degraded", decision_log=notice)
+            if body["reason"] == "ok":
+                body["reason"] = notice
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics_endpoint(request: HttpRequest) -> Response:
