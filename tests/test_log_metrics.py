@@ -22,7 +22,8 @@ def test_every_family_carries_its_status_value() -> None:
         tempfails=4, unrecordable=6, dropped=5, backlog={"jsonl": 1, "spacetimedb": 7},
         oldest_age={"jsonl": 0.5, "spacetimedb": 9.0}, sink_errors={"spacetimedb": 3},
         blocked_sinks={"spacetimedb": "404"},
-        sink_counters={"spacetimedb": {"dead_letters": 2}})
+        sink_counters={"spacetimedb": {"dead_letters": 2}}, spool_skipped_bytes=230,
+        spool_lost_records=8)
     registry = CollectorRegistry()
     register_log_metrics(registry, _Log(status))  # type: ignore[arg-type]
     samples = {line for line in generate_latest(registry).decode().splitlines()
@@ -36,6 +37,8 @@ def test_every_family_carries_its_status_value() -> None:
         "komm_decision_log_dropped_records_total 5.0",
         "komm_decision_log_spool_failing 1.0",
         "komm_decision_log_spooled_records_total 17.0",
+        "komm_decision_log_spool_skipped_bytes_total 230.0",
+        "komm_decision_log_spool_lost_records_total 8.0",
         'komm_decision_log_backlog_records{sink="jsonl"} 1.0',
         'komm_decision_log_backlog_records{sink="spacetimedb"} 7.0',
         'komm_decision_log_oldest_unwritten_seconds{sink="jsonl"} 0.5',
