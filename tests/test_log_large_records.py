@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from komm_policy.decisionlog.spool import MAX_ENTRY, SpoolAppender, SpoolReader
+from komm_policy.decisionlog.spool import MAX_ENTRY, SpoolAppender
+from komm_policy.decisionlog.spool_reader import SpoolReader
 from komm_policy.hook.response import INTERNAL_ERROR_BODY
 
 from .logstore import jsonl_ids

@@ -21,11 +21,11 @@ from komm_policy.decisionlog.spool import (
     Position,
     SpoolAppender,
     SpoolError,
-    SpoolReader,
     frame,
     segment_name,
     segments,
 )
+from komm_policy.decisionlog.spool_reader import SpoolReader
 from komm_policy.decisionlog.writer import SpoolWriter
 from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database

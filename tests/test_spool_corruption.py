@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from komm_policy.decisionlog.spool import SpoolAppender, SpoolReader, segment_name, segments
+from komm_policy.decisionlog.spool import SpoolAppender, segment_name, segments
+from komm_policy.decisionlog.spool_reader import SpoolReader
 from komm_policy.decisionlog.spoolframe import HEADER_SIZE, MAGIC, frame, scan
 from komm_policy.decisionlog.writer import SpoolWriter
 

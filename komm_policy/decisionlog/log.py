@@ -35,14 +35,8 @@ from ..wire import Request
 from .records import RecordIds, raw_entry
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
-from .spool import (
-    MAX_ENTRY,
-    SpoolAppender,
-    position_from,
-    read_state,
-    segment_name,
-    segments,
-)
+from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
+from .spool_reader import corruption_summary
 from .writer import writer_main
 
 log = logging.getLogger(__name__)
@@ -50,27 +44,10 @@ log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 100_000
 """(seq, time) samples kept for the oldest-unwritten age (one per 10 ms of traffic)."""
-CORRUPTION_NOTICE = 600.0
-"""Seconds /readyz says "degraded" after the writer met a corrupt stretch in the spool."""
 WRITER_GRACE = 5.0
 """Seconds a writer may be down (being restarted) before /readyz reports it."""
 
 
-def _corruption(status: LogStatus, saved: object, now: float) -> None:
-    """The writer's corruption counts (`SpoolReader.corruption`) into `status`."""
-    if not isinstance(saved, dict):
-        return
-    with contextlib.suppress(TypeError, ValueError):
-        status.spool_skipped_bytes = int(saved.get("bytes", 0))
-        status.spool_lost_records = int(saved.get("records", 0))
-        events = saved.get("events") or []
-        last = events[-1] if isinstance(events, list) and events else None
-        if isinstance(last, dict) and now - float(last["at"]) < CORRUPTION_NOTICE:
-            status.spool_corruption = (
-                f"decision log spool: {int(last['records'])} records lost to a corrupt "
-                f"stretch of {int(last['bytes'])} bytes in {segment_name(int(last['segment']))} "
-                f"at offset {int(last['offset'])} ({now - float(last['at']):.0f}s ago; "
-                f"{status.spool_lost_records} in all)")
 
 
 class DecisionLog:
@@ -305,7 +282,8 @@ class DecisionLog:
                 status.blocked_sinks[name] = str(info["blocked"])
             if isinstance(info.get("counters"), dict):
                 status.sink_counters[name] = info["counters"]
-        _corruption(status, state.get("corruption"), now)
+        (status.spool_skipped_bytes, status.spool_lost_records,
+         status.spool_corruption) = corruption_summary(state.get("corruption"), now)
         self._prune(lowest)
         return status
 
@@ -331,12 +309,6 @@ class DecisionLog:
         """Every other sample: memory stays bounded, ages stay upper bounds."""
         self._samples_seq = self._samples_seq[::2]
         self._samples_at = self._samples_at[::2]
-
-    def notice(self, status: LogStatus | None = None) -> str | None:
-        """Something /readyz reports as "degraded" (still 200), or None: records lost
-        to a corrupt stretch of the spool in the last CORRUPTION_NOTICE seconds."""
-        status = status or self.status()
-        return status.spool_corruption
 
     def problem(self, status: LogStatus | None = None) -> str | None:
         """Why /readyz should say 503, or None."""

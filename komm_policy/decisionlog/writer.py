@@ -33,7 +33,8 @@ from typing import Any
 from ..logsetup import configure_logging
 from .records import Timestamps, encode_record, record_from_raw
 from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
-from .spool import Position, SpoolReader, position_from, read_state, write_state
+from .spool import Position, position_from, read_state, write_state
+from .spool_reader import SpoolReader
 
 log = logging.getLogger(__name__)
 

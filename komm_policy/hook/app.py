@@ -295,7 +295,8 @@ def _starlette_app(service: HookService) -> Starlette:
         if ready and service.reload_problem is not None:  # still serving the older set
             body.update(status="degraded", reason="the policies on disk do not compile",
                         diagnostic=service.reload_problem)
-        notice = service.decision_log.notice() if service.decision_log else None
+        notice = (service.decision_log.status().spool_corruption
+                  if service.decision_log is not None else None)
         if ready and notice is not None:  # records lost to spool corruption, recently
             body.update(status="degraded", decision_log=notice)
             if body["reason"] == "ok":
