@@ -224,11 +224,12 @@ def test_store_deleted_and_created_anew_while_serving(deployment: Deployment,
     assert after <= in_new_store  # nothing written into the deleted file
 
 
-def _mount_small_tmpfs(path: Path) -> Callable[[], None]:
+def _mount_small_tmpfs(path: Path, size: int = 256 + 2 * REQUESTS) -> Callable[[], None]:
+    """Mount a tmpfs of `size` KiB (default: room for the requests before the disk is
+    filled) at `path`; returns how to unmount it.  Skips the test when not root."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs for the full-disk test needs root")
     path.mkdir()
-    size = 256 + 2 * REQUESTS  # KiB: room for the requests before the disk is filled
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}k", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode != 0:

@@ -80,6 +80,7 @@ class DecisionLog:
         self._process: Any = None
         self._dead_since: float | None = None
         self._process_lock = threading.Lock()
+        self._heartbeat = self._context.Value("d", 0.0, lock=False)
         self._start_writer()
         self._supervisor = threading.Thread(target=self._supervise, name="komm-log-supervisor",
                                             daemon=True)
@@ -204,7 +205,8 @@ class DecisionLog:
         process = self._context.Process(
             target=writer_main, name="komm-decision-log",
             args=(str(self.spool_dir), self._specs, receiver, self.settings.poll,
-                  self.settings.spool_keep, 20.0, self.settings.writer_nice),
+                  self.settings.spool_keep, 20.0, self.settings.writer_nice,
+                  self._heartbeat),
             daemon=True)
         process.start()
         receiver.close()
@@ -230,7 +232,8 @@ class DecisionLog:
             if self._stopping.is_set():
                 return
             if process.is_alive():
-                heartbeat = read_state(self.spool_dir).get("heartbeat", 0.0)
+                heartbeat = max(read_state(self.spool_dir).get("heartbeat", 0.0),
+                                self._heartbeat.value)
                 if time.time() - max(heartbeat, self._writer_started) > (
                         self.settings.writer_stall):
                     log.error("decision log writer %s stalled; restarting it", process.pid)

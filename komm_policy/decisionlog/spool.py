@@ -219,10 +219,16 @@ class Position:
 
 
 def write_state(directory: Path, state: dict) -> None:
-    """`state.json`, replaced atomically."""
+    """`state.json`, replaced atomically.  Raises OSError (ENOSPC: the new file needs a
+    block), with no temporary file left behind."""
     temporary = directory / "state.json.tmp"
-    temporary.write_text(json.dumps(state))
-    os.replace(temporary, directory / "state.json")
+    try:
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, directory / "state.json")
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def read_state(directory: Path) -> dict:

@@ -163,9 +163,15 @@ class SpoolReader:
                 continue
             # Nothing more here.  A later segment means this one is finished: what
             # follows (a frame cut short, a corrupt end) can never complete.
-            later = [s for s in segments(self.directory) if s > segment]
+            present = segments(self.directory)
+            later = [s for s in present if s > segment]
             if not later:
                 return entries, position
+            if window is None and present[0] > segment:
+                # Removed after every sink had taken it (`collect`), then the writer
+                # stopped before it saved the positions past it: nothing to count.
+                position = Position(later[0], 0, max(later[0], seq))
+                continue
             self._skipped(segment, offset, len(data), later[0] - seq,
                           "an incomplete or corrupt end" if window else "a missing segment")
             position = Position(later[0], 0, max(later[0], seq))

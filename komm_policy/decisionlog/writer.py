@@ -20,6 +20,7 @@ records stored).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -202,8 +203,20 @@ class SpoolWriter:
 
     def save(self) -> None:
         try:
-            write_state(self.directory, self.status())
-        except OSError as exc:  # a full disk: positions stay in memory meanwhile
+            try:
+                write_state(self.directory, self.status())
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # A full disk (the spool itself, most often): free the segments every
+                # sink has taken, then save.  Safe in this order: a crash in between
+                # leaves saved positions in a removed segment, and the reader goes on
+                # at the oldest one present (what it redelivers, record ids make a
+                # no-op); were they saved first, nothing would ever free the disk.
+                if not self.reader.collect([s.position for s in self.states]):
+                    raise
+                write_state(self.directory, self.status())
+        except OSError as exc:  # positions stay in memory meanwhile
             if time.monotonic() - self._last_save_error >= 10.0:
                 self._last_save_error = time.monotonic()
                 log.error("decision log: cannot save the sink positions: %s", exc)
@@ -257,7 +270,7 @@ def adopt_orphans(own: Path, specs: Sequence[SinkSpec]) -> int:
 
 def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
                 poll: float = 0.05, keep: float = 0.0, drain_timeout: float = 20.0,
-                nice: int = 10) -> None:
+                nice: int = 10, heartbeat: Any = None) -> None:
     """The writer process.  `control` is the read end of a pipe from the service: a
     message or its end (the service closed it, or died) means drain, then exit.  It runs
     at a lower CPU priority (`nice`): answers come first, and the spool holds what the
@@ -268,9 +281,14 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
             os.nice(nice)
     writer = SpoolWriter(directory, specs)
     last_save = 0.0
+    # The heartbeat the service watches: shared memory (`heartbeat`, a float), so a
+    # writer that cannot save its state (a full disk) is not taken for a stalled one.
+    beat = (lambda: setattr(heartbeat, "value", time.time())) if heartbeat is not None \
+        else (lambda: None)
     last_adopt = 0.0
     try:
         while True:
+            beat()
             progressed = writer.step()
             writer.maybe_retain(keep)
             if Path(directory).name.startswith("worker-") and (
