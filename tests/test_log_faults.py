@@ -263,6 +263,10 @@ def test_spool_on_a_full_disk_tempfails_then_recovers(deployment: Deployment) ->
             metrics = httpx.get(f"{server.url}/metrics").text
             assert f"komm_decision_log_spool_tempfails_total {during.tempfailed}.0" in metrics
             filler.unlink()
+            deadline = time.monotonic() + 5  # readiness recovers without a request
+            while httpx.get(f"{server.url}/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "/readyz stayed 503"
+                time.sleep(0.1)
             after = Load(server.url, REQUESTS // 3).start()
             after.join()
             assert after.decided == REQUESTS // 3

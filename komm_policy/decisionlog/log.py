@@ -231,6 +231,11 @@ class DecisionLog:
             wait([process.sentinel], timeout=0.5)
             if self._stopping.is_set():
                 return
+            if self._failing is not None:  # readiness recovers without a request
+                with contextlib.suppress(OSError):
+                    self._appender.probe()
+                    log.warning("decision log spool writable again (a probe succeeded)")
+                    self._failing = None
             if process.is_alive():
                 heartbeat = max(read_state(self.spool_dir).get("heartbeat", 0.0),
                                 self._heartbeat.value)

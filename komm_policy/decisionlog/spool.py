@@ -70,6 +70,10 @@ def next_seq_after(path: Path, first: int) -> int:
     return first if found is None else max(first, found + 1)
 
 
+PROBE_BYTES = 8192
+"""What a writability probe writes: two pages, room for a new segment and an entry."""
+
+
 class SpoolAppender:
     """The service's end: append entries, fsync in the background.
 
@@ -143,6 +147,22 @@ class SpoolAppender:
         self._dirty = True
         self.next_seq += count
         return self.next_seq - 1
+
+    def probe(self, size: int = PROBE_BYTES) -> None:
+        """Check that the spool's file system takes `size` bytes now: a file `probe`
+        is written and removed.  Raises OSError as `append` would (ENOSPC, EROFS …).
+        Called off the answer path (the log's supervisor thread) while appends fail,
+        so that readiness recovers without a request."""
+        path = self.directory / "probe"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"\0" * size)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _take_back(self) -> None:
         with self._roll_lock:
