@@ -23,6 +23,7 @@ import bisect
 import contextlib
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections import deque
@@ -249,6 +250,11 @@ class DecisionLog:
                     continue
             if self._dead_since is None:
                 self._dead_since = time.monotonic()
+            if process.exitcode == -signal.SIGTERM:
+                # A stop of the process group (systemd) before the writer ignores it.
+                log.info("decision log writer %s ended by SIGTERM", process.pid)
+                if self._stopping.wait(WRITER_GRACE):
+                    return
             log.error("decision log writer %s exited (code %s); restarting it",
                       process.pid, process.exitcode)
             if self._stopping.wait(delay):
@@ -370,6 +376,8 @@ class DecisionLog:
                       len(self._held))
         self._appender.sync()
         with self._process_lock:
+            if not self._process.is_alive():  # e.g. a group SIGTERM as it started: drain
+                self._start_writer()
             process = self._process
             with contextlib.suppress(OSError):
                 self._control.send_bytes(b"stop")

@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -276,6 +277,11 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
     at a lower CPU priority (`nice`): answers come first, and the spool holds what the
     writer has not taken yet (its backlog is in /metrics and /readyz)."""
     configure_logging()  # the service's level (KOMM_LOG_LEVEL); httpx quiet
+    # The writer ends when the service tells it or is gone, after draining.  A SIGTERM
+    # or SIGINT to the whole process group (systemd's stop, Ctrl-C) reaches it too; it
+    # keeps writing while the service finishes its requests and then stops it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
