@@ -315,7 +315,7 @@ def test_a_batch_is_one_write_and_reads_back_as_its_entries(
     monkeypatch.setattr("komm_policy.decisionlog.spool.os.write", counted)
     batch = [b"entry-%d" % i for i in range(16)]
     assert spool.append_batch(batch) == 16  # the last one's sequence number
-    assert writes == [sum(len(frame(p)) for p in batch)]
+    assert writes == [sum(len(frame(p, seq)) for seq, p in enumerate(batch, 1))]
     assert spool.append_batch([]) == 16 and len(writes) == 1
     monkeypatch.undo()
     assert spool.append(b"last") == 17
@@ -343,7 +343,7 @@ def test_a_failed_batch_leaves_none_of_its_entries(
     with pytest.raises(OSError):
         spool.append_batch([b"second", b"third", b"fourth"])
     monkeypatch.undo()
-    assert (tmp_path / segment_name(0)).read_bytes() == frame(b"first")  # taken back
+    assert (tmp_path / segment_name(0)).read_bytes() == frame(b"first", 0)  # taken back
     assert spool.append_batch([b"fifth", b"sixth"]) == 2
     spool.close()
     got, _ = SpoolReader(tmp_path).read(None, 100)
