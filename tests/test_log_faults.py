@@ -254,9 +254,11 @@ def test_spool_on_a_full_disk_tempfails_then_recovers(deployment: Deployment) ->
                     file.write(b"\0" * 4096)
             during = Load(server.url, 50, threads=2).start()
             during.join()
-            # 451 4.3.0 each, but for the few entries that still fit in the last page of
-            # the spool's segment (tmpfs allocates whole pages)
-            assert during.tempfailed + during.decided == 50 and during.decided <= 4
+            # 451 4.3.0 for most: a few entries still fit in the last page of the
+            # spool's segment (tmpfs allocates whole pages), and the writer frees what it
+            # can by itself (taken segments, its own files); every answer's record is
+            # checked stored below
+            assert during.tempfailed + during.decided == 50 and during.tempfailed >= 25
             ready = httpx.get(f"{server.url}/readyz")
             assert ready.status_code == 503
             assert "spool cannot be written" in ready.json()["reason"]
