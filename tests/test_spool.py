@@ -176,6 +176,39 @@ def test_segments_roll_and_consumed_ones_are_collected(tmp_path: Path) -> None:
     spool.close()
 
 
+def test_the_writer_frees_taken_segments_at_once_not_on_the_minute_tick(
+        tmp_path: Path) -> None:
+    """A disk the spool filled must be freed by delivery itself (CI found the taken
+    segment staying for the 60 s retention tick once saving the positions worked again)."""
+    clock = FakeClock()
+    spool = SpoolAppender(tmp_path, fsync_interval=0, segment_bytes=600)
+    ids = RecordIds()
+    for entry in entries(12, ids):
+        spool.append(entry)
+    assert len(segments(tmp_path)) >= 3
+    sink = FakeSink()
+    writer = SpoolWriter(tmp_path, [sink], clock=clock)
+    writer.maybe_retain(0.0)  # before any delivery: the position is unknown, nothing goes
+    assert len(segments(tmp_path)) >= 3
+    while writer.step():
+        pass
+    writer.maybe_retain(0.0)  # the clock did not move: no retention tick
+    assert segments(tmp_path) == [writer.states[0].position.segment]
+    assert len(sink.ids) == 12
+    kept = tmp_path / "kept"
+    spool_kept = SpoolAppender(kept, fsync_interval=0, segment_bytes=600)
+    for entry in entries(12, ids):
+        spool_kept.append(entry)
+    before = segments(kept)
+    writer_kept = SpoolWriter(kept, [FakeSink()], clock=clock)
+    while writer_kept.step():
+        pass
+    writer_kept.maybe_retain(3600.0)  # spool_keep set: taken segments wait for their age
+    assert segments(kept) == before
+    spool.close()
+    spool_kept.close()
+
+
 # ---------------------------------------------------------------------------------------
 # The writer loop
 

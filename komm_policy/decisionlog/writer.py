@@ -7,8 +7,9 @@ go to the spool's `state.json` after every batch (atomic rename); a restarted wr
 resumes from there.  A failed sink keeps its position and is retried with backoff while
 the others go on: 0.5 s doubling up to 30 s, each delay drawn uniformly from its upper
 half ("equal jitter", `backoff_delay`), so many writers that lost one server do not come
-back in step.  Every `RETAIN_EVERY` seconds consumed
-segments are removed and each sink applies its retention.
+back in step.  A segment every sink has read past is removed as soon as the writer
+sees that (with `spool_keep` set, once it is also that old; that check runs every
+`RETAIN_EVERY` seconds, with each sink's own retention).
 
 Why a process: building records, JSON encoding, SQLite inserts and file writes are
 CPU-bound Python; in a thread they would hold the GIL against the event loop thread.
@@ -94,6 +95,7 @@ class SpoolWriter:
         self.written = 0
         self.undecodable = 0
         self._last_retain = clock()
+        self._collected_below: int | None = None  # the oldest position at the last collect
         self._last_save_error = 0.0
         self.behind = False  # the last step read a full batch: more is waiting
 
@@ -181,9 +183,23 @@ class SpoolWriter:
                     log.error("decision log sink %s: retention failed: %s", state.name, exc)
 
     def maybe_retain(self, keep: float) -> None:
+        """Sinks' retention every `RETAIN_EVERY` s; without `keep` (seconds a taken
+        segment stays), a taken segment goes as soon as every sink's position has left
+        it: the spool's disk is freed by delivery itself, not by the next 60 s tick (a
+        disk the spool filled otherwise stays full although every record was taken)."""
         if self._clock() - self._last_retain >= RETAIN_EVERY:
             self._last_retain = self._clock()
             self.retain(time.time(), keep=keep)
+            return
+        if keep > 0:
+            return
+        positions = [s.position for s in self.states]
+        if not positions or any(p is None for p in positions):
+            return
+        oldest = min(p.segment for p in positions if p is not None)
+        if oldest != self._collected_below:
+            self._collected_below = oldest
+            self.reader.collect(positions)
 
     def next_retry_in(self) -> float | None:
         waiting = [s.retry_at for s in self.states if s.failures]
