@@ -100,7 +100,9 @@ class _Checker(ActionChecks):
         self.quarantine_reported = False
         self.functions = Functions(self.diagnostics.append, self._function_clash)
         self.infer = Inference(builtins, fields, self._use_let, self.diagnostics.append,
-                               lambda: self.lets.keys(), self.functions, schema)
+                               lambda: self.lets.keys(), self.functions, schema,
+                               lambda name: self.lets[name].value if name in self.lets
+                               else None)
 
     # -- reporting ------------------------------------------------------------------------
 

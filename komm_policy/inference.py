@@ -18,7 +18,7 @@ from .builtins import Builtin
 from .directory.schema import Schema
 from .errors import Diagnostic, Severity, Span
 from .fields import NAMESPACES, Field
-from .tablecheck import TableChecker
+from .tablecheck import TableChecker, variant_problems
 
 Emit = Callable[[Diagnostic], None]
 
@@ -86,6 +86,7 @@ class Inference:
         let_names: Callable[[], Iterable[str]] = tuple,
         functions: FunctionCalls | None = None,
         schema: Schema | None = None,
+        let_value: Callable[[str], n.Expr | None] = lambda name: None,
     ) -> None:
         self.builtins = builtins
         self.functions = functions
@@ -93,6 +94,7 @@ class Inference:
         self.fields = fields
         self.let_type = let_type
         self.let_names = let_names
+        self.let_value = let_value
         self.emit = emit
         self.types: dict[int, t.Type] = {}
         self.field_refs: dict[int, Field] = {}
@@ -322,7 +324,28 @@ class Inference:
             ok = left.is_text and right.is_text
         if not ok:
             self.error("E105", f"`{op}` cannot combine {left} and {right}", expr.op_span, hint)
+        elif op in ("==", "!=", "in", "not in", "contains"):
+            self._check_variants(expr, left, right, scope)
         return t.BOOL
+
+    def _check_variants(self, expr: n.Compare, left: t.Type, right: t.Type,
+                        scope: Scope) -> None:
+        """An enum compared with text must name one of its variants (E142)."""
+        pairs = []
+        if left.kind == "enum":
+            pairs.append((left, expr.right))
+        elif left.kind == "list" and left.elem is not None and left.elem.kind == "enum":
+            pairs.append((left.elem, expr.right))  # `statuses contains "x"`
+        if right.kind == "enum" or (right.kind == "list" and right.elem is not None
+                                    and right.elem.kind == "enum" and expr.op != "contains"):
+            pairs.append((right if right.kind == "enum" else right.elem, expr.left))
+        def let_value(name: str) -> n.Expr | None:
+            # A loop variable or parameter shadows a constant of the same name.
+            return None if name in scope.vars else self.let_value(name)
+
+        for enum, operand in pairs:
+            for message, span, hint in variant_problems(enum, operand, let_value, suggest):
+                self.error("E142", message, span, hint)
 
 
 def _membership_ok(left: t.Type, right: t.Type) -> bool:

@@ -80,6 +80,45 @@ def key_problem(column: Column, key: t.Type, expr: n.Expr) -> str | None:
     return f"column `{column.name}` holds {column_type(column).required()}, but the key is {key}"
 
 
+def text_literals(expr: n.Expr, let_value: Callable[[str], n.Expr | None],
+                  *, depth: int = 0) -> list[tuple[n.Literal, str | None]]:
+    """The string literals an operand of a comparison stands for, each with the `let`
+    constant it came from (None: written in place): a literal, a list of them, or a
+    constant naming either.  Anything computed gives nothing (it is checked at run time
+    only as text)."""
+    if isinstance(expr, n.Literal):
+        return [(expr, None)] if expr.kind == "string" else []
+    if isinstance(expr, n.ListExpr):
+        return [found for item in expr.items
+                for found in text_literals(item, let_value, depth=depth + 1)]
+    if isinstance(expr, n.Name) and depth < 8:
+        value = let_value(expr.name)
+        if value is not None:
+            return [(literal, origin or expr.name)
+                    for literal, origin in text_literals(value, let_value, depth=depth + 1)]
+    return []
+
+
+def variant_problems(enum: t.Type, operand: n.Expr,
+                     let_value: Callable[[str], n.Expr | None],
+                     suggest: Callable[[str, object], str | None]
+                     ) -> list[tuple[str, Span, str | None]]:
+    """(message, span, hint) for each text an enum is compared with that names none of
+    its variants: `s.status == "Activ"` or `s.status in ["Active", "Pausd"]` would
+    never be true (E142).  The span is the literal's when written in place, else the
+    constant's name at the comparison."""
+    problems = []
+    for literal, origin in text_literals(operand, let_value):
+        if literal.value in enum.variants:
+            continue
+        where = f" (in `let {origin}`)" if origin else ""
+        span = literal.span if origin is None else operand.span
+        problems.append((f"{literal.text}{where} is not a variant of {enum.required()}, "
+                         "so this comparison is never true", span,
+                         suggest(str(literal.value), enum.variants)))
+    return problems
+
+
 class TableChecker:
     """Types table lookups and row fields for `Inference`."""
 

@@ -314,3 +314,40 @@ def test_without_schema_one_warning_and_the_rest_is_checked() -> None:
 def test_a_positional_argument_after_a_keyword_is_a_syntax_error() -> None:
     found = codes(rule('exists("blocked_domains", domain = sender, "x")'))
     assert found[0][0] == "E001"
+
+
+SUB = 'lookup("subscriptions", account_id = 20)'
+
+
+@pytest.mark.parametrize(("prefix", "condition", "expected"), [
+    # (let lines before the stage, the condition, [(column of the caret, hint)])
+    ("", f'{SUB}.status == "ManualySubscribed"',
+     [(65, "did you mean `ManuallySubscribed`?")]),
+    ("", f'"Wrte" != {SUB}.permission', [(14, "did you mean `Write`?")]),
+    ("", f'{SUB}.status in ["ManuallySubscribed", "Pausd"]', [(88, None)]),
+    ("", f'{SUB}.status not in ["LinkUnsubscribd"]',
+     [(70, "did you mean `LinkUnsubscribed`?")]),
+    # a constant: the caret is at its name in the comparison, the message names it
+    ('let states = ["ManuallySubscribed", "LinkUnsubscrbed"]\n', f"{SUB}.status in states",
+     [(65, "did you mean `LinkUnsubscribed`?")]),
+    ('let one = "Reed"\n', f"{SUB}.permission == one", [(69, "did you mean `Read`?")]),
+    # variants spelt right, computed text, and text fields: no error
+    ('let states = ["ManuallySubscribed"]\n',
+     f'{SUB}.status in states and {SUB}.permission == "Write" and {SUB}.status != lower("x")'
+     f' and {SUB}.topic == "Pausd"', []),
+])
+def test_an_enum_compared_with_text_that_names_no_variant_is_an_error(
+        prefix: str, condition: str, expected: list[tuple[int, str | None]]) -> None:
+    """breaker3 #1: `s.status in ["RequiredSubscrbed"]` was accepted and never true."""
+    found = codes(prefix + rule(condition))
+    line = 3 + prefix.count("\n")
+    assert found == [("E142", line, column, hint) for column, hint in expected], found
+
+
+def test_an_enum_check_follows_constants_but_not_loop_variables() -> None:
+    found = codes('let s = "Pausd"\n' + rule(
+        'any s in lookup_all("subscriptions", topic = "info"): s.status == "Pausd"'))
+    assert [(c[0], c[1]) for c in found if c[0].startswith("E")] == [("E142", 4)], found
+    message = compile_with('let st = ["Pausd"]\n' + rule(f"{SUB}.status in st"),
+                           SCHEMA)[1][0].message
+    assert '"Pausd" (in `let st`) is not a variant of' in message
