@@ -39,7 +39,7 @@ class IP:
         try:
             packed = socket.inet_pton(socket.AF_INET, text)
             return cls(socket.inet_ntoa(packed), 4, int.from_bytes(packed, "big"))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL (hostile input)
             pass
         try:
             value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")

@@ -102,3 +102,21 @@ def test_rate_limited_log_counts_what_it_suppressed(caplog: pytest.LogCaptureFix
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["failure 0", "failure 10 (9 more like this in the last 10 s)",
                         "failure 20 (9 more like this in the last 10 s)", "another kind"]
+
+
+def test_rate_limited_exception_keeps_one_traceback_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    limited = RateLimitedLog(logging.getLogger("test.ratelog"), interval=10,
+                             clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, "test.ratelog"):
+        for step in range(12):
+            now[0] = step
+            try:
+                raise ValueError(f"bad {step}")
+            except ValueError:
+                limited.exception("decode", "decoding failed")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "decoding failed"),
+        (logging.ERROR, "decoding failed (9 more like this in the last 10 s)")]
+    assert [str(r.exc_info[1]) for r in caplog.records if r.exc_info] == ["bad 0", "bad 10"]

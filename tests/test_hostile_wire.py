@@ -252,3 +252,20 @@ def test_the_issue_examples_get_a_4xx_and_are_counted(server, client, body, stat
 def test_documented_outcomes(server, client, body, expected):
     answer = client.post(f"{server.url}/mta-hook", content=body).json()
     assert (answer["action"] if isinstance(expected, str) else answer) == expected
+
+
+@pytest.mark.parametrize("field", ["client", "server"])
+def test_a_nul_in_an_ip_is_a_named_400_without_a_traceback(server, client, field):
+    """breaker3 #3: `1.2.3.4\\u0000` raised ValueError past the IP parser: a vague
+    "unreadable request: ValueError" and a 15-line traceback in the log per request."""
+    context = {"stage": "connect", "client": {"ip": "192.0.2.1"}}
+    context[field] = {"ip": "1.2.3.4\u0000"}
+    body = json.dumps({"context": context})
+    before = server.output().count("Traceback")
+    for _ in range(5):
+        response = client.post(f"{server.url}/mta-hook", content=body)
+        assert response.status_code == 400
+        answer = response.json()
+        assert answer["path"] == f"$.context.{field}.ip", answer
+        assert "not an IP address" in answer["error"], answer
+    assert server.output().count("Traceback") == before

@@ -102,6 +102,8 @@ class HookApp:
         self._blocking = getattr(service.directory, "blocking", True)
         self._status_auth = service.status_auth and self._token is not None
         self._auth_log = RateLimitedLog(log)
+        # Backstops a request could trip each time: one traceback per 10 s, not per request.
+        self._failure_log = RateLimitedLog(log)
         self.inline = not self._blocking
         """Whether `respond_inline` can answer (a directory that never blocks)."""
         batch = SpoolBatch(service)
@@ -238,7 +240,8 @@ class HookApp:
                 service.metrics.observe(decision, elapsed)
             except Exception:
                 # Never an answer whose decision is not in the log: 451, Stalwart retries.
-                log.exception("recording a %s decision failed", request.context.stage)
+                self._failure_log.exception("record", "recording a %s decision failed",
+                                            request.context.stage)
                 answer = wire_response.INTERNAL_ERROR_BODY
         return Answer(200, answer, (), spooling)
 
@@ -251,14 +254,15 @@ class HookApp:
         except RequestError as exc:
             return exc
         except Exception as exc:  # decode_request names its errors; this is a backstop
-            log.exception("decoding a hook request failed")
+            self._failure_log.exception("decode", "decoding a hook request failed")
             return RequestError(f"unreadable request: {type(exc).__name__}")
         policy_set = service.policy_set  # this request finishes on this version
         try:
             decision = decide(policy_set, request, service.directory)
             return request, decision, wire_response.encode(decision, shadow=service.shadow)
         except Exception:  # decide() does not raise; this is the last line of defence
-            log.exception("internal error answering a %s hook", request.context.stage)
+            self._failure_log.exception("decide", "internal error answering a %s hook",
+                                        request.context.stage)
             service.metrics.rejected_requests.labels("internal").inc()
             return request, None, wire_response.INTERNAL_ERROR_BODY
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 
 class RateLimitedLog:
-    """`warning(key, message, *args)` logs at most once per `interval` seconds per key."""
+    """`warning(key, message, *args)` (or `exception`) logs at most once per `interval`
+    seconds per key."""
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -23,6 +24,15 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, message: str, *args: object) -> None:
+        self.log(logging.WARNING, key, message, *args)
+
+    def exception(self, key: str, message: str, *args: object) -> None:
+        """An ERROR with the current exception's traceback, rate-limited like `warning`:
+        for the backstops a client could otherwise trigger once per request."""
+        self.log(logging.ERROR, key, message, *args, exc_info=True)
+
+    def log(self, level: int, key: str, message: str, *args: object,
+            exc_info: bool = False) -> None:
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -33,4 +43,4 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d more like this in the last %.0f s)"
             args = (*args, suppressed, now - last if last is not None else self.interval)
-        self.logger.warning(message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)
