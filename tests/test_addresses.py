@@ -4,11 +4,13 @@ domain), and the shipped policy accepting dequoted local parts."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from komm_policy import addresses
 from komm_policy.addresses import (
     comparison_form,
     domain,
@@ -194,3 +196,28 @@ def test_delete_recipient_of_an_envelope_value_names_it_as_sent():
     decision = decide(policy, _data_request(["Info@Bücher.example"]),
                       demo_directory())
     assert [m.value for m in decision.modifications] == ["info@bücher.example"]
+
+
+_ASCII_PIECES = st.sampled_from(["a", "Z", "0", "-", ".", "@", " ", "xn--", "[", "]", "_",
+                                 "example", "ü", "-a", "a-", "..", "\x7f", "b" * 63, "00",
+                                 "a1", ".org", "b" * 64, "1.2.3.4", "IPv6:"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(st.text(max_size=70), st.lists(_ASCII_PIECES, max_size=12).map("".join),
+                      st.from_regex(r"[a-z0-9.+-]{1,70}@[a-z0-9.-]{1,70}\.[a-z-]{1,70}",
+                                    fullmatch=True)))
+def test_the_ascii_fast_path_agrees_with_the_full_check(text: str) -> None:
+    """`valid_address` / `valid_domain` answer the all-ASCII case with one regex; with that
+    regex never matching they must answer the same."""
+    fast = (addresses.valid_address(text), addresses.valid_domain(text),
+            addresses.valid_address_or_domain(text))
+    never = re.compile(r"(?!)")
+    saved = addresses._ASCII_DOMAIN, addresses._ASCII_MAILBOX
+    addresses._ASCII_DOMAIN = addresses._ASCII_MAILBOX = never
+    try:
+        full = (addresses.valid_address(text), addresses.valid_domain(text),
+                addresses.valid_address_or_domain(text))
+    finally:
+        addresses._ASCII_DOMAIN, addresses._ASCII_MAILBOX = saved
+    assert fast == full, text

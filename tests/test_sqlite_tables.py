@@ -150,6 +150,39 @@ def test_bad_rows_are_skipped_with_a_warning_and_counted(
         directory.close()
 
 
+def test_address_rows_db_import_refuses_are_skipped_by_the_replica_too(
+        db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """breaker3 #2: `bad@@x`, `xn--.example` and a megabyte string were loaded silently
+    (only white space was refused) although `db import` refuses them."""
+    huge = "a" * (1 << 20)
+    execute(db, "INSERT INTO blocked_domains VALUES ('bad@@x', NULL)",
+            "INSERT INTO blocked_domains VALUES ('xn--.example', NULL)",
+            f"INSERT INTO blocked_domains VALUES ('{huge}.example', NULL)",
+            "INSERT INTO blocked_domains VALUES ('', 'no address, as the null sender')",
+            "INSERT INTO blocked_domains VALUES ('Post@Ok.Example', NULL)")
+    caplog.set_level(logging.WARNING)
+    directory = SqliteDirectory(db, start=False, clock=Clock())
+    directory.require(SCHEMA, NEEDS)
+    try:
+        assert directory.health.bad_rows["blocked_domains"] == 3
+        snap = tables(directory)
+        for good in ("spam.example", "post@ok.example", ""):
+            assert snap.exists(DOMAIN, (good,)), good
+        assert not snap.exists(DOMAIN, ("bad@@x",))
+        assert "'bad@@x' is not an address or domain" in caplog.text
+        assert "'xn--.example'" in caplog.text
+        # the megabyte value is named, not copied into the log
+        assert max(len(r.getMessage()) for r in caplog.records) < 1000
+        assert "(1,048,584 characters)" in caplog.text
+        execute(db, "INSERT INTO blocked_domains VALUES ('a b@x.example', NULL)",
+                "INSERT INTO blocked_domains VALUES ('later.example', NULL)")
+        directory.refresh()  # later changes: the same check, the good row arrives
+        assert tables(directory).exists(DOMAIN, ("later.example",))
+        assert directory.health.bad_rows["blocked_domains"] == 4
+    finally:
+        directory.close()
+
+
 def test_a_gap_in_the_change_log_reloads_whole_tables(db: Path, replica: SqliteDirectory
                                                       ) -> None:
     execute(db, "INSERT INTO blocked_domains VALUES ('late.example', 'l')")

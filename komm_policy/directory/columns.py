@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..addresses import valid_address_or_domain
 from ..ipset import normalize_network
 
 MEANINGS = ("text", "address", "network", "enum", "bool", "integer", "float", "timestamp",
@@ -64,6 +65,24 @@ class Column:
 # -- values ------------------------------------------------------------------------------
 
 
+SHOWN_CHARS = 80
+"""A value in a `BadValue` message is cut to this many characters (a megabyte cell must
+not become a megabyte log line or error)."""
+
+
+def _clipped(text: str) -> str:
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}… ({len(text):,} characters)"
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)` for messages, at most about `SHOWN_CHARS` characters."""
+    if isinstance(value, str | bytes) and len(value) > SHOWN_CHARS:
+        return f"{value[:SHOWN_CHARS]!r}… ({len(value):,} characters)"
+    return _clipped(repr(value))
+
+
 def decode_value(column: Column, value: Any) -> Any:
     """A backend's value for `column` as the replica holds it (see the table above).
     Raises `BadValue` naming what is wrong."""
@@ -76,7 +95,7 @@ def decode_value(column: Column, value: Any) -> Any:
 
 def _text(column: Column, value: Any) -> str:
     if not isinstance(value, str):
-        raise BadValue(f"column {column.name} wants text, got {value!r}")
+        raise BadValue(f"column {column.name} wants text, got {_shown(value)}")
     return value
 
 
@@ -86,8 +105,11 @@ _SPACE = re.compile(r"\s")
 
 def _address(column: Column, value: Any) -> str:
     text = _text(column, value).strip()
-    if _SPACE.search(text):  # "" stays: no address (as the null sender)
-        raise BadValue(f"column {column.name}: {value!r} is not an address or domain")
+    # "" stays: no address (as the null sender).  The language's own check, so the
+    # replica holds what `db import` would take (a row it refuses is skipped, counted).
+    if _SPACE.search(text) or not valid_address_or_domain(text):
+        raise BadValue(f"column {column.name}: {_shown(value)} is not an address or domain "
+                       "(as valid_address checks it: local@domain, or a domain)")
     return text.lower()
 
 
@@ -98,8 +120,8 @@ def _network(column: Column, value: Any) -> ipaddress.IPv4Network | ipaddress.IP
     try:
         return normalize_network(ipaddress.ip_network(text, strict=True))
     except ValueError as exc:
-        raise BadValue(f"column {column.name}: {text!r} is not an IP address or network "
-                       f"({exc})") from None
+        raise BadValue(f"column {column.name}: {_shown(text)} is not an IP address or network "
+                       f"({_clipped(str(exc))})") from None
 
 
 def _enum(column: Column, value: Any) -> str:
@@ -108,7 +130,7 @@ def _enum(column: Column, value: Any) -> str:
         return column.variants[value]  # a SATS sum tag
     if isinstance(value, str) and value in column.variants:
         return value
-    raise BadValue(f"column {column.name}: {value!r} is not one of "
+    raise BadValue(f"column {column.name}: {_shown(value)} is not one of "
                    f"{', '.join(column.variants)}")
 
 
@@ -117,7 +139,7 @@ def _bool(column: Column, value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise BadValue(f"column {column.name} wants a bool (or 0/1), got {value!r}")
+    raise BadValue(f"column {column.name} wants a bool (or 0/1), got {_shown(value)}")
 
 
 def _integer(column: Column, value: Any) -> int:
@@ -125,13 +147,13 @@ def _integer(column: Column, value: Any) -> int:
         return value
     if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
         return int(value)  # SATS sends u256 and wide ints as decimal text
-    raise BadValue(f"column {column.name} wants an integer, got {value!r}")
+    raise BadValue(f"column {column.name} wants an integer, got {_shown(value)}")
 
 
 def _float(column: Column, value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    raise BadValue(f"column {column.name} wants a number, got {value!r}")
+    raise BadValue(f"column {column.name} wants a number, got {_shown(value)}")
 
 
 def _timestamp(column: Column, value: Any) -> int:
@@ -141,7 +163,7 @@ def _timestamp(column: Column, value: Any) -> int:
         return value * 1_000_000 if abs(value) < 10**11 else value
     if isinstance(value, Mapping) and "__timestamp_micros_since_unix_epoch__" in value:
         return _timestamp(column, value["__timestamp_micros_since_unix_epoch__"])
-    raise BadValue(f"column {column.name} wants a timestamp, got {value!r}")
+    raise BadValue(f"column {column.name} wants a timestamp, got {_shown(value)}")
 
 
 _HEX = re.compile(r"(?:0x)?([0-9a-fA-F]{1,64})")
@@ -156,7 +178,7 @@ def _identity(column: Column, value: Any) -> str:
         match = _HEX.fullmatch(value.strip())
         if match:
             return match.group(1).lower().rjust(64, "0")
-    raise BadValue(f"column {column.name} wants an identity (hex), got {value!r}")
+    raise BadValue(f"column {column.name} wants an identity (hex), got {_shown(value)}")
 
 
 def _list(column: Column, value: Any) -> tuple[Any, ...]:
@@ -165,9 +187,9 @@ def _list(column: Column, value: Any) -> tuple[Any, ...]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise BadValue(f"column {column.name} wants a list, got {value!r}") from None
+            raise BadValue(f"column {column.name} wants a list, got {_shown(value)}") from None
     if not isinstance(value, list | tuple):
-        raise BadValue(f"column {column.name} wants a list, got {value!r}")
+        raise BadValue(f"column {column.name} wants a list, got {_shown(value)}")
     element = Column(column.name, column.element or "text")
     return tuple(decode_value(element, v) for v in value)
 

@@ -10,6 +10,7 @@ once a refresh succeeds again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import threading
@@ -44,7 +45,13 @@ class ReplicaHealth:
 
     def bad_row(self, table: str, key: str, reason: str) -> None:
         """Report a skipped row once (a row read again by a later reload is not reported
-        again)."""
+        again).  A long key (a megabyte primary key) is logged and remembered as its first
+        80 characters and a digest, so neither a log line nor memory grows with it."""
+        if len(key) > 160:
+            digest = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16]
+            key = f"{key[:80]}… ({len(key):,} characters, sha256 {digest})"
+        if len(reason) > 400:
+            reason = f"{reason[:400]}…"
         with self._lock:
             if (table, key) in self._seen:
                 return

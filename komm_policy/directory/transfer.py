@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..addresses import valid_address, valid_domain
 from .schema import BadValue, Column, Schema, decode_value
 from .sqlite_tables import quote, read_schema, user_tables
 
@@ -275,8 +274,8 @@ def _check_storable(column: Column, value: Any) -> None:
     """What `decode_value` lets through but the store or the language cannot hold: an
     integer beyond SQLite's 64 bits (SATS allows u256; SQLite would raise OverflowError),
     a float that is not finite (Python's JSON reads NaN, Infinity and 1e999),
-    an address the language's `valid_address` refuses (neither a mailbox nor a domain;
-    "" stays: no address, as the null sender).  Raises `BadValue`."""
+    (an address `valid_address` refuses is `decode_value`'s own refusal).  Raises
+    `BadValue`."""
     if isinstance(value, float) and not math.isfinite(value):  # JSON NaN, Infinity, 1e999
         raise BadValue(f"column {column.name}: {value} is not a finite number (SQLite "
                        f"would store NaN as NULL)")
@@ -284,11 +283,6 @@ def _check_storable(column: Column, value: Any) -> None:
             value not in SQLITE_INTEGER_RANGE):
         raise BadValue(f"column {column.name}: {value} is outside SQLite's 64-bit integers "
                        f"(-2^63 … 2^63-1)")
-    if column.type == "address" and isinstance(value, str):
-        text = value.strip()
-        if text and not (valid_address(text) if "@" in text else valid_domain(text)):
-            raise BadValue(f"column {column.name}: {value!r} is not an address or domain "
-                           f"(as valid_address checks it: local@domain)")
     if column.type == "list" and isinstance(value, list):
         element = Column(column.name, column.element or "text")
         for item in value:
