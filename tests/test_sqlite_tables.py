@@ -15,7 +15,7 @@ from komm_policy.directory import sqlite as sqlite_module
 from komm_policy.directory.schema import parse_schema
 from komm_policy.directory.snapshot import IndexSpec, Needs, spec_name
 from komm_policy.directory.sqlite import SqliteDirectory, connect, create_database
-from komm_policy.directory.sqlite_tables import read_schema
+from komm_policy.directory.sqlite_tables import has_change_capture, read_schema
 from komm_policy.ipset import IP
 
 SCHEMA = parse_schema({"tables": {
@@ -181,6 +181,75 @@ def test_address_rows_db_import_refuses_are_skipped_by_the_replica_too(
         assert directory.health.bad_rows["blocked_domains"] == 4
     finally:
         directory.close()
+
+
+RECREATE = ("CREATE TABLE blocked_domains_new (domain TEXT NOT NULL, reason TEXT)",
+            "INSERT INTO blocked_domains_new VALUES ('new.example', 'n')",
+            "DROP TABLE blocked_domains",
+            "ALTER TABLE blocked_domains_new RENAME TO blocked_domains")
+
+
+@pytest.mark.parametrize("statements", [
+    RECREATE,  # SQLite's own recipe for changing a table (sqlite.org/lang_altertable.html)
+    ("DROP TABLE blocked_domains",
+     "CREATE TABLE blocked_domains (domain TEXT NOT NULL, reason TEXT)",
+     "INSERT INTO blocked_domains VALUES ('new.example', 'n')"),
+], ids=["rename-recipe", "drop-create"])
+def test_a_re_created_table_is_re_captured_and_read_whole(
+        db: Path, replica: SqliteDirectory, statements: tuple[str, ...],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """breaker3 #7: the capture triggers died with the table; deleted rows kept matching,
+    new rows were never seen, and nothing said so."""
+    caplog.set_level(logging.WARNING)
+    assert tables(replica).exists(DOMAIN, ("spam.example",))
+    execute(db, *statements)
+    replica.refresh()
+    snap = tables(replica)
+    assert not snap.exists(DOMAIN, ("spam.example",))  # deleted with the old table
+    assert snap.exists(DOMAIN, ("new.example",))
+    assert "blocked_domains was re-created" in caplog.text
+    conn = connect(db)
+    try:
+        assert has_change_capture(conn, "blocked_domains")
+    finally:
+        conn.close()
+    reloads = replica.reloads
+    execute(db, "INSERT INTO blocked_domains VALUES ('later.example', 'l')")
+    replica.refresh()  # captured again: a later row arrives, row by row
+    assert tables(replica).exists(DOMAIN, ("later.example",))
+    assert replica.reloads == reloads + 1
+    assert replica.available
+
+
+@pytest.mark.parametrize(("statements", "reason"), [
+    (("DROP TABLE blocked_domains",), "no table 'blocked_domains'"),
+    (("DROP TABLE blocked_domains",
+      "CREATE TABLE blocked_domains (name TEXT NOT NULL, reason TEXT)"),
+     "table 'blocked_domains' has no column 'domain'"),
+])
+def test_a_dropped_or_changed_table_fails_the_replica_naming_it(
+        db: Path, statements: tuple[str, ...], reason: str) -> None:
+    clock = Clock()
+    replica = SqliteDirectory(db, start=False, clock=clock, max_staleness=10.0)
+    replica.require(SCHEMA, NEEDS)
+    try:
+        execute(db, *statements)
+        replica.refresh()
+        assert reason in (replica.last_error or "")
+        clock.now += 11  # past max_staleness: lookups fall back, /readyz 503 says why
+        replica.refresh()
+        assert not replica.available
+        assert reason in replica.unavailable_reason
+        with pytest.raises(DirectoryError, match=reason):
+            tables(replica)
+        execute(db, "DROP TABLE IF EXISTS blocked_domains",
+                "CREATE TABLE blocked_domains (domain TEXT NOT NULL, reason TEXT)",
+                "INSERT INTO blocked_domains VALUES ('back.example', 'b')")
+        replica.refresh()  # put right: it recovers, read whole
+        assert replica.available
+        assert tables(replica).exists(DOMAIN, ("back.example",))
+    finally:
+        replica.close()
 
 
 def test_a_gap_in_the_change_log_reloads_whole_tables(db: Path, replica: SqliteDirectory

@@ -18,78 +18,28 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from . import DirectoryError
 from .health import ReplicaHealth, Unavailable
 from .memory import Snapshot
-from .origin import ORIGIN_DDL, ORIGIN_TABLES
 from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
+from .sqlite_store import SCHEMA, connect, create_database, init_schema, write_tables
 from .sqlite_tables import (
     has_change_capture,
     install_change_capture,
     last_change,
-    quote,
     read_changes,
     read_schema,
     read_table,
 )
 
+__all__ = ["SCHEMA", "SqliteDirectory", "connect", "create_database", "init_schema",
+           "poll_wait", "write_tables"]
+
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS komm_meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO komm_meta (key, value) VALUES ('schema_version', 1);
-
-"""
-
-def connect(path: str | Path, *, readonly: bool = False, create: bool = True,
-            timeout: float = 5.0) -> sqlite3.Connection:
-    """A connection with the settings every user of the store needs.  With
-    `create=False` a missing file is an error instead of a new empty store."""
-    if readonly or not create:
-        mode = "ro" if readonly else "rw"
-        uri = f"file:{Path(path).resolve()}?mode={mode}"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False)
-    if not readonly:
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-    return conn
-
-
-def init_schema(conn: sqlite3.Connection) -> None:
-    """Create the store's own tables and the origin's tables (`origin.ORIGIN_DDL`), with
-    change capture on the latter (idempotent)."""
-    with conn:
-        conn.executescript(SCHEMA)
-        conn.executescript(ORIGIN_DDL)
-    install_change_capture(conn, ORIGIN_TABLES)
-    from ..decisionlog.mta_log import ensure_mta_log  # the decision log's table and view
-    ensure_mta_log(conn)
-
-
-def write_tables(conn: sqlite3.Connection,
-                 tables: Mapping[str, Iterable[Mapping[str, Any]]]) -> None:
-    """Insert (or replace) rows of any tables ({table: [{column: value}]}), e.g. the demo
-    data set, in one transaction.  Booleans are stored as 0/1, as SQLite has them."""
-    with conn:
-        for name, rows in tables.items():
-            for row in rows:
-                columns = list(row)
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {quote(name)} "
-                    f"({', '.join(map(quote, columns))}) "
-                    f"VALUES ({', '.join('?' * len(columns))})",
-                    [int(v) if isinstance(v, bool) else v for v in row.values()])
-
 
 class SqliteDirectory:
     """A `Directory` served from an in-memory replica of a SQLite store.
@@ -122,6 +72,8 @@ class SqliteDirectory:
         self._conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int] | None = None
         self._data_version: int | None = None
+        self._schema_version: int | None = None
+        """`PRAGMA schema_version` at the last read: DDL since then is checked."""
         self._loaded = False
         self._captured = True
         """Whether every replicated table has change capture (else: whole reloads)."""
@@ -263,7 +215,8 @@ class SqliteDirectory:
         self.health.ok()
 
     def _apply_changes(self, conn: sqlite3.Connection) -> None:
-        if not self._loaded or self._seq < 0 or last_change(conn) < self._seq:
+        recreated = self._tables_recreated(conn)
+        if recreated or not self._loaded or self._seq < 0 or last_change(conn) < self._seq:
             seq, changed, reset = last_change(conn), {}, True  # first read, or a new store
         else:
             seq, changed, reset = read_changes(conn, self._seq)
@@ -295,6 +248,31 @@ class SqliteDirectory:
         self.reloads += 1
         self._available = True
         self._publish()
+
+    def _tables_recreated(self, conn: sqlite3.Connection) -> bool:
+        """After DDL in the store (`PRAGMA schema_version` moved): whether a replicated
+        table lost its change-capture triggers — dropped and re-created (SQLite's own
+        ALTER TABLE recipe, migration tools) — so it must be re-captured and read whole;
+        else its later changes would never be seen.  Raises `DirectoryError` when a table
+        or column the policies read is gone (the refresh fails: lookups fall back once
+        the replica is older than `max_staleness`, and /readyz says which)."""
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        if version == self._schema_version:
+            return False
+        if self._schema_version is None or not self._loaded or not self._needs:
+            self._schema_version = version
+            return False
+        self._verify(conn, self._schema, self._needs)  # before noting the version: retried
+        self._schema_version = version
+        lost = [t for t in sorted(self._needs.tables) if not has_change_capture(conn, t)]
+        if not lost:
+            return False
+        if self._captured:
+            log.warning("directory %s: table %s was re-created (its change capture is "
+                        "gone); capture re-installed, reading it whole", self.path,
+                        ", ".join(lost))
+        self._recapture = True
+        return True
 
     def _check_file(self) -> None:
         try:
@@ -370,17 +348,3 @@ def poll_wait(interval: float) -> float:
     if not interval > 0:
         return 1.0
     return min(interval, 86_400.0, threading.TIMEOUT_MAX)
-
-
-def create_database(path: str | Path,
-                    tables: Mapping[str, Iterable[Mapping[str, Any]]] | None = None) -> None:
-    """Create (or upgrade) a store at `path` with the origin's tables, optionally filling
-    tables with rows ({table: [{column: value}]})."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(path)
-    try:
-        init_schema(conn)
-        if tables is not None:
-            write_tables(conn, tables)
-    finally:
-        conn.close()
