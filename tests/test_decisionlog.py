@@ -764,7 +764,7 @@ def test_a_lookup_row_is_logged_as_its_identity(key: tuple[str, ...]) -> None:
     import ipaddress
 
     from komm_policy.decision import LookupRecord
-    from komm_policy.decisionlog import records
+    from komm_policy.decisionlog import entries
     from komm_policy.directory.rows import row_class
     from komm_policy.directory.schema import Column, Table
 
@@ -780,8 +780,8 @@ def test_a_lookup_row_is_logged_as_its_identity(key: tuple[str, ...]) -> None:
     decision = decision.__class__(**{**{f: getattr(decision, f)
                                         for f in decision.__struct_fields__},
                                      "lookups": lookups})
-    entry = records.raw_entry(request, decision, 0.5, time.time(), "row-test")
-    logged = json.loads(records.line_from_raw(entry, Timestamps()))["lookups"]
+    entry = entries.raw_entry(request, decision, 0.5, time.time(), "row-test")
+    logged = json.loads(entries.line_from_raw(entry, Timestamps()))["lookups"]
     expected = {n: str(values[n]) if n == "net" else values[n] for n in key}
     assert logged[0]["result"] == expected
     assert logged[1]["result"] == [expected, expected]

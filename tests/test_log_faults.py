@@ -311,6 +311,12 @@ def test_readyz_and_metrics_show_a_sink_that_falls_behind(deployment: Deployment
     with store_locked(deployment.database):
         load = Load(server.url, 50).start()
         load.join()
+        # The JSONL sink goes on meanwhile; on a busy machine the (niced) writer may
+        # take a while, and until it is done /readyz may name that sink first.
+        deadline = time.monotonic() + 30
+        while len(jsonl_ids(deployment.log_file)) < 50:
+            assert time.monotonic() < deadline, len(jsonl_ids(deployment.log_file))
+            time.sleep(0.1)
         time.sleep(1.5)
         ready = httpx.get(f"{server.url}/readyz")
         assert ready.status_code == 503

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from komm_policy.decisionlog import JsonlSpec, SpooledRecord, SqliteSpec
-from komm_policy.decisionlog.records import RECORD_VERSION, RecordIds, raw_entry
+from komm_policy.decisionlog.entries import raw_entry
+from komm_policy.decisionlog.records import RECORD_VERSION, RecordIds
 from komm_policy.decisionlog.spool import (
     MAX_ENTRY,
     Position,

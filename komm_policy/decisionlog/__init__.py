@@ -6,12 +6,14 @@ supervise the writer process), configured by `LogSettings` and the sink specs
 (`DecisionRecord`, `make_record`, `encode_record`) is documented in
 docs/decision-record.md.
 
-Modules: `records` (the schema, version `RECORD_VERSION`), `spool` (the append-only
+Modules: `records` (the schema, version `RECORD_VERSION`), `entries` (what the
+answer path packs into the spool, and its record), `spool` (the append-only
 journal), `writer` (the process feeding the sinks from the spool), `sinks` (the sink
 interface, JSON lines), `mta_log` (the SQLite sink), `spacetimedb_sink` (a reducer),
 `log` (the service's side).
 """
 
+from .entries import line_from_raw, raw_entry
 from .log import DecisionLog, LogSettings, LogStatus
 from .mta_log import SqliteSink, SqliteSpec
 from .records import (
@@ -22,9 +24,7 @@ from .records import (
     Timestamps,
     decode_record,
     encode_record,
-    line_from_raw,
     make_record,
-    raw_entry,
 )
 from .sinks import JsonlSink, JsonlSpec, Sink, SinkBlocked, SinkSpec, SpooledRecord
 from .spacetimedb_sink import ReducerSink, ReducerSpec

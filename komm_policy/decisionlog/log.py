@@ -1,7 +1,7 @@
 """The service's side of the decision log: spool each decision, supervise the writer.
 
 `DecisionLog.submit_decision` runs on the answer path before the answer is sent: it packs
-the decision (`raw_entry`) and appends it to the spool (one `write`).  Once that returned
+the decision (`entries.raw_entry`) and appends it to the spool (one `write`).  Once that returned
 the record survives the service being killed.  The HTTP protocol's inline path stages
 each decision instead (`stage_decision`) and commits once per event-loop turn
 (`commit`: one `write` for all the answers of that turn), sending those answers after.
@@ -33,7 +33,8 @@ from typing import Any
 
 from ..decision import Decision
 from ..wire import Request
-from .records import RecordIds, raw_entry
+from .entries import raw_entry
+from .records import RecordIds
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
 from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
@@ -126,7 +127,9 @@ class DecisionLog:
                shadow: bool, redact_client_ip: bool) -> bytes | None:
         """The spool entry, or None (counted, logged) when it cannot be recorded."""
         try:
-            entry = raw_entry(request, decision, duration_ms, at, self._ids(), shadow=shadow,
+            # The id's text is made by the writer (`entries`): prefix and number here.
+            entry = raw_entry(request, decision, duration_ms, at, self._ids.prefix,
+                              next(self._ids.numbers), shadow=shadow,
                               redact_client_ip=redact_client_ip)
             if len(entry) > MAX_ENTRY:
                 raise ValueError(f"record of {len(entry)} bytes over {MAX_ENTRY} bytes")

@@ -10,9 +10,8 @@ header values or secrets — except what a policy itself puts into it (lookup ar
 identity (primary key, or rowid), never its other columns (version 2; version 1 carried
 every column of every row).  Client IPs can be redacted everywhere in it.
 
-On the answer path only the request's context, envelope and decision are packed
-(`raw_entry`, one msgpack call); the writer process turns them into records
-(`line_from_raw`).
+On the answer path only the request's and the decision's logged fields are packed
+(`entries.raw_entry`); the writer process turns them into records (`entries.line_from_raw`).
 """
 
 from __future__ import annotations
@@ -147,11 +146,13 @@ class RecordIds:
     """Unique record ids without uuid4's cost: a random per-process prefix and a counter."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(1)
+        self.prefix = os.urandom(8).hex()
+        self.numbers = itertools.count(1)
+        """The next ids' numbers: id N is `f"{prefix}-{N:010x}"` (a spool entry carries
+        prefix and number, the writer makes the text)."""
 
     def __call__(self) -> str:
-        return f"{self._prefix}-{next(self._counter):010x}"
+        return f"{self.prefix}-{next(self.numbers):010x}"
 
 
 class Timestamps:
@@ -208,10 +209,12 @@ def logged_ip(text: str) -> str:
     return parsed.text if parsed is not None else text
 
 
-def _quarantine_reason(decision: Decision) -> str | None:
-    if decision.action != "quarantine":
+def quarantine_reason(action: str, modifications: tuple[AnyModification, ...]
+                      ) -> str | None:
+    """The reason a quarantine decision gives (in the header `runtime` adds), else None."""
+    if action != "quarantine":
         return None
-    for m in decision.modifications:
+    for m in modifications:
         if isinstance(m, AddHeader) and m.name == QUARANTINE_HEADER:
             return m.value
     return None
@@ -242,7 +245,7 @@ def _record(context: Context, envelope: Envelope | None, decision: Decision,
         round(duration_ms, 3),
         decision.policy_version,
         decision.reply,
-        _quarantine_reason(decision),
+        quarantine_reason(decision.action, decision.modifications),
         summarize(decision.modifications) if decision.modifications else (),
         decision.rule,
         "accept" if shadow and decision.action != "accept" else None,
@@ -261,46 +264,13 @@ def _record(context: Context, envelope: Envelope | None, decision: Decision,
         tls.cipher or None if tls is not None else None,
         sasl.method if sasl is not None else None,
     )
-    return _redact(record, client.ip) if redact_client_ip else record
-
-
-# -- raw entries: what the answer path puts into the spool ---------------------------------
-#
-# Building and JSON-encoding a record costs more than the decision itself; on the answer
-# path only the decision and the request parts a record needs are packed (one C call).
-
-_RAW_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
-_RAW_DECODER = msgspec.msgpack.Decoder(
-    tuple[str, float, float, bool, bool, Context, Envelope | None, Decision])
-
-
-def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float,
-              record_id: str, *, shadow: bool = False, redact_client_ip: bool = False
-              ) -> bytes:
-    """The decision and its request's logged parts, packed for `line_from_raw` (the
-    message itself, headers and body, is not packed).  `at` is time.time()."""
-    return _RAW_ENCODER.encode(
-        (record_id, at, duration_ms, shadow, redact_client_ip, request.context,
-         request.envelope, decision))
-
-
-def record_from_raw(entry: bytes, timestamps: Timestamps) -> tuple[DecisionRecord, float]:
-    """An entry from `raw_entry` as its record, and its answer time (time.time())."""
-    record_id, at, duration_ms, shadow, redact, context, envelope, decision = (
-        _RAW_DECODER.decode(entry))
-    return _record(context, envelope, decision, duration_ms, shadow, redact, record_id,
-                   timestamps(at)), at
-
-
-def line_from_raw(entry: bytes, timestamps: Timestamps) -> bytes:
-    """An entry from `raw_entry` as the record's JSON line."""
-    return encode_record(record_from_raw(entry, timestamps)[0])
+    return redact(record, client.ip) if redact_client_ip else record
 
 
 REDACTED = "[redacted]"
 
 
-def _redact(record: DecisionRecord, client_ip: str) -> DecisionRecord:
+def redact(record: DecisionRecord, client_ip: str) -> DecisionRecord:
     """The record with the client address gone from every field: lookup arguments and
     errors, causes, `log` lines, HELO and reply texts a policy interpolated it into.  Both
     the address as sent and its normal form (an IPv4-mapped address as plain IPv4) count."""

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ..logsetup import configure_logging
-from .records import Timestamps, encode_record, record_from_raw
+from .entries import record_from_raw
+from .records import Timestamps, encode_record
 from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
 from .spool import Position, position_from, read_state, write_state
 from .spool_reader import SpoolReader
