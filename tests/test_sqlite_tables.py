@@ -15,7 +15,7 @@ from komm_policy.directory import sqlite as sqlite_module
 from komm_policy.directory.schema import parse_schema
 from komm_policy.directory.snapshot import IndexSpec, Needs, spec_name
 from komm_policy.directory.sqlite import SqliteDirectory, connect, create_database
-from komm_policy.directory.sqlite_tables import read_schema
+from komm_policy.directory.sqlite_tables import has_change_capture, read_schema
 from komm_policy.ipset import IP
 
 SCHEMA = parse_schema({"tables": {
@@ -148,6 +148,30 @@ def test_bad_rows_are_skipped_with_a_warning_and_counted(
         assert not tables(directory).exists(spec_name(ADMIN), ("c200" + "0" * 60,))
     finally:
         directory.close()
+
+
+def test_any_table_name_is_captured_quotes_included(db: Path) -> None:
+    """breaker3 #11: `check` took a table named `it's` (as `db schema` writes it) but the
+    replica refused to install its change capture, so `serve` would not start."""
+    execute(db, 'CREATE TABLE "it\'s ""odd""" ("select" TEXT NOT NULL)',
+            'INSERT INTO "it\'s ""odd""" VALUES (\'a.example\')')
+    name = 'it\'s "odd"'
+    schema = parse_schema({"tables": {name: {"columns": {"select": {"type": "address"}}}}})
+    spec = IndexSpec(name, ("select",))
+    replica = SqliteDirectory(db, start=False, clock=Clock())
+    replica.require(schema, Needs({spec}))
+    try:
+        assert tables(replica).exists(spec, ("a.example",))
+        execute(db, 'INSERT INTO "it\'s ""odd""" VALUES (\'b.example\')')
+        replica.refresh()
+        assert tables(replica).exists(spec, ("b.example",))
+        conn = connect(db)
+        try:
+            assert has_change_capture(conn, name)
+        finally:
+            conn.close()
+    finally:
+        replica.close()
 
 
 def test_a_gap_in_the_change_log_reloads_whole_tables(db: Path, replica: SqliteDirectory
