@@ -6,7 +6,8 @@ the parameters, and that is how both halves treat it:
 
 * The checker types the body once at the definition, with parameters of unknown type
   (unknown names, arity of inner calls and every other error that does not depend on the
-  arguments are reported there, in the body), and again at every call, on a fresh copy of
+  arguments are reported there, in the body; a call in it takes the callee's definition
+  type, unexpanded), and again at every call from a rule or constant, on a fresh copy of
   the body, with the parameters typed as that call's arguments and in the caller's scope
   (stage, lookups allowed or not).  What only fails for these arguments or at this stage
   (`header()` at rcpt, a lookup in an `on error` action, an int where text is needed) is
@@ -105,7 +106,16 @@ class Functions:
         """Nodes the written call being typed has expanded into so far."""
         self.expanded_depth: dict[str, int] = {}
         """Each non-recursive function's nesting depth with its calls expanded."""
+        self.expanded_size: dict[str, int] = {}
+        """Each non-recursive function's node count with its calls expanded (capped just
+        past `MAX_INLINED_NODES`): a call over the budget is refused without expanding it,
+        so a chain of functions that each call the previous twice costs linear time."""
         self.over_budget = False
+        self.defining = False
+        """Typing a definition's own body: calls in it take the callee's definition type
+        instead of being expanded (its errors are the callee's, reported there; what
+        depends on arguments is reported where a rule or constant calls)."""
+        self.definition_types: dict[str, t.Type] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.defs
@@ -180,8 +190,12 @@ class Functions:
         (its callers are then refused without more reports).  Callees are measured before
         their callers, with explicit stacks: the chain may be thousands long."""
         depth = self.expanded_depth
+        size = self.expanded_size
         deepest: dict[str, n.Call | None] = {}
         for name in self._callees_first(callees):
+            own = sum(1 for _ in n.walk(self.defs[name].body))
+            size[name] = min(MAX_INLINED_NODES + 1, own + sum(
+                size.get(call.func, 0) for call in callees[name]))
             best, via = 0, None
             stack: list[tuple[object, int]] = [(self.defs[name].body, 1)]
             while stack:
@@ -249,12 +263,12 @@ class Functions:
         fn = self.defs[name]
         scope = Scope(None, "a function", vars=dict.fromkeys(fn.params, t.ANY))
         found: list[Diagnostic] = []
-        saved_emit, saved_depth, saved_inlined = infer.emit, self.depth, self.inlined
-        infer.emit, self.depth = found.append, 0
+        saved = infer.emit, self.depth, self.inlined, self.defining
+        infer.emit, self.depth, self.defining = found.append, 0, True
         try:
-            infer.infer(fn.body, scope)
+            self.definition_types[name] = infer.infer(fn.body, scope)
         finally:
-            infer.emit, self.depth, self.inlined = saved_emit, saved_depth, saved_inlined
+            infer.emit, self.depth, self.inlined, self.defining = saved
         for diagnostic in found:
             infer.emit(diagnostic)
         if any(d.is_error for d in found):
@@ -286,8 +300,13 @@ class Functions:
         if fn.name in self.recursive:
             return t.ANY
         self.definition(fn.name, infer)
+        if self.defining and self.depth == 0:
+            return self.definition_types.get(fn.name, t.ANY)
         if self.depth == 0:  # a call written in the source: its own budget
             self.inlined = 0
+            if self.expanded_size.get(fn.name, 0) > MAX_INLINED_NODES:
+                self._over_budget(expr)  # known before expanding a single node
+                return t.ANY
         if fn.name in self.broken or not self._spend(fn, expr):
             return t.ANY
         body = clone(fn.body)
@@ -320,13 +339,16 @@ class Functions:
         self.inlined += sum(1 for _ in n.walk(fn.body))
         if self.inlined <= MAX_INLINED_NODES:
             return True
+        self._over_budget(expr)
+        return False
+
+    def _over_budget(self, expr: n.Call) -> None:
         if not self.over_budget:
             self.over_budget = True
             self.error("E155", f"this call expands into more than {MAX_INLINED_NODES} "
                        "expression nodes", expr.span, "a function that calls another several "
                        "times multiplies its size; compute shared parts once in a `let` or "
                        "call fewer functions")
-        return False
 
     @staticmethod
     def _at_call(diagnostic: Diagnostic, fn: n.FunctionDef, call: n.Call, body: n.Expr

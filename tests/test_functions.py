@@ -11,8 +11,11 @@ its body written inline is in `test_properties.py`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from komm_policy import functions as functions_module
 from komm_policy.errors import Diagnostic, Severity
 from komm_policy.functions import MAX_INLINED_NODES
 from komm_policy.policyset import Source, compile_sources
@@ -333,6 +336,31 @@ def test_calls_expanding_without_bound_are_refused():
     found = errors(text)
     assert codes(found) == ["E155"]
     assert f"more than {MAX_INLINED_NODES} expression nodes" in found[0].message
+
+
+@pytest.mark.parametrize("count", [18, 30])
+def test_a_doubling_chain_is_refused_without_expanding_it(
+        count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """breaker3: 30 functions each calling the previous twice took minutes and 750 MB to
+    check: every written call inside a definition expanded up to the budget again.  Now
+    a definition types its own body only and a call known (from the callees' sizes) to
+    be over the budget is refused before expanding anything: bodies copied stay few."""
+    copies = [0]
+    real_clone = functions_module.clone
+
+    def counting_clone(expr: Any) -> Any:
+        copies[0] += 1
+        return real_clone(expr)
+
+    monkeypatch.setattr(functions_module, "clone", counting_clone)
+    lines = ['def f0(x) = lower(x) == "a"']
+    lines += [f"def f{i}(x) = f{i - 1}(x) or f{i - 1}(x)" for i in range(1, count)]
+    text = "\n".join(lines) + (f"\nstage rcpt {{\n  rule r: when f{count - 1}(rcpt) "
+                               'reject 550 5.7.1 "x"\n  default accept\n}\n')
+    found = errors(text)
+    assert codes(found) == ["E155"]
+    assert found[0].span.line == count + 2  # at the rule's call
+    assert copies[0] < 1000, copies[0]
 
 
 # ---------------------------------------------------------------------------------------

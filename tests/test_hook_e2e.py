@@ -252,6 +252,23 @@ def test_hot_reload_applies_good_edits_and_keeps_old_set_on_broken_ones(
         assert "99-broken.policy:2:29: error E005" in server.output()
 
 
+def test_an_edit_of_the_schema_file_alone_reloads(tmp_path) -> None:
+    """breaker3 #9: only `.policy` files were watched; a schema.toml edit (a new enum
+    variant, an address annotation, or a broken file) did nothing until SIGHUP."""
+    deployment = Deployment(tmp_path)
+    with ServerProcess(deployment) as server:
+        schema = deployment.policies / "schema.toml"
+        good = schema.read_text()
+        schema.write_text(good + "\ncolumns.bogus = { type = \n")
+        assert wait_for(lambda: 'komm_policy_reloads_total{result="failed"} 1.0'
+                        in httpx.get(f"{server.url}/metrics").text)
+        assert "schema.toml" in server.output() and "E144" in server.output()
+        ready = httpx.get(f"{server.url}/readyz").json()
+        assert ready["status"] != "ok" and "E144" in str(ready), ready  # says why
+        schema.write_text(good)  # put back: the running set is current again
+        assert wait_for(lambda: httpx.get(f"{server.url}/readyz").json()["status"] == "ok")
+
+
 def test_sighup_reloads(tmp_path, stalwart_fixtures: dict[str, bytes]) -> None:
     deployment = Deployment(tmp_path)
     with ServerProcess(deployment, "--no-watch") as server:

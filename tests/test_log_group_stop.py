@@ -46,3 +46,34 @@ def test_sigterm_to_the_process_group_stops_quietly_and_loses_nothing(
     ids = jsonl_ids(deployment.log_file)
     assert len(ids) == len(set(ids)) == load.decided >= REQUESTS // 3
     assert sorted(store_ids(deployment.database)) == sorted(ids)
+
+
+def test_sighup_to_the_process_group_reloads_without_killing_the_writer(
+        tmp_path: Path) -> None:
+    """breaker3 #8: a SIGHUP to the group (a terminal hangup, a supervisor's reload) killed
+    the writer ("exited (code -1); restarting it") and multiprocessing's resource tracker."""
+    deployment = Deployment(tmp_path)
+    server = ServerProcess(deployment, "--no-watch", "--log-level", "info")
+    server.preexec_fn = os.setsid
+    server.start()
+    try:
+        writer = wait_for_new_writer(server, None)
+        load = Load(server.url, REQUESTS).start()
+        load.wait_for(REQUESTS // 4)
+        assert server.proc is not None
+        for _ in range(2):
+            os.killpg(server.proc.pid, signal.SIGHUP)
+            time.sleep(0.5)
+        load.join()
+        assert Path(f"/proc/{writer}").exists()  # the same writer, alive
+        assert server.post(b'{"context":{"stage":"connect","client":{"ip":"192.0.2.1"}}}'
+                           ).status_code == 200
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)
+    output = server.output()
+    assert "restarting it" not in output and "ERROR" not in output, output
+    assert "resource_tracker" not in output, output
+    assert output.count("policies unchanged") == 2, output  # both reloads ran
+    ids = jsonl_ids(deployment.log_file)
+    assert len(ids) == len(set(ids)) == load.decided + 1
+    assert sorted(store_ids(deployment.database)) == sorted(ids)

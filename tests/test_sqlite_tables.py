@@ -252,6 +252,30 @@ def test_a_dropped_or_changed_table_fails_the_replica_naming_it(
         replica.close()
 
 
+def test_any_table_name_is_captured_quotes_included(db: Path) -> None:
+    """breaker3 #11: `check` took a table named `it's` (as `db schema` writes it) but the
+    replica refused to install its change capture, so `serve` would not start."""
+    execute(db, 'CREATE TABLE "it\'s ""odd""" ("select" TEXT NOT NULL)',
+            'INSERT INTO "it\'s ""odd""" VALUES (\'a.example\')')
+    name = 'it\'s "odd"'
+    schema = parse_schema({"tables": {name: {"columns": {"select": {"type": "address"}}}}})
+    spec = IndexSpec(name, ("select",))
+    replica = SqliteDirectory(db, start=False, clock=Clock())
+    replica.require(schema, Needs({spec}))
+    try:
+        assert tables(replica).exists(spec, ("a.example",))
+        execute(db, 'INSERT INTO "it\'s ""odd""" VALUES (\'b.example\')')
+        replica.refresh()
+        assert tables(replica).exists(spec, ("b.example",))
+        conn = connect(db)
+        try:
+            assert has_change_capture(conn, name)
+        finally:
+            conn.close()
+    finally:
+        replica.close()
+
+
 def test_a_gap_in_the_change_log_reloads_whole_tables(db: Path, replica: SqliteDirectory
                                                       ) -> None:
     execute(db, "INSERT INTO blocked_domains VALUES ('late.example', 'l')")

@@ -39,7 +39,7 @@ from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
 from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
 from .spool_reader import corruption_summary
-from .writer import writer_main
+from .writer import group_signals_blocked, start_resource_tracker_deaf_to_sighup, writer_main
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class DecisionLog:
         self._failing: str | None = None
         self._last_error_log = 0.0
         self._context = multiprocessing.get_context("spawn")
+        start_resource_tracker_deaf_to_sighup()
         self._stopping = threading.Event()
         self._process: Any = None
         self._dead_since: float | None = None
@@ -212,7 +213,8 @@ class DecisionLog:
                   self.settings.spool_keep, 20.0, self.settings.writer_nice,
                   self._heartbeat),
             daemon=True)
-        process.start()
+        with group_signals_blocked():
+            process.start()
         receiver.close()
         old = getattr(self, "_control", None)
         self._control = sender  # closing it (or dying) tells the writer to finish
@@ -392,5 +394,3 @@ class DecisionLog:
             process.terminate()
             process.join(5)
         self._appender.close()
-
-

@@ -28,8 +28,9 @@ import os
 import random
 import shutil
 import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ from .spool import Position, position_from, read_state, write_state
 from .spool_reader import SpoolReader
 
 log = logging.getLogger(__name__)
+
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""Signals a service manager or terminal sends the whole process group; the writer
+ignores them (the service stops it, after draining; only the service reloads)."""
 
 BATCH = 2000
 RETAIN_EVERY = 60.0
@@ -297,8 +302,11 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
     # The writer ends when the service tells it or is gone, after draining.  A SIGTERM
     # or SIGINT to the whole process group (systemd's stop, Ctrl-C) reaches it too; it
     # keeps writing while the service finishes its requests and then stops it.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGHUP (the service's reload signal, or a terminal hangup sent to the group) too:
+    # only the service reloads.
+    for signum in GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)  # blocked since birth
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
@@ -338,3 +346,35 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
         writer.save()
     finally:
         writer.close()
+
+
+def start_resource_tracker_deaf_to_sighup() -> None:
+    """Start multiprocessing's resource tracker (every spawn needs it) with SIGHUP ignored,
+    which it keeps across exec: a SIGHUP to the process group (a terminal hangup, a
+    supervisor signalling the group to reload) otherwise kills it, and the next writer
+    start relaunches it with a warning.  It ignores SIGINT and SIGTERM by itself.  Only
+    from the main thread (signal dispositions are set there); elsewhere it starts as
+    multiprocessing starts it."""
+    from multiprocessing import resource_tracker
+
+    if threading.current_thread() is not threading.main_thread():
+        resource_tracker.ensure_running()
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def group_signals_blocked() -> Iterator[None]:
+    """Around starting the writer: the calling thread blocks `GROUP_SIGNALS`, a mask the
+    new process inherits across exec, so one arriving before the writer could ignore it
+    waits (and is then ignored) instead of killing it.  Any thread may call it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
+

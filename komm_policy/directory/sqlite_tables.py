@@ -28,13 +28,13 @@ CREATE TABLE IF NOT EXISTS komm_changes (
 """
 
 _CAPTURE = """
-CREATE TRIGGER IF NOT EXISTS "komm_cap_{name}_{event}" AFTER {event_sql} ON "{name}"
+CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {event_sql} ON {table}
 BEGIN
     {body}
     DELETE FROM komm_changes WHERE seq <= (SELECT max(seq) FROM komm_changes) - {keep};
 END;
 """
-_RECORD = "INSERT INTO komm_changes (tbl, rid) VALUES ('{name}', {which}.rowid);"
+_RECORD = "INSERT INTO komm_changes (tbl, rid) VALUES ({name}, {which}.rowid);"
 
 
 def quote(name: str) -> str:
@@ -72,16 +72,16 @@ def install_change_capture(conn: sqlite3.Connection, tables: Iterable[str]) -> N
     with conn:
         conn.executescript(CHANGE_LOG)
         for name in tables:
-            if "'" in name:
-                raise ValueError(f"table name {name!r}: quotes are not supported")
+            literal = "'" + name.replace("'", "''") + "'"  # any name: quotes doubled
             for event, body in (
-                    ("ins", _RECORD.format(name=name, which="NEW")),
-                    ("del", _RECORD.format(name=name, which="OLD")),
-                    ("upd", _RECORD.format(name=name, which="OLD")
-                     + _RECORD.format(name=name, which="NEW"))):
+                    ("ins", _RECORD.format(name=literal, which="NEW")),
+                    ("del", _RECORD.format(name=literal, which="OLD")),
+                    ("upd", _RECORD.format(name=literal, which="OLD")
+                     + _RECORD.format(name=literal, which="NEW"))):
                 event_sql = {"ins": "INSERT", "del": "DELETE", "upd": "UPDATE"}[event]
-                conn.execute(_CAPTURE.format(name=name, event=event, event_sql=event_sql,
-                                             body=body, keep=CHANGE_LOG_KEEP))
+                conn.execute(_CAPTURE.format(
+                    trigger=quote(f"komm_cap_{name}_{event}"), table=quote(name),
+                    event_sql=event_sql, body=body, keep=CHANGE_LOG_KEEP))
 
 
 def has_change_capture(conn: sqlite3.Connection, table: str) -> bool:

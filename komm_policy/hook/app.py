@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..decision import Decision
+from ..directory.schema import SCHEMA_FILE
 from ..runtime import decide
 from ..wire import Request, RequestError, decode_request
 from . import response as wire_response
@@ -367,14 +368,17 @@ async def _reloader(service: HookService, requested: asyncio.Event) -> None:
 
 
 async def _watch(service: HookService, requested: asyncio.Event) -> None:
-    """Ask for a reload when a policy file changes (watchfiles, debounced)."""
+    """Ask for a reload when a policy file or the schema file changes (watchfiles,
+    debounced)."""
     from watchfiles import awatch
 
     assert service.policies_path is not None
     path = os.fspath(service.policies_path)
 
     def is_policy(change: object, changed: str) -> bool:
-        return changed.endswith(".policy")
+        # The schema file is part of the policy set: a new enum variant or an address
+        # annotation takes effect like a rule change (and a broken one is reported).
+        return changed.endswith(".policy") or os.path.basename(changed) == SCHEMA_FILE
 
     while True:
         try:
