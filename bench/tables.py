@@ -108,10 +108,17 @@ def workload(quick: bool) -> dict[str, Any]:
         rounds=2 if quick else 5, min_seconds=0.2 if quick else 1.0,
         chunk_seconds=0.05 if quick else 0.2)
     hand, tables, functions = (s.median for s in series)
+
+    def paired(other: Any) -> float:
+        """The median of the rounds' own ratios (each round's cases ran back to back, so
+        a burst of load on the shared machine hits both sides of a ratio alike)."""
+        return round(statistics.median(
+            o / h for o, h in zip(other.rounds_us, series[0].rounds_us, strict=True)), 2)
     return {"rows": [s.as_dict() | {"ratio": round(s.median / hand, 2)} for s in series],
             "hand_written_us": round(hand, 2), "table_lookups_us": round(tables, 2),
             "ratio": round(tables / hand, 2), "functions_us": round(functions, 2),
-            "functions_ratio": round(functions / hand, 2), "target_ratio": 2.0}
+            "functions_ratio": round(functions / hand, 2), "target_ratio": 2.0,
+            "paired_ratio": paired(series[1]), "paired_functions_ratio": paired(series[2])}
 
 
 def _blocked_rows(n: int) -> list[dict[str, Any]]:
@@ -124,8 +131,9 @@ def _account_rows(n: int) -> list[dict[str, Any]]:
              "is_active": True, "last_synced": None} for i in range(1, n + 1)]
 
 
-NET = IndexSpec("blocked_ips", ("ip", "active"), "net")
-EMAIL = IndexSpec("account", ("email", "is_active"))
+NET = IndexSpec("blocked_ips", ("ip",), "net", (("active", True),))
+EMAIL = IndexSpec("account", ("email",), "eq", (("is_active", True),))
+"""The partial indexes the workload's calls read (`active = true` folded in)."""
 
 
 def scaling(quick: bool) -> dict[str, Any]:
@@ -160,14 +168,14 @@ def build(n: int = 100_000) -> dict[str, Any]:
     started = time.perf_counter()
     snapshot = TablesSnapshot.build(SCHEMA, needs, rows)
     seconds = time.perf_counter() - started
-    assert snapshot.exists(NET, (IP.parse("10.0.1.2"), True))
+    assert snapshot.exists(NET, (IP.parse("10.0.1.2"),))
     del snapshot
     gc.collect()
     tracemalloc.start()
     snapshot = TablesSnapshot.build(SCHEMA, needs, rows)
     current, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert snapshot.first(EMAIL, ("member7@example.net", True)) is not None
+    assert snapshot.first(EMAIL, ("member7@example.net",)) is not None
     return {"rows": 2 * n, "build_s": round(seconds, 2),
             "memory_mb": round(current / 2**20, 1),
             "bytes_per_row": round(current / (2 * n)),
@@ -200,7 +208,7 @@ def one_row_change(n: int = 100_000, repeats: int = 20) -> dict[str, Any]:
         directory.refresh()
         refresh_ms.append((time.perf_counter() - started) * 1000)
         tables = directory.snapshot().tables
-        row = tables.first(EMAIL, (f"member{500 + k}@example.net", True))
+        row = tables.first(EMAIL, (f"member{500 + k}@example.net",))
         assert row is not None and row.name == f"x{k}"
         started = time.perf_counter()
         own = own.apply({"account": ([{"id": 900 + k}], [
