@@ -22,10 +22,14 @@ conn.execute("COMMIT")
 
 
 def jsonl_ids(path: Path) -> list[str]:
-    """The record ids in a JSONL sink's file, in order (none while it does not exist)."""
+    """The record ids in a JSONL sink's file, in order (none while it does not exist).
+
+    Only whole lines count: a running writer may be in the middle of appending one (read
+    while it was, the tail is not yet JSON).  Every whole line must be a record."""
     if not path.exists():
         return []
-    return [json.loads(line)["id"] for line in path.read_bytes().splitlines()]
+    whole, _, _tail = path.read_bytes().rpartition(b"\n")
+    return [json.loads(line)["id"] for line in whole.splitlines()]
 
 
 def store_ids(path: Path) -> list[str]:

@@ -61,7 +61,8 @@ def test_a_chain_within_the_limit_checks_and_decides() -> None:
     assert decision(text, "other@example.org") == ("accept", None, "default")
 
 
-@pytest.mark.parametrize("count", [MAX_EXPANDED_DEPTH, 200, 1000, 5000])
+# 5,000 (past Python's recursion limit several times over) is checked in a real process below
+@pytest.mark.parametrize("count", [MAX_EXPANDED_DEPTH, 200, 1000])
 def test_a_chain_past_the_limit_is_E156_once_at_the_first_function_too_deep(
         count: int) -> None:
     found = errors_of(chain(count))

@@ -483,8 +483,8 @@ def test_quarantine_of_many_idn_recipients_stays_cheap() -> None:
     text = """
     settings { quarantine_to = "quarantine@solawi.example" }
     stage data { default quarantine }"""
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: other processes' load does not count
     decision = run(text, request("data", sender="a@example.org", to=recipients))
-    elapsed = time.perf_counter() - start
+    elapsed = time.thread_time() - start
     assert sent_addresses(decision) == [*recipients, "quarantine@solawi.example"]
     assert elapsed < 1.0, elapsed

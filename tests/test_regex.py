@@ -102,20 +102,20 @@ def test_dialect(pattern, flags, text, expected):
 
 def test_catastrophic_pattern_runs_in_linear_time():
     rx = compile_regex(r"^(a+)+$")
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: other processes' load does not count
     assert rx.search("a" * 26 + "!") is None
     assert rx.search("a" * 100_000 + "!") is None
     assert rx.search("a" * 100_000) is not None
-    assert time.perf_counter() - start < 0.5
+    assert time.thread_time() - start < 0.5
 
 
 def test_a_megabyte_is_searched_quickly():
     rx = compile_regex(r"(?i)\b(viagra|casino\W+bonus|lottery\W+winner|crypto\W+giveaway)\b")
     text = " " + "a " * (1 << 19)
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: other processes' load does not count
     assert rx.search(text) is None
     assert rx.search(text + "Casino\tBonus") is not None
-    assert time.perf_counter() - start < 0.5
+    assert time.thread_time() - start < 0.5
 
 
 def test_text_with_lone_surrogates_is_searched():

@@ -172,11 +172,12 @@ def test_faults_5xx_truncated_slow_and_refused(double: DoubleServer,
         client.select_all("currency")
     assert e.value.retryable
 
-    control.faults(slow_ms=1500)
+    control.faults(slow_ms=4000)
     started = time.monotonic()
     with pytest.raises(SpacetimeError, match="timed out") as e:
         client.select_all("currency")
-    assert time.monotonic() - started < 1.4  # the client's timeout (1 s), not the server
+    # the client's timeout (1 s), not the server's 4 s (the margin is for a loaded machine)
+    assert time.monotonic() - started < 3
     assert e.value.retryable
     control.reset_faults()
 

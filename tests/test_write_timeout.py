@@ -85,8 +85,10 @@ def test_a_client_that_never_reads_is_bounded_and_cut(
             with connect(server.port) as sock:
                 sock.sendall(hook_request())
                 assert read_response(sock, 2)[::2] == (200, b'{"action":"accept"}')
-            # Cut within the write timeout (counted from when each stopped reading).
-            deadline = started + 6 + WRITE_TIMEOUT + 3
+            # Cut after the write timeout, counted from when each stopped reading: on a
+            # loaded machine the server may take a while to fill their buffers with
+            # answers, so the deadline is generous (without the timeout: never cut).
+            deadline = started + 30
             cut = 0.0
             while time.monotonic() < deadline:
                 cut = metric(server, 'komm_http_connections_closed_total{reason="write_timeout"}')
