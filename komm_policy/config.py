@@ -70,6 +70,7 @@ class Config:
     log_spacetimedb_batch: int = 500
     log_spacetimedb_token: str | None = None
     log_spacetimedb_dead_letter: str = "var/spacetimedb-dead-letter.jsonl"
+    log_spacetimedb_max_dead_letters: int = 20
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -300,4 +301,7 @@ def _validate_log_spacetimedb(config: Config) -> list[str]:
         problems.append("log_spacetimedb_batch: must be at least 1")
     if not config.log_spacetimedb_dead_letter.strip():
         problems.append("log_spacetimedb_dead_letter: must not be empty")
+    if config.log_spacetimedb_max_dead_letters < 0:
+        problems.append("log_spacetimedb_max_dead_letters: must not be negative (0: block "
+                        "at the first refusal)")
     return problems

@@ -69,6 +69,7 @@ MAXIMA: dict[str, float] = {
     "max_connections": 2**20, "max_concurrency": 2**20, "max_header_bytes": 2**24,
     "max_headers": 100_000, "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
     "log_queue_max": 10_000_000, "log_spacetimedb_batch": 100_000,
+    "log_spacetimedb_max_dead_letters": 1_000_000,
     # retention, not waiting: up to ten years
     "log_spool_keep": 3650 * DAY, "log_jsonl_max_age": 3650 * DAY,
     "log_sqlite_max_age": 3650 * DAY,
@@ -182,4 +183,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_spacetimedb_dead_letter", "log", "spacetimedb_dead_letter",
            "KOMM_LOG_SPACETIMEDB_DEAD_LETTER", _str,
            "file (JSON lines) for records the reducer refused (530)"),
+    Option("log_spacetimedb_max_dead_letters", "log", "spacetimedb_max_dead_letters",
+           "KOMM_LOG_SPACETIMEDB_MAX_DEAD_LETTERS", _int,
+           "records the reducer may refuse (530) in a row, each dead-lettered; one more "
+           "blocks the sink, keeping the records in the spool (0: block at the first)"),
 )

@@ -222,9 +222,9 @@ def test_configuration_errors_block_and_keep_everything(
 BODY = (Path(__file__).parent / "fixtures" / "stalwart" / "derived-rcpt-2.json").read_bytes()
 
 
-def served(tmp_path: Path, double: DoubleServer, **env: str) -> ServerProcess:
+def served(tmp_path: Path, double: DoubleServer, *args: str, **env: str) -> ServerProcess:
     deployment = Deployment(tmp_path)
-    return ServerProcess(deployment, "--no-watch", "--log-level", "warning",
+    return ServerProcess(deployment, "--no-watch", "--log-level", "warning", *args,
                          KOMM_LOG_SPACETIMEDB=url(double),
                          KOMM_LOG_SPACETIMEDB_DEAD_LETTER=str(tmp_path / "dead.jsonl"),
                          KOMM_LOG_SPOOL=str(tmp_path / "spool"), **env)
@@ -323,6 +323,58 @@ def test_a_404_keeps_everything_and_readyz_says_why(tmp_path: Path,
         server.stop()
 
 
+def test_a_quiet_service_blocks_after_the_configured_refusals_and_loses_nothing(
+        tmp_path: Path, double: DoubleServer) -> None:
+    """A real `serve` with `--log-spacetimedb-max-dead-letters 3` whose module refuses
+    every record, at low traffic (one request at a time, each record its own spool
+    batch): the first 3 records are dead-lettered one by one, the 4th blocks the sink and
+    /readyz says why; later records stay in the spool.  When the module is fixed, the
+    kept records arrive: dead letters + reducer table = every decision, once."""
+    double.control().faults(reducer_fail_match='"id"', reducer_fail_text="table full")
+    server = served(tmp_path, double, "--log-spacetimedb-max-dead-letters", "3").start()
+    dead = tmp_path / "dead.jsonl"
+
+    def scrape(name: str) -> float | None:  # None: not reported yet (no write so far)
+        text = httpx.get(f"{server.url}/metrics", timeout=5).text
+        match = re.search(rf'^{name}{{sink="spacetimedb"}} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else None
+
+    def readyz() -> httpx.Response:
+        return httpx.get(f"{server.url}/readyz", timeout=5)
+
+    try:
+        for sent in range(1, 4):
+            assert server.post(BODY).status_code == 200
+            wait_for(lambda n=sent: scrape("komm_decision_log_dead_letters_total") == n, 15)
+            assert scrape("komm_decision_log_refused_in_a_row") == sent
+            assert readyz().status_code == 200
+        assert server.post(BODY).status_code == 200
+        wait_for(lambda: readyz().status_code == 503, 15)
+        reason = readyz().json()["reason"]
+        assert "spacetimedb" in reason and "refused 4 records in a row" in reason
+        assert "max_dead_letters=3" in reason and "table full" in reason
+        for _ in range(2):  # still quiet traffic, still blocked
+            time.sleep(0.3)
+            assert server.post(BODY).status_code == 200
+        wait_for(lambda: len(jsonl_ids(server.deployment.log_file)) == 6, 15)
+        wait_for(lambda: scrape("komm_decision_log_backlog_records") == 3, 15)
+        assert readyz().status_code == 503
+        assert scrape("komm_decision_log_sink_blocked") == 1
+        assert scrape("komm_decision_log_dead_letters_total") == 3
+        decided = jsonl_ids(server.deployment.log_file)
+        assert jsonl_ids(dead) == decided[:3]
+        assert db(double).logged == {}
+        # The module is fixed: the kept records arrive in order, /readyz recovers.
+        double.control().reset_faults()
+        wait_for(lambda: len(db(double).logged) == 3, 40)
+        assert list(db(double).logged) == decided[3:]
+        wait_for(lambda: readyz().status_code == 200, 10)
+        assert scrape("komm_decision_log_refused_in_a_row") == 0
+        assert jsonl_ids(dead) == decided[:3]  # nothing more dead-lettered
+    finally:
+        server.stop()
+
+
 # -- configuration ----------------------------------------------------------------------
 
 def test_configuration_from_toml_with_a_token_file(tmp_path: Path) -> None:
@@ -340,6 +392,7 @@ spacetimedb_args = "record"
 spacetimedb_batch = 7
 spacetimedb_token_file = "{tmp_path / 'token'}"
 spacetimedb_dead_letter = "{tmp_path / 'dead.jsonl'}"
+spacetimedb_max_dead_letters = 0
 ''')
     config = load_config(toml, env={"KOMM_POLICIES": str(POLICIES),
                                     "KOMM_DIRECTORY": "memory:demo"})
@@ -348,6 +401,11 @@ spacetimedb_dead_letter = "{tmp_path / 'dead.jsonl'}"
     assert (spec.url, spec.reducer, spec.args, spec.batch, spec.token) == (
         "spacetimedb+https://stdb.example:3000/komm", "log_decision", "record", 7,
         "log-token")
+    assert spec.max_dead_letters == 0  # block at the first refusal
+    assert reducer_spec(load_config(env={"KOMM_POLICIES": str(POLICIES),
+                                         "KOMM_DIRECTORY": "memory:demo",
+                                         "KOMM_LOG_SPACETIMEDB": spec.url})
+                        ).max_dead_letters == 20  # the default
     assert "log-token" not in repr(spec)
     assert reducer_spec(config, worker="12").dead_letter.endswith("dead.12.jsonl")
 
@@ -375,13 +433,47 @@ def test_bad_sink_settings_are_reported_together() -> None:
         load_config(env={"KOMM_POLICIES": str(POLICIES), "KOMM_DIRECTORY": "memory:demo",
                          "KOMM_LOG_SPACETIMEDB": "http://127.0.0.1:3000/komm",
                          "KOMM_LOG_SPACETIMEDB_ARGS": "all", "KOMM_LOG_SPACETIMEDB_BATCH": "0",
-                         "KOMM_LOG_SPACETIMEDB_REDUCER": " "})
+                         "KOMM_LOG_SPACETIMEDB_REDUCER": " ",
+                         "KOMM_LOG_SPACETIMEDB_MAX_DEAD_LETTERS": "-1"})
     text = str(caught.value)
     for expected in ("log_spacetimedb: 'http://127.0.0.1:3000/komm': expected",
                      "log_spacetimedb_args: 'all' is not batch or record",
                      "log_spacetimedb_batch: must be at least 1",
-                     "log_spacetimedb_reducer: must not be empty"):
+                     "log_spacetimedb_reducer: must not be empty",
+                     "log_spacetimedb_max_dead_letters: must not be negative"):
         assert expected in text
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("1000001", "'1000001' is too large: log_spacetimedb_max_dead_letters takes at most "
+                "1,000,000"),
+    ("2.5", "expected a whole number, got '2.5'"),
+    ("inf", "expected a whole number, got 'inf'"),
+    ("nan", "expected a whole number, got 'nan'")])
+def test_max_dead_letters_is_a_bounded_whole_number_from_every_source(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        value: str, expected: str) -> None:
+    from komm_policy.cli import main
+    from komm_policy.config import ConfigError, load_config
+
+    from .conftest import POLICIES
+
+    env = {"KOMM_POLICIES": str(POLICIES), "KOMM_DIRECTORY": "memory:demo",
+           "KOMM_LOG_SPACETIMEDB": "spacetimedb://127.0.0.1:3000/komm"}
+    with pytest.raises(ConfigError, match=re.escape(
+            f"KOMM_LOG_SPACETIMEDB_MAX_DEAD_LETTERS: {expected}")):
+        load_config(env={**env, "KOMM_LOG_SPACETIMEDB_MAX_DEAD_LETTERS": value})
+    toml = tmp_path / "komm.toml"
+    toml.write_text(f"[log]\nspacetimedb_max_dead_letters = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(toml, env=env)
+    assert f"{toml} [log] spacetimedb_max_dead_letters: " in str(caught.value)
+    for name, setting in env.items():
+        monkeypatch.setenv(name, setting)
+    monkeypatch.delenv("KOMM_CONFIG", raising=False)
+    assert main(["serve", "--log-spacetimedb-max-dead-letters", value]) == 2
+    err = capsys.readouterr().err
+    assert "--log-spacetimedb-max-dead-letters" in err
 
 
 def test_a_quiet_service_whose_module_refuses_everything_blocks_too(

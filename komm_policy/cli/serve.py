@@ -50,6 +50,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--log-spool", metavar="DIR",
                         help=f"{_OPTIONS['log_spool'].help}: one per running service "
                              f"({_OPTIONS['log_spool'].env}; default {Config().log_spool})")
+    parser.add_argument("--log-spacetimedb-max-dead-letters", metavar="N",  # checked as config
+                        help=f"{_OPTIONS['log_spacetimedb_max_dead_letters'].help} "
+                             f"({_OPTIONS['log_spacetimedb_max_dead_letters'].env}; default "
+                             f"{Config().log_spacetimedb_max_dead_letters})")
     parser.add_argument("--redact-client-ip", action="store_true", default=None,
                         help="leave client IPs out of the decision log")
     for name, kind, metavar in _LIMIT_FLAGS:
@@ -68,7 +72,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name, None) for name in (
         "host", "port", "policies", "directory", "workers", "token", "shadow", "watch",
-        "log_jsonl", "log_spool", "redact_client_ip", "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
+        "log_jsonl", "log_spool", "log_spacetimedb_max_dead_letters", "redact_client_ip",
+        "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:

@@ -26,9 +26,10 @@ Answers (what the writer then does; the spool position moves only when `write` r
   configuration error): `SinkBlocked` — everything stays in the spool, /readyz is 503
   with the reason, and the batch is retried with backoff until it is fixed.
 
-More than `max_dead_letters` records refused *in a row* — counted across calls and spool
-batches, reset by any record the reducer accepts — means the module refuses everything (a
-bug, a full table): the sink is blocked instead (`SinkBlocked`, /readyz 503,
+More than `max_dead_letters` (`[log] spacetimedb_max_dead_letters`, default 20) records
+refused *in a row* — counted across calls and spool batches, reset by any record the
+reducer accepts — means the module refuses everything (a bug, a full table): the sink is
+blocked instead (`SinkBlocked`, /readyz 503,
 `…_sink_blocked`) and the refused batch stays in the spool, none of it dead-lettered,
 until a record is accepted again.  The count does not depend on the batch size, so a
 quiet service (one record per batch) blocks after the same number of refusals as a busy

@@ -12,6 +12,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .app import INLINE_BODY_BYTES
+from .header_limits import HeaderLimits
 from .readflow import BoundedFlow, SlicedReads
 from .refusals import (
     _BUSY_MESSAGE,
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("komm_policy.http")
 
 
-class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
-                      HttpToolsProtocol):
+class GuardedProtocol(SpoolingAnswers, HeaderLimits, RequestLimits, SlicedReads,
+                      WriteLimits, HttpToolsProtocol):
     """uvicorn's httptools protocol with header/body/idle/write timeouts, the guard's
     limits, reads by slices (`readflow`) and an inline path for hook requests.
 
@@ -70,9 +71,6 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
         self._inline_body: list[bytes] | None = None  # a hook request read inline
         self._inline_size = 0
         self._deciding: list[Any] = []  # this connection's cycles counted in guard.deciding
-        self._header_bytes = 0  # request line and header lines parsed (callbacks)
-        self._header_count = 0
-        self._header_read = 0  # bytes of later reads while inside one header
         self._refusal: tuple[int, str] | None = None  # why a callback stopped the parser
 
     @property
@@ -119,8 +117,7 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
             # The first byte after an idle keep-alive period: the header clock starts.
             self._expect("header")
         self._received = True
-        if self._awaiting_header:
-            self._header_read += len(data)
+        self._read_begins()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -129,9 +126,7 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
         except httptools.HttpParserError as exc:
             self._refuse(*(self._refusal or (400, f"invalid HTTP request: {exc}")))
             return False
-        if self._awaiting_header and self._header_read > self.guard.limits.max_header_bytes:
-            # Every byte counted here belongs to the header still being read (the read
-            # it began in is not counted): so what httptools buffers stays bounded.
+        if self._header_too_large(len(data)):  # one unfinished (`header_limits`)
             self._refuse(431, "request header exceeds "
                               f"{self.guard.limits.max_header_bytes} bytes")
             return False
@@ -139,16 +134,12 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
 
     # Parser callbacks
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._awaiting_header = True
-        self._header_bytes = 16  # method, spaces, "HTTP/1.1", line ends: about
-        self._header_count = 0
-        self._header_read = 0
+        super().on_message_begin()  # (`HeaderLimits` starts counting the header)
         if self._phase != "header":
             self._expect("header")
 
     def on_headers_complete(self) -> None:
-        self._awaiting_header = False
+        self._header_complete()
         self._received = False
         if self.parser.should_upgrade():
             # httptools stops parsing at an upgrade (the body would never be read), and
@@ -230,6 +221,7 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
             self.cycle.message_event.set()
 
     def on_body(self, body: bytes) -> None:
+        self._body_read(len(body))
         inline = self._inline_body
         if inline is None:
             super().on_body(body)
@@ -240,6 +232,7 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
             self._to_asgi()
 
     def on_message_complete(self) -> None:
+        self._message_read()
         if self._phase == "body":
             self._phase = None
         body = self._inline_body

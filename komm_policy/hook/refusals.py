@@ -1,5 +1,6 @@
 """What the guarded HTTP protocol (`protocol.GuardedProtocol`) answers itself: requests
-refused at the parser (malformed, header limits, upgrades), the 503 beyond
+refused at the parser (malformed, header limits — counted in `header_limits` —,
+upgrades), the 503 beyond
 max_concurrency, and the last-defence 500.  Errors are JSON `{"error": ...}` like the
 app's."""
 
@@ -22,8 +23,6 @@ class RequestLimits:
     flow: Any
     transport: Any
     _inline_body: Any
-    _header_bytes: int
-    _header_count: int
     _refusal: tuple[int, str] | None
     server_state: Any
     _close: Any
@@ -67,26 +66,6 @@ class RequestLimits:
 
     def send_400_response(self, msg: str) -> None:  # uvicorn's, for any path not above
         self._refuse(400, msg)
-
-    def on_url(self, url: bytes) -> None:
-        self._header_bytes += len(url)
-        if self._header_bytes > self.guard.limits.max_header_bytes:
-            self._refusal = (414, "request target exceeds "
-                                  f"{self.guard.limits.max_header_bytes} bytes")
-            raise _Refused
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        self._header_count += 1
-        limits = self.guard.limits
-        if self._header_count > limits.max_headers:
-            self._refusal = (431, f"more than {limits.max_headers} request header fields")
-            raise _Refused
-        if self._header_bytes > limits.max_header_bytes:
-            self._refusal = (431, f"request header exceeds {limits.max_header_bytes} bytes")
-            raise _Refused
-        super().on_header(name, value)
 
 
 class EarlyAnswerCycle(RequestResponseCycle):

@@ -36,7 +36,8 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
   tempfails instead of waiting for its own hook timeout;
 * **header limits**: a request line and header fields over `max_header_bytes` bytes, or
   more than `max_headers` fields, get `431` (`414` for a request target alone over it)
-  and the connection is closed; httptools never buffers more than the limit and one read;
+  and the connection is closed, at the read that passes the limit, however the header
+  arrives (`header_limits`); httptools never buffers more than the limit and one read;
 * **malformed requests** (httptools' parse errors, a protocol upgrade) get a `400` with a
   JSON body like the app's errors, not uvicorn's plain text, and the connection closes;
   so does a request answered before its body was read (e.g. `413`); every answer

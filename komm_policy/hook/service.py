@@ -216,7 +216,8 @@ def reducer_spec(config: Config, worker: str | None = None) -> ReducerSpec:
     return ReducerSpec(url=config.log_spacetimedb, reducer=config.log_spacetimedb_reducer,
                        args=config.log_spacetimedb_args,  # type: ignore[arg-type]
                        batch=config.log_spacetimedb_batch, token=token or "",
-                       dead_letter=str(dead.resolve()))
+                       dead_letter=str(dead.resolve()),
+                       max_dead_letters=config.log_spacetimedb_max_dead_letters)
 
 
 def log_settings(config: Config, worker: str | None = None) -> LogSettings:
