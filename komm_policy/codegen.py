@@ -14,7 +14,15 @@ closures.
 
 Safety: no text of the policy ever becomes source.  Every value from the policy (strings,
 names, regexes, lists, readers) is bound in the function's namespace under a generated name
-(`_k1`, `_k2`, …), and all identifiers in the source are generated.
+(`_k1`, `_k2`, …), and all identifiers in the source are generated.  The one exception is
+a row field read, `row.email`: a field name that is a plain ASCII identifier (checked by
+`ROW_FIELD`) is written as an attribute read, any other goes through `attrgetter`.
+
+Decided per stage when its source is written, not per decision: which lookups skip the
+memo (`LookupSite`: a call that runs at most once a decision, alone with its memo tag in
+the stage), and whether a constant decision must look for anything else recorded (only
+a stage with statements, dry runs or `on error continue` can record logs, modifications,
+dry-run hits or errors).
 
 Order and laziness are those of the closures: operands run in the order the closures run
 them, an `and`/`or` side only when needed (an error on one side is forgiven when the other
@@ -25,7 +33,9 @@ nested) runs on closures whole.
 
 from __future__ import annotations
 
+import keyword
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,9 +46,9 @@ from .codegen_outcomes import default_lines, matched_lines
 from .fusion import first_affix
 from .lookups import DeadlineExceeded
 from .operators import index_value
-from .program import CompiledStage, Const
+from .program import CONTINUE, CompiledStage, Const
 from .stage_run import rule_failed
-from .table_lookups import Sites, table_closure, unchecked_table_closure
+from .table_lookups import LookupSite, Sites, settle_sites, table_closure, unchecked_table_closure
 from .text import to_text
 
 
@@ -53,6 +63,14 @@ line and an inline lookup is ~25 lines (1,000 rules with three lookups each took
 load without budgets); the first rules, which every decision reaches, stay generated."""
 STAGE_LINES = 10_000
 
+ROW_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+"""A row field name written into the source as an attribute read (`row.email`); any
+other name (a leading underscore, a keyword, non-ASCII) is read with `attrgetter`."""
+
+MEMO_CHOICE = re.compile(r"\x00memo(\d+)\x00")
+"""A statement that depends on a lookup site's memo flag, in a stage's lines until the
+stage's sites are settled (`StageGenerator.memo_choice`)."""
+
 
 class StageGenerator(CompareGenerating):
     """Generates the functions of one compiled policy set's stages.  `compiler` is the
@@ -61,7 +79,13 @@ class StageGenerator(CompareGenerating):
 
     def __init__(self, compiler: Any, sites: Sites) -> None:
         self.c = compiler
-        self.sites = sites
+        self.all_sites = sites
+        self.sites: Sites = {}
+        """The current stage's lookup calls: one decision runs one stage, so a call alone
+        with its memo tag in the stage, and not repeated, needs no memo."""
+        self.choices: list[tuple[LookupSite, str, str]] = []
+        self.extras = True
+        """The stage can record more than lookups (statements, dry runs, errors)."""
         self.ns: dict[str, Any] = {}
         self.lines: list[str] = []
         self.pad = ""
@@ -103,6 +127,16 @@ class StageGenerator(CompareGenerating):
     def atom(self, val: Val) -> str:
         return val[0] if val[0] is not None else self.bind(val[1])
 
+    def memo_choice(self, site: LookupSite, memo: str, without: str) -> str:
+        """A placeholder for the statement `memo` or, if `site` needs no memo,
+        `without`: settled once every lookup of the stage is known."""
+        self.choices.append((site, memo, without))
+        return f"\x00memo{len(self.choices) - 1}\x00"
+
+    def _choose(self, match: re.Match[str]) -> str:
+        site, memo, without = self.choices[int(match.group(1))]
+        return memo if site.memo else without
+
     def tmp(self, code: str) -> Val:
         local = self.name("t")
         self.emit(f"{local} = {code}")
@@ -113,10 +147,13 @@ class StageGenerator(CompareGenerating):
     def stage(self, stage: CompiledStage, asts: dict[int, n.Rule]) -> CompiledStage:
         """`stage` with its generated `run` (unchanged when Python refuses the source)."""
         self.lines, self.pad, self.inlined = [], "    ", 0
+        self.sites, self.choices = {}, []
         holder = self.bind(None)
         name, failed = self.bind(stage.name), self.bind(rule_failed)
-        statements = any(rule.statements for _, step in stage.steps
-                         for rule in (step, *(step.members or ())))
+        rules = [rule for _, step in stage.steps for rule in (step, *(step.members or ()))]
+        statements = any(rule.statements for rule in rules)
+        self.extras = any(rule.statements or rule.dry_run or rule.on_error is CONTINUE
+                          for rule in rules)
         self.emit("mods = []" if statements else "mods = ()")  # only statements add to it
         for cond, rule in stage.steps:
             lines, val = self.condition(asts.get(id(rule)), cond,
@@ -140,13 +177,18 @@ class StageGenerator(CompareGenerating):
             self.emit("    if _d is not None:")
             self.emit("        return _d")
         self.splice(default_lines(self, name, stage, holder))
-        source = "def run(ctx, policy):\n" + "\n".join(self.lines) + "\n"
+        settle_sites(self.sites)
+        for tag, calls in self.sites.items():
+            self.all_sites.setdefault(tag, []).extend(calls)
+        source = MEMO_CHOICE.sub(self._choose, "def run(ctx, policy):\n"
+                                 + "\n".join(self.lines) + "\n")
         try:
             code = compile(source, "<komm-policy generated stage>", "exec")
         except (SyntaxError, RecursionError, MemoryError, ValueError):
             return stage  # e.g. more nested blocks than Python allows: closures
         namespace = dict(self.ns)
         exec(code, namespace)  # generated source, no policy text (see the module docstring)
+        namespace["run"].source = source  # for reading and profiling: `stage.run.source`
         result = CompiledStage(stage.name, stage.rules, stage.default, stage.default_ref,
                                stage.steps, namespace["run"])
         namespace[holder] = result
@@ -244,6 +286,9 @@ class StageGenerator(CompareGenerating):
         getter = operator.attrgetter(expr.name)
         if obj[0] is None:
             return None, None if obj[1] is None else getter(obj[1])
+        name = expr.name
+        if ROW_FIELD.fullmatch(name) and not keyword.iskeyword(name):
+            return self.tmp(f"None if {obj[0]} is None else {obj[0]}.{name}")
         return self.tmp(f"None if {obj[0]} is None else {self.bind(getter)}({obj[0]})")
 
     def _Index(self, expr: n.Index) -> Val:

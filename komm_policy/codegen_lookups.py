@@ -70,12 +70,16 @@ def _result(method: str, found: str, net: bool = False) -> str:
     return f"list({found}) if {found} else []"
 
 
-def _memo_lines(gen: Any, t: str, memo: str, key: str) -> tuple[str, str, str, str]:
-    """(memo read, its else, the miss test, the memo key's local) for the key tuple
-    source `key`, built once for the read and the write."""
+def _memo_lines(gen: Any, t: str, site: Any, key: str) -> tuple[str, str, str]:
+    """(memo read, the miss test, memo write) for the key tuple source `key`, built
+    once for the read and the write.  Read and write are settled when the stage is
+    written (`StageGenerator.memo_choice`): a memo-less call only sets `t` to the
+    missing marker, and writes nothing."""
     missing, local = gen.bind(_MISSING), gen.name("mk")
-    return (f"if {memo}: {local} = {key}; {t} = ctx.memo.get({local}, {missing})",
-            f"else: {t} = {missing}", f"if {t} is {missing}:", local)
+    read = gen.memo_choice(site, f"{t} = ctx.memo.get(({local} := {key}), {missing})",
+                           f"{t} = {missing}")
+    write = gen.memo_choice(site, f"ctx.memo[{local}] = {t}", "pass")
+    return read, f"if {t} is {missing}:", write
 
 
 def _tuple(gen: Any, items: list[str]) -> str:
@@ -87,10 +91,10 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
     `address_parts`) of the local variable `value`, inline."""
     (label, tag, site, name, key_before, key_after, before, after, method,
      none_result) = by_key.address_parts
-    t, key, bucket, memo, tables = (gen.name(p) for p in ("t", "key", "b", "m", "tb"))
+    t, key, bucket, tables = (gen.name(p) for p in ("t", "key", "b", "tb"))
     by = gen.bind(by_key)
-    tag_, site_, name_ = gen.bind(tag), gen.bind(site), gen.bind(name)
-    read, otherwise, test, memo_key = _memo_lines(gen, t, memo, f"({tag_}, {value})")
+    tag_, name_ = gen.bind(tag), gen.bind(name)
+    read, test, write = _memo_lines(gen, t, site, f"({tag_}, {value})")
     if key_before is None:  # a one-column index is keyed by the key itself
         index_key = key
     else:
@@ -105,9 +109,7 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
         f"if {value} is None:",
         f"    {t} = {gen.bind(none_result)}",
         "else:",
-        f"    {memo} = {site_}.memo",
         f"    {read}",
-        f"    {otherwise}",
         f"    {test}",
         f"        {tables} = ctx.tables",
         f"        if {tables} is None or {value}.__class__ is not str:",
@@ -124,8 +126,7 @@ def address_lookup(gen: Any, by_key: Any, value: str) -> Val:
         f"                {t} = {by}(ctx, {value})",
         "            else:",
         f"                {t} = {result}",
-        f"                if {memo}:",
-        f"                    ctx.memo[{memo_key}] = {t}",
+        f"                {write}",
         f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
         f"{record_keys}, {t}))",
     ):
@@ -139,10 +140,10 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
     `table_lookups._ip_key`; `lookup` and `exists` stop at the first matching length
     (its first row is the most specific match)."""
     label, tag, site, name, rest, after, method, none_result = by_key.ip_parts
-    t, found, bucket, memo, tables, maps, lengths, length, shift, version, value = (
-        gen.name(p) for p in ("t", "f", "b", "m", "tb", "mp", "ln", "l", "s", "v", "x"))
+    t, found, bucket, tables, maps, lengths, length, shift, version, value = (
+        gen.name(p) for p in ("t", "f", "b", "tb", "mp", "ln", "l", "s", "v", "x"))
     by, tag_ = gen.bind(by_key), gen.bind(tag)
-    read, otherwise, test, memo_key = _memo_lines(gen, t, memo, f"({tag_}, {ip})")
+    read, test, write = _memo_lines(gen, t, site, f"({tag_}, {ip})")
     name_ = gen.bind(name)
     key = _tuple(gen, [version, length, f"{value} >> {shift}", *map(gen.bind, rest)])
     if method == ALL:
@@ -155,9 +156,7 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
         f"if {ip} is None:",
         f"    {t} = {gen.bind(none_result)}",
         "else:",
-        f"    {memo} = {gen.bind(site)}.memo",
         f"    {read}",
-        f"    {otherwise}",
         f"    {test}",
         f"        {tables} = ctx.tables",
         f"        if {tables} is None or {ip}.__class__ is not {gen.bind(IP)}:",
@@ -179,8 +178,7 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
         f"                    if {bucket}:",
         *collect,
         f"                {t} = {_result(method, found, net=True)}",
-        f"                if {memo}:",
-        f"                    ctx.memo[{memo_key}] = {t}",
+        f"                {write}",
         f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
         f"{_tuple(gen, [ip, *map(gen.bind, after)])}, {t}))",
     ):
@@ -195,9 +193,9 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
     label, tag, site, read, method, none_result = by_keys.two_key_parts
     name, first_class, second_class, before, between, after = read.parts
     a, b = (code for code, _ in keys if code is not None)
-    t, bucket, memo, tables = (gen.name(p) for p in ("t", "b", "m", "tb"))
+    t, bucket, tables = (gen.name(p) for p in ("t", "b", "tb"))
     by, tag_ = gen.bind(by_keys), gen.bind(tag)
-    read_memo, otherwise, test, memo_key = _memo_lines(gen, t, memo, f"({tag_}, {a}, {b})")
+    read_memo, test, write = _memo_lines(gen, t, site, f"({tag_}, {a}, {b})")
     index_key = _tuple(gen, [*map(gen.bind, before), a, *map(gen.bind, between), b,
                              *map(gen.bind, after)])
     record = _tuple(gen, [code if code is not None else gen.bind(value)
@@ -206,9 +204,7 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
         f"if {a} is None or {b} is None:",
         f"    {t} = {gen.bind(none_result)}",
         "else:",
-        f"    {memo} = {gen.bind(site)}.memo",
         f"    {read_memo}",
-        f"    {otherwise}",
         f"    {test}",
         f"        {tables} = ctx.tables",
         f"        if ({tables} is None or {a}.__class__ is not {gen.bind(first_class)}"
@@ -223,8 +219,7 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
         f"                {t} = {by}(ctx, {a}, {b})",
         "            else:",
         f"                {t} = {_result(method, bucket)}",
-        f"                if {memo}:",
-        f"                    ctx.memo[{memo_key}] = {t}",
+        f"                {write}",
         f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
         f"{record}, {t}))",
     ):

@@ -4,7 +4,10 @@ built in the stage function itself, as `stage_run.finish` builds it.
 Most decisions end at a terminal rule without statements or at the stage's default, with
 nothing else recorded (no modifications kept, no dry-run hits, logs, errors or trace): the
 decision is then one constructor call on constants and the lookup log, and the call of
-`finish` (its branches on the outcome's kind, a Python frame) is skipped.  Anything else
+`finish` (its branches on the outcome's kind, a Python frame) is skipped.  In a stage
+without statements, dry runs and `on error continue` (`StageGenerator.extras` false)
+nothing else can be recorded, and the test for it is left out too (a trace never runs
+the generated function: `runtime.decide` walks the closures).  Anything else
 calls `finish`, so both ways build the same value (tests/test_codegen.py compares them).
 """
 
@@ -56,11 +59,14 @@ def decision_lines(gen: Any, stage: str, outcome: Outcome, ref: RuleRef | None,
     reply = None if kind == "accept" else outcome.reply
     if kind != "accept" and reply is None:
         return None  # a reply built from the request
+    built = (f"return {gen.bind(Decision)}({stage}, {gen.bind(kind)}, {gen.bind(reply)}, (), "
+             f"{gen.bind(ref)}, (), tuple(ctx.lookup_log), (), (), False, None, "
+             "policy.version, None)")
+    if not gen.extras:  # nothing but lookups can be recorded in this stage
+        return [built]
     kept = "mods or " if kind == "accept" else ""  # only an accept keeps modifications
     return [
         f"if {kept}ctx.dry_run or ctx.logs or ctx.errors or ctx.trace_steps is not None:",
         f"    return {finish_call}",
-        f"return {gen.bind(Decision)}({stage}, {gen.bind(kind)}, {gen.bind(reply)}, (), "
-        f"{gen.bind(ref)}, (), tuple(ctx.lookup_log), (), (), False, None, policy.version, "
-        "None)",
+        built,
     ]

@@ -36,9 +36,15 @@ def decide(
 ) -> Decision:
     """Evaluate the request's stage and return the decision (never raises)."""
     settings = policy_set.settings
-    timed = trace or getattr(directory, "blocking", True)
-    snapshot = getattr(directory, "snapshot", None)
-    if snapshot is not None:
+    try:  # attribute reads, not getattr(): this runs for every request
+        timed = trace or directory.blocking
+    except AttributeError:
+        timed = True
+    try:
+        snapshot = directory.snapshot
+    except AttributeError:
+        pass
+    else:
         directory = snapshot()
     tables = None
     if not timed and policy_set.needs.indexes:
@@ -51,11 +57,10 @@ def decide(
     ctx = EvalContext(request, directory, settings, clock, timed, tables)
     if timed:  # the deadline counts from here (local indexes cannot overrun it)
         ctx.deadline_at = clock() + settings.deadline
-    name = request.context.stage
     try:
-        stage = policy_set.stages[name]
+        stage = policy_set.stages[request.context.stage]
     except KeyError:
-        stage = CompiledStage(name, (), Outcome("accept"), None)
+        stage = CompiledStage(request.context.stage, (), Outcome("accept"), None)
     try:
         if trace:
             ctx.trace_steps = []
