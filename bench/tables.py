@@ -124,8 +124,9 @@ def _account_rows(n: int) -> list[dict[str, Any]]:
              "is_active": True, "last_synced": None} for i in range(1, n + 1)]
 
 
-NET = IndexSpec("blocked_ips", ("ip", "active"), "net")
-EMAIL = IndexSpec("account", ("email", "is_active"))
+NET = IndexSpec("blocked_ips", ("ip",), "net", (("active", True),))
+EMAIL = IndexSpec("account", ("email",), "eq", (("is_active", True),))
+"""The partial indexes the workload's calls read (`active = true` folded in)."""
 
 
 def scaling(quick: bool) -> dict[str, Any]:
@@ -160,14 +161,14 @@ def build(n: int = 100_000) -> dict[str, Any]:
     started = time.perf_counter()
     snapshot = TablesSnapshot.build(SCHEMA, needs, rows)
     seconds = time.perf_counter() - started
-    assert snapshot.exists(NET, (IP.parse("10.0.1.2"), True))
+    assert snapshot.exists(NET, (IP.parse("10.0.1.2"),))
     del snapshot
     gc.collect()
     tracemalloc.start()
     snapshot = TablesSnapshot.build(SCHEMA, needs, rows)
     current, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert snapshot.first(EMAIL, ("member7@example.net", True)) is not None
+    assert snapshot.first(EMAIL, ("member7@example.net",)) is not None
     return {"rows": 2 * n, "build_s": round(seconds, 2),
             "memory_mb": round(current / 2**20, 1),
             "bytes_per_row": round(current / (2 * n)),
@@ -200,7 +201,7 @@ def one_row_change(n: int = 100_000, repeats: int = 20) -> dict[str, Any]:
         directory.refresh()
         refresh_ms.append((time.perf_counter() - started) * 1000)
         tables = directory.snapshot().tables
-        row = tables.first(EMAIL, (f"member{500 + k}@example.net", True))
+        row = tables.first(EMAIL, (f"member{500 + k}@example.net",))
         assert row is not None and row.name == f"x{k}"
         started = time.perf_counter()
         own = own.apply({"account": ([{"id": 900 + k}], [

@@ -423,7 +423,8 @@ class StageGenerator(CompareGenerating):
         compiled = table_closure(call.label, str(builtin.impl), call.spec,
                                  tuple(Const(v) if c is None else _no_key for c, v in keys),
                                  columns, builtin.none_result, self.sites,
-                                 repeated=self.depth > 0 or self.arguments > 0)
+                                 repeated=self.depth > 0 or self.arguments > 0,
+                                 index=(call.index, call.positions))
         if isinstance(compiled, Const):  # a none constant key: no key runs, nothing read
             return None, compiled.value
         self.splice(lines)

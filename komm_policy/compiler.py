@@ -233,7 +233,8 @@ class _Compiler(RuleCompiling):
             return table_closure(call.label, str(builtin.impl), call.spec,
                                  tuple(self.expr(k) for k in call.keys), columns,
                                  builtin.none_result, self.sites,
-                                 repeated=self.depth > 0 or self.arguments > 0)
+                                 repeated=self.depth > 0 or self.arguments > 0,
+                                 index=(call.index, call.positions))
         args = [self.expr(a) for a in expr.args]
         optional = any(self.type_of(a).optional for a in expr.args)
         none_result = builtin.none_result

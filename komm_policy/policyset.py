@@ -111,7 +111,7 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
         settings=settings,
         warnings=tuple(diagnostics),
         schema=schema,
-        needs=Needs({call.spec for call in analysis.table_calls.values()}),
+        needs=Needs({call.index for call in analysis.table_calls.values()}),
     )
     return LoadResult(policy_set, tuple(diagnostics), texts)
 

@@ -69,12 +69,17 @@ Slow = Callable[[EvalContext, tuple[Any, ...], tuple[Any, ...]], Any]
 
 def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compiled],
                   columns: Sequence[Column] | None, none_result: Any,
-                  sites: Sites | None = None, repeated: bool = True) -> Compiled:
+                  sites: Sites | None = None, repeated: bool = True,
+                  index: tuple[IndexSpec, tuple[int, ...]] | None = None) -> Compiled:
     """A compiled table lookup.  `label` names it in records and metrics; `keys` are the
-    compiled key expressions in the index's column order; `columns` their columns in the
-    compiled set's schema (None: no specialisation).  The call registers in `sites`
-    (see `LookupSite`; without `sites` it is always memoised)."""
-    name = spec_name(spec)
+    compiled key expressions in the column order of `spec`; `columns` their columns in
+    the compiled set's schema (None: no specialisation).  `index`: the index read and
+    the positions of its columns in `keys` (`tablecheck.TableCall`: a partial index has
+    the call's literal keys folded in), `spec` itself by default.  The call registers in
+    `sites` (see `LookupSite`; without `sites` it is always memoised).  Records name the
+    call's keys in the order of `spec`, constants included, whatever index is read."""
+    read_spec, positions = index if index is not None else (spec, tuple(range(len(keys))))
+    name = spec_name(read_spec)
     constants: dict[int, Any] = {i: k.value for i, k in enumerate(keys) if isinstance(k, Const)}
     if any(v is None for v in constants.values()):
         return Const(none_result)  # a constant none key: the lookup matches nothing
@@ -87,14 +92,20 @@ def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compi
     if sites is not None:
         sites.setdefault(tag, []).append(site)
     record_keys = _record_keys(len(keys), constants)
+    partial = len(positions) != len(keys)
+    # the index's view of the call: its constants and dynamic keys by index position
+    index_constants = {j: constants[p] for j, p in enumerate(positions) if p in constants}
+    index_dynamic = tuple(j for j, p in enumerate(positions) if p not in constants)
+    index_columns = (tuple(columns[p] for p in positions) if columns is not None else None)
 
     def slow(ctx: EvalContext, values: tuple[Any, ...], memo_key: tuple[Any, ...]) -> Any:
         """Through the snapshot's `first`/`all`/`exists`, timed when the backend may
         block; failures recorded and remembered."""
         args = record_keys(values)
+        index_args = tuple(args[p] for p in positions) if partial else args
 
         def call(directory: Any) -> Any:
-            return getattr(directory.tables, method)(name, args)
+            return getattr(directory.tables, method)(name, index_args)
         if ctx.timed or ctx.failures is not None:
             return run_lookup(ctx, label, method, args, memo_key, call)
         try:
@@ -105,19 +116,19 @@ def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compi
         ctx.lookup_log.append(LookupRecord(label, args, value))
         return value
 
-    read = reader(spec, name, constants, dynamic, columns)
+    read = reader(read_spec, name, index_constants, index_dynamic, index_columns)
     if read is None:
         return _generic(tag, getters, none_result, slow)
     if len(getters) == 1:
         (i,) = dynamic
         before = tuple(constants[k] for k in range(i))
         after = tuple(constants[k] for k in range(i + 1, len(keys)))
-        if spec.kind == "net" and dynamic == (0,) and read is not None:
-            rest = tuple(lookup_key(columns[k], constants[k])  # type: ignore[index]
-                         for k in range(1, len(keys)))
+        if read_spec.kind == "net" and index_dynamic == (0,) and read is not None:
+            rest = tuple(lookup_key(index_columns[k], index_constants[k])  # type: ignore[index]
+                         for k in range(1, len(positions)))
             return _ip_key(label, tag, site, getters[0], name, rest, after, method,
                            none_result, slow)
-        plan = address_plan(spec, constants, dynamic, columns)
+        plan = address_plan(read_spec, index_constants, index_dynamic, index_columns)
         if plan is not None:
             return _address_key(label, tag, site, getters[0], name, plan, (before, after),
                                 method, none_result, slow)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from . import nodes as n
 from . import types as t
-from .directory.schema import INDEXABLE, Column, Schema
+from .directory.keys import lookup_key
+from .directory.schema import INDEXABLE, Column, Schema, Table
 from .directory.snapshot import IndexSpec
 from .errors import Span
 
@@ -25,12 +26,15 @@ RETURNS = {"lookup": "row", "lookup_all": "rows", "exists": "bool"}
 
 @dataclass(frozen=True, slots=True)
 class TableCall:
-    """A checked table lookup: the index it reads, and its key expressions in the
-    index's column order."""
+    """A checked table lookup: its columns (`spec`, with the key expressions `keys` in
+    their order), and the index it reads (`index`): `spec`, or a partial index with the
+    literal keys folded in (`where`), keyed by the columns at `positions` of `keys`."""
 
     function: str
     spec: IndexSpec
     keys: tuple[n.Expr, ...]
+    index: IndexSpec
+    positions: tuple[int, ...]
 
     @property
     def label(self) -> str:
@@ -119,6 +123,30 @@ def variant_problems(enum: t.Type, operand: n.Expr,
     return problems
 
 
+_FOLDED = frozenset({"bool", "int", "string"})
+"""Literal kinds a partial index folds in (their index key is known when checked)."""
+
+
+def partial_index(spec: IndexSpec, keys: tuple[n.Expr, ...], table: Table
+                  ) -> tuple[IndexSpec, tuple[int, ...]]:
+    """The index a call reads: its equality columns with a literal key (`active = true`)
+    folded into a partial index (`IndexSpec.where`), as long as one column is left;
+    and the positions in `keys` of the index's columns."""
+    where: list[tuple[str, object]] = []
+    positions: list[int] = []
+    for i, (column, key) in enumerate(zip(spec.columns, keys, strict=True)):
+        if (spec.kind == "eq" or i > 0) and isinstance(key, n.Literal) and key.kind in _FOLDED:
+            normal = lookup_key(table.by_name[column], key.value)
+            if normal is not None:
+                where.append((column, normal))
+                continue
+        positions.append(i)
+    if not where or not positions:
+        return spec, tuple(range(len(keys)))
+    return (IndexSpec(spec.table, tuple(spec.columns[i] for i in positions), spec.kind,
+                      tuple(where)), tuple(positions))
+
+
 class TableChecker:
     """Types table lookups and row fields for `Inference`."""
 
@@ -198,7 +226,9 @@ class TableChecker:
             return self._returns(function, None)
         ordered = ([net] if net else []) + sorted(equal, key=lambda p: p[0])
         spec = IndexSpec(name, tuple(c for c, _ in ordered), "net" if net else "eq")
-        self.calls[id(expr)] = TableCall(function, spec, tuple(e for _, e in ordered))
+        keys = tuple(e for _, e in ordered)
+        self.calls[id(expr)] = TableCall(function, spec, keys,
+                                         *partial_index(spec, keys, table))
         return self._returns(function, name)
 
     def _returns(self, function: str, table: str | None) -> t.Type:

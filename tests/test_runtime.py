@@ -598,7 +598,7 @@ def test_lookups_are_lazy():
     decision = run(LAZY, request("rcpt", sender="a@example.org", to=["nope@solawi.example"]),
                    directory)
     assert summary(decision)[2] == "unknown_list"
-    assert directory.calls == [("message_categories", True, "nope@solawi.example")]
+    assert directory.calls == [("message_categories", "nope@solawi.example")]
 
 
 def test_lookups_skipped_by_short_circuit_and_none_arguments():
@@ -647,7 +647,7 @@ def test_none_results_are_memoised_too():
     decision = run(text, request("rcpt", sender="a@example.org", to=["nope@solawi.example"]),
                    directory)
     assert summary(decision)[2] == "b"
-    assert directory.calls == [("message_categories", True, "nope@solawi.example")]
+    assert directory.calls == [("message_categories", "nope@solawi.example")]
 
 
 def test_memo_is_not_shared_between_decisions():
@@ -832,7 +832,7 @@ def test_slow_lookup_times_out_on_a_fake_clock():
     (record,) = decision.lookups
     assert record.error is not None and "timed out" in record.error
     assert record.duration_ms == pytest.approx(300)
-    assert directory.calls == [("account", "a@example.org", True)]
+    assert directory.calls == [("account", "a@example.org")]
 
 
 def test_timed_out_lookup_uses_the_rules_on_error():

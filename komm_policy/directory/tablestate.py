@@ -38,17 +38,24 @@ BadRow = Callable[[str, str, str], None]
 
 class IndexSpec(NamedTuple):
     """An index a lookup reads: equality on `columns`, or (`kind="net"`) containment of an
-    IP in the network of the first column and equality on the others."""
+    IP in the network of the first column and equality on the others.  `where`: a
+    partial index, of the rows whose columns have these keys ((column, key) pairs, keys
+    as `keys.lookup_key` gives them): a call's constant keys (`active = true`) are
+    folded into its index, so a read is keyed by the other columns alone (one text key
+    instead of a tuple: no tuple to build and hash per read)."""
 
     table: str
     columns: tuple[str, ...]
     kind: str = "eq"
+    where: tuple[tuple[str, Any], ...] = ()
 
 
 def spec_name(spec: IndexSpec) -> str:
-    """An index's name, e.g. `account(email,is_active)` or `blocked_networks(ip~)` for a
-    network index; lookups may name an index this way."""
-    return f"{spec.table}({','.join(spec.columns)}{'~' if spec.kind == 'net' else ''})"
+    """An index's name, e.g. `account(email,is_active)`, `blocked_networks(ip~)` for a
+    network index, `account(email|is_active=True)` for a partial one; lookups may name
+    an index this way."""
+    where = ("|" + ",".join(f"{c}={k!r}" for c, k in spec.where)) if spec.where else ""
+    return f"{spec.table}({','.join(spec.columns)}{'~' if spec.kind == 'net' else ''}{where})"
 
 
 NetLengths = tuple[immutables.Map, dict[int, tuple[tuple[int, int], ...]]]
@@ -107,6 +114,9 @@ class TableState:
 
 def bucket_key(table: Table, spec: IndexSpec, values: Mapping[str, Any]) -> Any:
     """A row's key in the index `spec` (None: the row is not in it)."""
+    for name, key in spec.where:  # a partial index holds the rows with these keys only
+        if column_key(table.by_name[name], values[name]) != key:
+            return None
     columns = spec.columns
     if spec.kind == "eq" and len(columns) == 1:
         return column_key(table.by_name[columns[0]], values[columns[0]])
