@@ -40,12 +40,11 @@ def decide(
         timed = trace or directory.blocking
     except AttributeError:
         timed = True
-    try:
-        snapshot = directory.snapshot
+    try:  # called in place: no bound method object built
+        directory = directory.snapshot()
     except AttributeError:
-        pass
-    else:
-        directory = snapshot()
+        if hasattr(directory, "snapshot"):
+            raise  # from inside snapshot(): not a directory without one
     tables = None
     if not timed and policy_set.needs.indexes:
         try:
