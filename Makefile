@@ -35,8 +35,12 @@ fmt-check: install
 policy-test: install
 	$(BIN)/komm-policy test --threshold 100 policies
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist; CI has 2 cores), a module's
+# tests on one worker so its module-scoped servers start once.  TEST_WORKERS=0 runs it
+# in this process (for -x/--pdb sessions, pass pytest's own options instead).
+TEST_WORKERS ?= 2
 test: install lint check fmt-check policy-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # The decision log's fault matrix with more records (not part of `make test`; a few
 # minutes): SIGTERM under load, writer SIGKILL x5, SIGKILL while the store is locked,

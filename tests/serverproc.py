@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -39,6 +40,10 @@ class Deployment:
 
 
 class ServerProcess:
+    # Every process started, so conftest can stop one a failed test left running (it
+    # would load the machine for the tests after it, and outlive the run).
+    started: ClassVar[list[ServerProcess]] = []
+
     def __init__(self, deployment: Deployment, *args: str, **env: str) -> None:
         self.deployment = deployment
         self.port = free_port()
@@ -62,6 +67,7 @@ class ServerProcess:
         self._output = self.output_path.open("wb")
         self.proc = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT,
                                      env=self.env, cwd=d.root, preexec_fn=self.preexec_fn)
+        ServerProcess.started.append(self)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -211,26 +211,27 @@ def test_private_table_and_row_level_security_are_reported(double: DoubleServer)
 
 
 def test_outage_serves_last_snapshot_then_fails_then_recovers(double: DoubleServer) -> None:
-    directory = open_directory(double, max_staleness=2.0, ping_interval=0.2)
+    # max_staleness leaves a loaded machine room to stop the double and look up within it
+    directory = open_directory(double, max_staleness=3.0, ping_interval=0.2)
     try:
         assert Helpers(directory).ip_blocked("192.0.2.66")
         double.stop()  # closing the double's sockets may take a moment: measure the age
-        assert directory.age < 1.5
+        assert directory.age < 2.5
         assert Helpers(directory).ip_blocked("192.0.2.66")  # last snapshot, within bound
         assert directory.available
-        eventually(lambda: not directory.available, timeout=4)
-        assert directory.age > 2.0
+        eventually(lambda: not directory.available, timeout=8)
+        assert directory.age > 3.0
 
         def lookups_fail() -> bool:
             try:
                 Helpers(directory).ip_blocked("192.0.2.66")
             except DirectoryError as e:
-                assert "older than 2s" in str(e)
+                assert "older than 3s" in str(e)
                 return True
             return False
         # the watchdog looks 4 times a second; the bound leaves room for a loaded machine
-        assert eventually(lookups_fail, timeout=2) < 1.0
-        assert "older than 2s" in directory.unavailable_reason
+        assert eventually(lookups_fail, timeout=5) < 2.0
+        assert "older than 3s" in directory.unavailable_reason
         # changed while down: the fresh snapshot after the reconnect must show it
         komm = double.state.databases["komm"]
         komm.tables["blocked_ips"].rows.append(["192.0.2.99", "while down", T0, True])
