@@ -35,6 +35,7 @@ from . import nodes as n
 from . import types as t
 from .errors import Diagnostic, Related, Severity, Span
 from .inference import Inference, Scope
+from .name_checks import ROOT
 
 if TYPE_CHECKING:
     from .program import Compiled
@@ -106,6 +107,10 @@ class Functions:
         self.expanded_depth: dict[str, int] = {}
         """Each non-recursive function's nesting depth with its calls expanded."""
         self.over_budget = False
+        self.callers: dict[str, set[str]] = {}
+        """Who calls each function: the functions whose bodies call it, `ROOT` for calls
+        written in rules, constants and settings (`name_checks.unused_functions`)."""
+        self.defining = ROOT
 
     def __contains__(self, name: str) -> bool:
         return name in self.defs
@@ -249,12 +254,12 @@ class Functions:
         fn = self.defs[name]
         scope = Scope(None, "a function", vars=dict.fromkeys(fn.params, t.ANY))
         found: list[Diagnostic] = []
-        saved_emit, saved_depth, saved_inlined = infer.emit, self.depth, self.inlined
-        infer.emit, self.depth = found.append, 0
+        saved = infer.emit, self.depth, self.inlined, self.defining
+        infer.emit, self.depth, self.defining = found.append, 0, name
         try:
             infer.infer(fn.body, scope)
         finally:
-            infer.emit, self.depth, self.inlined = saved_emit, saved_depth, saved_inlined
+            infer.emit, self.depth, self.inlined, self.defining = saved
         for diagnostic in found:
             infer.emit(diagnostic)
         if any(d.is_error for d in found):
@@ -272,6 +277,8 @@ class Functions:
              ) -> t.Type:
         """The type of a call, typing a fresh copy of the body for this call site."""
         fn = self.defs[expr.func]
+        if self.depth == 0:  # as written (a call copy's calls are its function's)
+            self.callers.setdefault(fn.name, set()).add(self.defining)
         if self.depth == 0 and fn.name not in self.recursive and self._before(expr.span, fn):
             self.error("E153", f"function `{fn.name}` is used before its definition",
                        expr.func_span, "define it above the use, or in a file whose name "
