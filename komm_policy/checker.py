@@ -21,6 +21,7 @@ from .errors import Diagnostic, Related, Severity, Span
 from .fields import FIELDS, NAMESPACES, STAGE_ORDER, Field
 from .functions import Functions, Instance, too_deep
 from .inference import Inference, Scope, suggest
+from .name_checks import shadowed, shadowing, unused_functions
 from .program import RuntimeSettings
 from .tablecheck import TableCall
 
@@ -122,6 +123,7 @@ class _Checker(ActionChecks):
             for item in policy_file.items:
                 self._collect(item)
         self.functions.resolve(files)
+        self._check_parameter_names()
         for name, let in self.lets.items():
             try:
                 self._let_type(name)
@@ -146,6 +148,8 @@ class _Checker(ActionChecks):
         for name, let in self.lets.items():
             if name not in self.used_lets:
                 self.warn("W204", f"`let {name}` is never used", let.name_span)
+        self.diagnostics += unused_functions(files, self.functions.defs,
+                                             self.functions.callers)
         self.diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
         return Analysis(files, self.diagnostics, self.infer.types, self.infer.field_refs,
                         self.lets, self.settings, self.stages, self.functions.defs,
@@ -201,6 +205,16 @@ class _Checker(ActionChecks):
         if name in self.lets:
             return "a `let` constant"
         return None
+
+    def _check_parameter_names(self) -> None:
+        """W213 for a parameter named like something its body could otherwise mean."""
+        for fn in self.functions.defs.values():
+            for param, span in zip(fn.params, fn.param_spans, strict=True):
+                hidden = shadowed(param, (), self.fields, self.builtins,
+                                  self.functions.__contains__)
+                if hidden is not None:
+                    self.diagnostics.append(shadowing(
+                        f"parameter `{param}` of `{fn.name}`", param, span, hidden))
 
     def _collect_stage(self, block: n.StageBlock) -> None:
         if block.name not in STAGE_ORDER:

@@ -22,7 +22,7 @@ from .checker import Analysis
 from .codegen import StageGenerator
 from .context import EvalContext
 from .fields import STAGE_ORDER
-from .functions import inline
+from .inlining import inline
 from .ipset import IP, normalize_network
 from .operators import COMPARE, DUAL, all_of, any_of, as_tuple, both, either, index_value, lowered
 from .program import (

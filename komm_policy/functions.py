@@ -30,18 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from . import nodes as n
 from . import types as t
 from .errors import Diagnostic, Related, Severity, Span
 from .inference import Inference, Scope
-
-if TYPE_CHECKING:
-    from .program import Compiled
+from .name_checks import ROOT
 
 MAX_INLINED_NODES = 100_000
-"""Expression nodes one call written in a rule, constant or definition may expand into,
+"""Expression nodes one call written in a rule or constant may expand into,
 with the calls inside it (E155 beyond)."""
 
 MAX_EXPANDED_DEPTH = 150
@@ -111,10 +109,14 @@ class Functions:
         past `MAX_INLINED_NODES`): a call over the budget is refused without expanding it,
         so a chain of functions that each call the previous twice costs linear time."""
         self.over_budget = False
-        self.defining = False
-        """Typing a definition's own body: calls in it take the callee's definition type
-        instead of being expanded (its errors are the callee's, reported there; what
-        depends on arguments is reported where a rule or constant calls)."""
+        self.callers: dict[str, set[str]] = {}
+        """Who calls each function: the functions whose bodies call it, `ROOT` for calls
+        written in rules, constants and settings (`name_checks.unused_functions`)."""
+        self.defining = ROOT
+        """The function whose own body is being typed (`ROOT`: none).  Calls in it take
+        the callee's definition type instead of being expanded (its errors are the
+        callee's, reported there; what depends on arguments is reported where a rule or
+        constant calls)."""
         self.definition_types: dict[str, t.Type] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -264,7 +266,7 @@ class Functions:
         scope = Scope(None, "a function", vars=dict.fromkeys(fn.params, t.ANY))
         found: list[Diagnostic] = []
         saved = infer.emit, self.depth, self.inlined, self.defining
-        infer.emit, self.depth, self.defining = found.append, 0, True
+        infer.emit, self.depth, self.defining = found.append, 0, name
         try:
             self.definition_types[name] = infer.infer(fn.body, scope)
         finally:
@@ -286,6 +288,8 @@ class Functions:
              ) -> t.Type:
         """The type of a call, typing a fresh copy of the body for this call site."""
         fn = self.defs[expr.func]
+        if self.depth == 0:  # as written (a call copy's calls are its function's)
+            self.callers.setdefault(fn.name, set()).add(self.defining)
         if self.depth == 0 and fn.name not in self.recursive and self._before(expr.span, fn):
             self.error("E153", f"function `{fn.name}` is used before its definition",
                        expr.func_span, "define it above the use, or in a file whose name "
@@ -300,7 +304,7 @@ class Functions:
         if fn.name in self.recursive:
             return t.ANY
         self.definition(fn.name, infer)
-        if self.defining and self.depth == 0:
+        if self.defining != ROOT and self.depth == 0:
             return self.definition_types.get(fn.name, t.ANY)
         if self.depth == 0:  # a call written in the source: its own budget
             self.inlined = 0
@@ -369,35 +373,3 @@ class Functions:
 
 def signature(fn: n.FunctionDef) -> str:
     return f"{fn.name}({', '.join(fn.params)})"
-
-
-# ---------------------------------------------------------------------------------------
-# Compiler side
-
-
-class Inliner(Protocol):
-    """What `inline` needs of the compiler: its expression compiler and name bindings."""
-
-    slots: dict[str, int]
-    params: dict[str, Compiled]
-    arguments: int
-
-    def expr(self, expr: n.Expr) -> Compiled: ...
-
-
-def inline(compiler: Inliner, instance: Instance, call: n.Call) -> Compiled:
-    """Compile a call as its body, each parameter bound to the argument compiled in the
-    caller's scope.  The caller's quantifier variables are not visible in the body (its own
-    quantifiers take slots above the caller's, so arguments still read theirs)."""
-    compiler.arguments += 1  # a parameter read twice runs its argument twice
-    try:
-        args = [compiler.expr(arg) for arg in call.args]
-    finally:
-        compiler.arguments -= 1
-    saved = compiler.slots, compiler.params
-    compiler.slots = {}
-    compiler.params = dict(zip(instance.function.params, args, strict=True))
-    try:
-        return compiler.expr(instance.body)
-    finally:
-        compiler.slots, compiler.params = saved

@@ -18,6 +18,7 @@ from .builtins import Builtin
 from .directory.schema import Schema
 from .errors import Diagnostic, Severity, Span
 from .fields import NAMESPACES, Field
+from .name_checks import shadowed, shadowing
 from .tablecheck import TableChecker, variant_problems
 
 Emit = Callable[[Diagnostic], None]
@@ -286,6 +287,11 @@ class Inference:
                            expr.iterable.span)
             else:
                 elem = iterable.elem
+        hidden = shadowed(expr.var, scope.vars, self.fields, self.builtins,
+                          lambda name: self.functions is not None and name in self.functions)
+        if hidden is not None:
+            self.emit(shadowing(f"variable `{expr.var}` of `{expr.kind}`", expr.var,
+                                expr.var_span, hidden))
         self.expect_bool(expr.body, scope.with_var(expr.var, elem),
                          f"the condition of `{expr.kind}`")
         return t.BOOL

@@ -227,7 +227,7 @@ def test_e103_inside_a_reply_template():
                      "signature: lower(text: address or text) -> text", id="too-many"),
         pytest.param("subscribed(sender)", "subscribed(sender)",
                      "`subscribed()` takes 2 arguments, got 1",
-                     "signature: subscribed(address, category)", id="too-few"),
+                     "signature: subscribed(address, list_category)", id="too-few"),
         pytest.param("len() == 0", "len()", "`len()` takes 1 argument, got 0",
                      "signature: len(value: address or list or text) -> integer", id="none"),
     ],
