@@ -16,7 +16,7 @@ Safety: no text of the policy ever becomes source.  Every value from the policy 
 names, regexes, lists, readers) is bound in the function's namespace under a generated name
 (`_k1`, `_k2`, …), and all identifiers in the source are generated.  The one exception is
 a row field read, `row.email`: a field name that is a plain ASCII identifier (checked by
-`ROW_FIELD`) is written as an attribute read, any other goes through `attrgetter`.
+`codegen_lookups.ROW_FIELD`) is written as an attribute read, any other goes through `attrgetter`.
 
 Decided per stage when its source is written, not per decision: which lookups skip the
 memo (`LookupSite`: a call that runs at most once a decision, alone with its memo tag in
@@ -33,7 +33,6 @@ nested) runs on closures whole.
 
 from __future__ import annotations
 
-import keyword
 import operator
 import re
 from collections.abc import Callable
@@ -41,31 +40,21 @@ from typing import Any
 
 from . import nodes as n
 from .codegen_compare import CompareGenerating, Unsupported, Val
-from .codegen_lookups import address_lookup, field_read, ip_lookup, two_key_lookup
+from .codegen_lookups import field_read, row_field_read, table_lookup
 from .codegen_outcomes import default_lines, matched_lines
 from .fusion import first_affix
 from .lookups import DeadlineExceeded
 from .operators import index_value
 from .program import CONTINUE, CompiledStage, Const
 from .stage_run import rule_failed
-from .table_lookups import LookupSite, Sites, settle_sites, table_closure, unchecked_table_closure
+from .table_lookups import LookupSite, Sites, settle_sites
 from .text import to_text
 
-
-def _no_key(ctx: Any) -> Any:  # a dynamic key's placeholder: generated code passes keys
-    raise AssertionError("generated code passes the key values")
-
-
-INLINE_LOOKUPS = 64
-"""Lookups written inline per stage (later ones are calls), and generated lines per stage
-after which the remaining rules call their closures: Python's `compile()` costs ~15 µs a
-line and an inline lookup is ~25 lines (1,000 rules with three lookups each took 3 s to
-load without budgets); the first rules, which every decision reaches, stay generated."""
 STAGE_LINES = 10_000
-
-ROW_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-"""A row field name written into the source as an attribute read (`row.email`); any
-other name (a leading underscore, a keyword, non-ASCII) is read with `attrgetter`."""
+"""Generated lines per stage after which the remaining rules call their closures: Python's
+`compile()` costs ~15 µs a line (with `codegen_lookups.INLINE_LOOKUPS`, 1,000 rules with
+three lookups each no longer take 3 s to load); the first rules, which every decision
+reaches, stay generated."""
 
 MEMO_CHOICE = re.compile(r"\x00memo(\d+)\x00")
 """A statement that depends on a lookup site's memo flag, in a stage's lines until the
@@ -286,10 +275,7 @@ class StageGenerator(CompareGenerating):
         getter = operator.attrgetter(expr.name)
         if obj[0] is None:
             return None, None if obj[1] is None else getter(obj[1])
-        name = expr.name
-        if ROW_FIELD.fullmatch(name) and not keyword.iskeyword(name):
-            return self.tmp(f"None if {obj[0]} is None else {obj[0]}.{name}")
-        return self.tmp(f"None if {obj[0]} is None else {self.bind(getter)}({obj[0]})")
+        return row_field_read(self, obj[0], expr.name, getter)
 
     def _Index(self, expr: n.Index) -> Val:
         obj, idx = self.expr(expr.obj), self.expr(expr.index)
@@ -392,7 +378,7 @@ class StageGenerator(CompareGenerating):
                 self.locals, self.params = saved
         builtin = self.c.builtins[expr.func]
         if builtin.kind == "table":
-            return self._table(expr, builtin)
+            return table_lookup(self, expr, builtin)
         args = [self.expr(a) for a in expr.args]
         optional = any(self.c.type_of(a).optional for a in expr.args)
         none = builtin.none_result
@@ -410,35 +396,3 @@ class StageGenerator(CompareGenerating):
             return self.tmp(f"{impl}()")
         return self.tmp(f"{self.bind(none)} if None in ({', '.join(atoms)},) "
                         f"else {impl}({', '.join(atoms)})")
-
-    def _table(self, expr: n.Call, builtin: Any) -> Val:
-        call = self.c.analysis.table_calls.get(id(expr))
-        if call is None:  # no schema file (W209): the lookup fails into the fallback
-            return self.tmp(f"{self.bind(unchecked_table_closure(expr.func))}(ctx)")
-        schema = self.c.analysis.schema
-        table = schema.tables.get(call.spec.table) if schema is not None else None
-        columns = (tuple(table.by_name[c] for c in call.spec.columns)
-                   if table is not None else None)
-        lines, keys = self.capture(lambda: [self.expr(k) for k in call.keys])
-        compiled = table_closure(call.label, str(builtin.impl), call.spec,
-                                 tuple(Const(v) if c is None else _no_key for c, v in keys),
-                                 columns, builtin.none_result, self.sites,
-                                 repeated=self.depth > 0 or self.arguments > 0,
-                                 index=(call.index, call.positions))
-        if isinstance(compiled, Const):  # a none constant key: no key runs, nothing read
-            return None, compiled.value
-        self.splice(lines)
-        by_keys = getattr(compiled, "by_keys", None)
-        if by_keys is None:
-            return self.tmp(f"{self.bind(compiled)}(ctx)")
-        dynamic = ", ".join(c for c, _ in keys if c is not None)
-        self.inlined += 1  # ~25 lines each: past the budget, a call (load time)
-        if self.inlined <= INLINE_LOOKUPS:
-            if hasattr(by_keys, "address_parts"):
-                return address_lookup(self, by_keys, dynamic)
-            if hasattr(by_keys, "ip_parts"):
-                return ip_lookup(self, by_keys, dynamic)
-            if (hasattr(by_keys, "two_key_parts")
-                    and hasattr(by_keys.two_key_parts[3], "parts")):
-                return two_key_lookup(self, by_keys, keys)
-        return self.tmp(f"{self.bind(by_keys)}(ctx, {dynamic})")

@@ -11,6 +11,8 @@ inline and call its method only the first time.
 
 from __future__ import annotations
 
+import keyword
+import re
 from typing import TYPE_CHECKING, Any
 
 from .addresses import comparison_form
@@ -19,10 +21,33 @@ from .decision import LookupRecord
 from .directory.versioned import Since
 from .fields import FIELDS
 from .ipset import IP
-from .table_lookups import ALL, EXISTS, FIRST
+from .program import Const
+from .table_lookups import ALL, EXISTS, FIRST, table_closure, unchecked_table_closure
 
 if TYPE_CHECKING:
+    from . import nodes as n
     from .codegen_compare import Val
+
+INLINE_LOOKUPS = 64
+"""Lookups written inline per stage (later ones are calls): an inline lookup is ~25 lines
+and Python's `compile()` costs ~15 µs a line (see `codegen.STAGE_LINES`)."""
+
+
+ROW_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+"""A row field name written into the source as an attribute read (`row.email`); any
+other name (a leading underscore, a keyword, non-ASCII) is read with `attrgetter`."""
+
+
+def row_field_read(gen: Any, obj: str, name: str, getter: Any) -> Val:
+    """`row.name` of the row in local `obj` (none stays none), as an attribute read when
+    the name can be written as one."""
+    if ROW_FIELD.fullmatch(name) and not keyword.iskeyword(name):
+        return gen.tmp(f"None if {obj} is None else {obj}.{name}")
+    return gen.tmp(f"None if {obj} is None else {gen.bind(getter)}({obj})")
+
+
+def _no_key(ctx: Any) -> Any:  # a dynamic key's placeholder: generated code passes keys
+    raise AssertionError("generated code passes the key values")
 
 _MISSING = object()
 
@@ -225,3 +250,39 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
     ):
         gen.emit(line)
     return t, None
+
+
+def table_lookup(gen: Any, expr: n.Call, builtin: Any) -> Val:
+    """The code for a table lookup call (`lookup`, `lookup_all`, `exists`) in the stage
+    `gen` (a `codegen.StageGenerator`) writes: the first `INLINE_LOOKUPS` of a stage
+    inline (address, ip and two-key reads), later ones as a call of their closure."""
+    call = gen.c.analysis.table_calls.get(id(expr))
+    if call is None:  # no schema file (W209): the lookup fails into the fallback
+        return gen.tmp(f"{gen.bind(unchecked_table_closure(expr.func))}(ctx)")
+    schema = gen.c.analysis.schema
+    table = schema.tables.get(call.spec.table) if schema is not None else None
+    columns = (tuple(table.by_name[c] for c in call.spec.columns)
+               if table is not None else None)
+    lines, keys = gen.capture(lambda: [gen.expr(k) for k in call.keys])
+    compiled = table_closure(call.label, str(builtin.impl), call.spec,
+                             tuple(Const(v) if c is None else _no_key for c, v in keys),
+                             columns, builtin.none_result, gen.sites,
+                             repeated=gen.depth > 0 or gen.arguments > 0,
+                             index=(call.index, call.positions))
+    if isinstance(compiled, Const):  # a none constant key: no key runs, nothing read
+        return None, compiled.value
+    gen.splice(lines)
+    by_keys = getattr(compiled, "by_keys", None)
+    if by_keys is None:
+        return gen.tmp(f"{gen.bind(compiled)}(ctx)")
+    dynamic = ", ".join(c for c, _ in keys if c is not None)
+    gen.inlined += 1  # ~25 lines each: past the budget, a call (load time)
+    if gen.inlined <= INLINE_LOOKUPS:
+        if hasattr(by_keys, "address_parts"):
+            return address_lookup(gen, by_keys, dynamic)
+        if hasattr(by_keys, "ip_parts"):
+            return ip_lookup(gen, by_keys, dynamic)
+        if (hasattr(by_keys, "two_key_parts")
+                and hasattr(by_keys.two_key_parts[3], "parts")):
+            return two_key_lookup(gen, by_keys, keys)
+    return gen.tmp(f"{gen.bind(by_keys)}(ctx, {dynamic})")

@@ -225,9 +225,9 @@ def test_a_stage_python_refuses_runs_on_closures(monkeypatch: Any):
 def test_past_the_budgets_rules_call_closures_and_decide_alike(monkeypatch: Any):
     """Past the inline-lookup budget lookups are calls, past the line budget rules call
     their closures (both bound load time); the decisions stay the closures'."""
-    from komm_policy import codegen
+    from komm_policy import codegen, codegen_lookups
 
-    monkeypatch.setattr(codegen, "INLINE_LOOKUPS", 2)
+    monkeypatch.setattr(codegen_lookups, "INLINE_LOOKUPS", 2)
     monkeypatch.setattr(codegen, "STAGE_LINES", 60)
     rules = [(f'category(rcpt) != none and not subscribed(sender, category(rcpt)) and '
               f'sender ends_with "@d{i}.example"', "    reject\n", "") for i in range(6)]

@@ -215,9 +215,9 @@ def test_spool_error_accept_holds_records_then_drops_counted(
 
 def test_age_samples_stay_bounded_without_scrapes(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from komm_policy.decisionlog import log as log_module
+    from komm_policy.decisionlog import ages as ages_module
 
-    monkeypatch.setattr(log_module, "MAX_SAMPLES", 50)
+    monkeypatch.setattr(ages_module, "MAX_SAMPLES", 50)
     log = DecisionLog([JsonlSpec(str(tmp_path / "d.jsonl"))],
                       LogSettings(spool=str(tmp_path / "spool")))
     try:
@@ -225,8 +225,8 @@ def test_age_samples_stay_bounded_without_scrapes(tmp_path: Path,
         at = time.time()
         for n in range(400):  # 20 ms apart: every one is a sample
             assert log.submit_decision(request, decision, 0.1, at + n * 0.02)
-        assert len(log._samples_seq) <= 51
-        assert log._samples_seq == sorted(log._samples_seq)
+        assert len(log._ages.seqs) <= 51
+        assert log._ages.seqs == sorted(log._ages.seqs)
     finally:
         log.close()
     assert len(jsonl_ids(tmp_path / "d.jsonl")) == 400

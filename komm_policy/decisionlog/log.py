@@ -19,7 +19,6 @@ resumes from the positions it saved.  `status()` is what /metrics and /readyz sh
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import multiprocessing
@@ -33,6 +32,7 @@ from typing import Any
 
 from ..decision import Decision
 from ..wire import Request
+from .ages import SpoolAges
 from .entries import raw_entry
 from .records import RecordIds
 from .settings import LogSettings, LogStatus
@@ -44,8 +44,6 @@ from .writer import group_signals_blocked, start_resource_tracker_deaf_to_sighup
 log = logging.getLogger(__name__)
 
 
-MAX_SAMPLES = 100_000
-"""(seq, time) samples kept for the oldest-unwritten age (one per 10 ms of traffic)."""
 WRITER_GRACE = 5.0
 """Seconds a writer may be down (being restarted) before /readyz reports it."""
 
@@ -62,14 +60,10 @@ class DecisionLog:
         self._appender = SpoolAppender(self.spool_dir,
                                        fsync_interval=self.settings.fsync_interval,
                                        segment_bytes=self.settings.segment_bytes)
-        self._first_seq = self._appender.next_seq
-        self._started = time.time()
+        self._ages = SpoolAges(self._appender.next_seq, time.time())
         self._ids = RecordIds()
         self._held: deque[bytes] = deque()
         self._staged: list[bytes] = []
-        self._samples_seq: list[int] = []
-        self._samples_at: list[float] = []
-        self._last_sample = 0.0
         self.spool_errors = 0
         self.tempfails = 0
         self.unrecordable = 0
@@ -150,12 +144,7 @@ class DecisionLog:
         if self._failing is not None:
             log.warning("decision log spool writable again")
             self._failing = None
-        if at - self._last_sample >= 0.01:  # for the age of the oldest unwritten record
-            self._last_sample = at
-            self._samples_seq.append(seq)
-            self._samples_at.append(at)
-            if len(self._samples_seq) > MAX_SAMPLES:  # nobody reads /metrics: thin out
-                self._thin()
+        self._ages.note(seq, at)  # for the age of the oldest unwritten record
         return True
 
     def _unrecordable(self, request: Request, exc: Exception) -> bool:
@@ -314,7 +303,7 @@ class DecisionLog:
             taken = position.seq if position is not None else self._oldest_seq()
             lowest = min(lowest, taken)
             status.backlog[name] = max(0, next_seq - taken) + len(self._held)
-            status.oldest_age[name] = self._age(taken, next_seq, now)
+            status.oldest_age[name] = self._ages.age(taken, next_seq, now)
             info = sinks.get(name, {})
             status.sink_errors[name] = int(info.get("errors", 0))
             if info.get("failing"):
@@ -325,31 +314,12 @@ class DecisionLog:
                 status.sink_counters[name] = info["counters"]
         (status.spool_skipped_bytes, status.spool_lost_records,
          status.spool_corruption) = corruption_summary(state.get("corruption"), now)
-        self._prune(lowest)
+        self._ages.prune(lowest)
         return status
 
     def _oldest_seq(self) -> int:
         present = segments(self.spool_dir)
         return present[0] if present else self._appender.next_seq
-
-    def _age(self, taken: int, next_seq: int, now: float) -> float:
-        if taken >= next_seq:
-            return 0.0
-        if taken < self._first_seq or not self._samples_seq:
-            return now - self._started  # left from before this start: at least this old
-        index = bisect.bisect_right(self._samples_seq, taken) - 1
-        return now - self._samples_at[max(index, 0)]
-
-    def _prune(self, lowest: int) -> None:
-        index = bisect.bisect_right(self._samples_seq, lowest) - 1
-        if index > 0:
-            del self._samples_seq[:index]
-            del self._samples_at[:index]
-
-    def _thin(self) -> None:
-        """Every other sample: memory stays bounded, ages stay upper bounds."""
-        self._samples_seq = self._samples_seq[::2]
-        self._samples_at = self._samples_at[::2]
 
     def problem(self, status: LogStatus | None = None) -> str | None:
         """Why /readyz should say 503, or None."""
