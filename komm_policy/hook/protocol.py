@@ -12,6 +12,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .app import INLINE_BODY_BYTES
+from .readflow import BoundedFlow, SlicedReads
 from .refusals import (
     _BUSY_MESSAGE,
     _INTERNAL_ERROR,
@@ -22,7 +23,7 @@ from .refusals import (
     _Refused,
 )
 from .spooling import SpoolingAnswers
-from .writeflow import FEED_SLICE, BoundedFlow, WriteLimits
+from .writeflow import WriteLimits
 
 if TYPE_CHECKING:
     from .server import ConnectionGuard
@@ -30,9 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("komm_policy.http")
 
 
-class GuardedProtocol(SpoolingAnswers, RequestLimits, WriteLimits, HttpToolsProtocol):
+class GuardedProtocol(SpoolingAnswers, RequestLimits, SlicedReads, WriteLimits,
+                      HttpToolsProtocol):
     """uvicorn's httptools protocol with header/body/idle/write timeouts, the guard's
-    limits, bounded reads (`writeflow`) and an inline path for hook requests.
+    limits, reads by slices (`readflow`) and an inline path for hook requests.
 
     Timeouts cost O(1) attribute writes per request: each connection has one deadline
     (`_deadline`, for the phase in `_phase`: "header", "body", "idle" or None) and at most
@@ -107,26 +109,11 @@ class GuardedProtocol(SpoolingAnswers, RequestLimits, WriteLimits, HttpToolsProt
         self.guard.forget(self)
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        """Parse a read, by slices: paused reading keeps the rest (`writeflow`)."""
-        if self._unparsed:
-            data = self._unparsed + data
-            self._unparsed = b""
-        if len(data) <= FEED_SLICE:
-            if not self._feed(data):
-                return
-        else:
-            for start in range(0, len(data), FEED_SLICE):
-                self._send_spooled_now()  # the last slice's answers (reading may pause)
-                if start and (self.flow.read_paused or self.transport.is_closing()):
-                    self._unparsed = data[start:]
-                    break
-                if not self._feed(data[start:start + FEED_SLICE]):
-                    return
+    def _after_read(self) -> None:  # (`readflow.SlicedReads.data_received`)
         if self._inline_body is not None and not self.transport.is_closing():
             self._to_asgi()  # the body did not arrive with its header
 
-    def _feed(self, data: bytes) -> bool:
+    def _feed(self, data: bytes | memoryview) -> bool:
         """Parse `data`; False when the request was refused (the connection closes)."""
         if self._phase in (None, "idle") and (self._awaiting_header or self._between_requests):
             # The first byte after an idle keep-alive period: the header clock starts.

@@ -10,45 +10,17 @@ that wait: a client that never reads holds its connection, its buffered answers 
 waiting request for ever, and a closed connection with unsent data is never freed either
 (`close` waits for the buffer to drain).  And httptools parses a whole read (up to
 256 KiB) at once, so requests pipelined in it are queued or answered at once, however
-much is already waiting to be written."""
+much is already waiting to be written: `readflow.BoundedFlow` keeps reading paused
+while answers are unsent."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.flow_control import FlowControl
-
-FEED_SLICE = 8 * 1024
-"""Bytes fed to the parser at a time from a larger read: between slices the protocol
-stops when reading is paused (answers unsent, requests queued), keeping the rest."""
-
-MAX_PIPELINE = 8
-"""Pipelined requests queued behind the one in progress beyond which reading stays
-paused (one slice more may add a few hundred small ones)."""
-
-
-class BoundedFlow(FlowControl):
-    """uvicorn's flow control, but reading is not resumed while the connection's answers
-    are over the high-water mark or `MAX_PIPELINE` requests are queued; when it resumes,
-    the bytes kept unparsed from an earlier read are fed first."""
-
-    def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
-        super().__init__(transport)
-        self._protocol = protocol
-
-    def resume_reading(self) -> None:
-        protocol = self._protocol
-        if not self.read_paused or self.write_paused or len(protocol.pipeline) >= MAX_PIPELINE:
-            return
-        super().resume_reading()
-        if protocol._unparsed and not protocol._feed_scheduled:
-            protocol._feed_scheduled = True
-            protocol.loop.call_soon(protocol._feed_unparsed)
-
 
 class WriteLimits:
-    """The write timeout, and reads kept while reading is paused (see the module)."""
+    """The write timeout and the half-close (see the module)."""
 
     guard: Any
     transport: Any
@@ -59,10 +31,8 @@ class WriteLimits:
     _deciding: list[Any]
     _between_requests: bool
     _write_timer: asyncio.TimerHandle | None = None
-    _unparsed = b""
-    """Bytes read but not yet parsed (reading was paused between slices of a read)."""
-    _feed_scheduled = False
-    _feeding = False
+    _unparsed: Any  # `readflow.SlicedReads`
+    _feeding: bool
     _eof = False
     """The client half-closed (sent FIN) with requests still to answer."""
 
@@ -115,16 +85,6 @@ class WriteLimits:
             self._write_timer.cancel()
             self._write_timer = None
         self._unparsed = b""
-
-    def _feed_unparsed(self) -> None:
-        self._feed_scheduled = False
-        if self._unparsed and not self.flow.read_paused and not self.transport.is_closing():
-            self._feeding = True
-            try:
-                self.data_received(b"")  # type: ignore[attr-defined]
-            finally:
-                self._feeding = False
-            self._end_after_eof()
 
     def eof_received(self) -> bool | None:
         """A half-close (FIN) after pipelined requests: answer those read (and kept
