@@ -32,6 +32,8 @@ class Config:
     token_file: Path | None = None
     """Where `token` was read from (re-read on SIGHUP), if from a file."""
     max_body_bytes: int = 64 * 1024 * 1024
+    max_body_buffer_bytes: int = 0
+    """Bytes of request bodies held at once per process; 0: 4 x max_body_bytes."""
     shadow: bool = False
     header_timeout: float = 5.0
     body_timeout: float = 10.0
@@ -221,6 +223,11 @@ def validate(config: Config) -> list[str]:
         problems.append("token: must not be empty when set")
     if config.max_body_bytes < 1024:
         problems.append(f"max_body_bytes: {config.max_body_bytes} is too small (min 1024)")
+    if 0 < config.max_body_buffer_bytes < config.max_body_bytes or (
+            config.max_body_buffer_bytes < 0):
+        problems.append(f"max_body_buffer_bytes: {config.max_body_buffer_bytes} is less than "
+                        f"max_body_bytes ({config.max_body_bytes}): a body of the largest "
+                        "size could never be read (0: 4 x max_body_bytes)")
     for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout"):
         if not getattr(config, name) > 0:
             problems.append(f"{name}: must be positive, got {getattr(config, name)}")

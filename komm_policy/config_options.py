@@ -65,7 +65,7 @@ DAY = 86_400.0
 mistakes, and `inf` or `1e300` would overflow the timers that wait for them."""
 
 MAXIMA: dict[str, float] = {
-    "workers": 1024, "max_body_bytes": 2**30,
+    "workers": 1024, "max_body_bytes": 2**30, "max_body_buffer_bytes": 2**36,
     "max_connections": 2**20, "max_concurrency": 2**20, "max_header_bytes": 2**24,
     "max_headers": 100_000, "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
     "log_queue_max": 10_000_000, "log_spacetimedb_batch": 100_000,
@@ -97,6 +97,10 @@ OPTIONS: tuple[Option, ...] = (
            "require this token (Bearer, or the Basic password)"),
     Option("max_body_bytes", "server", "max_body_bytes", "KOMM_MAX_BODY_BYTES", _int,
            "largest hook request body accepted"),
+    Option("max_body_buffer_bytes", "server", "max_body_buffer_bytes",
+           "KOMM_MAX_BODY_BUFFER_BYTES", _int,
+           "bytes of request bodies held at once per process (0: 4 x max_body_bytes); "
+           "a request beyond it gets 503 at once"),
     Option("shadow", "server", "shadow", "KOMM_SHADOW", _bool,
            "always answer accept; log the decision that would have been made"),
     Option("header_timeout", "server", "header_timeout", "KOMM_HEADER_TIMEOUT", _float,

@@ -24,7 +24,8 @@ _LIMIT_FLAGS = (("header_timeout", float, "SECONDS"), ("body_timeout", float, "S
                 ("idle_timeout", float, "SECONDS"),
                 ("write_timeout", float, "SECONDS"), ("max_connections", int, "N"),
                 ("max_concurrency", int, "N"), ("shutdown_timeout", float, "SECONDS"),
-                ("max_header_bytes", int, "BYTES"), ("max_headers", int, "N"))
+                ("max_header_bytes", int, "BYTES"), ("max_headers", int, "N"),
+                ("max_body_buffer_bytes", int, "BYTES"))
 
 
 def register(sub: Any) -> None:

@@ -1,7 +1,8 @@
 """The Starlette app Stalwart calls: `POST /mta-hook`, plus health, readiness and metrics.
 
 The hook path is: check the token, read the body up to the limit (413 beyond it, also
-for chunked bodies), decode tolerantly,
+for chunked bodies; 503 when the bodies held at once would pass max_body_buffer_bytes,
+`bodybudget`), decode tolerantly,
 evaluate on the policy set current at that moment, answer, hand the decision to the log
 queue.  Bad input gets a 4xx JSON body naming the problem; a policy or directory problem
 gets the policy's fallback decision with status 200, never a 500.
@@ -36,6 +37,7 @@ from ..directory.schema import SCHEMA_FILE
 from ..runtime import decide
 from ..wire import Request, RequestError, decode_request
 from . import response as wire_response
+from .bodybudget import TOO_LARGE, BodyBudget, Reservation, over_budget, read_body
 from .metrics import CONTENT_TYPE
 from .ratelog import RateLimitedLog
 from .response import Answer
@@ -51,7 +53,6 @@ INLINE_BODY_BYTES = 64 * 1024
 """Bodies up to this size are decided on the event loop (with a non-blocking directory):
 a thread hand-off would cost more than the decision.  Larger ones are decoded and decided
 in a worker thread, so a 10 MB message does not hold up `/healthz` or other hooks."""
-
 
 
 def token_matches(header: str | None, token: bytes) -> bool:
@@ -77,7 +78,6 @@ def token_matches(header: str | None, token: bytes) -> bool:
 def create_app(service: HookService) -> HookApp:
     """The ASGI app for one service instance."""
     return HookApp(service, _starlette_app(service))
-
 
 
 
@@ -111,6 +111,10 @@ class HookApp:
         self.after_spool = batch.after_spool
         """Send an inline answer once its decision is spooled (`spooling.SpoolBatch`)."""
         self.commit_spooled = batch.commit
+        self.body_budget = BodyBudget(service.max_body_buffer_bytes)
+        """Bytes of bodies read the ASGI way held at once (`bodybudget`)."""
+        service.metrics.body_bytes_held.set_function(lambda: self.body_budget.held)
+        self._busy_log = RateLimitedLog(log)
 
     def _token_changed(self, token: str) -> None:
         self._token = token.encode()
@@ -189,30 +193,26 @@ class HookApp:
         if refusal is not None:
             await _send(send, refusal)
             return
-        limit = self.service.max_body_bytes
-        chunks = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
+        reservation = Reservation(self.body_budget)  # (`bodybudget`)
+        try:
+            body = await read_body(receive, scope["headers"], self.service.max_body_bytes,
+                                   reservation)
+            if body is None:
                 return  # the client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _send(send, self._too_large())
+            if isinstance(body, int):
+                await _send(send, self._too_large() if body == TOO_LARGE
+                            else self._over_budget())
                 return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        started = time.perf_counter()
-        if self._blocking or len(body) > INLINE_BODY_BYTES:
-            # Off the event loop: lookups that block, and large bodies whose decoding and
-            # header reading would hold every other request up.
-            outcome = await run_in_threadpool(self._answer, body)
-        else:
-            outcome = self._answer(body)
-        await _send(send, self._respond(outcome, started))
+            started = time.perf_counter()
+            if self._blocking or len(body) > INLINE_BODY_BYTES:
+                # Off the event loop: lookups that block, and large bodies whose decoding
+                # and header reading would hold every other request up.
+                outcome = await run_in_threadpool(self._answer, body)
+            else:
+                outcome = self._answer(body)
+            await _send(send, self._respond(outcome, started))
+        finally:
+            reservation.release()
 
     def _respond(self, outcome: RequestError | tuple[Request, Decision | None, bytes],
                  started: float, *, stage: bool = False) -> Answer:
@@ -266,6 +266,12 @@ class HookApp:
                                         request.context.stage)
             service.metrics.rejected_requests.labels("internal").inc()
             return request, None, wire_response.INTERNAL_ERROR_BODY
+
+    def _over_budget(self) -> Answer:
+        answer = over_budget(self.body_budget)
+        self.service.metrics.rejected_requests.labels("503").inc()
+        self._busy_log.warning("body budget", "answered 503: %s", answer.body.decode())
+        return answer
 
     def _too_large(self) -> Answer:
         self.service.metrics.rejected_requests.labels("413").inc()

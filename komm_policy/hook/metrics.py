@@ -44,6 +44,10 @@ class Metrics:
         self.log_depth = Gauge("komm_decision_log_queue_depth",
                                "Decision records waiting to be written", registry=r)
         self.log_depth.set_function(lambda: 0.0)  # the service sets the real source
+        self.body_bytes_held = Gauge(
+            "komm_hook_body_bytes_held", "Bytes of request bodies being read or decided, "
+            "counted against max_body_buffer_bytes", registry=r)
+        self.body_bytes_held.set_function(lambda: 0.0)  # the app sets the real source
         self.directory_bad_rows = Gauge(
             "komm_directory_bad_rows", "Directory rows skipped because they do not fit the "
             "schema (since start)", registry=r)

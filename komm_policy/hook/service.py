@@ -56,6 +56,8 @@ class HookService:
     token_file: Path | None = None
     """The file `token` came from: re-read by `reload_token` (SIGHUP)."""
     max_body_bytes: int = 64 * 1024 * 1024
+    max_body_buffer_bytes: int = 4 * 64 * 1024 * 1024
+    """Bytes of request bodies held at once (`bodybudget`)."""
     shadow: bool = False
     status_auth: bool = False
     redact_client_ip: bool = False
@@ -191,6 +193,7 @@ class HookService:
             token=config.token,
             token_file=config.token_file,
             max_body_bytes=config.max_body_bytes,
+            max_body_buffer_bytes=config.max_body_buffer_bytes or 4 * config.max_body_bytes,
             shadow=config.shadow,
             status_auth=config.status_auth,
             redact_client_ip=config.redact_client_ip,
