@@ -251,6 +251,13 @@ class SpacetimeDirectory:
         if replica is None:
             raise SatsError("snapshot without a schema")
         self._pending = None
+        if replica.needs is not self._needs or replica.schema is not self._schema:
+            # Subscribed before `require` asked for other tables (the connection was
+            # being set up): not what the policies read.  Subscribe again, checking the
+            # schema for them; `require` waits for that snapshot, not this one.
+            if self._client is not None:
+                self._client.restart()
+            return
         received = {t.table_name: t for t in tables}
         rows = {name: list(self._decode(replica, name, received[name].inserts))
                 if name in received else [] for name in replica.decoders}
