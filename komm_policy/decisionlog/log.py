@@ -199,6 +199,26 @@ class DecisionLog:
         """Entries held in memory (only while the spool cannot be written)."""
         return len(self._held)
 
+    def _check_spool(self) -> None:
+        """The spool removed under the service (`SpoolAppender.check`): repaired and
+        logged, or a spool error (appends fail; /readyz 503 with the reason)."""
+        try:
+            repaired = self._appender.check()
+        except OSError as exc:
+            if self._failing is None or time.monotonic() - self._last_error_log >= 10.0:
+                self._last_error_log = time.monotonic()
+                log.error("decision log spool %s was removed and cannot be re-created "
+                          "(%s); on_spool_error = %s", self.spool_dir, exc,
+                          self.settings.on_spool_error)
+            self._failing = f"removed and cannot be re-created: {type(exc).__name__}: {exc}"
+            return
+        if repaired is not None:
+            log.error("decision log spool %s was removed while serving: %s; records in "
+                      "segments the writer had not taken yet are counted as lost",
+                      self.spool_dir, repaired)
+            if self._failing is not None and self._failing.startswith("removed"):
+                self._failing = None
+
     # -- the writer process ---------------------------------------------------------------
 
     def _start_writer(self) -> None:
@@ -232,7 +252,9 @@ class DecisionLog:
             wait([process.sentinel], timeout=0.5)
             if self._stopping.is_set():
                 return
-            if self._failing is not None:  # readiness recovers without a request
+            self._check_spool()
+            if self._failing is not None and self._appender.broken is None:
+                # readiness recovers without a request
                 with contextlib.suppress(OSError):
                     self._appender.probe()
                     log.warning("decision log spool writable again (a probe succeeded)")
@@ -366,6 +388,7 @@ class DecisionLog:
         could not take stays in the spool for the next start."""
         self._stopping.set()
         self._supervisor.join(5)
+        self._check_spool()  # removed since the last tick: write the live segment back
         if self._staged:  # (answers that were never sent: recorded all the same)
             self.commit()
         with contextlib.suppress(OSError):

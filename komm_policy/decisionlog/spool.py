@@ -53,7 +53,7 @@ def segment_name(first_seq: int) -> str:
 def segments(directory: Path) -> list[int]:
     """First sequence numbers of the segments present, in order."""
     found = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # removed
         for entry in os.scandir(directory):
             name = entry.name
             if name.endswith(SUFFIX) and name[:-len(SUFFIX)].isdigit():
@@ -88,20 +88,22 @@ class SpoolAppender:
         self.fsync_interval = fsync_interval
         self.segment_bytes = segment_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise SpoolError(f"spool {self.directory} is in use by another komm-policy "
-                             "process; give each service its own (serve --log-spool DIR, "
-                             "log.spool, KOMM_LOG_SPOOL)") from None
+        self._lock_fd = self._take_lock()
+        self._identity = _identity(os.stat(self.directory))
         existing = segments(self.directory)
         self.next_seq = next_seq_after(self.directory / segment_name(existing[-1]),
                                        existing[-1]) if existing else 0
+        # Numbers never go backwards: with the segments gone (removed by hand), the
+        # positions the writer saved still name the old ones, and a segment re-using
+        # their numbers would have its first records taken for delivered ones.
+        self.next_seq = max(self.next_seq, highest_saved_seq(self.directory))
         self._fd = -1
         self._size = 0
+        self._segment_first = self.next_seq
+        self._broken: str | None = None
+        self._orphan = -1  # a removed live segment not written back yet (its fd)
         self._roll_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # appends vs `check`'s recovery (no syscall)
         self._dirty = False
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -133,20 +135,110 @@ class SpoolAppender:
 
     def _write(self, data: bytes, count: int) -> int:
         """Append `count` whole frames (`data`); the last one's sequence number."""
-        if self._fd < 0 or self._size >= self.segment_bytes:
-            self._roll()
-        fd = self._fd
+        with self._write_lock:
+            if self._fd < 0 or self._size >= self.segment_bytes:
+                self._roll()
+            fd = self._fd
+            try:
+                written = os.write(fd, data)
+                while written < len(data):  # a short write (disk filling up): finish or fail
+                    written += os.write(fd, data[written:])
+            except OSError:
+                self._take_back()
+                raise
+            self._size += len(data)
+            self._dirty = True
+            self.next_seq += count
+            return self.next_seq - 1
+
+    def _take_lock(self) -> int:
+        """Open and flock the spool's `lock`; its fd.  Raises SpoolError when another
+        process holds it, OSError when it cannot be opened."""
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            written = os.write(fd, data)
-            while written < len(data):  # a short write (disk filling up): finish or fail
-                written += os.write(fd, data[written:])
-        except OSError:
-            self._take_back()
-            raise
-        self._size += len(data)
-        self._dirty = True
-        self.next_seq += count
-        return self.next_seq - 1
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolError(f"spool {self.directory} is in use by another komm-policy "
+                             "process; give each service its own (serve --log-spool DIR, "
+                             "log.spool, KOMM_LOG_SPOOL)") from None
+        return fd
+
+    def check(self) -> str | None:
+        """Notice a spool removed under the service (`rm -rf spool`, a tmp cleaner, `rm
+        spool/*.seg`) and repair it: the directory is re-created, its `lock` taken
+        again, and the live segment — unlinked but still open here — is written back
+        under its name, byte for byte, so the writer's positions in it stay valid and
+        nothing it held is lost (finished segments removed before the writer took them
+        are gone: the writer counts them as lost).  Three `stat`s when all is well;
+        called off the answer path (the log's supervisor tick, and at shutdown).
+
+        Returns a sentence on what was repaired, or None.  Raises OSError (SpoolError)
+        when the spool cannot be re-created or its lock is held by another process;
+        appends fail (and the hook answers per on_spool_error) until a later call
+        succeeds."""
+        # Under the append lock: the segment's fd must not be closed and reused (a roll)
+        # between its fstat and the repair.  Held for three stats, every 0.5 s.
+        with self._write_lock:
+            try:
+                directory_ok = _identity(os.stat(self.directory)) == self._identity
+                lock_ok = directory_ok and (_identity(os.stat(self.directory / "lock"))
+                                            == _identity(os.fstat(self._lock_fd)))
+            except (FileNotFoundError, NotADirectoryError):
+                directory_ok = lock_ok = False
+            segment_ok = self._fd < 0 or os.fstat(self._fd).st_nlink > 0
+            if directory_ok and lock_ok and segment_ok and self._broken is None:
+                return None
+            try:
+                return self._repair(directory_ok, lock_ok)
+            except OSError as exc:
+                self._broken = f"{type(exc).__name__}: {exc}"
+                if self._fd >= 0:  # no append may go to a removed file meanwhile
+                    self._orphan, self._fd = self._fd, -1
+                raise
+
+    @property
+    def broken(self) -> str | None:
+        """Why the spool, removed, could not be re-created (appends fail), or None."""
+        return self._broken
+
+    def _repair(self, directory_ok: bool, lock_ok: bool) -> str:
+        done = []
+        if not directory_ok:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            done.append("the directory re-created")
+        if not (directory_ok and lock_ok) or self._broken is not None:
+            lock_fd = self._take_lock()
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = lock_fd
+            self._identity = _identity(os.stat(self.directory))
+            done.append("its lock taken again")
+        live = self._fd if self._fd >= 0 else self._orphan
+        if live >= 0 and os.fstat(live).st_nlink == 0:
+            name = segment_name(self._segment_first)
+            data = os.pread(live, self._size, 0)
+            fd = os.open(self.directory / name,
+                         os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            with self._roll_lock:
+                with contextlib.suppress(OSError):
+                    os.close(live)
+                self._fd, self._orphan = fd, -1
+                self._size = len(data)
+            with contextlib.suppress(OSError):
+                _fsync_directory(self.directory)
+            done.append(f"the live segment {name} written back "
+                        f"({self.next_seq - self._segment_first} records, {len(data)} bytes)")
+        self._broken = None
+        return ", ".join(done) or "usable again"
 
     def probe(self, size: int = PROBE_BYTES) -> None:
         """Check that the spool's file system takes `size` bytes now: a file `probe`
@@ -171,15 +263,20 @@ class SpoolAppender:
             self._close_segment()  # the next append starts a new segment
 
     def _roll(self) -> None:
+        if self._broken is not None:
+            raise SpoolError(f"spool {self.directory} removed and not re-created: "
+                             f"{self._broken}")
         with self._roll_lock:
             self._close_segment()
             path = self.directory / segment_name(self.next_seq)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            # Read-write: `check` reads the segment back if it is unlinked while open.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             # A segment left by an earlier failed open of the same number is reused from
             # its intact frames only (there are none: it was opened at this seq).
             os.ftruncate(fd, 0)
             self._fd = fd
             self._size = 0
+            self._segment_first = self.next_seq
             with contextlib.suppress(OSError):
                 _fsync_directory(self.directory)
 
@@ -211,6 +308,9 @@ class SpoolAppender:
                     log.error("decision log spool: fsync failed: %s", exc)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._orphan >= 0:
+                os.close(self._orphan)
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join(5)
@@ -218,6 +318,19 @@ class SpoolAppender:
             self._close_segment()
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def highest_saved_seq(directory: Path) -> int:
+    """The highest seq in the positions `state.json` holds (0 for none)."""
+    positions = read_state(directory).get("positions")
+    if not isinstance(positions, dict):
+        return 0
+    found = [p.seq for p in map(position_from, positions.values()) if p is not None]
+    return max(found, default=0)
 
 
 def _fsync_directory(directory: Path) -> None:

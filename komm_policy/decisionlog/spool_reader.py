@@ -72,6 +72,9 @@ class SpoolReader:
                                               float(event["at"])))
         self._seen: dict[tuple[int, int], None] = {
             (e.segment, e.offset): None for e in self.events}
+        self._removed: dict[int, None] = {}
+        """Segments this reader's `collect` deleted (recent ones): a position left in
+        one of them lost nothing; any other missing segment was removed by hand."""
 
     def corruption(self) -> dict[str, Any]:
         """The counts as the writer saves them (and `known` takes them back)."""
@@ -119,7 +122,7 @@ class SpoolReader:
                     data += file.read(HEADER_SIZE + header.length + self.read_bytes
                                       - len(data))
                 return data, size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def read(self, position: Position | None, limit: int
@@ -133,7 +136,7 @@ class SpoolReader:
         while len(entries) < limit:
             segment, offset, seq = position.segment, position.offset, position.seq
             window = self._window(self.directory / segment_name(segment), offset)
-            if window is None and not self.directory.exists():
+            if window is None and not self.directory.is_dir():
                 return entries, position
             data, size = window or (b"", offset)
             consumed = 0
@@ -167,13 +170,13 @@ class SpoolReader:
             later = [s for s in present if s > segment]
             if not later:
                 return entries, position
-            if window is None and present[0] > segment:
-                # Removed after every sink had taken it (`collect`), then the writer
-                # stopped before it saved the positions past it: nothing to count.
+            if window is None and segment in self._removed:
+                # Removed after every sink had taken it (`collect`): nothing to count.
                 position = Position(later[0], 0, max(later[0], seq))
                 continue
             self._skipped(segment, offset, len(data), later[0] - seq,
-                          "an incomplete or corrupt end" if window else "a missing segment")
+                          "an incomplete or corrupt end" if data
+                          else "a segment removed before it was read")
             position = Position(later[0], 0, max(later[0], seq))
         return entries, position
 
@@ -194,7 +197,41 @@ class SpoolReader:
                     continue
                 path.unlink()
                 deleted += 1
+                self._removed[first] = None
+                if len(self._removed) > 4 * KEEP_EVENTS:
+                    del self._removed[next(iter(self._removed))]
         return deleted
+
+    def trusted(self, position: Position) -> str | None:
+        """Why a saved position cannot be trusted, or None.  A position names a segment,
+        an offset in it and the seq of the frame there; it is not trusted when that
+        segment is shorter than the offset, when the frame at the offset has another
+        seq (the spool was numbered afresh: its segments removed by hand), when the seq
+        is below the segment's first, or when the segment is missing and no segment
+        after it exists while earlier ones do.  (Redelivery from an earlier position is
+        a no-op: sinks keep record ids.)"""
+        segment, offset, seq = position.segment, position.offset, position.seq
+        if seq < segment or offset < 0:
+            return f"seq {seq} before its segment {segment_name(segment)}"
+        path = self.directory / segment_name(segment)
+        try:
+            with path.open("rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                file.seek(offset)
+                head = file.read(HEADER_SIZE)
+        except (FileNotFoundError, NotADirectoryError):
+            present = segments(self.directory)
+            if present and present[-1] < segment:
+                return (f"its segment {segment_name(segment)} is missing and the spool "
+                        f"ends before it ({segment_name(present[-1])})")
+            return None
+        if size < offset:
+            return f"{segment_name(segment)} holds {size} bytes, fewer than offset {offset}"
+        header = header_at(head, 0)
+        if header is not None and header.seq != seq:
+            return (f"the frame at offset {offset} of {segment_name(segment)} is seq "
+                    f"{header.seq}, not {seq}")
+        return None
 
 
 CORRUPTION_NOTICE = 600.0

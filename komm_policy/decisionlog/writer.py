@@ -87,7 +87,8 @@ class SpoolWriter:
         state = read_state(self.directory)
         self.reader = SpoolReader(self.directory, known=state.get("corruption"))
         saved = state.get("positions", {})
-        self.states = [_SinkState(s, position_from(saved.get(s.name))) for s in sinks]
+        self.states = [_SinkState(s, self._restored(s.name, saved.get(s.name)))
+                       for s in sinks]
         self._clock = clock
         self._batch = batch
         self._rng = rng or random.Random()
@@ -98,6 +99,19 @@ class SpoolWriter:
         self._collected_below: int | None = None  # the oldest position at the last collect
         self._last_save_error = 0.0
         self.behind = False  # the last step read a full batch: more is waiting
+
+    def _restored(self, name: str, saved: object) -> Position | None:
+        """A sink's saved position, or None (start at the oldest segment) when it does
+        not fit the spool (`SpoolReader.trusted`)."""
+        position = position_from(saved)
+        why = self.reader.trusted(position) if position is not None else None
+        if why is None:
+            return position
+        log.warning("decision log sink %s: its saved position %s does not fit the spool "
+                    "(%s); it starts again at the oldest segment (records it already "
+                    "has are not stored twice)", name, position.as_json() if position else None,
+                    why)
+        return None
 
     def step(self, *, force: bool = False) -> bool:
         """One batch for every sink that can take one; True if any progress was made."""
