@@ -298,3 +298,19 @@ def test_segments_the_writer_removed_itself_are_not_counted(tmp_path: Path) -> N
     _drain(writer)
     assert [r.seq for r in sink.records] == list(range(6))
     assert writer.reader.lost_records == 0
+
+
+def test_a_removed_lock_is_taken_again(tmp_path: Path) -> None:
+    """`rm spool/lock` alone: another service could start on the spool; the next check
+    takes a new lock, so it cannot."""
+    spool = SpoolAppender(tmp_path, fsync_interval=0)
+    try:
+        spool.append(b"a")
+        (tmp_path / "lock").unlink()
+        repaired = spool.check()
+        assert repaired is not None and "lock" in repaired
+        assert _locked(tmp_path / "lock")
+        assert spool.check() is None
+        assert spool.append(b"b") == 1
+    finally:
+        spool.close()
