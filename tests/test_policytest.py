@@ -534,3 +534,35 @@ def test_a_row_of_the_shipped_schema_file_feeds_table_lookups(tmp_path):
     missing = rows.replace("blocked_at = 2026-08-01T00:00:00Z\n", "")
     code, out, _ = run_test(str(write_set(tmp_path, missing + case, policy)))
     assert code == 1 and "missing required column `blocked_at`" in out
+
+
+def test_every_bad_row_is_reported_at_its_line(tmp_path):
+    """breaker3 #12: only the first problem was reported, and with no line."""
+    (tmp_path / "schema.toml").write_text(TABLES)
+    schema = load_schema(tmp_path / "schema.toml")
+    path = tmp_path / "x.test.toml"
+    path.write_text('[[rows.account]]\nid = "one"\nname = "A"\nemail = "a@b.c"\n'  # 1-4
+                    '\n[[rows.nosuch]]\nx = 1\n'                                 # 6-7
+                    '\n[[rows.blocked_ips]]\nip = "192.0.2.1"\n'                 # 9-10
+                    '\n[[rows.blocked_ips]]\nip = "10.0.0.1/8"\n'                # 12-13
+                    '[[case]]\nrequest = { stage = "connect" }\n'
+                    'expect = { action = "accept" }\n'
+                    '[[case]]\nrequest = { stage = "connect" }\n'
+                    'rows = { blocked_ips = [{ ip = "300.1.2.3" }] }\n'           # 20
+                    'expect = { action = "accept" }\n')
+    with pytest.raises(SpecError) as caught:
+        load_file(path, schema)
+    text = str(caught.value)
+    assert caught.value.line == 2, text  # the first problem: account's `id`
+    assert "line 2: row 1 of `account`: column `id` (integer)" in text, text
+    assert "line 6: unknown table `nosuch`" in text, text
+    assert "line 13: row 2 of `blocked_ips`: column `ip`" in text and "host bits" in text
+    assert "line 10" not in text  # the good row
+    (tmp_path / "y.test.toml").write_text(
+        '[[case]]\nrequest = { stage = "connect" }\n'
+        'rows = { blocked_ips = [{ ip = "300.1.2.3" }, { ip = "10.0.0.1/8" }] }\n'
+        'expect = { action = "accept" }\n')
+    (case,) = load_file(tmp_path / "y.test.toml", schema)
+    assert case.error is not None
+    assert case.error.count("line 3: row") == 2, case.error
+    assert "row 1 of `blocked_ips`" in case.error and "row 2 of `blocked_ips`" in case.error

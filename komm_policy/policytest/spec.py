@@ -136,7 +136,9 @@ def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
     try:
         base_rows = check_rows(document.get("rows", {}), schema)
     except RowError as exc:
-        raise SpecError(name, None, f"rows: {exc}") from None
+        first = positions.find(("rows", *exc.problems[0][0]))
+        raise SpecError(name, first[0] or None, "rows: " + exc.located(
+            lambda key: positions.find(("rows", *key))), first[1] or None) from None
     shared_directory = build_directory(base_rows)
     result = []
     for index, raw in enumerate(cases):
@@ -146,7 +148,8 @@ def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
                           for key in ("rule", "dry_run")}
         if isinstance(raw, Mapping):
             case.name = str(raw.get("name", case.name))
-            _prepare(case, raw, path, base_fields, base_rows, shared_directory, schema)
+            _prepare(case, raw, path, base_fields, base_rows, shared_directory, schema,
+                     positions)
         else:
             case.error = "a case must be a table"
         result.append(case)
@@ -155,7 +158,7 @@ def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
 
 def _prepare(case: Case, raw: Mapping[str, Any], path: Path, base_fields: Any,
              base_rows: dict[str, list], shared_directory: Directory,
-             schema: Schema | None) -> None:
+             schema: Schema | None, positions: KeyPositions) -> None:
     problem = _unknown(raw, _CASE_KEYS, "a case")
     if problem:
         case.error = problem
@@ -178,7 +181,12 @@ def _prepare(case: Case, raw: Mapping[str, Any], path: Path, base_fields: Any,
                 raise ValueError("a case with `directory_unavailable = true` has no rows")
             case.directory = UnavailableDirectory()  # type: ignore[assignment]
         elif "rows" in raw:
-            rows = check_rows(raw["rows"], schema)
+            try:
+                rows = check_rows(raw["rows"], schema)
+            except RowError as exc:
+                at = ("case", case.index - 1, "rows")
+                raise ValueError(exc.located(lambda key: positions.find((*at, *key)))
+                                 ) from None
             merged = {t: [*base_rows.get(t, []), *rows.get(t, [])]
                       for t in {*base_rows, *rows}}
             case.directory = build_directory(merged)

@@ -12,16 +12,32 @@ from __future__ import annotations
 
 import datetime
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..directory import DirectoryError
 from ..directory.memory import InMemoryDirectory
 from ..directory.schema import BadValue, Schema, Table, decode_value
 
+MAX_ROW_PROBLEMS = 20
+"""Problems one `check_rows` reports at most (the count of the rest is given)."""
+
 
 class RowError(ValueError):
-    """A row that does not fit the schema; the message names the table, row and column."""
+    """Rows that do not fit the schema.  `problems` lists each as (key path under `rows`:
+    `(table,)`, `(table, row index)` or `(table, row index, column)`; the message naming
+    table, row and column); the exception's text is the first message."""
+
+    def __init__(self, message: str, problems: list[tuple[tuple[str | int, ...], str]]
+                 | None = None, *, key: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or [((), message)]
+        self.key = key  # within a row: the column at fault, if one is
+
+    def located(self, find: Callable[[tuple[str | int, ...]], tuple[int, int]]) -> str:
+        """Every problem as `line L: message` (one per line), `find` giving the line of a
+        key path (`tomlpos.KeyPositions.find`)."""
+        return "\n".join(f"line {find(path)[0]}: {message}" for path, message in self.problems)
 
 
 def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
@@ -34,6 +50,7 @@ def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
     if not isinstance(tables, Mapping):
         raise RowError("`rows` must be a table of tables: [[rows.TABLE]]")
     converted: dict[str, list[dict[str, Any]]] = {}
+    problems: list[tuple[tuple[str | int, ...], str]] = []
     for table, rows in tables.items():
         if schema is None:
             raise RowError(f"rows of `{table}`: no schema file beside the policies says "
@@ -43,16 +60,31 @@ def check_rows(tables: Mapping[str, Any], schema: Schema | None = None
             names = sorted(schema.tables)
             close = difflib.get_close_matches(table, names, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
-            raise RowError(f"unknown table `{table}`{hint} (tables: {', '.join(names)})")
+            # `[[rows.T]]` is found by its first element; `rows.T = …` by its key
+            at = (table, 0) if isinstance(rows, list) and rows else (table,)
+            problems.append((at, f"unknown table `{table}`{hint} "
+                                 f"(tables: {', '.join(names)})"))
+            continue
         if not isinstance(rows, list):
-            raise RowError(f"`rows.{table}` must be an array of tables: [[rows.{table}]]")
+            problems.append(((table,), f"`rows.{table}` must be an array of tables: "
+                                       f"[[rows.{table}]]"))
+            continue
         for number, row in enumerate(rows, 1):
             where = f"row {number} of `{table}`"
-            if not isinstance(row, Mapping):
-                raise RowError(f"{where}: must be a table of columns")
-            row = _timestamps(described, row)
-            _check_described(described, row, where, required=True)
+            try:
+                if not isinstance(row, Mapping):
+                    raise RowError(f"{where}: must be a table of columns")
+                row = _timestamps(described, row)
+                _check_described(described, row, where, required=True)
+            except RowError as exc:  # every row's problem, each at its own line
+                problems.append(((table, number - 1, *exc.key), str(exc)))
+                continue
             converted.setdefault(table, []).append(dict(row))
+    if problems:
+        shown = problems[:MAX_ROW_PROBLEMS]
+        if len(problems) > len(shown):
+            shown.append((shown[-1][0], f"… and {len(problems) - len(shown)} more problems"))
+        raise RowError(shown[0][1], shown)
     return converted
 
 
@@ -84,7 +116,7 @@ def _check_described(table: Table, row: Mapping[str, Any], where: str, *,
             close = difflib.get_close_matches(name, table.column_names, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
             raise RowError(f"{where}: unknown column `{name}`{hint} "
-                           f"(columns: {', '.join(table.column_names)})")
+                           f"(columns: {', '.join(table.column_names)})", key=(name,))
     for column in table.columns:
         if column.name not in row:
             if required and not column.optional:
@@ -93,8 +125,8 @@ def _check_described(table: Table, row: Mapping[str, Any], where: str, *,
         try:
             decode_value(column, row[column.name])
         except BadValue as exc:
-            raise RowError(f"{where}: column `{column.name}` ({column.type}): {exc}"
-                           ) from None
+            raise RowError(f"{where}: column `{column.name}` ({column.type}): {exc}",
+                           key=(column.name,)) from None
 
 
 def build_directory(rows: Mapping[str, list[dict[str, Any]]]) -> InMemoryDirectory:
