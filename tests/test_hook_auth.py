@@ -90,10 +90,15 @@ def test_failed_authentication_is_logged_without_the_token(server: ServerProcess
     assert TOKEN not in output
 
 
-def test_rate_limited_log_counts_what_it_suppressed(caplog: pytest.LogCaptureFixture) -> None:
+def _stepped_log() -> tuple[RateLimitedLog, list[float]]:
+    """A rate-limited log (10 s) on a clock the test sets: `now[0] = seconds`."""
     now = [0.0]
-    limited = RateLimitedLog(logging.getLogger("test.ratelog"), interval=10,
-                             clock=lambda: now[0])
+    return RateLimitedLog(logging.getLogger("test.ratelog"), interval=10,
+                          clock=lambda: now[0]), now
+
+
+def test_rate_limited_log_counts_what_it_suppressed(caplog: pytest.LogCaptureFixture) -> None:
+    limited, now = _stepped_log()
     with caplog.at_level(logging.WARNING, "test.ratelog"):
         for step in range(25):
             now[0] = step
@@ -106,9 +111,7 @@ def test_rate_limited_log_counts_what_it_suppressed(caplog: pytest.LogCaptureFix
 
 def test_rate_limited_exception_keeps_one_traceback_per_interval(
         caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    limited = RateLimitedLog(logging.getLogger("test.ratelog"), interval=10,
-                             clock=lambda: now[0])
+    limited, now = _stepped_log()
     with caplog.at_level(logging.ERROR, "test.ratelog"):
         for step in range(12):
             now[0] = step
