@@ -111,42 +111,35 @@ def all_of(operands: Sequence[Closure]) -> Closure:
     """`a and b and …` over any number of operands, in one loop: the same result, order
     and raised error (the last one) as `both` nested to the right, without one Python frame
     per operand (3,000 `and`ed comparisons must not end in a RecursionError)."""
-    items = tuple(operands)
-
-    def all_of(ctx: EvalContext) -> bool:
-        error: Exception | None = None
-        for operand in items:
-            try:
-                if not operand(ctx):
-                    return False
-            except DeadlineExceeded:
-                raise
-            except Exception as exc:
-                error = exc
-        if error is not None:
-            raise error
-        return True
-    return all_of
+    return _one_loop(operands, stop_when_false=True)
 
 
 def any_of(operands: Sequence[Closure]) -> Closure:
     """`a or b or …` in one loop, as `either` nested to the right (see `all_of`)."""
-    items = tuple(operands)
+    return _one_loop(operands, stop_when_false=False)
 
-    def any_of(ctx: EvalContext) -> bool:
+
+def _one_loop(operands: Sequence[Closure], *, stop_when_false: bool) -> Closure:
+    """The loop of `all_of` (stops at the first false operand, answering False) and
+    `any_of` (at the first true one, answering True).  An operand's error is kept and
+    raised at the end unless a later operand decides; a deadline is raised at once."""
+    items = tuple(operands)
+    decided = not stop_when_false  # what a stopping operand answers
+
+    def one_loop(ctx: EvalContext) -> bool:
         error: Exception | None = None
         for operand in items:
             try:
-                if operand(ctx):
-                    return True
+                if (not operand(ctx)) is stop_when_false:
+                    return decided
             except DeadlineExceeded:
                 raise
             except Exception as exc:
                 error = exc
         if error is not None:
             raise error
-        return False
-    return any_of
+        return not decided
+    return one_loop
 
 # -- comparison builders: (left, right, left may be none, right type, negate) → closure ----
 
