@@ -29,7 +29,7 @@ FULL = {
                 "chunk_seconds": 0.1},
     "headers": {"sizes": (1024, 64 * 1024, 1024 * 1024), "rounds": 3, "min_seconds": 1.0,
                 "chunk_seconds": 0.1},
-    "http": {"workers": (1, 2), "connections": (1, 4, 16), "seconds": 5.0, "rounds": 3},
+    "http": {"workers": (1, 2), "connections": (1, 4, 16), "seconds": 3.0, "rounds": 5},
     "spacetimedb": {"subscriptions": 10_000, "big_rows": 100_000, "deltas": 300,
                     "rounds": 5, "min_seconds": 1.0, "chunk_seconds": 0.1},
 }
