@@ -33,7 +33,7 @@ from typing import Any
 from ..decision import Decision
 from ..wire import Request
 from .ages import SpoolAges
-from .entries import raw_entry
+from .entries import EntryPacker
 from .records import RecordIds
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
@@ -62,6 +62,7 @@ class DecisionLog:
                                        segment_bytes=self.settings.segment_bytes)
         self._ages = SpoolAges(self._appender.next_seq, time.time())
         self._ids = RecordIds()
+        self._pack = EntryPacker().pack
         self._held: deque[bytes] = deque()
         self._staged: list[bytes] = []
         self.spool_errors = 0
@@ -123,9 +124,9 @@ class DecisionLog:
         """The spool entry, or None (counted, logged) when it cannot be recorded."""
         try:
             # The id's text is made by the writer (`entries`): prefix and number here.
-            entry = raw_entry(request, decision, duration_ms, at, self._ids.prefix,
-                              next(self._ids.numbers), shadow=shadow,
-                              redact_client_ip=redact_client_ip)
+            entry = self._pack(request, decision, duration_ms, at, self._ids.prefix,
+                               next(self._ids.numbers), shadow=shadow,
+                               redact_client_ip=redact_client_ip)
             if len(entry) > MAX_ENTRY:
                 raise ValueError(f"record of {len(entry)} bytes over {MAX_ENTRY} bytes")
         except (ValueError, TypeError, OverflowError) as exc:
