@@ -117,7 +117,15 @@ class DecisionLog:
         if not staged:
             return True
         self._staged = []
-        return self._append(staged, time.time())
+        if self._held or self._failing is not None:
+            return self._append(staged, time.time())
+        # The usual case, `_append` without what only a failing spool needs.
+        try:
+            seq = self._appender.append_batch(staged)
+        except OSError as exc:
+            return self._spool_failed(staged, exc)
+        self._ages.note(seq, time.time())
+        return True
 
     def _entry(self, request: Request, decision: Decision, duration_ms: float, at: float,
                shadow: bool, redact_client_ip: bool) -> bytes | None:
@@ -138,8 +146,7 @@ class DecisionLog:
         try:
             if self._held:
                 self._write_held()
-            seq = (self._appender.append(entries[0]) if len(entries) == 1
-                   else self._appender.append_batch(entries))
+            seq = self._appender.append_batch(entries)
         except OSError as exc:
             return self._spool_failed(entries, exc)
         if self._failing is not None:
