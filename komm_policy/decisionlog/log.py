@@ -120,8 +120,10 @@ class DecisionLog:
         if self._held or self._failing is not None:
             return self._append(staged, time.time())
         # The usual case, `_append` without what only a failing spool needs.
+        appender = self._appender
         try:
-            seq = self._appender.append_batch(staged)
+            seq = (appender.append(staged[0]) if len(staged) == 1
+                   else appender.append_batch(staged))
         except OSError as exc:
             return self._spool_failed(staged, exc)
         self._ages.note(seq, time.time())
