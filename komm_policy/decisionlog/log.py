@@ -1,8 +1,8 @@
 """The service's side of the decision log: spool each decision, supervise the writer.
 
 `DecisionLog.submit_decision` runs on the answer path before the answer is sent: it packs
-the decision (`entries.raw_entry`) and appends it to the spool (one `write`).  Once that returned
-the record survives the service being killed.  The HTTP protocol's inline path stages
+the decision (`entries.EntryPacker`) and appends it to the spool (one `write`).  Once that
+returned the record survives the service being killed.  The HTTP protocol's inline path stages
 each decision instead (`stage_decision`) and commits once per event-loop turn
 (`commit`: one `write` for all the answers of that turn), sending those answers after.
 When the spool cannot be written (disk full, read-only) `on_spool_error` decides:
