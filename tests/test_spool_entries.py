@@ -18,6 +18,7 @@ from komm_policy.decision import Decision, DryRunHit, LookupRecord, Reply, RuleR
 from komm_policy.decisionlog.entries import (
     ENTRY_FIELDS,
     ENTRY_FORMAT,
+    EntryPacker,
     first_format_entry,
     line_from_raw,
     raw_entry,
@@ -168,6 +169,55 @@ def test_a_compact_entry_gives_exactly_the_record_of_its_request_and_decision(
     old = first_format_entry(request, decision, duration_ms, at, expected_id,
                              shadow=shadow, redact_client_ip=redact)
     assert line_from_raw(old, Timestamps()) == expected
+
+
+_SHARED = EntryPacker(max_rows=5)
+"""One packer for every example below: rows remembered from earlier examples (and its
+memory starting over every 5 rows) must not change an entry."""
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests, decisions, st.floats(0, 1e5, allow_nan=False),
+       st.floats(1e9, 4e9, allow_nan=False), st.booleans(), st.booleans(),
+       st.none() | st.integers(0, 2**40), st.integers(1, 3))
+def test_a_packer_remembering_rows_packs_the_same_bytes_and_records(
+        request: Request, decision: Decision, duration_ms: float, at: float, shadow: bool,
+        redact: bool, number: int | None, times: int) -> None:
+    """The answer path's packer (rows remembered across decisions) gives byte for byte
+    the entry a fresh packer gives, every time the same decision is packed again, and
+    its record is `make_record`'s."""
+    record_id = "0123456789abcdef"
+    expected_id = f"{record_id}-{number:010x}" if number is not None else record_id
+    expected = encode_record(make_record(request, decision, duration_ms, shadow=shadow,
+                                         redact_client_ip=redact, record_id=expected_id,
+                                         at=Timestamps()(at)))
+    fresh = raw_entry(request, decision, duration_ms, at, record_id, number, shadow=shadow,
+                      redact_client_ip=redact)
+    for _ in range(times):
+        entry = _SHARED.pack(request, decision, duration_ms, at, record_id, number,
+                             shadow=shadow, redact_client_ip=redact)
+        assert entry == fresh
+        assert line_from_raw(entry, Timestamps()) == expected
+
+
+def test_a_remembered_row_never_stands_for_another() -> None:
+    """Rows of the same class with other keys, and a new row object once the first is
+    gone (its id may be reused), are each logged by their own identity; the memory
+    stays within its bound."""
+    packer = EntryPacker(max_rows=4)
+    request, decision = decided("derived-rcpt-1")
+    seen = []
+    for n in range(20):
+        row = _PAIRS(n, f"b{n}", n % 2 == 0)
+        lookup = LookupRecord("lookup(pairs: a)", (n,), [row, _PEOPLE(
+            n, "x@example.org", ipaddress.ip_network("192.0.2.0/24"))])
+        changed = msgspec.structs.replace(decision, lookups=(lookup,))
+        entry = packer.pack(request, changed, 0.1, time.time(), "id", n)
+        result = json.loads(line_from_raw(entry, Timestamps()))["lookups"][0]["result"]
+        seen.append(result)
+        assert len(packer._rows) <= 4
+        del row, lookup, changed  # the next row may take this one's address
+    assert seen == [[{"a": n, "b": f"b{n}"}, {"id": n}] for n in range(20)]
 
 
 def test_the_compact_entry_is_smaller_and_positional() -> None:

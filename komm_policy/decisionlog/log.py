@@ -1,8 +1,8 @@
 """The service's side of the decision log: spool each decision, supervise the writer.
 
 `DecisionLog.submit_decision` runs on the answer path before the answer is sent: it packs
-the decision (`entries.raw_entry`) and appends it to the spool (one `write`).  Once that returned
-the record survives the service being killed.  The HTTP protocol's inline path stages
+the decision (`entries.EntryPacker`) and appends it to the spool (one `write`).  Once that
+returned the record survives the service being killed.  The HTTP protocol's inline path stages
 each decision instead (`stage_decision`) and commits once per event-loop turn
 (`commit`: one `write` for all the answers of that turn), sending those answers after.
 When the spool cannot be written (disk full, read-only) `on_spool_error` decides:
@@ -33,7 +33,7 @@ from typing import Any
 from ..decision import Decision
 from ..wire import Request
 from .ages import SpoolAges
-from .entries import raw_entry
+from .entries import EntryPacker
 from .records import RecordIds
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
@@ -62,6 +62,7 @@ class DecisionLog:
                                        segment_bytes=self.settings.segment_bytes)
         self._ages = SpoolAges(self._appender.next_seq, time.time())
         self._ids = RecordIds()
+        self._pack = EntryPacker().pack
         self._held: deque[bytes] = deque()
         self._staged: list[bytes] = []
         self.spool_errors = 0
@@ -116,16 +117,26 @@ class DecisionLog:
         if not staged:
             return True
         self._staged = []
-        return self._append(staged, time.time())
+        if self._held or self._failing is not None:
+            return self._append(staged, time.time())
+        # The usual case, `_append` without what only a failing spool needs.
+        appender = self._appender
+        try:
+            seq = (appender.append(staged[0]) if len(staged) == 1
+                   else appender.append_batch(staged))
+        except OSError as exc:
+            return self._spool_failed(staged, exc)
+        self._ages.note(seq, time.time())
+        return True
 
     def _entry(self, request: Request, decision: Decision, duration_ms: float, at: float,
                shadow: bool, redact_client_ip: bool) -> bytes | None:
         """The spool entry, or None (counted, logged) when it cannot be recorded."""
         try:
             # The id's text is made by the writer (`entries`): prefix and number here.
-            entry = raw_entry(request, decision, duration_ms, at, self._ids.prefix,
-                              next(self._ids.numbers), shadow=shadow,
-                              redact_client_ip=redact_client_ip)
+            entry = self._pack(request, decision, duration_ms, at, self._ids.prefix,
+                               next(self._ids.numbers), shadow=shadow,
+                               redact_client_ip=redact_client_ip)
             if len(entry) > MAX_ENTRY:
                 raise ValueError(f"record of {len(entry)} bytes over {MAX_ENTRY} bytes")
         except (ValueError, TypeError, OverflowError) as exc:
@@ -137,8 +148,7 @@ class DecisionLog:
         try:
             if self._held:
                 self._write_held()
-            seq = (self._appender.append(entries[0]) if len(entries) == 1
-                   else self._appender.append_batch(entries))
+            seq = self._appender.append_batch(entries)
         except OSError as exc:
             return self._spool_failed(entries, exc)
         if self._failing is not None:

@@ -11,7 +11,7 @@ identity (primary key, or rowid), never its other columns (version 2; version 1 
 every column of every row).  Client IPs can be redacted everywhere in it.
 
 On the answer path only the request's and the decision's logged fields are packed
-(`entries.raw_entry`); the writer process turns them into records (`entries.line_from_raw`).
+(`entries.EntryPacker`); the writer process turns them into records (`entries.line_from_raw`).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class DecisionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
 def _row_identity(cls: type[Row]) -> Callable[[Row], dict[str, Any]]:
     """A row class's identity reader (`rows.row_identity`: its primary-key columns), with
     a C-level getter of the key columns: a decision's lookup records carry their rows'
-    identities, and each is encoded on the answer path (`raw_entry`)."""
+    identities, packed on the answer path once per row object (`entries.EntryPacker`)."""
     key = cls._key
     if len(key) > 1:
         read = operator.attrgetter(*key)

@@ -125,6 +125,8 @@ class SpoolAppender:
         """Write several entries with one `write`; returns the last one's sequence number
         (-1 for none).  All or nothing: raises like `append`, with none of them left in
         the spool."""
+        if len(payloads) == 1:  # the usual batch (one answer per event-loop turn)
+            return self.append(payloads[0])
         for payload in payloads:
             if len(payload) > MAX_ENTRY:
                 raise ValueError(f"a spool entry of {len(payload)} bytes is over the "
@@ -136,9 +138,10 @@ class SpoolAppender:
     def _write(self, data: bytes, count: int) -> int:
         """Append `count` whole frames (`data`); the last one's sequence number."""
         with self._write_lock:
-            if self._fd < 0 or self._size >= self.segment_bytes:
-                self._roll()
             fd = self._fd
+            if fd < 0 or self._size >= self.segment_bytes:
+                self._roll()
+                fd = self._fd
             try:
                 written = os.write(fd, data)
                 while written < len(data):  # a short write (disk filling up): finish or fail
@@ -148,8 +151,8 @@ class SpoolAppender:
                 raise
             self._size += len(data)
             self._dirty = True
-            self.next_seq += count
-            return self.next_seq - 1
+            seq = self.next_seq = self.next_seq + count
+            return seq - 1
 
     def _take_lock(self) -> int:
         """Open and flock the spool's `lock`; its fd.  Raises SpoolError when another

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from .response import TEMPFAIL
@@ -27,23 +26,26 @@ class SpoolBatch:
 
     def __init__(self, service: Any) -> None:
         self._service = service  # its decision_log is read at each commit
-        self._waiting: list[Callable[[bool], None]] = []
+        self._waiting: list[tuple[Any, Any, bool]] = []
+        """(connection, answer, keep_alive) in the order the answers were given."""
 
-    def after_spool(self, loop: asyncio.AbstractEventLoop,
-                    send: Callable[[bool], None]) -> None:
-        """Call `send(spooled)` once the decisions staged so far are in the spool (True),
-        or could not be spooled under on_spool_error = tempfail (False: answer 451).
-        Every answer of one event-loop turn waits for the same `commit` — one spool
-        `write` for all of them — which runs as soon as the loop has run this turn's
-        callbacks (`call_soon`)."""
+    def after_spool(self, loop: asyncio.AbstractEventLoop, connection: Any, answer: Any,
+                    keep_alive: bool) -> None:
+        """Have `connection._send_spooled(answer, keep_alive)` called once the decisions
+        staged so far are in the spool — with 451 4.3.0 (`response.TEMPFAIL`) instead of
+        an answer marked `spooling` when they could not be spooled under
+        on_spool_error = tempfail.  Every answer of one event-loop turn waits for the
+        same `commit` — one spool `write` for all of them — which runs as soon as the
+        loop has run this turn's callbacks (`call_soon`).  (Tuples, not a closure per
+        answer: this runs for every inline answer.)"""
         waiting = self._waiting
-        waiting.append(send)
+        waiting.append((connection, answer, keep_alive))
         if len(waiting) == 1:
             loop.call_soon(self.commit)
 
     def commit(self) -> None:
-        """Spool the staged decisions and call the waiting answers back; also called
-        by the protocol before it writes something else to a connection with answers
+        """Spool the staged decisions and send the waiting answers; also called by the
+        protocol before it writes something else to a connection with answers
         waiting."""
         waiting = self._waiting
         if not waiting:
@@ -56,9 +58,11 @@ class SpoolBatch:
             # Never an answer whose decision is not in the log: 451, Stalwart retries.
             log.exception("spooling %d decisions failed", len(waiting))
             spooled = False
-        for send in waiting:
+        for connection, answer, keep_alive in waiting:
             try:
-                send(spooled)
+                connection._send_spooled(
+                    answer if spooled or not getattr(answer, "spooling", False)
+                    else TEMPFAIL, keep_alive)
             except Exception:  # one connection's failure is not the others'
                 log.exception("sending a hook answer failed")
 
@@ -76,11 +80,8 @@ class SpoolingAnswers:
         as a 400, when it comes after one that waits: answers leave in order).  The
         parser may read a next (pipelined) request meanwhile, so keep-alive is decided
         now."""
-        keep_alive = self._keep_alive()
-        staged = getattr(answer, "spooling", False)
         self._spooling += 1
-        self.app.after_spool(self.loop, lambda spooled: self._send_spooled(  # type: ignore[attr-defined]
-            answer if spooled or not staged else TEMPFAIL, keep_alive))
+        self.app.after_spool(self.loop, self, answer, self._keep_alive())  # type: ignore[attr-defined]
 
     def _keep_alive(self) -> bool:
         """Whether the connection stays open after the request just parsed."""
