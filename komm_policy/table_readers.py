@@ -65,7 +65,7 @@ def reader(spec: IndexSpec, name: str, constants: dict[int, Any], dynamic: tuple
         before = tuple(normal[k] for k in range(i))
         after = tuple(normal[k] for k in range(i + 1, width))
         if column.type == "address":
-            return _address_reader(name, before, after, width == 1)
+            return address_reader(name, before, after)
         return _plain_reader(name, column, before, after, width == 1)
     i, j = dynamic
     first, second = key_normalizer(columns[i]), key_normalizer(columns[j])
@@ -110,11 +110,11 @@ def address_plan(spec: IndexSpec, constants: dict[int, Any], dynamic: tuple[int,
             tuple(normal[k] for k in range(i + 1, len(columns))))
 
 
-def _address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...],
-                    alone: bool) -> Reader1:
+def address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...]) -> Reader1:
     """An address key: stripped, lower-cased, the domain as A-label (`keys.address_key`,
-    its ASCII case inline)."""
-    if alone:
+    its ASCII case inline); `before`, `after`: the index keys of the constant columns
+    around it (none: a one-column index, keyed by the key itself)."""
+    if not before and not after:
         def read_address(tables: TablesSnapshot, value: Any) -> Any:
             if value.__class__ is not str:
                 return None
