@@ -172,7 +172,8 @@ def decode_request(body: bytes | str) -> Request:
         raise RequestError(f"not an IP address: {request.context.client.ip!r}",
                            "$.context.client.ip")
     server_ip = request.context.server.ip
-    if server_ip is not None and request.context.server.parsed_ip is None:
+    # checked, not parsed: few rules read it (`server.ip`), and those parse it then
+    if server_ip is not None and not IP.valid(server_ip):
         raise RequestError(f"not an IP address: {server_ip!r}", "$.context.server.ip")
     if request.context.stage in ENVELOPE_REQUIRED:
         _check_envelope(request)
