@@ -167,6 +167,9 @@ def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
             ctx.lookup_log.append(records(label, (*before, value, *after), result))
             return result
         return slow(ctx, (value,), (tag, value))
+    # what `codegen_lookups` needs to write this lookup inline (with its reader's `parts`)
+    table_lookup1.one_key_parts = (  # type: ignore[attr-defined]
+        label, tag, site, read, before, after, method, none_result)
     return _keyed(get, table_lookup1)
 
 

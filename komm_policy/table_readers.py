@@ -146,6 +146,9 @@ def _plain_reader(name: str, column: Column, before: tuple[Any, ...],
                     return None
             bucket = tables.maps[name].get(value)
             return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
+        # what `codegen_lookups` needs to write this read inline (`before`, `after`
+        # None: the key alone)
+        read_one.parts = (name, plain, normalize, None, None)  # type: ignore[attr-defined]
         return read_one
 
     def read_with(tables: TablesSnapshot, value: Any) -> Any:
@@ -155,6 +158,7 @@ def _plain_reader(name: str, column: Column, before: tuple[Any, ...],
                 return None
         bucket = tables.maps[name].get((*before, value, *after))
         return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
+    read_with.parts = (name, plain, normalize, before, after)  # type: ignore[attr-defined]
     return read_with
 
 
