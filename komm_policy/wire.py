@@ -19,6 +19,7 @@ import msgspec
 from .ipset import IP
 
 STAGES = ("connect", "ehlo", "auth", "mail", "rcpt", "data")
+_STAGE_SET = frozenset(STAGES)
 
 # Bounds on what a request may carry (wire reference §3: Stalwart's types).  Numbers take
 # their Rust type's range, so nothing out of range reaches the decision log (whose encoder
@@ -159,23 +160,25 @@ def decode_request(body: bytes | str) -> Request:
         raise RequestError(f"invalid JSON: {exc}") from None
     except RecursionError:  # msgspec recurses per nesting level, also in ignored fields
         raise RequestError("invalid JSON: nested too deeply") from None
-    stage = request.context.stage
-    if stage not in STAGES:
+    context = request.context
+    stage = context.stage
+    if stage not in _STAGE_SET:
         lowered = stage.lower()
-        if lowered not in STAGES:
+        if lowered not in _STAGE_SET:
             raise RequestError(
                 f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}",
                 "$.context.stage")
-        request = msgspec.structs.replace(
-            request, context=msgspec.structs.replace(request.context, stage=lowered))
-    if request.context.client.parsed_ip is None:
-        raise RequestError(f"not an IP address: {request.context.client.ip!r}",
+        stage = lowered
+        context = msgspec.structs.replace(context, stage=lowered)
+        request = msgspec.structs.replace(request, context=context)
+    if context.client.parsed_ip is None:
+        raise RequestError(f"not an IP address: {context.client.ip!r}",
                            "$.context.client.ip")
-    server_ip = request.context.server.ip
+    server_ip = context.server.ip
     # checked, not parsed: few rules read it (`server.ip`), and those parse it then
     if server_ip is not None and not IP.valid(server_ip):
         raise RequestError(f"not an IP address: {server_ip!r}", "$.context.server.ip")
-    if request.context.stage in ENVELOPE_REQUIRED:
+    if stage in ENVELOPE_REQUIRED:
         _check_envelope(request)
     return request
 
