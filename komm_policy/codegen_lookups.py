@@ -4,7 +4,9 @@ The most common lookup, by an address on an equality index (a sender's or recipi
 row), is written out inline: memo check, key normalisation (`keys.address_key`, its ASCII
 case), one map read (a `versioned.Since` entry resolved), the result and its record,
 exactly as `table_lookups._address_key` does it, which every other case (a none key, no
-local snapshot, a key that is not text, an index the snapshot lacks) calls instead.  The
+local snapshot, a key that is not text, an index the snapshot lacks) calls instead; so
+are network, other one-key and two-key lookups (`ip_lookup`, `one_key_lookup`,
+`two_key_lookup`).  The
 request fields read most (`sender`, `rcpt`, `client.ip`) read the context's cached value
 inline and call its method only the first time.
 """
@@ -211,6 +213,50 @@ def ip_lookup(gen: Any, by_key: Any, ip: str) -> Val:
     return t, None
 
 
+def one_key_lookup(gen: Any, by_key: Any, value: str) -> Val:
+    """The one-key lookup `by_key` (with `one_key_parts`, its reader with `parts`) of the
+    local variable `value`, inline, as `table_lookups._one_key` with
+    `table_readers._plain_reader`: a value of the column's plain class is its own key,
+    any other goes through the column's normaliser (`keys.key_normalizer`)."""
+    label, tag, site, read, before, after, method, none_result = by_key.one_key_parts
+    name, plain, normalize, key_before, key_after = read.parts
+    t, key, bucket, tables = (gen.name(p) for p in ("t", "key", "b", "tb"))
+    by, tag_, name_ = gen.bind(by_key), gen.bind(tag), gen.bind(name)
+    read_memo, test, write = _memo_lines(gen, t, site, f"({tag_}, {value})")
+    index_key = key if key_before is None else _tuple(
+        gen, [*map(gen.bind, key_before), key, *map(gen.bind, key_after)])
+    record = _tuple(gen, [*map(gen.bind, before), value, *map(gen.bind, after)])
+    for line in (
+        f"if {value} is None:",
+        f"    {t} = {gen.bind(none_result)}",
+        "else:",
+        f"    {read_memo}",
+        f"    {test}",
+        f"        {tables} = ctx.tables",
+        f"        if {tables} is None:",
+        f"            {t} = {by}(ctx, {value})",
+        "        else:",
+        "            try:",
+        f"                {key} = ({value} if {value}.__class__ is {gen.bind(plain)} "
+        f"else {gen.bind(normalize)}({value}))",
+        f"                if {key} is None:",
+        f"                    {bucket} = None",
+        "                else:",
+        f"                    {bucket} = {tables}.maps[{name_}].get({index_key})",
+        f"                    if {bucket}.__class__ is {gen.bind(Since)}:",
+        f"                        {bucket} = {tables}.resolve({name_}, {bucket})",
+        "            except Exception:",
+        f"                {t} = {by}(ctx, {value})",
+        "            else:",
+        f"                {t} = {_result(method, bucket)}",
+        f"                {write}",
+        f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
+        f"{record}, {t}))",
+    ):
+        gen.emit(line)
+    return t, None
+
+
 def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
     """The two-key lookup `by_keys` (with `two_key_parts`, its reader with `parts`) of the
     keys `keys` (index column order: two local variables, constants between), inline
@@ -282,6 +328,8 @@ def table_lookup(gen: Any, expr: n.Call, builtin: Any) -> Val:
             return address_lookup(gen, by_keys, dynamic)
         if hasattr(by_keys, "ip_parts"):
             return ip_lookup(gen, by_keys, dynamic)
+        if hasattr(by_keys, "one_key_parts") and hasattr(by_keys.one_key_parts[3], "parts"):
+            return one_key_lookup(gen, by_keys, dynamic)
         if (hasattr(by_keys, "two_key_parts")
                 and hasattr(by_keys.two_key_parts[3], "parts")):
             return two_key_lookup(gen, by_keys, keys)

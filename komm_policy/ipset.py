@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from collections.abc import Iterable
 
 _V4_MAPPED_PREFIX = 0xFFFF << 32
@@ -36,19 +37,30 @@ class IP:
         """Parse text into an IP, or None when it is not an address.  `text` becomes the
         canonical form: dotted quad for IPv4 (also for IPv4-mapped IPv6), RFC 5952 for
         IPv6 (lower case, zeros compressed: `2001:db8:4860::1`)."""
-        try:
-            packed = socket.inet_pton(socket.AF_INET, text)
+        if ":" not in text:  # no IPv6 text lacks one, no IPv4 text has one
+            try:
+                packed = socket.inet_pton(socket.AF_INET, text)
+            except (OSError, ValueError):  # ValueError: an embedded NUL (hostile input)
+                return None
             return cls(socket.inet_ntoa(packed), 4, int.from_bytes(packed, "big"))
-        except (OSError, ValueError):  # ValueError: an embedded NUL (hostile input)
-            pass
         try:
-            value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+            packed = socket.inet_pton(socket.AF_INET6, text)
         except (OSError, ValueError):
             return None
+        value = int.from_bytes(packed, "big")
         if value >> 32 == 0xFFFF:
             return cls(socket.inet_ntoa((value & 0xFFFFFFFF).to_bytes(4, "big")), 4,
                        value & 0xFFFFFFFF)
-        return cls(str(ipaddress.IPv6Address(value)), 6, value)  # RFC 5952 §4
+        return cls(_v6_text(packed), 6, value)
+
+    @staticmethod
+    def valid(text: str) -> bool:
+        """Whether `parse(text)` gives an IP (the same test, without building one)."""
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        except (OSError, ValueError):
+            return False
+        return True
 
     @classmethod
     def from_address(cls, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IP:
@@ -69,6 +81,24 @@ class IP:
 
     def __hash__(self) -> int:
         return hash((self.version, self.value))
+
+
+_FIELDS = struct.Struct("!8H")
+_FRAMED = ":" + "{:x}:" * 8
+_ZERO_RUNS = tuple(":0" * n + ":" for n in range(8, 1, -1))
+"""Runs of zero fields in `:`-framed IPv6 text, longest first (RFC 5952 §4.2: never one)."""
+
+
+def _v6_text(packed: bytes) -> str:
+    """The RFC 5952 §4 text of a packed IPv6 address, as `ipaddress.IPv6Address` gives it
+    (lower-case hex without leading zeros, the longest run of two or more zero fields
+    compressed to `::`, the first of equal runs) in a fraction of its time."""
+    framed = _FRAMED.format(*_FIELDS.unpack(packed))
+    for run in _ZERO_RUNS:
+        at = framed.find(run)  # a field is 0 only between two colons
+        if at >= 0:
+            return f"{framed[1:at]}::{framed[at + len(run):-1]}"
+    return framed[1:-1]
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -20,18 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .addresses import comparison_form
 from .context import EvalContext
 from .decision import LookupRecord
 from .directory import DirectoryError
 from .directory.keys import lookup_key
 from .directory.schema import Column
 from .directory.snapshot import IndexSpec, spec_name
-from .directory.versioned import Since
-from .ipset import IP
 from .lookups import failed, run_lookup
 from .program import Closure, Compiled, Const
-from .table_readers import address_plan, reader
+from .table_readers import address_plan, address_reader, reader
 
 FIRST, ALL, EXISTS = "first", "all", "exists"
 
@@ -126,7 +123,7 @@ def table_closure(label: str, method: str, spec: IndexSpec, keys: Sequence[Compi
         if read_spec.kind == "net" and index_dynamic == (0,) and read is not None:
             rest = tuple(lookup_key(index_columns[k], index_constants[k])  # type: ignore[index]
                          for k in range(1, len(positions)))
-            return _ip_key(label, tag, site, getters[0], name, rest, after, method,
+            return _ip_key(label, tag, site, getters[0], read, name, rest, after, method,
                            none_result, slow)
         plan = address_plan(read_spec, index_constants, index_dynamic, index_columns)
         if plan is not None:
@@ -170,6 +167,9 @@ def _one_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any,
             ctx.lookup_log.append(records(label, (*before, value, *after), result))
             return result
         return slow(ctx, (value,), (tag, value))
+    # what `codegen_lookups` needs to write this lookup inline (with its reader's `parts`)
+    table_lookup1.one_key_parts = (  # type: ignore[attr-defined]
+        label, tag, site, read, before, after, method, none_result)
     return _keyed(get, table_lookup1)
 
 
@@ -177,102 +177,32 @@ def _address_key(label: str, tag: str, site: LookupSite, get: Closure, name: str
                  plan: tuple[tuple[Any, ...], tuple[Any, ...]],
                  around: tuple[tuple[Any, ...], tuple[Any, ...]], method: str,
                  none_result: Any, slow: Slow) -> Closure:
-    """`_one_key` for an address key of an equality index, with the reader inline (the
-    most common lookup: by a sender or recipient): `plan` holds the index keys of the
-    constant columns around it, `around` their values as written (for records)."""
-    records = LookupRecord
+    """`_one_key` for an address key of an equality index, read by `table_readers`'
+    address reader: `plan` holds the index keys of the constant columns around it,
+    `around` their values as written (for records).  Its `by_keys` carries what
+    `codegen_lookups` needs to write the lookup's common case inline (the most common
+    lookup: by a sender or recipient)."""
     key_before, key_after = plan
     wide = bool(key_before or key_after)  # a one-column index is keyed by the key itself
-    before, after = around
-    first, exists = method == FIRST, method == EXISTS
-
-    def table_lookup_address(ctx: EvalContext, value: Any) -> Any:
-        if value is None:
-            return none_result  # a none key matches nothing: no read at all
-        memo = site.memo
-        if memo:
-            result = ctx.memo.get((tag, value), _MISSING)
-            if result is not _MISSING:
-                return result
-        tables = ctx.tables
-        if tables is None:
-            return slow(ctx, (value,), (tag, value))
-        if value.__class__ is str:  # `keys.address_key`, its ASCII case inline
-            key = value.strip()
-            key = key.lower() if key.isascii() else comparison_form(key)
-            try:
-                bucket = tables.maps[name].get(
-                    (*key_before, key, *key_after) if wide else key)
-                if bucket.__class__ is Since:
-                    bucket = tables.resolve(name, bucket)
-            except Exception:  # e.g. an index this snapshot lacks: the slow path fails it
-                return slow(ctx, (value,), (tag, value))
-        else:
-            bucket = None
-        if exists:
-            result = bool(bucket)
-        elif first:
-            result = bucket[0] if bucket else None
-        else:
-            result = list(bucket) if bucket else []
-        if memo:
-            ctx.memo[(tag, value)] = result
-        ctx.lookup_log.append(records(label, (*before, value, *after), result))
-        return result
-    # what `codegen_lookups` needs to write this lookup's common case inline
-    table_lookup_address.address_parts = (  # type: ignore[attr-defined]
-        label, tag, site, name, key_before if wide else None, key_after, before, after,
+    closure = _one_key(label, tag, site, get, address_reader(name, key_before, key_after),
+                       around, method, none_result, slow)
+    closure.by_keys.address_parts = (  # type: ignore[attr-defined]
+        label, tag, site, name, key_before if wide else None, key_after, *around,
         method, none_result)
-    return _keyed(get, table_lookup_address)
+    return closure
 
 
-def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, name: str,
+def _ip_key(label: str, tag: str, site: LookupSite, get: Closure, read: Any, name: str,
             rest: tuple[Any, ...], after: tuple[Any, ...], method: str, none_result: Any,
             slow: Slow) -> Closure:
-    """`_one_key` for an IP in a network index (the other columns constant), with the
-    reader inline: one map read per prefix length in use, most specific first.  `rest`:
-    the index keys of the constant columns, `after` their values as written."""
-    records = LookupRecord
-    first, exists = method == FIRST, method == EXISTS
-
-    def table_lookup_ip(ctx: EvalContext, ip: Any) -> Any:
-        if ip is None:
-            return none_result  # a none key matches nothing: no read at all
-        memo = site.memo
-        if memo:
-            result = ctx.memo.get((tag, ip), _MISSING)
-            if result is not _MISSING:
-                return result
-        tables = ctx.tables
-        if tables is None:
-            return slow(ctx, (ip,), (tag, ip))
-        found = None
-        if ip.__class__ is IP:
-            version, value = ip.version, ip.value
-            try:
-                buckets = tables.maps[name]
-                lengths = tables.nets[name].get(version, ())
-            except Exception:  # e.g. an index this snapshot lacks: the slow path fails it
-                return slow(ctx, (ip,), (tag, ip))
-            for length, shift in lengths:
-                bucket = buckets.get((version, length, value >> shift, *rest))
-                if bucket.__class__ is Since:
-                    bucket = tables.resolve(name, bucket)
-                if bucket:
-                    found = bucket if found is None else (*found, *bucket)
-        if exists:
-            result = found is not None
-        elif first:
-            result = found[0] if found else None
-        else:
-            result = list(found) if found else []
-        if memo:
-            ctx.memo[(tag, ip)] = result
-        ctx.lookup_log.append(records(label, (ip, *after), result))
-        return result
-    table_lookup_ip.ip_parts = (  # type: ignore[attr-defined]
+    """`_one_key` for an IP in a network index (the other columns constant), read by
+    `table_readers`' network reader (one map read per prefix length in use, most specific
+    first).  `rest`: the index keys of the constant columns, `after` their values as
+    written.  Its `by_keys` carries what `codegen_lookups` needs to write it inline."""
+    closure = _one_key(label, tag, site, get, read, ((), after), method, none_result, slow)
+    closure.by_keys.ip_parts = (  # type: ignore[attr-defined]
         label, tag, site, name, rest, after, method, none_result)
-    return _keyed(get, table_lookup_ip)
+    return closure
 
 
 def _two_keys(label: str, tag: str, site: LookupSite, getters: tuple[Closure, ...],

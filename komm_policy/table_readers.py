@@ -65,7 +65,7 @@ def reader(spec: IndexSpec, name: str, constants: dict[int, Any], dynamic: tuple
         before = tuple(normal[k] for k in range(i))
         after = tuple(normal[k] for k in range(i + 1, width))
         if column.type == "address":
-            return _address_reader(name, before, after, width == 1)
+            return address_reader(name, before, after)
         return _plain_reader(name, column, before, after, width == 1)
     i, j = dynamic
     first, second = key_normalizer(columns[i]), key_normalizer(columns[j])
@@ -110,11 +110,11 @@ def address_plan(spec: IndexSpec, constants: dict[int, Any], dynamic: tuple[int,
             tuple(normal[k] for k in range(i + 1, len(columns))))
 
 
-def _address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...],
-                    alone: bool) -> Reader1:
+def address_reader(name: str, before: tuple[Any, ...], after: tuple[Any, ...]) -> Reader1:
     """An address key: stripped, lower-cased, the domain as A-label (`keys.address_key`,
-    its ASCII case inline)."""
-    if alone:
+    its ASCII case inline); `before`, `after`: the index keys of the constant columns
+    around it (none: a one-column index, keyed by the key itself)."""
+    if not before and not after:
         def read_address(tables: TablesSnapshot, value: Any) -> Any:
             if value.__class__ is not str:
                 return None
@@ -146,6 +146,9 @@ def _plain_reader(name: str, column: Column, before: tuple[Any, ...],
                     return None
             bucket = tables.maps[name].get(value)
             return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
+        # what `codegen_lookups` needs to write this read inline (`before`, `after`
+        # None: the key alone)
+        read_one.parts = (name, plain, normalize, None, None)  # type: ignore[attr-defined]
         return read_one
 
     def read_with(tables: TablesSnapshot, value: Any) -> Any:
@@ -155,6 +158,7 @@ def _plain_reader(name: str, column: Column, before: tuple[Any, ...],
                 return None
         bucket = tables.maps[name].get((*before, value, *after))
         return tables.resolve(name, bucket) if bucket.__class__ is Since else bucket
+    read_with.parts = (name, plain, normalize, before, after)  # type: ignore[attr-defined]
     return read_with
 
 

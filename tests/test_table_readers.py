@@ -290,6 +290,9 @@ stage rcpt {
         reject 550 5.7.1 "suspended"
     rule noted: when lookup("members", note = lookup("members", email = rcpt).note) != none
         reject 550 5.7.1 "noted"
+    rule grouped_by_id: when exists("members", group_id = member(rcpt).group_id, active = false)
+            or len(lookup_all("members", group_id = member(sender).group_id)) > 2
+        reject 550 5.7.1 "grouped by id"
     rule grouped: when any m in lookup_all("members", email = sender):
             exists("members", group_id = m.group_id, email = rcpt)
         reject 550 5.7.1 "grouped"
