@@ -22,7 +22,8 @@ from typing import Any
 
 class LingeringClose:
     """`_close` lingers after an early answer (see the module); the protocol provides
-    `guard`, `transport`, `loop`, `cycle`, `_phase`, `_inline_body`, `_received`."""
+    `guard`, `transport`, `loop`, `cycle`, `_phase`, `_inline_body`, `_received` and
+    `_awaiting_header` (`header_limits`)."""
 
     guard: Any
     transport: Any
@@ -31,6 +32,7 @@ class LingeringClose:
     _phase: str | None
     _inline_body: Any
     _received: bool
+    _awaiting_header: bool
     _unparsed: Any
     _linger_timer: asyncio.TimerHandle | None = None
     _linger_left = 0
@@ -53,10 +55,11 @@ class LingeringClose:
         self._watch_write()  # type: ignore[attr-defined]  # (`writeflow`)
 
     def _request_unread(self) -> bool:
-        """A request begun whose bytes may still arrive, on a connection the guard has
-        not cut (a cut one is no longer in `guard.connections`)."""
+        """A request begun whose bytes may still arrive (in its header or its body), on
+        a connection the guard has not cut (a cut one is no longer in
+        `guard.connections`); not an idle connection."""
         cycle = self.cycle
-        return (self._inline_body is not None or self._received
+        return (self._inline_body is not None or (self._awaiting_header and self._received)
                 or (cycle is not None and cycle.more_body)) and self in self.guard.connections
 
     def data_received(self, data: bytes) -> None:
