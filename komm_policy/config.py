@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .config_options import OPTIONS, Option, limit
+from .decisionlog.settings import LogSettings
+from .decisionlog.spacetimedb_sink import ReducerSpec
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "validate"]
+
+
+_LOG = LogSettings()
+_REDUCER = ReducerSpec(url="")
+"""The decision log's own defaults: the `[log]` options that set them default to them."""
 
 
 class ConfigError(Exception):
@@ -56,23 +63,23 @@ class Config:
     log_jsonl_backups: int = 10
     log_sqlite: bool = True
     redact_client_ip: bool = False
-    log_spool: str = "var/spool"
-    log_spool_fsync_interval: float = 0.2
-    log_on_spool_error: str = "tempfail"
-    log_queue_max: int = 10_000
-    log_spool_keep: float = 0.0
+    log_spool: str = _LOG.spool
+    log_spool_fsync_interval: float = _LOG.fsync_interval
+    log_on_spool_error: str = _LOG.on_spool_error
+    log_queue_max: int = _LOG.queue_max
+    log_spool_keep: float = _LOG.spool_keep
     log_jsonl_max_age: float = 0.0
     log_sqlite_max_age: float = 0.0
     log_sqlite_max_rows: int = 0
-    log_max_backlog_records: int = 100_000
-    log_max_backlog_age: float = 60.0
+    log_max_backlog_records: int = _LOG.max_backlog_records
+    log_max_backlog_age: float = _LOG.max_backlog_age
     log_spacetimedb: str = ""
-    log_spacetimedb_reducer: str = "log_decisions"
-    log_spacetimedb_args: str = "batch"
-    log_spacetimedb_batch: int = 500
+    log_spacetimedb_reducer: str = _REDUCER.reducer
+    log_spacetimedb_args: str = _REDUCER.args
+    log_spacetimedb_batch: int = _REDUCER.batch
     log_spacetimedb_token: str | None = None
-    log_spacetimedb_dead_letter: str = "var/spacetimedb-dead-letter.jsonl"
-    log_spacetimedb_max_dead_letters: int = 20
+    log_spacetimedb_dead_letter: str = _REDUCER.dead_letter
+    log_spacetimedb_max_dead_letters: int = _REDUCER.max_dead_letters
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -31,7 +31,6 @@ AST or the comments differ from the input's: meaning never changes.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -39,9 +38,10 @@ from typing import Literal
 import lark
 from lark import Token, Tree
 
+from .both_trees import parse_both
 from .errors import Diagnostic
-from .grammar import grammar_text
-from .parser import parse
+from .nodes import PolicyFile
+from .parser import build, parse
 
 INDENT = "    "
 
@@ -69,11 +69,6 @@ class FormatError(Exception):
         self.diagnostics = diagnostics
 
 
-@functools.cache
-def _concrete_parser() -> lark.Lark:
-    """The policy grammar with every token kept (`(`, `)`, keywords) for layout."""
-    return lark.Lark(grammar_text(), parser="lalr", lexer="contextual",
-                     maybe_placeholders=True, keep_all_tokens=True, start="start")
 
 
 @dataclass(slots=True)
@@ -104,10 +99,7 @@ def format_text(text: str, path: str = "<policy>") -> str:
     result would not parse to the same AST with the same comments (a formatter bug).
     """
     text = text.removeprefix("\ufeff")
-    before = parse(text, path)
-    if before.file is None:
-        raise FormatError(f"{path}: does not parse", before.diagnostics)
-    tree = _concrete_parser().parse(text)
+    before, tree = _parse(text, path)
     tokens = _leaves(tree)
     comments = _comments(text, tokens)
     lines = _Layout(tokens).start(tree)
@@ -117,15 +109,32 @@ def format_text(text: str, path: str = "<policy>") -> str:
         # input, so its AST and comments are the input's; parsing it twice more would
         # make `fmt --check` cost three times `check`'s parse.
         return result
-    after = parse(result, path)
-    if after.file is None or after.file != before.file:
+    try:
+        after, tree_after = _parse(result, path)
+    except FormatError:
+        after = None
+    if after is None or after != before:
         raise FormatError(f"{path}: formatting would change the policy's meaning "
                           "(a formatter bug; the file was left as it is)")
-    tokens_after = _leaves(_concrete_parser().parse(result))
+    tokens_after = _leaves(tree_after)
     if [c.text for c in _comments(result, tokens_after)] != [c.text for c in comments]:
         raise FormatError(f"{path}: formatting would lose or move a comment "
                           "(a formatter bug; the file was left as it is)")
     return result
+
+
+def _parse(text: str, path: str) -> tuple[PolicyFile, Tree]:
+    """The AST and the concrete tree of `text`, from one Lark parse (`both_trees`);
+    FormatError with the diagnostics when it does not parse."""
+    try:
+        shared, concrete = parse_both(text)
+    except lark.exceptions.UnexpectedInput:
+        result = parse(text, path)  # its syntax diagnostic (no tree: nothing to format)
+    else:
+        result = build(shared, text, path)
+    if result.file is None:
+        raise FormatError(f"{path}: does not parse", result.diagnostics)
+    return result.file, concrete
 
 
 def _comments(text: str, tokens: list[Token]) -> list[_Comment]:

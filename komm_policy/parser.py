@@ -35,6 +35,12 @@ def parse(text: str, path: str = "<policy>") -> ParseResult:
         tree = lark_parser().parse(text, start="start")
     except lark.exceptions.UnexpectedInput as exc:
         return ParseResult(None, (syntax_diagnostic(exc, text, path),))
+    return build(tree, text, path)
+
+
+def build(tree: Tree, text: str, path: str = "<policy>") -> ParseResult:
+    """The AST of `text` from the shared parser's tree of it (`parse`, or
+    `both_trees.parse_both`)."""
     deep = nesting_diagnostic(tree, path)
     if deep is not None:
         return ParseResult(None, (deep,))

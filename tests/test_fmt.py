@@ -17,10 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lark import Token
 
+from komm_policy.both_trees import concrete_parser, parse_both
 from komm_policy.cli import fmt as fmt_cli
 from komm_policy.cli import main
-from komm_policy.formatter import FormatError, _concrete_parser, format_text
-from komm_policy.parser import parse
+from komm_policy.formatter import FormatError, format_text
+from komm_policy.grammar import lark_parser
+from komm_policy.parser import build, parse
 from komm_policy.policyset import LoadResult, compile_text
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
@@ -34,7 +36,7 @@ _COMMENT = re.compile(r"#[^\n]*")
 
 
 def comments(text: str) -> list[str]:
-    tokens = _concrete_parser().parse(text).scan_values(lambda v: isinstance(v, Token))
+    tokens = concrete_parser().parse(text).scan_values(lambda v: isinstance(v, Token))
     spans = [(t.start_pos, t.end_pos) for t in tokens]
     inside = lambda pos: any(a <= pos < b for a, b in spans)  # noqa: E731
     return [m.group().rstrip() for m in _COMMENT.finditer(text) if not inside(m.start())]
@@ -174,13 +176,32 @@ def test_shipped_and_example_policies_are_formatted(path):
     assert format_text(text, path.name) == text
 
 
+def _positions(tree):
+    return [(t.data, t.meta.start_pos, t.meta.end_pos) for t in tree.iter_subtrees()
+            if not t.meta.empty]
+
+
+@pytest.mark.parametrize("text", [MESSY] + [p.read_text(encoding="utf-8")
+                                             for p in _SHIPPED + _EXAMPLES])
+def test_one_parse_gives_both_trees_exactly(text):
+    """`fmt` parses once (`both_trees`): its two trees are what the shared parser and the
+    concrete one give, positions included."""
+    text = text.removeprefix("\ufeff")
+    shared, concrete = parse_both(text)
+    alone = lark_parser().parse(text, start="start")
+    assert shared == alone
+    assert _positions(shared) == _positions(alone)
+    assert concrete == concrete_parser().parse(text)
+    assert parse(text).file == build(shared, text).file
+
+
 _SEPARATORS = [" ", "  ", "\t", "\n", "\n\n", "\n\n\n  ", " # note\n", "\n# own line\n",
                "\n\n  # after a blank\n\n", "   #trailing #2\n  "]
 
 
 def scramble(text: str, data: st.DataObject) -> str:
     """The same tokens with random whitespace and comments between them."""
-    tokens = list(_concrete_parser().parse(text).scan_values(lambda v: isinstance(v, Token)))
+    tokens = list(concrete_parser().parse(text).scan_values(lambda v: isinstance(v, Token)))
     parts = [data.draw(st.sampled_from(["", "# top\n", "\n\n# top\n\n"]))]
     for token in tokens:
         parts.append(str(token))

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from komm_policy.decisionlog.spool import SpoolAppender, segment_name, segments
+from komm_policy.decisionlog.spool import SpoolAppender, read_state, segment_name, segments
 from komm_policy.decisionlog.spool_reader import SpoolReader
 from komm_policy.decisionlog.writer import SpoolWriter
 
@@ -40,7 +40,14 @@ def _send(server: ServerProcess, count: int) -> int:
 
 
 def _stored(deployment: Deployment) -> tuple[list[str], list[str]]:
-    return jsonl_ids(deployment.log_file), store_ids(deployment.database)
+    return _all_jsonl(deployment), store_ids(deployment.database)
+
+
+def _all_jsonl(deployment: Deployment) -> list[str]:
+    """The record ids in the JSONL file, or in every worker's (`decisions.PID.jsonl`)."""
+    log_file = deployment.log_file
+    files = [log_file, *sorted(log_file.parent.glob(f"{log_file.stem}.*{log_file.suffix}"))]
+    return [i for path in files for i in jsonl_ids(path)]
 
 
 def _wait_stored(deployment: Deployment, count: int, timeout: float = 15) -> None:
@@ -99,19 +106,22 @@ def test_spool_directory_removed_while_serving(tmp_path: Path) -> None:
     assert "removed" in server.output()
 
 
-def test_spool_directory_removed_then_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_spool_directory_removed_then_sigterm(tmp_path: Path, workers: int) -> None:
     """Removed, more answers, then SIGTERM before any tick could notice: the shutdown
-    notices it and the records are stored all the same."""
+    (each worker's, with `--workers 2`) notices it and the records are stored all the
+    same."""
     deployment = Deployment(tmp_path)
     spool = tmp_path / "spool"
-    server = _serve(deployment, spool)
+    server = _serve(deployment, spool) if workers == 1 else _serve_workers(deployment, spool)
     try:
-        decided = _send(server, 60)
-        shutil.rmtree(spool)
-        decided += _send(server, 120)
+        decided = _send(server, 60 * workers)
+        _remove(spool)
+        decided += _send(server, 120 * workers)
     finally:
         assert server.stop() in (0, -signal.SIGTERM)
     _assert_all_stored(deployment, decided)
+    assert "records lost" not in server.output()  # what the writers count (`SpoolReader`)
 
 
 def test_spool_segments_removed_while_serving(tmp_path: Path) -> None:
@@ -216,6 +226,27 @@ def test_the_appender_writes_back_its_removed_live_segment(tmp_path: Path) -> No
         spool.close()
 
 
+def test_a_segment_opened_after_the_spool_was_removed_repairs_it_first(
+        tmp_path: Path) -> None:
+    """The first append of a worker that had none yet, or a roll to a new segment, after
+    `rm -rf spool` and before the tick's `check`: the spool is repaired at once (the
+    live segment written back), not the answer failed (451: `--workers`, found by
+    the test above)."""
+    spool_dir = tmp_path / "spool"
+    spool = SpoolAppender(spool_dir, fsync_interval=0, segment_bytes=1)
+    try:
+        shutil.rmtree(spool_dir)
+        assert spool.append(b"first") == 0  # no segment open yet
+        assert _locked(spool_dir / "lock")
+        shutil.rmtree(spool_dir)
+        assert spool.append(b"second") == 1  # segment 0 is full: a roll
+        assert spool.check() is None  # nothing left to repair
+        got, _ = SpoolReader(spool_dir).read(None, 100)
+        assert got == [(0, b"first"), (1, b"second")]
+    finally:
+        spool.close()
+
+
 def test_a_spool_path_taken_by_a_file_fails_appends_until_it_is_free(
         tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
@@ -314,3 +345,44 @@ def test_a_removed_lock_is_taken_again(tmp_path: Path) -> None:
         assert spool.append(b"b") == 1
     finally:
         spool.close()
+
+
+def _remove(spool: Path) -> None:
+    """`rm -rf spool`, but atomic: a worker re-creating its directory meanwhile would
+    make `rmtree` fail ("Directory not empty")."""
+    gone = spool.with_name(spool.name + ".removed")
+    spool.rename(gone)
+    shutil.rmtree(gone)
+
+
+def _serve_workers(deployment: Deployment, spool: Path) -> ServerProcess:
+    """`serve --workers 2`, once both workers have their spool (`spool/worker-PID`)."""
+    server = ServerProcess(deployment, "--no-watch", "--log-level", "warning",
+                           "--workers", "2", KOMM_LOG_SPOOL=str(spool)).start()
+    _wait(lambda: len(list(spool.glob("worker-*"))) == 2, 20)
+    return server
+
+
+def test_spool_directory_removed_while_serving_with_workers(tmp_path: Path) -> None:
+    """`serve --workers 2`, `rm -rf spool` (every worker's `spool/worker-PID`) while they
+    serve: each re-creates its own and every answered decision is stored, once."""
+    deployment = Deployment(tmp_path)
+    spool = tmp_path / "spool"
+    server = _serve_workers(deployment, spool)
+    try:
+        decided = _send(server, 200)
+        _wait(lambda: len(_all_jsonl(deployment)) >= 50, 15)
+        _remove(spool)
+        decided += _send(server, 200)
+        _wait(lambda: len([w for w in spool.glob("worker-*") if segments(w)]) >= 1)
+        decided += _send(server, 100)
+        _wait(lambda: len(_all_jsonl(deployment)) >= decided, 20)
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 200, ready.text
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)
+    _assert_all_stored(deployment, decided)
+    assert "records lost" not in server.output()
+    states = [read_state(w) for w in spool.glob("worker-*")]
+    assert states and all(s.get("corruption", {}).get("records", 0) == 0 for s in states)
+

@@ -337,26 +337,27 @@ def test_checker_messages_use_the_schema_vocabulary(
 # -- fmt --check cost ---------------------------------------------------------------------
 
 
-def test_fmt_of_a_canonical_file_parses_it_once_per_parser(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fmt_of_a_canonical_file_parses_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """`fmt --check` of a kept set was four Lark parses a file (the input and the output,
-    each with the AST and the concrete parser): an unchanged output is the input, so it
-    is not parsed again."""
+    each with the AST and the concrete parser), then two: an unchanged output is the
+    input, so it is not parsed again, and one parse gives both trees (`both_trees`)."""
     from komm_policy import formatter
     text = (Path(__file__).parent.parent / "policies" / "20-envelope.policy").read_text()
     assert formatter.format_text(text) == text  # the shipped set is canonical
     calls: list[str] = []
-    real_parse = formatter.parse
+    real_both, real_parse = formatter.parse_both, formatter.parse
+    monkeypatch.setattr(formatter, "parse_both",
+                        lambda *a, **k: calls.append("both") or real_both(*a, **k))
     monkeypatch.setattr(formatter, "parse",
                         lambda *a, **k: calls.append("ast") or real_parse(*a, **k))
     assert formatter.format_text(text) == text
-    assert calls == ["ast"]
+    assert calls == ["both"]
     # a file that changes is still checked by parsing the result
     calls.clear()
     messy = text.replace("\n    rule ", "\n  rule ", 1)
     assert messy != text
     assert formatter.format_text(messy) == text
-    assert calls == ["ast", "ast"]
+    assert calls == ["both", "both"]
 
 
 def test_fmt_comment_lines_are_right_with_many_comments() -> None:

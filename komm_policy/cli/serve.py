@@ -70,13 +70,17 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name, None) for name in (
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `Config` fields the flags set (None: not given), for `load_config`."""
+    return {name: getattr(args, name, None) for name in (
         "host", "port", "policies", "directory", "workers", "token", "shadow", "watch",
         "log_jsonl", "log_spool", "log_spacetimedb_max_dead_letters", "redact_client_ip",
         "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
+
+
+def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, overrides=overrides)
+        config = load_config(args.config, overrides=flag_overrides(args))
     except ConfigError as exc:
         print(f"komm-policy serve: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,14 @@ class LogSettings:
     """Seconds the writer waits when it has caught up (records reach the sinks within)."""
 
 
+CONFIGURED = {"spool": "log_spool", "fsync_interval": "log_spool_fsync_interval",
+              "on_spool_error": "log_on_spool_error", "queue_max": "log_queue_max",
+              "spool_keep": "log_spool_keep", "max_backlog_records": "log_max_backlog_records",
+              "max_backlog_age": "log_max_backlog_age"}
+"""The settings a `[log]` option sets: `LogSettings` field → `config.Config` field (whose
+default is the `LogSettings` one); the others are fixed."""
+
+
 @dataclass
 class LogStatus:
     alive: bool

@@ -269,6 +269,9 @@ class SpoolAppender:
         if self._broken is not None:
             raise SpoolError(f"spool {self.directory} removed and not re-created: "
                              f"{self._broken}")
+        if not self.directory.is_dir():  # removed since the last `check`: repair it now
+            log.error("decision log spool %s was removed: %s", self.directory,
+                      self._repair(False, False))  # (not a failed answer)
         with self._roll_lock:
             self._close_segment()
             path = self.directory / segment_name(self.next_seq)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spool import Position, segment_name, segments
+from .spool import SUFFIX, Position, segment_name, segments
 from .spoolframe import HEADER_SIZE, Frame, Gap, header_at, scan
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,21 @@ class Corruption:
 
 KEEP_EVENTS = 20
 """Recent corruptions kept in the writer's state (the totals are kept whole)."""
+
+TAKEN = ".taken"
+"""Suffix of a tombstone: a segment every sink had taken, removed on a full disk before
+the writer could save the positions past it (`collect(mark=True)`): emptied (its blocks
+freed) but its name kept, so a writer restarted from the older positions knows the
+records there were delivered, not lost.  Removed once positions past it are saved."""
+
+
+def tombstones(directory: Path) -> list[int]:
+    """The segments with a tombstone (`TAKEN`), in order."""
+    suffix = SUFFIX + TAKEN
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return sorted(int(e.name[:-len(suffix)]) for e in os.scandir(directory)
+                      if e.name.endswith(suffix) and e.name[:-len(suffix)].isdigit())
+    return []
 
 
 class SpoolReader:
@@ -72,9 +87,12 @@ class SpoolReader:
                                               float(event["at"])))
         self._seen: dict[tuple[int, int], None] = {
             (e.segment, e.offset): None for e in self.events}
-        self._removed: dict[int, None] = {}
-        """Segments this reader's `collect` deleted (recent ones): a position left in
-        one of them lost nothing; any other missing segment was removed by hand."""
+        self.tombs = tombstones(self.directory)
+        """Segments removed with a tombstone (`TAKEN`) not yet cleared (`clear_tombs`)."""
+        self._removed: dict[int, None] = dict.fromkeys(self.tombs)
+        """Segments this reader's `collect` deleted (recent ones) or that have a
+        tombstone: a position left in one of them lost nothing; any other missing
+        segment was removed by hand."""
 
     def corruption(self) -> dict[str, Any]:
         """The counts as the writer saves them (and `known` takes them back)."""
@@ -181,9 +199,10 @@ class SpoolReader:
         return entries, position
 
     def collect(self, positions: list[Position | None], *, keep: float = 0.0,
-                now: float | None = None) -> int:
+                now: float | None = None, mark: bool = False) -> int:
         """Delete segments every sink has read past (all of them, or those last
-        modified more than `keep` seconds ago); returns how many were deleted."""
+        modified more than `keep` seconds ago); returns how many were deleted.  With
+        `mark` (`positions` are not saved yet) each leaves a tombstone (`TAKEN`)."""
         if not positions or any(p is None for p in positions):
             return 0
         oldest = min(p.segment for p in positions if p is not None)
@@ -195,12 +214,41 @@ class SpoolReader:
             with contextlib.suppress(FileNotFoundError):
                 if keep > 0 and now is not None and now - path.stat().st_mtime < keep:
                     continue
-                path.unlink()
+                if not mark or not self._bury(path, first):
+                    path.unlink()
                 deleted += 1
                 self._removed[first] = None
                 if len(self._removed) > 4 * KEEP_EVENTS:
                     del self._removed[next(iter(self._removed))]
         return deleted
+
+    def _bury(self, path: Path, first: int) -> bool:
+        """Empty the segment under its tombstone's name (a rename and a truncate need
+        no free block); False when even that failed (then it goes without a trace)."""
+        tomb = path.with_name(path.name + TAKEN)
+        try:
+            os.rename(path, tomb)
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            os.truncate(tomb, 0)
+        self.tombs.append(first)
+        return True
+
+    def clear_tombs(self, positions: list[Position | None]) -> None:
+        """Remove the tombstones below every saved position (`positions`, just saved):
+        no sink will read there again."""
+        if not self.tombs or any(p is None for p in positions):
+            return
+        oldest = min(p.segment for p in positions if p is not None)
+        kept = []
+        for first in self.tombs:
+            if first >= oldest:
+                kept.append(first)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / (segment_name(first) + TAKEN)).unlink()
+        self.tombs = kept
 
     def trusted(self, position: Position) -> str | None:
         """Why a saved position cannot be trusted, or None.  A position names a segment,

@@ -103,6 +103,8 @@ class SpoolWriter:
         self.undecodable = 0
         self._last_retain = clock()
         self._collected_below: int | None = None  # the oldest position at the last collect
+        self._saved = [s.position for s in self.states]
+        """What `state.json` holds: only segments below it are collected (see `save`)."""
         self._last_save_error = 0.0
         self.behind = False  # the last step read a full batch: more is waiting
 
@@ -194,7 +196,7 @@ class SpoolWriter:
                   state.name, delay, state.last_error)
 
     def retain(self, now: float, *, keep: float = 0.0) -> None:
-        self.reader.collect([s.position for s in self.states], keep=keep, now=now)
+        self.reader.collect(self._saved, keep=keep, now=now)
         for state in self.states:
             if state.sink is not None:
                 try:
@@ -213,7 +215,7 @@ class SpoolWriter:
             return
         if keep > 0:
             return
-        positions = [s.position for s in self.states]
+        positions = self._saved
         if not positions or any(p is None for p in positions):
             return
         oldest = min(p.segment for p in positions if p is not None)
@@ -239,6 +241,7 @@ class SpoolWriter:
         }
 
     def save(self) -> None:
+        positions = [s.position for s in self.states]
         try:
             try:
                 write_state(self.directory, self.status())
@@ -249,10 +252,13 @@ class SpoolWriter:
                 # sink has taken, then save.  Safe in this order: a crash in between
                 # leaves saved positions in a removed segment, and the reader goes on
                 # at the oldest one present (what it redelivers, record ids make a
-                # no-op); were they saved first, nothing would ever free the disk.
-                if not self.reader.collect([s.position for s in self.states]):
+                # no-op; the tombstones say nothing there was lost); were they saved
+                # first, nothing would ever free the disk.
+                if not self.reader.collect(positions, mark=True):
                     raise
                 write_state(self.directory, self.status())
+            self._saved = positions
+            self.reader.clear_tombs(positions)
         except OSError as exc:  # positions stay in memory meanwhile
             if time.monotonic() - self._last_save_error >= 10.0:
                 self._last_save_error = time.monotonic()

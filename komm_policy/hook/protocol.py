@@ -13,6 +13,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .app import INLINE_BODY_BYTES
 from .header_limits import HeaderLimits
+from .linger import LingeringClose
 from .readflow import BoundedFlow, SlicedReads
 from .refusals import (
     _BUSY_MESSAGE,
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("komm_policy.http")
 
 
-class GuardedProtocol(SpoolingAnswers, HeaderLimits, RequestLimits, SlicedReads,
+class GuardedProtocol(LingeringClose, SpoolingAnswers, HeaderLimits, RequestLimits, SlicedReads,
                       WriteLimits, HttpToolsProtocol):
     """uvicorn's httptools protocol with header/body/idle/write timeouts, the guard's
     limits, reads by slices (`readflow`) and an inline path for hook requests.
@@ -174,6 +175,7 @@ class GuardedProtocol(SpoolingAnswers, HeaderLimits, RequestLimits, SlicedReads,
             super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.__class__ = EarlyAnswerCycle
+            self.cycle.linger = self._close
 
     def _count_shed(self) -> None:
         self.guard.stats.shed += 1

@@ -12,6 +12,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
+from .linger import CloseLingering
+
 
 class RequestLimits:
     """Parser-side refusals, mixed into `GuardedProtocol` (which has `guard`, `cycle`,
@@ -71,15 +73,19 @@ class RequestLimits:
 class EarlyAnswerCycle(RequestResponseCycle):
     """uvicorn's request cycle, but an answer started before the request's body was read
     (401, 413, 404, …) says `connection: close`: the unread rest of the body cannot be
-    told from a next request, so the protocol closes the connection after it, and RFC
+    told from a next request, so the protocol closes the connection after it (lingering,
+    `linger`), and RFC
     9112 §9.6 wants a server that closes after a response to say so in it."""
 
     shed = False
     """Answered 503 at once (max_concurrency), counted when its header came."""
+    linger: Any
+    """The protocol's `_close`, which lingers while the body is unread (`linger`)."""
 
     async def send(self, message: Any) -> None:
         if self.more_body and not self.response_started:
             self.keep_alive = False  # uvicorn then adds `connection: close`
+            self.transport = CloseLingering(self.transport, self.linger)  # and closes
         await super().send(message)
 
 

@@ -42,6 +42,10 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
   JSON body like the app's errors, not uvicorn's plain text, and the connection closes;
   so does a request answered before its body was read (e.g. `413`); every answer
   after which the connection closes says `connection: close` (RFC 9112 §9.6);
+* **lingering close**: after an answer sent before its request was read whole, the
+  connection half-closes and drops what the client still sends, for at most
+  `linger_timeout` seconds and `linger_bytes` bytes, so the client reads the answer
+  instead of a reset (`linger`);
 * **bounded shutdown**: SIGTERM waits at most `shutdown_timeout` seconds for requests in
   progress (uvicorn's `timeout_graceful_shutdown`), then cancels them.
 
@@ -90,6 +94,13 @@ class ServerLimits:
     """Request line and header fields together; beyond it 431 (414 for the target)."""
     max_headers: int = 100
     """Header fields per request; beyond it 431."""
+    linger_timeout: float = 2.0
+    """After an answer sent before its request was read whole, how long the connection
+    still reads (and drops) what the client sends before it closes (`linger`): long
+    enough for a body of `max_body_bytes` on a LAN, far under Stalwart's 30 s."""
+    linger_bytes: int = 64 * 1024 * 1024
+    """The most bytes read (and dropped) after such an answer: the largest body
+    Stalwart sends with the default `max_body_bytes`."""
 
 
 def connection_capacity(configured: int) -> int:

@@ -25,6 +25,7 @@ from ..decisionlog import (
     SqliteSpec,
 )
 from ..decisionlog.metrics import register_log_metrics
+from ..decisionlog.settings import CONFIGURED
 from ..demo import DEMO_TABLES
 from ..directory import Directory
 from ..directory.memory import InMemoryDirectory
@@ -228,12 +229,8 @@ def log_settings(config: Config, worker: str | None = None) -> LogSettings:
     spool = Path(config.log_spool)
     if worker is not None:
         spool = spool / f"worker-{worker}"
-    return LogSettings(
-        spool=str(spool.resolve()), fsync_interval=config.log_spool_fsync_interval,
-        on_spool_error=config.log_on_spool_error,  # type: ignore[arg-type]
-        queue_max=config.log_queue_max, spool_keep=config.log_spool_keep,
-        max_backlog_records=config.log_max_backlog_records,
-        max_backlog_age=config.log_max_backlog_age)
+    values = {name: getattr(config, option) for name, option in CONFIGURED.items()}
+    return LogSettings(**{**values, "spool": str(spool.resolve())})
 
 
 def require_tables(directory: Directory, policy_set: PolicySet) -> None:
