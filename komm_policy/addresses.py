@@ -137,6 +137,8 @@ def _valid_literal(literal: str) -> bool:
         return False
     content = literal[1:-1]
     if content[:5].lower() == "ipv6:":
+        if "%" in content:  # a scope id: not in RFC 5321's IPv6-addr (ipaddress takes one)
+            return False
         try:
             ipaddress.IPv6Address(content[5:])
         except ValueError:

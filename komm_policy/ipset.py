@@ -62,6 +62,24 @@ class IP:
             return False
         return True
 
+    @staticmethod
+    def key(text: str) -> tuple[int, int] | None:
+        """`(version, value)` of the IP `parse(text)` gives, or None when it gives none:
+        the same test and the same IPv4-mapped rule, without writing the canonical text
+        (half of `parse`'s cost; for comparing many candidate texts with one address)."""
+        if ":" not in text:
+            try:
+                return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+            except (OSError, ValueError):
+                return None
+        try:
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+        except (OSError, ValueError):
+            return None
+        if value >> 32 == 0xFFFF:
+            return 4, value & 0xFFFFFFFF
+        return 6, value
+
     @classmethod
     def from_address(cls, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IP:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:

@@ -113,6 +113,14 @@ def test_export_import_round_trip_of_an_operator_table(
     ({"blocked_ips": [{"ip": "10.0.0.1/8", "reason": "host bits"}]},
      "blocked_ips row 1 (ip='10.0.0.1/8', reason='host bits'): column ip: '10.0.0.1/8' is "
      "not an IP address or network (10.0.0.1/8 has host bits set)"),
+    # a scope (zone) id: the wire refuses it in client.ip, so the store does too
+    ({"blocked_ips": [{"ip": "fe80::1%eth0", "reason": "zone"}]},
+     "blocked_ips row 1 (ip='fe80::1%eth0', reason='zone'): column ip: 'fe80::1%eth0' is "
+     "not an IP address or network (a scope id (%eth0) names an interface"),
+    ({"blocked_ips": [{"ip": "fe80::%1/64", "reason": "zone"}]},
+     "column ip: 'fe80::%1/64' is not an IP address or network (a scope id (%1)"),
+    ({"blocked_domains": [{"domain": "postmaster@[IPv6:fe80::1%eth0]"}]},
+     "column domain: 'postmaster@[IPv6:fe80::1%eth0]' is not an address or domain"),
     ({"no_such_table": [{"a": 1}]}, "no_such_table: no such table in the store"),
     ({"blocked_domains": [{"domain": "x.example", "colour": "red"}]},
      "blocked_domains row 1 (domain='x.example', colour='red'): no column 'colour'"),

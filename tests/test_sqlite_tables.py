@@ -150,6 +150,29 @@ def test_bad_rows_are_skipped_with_a_warning_and_counted(
         directory.close()
 
 
+def test_a_scope_id_is_a_bad_row_not_every_interface(
+        db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`fe80::1%eth0` was held as fe80::1 (all interfaces) although the wire refuses it
+    in client.ip; now it is a bad row, as `db import` refuses it."""
+    execute(db, "INSERT INTO blocked_ips (ip, reason) VALUES ('fe80::1%eth0', 'zone')",
+            "INSERT INTO blocked_ips (ip, reason) VALUES ('fe80::%2/64', 'zone net')",
+            "INSERT INTO blocked_domains VALUES ('a@[IPv6:fe80::1%eth0]', NULL)")
+    caplog.set_level(logging.WARNING)
+    directory = SqliteDirectory(db, start=False, clock=Clock())
+    directory.require(SCHEMA, NEEDS)
+    try:
+        assert directory.health.bad_rows["blocked_ips"] == 2
+        assert directory.health.bad_rows["blocked_domains"] == 1
+        snap = tables(directory)
+        assert not snap.exists(NET, (IP.parse("fe80::1"),))
+        assert not snap.exists(NET, (IP.parse("fe80::9"),))
+        assert "'fe80::1%eth0' is not an IP address or network (a scope id" in caplog.text
+        assert "'fe80::%2/64'" in caplog.text
+        assert "'a@[IPv6:fe80::1%eth0]' is not an address or domain" in caplog.text
+    finally:
+        directory.close()
+
+
 def test_address_rows_db_import_refuses_are_skipped_by_the_replica_too(
         db: Path, caplog: pytest.LogCaptureFixture) -> None:
     """breaker3 #2: `bad@@x`, `xn--.example` and a megabyte string were loaded silently

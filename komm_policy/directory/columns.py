@@ -115,8 +115,18 @@ def _address(column: Column, value: Any) -> str:
 
 def _network(column: Column, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return normalize_network(value)
+        if getattr(value.network_address, "scope_id", None) is None:
+            return normalize_network(value)
+        value = str(value)  # refused below, with the text
     text = _text(column, value).strip()
+    if "%" in text:
+        # `ipaddress` takes an RFC 4007 scope id and drops it from comparisons, so the
+        # row would block the address on every interface; the wire refuses one in
+        # client.ip (Stalwart never sends it), and so does the store.
+        scope = text[text.index("%"):].split("/", 1)[0]
+        raise BadValue(f"column {column.name}: {_shown(text)} is not an IP address or network "
+                       f"(a scope id ({_clipped(scope)}) names an interface; client "
+                       "addresses never carry one)")
     try:
         return normalize_network(ipaddress.ip_network(text, strict=True))
     except ValueError as exc:
