@@ -245,16 +245,26 @@ def one_key_lookup(gen: Any, by_key: Any, value: str) -> Val:
         f"                    {bucket} = {tables}.maps[{name_}].get({index_key})",
         f"                    if {bucket}.__class__ is {gen.bind(Since)}:",
         f"                        {bucket} = {tables}.resolve({name_}, {bucket})",
-        "            except Exception:",
-        f"                {t} = {by}(ctx, {value})",
-        "            else:",
-        f"                {t} = {_result(method, bucket)}",
-        f"                {write}",
-        f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
-        f"{record}, {t}))",
+        *_settled(gen, t, f"{by}(ctx, {value})", _result(method, bucket), write, label,
+                  record),
     ):
         gen.emit(line)
     return t, None
+
+
+def _settled(gen: Any, t: str, fallback: str, result: str, write: str, label: Any,
+             record: str) -> tuple[str, ...]:
+    """The end of an inline lookup's `try:` (at 12 spaces): on any exception the
+    closure's own call `fallback` (which fails into the policy's fallback as it
+    should), else the result `result` is memoised (`write`) and logged as a
+    `LookupRecord` with the arguments `record`."""
+    return ("            except Exception:",
+            f"                {t} = {fallback}",
+            "            else:",
+            f"                {t} = {result}",
+            f"                {write}",
+            f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
+            f"{record}, {t}))")
 
 
 def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
@@ -286,13 +296,8 @@ def two_key_lookup(gen: Any, by_keys: Any, keys: list[Val]) -> Val:
         f"                {bucket} = {tables}.maps[{gen.bind(name)}].get({index_key})",
         f"                if {bucket}.__class__ is {gen.bind(Since)}:",
         f"                    {bucket} = {tables}.resolve({gen.bind(name)}, {bucket})",
-        "            except Exception:",
-        f"                {t} = {by}(ctx, {a}, {b})",
-        "            else:",
-        f"                {t} = {_result(method, bucket)}",
-        f"                {write}",
-        f"                ctx.lookup_log.append({gen.bind(LookupRecord)}({gen.bind(label)}, "
-        f"{record}, {t}))",
+        *_settled(gen, t, f"{by}(ctx, {a}, {b})", _result(method, bucket), write, label,
+                  record),
     ):
         gen.emit(line)
     return t, None
