@@ -3,6 +3,7 @@ from the change log, bad rows skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,15 +124,26 @@ def test_a_missing_table_or_column_refuses_the_policy_set(db: Path,
     assert tables(replica).exists(DOMAIN, ("spam.example",))  # still the old tables
 
 
+@contextlib.contextmanager
+def required_directory(db: Path, caplog: pytest.LogCaptureFixture,
+                       needs: Needs = NEEDS) -> Iterator[SqliteDirectory]:
+    """A directory over `db` (bad rows and all: it starts despite them) that replicates
+    `needs`, with warnings captured; closed after the block."""
+    caplog.set_level(logging.WARNING)
+    directory = SqliteDirectory(db, start=False, clock=Clock())
+    directory.require(SCHEMA, needs)
+    try:
+        yield directory
+    finally:
+        directory.close()
+
+
 def test_bad_rows_are_skipped_with_a_warning_and_counted(
         db: Path, caplog: pytest.LogCaptureFixture) -> None:
     execute(db, "INSERT INTO admin_identities VALUES (NULL)",
             "INSERT INTO blocked_ips (ip, reason) VALUES ('300.1.2.3', 'typo')",
             "INSERT INTO blocked_ips (ip, reason) VALUES ('10.0.0.1/8', 'host bits')")
-    caplog.set_level(logging.WARNING)
-    directory = SqliteDirectory(db, start=False, clock=Clock())  # starts despite them
-    directory.require(SCHEMA, Needs({*NEEDS.indexes, ADMIN}))
-    try:
+    with required_directory(db, caplog, Needs({*NEEDS.indexes, ADMIN})) as directory:
         assert directory.available
         assert directory.health.bad_rows["admin_identities"] == 1
         assert directory.health.bad_rows["blocked_ips"] == 2
@@ -146,8 +158,6 @@ def test_bad_rows_are_skipped_with_a_warning_and_counted(
         directory.refresh()
         assert tables(directory).exists(NET, (IP.parse("198.51.100.9"),))
         assert not tables(directory).exists(spec_name(ADMIN), ("c200" + "0" * 60,))
-    finally:
-        directory.close()
 
 
 def test_a_scope_id_is_a_bad_row_not_every_interface(
@@ -157,10 +167,7 @@ def test_a_scope_id_is_a_bad_row_not_every_interface(
     execute(db, "INSERT INTO blocked_ips (ip, reason) VALUES ('fe80::1%eth0', 'zone')",
             "INSERT INTO blocked_ips (ip, reason) VALUES ('fe80::%2/64', 'zone net')",
             "INSERT INTO blocked_domains VALUES ('a@[IPv6:fe80::1%eth0]', NULL)")
-    caplog.set_level(logging.WARNING)
-    directory = SqliteDirectory(db, start=False, clock=Clock())
-    directory.require(SCHEMA, NEEDS)
-    try:
+    with required_directory(db, caplog) as directory:
         assert directory.health.bad_rows["blocked_ips"] == 2
         assert directory.health.bad_rows["blocked_domains"] == 1
         snap = tables(directory)
@@ -169,8 +176,6 @@ def test_a_scope_id_is_a_bad_row_not_every_interface(
         assert "'fe80::1%eth0' is not an IP address or network (a scope id" in caplog.text
         assert "'fe80::%2/64'" in caplog.text
         assert "'a@[IPv6:fe80::1%eth0]' is not an address or domain" in caplog.text
-    finally:
-        directory.close()
 
 
 def test_address_rows_db_import_refuses_are_skipped_by_the_replica_too(
@@ -183,10 +188,7 @@ def test_address_rows_db_import_refuses_are_skipped_by_the_replica_too(
             f"INSERT INTO blocked_domains VALUES ('{huge}.example', NULL)",
             "INSERT INTO blocked_domains VALUES ('', 'no address, as the null sender')",
             "INSERT INTO blocked_domains VALUES ('Post@Ok.Example', NULL)")
-    caplog.set_level(logging.WARNING)
-    directory = SqliteDirectory(db, start=False, clock=Clock())
-    directory.require(SCHEMA, NEEDS)
-    try:
+    with required_directory(db, caplog) as directory:
         assert directory.health.bad_rows["blocked_domains"] == 3
         snap = tables(directory)
         for good in ("spam.example", "post@ok.example", ""):
@@ -202,8 +204,6 @@ def test_address_rows_db_import_refuses_are_skipped_by_the_replica_too(
         directory.refresh()  # later changes: the same check, the good row arrives
         assert tables(directory).exists(DOMAIN, ("later.example",))
         assert directory.health.bad_rows["blocked_domains"] == 4
-    finally:
-        directory.close()
 
 
 RECREATE = ("CREATE TABLE blocked_domains_new (domain TEXT NOT NULL, reason TEXT)",
