@@ -11,7 +11,9 @@ thread runs one asyncio loop with a `SubscriptionClient` (komm_policy.spacetimed
    reads (`require(schema, needs)`), nothing else;
 3. `InitialSubscription` → a fresh snapshot, swapped in whole (after every reconnect too);
    `TransactionUpdate` (Committed) and `TransactionUpdateLight` → the deltas applied through
-   `TablesSnapshot.apply` (cost ∝ changed rows), published by one reference swap.
+   `TablesSnapshot.apply` (cost ∝ changed rows), published by one reference swap.  A
+   message of many rows is decoded and applied in a worker thread, row by row as it is
+   read, while decisions read the previous snapshot (`spacetimedb_apply`).
 
 Staleness is the time since the last message or pong.  While it is below `max_staleness`
 decisions read the last snapshot, also during an outage; beyond it every lookup raises
@@ -26,45 +28,29 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
-
-import msgspec
 
 from ..spacetimedb.check import check_module
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp, quote_ident
 from ..spacetimedb.protocol import IdentityToken, TableRows
-from ..spacetimedb.rownames import RowNamer
-from ..spacetimedb.sats import Decoder, SatsError
-from ..spacetimedb.schema import ModuleSchema
+from ..spacetimedb.sats import SatsError
 from ..spacetimedb.subscription import UNEXPECTED, Backoff, SubscriptionClient
 from . import DirectoryError
 from .health import ReplicaHealth, Unavailable
 from .memory import Snapshot
 from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
+from .spacetimedb_apply import (
+    OFFLOAD_MIN_ROWS,
+    Replica,
+    message_rows,
+    snapshot_tables,
+    updated_tables,
+)
 
 log = logging.getLogger(__name__)
-
-RowDict = dict[str, Any]
-
-
-class _Replica:
-    """The state one subscription builds: decoders for the subscribed tables and the
-    published tables."""
-
-    def __init__(self, module: ModuleSchema, tables: list[str], schema: Schema,
-                 needs: Needs) -> None:
-        decoder = Decoder(module.typespace, micros=True)
-        self.names = {t: module.tables[t].row_type.names for t in tables}
-        self.decoders = {t: decoder.product(module.tables[t].row_type) for t in tables}
-        self.keys = {t: module.tables[t].primary_key for t in tables}
-        self.namers = {t: RowNamer(decoder, module.tables[t].row_type,
-                                   module.tables[t].primary_key) for t in tables}
-        self.schema = schema
-        self.needs = needs
-        self.tables: TablesSnapshot | None = None
-
 
 class SpacetimeDirectory:
     """A `Directory` served from a subscription replica of a SpacetimeDB database."""
@@ -95,8 +81,8 @@ class SpacetimeDirectory:
         self.updates = 0
         self.identity: str | None = None
         self._last_alive: float | None = None
-        self._replica: _Replica | None = None  # the loop thread's working state
-        self._pending: _Replica | None = None  # built by the schema check, for the snapshot
+        self._replica: Replica | None = None  # the loop thread's working state
+        self._pending: Replica | None = None  # built by the schema check, for the snapshot
         self._snapshot: Snapshot | None = None
         self._serving: Snapshot | Unavailable = Unavailable("SpacetimeDB " + str(
             endpoint) + ": no snapshot yet")
@@ -225,7 +211,7 @@ class SpacetimeDirectory:
             self._first.set()  # require() answers now, not after its timeout
             raise SchemaMismatch(self.last_error)
         self._schema_problem = None
-        self._pending = _Replica(module, wanted, self._schema, self._needs)
+        self._pending = Replica(module, wanted, self._schema, self._needs)
         assert self._client is not None
         self._client.queries = [f"SELECT * FROM {quote_ident(t)}" for t in wanted]
 
@@ -246,7 +232,7 @@ class SpacetimeDirectory:
                            expected=not reason.startswith(UNEXPECTED), reason=reason)
         self._publish()
 
-    def on_snapshot(self, tables: tuple[TableRows, ...]) -> None:
+    def on_snapshot(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
         replica = self._pending or self._replica
         if replica is None:
             raise SatsError("snapshot without a schema")
@@ -257,59 +243,50 @@ class SpacetimeDirectory:
             # schema for them; `require` waits for that snapshot, not this one.
             if self._client is not None:
                 self._client.restart()
-            return
-        received = {t.table_name: t for t in tables}
-        rows = {name: list(self._decode(replica, name, received[name].inserts))
-                if name in received else [] for name in replica.decoders}
-        replica.tables = TablesSnapshot.build(
-            replica.schema, replica.needs,
-            {t: rows.get(t, ()) for t in replica.needs.tables}, self.health.bad_row)
+            return None
+        job = partial(snapshot_tables, replica, tables, self.health.bad_row)
+        return self._run_job(job, partial(self._snapshot_built, replica),
+                             message_rows(tables))
+
+    def _snapshot_built(self, replica: Replica, tables: TablesSnapshot) -> None:
+        replica.tables = tables
         self._replica = replica
         self._snapshot = Snapshot(replica.tables)
         self.last_error = None
         self.health.ok()
         self._publish()
-        self._first.set()
+        if replica.needs is self._needs and replica.schema is self._schema:
+            self._first.set()  # not when `require` asked for other tables meanwhile
         self._started.set()
 
-    def on_update(self, tables: tuple[TableRows, ...]) -> None:
+    def on_update(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
         replica = self._replica
         if replica is None:
-            return
-        changes = {}
-        for part in tables:
-            name = part.table_name
-            if name not in replica.decoders:
-                continue
-            deleted = list(self._decode(replica, name, part.deletes))
-            inserted = list(self._decode(replica, name, part.inserts))
-            if name in replica.needs.tables:
-                changes[name] = (deleted, inserted)
-        if changes and replica.tables is not None:
-            replica.tables = replica.tables.apply(changes, self.health.bad_row)
+            return None
+        job = partial(updated_tables, replica, tables, self.health.bad_row)
+        return self._run_job(job, partial(self._update_applied, replica),
+                             message_rows(tables))
+
+    def _update_applied(self, replica: Replica, tables: TablesSnapshot | None) -> None:
+        replica.tables = tables
         self.updates += 1
         self._snapshot = Snapshot(replica.tables)
         self._publish()
 
-    # -- decoding ---------------------------------------------------------------------------
+    def _run_job(self, job: Callable[[], Any], then: Callable[[Any], None],
+                 rows: int) -> Awaitable[None] | None:
+        """`then(job())`: inline for a small message; for one of `OFFLOAD_MIN_ROWS` rows
+        or more, `job` runs in a worker thread and the subscription awaits it (its loop
+        keeps answering pings; the next message waits), then `then` publishes on the
+        loop.  `job` builds new tables without publishing anything: until `then`,
+        decisions read the previous snapshot."""
+        if rows < OFFLOAD_MIN_ROWS:
+            then(job())
+            return None
+        return self._offloaded(job, then)
 
-    def _decode(self, replica: _Replica, table: str, rows: list[str]) -> Iterator[RowDict]:
-        """Decode one message's rows of `table`; a row that cannot be decoded, for any
-        reason (a wrong type, invalid JSON, nesting too deep for the JSON decoder), is
-        skipped and reported once by its `RowNamer` name (never by its position in the message,
-        which repeats across messages and shifts after a reconnect)."""
-        decode, names = replica.decoders[table], replica.names[table]
-        for text in rows:
-            try:
-                values = decode(msgspec.json.decode(text))
-            except Exception as e:  # any failure of one row skips that row only
-                # (RecursionError: msgspec's answer to a value nested ~1,000 levels deep)
-                reason = str(e) or type(e).__name__
-                if isinstance(e, RecursionError):
-                    reason = f"nested too deeply to decode ({e})"
-                self.health.bad_row(table, replica.namers[table](text), reason)
-                continue
-            yield dict(zip(names, values, strict=True))
+    async def _offloaded(self, job: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        then(await asyncio.get_running_loop().run_in_executor(None, job))
 
     # -- serving ---------------------------------------------------------------------------
 

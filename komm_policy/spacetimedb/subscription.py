@@ -27,7 +27,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlencode
@@ -56,11 +56,12 @@ class Handler(Protocol):
 
     def on_connect(self, identity: IdentityToken) -> None: ...
 
-    def on_snapshot(self, tables: tuple[TableRows, ...]) -> None:
-        """The complete subscribed state (after every (re)connect)."""
+    def on_snapshot(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
+        """The complete subscribed state (after every (re)connect).  An awaitable is
+        awaited before the next message is read (work done off the loop)."""
 
-    def on_update(self, tables: tuple[TableRows, ...]) -> None:
-        """One committed transaction's deletes and inserts."""
+    def on_update(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
+        """One committed transaction's deletes and inserts (an awaitable: as above)."""
 
     def on_alive(self) -> None:
         """A message or a pong arrived."""
@@ -88,6 +89,11 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+async def _settled(result: Awaitable[None] | None) -> None:
+    if result is not None:
+        await result
 
 
 class SubscriptionClient:
@@ -198,7 +204,7 @@ class SubscriptionClient:
             while True:
                 message = await self._receive(ws, None)
                 if message.kind == "InitialSubscription":
-                    self.handler.on_snapshot(message.tables)
+                    await _settled(self.handler.on_snapshot(message.tables))
                     snapshot_arrived = True
                     self.backoff.reset()
                 elif message.kind in ("TransactionUpdate", "SubscriptionError") \
@@ -208,7 +214,8 @@ class SubscriptionClient:
                     log.info("SpacetimeDB reported a failed transaction: %s", message.error)
                 elif (message.kind in ("TransactionUpdate", "TransactionUpdateLight")
                       and snapshot_arrived):
-                    self.handler.on_update(message.tables)
+                    await _settled(self.handler.on_update(message.tables))
+                del message  # its rows, consumed by the handler, are not kept to the next
         finally:
             pinger.cancel()
 
