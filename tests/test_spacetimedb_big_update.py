@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from komm_policy.directory.spacetimedb import SpacetimeDirectory
 from komm_policy.policyset import load_policy_set
 from komm_policy.spacetimedb import Endpoint
 from komm_policy.spacetimedb.protocol import parse_message
+from komm_policy.spacetimedb.subscription import Backoff
 
 from .bigupdate import DEMO_BLOCKED, blocked_rows, measure
 from .conftest import POLICIES
@@ -128,3 +130,35 @@ def _table_bytes_per_row() -> float:
         finally:
             directory.close()
     return kept / 5_000
+
+
+def test_a_message_over_the_limit_is_refused_naming_the_limit_and_counted() -> None:
+    """The WebSocket's `max_size`: a larger message drops the connection (1009); the
+    reason names the limit, a counter tells it apart, and the last snapshot is served."""
+    policy_set = load_policy_set(POLICIES)
+    with DoubleServer({"databases": {"komm": directory_spec()}}) as double:
+        directory = SpacetimeDirectory(
+            Endpoint.parse(f"spacetimedb://127.0.0.1:{double.port}/komm"), double.owner_token,
+            max_message_bytes=64_000, backoff=Backoff(0.05, 0.2))
+        try:
+            directory.require(policy_set.schema, policy_set.needs)
+            assert directory.available
+            double.control().tx("komm", "blocked_ips", inserts=blocked_rows(0, 2_000))
+            deadline = time.monotonic() + 10
+            while _oversized(directory) < 1:
+                assert time.monotonic() < deadline, directory.last_error
+                time.sleep(0.02)
+            assert "larger than max_message_bytes (64,000 bytes) was refused" in str(
+                directory.last_error)
+            assert "1009" in str(directory.last_error)
+            assert directory.table_rows()["blocked_ips"] == DEMO_BLOCKED  # the last snapshot
+            assert directory.available
+        finally:
+            directory.close()
+
+
+def _oversized(directory: SpacetimeDirectory) -> float:
+    for family in directory.metric_families():
+        if family.name == "komm_directory_oversized_messages":
+            return family.samples[0].value
+    raise AssertionError("no komm_directory_oversized_messages")

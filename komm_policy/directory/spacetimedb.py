@@ -52,6 +52,16 @@ from .spacetimedb_apply import (
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+"""The largest subscription message accepted (the WebSocket library's `max_size`): a
+larger one drops the connection (close code 1009) with a reason naming the limit and is
+counted (`komm_directory_oversized_messages`).  SpacetimeDB sets no limit of its own: an
+`InitialSubscription` holds whole tables, a transaction all its rows.  At ~55 bytes a
+row (blocked_ips) 128 MiB is about 2.4 million rows, whose table the replica would keep
+in about 2.5 GB; what one message costs beyond the table it builds is about twice its
+size (the frame, and a slice object a row until the row is read)."""
+
+
 class SpacetimeDirectory:
     """A `Directory` served from a subscription replica of a SpacetimeDB database."""
 
@@ -63,6 +73,7 @@ class SpacetimeDirectory:
                  needs: Needs | None = None,
                  startup_wait: float = 10.0, backoff: Backoff | None = None,
                  ping_interval: float = 10.0, http_timeout: float = 10.0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
                  clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
         self.endpoint = endpoint
         self.token = token
@@ -73,6 +84,7 @@ class SpacetimeDirectory:
         self._backoff = backoff or Backoff()
         # A quiet but healthy connection must never look stale: ping well within the bound.
         self._ping_interval = min(ping_interval, max_staleness / 3)
+        self.max_message_bytes = max_message_bytes
         self._http = SpacetimeHttp(endpoint, token, timeout=http_timeout)
         self.health = ReplicaHealth(log, str(endpoint), clock)
         self.last_error: str | None = "not connected yet"
@@ -177,7 +189,8 @@ class SpacetimeDirectory:
         self._client = client = SubscriptionClient(
             self.endpoint, [], self, token=self.token, backoff=self._backoff,
             ping_interval=self._ping_interval, ping_timeout=max(1.0, self._ping_interval),
-            before_connect=self._check_schema, clock=self._clock)
+            before_connect=self._check_schema, max_message_bytes=self.max_message_bytes,
+            clock=self._clock)
         watchdog = asyncio.ensure_future(self._watch())
         try:
             await client.run()
@@ -354,6 +367,10 @@ class SpacetimeDirectory:
                                   "Reconnections to SpacetimeDB", value=self.reconnects)
         yield CounterMetricFamily("komm_directory_updates",
                                   "Transactions applied to the replica", value=self.updates)
+        yield CounterMetricFamily(
+            "komm_directory_oversized_messages",
+            "Connections to SpacetimeDB dropped for a message over max_message_bytes",
+            value=self._client.oversized if self._client is not None else 0)
         rows = GaugeMetricFamily("komm_directory_rows", "Rows in the replica", labels=["table"])
         for table, count in sorted(self.table_rows().items()):
             rows.add_metric([table], count)

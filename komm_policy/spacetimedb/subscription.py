@@ -35,6 +35,7 @@ from urllib.parse import urlencode
 import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
 
 from .http import Endpoint
 from .protocol import TEXT_PROTOCOL, IdentityToken, Message, TableRows, parse_message, subscribe
@@ -122,6 +123,8 @@ class SubscriptionClient:
         self.before_connect = before_connect
         self.clock = clock
         self.connects = 0
+        self.oversized = 0
+        """Connections dropped for a message over `max_message_bytes` (1009)."""
         self.request_id = 0
         self._stopping = asyncio.Event()
         self._ws: websockets.asyncio.client.ClientConnection | None = None
@@ -157,7 +160,13 @@ class SubscriptionClient:
             except InvalidStatus as e:
                 body = e.response.body.decode("utf-8", "replace").strip()
                 reason = f"handshake refused: {e.response.status_code} {body}".strip()
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as e:
+            except ConnectionClosed as e:
+                reason = f"{type(e).__name__}: {e}"
+                if e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    self.oversized += 1
+                    reason = (f"a message larger than max_message_bytes "
+                              f"({self.max_message_bytes:,} bytes) was refused: {reason}")
+            except (OSError, TimeoutError, InvalidHandshake) as e:
                 reason = f"{type(e).__name__}: {e}"
             except SatsError as e:
                 reason = f"malformed message: {e}"
