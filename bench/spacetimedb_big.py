@@ -4,6 +4,8 @@
     python -m bench.spacetimedb_big [--rows 200000] [--initial 0] [--rounds 1]
                                     [--compare DIR]
 
+`--resubscribe` then drops the subscription and measures the reconnection's snapshot of
+every row the same way (served from the previous snapshot meanwhile).
 `--compare DIR` runs the service from another source tree (PYTHONPATH=DIR, e.g. an
 exported earlier commit) interleaved with this one, round by round (A B A B …).  Per run:
 apply time (from posting the transaction to the double until /metrics shows its rows),
@@ -28,6 +30,8 @@ def main() -> None:
     parser.add_argument("--initial", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--compare", help="another source tree, run interleaved")
+    parser.add_argument("--resubscribe", action="store_true",
+                        help="then drop the subscription: measure the new snapshot too")
     args = parser.parse_args()
     variants = [("this tree", {})]
     if args.compare:
@@ -36,9 +40,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="komm-big-") as tmp:
         for r in range(args.rounds):
             for i, (name, env) in enumerate(variants):
-                result = measure(Path(tmp) / f"{r}-{i}", args.initial, args.rows, env=env)
+                again = Measured(0, 0) if args.resubscribe else None
+                result = measure(Path(tmp) / f"{r}-{i}", args.initial, args.rows, env=env,
+                                 resubscribe=again)
                 runs[name].append(result)
                 print(f"{name} #{r + 1}: {result.summary()}", flush=True)
+                if again is not None:
+                    print(f"{name} #{r + 1}: {again.summary()}", flush=True)
     for name, results in runs.items():
         def stat(values: list[float]) -> str:
             return f"min {min(values):.1f}, median {statistics.median(values):.1f}"

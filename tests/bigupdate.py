@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .spacetimedb_double.samples import BLOCKED_AT, directory_spec
 
 CONNECT = json.dumps({"context": {"stage": "connect",
                                   "client": {"ip": "192.0.2.77", "helo": "mx.example"}}})
+HEADERS = {"content-type": "application/json"}
 PROBE_GAP_S = 0.002
 OWNER_TOKEN = "big-update-owner-token"
 DEMO_BLOCKED = 4
@@ -81,9 +83,11 @@ class Measured:
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
     def summary(self) -> str:
-        return (f"{self.tx_rows:,}-row transaction on {self.initial_rows:,} rows: applied in "
-                f"{self.apply_s:.2f} s; RSS {self.rss_before / 1e6:.0f} MB -> peak "
-                f"{self.rss_peak / 1e6:.0f} MB (+{self.peak_growth / 1e6:.0f}), after "
+        what = (f"{self.tx_rows:,}-row transaction on {self.initial_rows:,} rows"
+                if self.tx_rows else f"resubscription to {self.initial_rows:,} rows")
+        return (f"{what}: applied in {self.apply_s:.2f} s; RSS "
+                f"{self.rss_before / 1e6:.0f} MB -> peak {self.rss_peak / 1e6:.0f} MB "
+                f"(+{self.peak_growth / 1e6:.0f}), after "
                 f"{self.rss_after / 1e6:.0f} MB; {len(self.latencies_ms)} answers during "
                 f"it: max {max(self.latencies_ms):.1f} ms, p99 {self.latency(0.99):.1f} ms, "
                 f"p50 {statistics.median(self.latencies_ms):.1f} ms; replica age up to "
@@ -102,11 +106,14 @@ def _metrics(client: httpx.Client, url: str) -> tuple[int | None, float]:
 
 
 def measure(root: Path, initial_rows: int, tx_rows: int, timeout: float = 300.0,
-            max_staleness: float = 3.0, env: dict[str, str] | None = None) -> Measured:
+            max_staleness: float = 3.0, env: dict[str, str] | None = None,
+            resubscribe: Measured | None = None) -> Measured:
     """Start the double (holding `initial_rows` extra blocked addresses) and a service on
     it (`max_staleness` seconds: it pings SpacetimeDB every third of that), then commit
     one transaction inserting `tx_rows` more while probing; `env`: extra environment of
-    the service (e.g. PYTHONPATH of another tree, for comparisons)."""
+    the service (e.g. PYTHONPATH of another tree, for comparisons).  `resubscribe`: then
+    drop the subscription and measure into it the reconnection's new `InitialSubscription`
+    of every row, from the drop until the service logs its recovery."""
     result = Measured(initial_rows, tx_rows)
     spec = {"databases": {"komm": directory_spec()}}
     spec["databases"]["komm"]["tables"]["blocked_ips"]["rows"] += blocked_rows(0, initial_rows)
@@ -132,6 +139,10 @@ def measure(root: Path, initial_rows: int, tx_rows: int, timeout: float = 300.0,
                   "the service did not load the initial subscription")
             result.ready_s = time.monotonic() - started
             _probe_and_apply(result, client, service, base, timeout)
+            if resubscribe is not None:
+                resubscribe.initial_rows = initial_rows + tx_rows
+                resubscribe.tx_rows = 0
+                _probe_resubscribe(resubscribe, client, service, base, timeout)
     finally:
         double.terminate()
         double.wait(10)
@@ -140,15 +151,33 @@ def measure(root: Path, initial_rows: int, tx_rows: int, timeout: float = 300.0,
 
 def _probe_and_apply(result: Measured, client: httpx.Client, service: ServerProcess,
                      base: str, timeout: float) -> None:
-    assert service.proc is not None
-    pid = service.proc.pid
     body = json.dumps({"table": "blocked_ips",
                        "inserts": blocked_rows(result.initial_rows, result.tx_rows)}).encode()
-    headers = {"content-type": "application/json"}
     for _ in range(20):  # warm the path the probe takes
-        client.post(f"{service.url}/mta-hook", content=CONNECT, headers=headers)
+        client.post(f"{service.url}/mta-hook", content=CONNECT, headers=HEADERS)
     before = result.initial_rows + DEMO_BLOCKED
     assert _metrics(client, service.url)[0] == before
+    after = before + result.tx_rows
+    _probed(result, client, service, timeout,
+            lambda: client.post(f"{base}/_double/komm/tx", content=body, headers=HEADERS,
+                                timeout=timeout),
+            lambda count: count == after)
+
+
+def _probe_resubscribe(result: Measured, client: httpx.Client, service: ServerProcess,
+                       base: str, timeout: float) -> None:
+    rows = result.initial_rows + result.tx_rows + DEMO_BLOCKED
+    _probed(result, client, service, timeout,
+            lambda: client.post(f"{base}/_double/drop"),
+            lambda count: "recovered after" in service.output() and count == rows)
+
+
+def _probed(result: Measured, client: httpx.Client, service: ServerProcess, timeout: float,
+            start: Callable[[], object], done: Callable[[int | None], bool]) -> None:
+    """Probe the service while `start()` sets off work in it, until `done(rows of
+    blocked_ips)`; fills `result`'s window figures."""
+    assert service.proc is not None
+    pid = service.proc.pid
     result.rss_before = proc_status(pid, "VmRSS")
     try:
         with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
@@ -163,7 +192,7 @@ def _probe_and_apply(result: Measured, client: httpx.Client, service: ServerProc
             while not stop.is_set():
                 sent = time.perf_counter()
                 response = prober.post(f"{service.url}/mta-hook", content=CONNECT,
-                                       headers=headers)
+                                       headers=HEADERS)
                 answered = time.perf_counter()
                 answer = response.json() if response.status_code == 200 else {}
                 status = (answer.get("response") or {}).get("status", "")
@@ -177,17 +206,16 @@ def _probe_and_apply(result: Measured, client: httpx.Client, service: ServerProc
     thread.start()
     time.sleep(0.2)
     window.append(time.perf_counter())
-    client.post(f"{base}/_double/komm/tx", content=body, headers=headers, timeout=timeout)
-    after = before + result.tx_rows
+    start()
     deadline = time.monotonic() + timeout
     while True:
         count, age = _metrics(client, service.url)
         result.max_age_s = max(result.max_age_s, age)
         if count is not None:
             result.row_counts_seen.add(count)
-        if count == after:
+        if done(count):
             break
-        assert time.monotonic() < deadline, "the transaction was not applied in time"
+        assert time.monotonic() < deadline, "the work was not done in time"
         time.sleep(0.02)
     window.append(time.perf_counter())
     result.apply_s = window[1] - window[0]

@@ -46,6 +46,7 @@ from .spacetimedb_apply import (
     OFFLOAD_MIN_ROWS,
     Replica,
     message_rows,
+    release,
     snapshot_tables,
     updated_tables,
 )
@@ -58,8 +59,9 @@ larger one drops the connection (close code 1009) with a reason naming the limit
 counted (`komm_directory_oversized_messages`).  SpacetimeDB sets no limit of its own: an
 `InitialSubscription` holds whole tables, a transaction all its rows.  At ~55 bytes a
 row (blocked_ips) 128 MiB is about 2.4 million rows, whose table the replica would keep
-in about 2.5 GB; what one message costs beyond the table it builds is about twice its
-size (the frame, and a slice object a row until the row is read)."""
+in about 2.5 GB; what one message costs beyond the table it builds is two to three
+times its size (the frame as received and as text, a slice object a row until the row is
+read)."""
 
 
 class SpacetimeDirectory:
@@ -262,12 +264,21 @@ class SpacetimeDirectory:
                              message_rows(tables))
 
     def _snapshot_built(self, replica: Replica, tables: TablesSnapshot) -> None:
+        old = self._replica.tables if self._replica is not None else None
+        if self._replica is not None:
+            self._replica.tables = None
         replica.tables = tables
         self._replica = replica
         self._snapshot = Snapshot(replica.tables)
         self.last_error = None
         self.health.ok()
         self._publish()
+        if old is not None and sum(old.counts().values()) >= OFFLOAD_MIN_ROWS:
+            # the replaced tables are freed a slice at a time, not in one pause of every
+            # thread; `release` holds the last reference
+            holder, old = [old], None
+            threading.Thread(target=release, args=(holder,), daemon=True,
+                             name="komm-spacetimedb-release").start()
         if replica.needs is self._needs and replica.schema is self._schema:
             self._first.set()  # not when `require` asked for other tables meanwhile
         self._started.set()
