@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from komm_policy.spacetimedb import Endpoint
-from komm_policy.spacetimedb.protocol import IdentityToken, TableRows, parse_message
+from komm_policy.spacetimedb.protocol import IdentityToken, TableRows, parse_message, row_text
 from komm_policy.spacetimedb.sats import SatsError
 from komm_policy.spacetimedb.subscription import Backoff, SubscriptionClient
 
@@ -93,7 +93,7 @@ def run(double: DoubleServer, queries: list[str],
 
 
 def rows(tables: tuple[TableRows, ...], kind: str = "inserts") -> list[Any]:
-    return [json.loads(r) for t in tables for r in getattr(t, kind)]
+    return [json.loads(row_text(r)) for t in tables for r in getattr(t, kind)]
 
 
 def test_snapshot_then_committed_and_light_updates(double: DoubleServer) -> None:

@@ -11,7 +11,9 @@ thread runs one asyncio loop with a `SubscriptionClient` (komm_policy.spacetimed
    reads (`require(schema, needs)`), nothing else;
 3. `InitialSubscription` → a fresh snapshot, swapped in whole (after every reconnect too);
    `TransactionUpdate` (Committed) and `TransactionUpdateLight` → the deltas applied through
-   `TablesSnapshot.apply` (cost ∝ changed rows), published by one reference swap.
+   `TablesSnapshot.apply` (cost ∝ changed rows), published by one reference swap.  A
+   message of many rows is decoded and applied in a worker thread, row by row as it is
+   read, while decisions read the previous snapshot (`spacetimedb_apply`).
 
 Staleness is the time since the last message or pong.  While it is below `max_staleness`
 decisions read the last snapshot, also during an outage; beyond it every lookup raises
@@ -26,44 +28,40 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
-
-import msgspec
 
 from ..spacetimedb.check import check_module
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp, quote_ident
 from ..spacetimedb.protocol import IdentityToken, TableRows
-from ..spacetimedb.rownames import RowNamer
-from ..spacetimedb.sats import Decoder, SatsError
-from ..spacetimedb.schema import ModuleSchema
+from ..spacetimedb.sats import SatsError
 from ..spacetimedb.subscription import UNEXPECTED, Backoff, SubscriptionClient
 from . import DirectoryError
 from .health import ReplicaHealth, Unavailable
 from .memory import Snapshot
 from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
+from .spacetimedb_apply import (
+    OFFLOAD_MIN_ROWS,
+    Replica,
+    message_rows,
+    release,
+    snapshot_tables,
+    updated_tables,
+)
 
 log = logging.getLogger(__name__)
 
-RowDict = dict[str, Any]
-
-
-class _Replica:
-    """The state one subscription builds: decoders for the subscribed tables and the
-    published tables."""
-
-    def __init__(self, module: ModuleSchema, tables: list[str], schema: Schema,
-                 needs: Needs) -> None:
-        decoder = Decoder(module.typespace, micros=True)
-        self.names = {t: module.tables[t].row_type.names for t in tables}
-        self.decoders = {t: decoder.product(module.tables[t].row_type) for t in tables}
-        self.keys = {t: module.tables[t].primary_key for t in tables}
-        self.namers = {t: RowNamer(decoder, module.tables[t].row_type,
-                                   module.tables[t].primary_key) for t in tables}
-        self.schema = schema
-        self.needs = needs
-        self.tables: TablesSnapshot | None = None
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+"""The largest subscription message accepted (the WebSocket library's `max_size`): a
+larger one drops the connection (close code 1009) with a reason naming the limit and is
+counted (`komm_directory_oversized_messages`).  SpacetimeDB sets no limit of its own: an
+`InitialSubscription` holds whole tables, a transaction all its rows.  At ~55 bytes a
+row (an address table) 128 MiB is about 2.4 million rows, whose table the replica would keep
+in about 2.5 GB; what one message costs beyond the table it builds is two to three
+times its size (the frame as received and as text, a slice object a row until the row is
+read)."""
 
 
 class SpacetimeDirectory:
@@ -77,6 +75,7 @@ class SpacetimeDirectory:
                  needs: Needs | None = None,
                  startup_wait: float = 10.0, backoff: Backoff | None = None,
                  ping_interval: float = 10.0, http_timeout: float = 10.0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
                  clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
         self.endpoint = endpoint
         self.token = token
@@ -87,6 +86,7 @@ class SpacetimeDirectory:
         self._backoff = backoff or Backoff()
         # A quiet but healthy connection must never look stale: ping well within the bound.
         self._ping_interval = min(ping_interval, max_staleness / 3)
+        self.max_message_bytes = max_message_bytes
         self._http = SpacetimeHttp(endpoint, token, timeout=http_timeout)
         self.health = ReplicaHealth(log, str(endpoint), clock)
         self.last_error: str | None = "not connected yet"
@@ -95,8 +95,8 @@ class SpacetimeDirectory:
         self.updates = 0
         self.identity: str | None = None
         self._last_alive: float | None = None
-        self._replica: _Replica | None = None  # the loop thread's working state
-        self._pending: _Replica | None = None  # built by the schema check, for the snapshot
+        self._replica: Replica | None = None  # the loop thread's working state
+        self._pending: Replica | None = None  # built by the schema check, for the snapshot
         self._snapshot: Snapshot | None = None
         self._serving: Snapshot | Unavailable = Unavailable("SpacetimeDB " + str(
             endpoint) + ": no snapshot yet")
@@ -191,7 +191,8 @@ class SpacetimeDirectory:
         self._client = client = SubscriptionClient(
             self.endpoint, [], self, token=self.token, backoff=self._backoff,
             ping_interval=self._ping_interval, ping_timeout=max(1.0, self._ping_interval),
-            before_connect=self._check_schema, clock=self._clock)
+            before_connect=self._check_schema, max_message_bytes=self.max_message_bytes,
+            clock=self._clock)
         watchdog = asyncio.ensure_future(self._watch())
         try:
             await client.run()
@@ -225,7 +226,7 @@ class SpacetimeDirectory:
             self._first.set()  # require() answers now, not after its timeout
             raise SchemaMismatch(self.last_error)
         self._schema_problem = None
-        self._pending = _Replica(module, wanted, self._schema, self._needs)
+        self._pending = Replica(module, wanted, self._schema, self._needs)
         assert self._client is not None
         self._client.queries = [f"SELECT * FROM {quote_ident(t)}" for t in wanted]
 
@@ -246,7 +247,7 @@ class SpacetimeDirectory:
                            expected=not reason.startswith(UNEXPECTED), reason=reason)
         self._publish()
 
-    def on_snapshot(self, tables: tuple[TableRows, ...]) -> None:
+    def on_snapshot(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
         replica = self._pending or self._replica
         if replica is None:
             raise SatsError("snapshot without a schema")
@@ -257,59 +258,59 @@ class SpacetimeDirectory:
             # schema for them; `require` waits for that snapshot, not this one.
             if self._client is not None:
                 self._client.restart()
-            return
-        received = {t.table_name: t for t in tables}
-        rows = {name: list(self._decode(replica, name, received[name].inserts))
-                if name in received else [] for name in replica.decoders}
-        replica.tables = TablesSnapshot.build(
-            replica.schema, replica.needs,
-            {t: rows.get(t, ()) for t in replica.needs.tables}, self.health.bad_row)
+            return None
+        job = partial(snapshot_tables, replica, tables, self.health.bad_row)
+        return self._run_job(job, partial(self._snapshot_built, replica),
+                             message_rows(tables))
+
+    def _snapshot_built(self, replica: Replica, tables: TablesSnapshot) -> None:
+        old = self._replica.tables if self._replica is not None else None
+        if self._replica is not None:
+            self._replica.tables = None
+        replica.tables = tables
         self._replica = replica
         self._snapshot = Snapshot(replica.tables)
         self.last_error = None
         self.health.ok()
         self._publish()
-        self._first.set()
+        if old is not None and sum(old.counts().values()) >= OFFLOAD_MIN_ROWS:
+            # the replaced tables are freed a slice at a time, not in one pause of every
+            # thread; `release` holds the last reference
+            holder, old = [old], None
+            threading.Thread(target=release, args=(holder,), daemon=True,
+                             name="komm-spacetimedb-release").start()
+        if replica.needs is self._needs and replica.schema is self._schema:
+            self._first.set()  # not when `require` asked for other tables meanwhile
         self._started.set()
 
-    def on_update(self, tables: tuple[TableRows, ...]) -> None:
+    def on_update(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
         replica = self._replica
         if replica is None:
-            return
-        changes = {}
-        for part in tables:
-            name = part.table_name
-            if name not in replica.decoders:
-                continue
-            deleted = list(self._decode(replica, name, part.deletes))
-            inserted = list(self._decode(replica, name, part.inserts))
-            if name in replica.needs.tables:
-                changes[name] = (deleted, inserted)
-        if changes and replica.tables is not None:
-            replica.tables = replica.tables.apply(changes, self.health.bad_row)
+            return None
+        job = partial(updated_tables, replica, tables, self.health.bad_row)
+        return self._run_job(job, partial(self._update_applied, replica),
+                             message_rows(tables))
+
+    def _update_applied(self, replica: Replica, tables: TablesSnapshot | None) -> None:
+        replica.tables = tables
         self.updates += 1
         self._snapshot = Snapshot(replica.tables)
         self._publish()
 
-    # -- decoding ---------------------------------------------------------------------------
+    def _run_job(self, job: Callable[[], Any], then: Callable[[Any], None],
+                 rows: int) -> Awaitable[None] | None:
+        """`then(job())`: inline for a small message; for one of `OFFLOAD_MIN_ROWS` rows
+        or more, `job` runs in a worker thread and the subscription awaits it (its loop
+        keeps answering pings; the next message waits), then `then` publishes on the
+        loop.  `job` builds new tables without publishing anything: until `then`,
+        decisions read the previous snapshot."""
+        if rows < OFFLOAD_MIN_ROWS:
+            then(job())
+            return None
+        return self._offloaded(job, then)
 
-    def _decode(self, replica: _Replica, table: str, rows: list[str]) -> Iterator[RowDict]:
-        """Decode one message's rows of `table`; a row that cannot be decoded, for any
-        reason (a wrong type, invalid JSON, nesting too deep for the JSON decoder), is
-        skipped and reported once by its `RowNamer` name (never by its position in the message,
-        which repeats across messages and shifts after a reconnect)."""
-        decode, names = replica.decoders[table], replica.names[table]
-        for text in rows:
-            try:
-                values = decode(msgspec.json.decode(text))
-            except Exception as e:  # any failure of one row skips that row only
-                # (RecursionError: msgspec's answer to a value nested ~1,000 levels deep)
-                reason = str(e) or type(e).__name__
-                if isinstance(e, RecursionError):
-                    reason = f"nested too deeply to decode ({e})"
-                self.health.bad_row(table, replica.namers[table](text), reason)
-                continue
-            yield dict(zip(names, values, strict=True))
+    async def _offloaded(self, job: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        then(await asyncio.get_running_loop().run_in_executor(None, job))
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -377,6 +378,10 @@ class SpacetimeDirectory:
                                   "Reconnections to SpacetimeDB", value=self.reconnects)
         yield CounterMetricFamily("komm_directory_updates",
                                   "Transactions applied to the replica", value=self.updates)
+        yield CounterMetricFamily(
+            "komm_directory_oversized_messages",
+            "Connections to SpacetimeDB dropped for a message over max_message_bytes",
+            value=self._client.oversized if self._client is not None else 0)
         rows = GaugeMetricFamily("komm_directory_rows", "Rows in the replica", labels=["table"])
         for table, count in sorted(self.table_rows().items()):
             rows.add_metric([table], count)

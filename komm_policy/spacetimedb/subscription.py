@@ -27,7 +27,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlencode
@@ -35,6 +35,7 @@ from urllib.parse import urlencode
 import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
 
 from .http import Endpoint
 from .protocol import TEXT_PROTOCOL, IdentityToken, Message, TableRows, parse_message, subscribe
@@ -56,11 +57,12 @@ class Handler(Protocol):
 
     def on_connect(self, identity: IdentityToken) -> None: ...
 
-    def on_snapshot(self, tables: tuple[TableRows, ...]) -> None:
-        """The complete subscribed state (after every (re)connect)."""
+    def on_snapshot(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
+        """The complete subscribed state (after every (re)connect).  An awaitable is
+        awaited before the next message is read (work done off the loop)."""
 
-    def on_update(self, tables: tuple[TableRows, ...]) -> None:
-        """One committed transaction's deletes and inserts."""
+    def on_update(self, tables: tuple[TableRows, ...]) -> Awaitable[None] | None:
+        """One committed transaction's deletes and inserts (an awaitable: as above)."""
 
     def on_alive(self) -> None:
         """A message or a pong arrived."""
@@ -90,6 +92,11 @@ class Backoff:
         self.attempt = 0
 
 
+async def _settled(result: Awaitable[None] | None) -> None:
+    if result is not None:
+        await result
+
+
 class SubscriptionClient:
     """Keeps one subscription to `queries` alive until `stop()`.
 
@@ -116,6 +123,8 @@ class SubscriptionClient:
         self.before_connect = before_connect
         self.clock = clock
         self.connects = 0
+        self.oversized = 0
+        """Connections dropped for a message over `max_message_bytes` (1009)."""
         self.request_id = 0
         self._stopping = asyncio.Event()
         self._ws: websockets.asyncio.client.ClientConnection | None = None
@@ -151,7 +160,13 @@ class SubscriptionClient:
             except InvalidStatus as e:
                 body = e.response.body.decode("utf-8", "replace").strip()
                 reason = f"handshake refused: {e.response.status_code} {body}".strip()
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as e:
+            except ConnectionClosed as e:
+                reason = f"{type(e).__name__}: {e}"
+                if e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    self.oversized += 1
+                    reason = (f"a message larger than max_message_bytes "
+                              f"({self.max_message_bytes:,} bytes) was refused: {reason}")
+            except (OSError, TimeoutError, InvalidHandshake) as e:
                 reason = f"{type(e).__name__}: {e}"
             except SatsError as e:
                 reason = f"malformed message: {e}"
@@ -198,7 +213,7 @@ class SubscriptionClient:
             while True:
                 message = await self._receive(ws, None)
                 if message.kind == "InitialSubscription":
-                    self.handler.on_snapshot(message.tables)
+                    await _settled(self.handler.on_snapshot(message.tables))
                     snapshot_arrived = True
                     self.backoff.reset()
                 elif message.kind in ("TransactionUpdate", "SubscriptionError") \
@@ -208,7 +223,8 @@ class SubscriptionClient:
                     log.info("SpacetimeDB reported a failed transaction: %s", message.error)
                 elif (message.kind in ("TransactionUpdate", "TransactionUpdateLight")
                       and snapshot_arrived):
-                    self.handler.on_update(message.tables)
+                    await _settled(self.handler.on_update(message.tables))
+                del message  # its rows, consumed by the handler, are not kept to the next
         finally:
             pinger.cancel()
 

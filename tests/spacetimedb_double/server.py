@@ -49,6 +49,7 @@ from .state import (
 from .wire import dumps
 
 TEXT_PROTOCOL = "v1.json.spacetimedb"
+OFF_LOOP_ROWS = 1_000
 
 
 @dataclass(eq=False)
@@ -61,9 +62,13 @@ class Subscriber:
     tables: dict[str, Table] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def send(self, message: Any) -> None:
+    async def send(self, message: Any, rows: int = 0) -> None:
+        """Send a message (of `rows` rows: many are encoded in a thread, the loop answering
+        pings meanwhile, as SpacetimeDB does)."""
+        text = await asyncio.to_thread(dumps, message) if rows >= OFF_LOOP_ROWS \
+            else dumps(message)
         async with self.lock:
-            await self.ws.send_text(dumps(message))
+            await self.ws.send_text(text)
 
 
 def text(status: int, body: str) -> PlainTextResponse:
@@ -314,11 +319,16 @@ class Double:
             await sub.send(self.transaction_update({"Failed": str(e)}, sub, request_id=0))
             return
         sub.tables = tables
-        update = {"tables": [self.table_update(sub.db, t, [], t.rows, sub.db.initial_form)
-                             for t in tables.values()]}
+        rows = sum(len(t.rows) for t in tables.values())
+
+        def parts() -> list[dict[str, Any]]:
+            return [self.table_update(sub.db, t, [], t.rows, sub.db.initial_form)
+                    for t in tables.values()]
+        update = {"tables": await asyncio.to_thread(parts) if rows >= OFF_LOOP_ROWS
+                  else parts()}
         await sub.send({"InitialSubscription": {
             "database_update": update, "request_id": request["request_id"],
-            "total_host_execution_duration": {"__time_duration_micros__": 150}}})
+            "total_host_execution_duration": {"__time_duration_micros__": 150}}}, rows)
 
     def table_update(self, db: Database, table: Table, deletes: list[list[Any]],
                      inserts: list[list[Any]], form: str) -> dict[str, Any]:
@@ -361,17 +371,20 @@ class Double:
             applied.append((table, deletes, inserts))
         light = body.get("light", db.light)
         form = body.get("form", db.delta_form)
+        rows = sum(len(d) + len(i) for _, d, i in applied)
         sent = 0
         for sub in list(self.subscribers):
-            parts = [self.table_update(db, t, d, i, form) for t, d, i in applied
-                     if sub.db is db and t.name in sub.tables]
-            if not parts:
+            def parts(sub: Subscriber = sub) -> list[dict[str, Any]]:
+                return [self.table_update(db, t, d, i, form) for t, d, i in applied
+                        if sub.db is db and t.name in sub.tables]
+            update = {"tables": await asyncio.to_thread(parts) if rows >= OFF_LOOP_ROWS
+                      else parts()}
+            if not update["tables"]:
                 continue
-            update = {"tables": parts}
             message = ({"TransactionUpdateLight": {"request_id": 0, "update": update}}
                        if light else self.transaction_update({"Committed": update}, sub, 0))
             with contextlib.suppress(Exception):
-                await sub.send(message)
+                await sub.send(message, rows)
                 sent += 1
         return JSONResponse({"sent": sent})
 
