@@ -82,10 +82,11 @@ def current_writer() -> Writer:
     """This tree's writer with its default sinks (JSONL and SQLite)."""
     from komm_policy.decisionlog.mta_log import SqliteSpec
     from komm_policy.decisionlog.sinks import JsonlSpec
-    from komm_policy.decisionlog.writer import SpoolWriter
+    from komm_policy.decisionlog.writer import SAVE_EVERY, SpoolWriter
 
     def make(spool: Path, sinks: Sequence[Any], clock: _Clock, batch: int) -> Any:
-        return SpoolWriter(spool, sinks, clock=clock, batch=batch)
+        # As the writer process runs it (`writer_main`): positions saved every SAVE_EVERY.
+        return SpoolWriter(spool, sinks, clock=clock, batch=batch, save_every=SAVE_EVERY)
 
     def sinks(directory: Path) -> list[Any]:
         return [JsonlSpec(str(directory / "decisions.jsonl")),

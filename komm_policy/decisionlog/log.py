@@ -39,7 +39,8 @@ from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
 from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
 from .spool_reader import corruption_summary
-from .writer import group_signals_blocked, start_resource_tracker_deaf_to_sighup, writer_main
+from .writer import writer_main
+from .writer_signals import group_signals_blocked, start_resource_tracker_deaf_to_sighup
 
 log = logging.getLogger(__name__)
 

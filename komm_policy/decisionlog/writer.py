@@ -28,9 +28,8 @@ import os
 import random
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,22 @@ from .records import Timestamps, encode_record
 from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
 from .spool import Position, position_from, read_state, write_state
 from .spool_reader import SpoolReader
+from .writer_signals import GROUP_SIGNALS
 
 log = logging.getLogger(__name__)
 
-GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-"""Signals a service manager or terminal sends the whole process group; the writer
-ignores them (the service stops it, after draining; only the service reloads)."""
-
 BATCH = 2000
+SAVE_EVERY = 0.5
+"""Seconds between saves of the positions while the writer delivers (`writer_main`; it
+saves at once when it has caught up, and before it ends)."""
+SAVE_RECORDS = BATCH
+SAVE_BYTES = 2 * 1024 * 1024
+"""Records / bytes of JSON lines delivered after which the positions are saved sooner.
+What a writer killed between saves delivers again is what it delivered since the last
+save: fewer than `SAVE_RECORDS` records and `SAVE_BYTES` bytes, plus the batch that
+crossed them (at most `BATCH` records); the JSONL sink recognises the ids in its last
+`sinks.TAIL_BYTES` (10 MiB), so none is stored twice while a batch of `BATCH` records
+holds less than 8 MiB (4 KB a record; the shipped RCPT decision's is 1.1 KB)."""
 RETAIN_EVERY = 60.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -88,7 +95,8 @@ class SpoolWriter:
 
     def __init__(self, directory: str | Path, sinks: Sequence[SinkSpec | Sink], *,
                  clock: Callable[[], float] = time.monotonic,
-                 batch: int = BATCH, rng: random.Random | None = None) -> None:
+                 batch: int = BATCH, rng: random.Random | None = None,
+                 save_every: float = 0.0) -> None:
         self.directory = Path(directory)
         state = read_state(self.directory)
         self.reader = SpoolReader(self.directory, known=state.get("corruption"))
@@ -106,6 +114,10 @@ class SpoolWriter:
         self._saved = [s.position for s in self.states]
         """What `state.json` holds: only segments below it are collected (see `save`)."""
         self._last_save_error = 0.0
+        self._save_every = save_every
+        self._last_save = clock()
+        self._unsaved_records = 0
+        self._unsaved_bytes = 0
         self.behind = False  # the last step read a full batch: more is waiting
 
     def _restored(self, name: str, saved: object) -> Position | None:
@@ -124,6 +136,7 @@ class SpoolWriter:
     def step(self, *, force: bool = False) -> bool:
         """One batch for every sink that can take one; True if any progress was made."""
         progress = False
+        delivered = 0
         cache: dict[Position | None, tuple[list[SpooledRecord], Position | None]] = {}
         now = self._clock()
         for state in self.states:
@@ -155,11 +168,22 @@ class SpoolWriter:
             state.position = after
             if state is self.states[0]:
                 self.written += len(records)
+            if len(records) > delivered:  # the most any sink was given in this step
+                delivered = len(records)
+                self._unsaved_bytes += sum([len(r.line) for r in records])
             progress = True
         self.behind = any(len(records) >= self._batch for records, _ in cache.values())
         if progress:
-            self.save()
+            self._unsaved_records += delivered
+            if (self._unsaved_records >= SAVE_RECORDS or self._unsaved_bytes >= SAVE_BYTES
+                    or self._clock() - self._last_save >= self._save_every):
+                self.save()
         return progress
+
+    @property
+    def unsaved(self) -> bool:
+        """Positions moved since the last save (`save_every` defers saving)."""
+        return [s.position for s in self.states] != self._saved
 
     def _records(self, entries: list[tuple[int, bytes]]) -> list[SpooledRecord]:
         records = []
@@ -258,6 +282,8 @@ class SpoolWriter:
                     raise
                 write_state(self.directory, self.status())
             self._saved = positions
+            self._last_save = self._clock()
+            self._unsaved_records = self._unsaved_bytes = 0
             self.reader.clear_tombs(positions)
         except OSError as exc:  # positions stay in memory meanwhile
             if time.monotonic() - self._last_save_error >= 10.0:
@@ -265,6 +291,7 @@ class SpoolWriter:
                 log.error("decision log: cannot save the sink positions: %s", exc)
 
     def close(self) -> None:
+        self.reader.close()
         for state in self.states:
             if state.sink is not None:
                 try:
@@ -297,6 +324,7 @@ def adopt_orphans(own: Path, specs: Sequence[SinkSpec]) -> int:
             try:
                 while writer.step(force=True):
                     pass
+                writer.save()
                 moved += writer.written
                 done = all(not writer.reader.read(state.position, 1)[0]
                            for state in writer.states)
@@ -330,7 +358,7 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
-    writer = SpoolWriter(directory, specs)
+    writer = SpoolWriter(directory, specs, save_every=SAVE_EVERY)
     last_save = 0.0
     # The heartbeat the service watches: shared memory (`heartbeat`, a float), so a
     # writer that cannot save its state (a full disk) is not taken for a stalled one.
@@ -351,7 +379,9 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
                     log.exception("decision log: draining an ended worker's spool failed")
             if progressed:
                 last_save = time.monotonic()
-            elif time.monotonic() - last_save >= 1.0:  # the heartbeat
+            elif writer.unsaved or time.monotonic() - last_save >= 1.0:
+                # Caught up: the positions saving deferred (`SAVE_EVERY`), or the
+                # heartbeat in `state.json`.
                 writer.save()
                 last_save = time.monotonic()
             # Caught up: wait a poll interval, so batches are large (every batch costs a
@@ -366,35 +396,3 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
         writer.save()
     finally:
         writer.close()
-
-
-def start_resource_tracker_deaf_to_sighup() -> None:
-    """Start multiprocessing's resource tracker (every spawn needs it) with SIGHUP ignored,
-    which it keeps across exec: a SIGHUP to the process group (a terminal hangup, a
-    supervisor signalling the group to reload) otherwise kills it, and the next writer
-    start relaunches it with a warning.  It ignores SIGINT and SIGTERM by itself.  Only
-    from the main thread (signal dispositions are set there); elsewhere it starts as
-    multiprocessing starts it."""
-    from multiprocessing import resource_tracker
-
-    if threading.current_thread() is not threading.main_thread():
-        resource_tracker.ensure_running()
-        return
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
-
-
-@contextlib.contextmanager
-def group_signals_blocked() -> Iterator[None]:
-    """Around starting the writer: the calling thread blocks `GROUP_SIGNALS`, a mask the
-    new process inherits across exec, so one arriving before the writer could ignore it
-    waits (and is then ignored) instead of killing it.  Any thread may call it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
-
