@@ -100,23 +100,28 @@ def test_writers_killed_between_saves_store_every_record_once(
     total = 0
     between_saves = 0
     try:
-        for _ in range(12):
-            deadline = time.monotonic() + 0.4 + 0.1 * (total % 3)
-            while time.monotonic() < deadline:  # a steady flow: batches well below BATCH
-                for _ in range(20):
+        for kill in range(12):
+            delivered = len(jsonl_ids(jsonl))
+            flow_until = None
+            while flow_until is None or time.monotonic() < flow_until:
+                for _ in range(20):  # a steady flow: batches well below BATCH
                     total += decision_log.submit_decision(request, decision, 0.3,
                                                           time.time())
                 time.sleep(0.01)
+                if flow_until is None and len(jsonl_ids(jsonl)) > delivered + 100:
+                    flow_until = time.monotonic() + 0.1 + 0.15 * (kill % 3)  # it writes
             victim = decision_log.writer_pid
             assert victim is not None
             os.kill(victim, signal.SIGKILL)
-            # Delivered but not saved when it died: the next writer repeats those.
-            while decision_log.writer_pid == victim:
-                time.sleep(0.01)
+            # Delivered but not saved when it died: the next writer repeats those.  Read
+            # before the next writer starts (the supervisor waits 0.1 s, then spawns).
+            time.sleep(0.03)
             if len(jsonl_ids(jsonl)) > _saved_seq(spool, "jsonl"):
                 between_saves += 1
                 if between_saves >= 3:
                     break
+            while decision_log.writer_pid == victim:
+                time.sleep(0.01)
         assert between_saves >= 1, "no kill fell between two saves"
         assert decision_log.flush(timeout=30)
     finally:
