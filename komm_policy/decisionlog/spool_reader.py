@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .spool import SUFFIX, Position, segment_name, segments
-from .spoolframe import HEADER_SIZE, Frame, Gap, header_at, scan
+from .spoolframe import HEADER_SIZE, Frame, Gap, header_at, intact_run, scan
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,11 @@ class SpoolReader:
             if window is None and not self.directory.is_dir():
                 return entries, position
             data, size = window or (b"", offset)
-            consumed = 0
-            for item in scan(data):
+            # The usual case first: intact frames numbered on from `seq`.
+            run, consumed = intact_run(data, seq, limit - len(entries))
+            entries += run
+            seq += len(run)
+            for item in scan(data, consumed) if len(entries) < limit else ():
                 if isinstance(item, Gap):
                     self._skipped(segment, offset + item.start, item.end - item.start,
                                   item.next_seq - seq, "a corrupt stretch")
