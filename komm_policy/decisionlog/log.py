@@ -34,6 +34,7 @@ from ..decision import Decision
 from ..wire import Request
 from .ages import SpoolAges
 from .entries import EntryPacker
+from .liveness import ProcessSample, sample, starved
 from .records import RecordIds
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 
 WRITER_GRACE = 5.0
 """Seconds a writer may be down (being restarted) before /readyz reports it."""
-
-
 
 
 class DecisionLog:
@@ -80,6 +79,7 @@ class DecisionLog:
         self._dead_since: float | None = None
         self._process_lock = threading.Lock()
         self._heartbeat = self._context.Value("d", 0.0, lock=False)
+        self._beat: tuple[int | None, float, ProcessSample | None] = (None, 0.0, None)
         self._start_writer()
         self._supervisor = threading.Thread(target=self._supervise, name="komm-log-supervisor",
                                             daemon=True)
@@ -231,7 +231,7 @@ class DecisionLog:
             target=writer_main, name="komm-decision-log",
             args=(str(self.spool_dir), self._specs, receiver, self.settings.poll,
                   self.settings.spool_keep, 20.0, self.settings.writer_nice,
-                  self._heartbeat),
+                  self._heartbeat, self.settings.writer_sched_idle),
             daemon=True)
         with group_signals_blocked():
             process.start()
@@ -266,9 +266,12 @@ class DecisionLog:
                     self._failing = None
             if process.is_alive():
                 heartbeat = max(read_state(self.spool_dir).get("heartbeat", 0.0),
-                                self._heartbeat.value)
-                if time.time() - max(heartbeat, self._writer_started) > (
-                        self.settings.writer_stall):
+                                self._heartbeat.value, self._writer_started)
+                if self._beat[:2] != (process.pid, heartbeat):  # CPU used by then
+                    self._beat = (process.pid, heartbeat, sample(process.pid))
+                late = time.time() - heartbeat
+                if late > self.settings.writer_stall and not starved(
+                        sample(process.pid), self._beat[2], late):  # hung, not starved
                     log.error("decision log writer %s stalled; restarting it", process.pid)
                     process.kill()
                     process.join(5)

@@ -341,11 +341,12 @@ def adopt_orphans(own: Path, specs: Sequence[SinkSpec]) -> int:
 
 def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
                 poll: float = 0.05, keep: float = 0.0, drain_timeout: float = 20.0,
-                nice: int = 10, heartbeat: Any = None) -> None:
+                nice: int = 10, heartbeat: Any = None, sched_idle: bool = False) -> None:
     """The writer process.  `control` is the read end of a pipe from the service: a
     message or its end (the service closed it, or died) means drain, then exit.  It runs
-    at a lower CPU priority (`nice`): answers come first, and the spool holds what the
-    writer has not taken yet (its backlog is in /metrics and /readyz)."""
+    at a lower CPU priority (`nice`, or SCHED_IDLE with `sched_idle`): answers come
+    first, and the spool holds what the writer has not taken yet (its backlog is in
+    /metrics and /readyz)."""
     configure_logging()  # the service's level (KOMM_LOG_LEVEL); httpx quiet
     # The writer ends when the service tells it or is gone, after draining.  A SIGTERM
     # or SIGINT to the whole process group (systemd's stop, Ctrl-C) reaches it too; it
@@ -355,7 +356,10 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
     for signum in GROUP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)  # blocked since birth
-    if nice:
+    if sched_idle and hasattr(os, "SCHED_IDLE"):  # Linux: only idle CPU
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
     writer = SpoolWriter(directory, specs, save_every=SAVE_EVERY)
