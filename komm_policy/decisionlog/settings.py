@@ -38,7 +38,8 @@ class LogSettings:
 CONFIGURED = {"spool": "log_spool", "fsync_interval": "log_spool_fsync_interval",
               "on_spool_error": "log_on_spool_error", "queue_max": "log_queue_max",
               "spool_keep": "log_spool_keep", "max_backlog_records": "log_max_backlog_records",
-              "max_backlog_age": "log_max_backlog_age"}
+              "max_backlog_age": "log_max_backlog_age",
+              "writer_sched_idle": "log_writer_sched_idle"}
 """The settings a `[log]` option sets: `LogSettings` field → `config.Config` field (whose
 default is the `LogSettings` one); the others are fixed."""
 
