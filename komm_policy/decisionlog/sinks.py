@@ -2,7 +2,8 @@
 
 A sink takes batches of records read from the spool, in spool order.  The writer keeps
 each sink's position in the spool and moves it only after `write` returned, so after a
-crash a sink may be given the last batch again: every sink must store a record id once
+crash a sink may be given again what it took since the positions were last saved (at
+most `writer.SAVE_RECORDS` records and a batch): every sink must store a record id once
 (the JSONL sink remembers the ids at the end of its file, `mta_log` has a unique index,
 a SpacetimeDB reducer sink would key its table by id).  `write` raises to have the same
 batch retried later (with backoff); it never drops records.  `SinkBlocked` says the

@@ -3,13 +3,15 @@
 One loop: for each sink not waiting out a backoff, read the next batch after its
 position, turn the raw entries into records (once per batch, shared by the sinks at the
 same position), write them, and move the position.  Positions and the writer's status
-go to the spool's `state.json` after every batch (atomic rename); a restarted writer
-resumes from there.  A failed sink keeps its position and is retried with backoff while
-the others go on: 0.5 s doubling up to 30 s, each delay drawn uniformly from its upper
-half ("equal jitter", `backoff_delay`), so many writers that lost one server do not come
-back in step.  A segment every sink has read past is removed as soon as the writer
-sees that (with `spool_keep` set, once it is also that old; that check runs every
-`RETAIN_EVERY` seconds, with each sink's own retention).
+go to the spool's `state.json` (atomic rename) after every batch, or in the writer
+process every `SAVE_EVERY` seconds (sooner after `SAVE_RECORDS` / `SAVE_BYTES`, at once
+when caught up); a restarted writer resumes from there.  A failed sink keeps its
+position and is retried with backoff while the others go on: 0.5 s doubling up to
+30 s, each delay drawn uniformly from its upper half ("equal jitter", `backoff_delay`),
+so many writers that lost one server do not come back in step.  A segment every sink
+has read past is removed as soon as the writer sees that (with `spool_keep` set, once
+it is also that old; that check runs every `RETAIN_EVERY` seconds, with each sink's own
+retention).
 
 Why a process: building records, JSON encoding, SQLite inserts and file writes are
 CPU-bound Python; in a thread they would hold the GIL against the event loop thread.
