@@ -118,8 +118,7 @@ class SpoolWriter:
         self._last_save_error = 0.0
         self._save_every = save_every
         self._last_save = clock()
-        self._unsaved_records = 0
-        self._unsaved_bytes = 0
+        self._unsaved_records = self._unsaved_bytes = 0
         self.behind = False  # the last step read a full batch: more is waiting
 
     def _restored(self, name: str, saved: object) -> Position | None:
@@ -138,8 +137,8 @@ class SpoolWriter:
     def step(self, *, force: bool = False) -> bool:
         """One batch for every sink that can take one; True if any progress was made."""
         progress = False
-        delivered = 0
-        cache: dict[Position | None, tuple[list[SpooledRecord], Position | None]] = {}
+        delivered = delivered_bytes = 0  # the most any sink was given in this step
+        cache: dict[Position | None, tuple[list[SpooledRecord], Position | None, int]] = {}
         now = self._clock()
         for state in self.states:
             if not force and now < state.retry_at:
@@ -147,8 +146,9 @@ class SpoolWriter:
             key = state.position
             if key not in cache:
                 entries, after = self.reader.read(key, self._batch)
-                cache[key] = (self._records(entries), after)
-            records, after = cache[key]
+                records = self._records(entries)
+                cache[key] = (records, after, sum([len(r.line) for r in records]))
+            records, after, size = cache[key]
             if after == state.position:
                 continue
             try:
@@ -170,13 +170,13 @@ class SpoolWriter:
             state.position = after
             if state is self.states[0]:
                 self.written += len(records)
-            if len(records) > delivered:  # the most any sink was given in this step
-                delivered = len(records)
-                self._unsaved_bytes += sum([len(r.line) for r in records])
+            delivered = max(delivered, len(records))
+            delivered_bytes = max(delivered_bytes, size)
             progress = True
-        self.behind = any(len(records) >= self._batch for records, _ in cache.values())
+        self.behind = any(len(records) >= self._batch for records, _, _ in cache.values())
         if progress:
             self._unsaved_records += delivered
+            self._unsaved_bytes += delivered_bytes
             if (self._unsaved_records >= SAVE_RECORDS or self._unsaved_bytes >= SAVE_BYTES
                     or self._clock() - self._last_save >= self._save_every):
                 self.save()
@@ -358,11 +358,10 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
     for signum in GROUP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)  # blocked since birth
-    if sched_idle and hasattr(os, "SCHED_IDLE"):  # Linux: only idle CPU
-        with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):
+        if sched_idle and hasattr(os, "SCHED_IDLE"):  # Linux: CPU nothing else wants
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    elif nice:
-        with contextlib.suppress(OSError):
+        elif nice:
             os.nice(nice)
     writer = SpoolWriter(directory, specs, save_every=SAVE_EVERY)
     last_save = 0.0
