@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from komm_policy.decisionlog import log as log_module
-from komm_policy.decisionlog.liveness import ProcessSample, sample, starved
+from komm_policy.decisionlog import liveness
+from komm_policy.decisionlog.liveness import Liveness, ProcessSample, sample, starved
 
 from .test_decisionlog import decided
 from .test_decisionlog_process import assert_all_stored, open_log, paths  # noqa: F401
@@ -86,7 +88,7 @@ def test_a_late_writer_waiting_for_cpu_is_not_killed(
         ) -> None:
     """Starvation as /proc shows it (runnable, no CPU used since the last heartbeat),
     stood in for: the writer is stopped, and the supervisor's samples say "R"."""
-    monkeypatch.setattr(log_module, "sample", lambda pid: ProcessSample("R", 1.0))
+    monkeypatch.setattr(liveness, "sample", lambda pid: ProcessSample("R", 1.0))
     decision_log = open_log(paths, writer_stall=1.0)
     try:
         victim = decision_log.writer_pid
@@ -131,3 +133,21 @@ def test_the_writer_runs_under_sched_idle_when_set(paths: tuple[Path, Path, Path
         assert os.sched_getscheduler(writer) == os.SCHED_OTHER  # the default: nice
     finally:
         default.close()
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc")
+def test_liveness_calls_a_late_sleeping_process_hung_and_a_fresh_one_not() -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while (found := sample(sleeper.pid)) is None or found.state != "S":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        judge = Liveness()
+        beat = time.time()
+        assert not judge.hung(sleeper.pid, beat, 30.0)  # on time
+        assert judge.hung(sleeper.pid, beat, 30.0, now=beat + 31)  # late and asleep
+        assert not judge.hung(sleeper.pid, beat + 30, 30.0, now=beat + 31)  # it beat
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -11,6 +11,7 @@ more CPU): it kills a late writer only when it is not starved (`starved`).  Linu
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,3 +58,20 @@ def starved(now: ProcessSample | None, at_beat: ProcessSample | None, late: floa
     if now is None or at_beat is None:
         return False
     return now.state == "R" and now.cpu - at_beat.cpu < STARVED_CPU_SHARE * late
+
+
+class Liveness:
+    """The supervisor's judgment of one writer after another: remembers the CPU a writer
+    had used when its heartbeat last moved (sampled at the supervisor's next look)."""
+
+    def __init__(self) -> None:
+        self._beat: tuple[int | None, float, ProcessSample | None] = (None, 0.0, None)
+
+    def hung(self, pid: int | None, heartbeat: float, stall: float,
+             now: float | None = None) -> bool:
+        """True when writer `pid`, last heartbeat at `heartbeat` (time.time()), is more
+        than `stall` seconds late and not waiting for CPU (`starved`)."""
+        if self._beat[:2] != (pid, heartbeat):
+            self._beat = (pid, heartbeat, sample(pid))
+        late = (time.time() if now is None else now) - heartbeat
+        return late > stall and not starved(sample(pid), self._beat[2], late)

@@ -34,7 +34,7 @@ from ..decision import Decision
 from ..wire import Request
 from .ages import SpoolAges
 from .entries import EntryPacker
-from .liveness import ProcessSample, sample, starved
+from .liveness import Liveness
 from .records import RecordIds
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
@@ -79,7 +79,7 @@ class DecisionLog:
         self._dead_since: float | None = None
         self._process_lock = threading.Lock()
         self._heartbeat = self._context.Value("d", 0.0, lock=False)
-        self._beat: tuple[int | None, float, ProcessSample | None] = (None, 0.0, None)
+        self._liveness = Liveness()  # late and not starved of CPU: hung
         self._start_writer()
         self._supervisor = threading.Thread(target=self._supervise, name="komm-log-supervisor",
                                             daemon=True)
@@ -267,11 +267,7 @@ class DecisionLog:
             if process.is_alive():
                 heartbeat = max(read_state(self.spool_dir).get("heartbeat", 0.0),
                                 self._heartbeat.value, self._writer_started)
-                if self._beat[:2] != (process.pid, heartbeat):  # CPU used by then
-                    self._beat = (process.pid, heartbeat, sample(process.pid))
-                late = time.time() - heartbeat
-                if late > self.settings.writer_stall and not starved(
-                        sample(process.pid), self._beat[2], late):  # hung, not starved
+                if self._liveness.hung(process.pid, heartbeat, self.settings.writer_stall):
                     log.error("decision log writer %s stalled; restarting it", process.pid)
                     process.kill()
                     process.join(5)

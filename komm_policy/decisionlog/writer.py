@@ -38,6 +38,7 @@ from typing import Any
 from ..logsetup import configure_logging
 from .entries import record_from_raw
 from .records import Timestamps, encode_record
+from .sink_state import SinkState, backoff_delay
 from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
 from .spool import Position, position_from, read_state, write_state
 from .spool_reader import SpoolReader
@@ -58,37 +59,6 @@ crossed them (at most `BATCH` records); the JSONL sink recognises the ids in its
 `sinks.TAIL_BYTES` (10 MiB), so none is stored twice while a batch of `BATCH` records
 holds less than 8 MiB (4 KB a record; the shipped RCPT decision's is 1.1 KB)."""
 RETAIN_EVERY = 60.0
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
-
-
-def backoff_delay(failures: int, rng: random.Random, *, first: float = BACKOFF_FIRST,
-                  cap: float = BACKOFF_MAX) -> float:
-    """Seconds to wait after the `failures`-th failure in a row (1, 2, …): the capped
-    exponential `first * 2**(failures-1)` with equal jitter, uniform in [cap/2, cap]
-    (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).  Never below half
-    the step, so a dead server is not hammered; never above `cap`."""
-    step = min(cap, first * 2 ** min(max(failures, 1) - 1, 16))
-    return step / 2 + rng.uniform(0.0, step / 2)
-
-
-class _SinkState:
-    __slots__ = ("blocked", "counters", "errors", "failures", "last_error", "name",
-                 "position", "retry_at", "sink", "spec")
-
-    def __init__(self, spec: SinkSpec | Sink, position: Position | None) -> None:
-        self.spec = spec
-        # A spec is opened on first use, so a sink that cannot open yet (store missing,
-        # directory not writable) is retried like a failed write.
-        self.sink: Sink | None = None if hasattr(spec, "open") else spec  # type: ignore[assignment]
-        self.name: str = spec.name
-        self.position = position
-        self.failures = 0
-        self.errors = 0
-        self.retry_at = 0.0
-        self.last_error: str | None = None
-        self.blocked: str | None = None  # SinkBlocked's message until a write succeeds
-        self.counters: dict[str, int] = {}
 
 
 class SpoolWriter:
@@ -103,7 +73,7 @@ class SpoolWriter:
         state = read_state(self.directory)
         self.reader = SpoolReader(self.directory, known=state.get("corruption"))
         saved = state.get("positions", {})
-        self.states = [_SinkState(s, self._restored(s.name, saved.get(s.name)))
+        self.states = [SinkState(s, self._restored(s.name, saved.get(s.name)))
                        for s in sinks]
         self._clock = clock
         self._batch = batch
@@ -200,12 +170,12 @@ class SpoolWriter:
         return records
 
     @staticmethod
-    def _count(state: _SinkState) -> None:
+    def _count(state: SinkState) -> None:
         counters = getattr(state.sink, "counters", None)
         if counters is not None:
             state.counters = dict(counters())
 
-    def _failed(self, state: _SinkState, exc: Exception) -> None:
+    def _failed(self, state: SinkState, exc: Exception) -> None:
         state.errors += 1
         state.blocked = str(exc) if isinstance(exc, SinkBlocked) else None
         state.failures += 1
