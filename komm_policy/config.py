@@ -73,6 +73,7 @@ class Config:
     log_sqlite_max_rows: int = 0
     log_max_backlog_records: int = _LOG.max_backlog_records
     log_max_backlog_age: float = _LOG.max_backlog_age
+    log_writer_sched_idle: bool = _LOG.writer_sched_idle
     log_spacetimedb: str = ""
     log_spacetimedb_reducer: str = _REDUCER.reducer
     log_spacetimedb_args: str = _REDUCER.args

@@ -170,6 +170,9 @@ OPTIONS: tuple[Option, ...] = (
            "/readyz is 503 when a sink is more records behind"),
     Option("log_max_backlog_age", "log", "max_backlog_age", "KOMM_LOG_MAX_BACKLOG_AGE",
            _float, "/readyz is 503 when a sink's oldest unwritten record is older (s)"),
+    Option("log_writer_sched_idle", "log", "writer_sched_idle",
+           "KOMM_LOG_WRITER_SCHED_IDLE", _bool,
+           "run the log writer under SCHED_IDLE (Linux) instead of nice 10"),
     Option("log_spacetimedb", "log", "spacetimedb", "KOMM_LOG_SPACETIMEDB", _str,
            "also send decisions to a SpacetimeDB reducer: spacetimedb://HOST:PORT/DB or "
            "spacetimedb+https://HOST/DB (empty: off)"),

@@ -24,7 +24,8 @@ BY_NAME = {o.name: o for o in OPTIONS}
 # A value unlike the default for each setting a [log] option sets.
 VALUES: dict[str, Any] = {"spool": "elsewhere/spool", "fsync_interval": 0.5,
                           "on_spool_error": "accept", "queue_max": 77, "spool_keep": 3.0,
-                          "max_backlog_records": 123, "max_backlog_age": 9.0}
+                          "max_backlog_records": 123, "max_backlog_age": 9.0,
+                          "writer_sched_idle": True}
 
 
 def test_every_configured_setting_has_a_test_value_unlike_its_default() -> None:
@@ -49,6 +50,8 @@ def test_unset_options_give_the_decision_logs_own_defaults() -> None:
 
 
 def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 

@@ -34,20 +34,20 @@ from ..decision import Decision
 from ..wire import Request
 from .ages import SpoolAges
 from .entries import EntryPacker
+from .liveness import Liveness
 from .records import RecordIds
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
 from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
 from .spool_reader import corruption_summary
-from .writer import group_signals_blocked, start_resource_tracker_deaf_to_sighup, writer_main
+from .writer import writer_main
+from .writer_signals import group_signals_blocked, start_resource_tracker_deaf_to_sighup
 
 log = logging.getLogger(__name__)
 
 
 WRITER_GRACE = 5.0
 """Seconds a writer may be down (being restarted) before /readyz reports it."""
-
-
 
 
 class DecisionLog:
@@ -79,6 +79,7 @@ class DecisionLog:
         self._dead_since: float | None = None
         self._process_lock = threading.Lock()
         self._heartbeat = self._context.Value("d", 0.0, lock=False)
+        self._liveness = Liveness()  # late and not starved of CPU: hung
         self._start_writer()
         self._supervisor = threading.Thread(target=self._supervise, name="komm-log-supervisor",
                                             daemon=True)
@@ -230,7 +231,7 @@ class DecisionLog:
             target=writer_main, name="komm-decision-log",
             args=(str(self.spool_dir), self._specs, receiver, self.settings.poll,
                   self.settings.spool_keep, 20.0, self.settings.writer_nice,
-                  self._heartbeat),
+                  self._heartbeat, self.settings.writer_sched_idle),
             daemon=True)
         with group_signals_blocked():
             process.start()
@@ -265,9 +266,8 @@ class DecisionLog:
                     self._failing = None
             if process.is_alive():
                 heartbeat = max(read_state(self.spool_dir).get("heartbeat", 0.0),
-                                self._heartbeat.value)
-                if time.time() - max(heartbeat, self._writer_started) > (
-                        self.settings.writer_stall):
+                                self._heartbeat.value, self._writer_started)
+                if self._liveness.hung(process.pid, heartbeat, self.settings.writer_stall):
                     log.error("decision log writer %s stalled; restarting it", process.pid)
                     process.kill()
                     process.join(5)

@@ -27,6 +27,10 @@ class LogSettings:
     """A writer without a heartbeat this long is killed and restarted."""
     writer_nice: int = 10
     """CPU priority of the writer process below the service's (0: the same)."""
+    writer_sched_idle: bool = False
+    """Run the writer under SCHED_IDLE (Linux; instead of `writer_nice`): it gets a CPU
+    only when nothing else wants it.  Off until measured under load; a writer starved
+    this way is not taken for a hung one (`liveness.starved`)."""
     poll: float = 0.05
     """Seconds the writer waits when it has caught up (records reach the sinks within)."""
 
@@ -34,7 +38,8 @@ class LogSettings:
 CONFIGURED = {"spool": "log_spool", "fsync_interval": "log_spool_fsync_interval",
               "on_spool_error": "log_on_spool_error", "queue_max": "log_queue_max",
               "spool_keep": "log_spool_keep", "max_backlog_records": "log_max_backlog_records",
-              "max_backlog_age": "log_max_backlog_age"}
+              "max_backlog_age": "log_max_backlog_age",
+              "writer_sched_idle": "log_writer_sched_idle"}
 """The settings a `[log]` option sets: `LogSettings` field → `config.Config` field (whose
 default is the `LogSettings` one); the others are fixed."""
 

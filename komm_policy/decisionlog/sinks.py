@@ -2,7 +2,8 @@
 
 A sink takes batches of records read from the spool, in spool order.  The writer keeps
 each sink's position in the spool and moves it only after `write` returned, so after a
-crash a sink may be given the last batch again: every sink must store a record id once
+crash a sink may be given again what it took since the positions were last saved (at
+most `writer.SAVE_RECORDS` records and a batch): every sink must store a record id once
 (the JSONL sink remembers the ids at the end of its file, `mta_log` has a unique index,
 a SpacetimeDB reducer sink would key its table by id).  `write` raises to have the same
 batch retried later (with backoff); it never drops records.  `SinkBlocked` says the
@@ -66,25 +67,30 @@ class _IdOnly(msgspec.Struct):
 
 
 _ID_DECODER = msgspec.json.Decoder(_IdOnly)
-TAIL_BYTES = 8 * 1024 * 1024
-"""How much of the file's end is read at open for the ids already written (more than
-one batch, which is all a crash can make the writer repeat)."""
+TAIL_BYTES = 10 * 1024 * 1024
+"""How much of the JSONL's end (the file's, and the newest rotated one's when the file
+holds less) is read at open for the ids already written: more than a writer killed
+between two saves of its positions delivers again (`writer.SAVE_BYTES`)."""
 
 
-def _tail_ids(path: Path) -> set[str]:
+def _tail_ids(path: Path, tail: int = TAIL_BYTES) -> tuple[set[str], int]:
+    """The ids in the last `tail` bytes of `path`, and how many bytes were read."""
     ids: set[str] = set()
+    if tail <= 0:
+        return ids, 0
+    size = 0
     with contextlib.suppress(FileNotFoundError), path.open("rb") as file:
         size = file.seek(0, os.SEEK_END)
-        file.seek(max(0, size - TAIL_BYTES))
+        file.seek(max(0, size - tail))
         data = file.read()
         lines = data.split(b"\n")
-        if size > TAIL_BYTES:
+        if size > tail:
             lines = lines[1:]  # the first line is cut
         for line in lines:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 if line:
                     ids.add(_ID_DECODER.decode(line).id)
-    return ids
+    return ids, min(size, tail)
 
 
 class JsonlSink:
@@ -103,9 +109,11 @@ class JsonlSink:
         self.max_bytes = max_bytes
         self.backups = backups
         self.max_age = max_age
-        self._recent = _tail_ids(self.path)
-        if len(self._recent) < 1000:
-            self._recent |= _tail_ids(self.path.with_name(f"{self.path.name}.1"))
+        self._recent, read = _tail_ids(self.path)
+        # The rest of the window from the newest rotated file: a rotation may fall
+        # within what is delivered again.
+        self._recent |= _tail_ids(self.path.with_name(f"{self.path.name}.1"),
+                                  TAIL_BYTES - read)[0]
         self._open()
 
     def _open(self) -> None:

@@ -82,7 +82,7 @@ class ReducerSink:
         self.endpoint = Endpoint.parse(spec.url)
         self.dead_letter = Path(spec.dead_letter)
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
-        self._dead_ids = _tail_ids(self.dead_letter)
+        self._dead_ids = _tail_ids(self.dead_letter)[0]
         self._dead_count = _count_lines(self.dead_letter)
         self.calls = 0
         self._streak_file = Path(spec.dead_letter + ".refused-in-a-row")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .spool import SUFFIX, Position, segment_name, segments
-from .spoolframe import HEADER_SIZE, Frame, Gap, header_at, scan
+from .spoolframe import HEADER_SIZE, Frame, Gap, header_at, intact_run, scan
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class SpoolReader:
                                               float(event["at"])))
         self._seen: dict[tuple[int, int], None] = {
             (e.segment, e.offset): None for e in self.events}
+        self._open: tuple[int, tuple[int, int]] | None = None
+        """The segment kept open between reads: its fd and (device, inode)."""
         self.tombs = tombstones(self.directory)
         """Segments removed with a tombstone (`TAKEN`) not yet cleared (`clear_tombs`)."""
         self._removed: dict[int, None] = dict.fromkeys(self.tombs)
@@ -127,21 +129,45 @@ class SpoolReader:
         return Position(present[0], 0, present[0]) if present else None
 
     def _window(self, path: Path, offset: int) -> tuple[bytes, int] | None:
-        """The bytes from `offset` (a read window, widened to hold a whole frame that
-        starts there and a window after it), and the file's size before they were
-        read; None when the file does not exist."""
+        """The bytes from `offset` that the file holds (at most a read window, widened
+        to hold a whole frame that starts there and a window after it), and the file's
+        size before they were read; None when the file does not exist.  The segment
+        stays open between calls while `path` names the same file (device, inode): a
+        segment removed or replaced by hand is seen at the next call."""
         try:
-            with path.open("rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                file.seek(offset)
-                data = file.read(self.read_bytes)
-                header = header_at(data, 0)
-                if header is not None and len(data) < HEADER_SIZE + header.length:
-                    data += file.read(HEADER_SIZE + header.length + self.read_bytes
-                                      - len(data))
-                return data, size
+            current = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
+            self.close()
             return None
+        identity = (current.st_dev, current.st_ino)
+        if self._open is None or self._open[1] != identity:
+            self.close()
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            opened = os.fstat(fd)
+            self._open = (fd, (opened.st_dev, opened.st_ino))
+        fd = self._open[0]
+        size = os.fstat(fd).st_size
+        if size <= offset:
+            return b"", size
+        data = os.pread(fd, min(size - offset, self.read_bytes), offset)
+        header = header_at(data, 0)
+        if header is not None and len(data) < HEADER_SIZE + header.length:
+            data += os.pread(fd, HEADER_SIZE + header.length + self.read_bytes - len(data),
+                             offset + len(data))
+        return data, size
+
+    def close(self) -> None:
+        """Close the segment kept open (the next read opens it again)."""
+        if self._open is not None:
+            fd, self._open = self._open[0], None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
     def read(self, position: Position | None, limit: int
              ) -> tuple[list[tuple[int, bytes]], Position | None]:
@@ -157,8 +183,11 @@ class SpoolReader:
             if window is None and not self.directory.is_dir():
                 return entries, position
             data, size = window or (b"", offset)
-            consumed = 0
-            for item in scan(data):
+            # The usual case first: intact frames numbered on from `seq`.
+            run, consumed = intact_run(data, seq, limit - len(entries))
+            entries += run
+            seq += len(run)
+            for item in scan(data, consumed) if len(entries) < limit else ():
                 if isinstance(item, Gap):
                     self._skipped(segment, offset + item.start, item.end - item.start,
                                   item.next_seq - seq, "a corrupt stretch")

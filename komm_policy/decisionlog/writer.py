@@ -3,13 +3,15 @@
 One loop: for each sink not waiting out a backoff, read the next batch after its
 position, turn the raw entries into records (once per batch, shared by the sinks at the
 same position), write them, and move the position.  Positions and the writer's status
-go to the spool's `state.json` after every batch (atomic rename); a restarted writer
-resumes from there.  A failed sink keeps its position and is retried with backoff while
-the others go on: 0.5 s doubling up to 30 s, each delay drawn uniformly from its upper
-half ("equal jitter", `backoff_delay`), so many writers that lost one server do not come
-back in step.  A segment every sink has read past is removed as soon as the writer
-sees that (with `spool_keep` set, once it is also that old; that check runs every
-`RETAIN_EVERY` seconds, with each sink's own retention).
+go to the spool's `state.json` (atomic rename) after every batch, or in the writer
+process every `SAVE_EVERY` seconds (sooner after `SAVE_RECORDS` / `SAVE_BYTES`, at once
+when caught up); a restarted writer resumes from there.  A failed sink keeps its
+position and is retried with backoff while the others go on: 0.5 s doubling up to
+30 s, each delay drawn uniformly from its upper half ("equal jitter", `backoff_delay`),
+so many writers that lost one server do not come back in step.  A segment every sink
+has read past is removed as soon as the writer sees that (with `spool_keep` set, once
+it is also that old; that check runs every `RETAIN_EVERY` seconds, with each sink's own
+retention).
 
 Why a process: building records, JSON encoding, SQLite inserts and file writes are
 CPU-bound Python; in a thread they would hold the GIL against the event loop thread.
@@ -28,58 +30,35 @@ import os
 import random
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..logsetup import configure_logging
 from .entries import record_from_raw
 from .records import Timestamps, encode_record
+from .sink_state import SinkState, backoff_delay
 from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
 from .spool import Position, position_from, read_state, write_state
 from .spool_reader import SpoolReader
+from .writer_signals import GROUP_SIGNALS
 
 log = logging.getLogger(__name__)
 
-GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-"""Signals a service manager or terminal sends the whole process group; the writer
-ignores them (the service stops it, after draining; only the service reloads)."""
-
 BATCH = 2000
+SAVE_EVERY = 0.5
+"""Seconds between saves of the positions while the writer delivers (`writer_main`; it
+saves at once when it has caught up, and before it ends)."""
+SAVE_RECORDS = BATCH
+SAVE_BYTES = 2 * 1024 * 1024
+"""Records / bytes of JSON lines delivered after which the positions are saved sooner.
+What a writer killed between saves delivers again is what it delivered since the last
+save: fewer than `SAVE_RECORDS` records and `SAVE_BYTES` bytes, plus the batch that
+crossed them (at most `BATCH` records); the JSONL sink recognises the ids in its last
+`sinks.TAIL_BYTES` (10 MiB), so none is stored twice while a batch of `BATCH` records
+holds less than 8 MiB (4 KB a record; the shipped RCPT decision's is 1.1 KB)."""
 RETAIN_EVERY = 60.0
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
-
-
-def backoff_delay(failures: int, rng: random.Random, *, first: float = BACKOFF_FIRST,
-                  cap: float = BACKOFF_MAX) -> float:
-    """Seconds to wait after the `failures`-th failure in a row (1, 2, …): the capped
-    exponential `first * 2**(failures-1)` with equal jitter, uniform in [cap/2, cap]
-    (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).  Never below half
-    the step, so a dead server is not hammered; never above `cap`."""
-    step = min(cap, first * 2 ** min(max(failures, 1) - 1, 16))
-    return step / 2 + rng.uniform(0.0, step / 2)
-
-
-class _SinkState:
-    __slots__ = ("blocked", "counters", "errors", "failures", "last_error", "name",
-                 "position", "retry_at", "sink", "spec")
-
-    def __init__(self, spec: SinkSpec | Sink, position: Position | None) -> None:
-        self.spec = spec
-        # A spec is opened on first use, so a sink that cannot open yet (store missing,
-        # directory not writable) is retried like a failed write.
-        self.sink: Sink | None = None if hasattr(spec, "open") else spec  # type: ignore[assignment]
-        self.name: str = spec.name
-        self.position = position
-        self.failures = 0
-        self.errors = 0
-        self.retry_at = 0.0
-        self.last_error: str | None = None
-        self.blocked: str | None = None  # SinkBlocked's message until a write succeeds
-        self.counters: dict[str, int] = {}
 
 
 class SpoolWriter:
@@ -88,12 +67,13 @@ class SpoolWriter:
 
     def __init__(self, directory: str | Path, sinks: Sequence[SinkSpec | Sink], *,
                  clock: Callable[[], float] = time.monotonic,
-                 batch: int = BATCH, rng: random.Random | None = None) -> None:
+                 batch: int = BATCH, rng: random.Random | None = None,
+                 save_every: float = 0.0) -> None:
         self.directory = Path(directory)
         state = read_state(self.directory)
         self.reader = SpoolReader(self.directory, known=state.get("corruption"))
         saved = state.get("positions", {})
-        self.states = [_SinkState(s, self._restored(s.name, saved.get(s.name)))
+        self.states = [SinkState(s, self._restored(s.name, saved.get(s.name)))
                        for s in sinks]
         self._clock = clock
         self._batch = batch
@@ -106,6 +86,9 @@ class SpoolWriter:
         self._saved = [s.position for s in self.states]
         """What `state.json` holds: only segments below it are collected (see `save`)."""
         self._last_save_error = 0.0
+        self._save_every = save_every
+        self._last_save = clock()
+        self._unsaved_records = self._unsaved_bytes = 0
         self.behind = False  # the last step read a full batch: more is waiting
 
     def _restored(self, name: str, saved: object) -> Position | None:
@@ -124,7 +107,8 @@ class SpoolWriter:
     def step(self, *, force: bool = False) -> bool:
         """One batch for every sink that can take one; True if any progress was made."""
         progress = False
-        cache: dict[Position | None, tuple[list[SpooledRecord], Position | None]] = {}
+        delivered = delivered_bytes = 0  # the most any sink was given in this step
+        cache: dict[Position | None, tuple[list[SpooledRecord], Position | None, int]] = {}
         now = self._clock()
         for state in self.states:
             if not force and now < state.retry_at:
@@ -132,8 +116,9 @@ class SpoolWriter:
             key = state.position
             if key not in cache:
                 entries, after = self.reader.read(key, self._batch)
-                cache[key] = (self._records(entries), after)
-            records, after = cache[key]
+                records = self._records(entries)
+                cache[key] = (records, after, sum([len(r.line) for r in records]))
+            records, after, size = cache[key]
             if after == state.position:
                 continue
             try:
@@ -155,11 +140,22 @@ class SpoolWriter:
             state.position = after
             if state is self.states[0]:
                 self.written += len(records)
+            delivered = max(delivered, len(records))
+            delivered_bytes = max(delivered_bytes, size)
             progress = True
-        self.behind = any(len(records) >= self._batch for records, _ in cache.values())
+        self.behind = any(len(records) >= self._batch for records, _, _ in cache.values())
         if progress:
-            self.save()
+            self._unsaved_records += delivered
+            self._unsaved_bytes += delivered_bytes
+            if (self._unsaved_records >= SAVE_RECORDS or self._unsaved_bytes >= SAVE_BYTES
+                    or self._clock() - self._last_save >= self._save_every):
+                self.save()
         return progress
+
+    @property
+    def unsaved(self) -> bool:
+        """Positions moved since the last save (`save_every` defers saving)."""
+        return [s.position for s in self.states] != self._saved
 
     def _records(self, entries: list[tuple[int, bytes]]) -> list[SpooledRecord]:
         records = []
@@ -174,12 +170,12 @@ class SpoolWriter:
         return records
 
     @staticmethod
-    def _count(state: _SinkState) -> None:
+    def _count(state: SinkState) -> None:
         counters = getattr(state.sink, "counters", None)
         if counters is not None:
             state.counters = dict(counters())
 
-    def _failed(self, state: _SinkState, exc: Exception) -> None:
+    def _failed(self, state: SinkState, exc: Exception) -> None:
         state.errors += 1
         state.blocked = str(exc) if isinstance(exc, SinkBlocked) else None
         state.failures += 1
@@ -258,6 +254,8 @@ class SpoolWriter:
                     raise
                 write_state(self.directory, self.status())
             self._saved = positions
+            self._last_save = self._clock()
+            self._unsaved_records = self._unsaved_bytes = 0
             self.reader.clear_tombs(positions)
         except OSError as exc:  # positions stay in memory meanwhile
             if time.monotonic() - self._last_save_error >= 10.0:
@@ -265,6 +263,7 @@ class SpoolWriter:
                 log.error("decision log: cannot save the sink positions: %s", exc)
 
     def close(self) -> None:
+        self.reader.close()
         for state in self.states:
             if state.sink is not None:
                 try:
@@ -297,6 +296,7 @@ def adopt_orphans(own: Path, specs: Sequence[SinkSpec]) -> int:
             try:
                 while writer.step(force=True):
                     pass
+                writer.save()
                 moved += writer.written
                 done = all(not writer.reader.read(state.position, 1)[0]
                            for state in writer.states)
@@ -313,11 +313,12 @@ def adopt_orphans(own: Path, specs: Sequence[SinkSpec]) -> int:
 
 def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
                 poll: float = 0.05, keep: float = 0.0, drain_timeout: float = 20.0,
-                nice: int = 10, heartbeat: Any = None) -> None:
+                nice: int = 10, heartbeat: Any = None, sched_idle: bool = False) -> None:
     """The writer process.  `control` is the read end of a pipe from the service: a
     message or its end (the service closed it, or died) means drain, then exit.  It runs
-    at a lower CPU priority (`nice`): answers come first, and the spool holds what the
-    writer has not taken yet (its backlog is in /metrics and /readyz)."""
+    at a lower CPU priority (`nice`, or SCHED_IDLE with `sched_idle`): answers come
+    first, and the spool holds what the writer has not taken yet (its backlog is in
+    /metrics and /readyz)."""
     configure_logging()  # the service's level (KOMM_LOG_LEVEL); httpx quiet
     # The writer ends when the service tells it or is gone, after draining.  A SIGTERM
     # or SIGINT to the whole process group (systemd's stop, Ctrl-C) reaches it too; it
@@ -327,10 +328,12 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
     for signum in GROUP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)  # blocked since birth
-    if nice:
-        with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):
+        if sched_idle and hasattr(os, "SCHED_IDLE"):  # Linux: CPU nothing else wants
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        elif nice:
             os.nice(nice)
-    writer = SpoolWriter(directory, specs)
+    writer = SpoolWriter(directory, specs, save_every=SAVE_EVERY)
     last_save = 0.0
     # The heartbeat the service watches: shared memory (`heartbeat`, a float), so a
     # writer that cannot save its state (a full disk) is not taken for a stalled one.
@@ -351,7 +354,9 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
                     log.exception("decision log: draining an ended worker's spool failed")
             if progressed:
                 last_save = time.monotonic()
-            elif time.monotonic() - last_save >= 1.0:  # the heartbeat
+            elif writer.unsaved or time.monotonic() - last_save >= 1.0:
+                # Caught up: the positions saving deferred (`SAVE_EVERY`), or the
+                # heartbeat in `state.json`.
                 writer.save()
                 last_save = time.monotonic()
             # Caught up: wait a poll interval, so batches are large (every batch costs a
@@ -366,35 +371,3 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
         writer.save()
     finally:
         writer.close()
-
-
-def start_resource_tracker_deaf_to_sighup() -> None:
-    """Start multiprocessing's resource tracker (every spawn needs it) with SIGHUP ignored,
-    which it keeps across exec: a SIGHUP to the process group (a terminal hangup, a
-    supervisor signalling the group to reload) otherwise kills it, and the next writer
-    start relaunches it with a warning.  It ignores SIGINT and SIGTERM by itself.  Only
-    from the main thread (signal dispositions are set there); elsewhere it starts as
-    multiprocessing starts it."""
-    from multiprocessing import resource_tracker
-
-    if threading.current_thread() is not threading.main_thread():
-        resource_tracker.ensure_running()
-        return
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
-
-
-@contextlib.contextmanager
-def group_signals_blocked() -> Iterator[None]:
-    """Around starting the writer: the calling thread blocks `GROUP_SIGNALS`, a mask the
-    new process inherits across exec, so one arriving before the writer could ignore it
-    waits (and is then ignored) instead of killing it.  Any thread may call it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
-
