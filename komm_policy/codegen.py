@@ -166,7 +166,9 @@ class StageGenerator(CompareGenerating):
             self.emit("    if _d is not None:")
             self.emit("        return _d")
         self.splice(default_lines(self, name, stage, holder))
-        settle_sites(self.sites)
+        # the rules' statements and texts run as closures: their lookups are calls too
+        settle_sites(self.sites, frozenset().union(
+            *(self.c.action_tags.get(id(rule), ()) for rule in rules)))
         for tag, calls in self.sites.items():
             self.all_sites.setdefault(tag, []).extend(calls)
         source = MEMO_CHOICE.sub(self._choose, "def run(ctx, policy):\n"

@@ -86,6 +86,10 @@ class _Compiler(RuleCompiling):
         """The table lookups of the generated stage functions (`codegen`), apart."""
         self.rule_asts: dict[int, n.Rule] = {}
         """Compiled rule (by identity) → its AST, for `codegen`."""
+        self.action_tags: dict[int, frozenset[str]] = {}
+        """Compiled rule (by identity) → the memo tags of the table lookups in its
+        statements, reply and quarantine texts: closures that a generated stage calls, so
+        a generated lookup of the same tag keeps its memo (`codegen`)."""
 
     def type_of(self, expr: n.Expr) -> t.Type:
         return self.types.get(id(expr), t.ANY)

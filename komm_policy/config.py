@@ -51,6 +51,12 @@ class Config:
     shutdown_timeout: float = 10.0
     max_header_bytes: int = 16384
     max_headers: int = 100
+    linger_timeout: float = 2.0
+    """Seconds a connection answered before its request was read whole still reads and
+    drops what the client sends (`hook/linger.py`); 0: it closes at once."""
+    linger_bytes: int = 0
+    """The most bytes read and dropped then; 0: `max_body_bytes`, at least 64 MiB
+    (`linger_bytes_for`)."""
     status_auth: bool = False
     policies: Path = Path("policies")
     watch: bool = True
@@ -248,6 +254,12 @@ def validate(config: Config) -> list[str]:
         problems.append(f"max_concurrency: must be at least 1, got {config.max_concurrency}")
     if config.max_header_bytes < 1024:
         problems.append(f"max_header_bytes: {config.max_header_bytes} is too small (min 1024)")
+    if config.linger_timeout < 0:
+        problems.append(f"linger_timeout: must not be negative (0: no lingering), got "
+                        f"{config.linger_timeout}")
+    if config.linger_bytes < 0:
+        problems.append(f"linger_bytes: must not be negative (0: max_body_bytes, at least "
+                        f"64 MiB), got {config.linger_bytes}")
     if config.max_headers < 8:
         problems.append(f"max_headers: {config.max_headers} is too small (min 8)")
     if config.status_auth and not config.token:

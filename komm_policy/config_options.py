@@ -67,7 +67,8 @@ mistakes, and `inf` or `1e300` would overflow the timers that wait for them."""
 MAXIMA: dict[str, float] = {
     "workers": 1024, "max_body_bytes": 2**30, "max_body_buffer_bytes": 2**36,
     "max_connections": 2**20, "max_concurrency": 2**20, "max_header_bytes": 2**24,
-    "max_headers": 100_000, "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
+    "max_headers": 100_000, "linger_timeout": 60.0, "linger_bytes": 2**36,
+    "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
     "log_queue_max": 10_000_000, "log_spacetimedb_batch": 100_000,
     "log_spacetimedb_max_dead_letters": 1_000_000,
     # retention, not waiting: up to ten years
@@ -121,6 +122,12 @@ OPTIONS: tuple[Option, ...] = (
            "largest request line and header fields together (else 431, closed)"),
     Option("max_headers", "server", "max_headers", "KOMM_MAX_HEADERS", _int,
            "most header fields in a request (else 431, closed)"),
+    Option("linger_timeout", "server", "linger_timeout", "KOMM_LINGER_TIMEOUT", _float,
+           "seconds a connection answered before its request was read whole (413, 401, "
+           "503, 431, 400) still reads and drops the rest, so the client reads the answer "
+           "instead of a reset (0: close at once)"),
+    Option("linger_bytes", "server", "linger_bytes", "KOMM_LINGER_BYTES", _int,
+           "the most bytes read and dropped then (0: max_body_bytes, at least 64 MiB)"),
     Option("shutdown_timeout", "server", "shutdown_timeout", "KOMM_SHUTDOWN_TIMEOUT", _float,
            "seconds SIGTERM waits for requests in progress before cancelling them"),
     Option("status_auth", "server", "status_auth", "KOMM_STATUS_AUTH", _bool,

@@ -34,6 +34,7 @@ from .program import (
     Statement,
     as_closure,
 )
+from .table_lookups import Sites
 from .text import reply_text, to_text
 
 
@@ -43,6 +44,8 @@ class RuleCompiling:
     analysis: Analysis
     field_refs: Mapping[int, Field]
     rule_asts: dict[int, n.Rule]
+    sites: Sites
+    action_tags: dict[int, frozenset[str]]
 
     if TYPE_CHECKING:  # supplied by the expression compiler
         def expr(self, expr: n.Expr) -> Compiled: ...
@@ -111,18 +114,27 @@ class RuleCompiling:
             cond_fn: Closure = lambda ctx: always  # noqa: E731
         else:
             cond_fn = cond
-        final = self.outcome(rule.final) if isinstance(rule.final, n.Action) else None
-        on_error: Outcome | str | None = None
-        if isinstance(rule.on_error, n.Continue):
-            on_error = CONTINUE
-        elif isinstance(rule.on_error, n.Action):
-            on_error = self.outcome(rule.on_error)
+        sites, self.sites = self.sites, {}  # the lookups of what follows, apart
+        try:
+            final = self.outcome(rule.final) if isinstance(rule.final, n.Action) else None
+            on_error: Outcome | str | None = None
+            if isinstance(rule.on_error, n.Continue):
+                on_error = CONTINUE
+            elif isinstance(rule.on_error, n.Action):
+                on_error = self.outcome(rule.on_error)
+            statements = tuple(self.statement(s) for s in rule.statements)
+        finally:
+            action_sites, self.sites = self.sites, sites
+        for tag, calls in action_sites.items():
+            sites.setdefault(tag, []).extend(calls)
         ref = RuleRef(rule.name, rule.span.file, rule.span.line, rule.span.column)
-        statements = tuple(self.statement(s) for s in rule.statements)
         paths = lookup_paths((rule.when, *rule.statements, rule.final), self.analysis.instances,
                              self.analysis.table_calls)
-        return CompiledRule(rule.name, ref, cond_fn, statements, final, on_error, rule.dry_run,
-                            paths=paths)
+        compiled = CompiledRule(rule.name, ref, cond_fn, statements, final, on_error,
+                                rule.dry_run, paths=paths)
+        if action_sites:
+            self.action_tags[id(compiled)] = frozenset(action_sites)
+        return compiled
 
     def outcome(self, action: n.Action) -> Outcome:
         message: str | Closure | None = None

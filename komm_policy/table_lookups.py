@@ -17,7 +17,7 @@ stand-in for the tables, other call shapes) takes the generic path:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from .context import EvalContext
@@ -53,11 +53,13 @@ Sites = dict[str, list[LookupSite]]
 """Every compiled table lookup call of a policy set, by memo tag."""
 
 
-def settle_sites(sites: Sites) -> None:
-    """After compiling a whole set: a tag with one call that is not `repeated` is read
-    at most once per decision and needs no memo."""
-    for calls in sites.values():
-        if len(calls) == 1 and not calls[0].repeated:
+def settle_sites(sites: Sites, elsewhere: Collection[str] = ()) -> None:
+    """After compiling a whole set (or a generated stage): a tag with one call that is
+    not `repeated`, and no call `elsewhere` (tags also read by code outside `sites` that
+    the same decision may run: a generated stage's closures), is read at most once per
+    decision and needs no memo."""
+    for tag, calls in sites.items():
+        if len(calls) == 1 and not calls[0].repeated and tag not in elsewhere:
             calls[0].memo = False
 
 

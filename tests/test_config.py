@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from komm_policy.cli.serve import server_limits
 from komm_policy.config import OPTIONS, Config, ConfigError, load_config
 
 
@@ -526,3 +527,24 @@ def test_bad_connection_limits_are_each_reported(base_env: dict[str, str]) -> No
                      "max_connections: must not be negative",
                      "shutdown_timeout: must not be negative", "status_auth: needs a token"):
         assert any(p.startswith(expected) for p in problems), (expected, problems)
+
+
+def test_linger_bounds_from_each_source_and_the_derived_byte_default(
+        tmp_path: Path, base_env: dict[str, str]) -> None:
+    defaults = server_limits(load_config(env=base_env))
+    assert (defaults.linger_timeout, defaults.linger_bytes) == (2.0, 64 * 1024 * 1024)
+    raised = load_config(env={**base_env, "KOMM_MAX_BODY_BYTES": str(200 * 1024 * 1024)})
+    assert server_limits(raised).linger_bytes == 200 * 1024 * 1024  # follows the body limit
+    path = write_toml(tmp_path, "[server]\nlinger_timeout = 7.5\nlinger_bytes = 4096\n")
+    config = load_config(path, env=base_env)
+    assert (server_limits(config).linger_timeout, server_limits(config).linger_bytes) == (
+        7.5, 4096)
+    config = load_config(path, env={**base_env, "KOMM_LINGER_BYTES": "8192"},
+                         overrides={"linger_timeout": 0.0})
+    assert (server_limits(config).linger_timeout, server_limits(config).linger_bytes) == (
+        0.0, 8192)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(env={**base_env, "KOMM_LINGER_TIMEOUT": "-1", "KOMM_LINGER_BYTES": "-2"})
+    problems = problems_of(excinfo)
+    assert any(p.startswith("linger_timeout: must not be negative") for p in problems)
+    assert any(p.startswith("linger_bytes: must not be negative") for p in problems)

@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +127,78 @@ def test_sigterm_is_not_held_up_by_a_lingering_connection(tmp_path) -> None:
     finally:
         stop.set()
         running.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# The bounds are options (`[server] linger_timeout`, `linger_bytes`): a real server
+# honours changed values, and the byte bound follows a raised `max_body_bytes`.
+
+
+def slow_sender(sock: socket.socket, stop: threading.Event, sent: list[int]) -> None:
+    """64 KiB every 10 ms (about 6 MB/s): far under any byte bound, so only time cuts."""
+    chunk = b"{" * 65536
+    try:
+        while not stop.is_set():
+            sent[0] += sock.send(chunk)
+            time.sleep(0.01)
+    except OSError:
+        pass
+
+
+def cut_after(port: int, sender: Any, limit: float) -> tuple[float, int]:
+    """Seconds from a 413 (declared 10 GiB over a 1 MiB limit) to the reset of a client
+    that keeps sending with `sender`, and the bytes it sent."""
+    stop = threading.Event()
+    sent = [0]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(HEAD + AUTH + b"Content-Length: %d\r\n\r\n" % (10 * 1024 * MiB))
+        started = time.monotonic()
+        thread = threading.Thread(target=sender, args=(sock, stop, sent), daemon=True)
+        thread.start()
+        thread.join(limit)
+        elapsed = time.monotonic() - started
+        stop.set()
+        assert not thread.is_alive(), f"still read after {limit} s"
+    return elapsed, sent[0]
+
+
+def test_a_changed_linger_timeout_is_honoured_from_the_flag(tmp_path: Path) -> None:
+    """4 s from `--linger-timeout`: a slow client is still read at the default's 2 s and
+    cut after 4 s (plus a margin for a loaded machine)."""
+    with ServerProcess(Deployment(tmp_path), "--no-watch", "--linger-timeout", "4",
+                       KOMM_TOKEN=TOKEN, KOMM_MAX_BODY_BYTES=str(MiB)) as running:
+        elapsed, sent = cut_after(running.port, slow_sender, 4 + 6)
+    assert 4 <= elapsed < 4 + 5, elapsed
+    assert sent > MiB
+
+
+def test_a_changed_linger_bytes_is_honoured_from_the_config_file(tmp_path: Path) -> None:
+    """2 MiB from the TOML file (time bound 20 s from the environment): a client sending
+    at full speed is cut after about 2 MiB and the socket buffers, not 64 MiB, long
+    before the time bound."""
+    config = tmp_path / "komm.toml"
+    config.write_text("[server]\nlinger_bytes = 2097152\n")
+    with ServerProcess(Deployment(tmp_path), "--no-watch", "--config", str(config),
+                       KOMM_TOKEN=TOKEN, KOMM_MAX_BODY_BYTES=str(MiB),
+                       KOMM_LINGER_TIMEOUT="20") as running:
+        elapsed, sent = cut_after(running.port, keep_sending, 15)
+    assert elapsed < 10, elapsed
+    assert 2 * MiB <= sent < 32 * MiB, sent
+
+
+def test_linger_timeout_0_closes_at_once(tmp_path: Path) -> None:
+    with ServerProcess(Deployment(tmp_path), "--no-watch", KOMM_LINGER_TIMEOUT="0",
+                       KOMM_TOKEN=TOKEN, KOMM_MAX_BODY_BYTES=str(MiB)) as running:
+        elapsed, _ = cut_after(running.port, slow_sender, 5)
+    assert elapsed < 1.5, elapsed
+
+
+def test_the_byte_bound_follows_a_raised_body_limit(tmp_path: Path) -> None:
+    """max_body_bytes 128 MiB and nothing else set: a 96 MiB body answered 401 at once
+    (more than the old fixed 64 MiB bound) is read whole, and the client reads its 401."""
+    with ServerProcess(Deployment(tmp_path), "--no-watch", "--linger-timeout", "20",
+                       KOMM_TOKEN=TOKEN, KOMM_MAX_BODY_BYTES=str(128 * MiB)) as running:
+        head = HEAD + b"Authorization: Bearer wrong\r\nContent-Length: %d\r\n\r\n" % (96 * MiB)
+        status, headers, body = send_then_read(running.port, head, 96 * MiB)
+    assert status == 401, body
+    assert headers["connection"] == "close"

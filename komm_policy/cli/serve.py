@@ -25,7 +25,8 @@ _LIMIT_FLAGS = (("header_timeout", float, "SECONDS"), ("body_timeout", float, "S
                 ("write_timeout", float, "SECONDS"), ("max_connections", int, "N"),
                 ("max_concurrency", int, "N"), ("shutdown_timeout", float, "SECONDS"),
                 ("max_header_bytes", int, "BYTES"), ("max_headers", int, "N"),
-                ("max_body_buffer_bytes", int, "BYTES"))
+                ("max_body_buffer_bytes", int, "BYTES"), ("linger_timeout", float, "SECONDS"),
+                ("linger_bytes", int, "BYTES"))
 
 
 def register(sub: Any) -> None:
@@ -145,7 +146,22 @@ def server_limits(config: Config) -> ServerLimits:
                         max_concurrency=config.max_concurrency,
                         shutdown_timeout=config.shutdown_timeout,
                         max_header_bytes=config.max_header_bytes,
-                        max_headers=config.max_headers)
+                        max_headers=config.max_headers,
+                        linger_timeout=config.linger_timeout,
+                        linger_bytes=linger_bytes_for(config))
+
+
+LINGER_BYTES_FLOOR = 64 * 1024 * 1024
+"""The least `linger_bytes` defaults to: the default `max_body_bytes`, so a 413 for a body
+somewhat over a lowered limit is still read (the time bound acts too)."""
+
+
+def linger_bytes_for(config: Config) -> int:
+    """`linger_bytes`, or when 0 (the default) the largest body the service takes
+    (`max_body_bytes`), at least `LINGER_BYTES_FLOOR`: a body Stalwart sends that was
+    answered before it was read (401, the budget's 503) is read whole, whatever the
+    operator set the body limit to."""
+    return config.linger_bytes or max(config.max_body_bytes, LINGER_BYTES_FLOOR)
 
 
 def config_environment(config: Config) -> dict[str, str]:

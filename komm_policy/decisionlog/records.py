@@ -47,6 +47,7 @@ from ..wire import (
     InsertHeader,
     Request,
 )
+from .host_spellings import host_spellings
 
 RECORD_VERSION = 2
 QUARANTINE_HEADER = "X-Komm-Quarantine"
@@ -326,9 +327,12 @@ def redact_text(text: str, client: IP) -> str:
     """`text` with every spelling of the `client` address replaced by `REDACTED`: a bare
     address, an RFC 5321 §4.1.3 address literal (`[1.2.3.4]`, `[IPv6:...]`), an address
     after a `label:` or before a `:port`, in any case and zero compression, an IPv4-mapped
-    IPv6 address counting as its IPv4 address (`IP.parse`).  A longer address that merely
-    contains it (`192.0.2.66` for client `192.0.2.6`) is left alone.  Time linear in
-    `len(text)`: each run of `_RUN_CHARACTERS` is looked at once."""
+    IPv6 address counting as its IPv4 address (`IP.parse`), and every spelling inside a
+    host name (`host_spellings`: octets or groups joined by dashes or dots, reversed
+    octets, `in-addr.arpa` and `ip6.arpa` names).  A longer address that merely contains
+    it (`192.0.2.66` for client `192.0.2.6`) is left alone.  Time linear in `len(text)`:
+    each run of `_RUN_CHARACTERS` is looked at once, and the host-name pattern's
+    alternatives have bounded lengths."""
     key = (client.version, client.value)
     pieces: list[str] = []
     done = 0  # text[:done] is in pieces
@@ -345,10 +349,10 @@ def redact_text(text: str, client: IP) -> str:
                 pieces += (text[done:start], redacted)
                 done = end
         found = _TWO_SEPARATORS.search(text, end)
-    if not pieces:
-        return text
-    pieces.append(text[done:])
-    return "".join(pieces)
+    if pieces:
+        pieces.append(text[done:])
+        text = "".join(pieces)
+    return host_spellings(*key).sub(REDACTED, text)
 
 
 def redact(record: DecisionRecord, client_ip: str) -> DecisionRecord:

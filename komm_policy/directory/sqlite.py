@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import DirectoryError
+from .declared_keys import key_problem
 from .health import ReplicaHealth, Unavailable
 from .memory import Snapshot
 from .schema import Schema
@@ -34,6 +35,7 @@ from .sqlite_tables import (
     read_changes,
     read_schema,
     read_table,
+    store_keys,
 )
 
 __all__ = ["SCHEMA", "SqliteDirectory", "connect", "create_database", "init_schema",
@@ -143,8 +145,9 @@ class SqliteDirectory:
 
     def _verify(self, conn: sqlite3.Connection, schema: Schema, needs: Needs) -> None:
         """Raise `DirectoryError` naming the first table or column the policy set reads
-        that the store lacks (at `require`, and whenever the store is read whole again:
-        a store re-created by `db init` has only the origin's tables)."""
+        that the store lacks, or a declared `primary_key` that is not a key of the store
+        (`declared_keys`), at `require`, and whenever the store is read whole again (a
+        store re-created by `db init` has only the origin's tables)."""
         stored = read_schema(conn, sorted(needs.tables))
         for name in sorted(needs.tables):
             table = stored.tables.get(name)
@@ -156,6 +159,11 @@ class SqliteDirectory:
             if missing:
                 raise DirectoryError(f"{self.path}: table {name!r} has no column "
                                      f"{missing[0]!r} (the schema file names it)")
+            if wanted.primary_key:
+                problem = key_problem(schema, wanted, store_keys(conn, table),
+                                      f"the store {self.path}")
+                if problem is not None:
+                    raise DirectoryError(problem)
 
     def _install_capture(self, tables: list[str]) -> None:
         try:

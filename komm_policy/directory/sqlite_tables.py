@@ -67,6 +67,22 @@ def read_schema(conn: sqlite3.Connection, tables: Iterable[str] | None = None) -
     return Schema(result, "sqlite")
 
 
+def store_keys(conn: sqlite3.Connection, table: Table) -> list[tuple[str, ...]]:
+    """The column sets the store keeps unique in `table` (as `read_schema` read it): its
+    primary key, then every UNIQUE constraint or unique index that is not partial and
+    indexes columns only (`PRAGMA index_list`, `index_info`)."""
+    keys = [table.primary_key] if table.primary_key else []
+    for _seq, index, unique, _origin, partial in conn.execute(
+            f"PRAGMA index_list({quote(table.name)})").fetchall():
+        if not unique or partial:
+            continue
+        columns = tuple(name for _n, _cid, name in conn.execute(
+            f"PRAGMA index_info({quote(index)})").fetchall())
+        if columns and None not in columns and columns not in keys:
+            keys.append(columns)  # an expression's column name is None: not a key
+    return keys
+
+
 def install_change_capture(conn: sqlite3.Connection, tables: Iterable[str]) -> None:
     """Create the change log and the triggers on `tables` (idempotent)."""
     with conn:

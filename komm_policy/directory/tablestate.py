@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import immutables
 
 from ..gcpause import no_gc_pauses
+from .declared_keys import collider, collision, key_reader
 from .keys import column_key, key_normalizer
 from .rows import (
     Row,
@@ -68,19 +69,26 @@ NetLengths = tuple[immutables.Map, dict[int, tuple[tuple[int, int], ...]]]
 class TableState:
     """One table's rows and indexes, unchanging once built (as read at `version`)."""
 
-    __slots__ = ("__weakref__", "buckets", "cls", "lineage", "net_lengths", "normalizers",
-                 "order", "rows", "table", "version")
+    __slots__ = ("__weakref__", "buckets", "cls", "key_of", "keys", "lineage", "net_lengths",
+                 "normalizers", "order", "rows", "table", "version")
 
     def __init__(self, table: Table, cls: type[Row], rows: immutables.Map,
                  buckets: dict[IndexSpec, dict[Any, Any]],
                  net_lengths: dict[IndexSpec, NetLengths],
                  normalizers: dict[IndexSpec, tuple[Callable[[Any], Any], ...]] | None = None,
-                 lineage: Lineage | None = None, version: int = 0) -> None:
+                 lineage: Lineage | None = None, version: int = 0,
+                 keys: immutables.Map | None = None) -> None:
         self.table = table
         self.cls = cls
         self.order = order_function(table)
         self.rows = rows
         """ident → Row"""
+        self.key_of = key_reader(table)
+        """A row's declared key (`primary_key` of the schema file) from its values, or
+        None when the table declares none."""
+        self.keys = keys if keys is not None else immutables.Map()
+        """declared key → the ident of the row that has it (`declared_keys`: a second
+        row with the same declared key is a bad row); empty without a declared key."""
         self.buckets = buckets
         """spec → dict[key → tuple of rows in first-row order, or a `versioned.Since`
         entry: read through `bucket`]"""
@@ -102,10 +110,10 @@ class TableState:
 
     def evolve(self, rows: immutables.Map, buckets: dict[IndexSpec, dict[Any, Any]],
                net_lengths: dict[IndexSpec, NetLengths], lineage: Lineage | None = None,
-               version: int = 0) -> TableState:
+               version: int = 0, keys: immutables.Map | None = None) -> TableState:
         """A state of this table with other contents (a new lineage unless given)."""
         return TableState(self.table, self.cls, rows, buckets, net_lengths, self.normalizers,
-                          lineage, version)
+                          lineage, version, keys)
 
     def bucket(self, spec: IndexSpec, key: Any) -> Any:
         """The rows of `key` in the index `spec` as this state reads them, or None."""
@@ -146,32 +154,62 @@ def build_table(state: TableState, inserted: Iterable[Mapping[str, Any]],
                 on_bad_row: BadRow | None) -> TableState:
     """`state` (empty) filled with whole tables: plain dictionaries, frozen once."""
     rows: dict[Any, Row] = {}
+    keys: dict[Any, Any] = {}
     with no_gc_pauses():
-        _decode_into(state, rows, inserted, on_bad_row)
-        return _indexed(state, rows)
+        _decode_into(state, rows, inserted, on_bad_row, keys, whole=True)
+        return _indexed(state, rows, keys)
 
 
 def _decode_into(state: TableState, rows: dict[Any, Row],
-                 inserted: Iterable[Mapping[str, Any]], on_bad_row: BadRow | None) -> None:
-    """Decode `inserted` into `rows` (ident → Row): an insert over an existing identity
-    replaces it, a row that does not fit removes the row it would replace."""
+                 inserted: Iterable[Mapping[str, Any]], on_bad_row: BadRow | None,
+                 keys: dict[Any, Any], whole: bool = False) -> None:
+    """Decode `inserted` into `rows` (ident → Row) and `keys` (declared key → ident): an
+    insert over an existing identity replaces it, a row that does not fit, or whose
+    declared key another row has, removes the row it would replace.  `whole`: `rows`
+    starts empty and `inserted` is a whole table, so a second row with the same declared
+    key is a bad row also where the key is the identity (SpacetimeDB: an `address` key
+    the server compares case-sensitively)."""
     table = state.table
     columns = table.columns
     order = state.order
     cls = state.cls
+    key_of = state.key_of
     for raw in inserted:
         try:
             values = {c.name: decode_value(c, raw.get(c.name)) for c in columns}
         except BadValue as exc:
-            rows.pop(ident_of(table, raw), None)
+            _forget(state, rows, keys, ident_of(table, raw))
             if on_bad_row is not None:
                 on_bad_row(table.name, describe_key(table, raw), str(exc))
             continue
         ident = ident_from(table, raw, values)
+        if key_of is not None:
+            if whole and ident in rows:
+                if on_bad_row is not None:
+                    on_bad_row(table.name, collider(table, raw), collision(table, None))
+                continue
+            _forget(state, rows, keys, ident)
+            key = key_of(values)
+            owner = keys.get(key)
+            if owner is not None and owner != ident:
+                if on_bad_row is not None:
+                    on_bad_row(table.name, collider(table, raw), collision(table, owner))
+                continue
+            keys[key] = ident
         rows[ident] = make_row(cls, values, ident, order(values, ident))
 
 
-def _indexed(state: TableState, rows: dict[Any, Row]) -> TableState:
+def _forget(state: TableState, rows: dict[Any, Row], keys: dict[Any, Any],
+            ident: Any) -> None:
+    """Remove the row `ident` (if any) from `rows` and its declared key from `keys`."""
+    old = rows.pop(ident, None)
+    if old is not None and state.key_of is not None:
+        key = state.key_of(_values(old))
+        if keys.get(key) == ident:
+            del keys[key]
+
+
+def _indexed(state: TableState, rows: dict[Any, Row], keys: dict[Any, Any]) -> TableState:
     """`state`'s indexes built in one pass over `rows`, all frozen once."""
     table = state.table
     buckets: dict[IndexSpec, dict[Any, Any]] = {}
@@ -195,7 +233,8 @@ def _indexed(state: TableState, rows: dict[Any, Row]) -> TableState:
             for key in index:
                 counts[key[:2]] = counts.get(key[:2], 0) + 1
             lengths[spec] = _lengths(immutables.Map(counts))
-    return state.evolve(frozen_map(rows), buckets, lengths)
+    return state.evolve(frozen_map(rows), buckets, lengths,
+                        keys=frozen_map(keys) if keys else None)
 
 
 C_CALL_ITEMS = 2048
@@ -275,6 +314,8 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
         lineage = Lineage(version)
         buckets = {spec: fork(index, state.version) for spec, index in state.buckets.items()}
     rows = state.rows.mutate()
+    key_of = state.key_of
+    keys = state.keys.mutate()
     counts = {spec: pair[0].mutate() for spec, pair in state.net_lengths.items()}
     put = lineage.put
 
@@ -288,6 +329,10 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
             return
         values = _values(old)
         del rows[ident]
+        if key_of is not None:
+            key = key_of(values)
+            if keys.get(key) == ident:
+                del keys[key]
         for spec, index in buckets.items():
             key = bucket_key(table, spec, values)
             if key is None:
@@ -309,6 +354,14 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
             continue
         ident = ident_from(table, raw, values)
         unindex(ident)
+        if key_of is not None:
+            key = key_of(values)
+            owner = keys.get(key)
+            if owner is not None:  # its own entry went with `unindex`: another row's
+                if on_bad_row is not None:
+                    on_bad_row(table.name, collider(table, raw), collision(table, owner))
+                continue
+            keys[key] = ident
         row = make_row(state.cls, values, ident, state.order(values, ident))
         rows[ident] = row
         for spec, index in buckets.items():
@@ -330,7 +383,7 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
         old_counts, old_order = state.net_lengths[spec]
         lengths[spec] = ((finished, old_order) if set(finished.keys()) == set(
             old_counts.keys()) else _lengths(finished))
-    new = state.evolve(rows.finish(), buckets, lengths, lineage, version)
+    new = state.evolve(rows.finish(), buckets, lengths, lineage, version, keys.finish())
     lineage.sweep()
     return new
 
@@ -344,10 +397,11 @@ def rebuild_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
     table = state.table
     with no_gc_pauses():
         rows: dict[Any, Row] = copied_map(state.rows)
+        keys: dict[Any, Any] = copied_map(state.keys)
         for raw in deleted:
-            rows.pop(ident_of(table, raw), None)
-        _decode_into(state, rows, inserted, on_bad_row)
-        return _indexed(state, rows)
+            _forget(state, rows, keys, ident_of(table, raw))
+        _decode_into(state, rows, inserted, on_bad_row, keys)
+        return _indexed(state, rows, keys)
 
 
 def _count(counts: Any, key: tuple[int, int], delta: int) -> None:

@@ -9,7 +9,9 @@ receive buffer.  So after such an answer the connection half-closes (`write_eof`
 once the answer is sent), reads and discards what the client still sends, and closes
 when the client half-closes too, or after `ServerLimits.linger_timeout` seconds or
 `ServerLimits.linger_bytes` bytes, whichever comes first (then a client still sending
-gets the reset it would have got at once).  Nothing is parsed or kept: a lingering
+gets the reset it would have got at once); a `linger_timeout` of 0 closes at once.  Both
+are the `[server]` options of the same names (`cli.serve.server_limits`; the bytes
+default to `max_body_bytes`, at least 64 MiB).  Nothing is parsed or kept: a lingering
 connection costs one timer and the reads, holds no request slot (`max_concurrency`) and
 stays evictable at `max_connections`.  Connections cut by the guard (timeouts,
 eviction, shutdown) close at once as before."""
@@ -42,10 +44,11 @@ class LingeringClose:
         """Close after the data written so far; lingering if the request is unread."""
         if self._linger_timer is not None:
             return
-        if self.transport.is_closing() or not self._request_unread():
+        limits = self.guard.limits
+        if (self.transport.is_closing() or limits.linger_timeout <= 0
+                or not self._request_unread()):
             super()._close()  # type: ignore[misc]
             return
-        limits = self.guard.limits
         self._phase = None  # no read timeout acts on a lingering connection
         self._unparsed = b""
         self._linger_left = limits.linger_bytes

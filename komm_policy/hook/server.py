@@ -97,10 +97,12 @@ class ServerLimits:
     linger_timeout: float = 2.0
     """After an answer sent before its request was read whole, how long the connection
     still reads (and drops) what the client sends before it closes (`linger`): long
-    enough for a body of `max_body_bytes` on a LAN, far under Stalwart's 30 s."""
+    enough for a body of the default `max_body_bytes` on a LAN, far under Stalwart's
+    30 s; 0: close at once.  The `[server] linger_timeout` option."""
     linger_bytes: int = 64 * 1024 * 1024
-    """The most bytes read (and dropped) after such an answer: the largest body
-    Stalwart sends with the default `max_body_bytes`."""
+    """The most bytes read (and dropped) after such an answer: the `[server]
+    linger_bytes` option, by default `max_body_bytes` and at least this default (the
+    largest body Stalwart sends with the default `max_body_bytes`)."""
 
 
 def connection_capacity(configured: int) -> int:

@@ -3,7 +3,9 @@
 `check_module` compares a module definition (`/schema?version=9`) with the tables the
 replica will subscribe to.  Problems (the service stays not ready, the message names the
 table and column): a table that is not there, a column that is not there, a column whose
-SATS type does not fit the meaning the schema file gives it.  Warnings (reported, the
+SATS type does not fit the meaning the schema file gives it, a declared `primary_key` that
+is neither the table's primary key nor a unique constraint (nor wider than one:
+`directory.declared_keys`).  Warnings (reported, the
 replica still runs): a private table (only the database owner's token sees its rows; with
 any other token the subscription fails), a table under row-level security (the replica
 holds only the rows the token's identity may see — possibly fewer than the policies
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..directory.declared_keys import key_problem
 from ..directory.schema import Column, Schema, SchemaError, column_from_sats
 from .schema import ModuleSchema
 
@@ -83,6 +86,9 @@ def check_module(module: ModuleSchema, tables: Iterable[str], schema: Schema | N
                     f"{where}: column {name}.{column.name} is "
                     f"{module.describe(table.column(column.name).type)}"  # type: ignore[union-attr]
                     f" on the server, but the schema file says {mismatch}")
+        problem = key_problem(schema, wanted, table.keys(), where) if schema else None
+        if problem is not None:
+            result.problems.append(problem)
     return result
 
 

@@ -9,7 +9,10 @@ enums are `{"Ref": n}` again, resolved through the same typespace.  Options are
 `{"some": x}` / `{"none": []}`, enums `{"Variant": payload}`.
 
 `parse_module` keeps what komm-policy needs: tables (columns with types, primary key,
-public/private, user/system), reducers (parameters), row-level-security filters.
+unique constraints, public/private, user/system), reducers (parameters),
+row-level-security filters.  A unique constraint is `{"name": {"some": …}, "data":
+{"Unique": {"columns": [i…]}}}` (`RawConstraintDefV9`; a column list is an array of column
+positions, as `primary_key`); a constraint of another kind is passed over.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class Column:
 @dataclass(frozen=True, slots=True)
 class TableDef:
     """One table of the module.  `access` is "public" or "private"; `table_type` is
-    "user" or "system"; `primary_key` holds column positions."""
+    "user" or "system"; `primary_key` holds column positions, `unique` the column
+    positions of each unique constraint."""
 
     name: str
     columns: tuple[Column, ...]
@@ -44,6 +48,17 @@ class TableDef:
     primary_key: tuple[int, ...] = ()
     access: str = "public"
     table_type: str = "user"
+    unique: tuple[tuple[int, ...], ...] = ()
+
+    def keys(self) -> list[tuple[str, ...]]:
+        """The column sets the server keeps unique: the primary key, then each unique
+        constraint (by column name)."""
+        found: list[tuple[str, ...]] = []
+        for key in (self.primary_key, *self.unique):
+            names = tuple(self.columns[i].name for i in key)
+            if names and names not in found:
+                found.append(names)
+        return found
 
     def column(self, name: str) -> Column | None:
         for column in self.columns:
@@ -132,8 +147,20 @@ def parse_module(raw: Any) -> ModuleSchema:
         if not all(isinstance(c, int) and 0 <= c < len(columns) for c in primary):
             raise SatsError("primary_key names columns that do not exist",
                             path + ".primary_key")
+        unique = []
+        for j, constraint in enumerate(table.get("constraints") or []):
+            data = constraint.get("data") if isinstance(constraint, dict) else None
+            if not isinstance(data, dict) or not isinstance(data.get("Unique"), dict):
+                continue  # not a unique constraint: nothing komm-policy reads
+            positions = data["Unique"].get("columns")
+            if not isinstance(positions, list) or not all(
+                    isinstance(c, int) and 0 <= c < len(columns) for c in positions):
+                raise SatsError("a unique constraint names columns that do not exist",
+                                f"{path}.constraints[{j}].data.Unique.columns")
+            unique.append(tuple(positions))
         tables[name] = TableDef(
             name=name, columns=columns, row_type=row_type, primary_key=tuple(primary),
+            unique=tuple(unique),
             access=_variant_name(table.get("table_access", {"Public": []}),
                                  path + ".table_access"),
             table_type=_variant_name(table.get("table_type", {"User": []}),

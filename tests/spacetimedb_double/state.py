@@ -6,6 +6,7 @@ A spec (JSON, or the same as Python dicts) declares databases:
         "types": {"Status": {"enum": ["Active", "Blocked"]}},
         "tables": {"blocked_ip": {"columns": [["ip", "String"], ["reason", "String"]],
                                   "primary_key": ["ip"], "public": true,
+                                  "unique": [["reason"]],
                                   "rows": [["192.0.2.1", "spam"]]}},
         "row_level_security": ["SELECT * FROM account WHERE identity = :sender"],
         "sql_durations": {"SELECT * FROM blocked_ip": 120},
@@ -51,6 +52,16 @@ class Table:
     public: bool = True
     rows: list[list[Any]] = field(default_factory=list)
     table_id: int = 4096
+    unique: list[list[int]] = field(default_factory=list)
+    """Column positions of each unique constraint (`"unique": [["email"]]` in a spec)."""
+
+    def constraints_v9(self) -> list[dict[str, Any]]:
+        """The unique constraints as `RawConstraintDefV9` (sorted by name, as the schema
+        lists them): `{"name": {"some": …}, "data": {"Unique": {"columns": [i…]}}}`."""
+        named = [(f"{self.name}_{'_'.join(self.columns[c][0] for c in cols)}_key", cols)
+                 for cols in self.unique]
+        return [{"name": {"some": name}, "data": {"Unique": {"columns": list(cols)}}}
+                for name, cols in sorted(named)]
 
     @property
     def types(self) -> dict[str, str]:
@@ -83,7 +94,8 @@ class Database:
             names = [c for c, _ in columns]
             pk = [names.index(c) for c in t.get("primary_key", [])]
             tables[tname] = Table(tname, columns, pk, t.get("public", True),
-                                  [list(r) for r in t.get("rows", [])], 4096 + i)
+                                  [list(r) for r in t.get("rows", [])], 4096 + i,
+                                  [[names.index(c) for c in u] for u in t.get("unique", [])])
         return cls(name, module, tables,
                    row_level_security=list(spec.get("row_level_security", [])),
                    sql_durations=dict(spec.get("sql_durations", {})),
@@ -106,7 +118,8 @@ class Database:
         tables = [{
             "name": name, "product_type_ref": i,
             "primary_key": self.tables[name].primary_key,
-            "indexes": [], "constraints": [], "sequences": [],
+            "indexes": [], "sequences": [],
+            "constraints": self.tables[name].constraints_v9(),
             "schedule": {"none": []}, "table_type": {"User": []},
             "table_access": {"Public": []} if self.tables[name].public else {"Private": []},
         } for i, name in enumerate(order)]
