@@ -17,6 +17,7 @@ from typing import Any
 from .config_options import OPTIONS, Option, limit
 from .decisionlog.settings import LogSettings
 from .decisionlog.spacetimedb_sink import ReducerSpec
+from .textfile import NotUtf8Error, loads_toml, read_utf8, toml_error_text
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "validate"]
 
@@ -185,12 +186,15 @@ def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
 
 def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = loads_toml(read_utf8(path))
     except OSError as exc:
         problems.append(f"{path}: {exc.strerror or exc}")
         return {}
+    except NotUtf8Error as exc:
+        problems.append(str(exc))
+        return {}
     except tomllib.TOMLDecodeError as exc:
-        problems.append(f"{path}: {exc}")
+        problems.append(toml_error_text(path, exc))
         return {}
     by_key = {(o.section, o.key): o for o in OPTIONS}
     values: dict[str, Any] = {}

@@ -430,7 +430,7 @@ def test_toml_syntax_error_and_missing_file(tmp_path: Path, base_env: dict[str, 
     with pytest.raises(ConfigError) as excinfo:
         load_config(broken, env=base_env)
     [problem] = problems_of(excinfo)
-    assert problem.startswith(f"{broken}: ")
+    assert problem.startswith(f"{broken}:1:8: ")  # positioned, as the other files' errors
     missing = tmp_path / "missing.toml"
     with pytest.raises(ConfigError) as excinfo:
         load_config(missing, env=base_env)

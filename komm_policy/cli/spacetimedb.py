@@ -17,6 +17,7 @@ import msgspec
 from ..directory.schema import BadValue, Schema, SchemaError, dump_schema, find_schema, load_schema
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp
 from ..spacetimedb.tools import check_directory, export_tables, schema_of
+from ..textfile import NotUtf8Error, read_utf8
 
 
 def token_from_env(env: Mapping[str, str] | None = None) -> str | None:
@@ -26,7 +27,10 @@ def token_from_env(env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     path = env.get("KOMM_SPACETIMEDB_TOKEN_FILE")
     if path:
-        token = Path(path).read_text(encoding="utf-8").strip()
+        try:
+            token = read_utf8(path).strip()
+        except NotUtf8Error as exc:
+            raise OSError(f"KOMM_SPACETIMEDB_TOKEN_FILE: {exc}") from None
         if not token:
             raise OSError(f"KOMM_SPACETIMEDB_TOKEN_FILE: token file {path} is empty (write "
                           "the token into it, or unset the variable to connect anonymously)")
