@@ -115,6 +115,11 @@ def load_config(
     path = path or env.get("KOMM_CONFIG")
     if path:
         values.update(_from_toml(Path(path), problems))
+    for _section, _key, env_name, token_option in _TOKEN_FILES:
+        given = _BY_NAME[token_option].env
+        if env.get(env_name) and given in env:
+            problems.append(f"{given} and {env_name} are both set: set one (which token "
+                            "is meant is not guessed)")
     for option in OPTIONS:
         if option.env in env:
             values[option.name] = _parse(option, env[option.env], option.env, problems)
@@ -177,11 +182,26 @@ def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
     except UnicodeDecodeError as exc:
         problems.append(f"{origin}: {path} is not UTF-8 text ({exc.reason})")
         return None
-    if not text:
-        problems.append(f"{origin}: token file {path} is empty (write the token into it, "
-                        "or remove the setting to run without a token)")
+    problem = token_text_problem(text)
+    if problem is not None:
+        problems.append(f"{origin}: token file {path} {problem}")
         return None
     return text
+
+
+def token_text_problem(text: str) -> str | None:
+    """Why a token file's text (stripped) is no token, or None.  Empty: refused (see
+    `_read_token`).  More than one line: no request could ever send it (a header value
+    holds no line break), so every request would be refused 401 from a service that
+    looks ready; a file of two tokens is a mistake to name, not to guess at."""
+    if not text:
+        return ("is empty (write the token into it, or remove the setting to run "
+                "without a token)")
+    if "\n" in text or "\r" in text:
+        lines = len(text.splitlines())
+        return (f"holds {lines} lines: a token is one line (a request cannot send a "
+                "line break)")
+    return None
 
 
 def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -198,6 +218,12 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
         return {}
     by_key = {(o.section, o.key): o for o in OPTIONS}
     values: dict[str, Any] = {}
+    for section, key, _env, token_option in _TOKEN_FILES:
+        table = data.get(section)
+        given = _BY_NAME[token_option]
+        if isinstance(table, dict) and key in table and given.key in table:
+            problems.append(f"{path} [{section}]: {given.key} and {key} are both set: set "
+                            "one (which token is meant is not guessed)")
     for section, table in data.items():
         if not isinstance(table, dict):
             problems.append(f"{path}: `{section}` must be a [section]")

@@ -202,13 +202,16 @@ def test_token_from_komm_token_file(tmp_path: Path, base_env: dict[str, str]) ->
     assert config.token == "file-token"  # surrounding whitespace and newline stripped
 
 
-def test_token_file_variable_wins_over_token_variable(tmp_path: Path,
-                                                      base_env: dict[str, str]) -> None:
+def test_token_file_variable_and_token_variable_are_refused_together(
+        tmp_path: Path, base_env: dict[str, str]) -> None:
+    """Both set: which secret is meant is not guessed (the file used to win silently)."""
     token_file = tmp_path / "token"
     token_file.write_text("file-token\n")
-    config = load_config(env={**base_env, "KOMM_TOKEN": "env-token",
-                              "KOMM_TOKEN_FILE": str(token_file)})
-    assert config.token == "file-token"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(env={**base_env, "KOMM_TOKEN": "env-token",
+                         "KOMM_TOKEN_FILE": str(token_file)})
+    assert problems_of(excinfo) == ["KOMM_TOKEN and KOMM_TOKEN_FILE are both set: set one "
+                                    "(which token is meant is not guessed)"]
 
 
 def test_token_from_server_token_file(tmp_path: Path, policies: Path) -> None:

@@ -1,0 +1,104 @@
+"""Service configuration a tester got wrong without being told (each through `serve`'s
+main, exit status 2 before anything starts): a token file of two lines, a token given
+twice in one place, bad log paths, and range errors that did not say where the value
+came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from komm_policy.cli import main
+from komm_policy.config import ConfigError, load_config
+
+from .conftest import POLICIES
+
+
+@pytest.fixture()
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """A usable configuration in the environment (no KOMM_* from outside)."""
+    import os
+    for name in list(os.environ):
+        if name.startswith("KOMM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KOMM_POLICIES", str(POLICIES))
+    monkeypatch.setenv("KOMM_DIRECTORY", "memory:demo")
+    monkeypatch.setenv("KOMM_LOG_SPOOL", str(tmp_path / "spool"))
+    monkeypatch.setenv("KOMM_LOG_JSONL", str(tmp_path / "decisions.jsonl"))
+    return monkeypatch
+
+
+def serve(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """`serve ARGV` that must refuse to start: its stderr (exit status 2 checked)."""
+    code = main(["serve", *argv])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, ""), err
+    assert "Traceback" not in err
+    return err
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+def test_a_token_file_of_two_lines_is_refused_at_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    two = tmp_path / "two"
+    two.write_text("a\nb\n")
+    env.setenv("KOMM_TOKEN_FILE", str(two))
+    err = serve(capsys)
+    assert (f"KOMM_TOKEN_FILE: token file {two} holds 2 lines: a token is one line") in err
+
+
+@pytest.mark.parametrize(("section", "key"), [("server", "token_file"),
+                                              ("directory", "token_file"),
+                                              ("log", "spacetimedb_token_file")])
+def test_every_token_file_of_two_lines_is_refused(tmp_path: Path, section: str,
+                                                  key: str) -> None:
+    two = tmp_path / "two"
+    two.write_text("a\r\nb")
+    config = tmp_path / "komm.toml"
+    config.write_text(f'[{section}]\n{key} = "{two}"\n')
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(config, env={"KOMM_POLICIES": str(POLICIES),
+                                 "KOMM_DIRECTORY": "memory:demo"}, only=())
+    assert f"{config} [{section}] {key}: token file {two} holds 2 lines" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(("variable", "file_variable"), [
+    ("KOMM_TOKEN", "KOMM_TOKEN_FILE"),
+    ("KOMM_SPACETIMEDB_TOKEN", "KOMM_SPACETIMEDB_TOKEN_FILE"),
+    ("KOMM_LOG_SPACETIMEDB_TOKEN", "KOMM_LOG_SPACETIMEDB_TOKEN_FILE"),
+])
+def test_a_token_and_a_token_file_in_the_environment_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch,
+        variable: str, file_variable: str) -> None:
+    token = tmp_path / "token"
+    token.write_text("from-the-file\n")
+    env.setenv(variable, "from-the-variable")
+    env.setenv(file_variable, str(token))
+    err = serve(capsys)
+    assert f"{variable} and {file_variable} are both set: set one" in err
+    assert "from-the" not in err  # never the secrets
+
+
+def test_a_token_and_a_token_file_in_one_section_are_refused(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    config = tmp_path / "komm.toml"
+    config.write_text(f'[server]\ntoken = "x"\ntoken_file = "{token}"\n')
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(config, env={"KOMM_POLICIES": str(POLICIES),
+                                 "KOMM_DIRECTORY": "memory:demo"})
+    assert f"{config} [server]: token and token_file are both set" in str(excinfo.value)
+
+
+def test_the_layers_still_override_each_other(tmp_path: Path) -> None:
+    """A token from a higher layer (a flag over the environment, the environment over the
+    file) is the documented precedence, not an ambiguity."""
+    token = tmp_path / "token"
+    token.write_text("from-the-file\n")
+    config = load_config(env={"KOMM_POLICIES": str(POLICIES), "KOMM_DIRECTORY": "memory:demo",
+                              "KOMM_TOKEN_FILE": str(token)},
+                         overrides={"token": "from-the-flag"})
+    assert config.token == "from-the-flag" and config.token_file is None
