@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config_options import OPTIONS, Option, limit
+from .config_paths import path_problems
 from .decisionlog.settings import LogSettings
 from .decisionlog.spacetimedb_sink import ReducerSpec
 from .textfile import NotUtf8Error, loads_toml, read_utf8, toml_error_text
@@ -106,9 +107,12 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     only: Collection[str] | None = None,
+    check_paths: bool = False,
 ) -> Config:
     """Defaults ← TOML file ← environment ← overrides (flags); then validate (`only`:
-    validate just these options, for commands that use a few, like `eval`)."""
+    validate just these options, for commands that use a few, like `eval`;
+    `check_paths`: also that the decision log's file and spool can be written, creating
+    their directories, as `serve` needs — `config_paths`)."""
     env = os.environ if env is None else env
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -139,6 +143,8 @@ def load_config(
             values.pop("token_file", None)
     config = replace(Config(), **{k: v for k, v in values.items() if v is not None})
     problems.extend(p for p in validate(config) if only is None or p.split(":")[0] in only)
+    if check_paths and not problems:
+        problems.extend(path_problems(config))
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return config

@@ -102,3 +102,52 @@ def test_the_layers_still_override_each_other(tmp_path: Path) -> None:
                               "KOMM_TOKEN_FILE": str(token)},
                          overrides={"token": "from-the-flag"})
     assert config.token == "from-the-flag" and config.token_file is None
+
+
+# -- log paths ----------------------------------------------------------------------------
+
+
+def test_a_jsonl_log_that_is_a_directory_is_refused_at_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    err = serve(capsys, "--log-jsonl", str(tmp_path))
+    assert (f"log_jsonl: {tmp_path} is a directory, not a file (name the JSONL file in "
+            "it)") in err
+
+
+def test_a_jsonl_log_under_a_file_is_refused_at_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    target = blocker / "logs" / "d.jsonl"
+    env.setenv("KOMM_LOG_JSONL", str(target))
+    err = serve(capsys)
+    assert f"log_jsonl: cannot create {target}: {blocker} is not a directory" in err
+
+
+def test_a_jsonl_log_where_no_file_can_be_made_is_refused_at_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    proc = Path("/proc")  # no one, not even root, creates files there
+    if not proc.is_dir():
+        pytest.skip("no /proc on this system")
+    err = serve(capsys, "--log-jsonl", str(proc / "d.jsonl"))
+    assert f"log_jsonl: cannot create {proc / 'd.jsonl'}: " in err
+
+
+def test_a_spool_that_is_a_file_names_the_option_and_the_path(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    err = serve(capsys, "--log-spool", str(blocker))
+    assert (f"log_spool: {blocker} exists and is not a directory (the spool is a "
+            "directory)") in err
+    assert "Errno" not in err
+    assert blocker.read_text() == "keep me"
+
+
+def test_good_log_paths_are_created_and_leave_nothing_behind(tmp_path: Path) -> None:
+    jsonl = tmp_path / "new" / "d.jsonl"
+    spool = tmp_path / "spool"
+    load_config(env={"KOMM_POLICIES": str(POLICIES), "KOMM_DIRECTORY": "memory:demo",
+                     "KOMM_LOG_JSONL": str(jsonl), "KOMM_LOG_SPOOL": str(spool)},
+                check_paths=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["new", "spool"]

@@ -80,7 +80,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, overrides=flag_overrides(args))
+        config = load_config(args.config, overrides=flag_overrides(args), check_paths=True)
     except ConfigError as exc:
         print(f"komm-policy serve: {exc}", file=sys.stderr)
         return 2
