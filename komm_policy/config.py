@@ -116,9 +116,10 @@ def load_config(
     env = os.environ if env is None else env
     problems: list[str] = []
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # option name -> where its value came from
     path = path or env.get("KOMM_CONFIG")
     if path:
-        values.update(_from_toml(Path(path), problems))
+        values.update(_from_toml(Path(path), problems, origins))
     for _section, _key, env_name, token_option in _TOKEN_FILES:
         given = _BY_NAME[token_option].env
         if env.get(env_name) and given in env:
@@ -127,27 +128,43 @@ def load_config(
     for option in OPTIONS:
         if option.env in env:
             values[option.name] = _parse(option, env[option.env], option.env, problems)
+            origins[option.name] = option.env
             if option.name == "token":  # a token given outright is not re-read
                 values.pop("token_file", None)
     for _section, _key, env_name, token_option in _TOKEN_FILES:
         if env.get(env_name):
             values[token_option] = _read_token(Path(env[env_name]), env_name, problems)
+            origins[token_option] = env_name
             if token_option == "token":
                 values["token_file"] = Path(env[env_name])
     for name, value in (overrides or {}).items():
         if value is None:
             continue
         option = _BY_NAME[name]
-        values[name] = _parse(option, value, f"--{name.replace('_', '-')}", problems)
+        origins[name] = f"--{name.replace('_', '-')}"
+        values[name] = _parse(option, value, origins[name], problems)
         if name == "token":
             values.pop("token_file", None)
     config = replace(Config(), **{k: v for k, v in values.items() if v is not None})
-    problems.extend(p for p in validate(config) if only is None or p.split(":")[0] in only)
-    if check_paths and not problems:
-        problems.extend(path_problems(config))
+    checked = [p for p in validate(config) if only is None or p.split(":")[0] in only]
+    if check_paths and not problems and not checked:
+        checked = path_problems(config)
+    problems.extend(_with_origin(p, origins) for p in checked)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
+
+
+def _with_origin(problem: str, origins: Mapping[str, str]) -> str:
+    """`option: reason` (as `validate` words it) with the option named as the operator
+    set it: `KOMM_PORT: …`, `--port: …`, `komm.toml [server] port: …`; an option left at
+    its default as its TOML key (`[server] port (default): …`)."""
+    name, _colon, reason = problem.partition(":")
+    option = _BY_NAME.get(name)
+    if option is None:
+        return problem
+    origin = origins.get(name, f"[{option.section}] {option.key} (default)")
+    return f"{origin}:{reason}"
 
 
 def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
@@ -159,8 +176,7 @@ def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
     largest = limit(option)
     if largest is not None and parsed > largest:
         unit = " seconds" if isinstance(parsed, float) else ""
-        problems.append(f"{origin}: {value!r} is too large: {option.name} takes at most "
-                        f"{int(largest):,}{unit}")
+        problems.append(f"{origin}: {value!r} is too large (at most {int(largest):,}{unit})")
         return None
     return parsed
 
@@ -210,7 +226,8 @@ def token_text_problem(text: str) -> str | None:
     return None
 
 
-def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+def _from_toml(path: Path, problems: list[str], origins: dict[str, str]) -> dict[str, Any]:
+    """The options `path` sets, each one's origin (`FILE [section] key`) in `origins`."""
     try:
         data = loads_toml(read_utf8(path))
     except OSError as exc:
@@ -240,6 +257,7 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
                 origin = f"{path} [{section}] {key}"
                 if isinstance(value, str):
                     values[token_option] = _read_token(Path(value), origin, problems)
+                    origins[token_option] = origin
                     if token_option == "token":
                         values["token_file"] = Path(value)
                 else:
@@ -247,10 +265,12 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
                 continue
             option = by_key.get((section, key))
             if option is None:
-                known = ", ".join(f"[{o.section}] {o.key}" for o in OPTIONS)
+                known = ", ".join([f"[{o.section}] {o.key}" for o in OPTIONS]
+                                  + [f"[{s}] {k}" for s, k, _e, _o in _TOKEN_FILES])
                 problems.append(f"{path}: unknown option [{section}] {key} (known: {known})")
                 continue
-            values[option.name] = _parse(option, value, f"{path} [{section}] {key}", problems)
+            origins[option.name] = f"{path} [{section}] {key}"
+            values[option.name] = _parse(option, value, origins[option.name], problems)
     return values
 
 

@@ -110,7 +110,7 @@ def test_the_layers_still_override_each_other(tmp_path: Path) -> None:
 def test_a_jsonl_log_that_is_a_directory_is_refused_at_start(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
     err = serve(capsys, "--log-jsonl", str(tmp_path))
-    assert (f"log_jsonl: {tmp_path} is a directory, not a file (name the JSONL file in "
+    assert (f"--log-jsonl: {tmp_path} is a directory, not a file (name the JSONL file in "
             "it)") in err
 
 
@@ -121,7 +121,7 @@ def test_a_jsonl_log_under_a_file_is_refused_at_start(
     target = blocker / "logs" / "d.jsonl"
     env.setenv("KOMM_LOG_JSONL", str(target))
     err = serve(capsys)
-    assert f"log_jsonl: cannot create {target}: {blocker} is not a directory" in err
+    assert f"KOMM_LOG_JSONL: cannot create {target}: {blocker} is not a directory" in err
 
 
 def test_a_jsonl_log_where_no_file_can_be_made_is_refused_at_start(
@@ -130,7 +130,7 @@ def test_a_jsonl_log_where_no_file_can_be_made_is_refused_at_start(
     if not proc.is_dir():
         pytest.skip("no /proc on this system")
     err = serve(capsys, "--log-jsonl", str(proc / "d.jsonl"))
-    assert f"log_jsonl: cannot create {proc / 'd.jsonl'}: " in err
+    assert f"--log-jsonl: cannot create {proc / 'd.jsonl'}: " in err
 
 
 def test_a_spool_that_is_a_file_names_the_option_and_the_path(
@@ -138,7 +138,7 @@ def test_a_spool_that_is_a_file_names_the_option_and_the_path(
     blocker = tmp_path / "afile"
     blocker.write_text("keep me")
     err = serve(capsys, "--log-spool", str(blocker))
-    assert (f"log_spool: {blocker} exists and is not a directory (the spool is a "
+    assert (f"--log-spool: {blocker} exists and is not a directory (the spool is a "
             "directory)") in err
     assert "Errno" not in err
     assert blocker.read_text() == "keep me"
@@ -151,3 +151,72 @@ def test_good_log_paths_are_created_and_leave_nothing_behind(tmp_path: Path) -> 
                      "KOMM_LOG_JSONL": str(jsonl), "KOMM_LOG_SPOOL": str(spool)},
                 check_paths=True)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["new", "spool"]
+
+
+# -- where a bad value came from ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "flag", "key", "value", "reason"), [
+    ("port", "--port", "[server] port", "70000", "70000 is not a TCP port (0-65535)"),
+    ("idle_timeout", "--idle-timeout", "[server] idle_timeout", "0",
+     "must be positive, got 0.0"),
+    ("workers", "--workers", "[server] workers", "0", "must be at least 1, got 0"),
+    ("max_body_bytes", None, "[server] max_body_bytes", "0", "0 is too small (min 1024)"),
+    ("token", "--token", "[server] token", " ", "must not be empty when set"),
+])
+def test_a_range_error_names_the_variable_the_flag_or_the_file_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch,
+        option: str, flag: str | None, key: str, value: str, reason: str) -> None:
+    variable = f"KOMM_{option.upper()}"
+    env.setenv(variable, value)
+    assert f"  - {variable}: {reason}\n" in serve(capsys)
+    env.delenv(variable)
+    if flag is not None:
+        assert f"  - {flag}: {reason}\n" in serve(capsys, f"{flag}={value}")
+    section, name = key[1:].split("] ")
+    config = tmp_path / "komm.toml"
+    literal = value if value.strip().isdigit() else f'"{value}"'
+    config.write_text(f"[{section}]\n{name} = {literal}\n")
+    assert f"  - {config} {key}: {reason}\n" in serve(capsys, "--config", str(config))
+
+
+def test_log_options_are_named_as_the_operator_wrote_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "komm.toml"
+    config.write_text('[log]\non_spool_error = "drop"\njsonl_max_age = 1e30\n')
+    err = serve(capsys, "--config", str(config))
+    assert f"{config} [log] on_spool_error: 'drop' is not tempfail or accept" in err
+    assert f"{config} [log] jsonl_max_age: 1e+30 is too large (at most 315,360,000 " \
+           "seconds)" in err
+    assert "log_on_spool_error" not in err and "log_jsonl_max_age" not in err
+
+
+def test_a_default_that_does_not_work_is_named_by_its_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    env.delenv("KOMM_DIRECTORY")
+    env.chdir(tmp_path)  # no var/komm.sqlite3 here
+    assert "  - [directory] url (default): var/komm.sqlite3 does not exist" in serve(capsys)
+
+
+def test_an_unknown_log_level_variable_is_refused(
+        capsys: pytest.CaptureFixture[str], env: pytest.MonkeyPatch) -> None:
+    env.setenv("KOMM_LOG_LEVEL", "verbose")
+    err = serve(capsys)
+    assert ("KOMM_LOG_LEVEL: 'verbose' is not a log level (one of critical, error, warning, "
+            "info, debug)") in err
+    env.setenv("KOMM_PORT", "70000")  # reported together with the other problems
+    err = serve(capsys)
+    assert "KOMM_PORT: 70000" in err and "KOMM_LOG_LEVEL: 'verbose'" in err
+
+
+def test_the_known_options_list_names_the_token_files(tmp_path: Path) -> None:
+    config = tmp_path / "komm.toml"
+    config.write_text("[server]\ntoken_fil = 'x'\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(config, env={"KOMM_POLICIES": str(POLICIES),
+                                 "KOMM_DIRECTORY": "memory:demo"})
+    message = str(excinfo.value)
+    assert "unknown option [server] token_fil" in message
+    for known in ("[server] token_file", "[directory] token_file",
+                  "[log] spacetimedb_token_file"):
+        assert known in message
