@@ -208,14 +208,21 @@ def run_export(args: argparse.Namespace) -> int:
     conn = _open(args, "export")
     if isinstance(conn, int):
         return conn
+    bad: list[str] = []
     try:
-        data = export_tables(conn, args.tables or None, _schema(args, "export"))
+        data = export_tables(conn, args.tables or None, _schema(args, "export"), bad)
     except TransferError as exc:
         return _fail("export", str(exc), 1)
     finally:
         conn.close()
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return 0
+    # As the SpacetimeDB export: the good rows are written, each bad one named, exit 1.
+    for problem in bad:
+        print(f"komm-policy db export: skipped {problem}", file=sys.stderr)
+    if bad:
+        print(f"komm-policy db export: {len(bad)} rows skipped (`db import` would refuse "
+              "them), the others exported", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def run_import(args: argparse.Namespace) -> int:
