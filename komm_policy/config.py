@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .config_options import OPTIONS, Option, limit
+from .config_paths import path_problems
 from .decisionlog.settings import LogSettings
 from .decisionlog.spacetimedb_sink import ReducerSpec
+from .textfile import NotUtf8Error, loads_toml, read_utf8, toml_error_text
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "validate"]
 
@@ -112,37 +114,64 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     only: Collection[str] | None = None,
+    check_paths: bool = False,
 ) -> Config:
     """Defaults ← TOML file ← environment ← overrides (flags); then validate (`only`:
-    validate just these options, for commands that use a few, like `eval`)."""
+    validate just these options, for commands that use a few, like `eval`;
+    `check_paths`: also that the decision log's file and spool can be written, creating
+    their directories, as `serve` needs — `config_paths`)."""
     env = os.environ if env is None else env
     problems: list[str] = []
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # option name -> where its value came from
     path = path or env.get("KOMM_CONFIG")
     if path:
-        values.update(_from_toml(Path(path), problems))
+        values.update(_from_toml(Path(path), problems, origins))
+    for _section, _key, env_name, token_option in _TOKEN_FILES:
+        given = _BY_NAME[token_option].env
+        if env.get(env_name) and given in env:
+            problems.append(f"{given} and {env_name} are both set: set one (which token "
+                            "is meant is not guessed)")
     for option in OPTIONS:
         if option.env in env:
             values[option.name] = _parse(option, env[option.env], option.env, problems)
+            origins[option.name] = option.env
             if option.name == "token":  # a token given outright is not re-read
                 values.pop("token_file", None)
     for _section, _key, env_name, token_option in _TOKEN_FILES:
         if env.get(env_name):
             values[token_option] = _read_token(Path(env[env_name]), env_name, problems)
+            origins[token_option] = env_name
             if token_option == "token":
                 values["token_file"] = Path(env[env_name])
     for name, value in (overrides or {}).items():
         if value is None:
             continue
         option = _BY_NAME[name]
-        values[name] = _parse(option, value, f"--{name.replace('_', '-')}", problems)
+        origins[name] = f"--{name.replace('_', '-')}"
+        values[name] = _parse(option, value, origins[name], problems)
         if name == "token":
             values.pop("token_file", None)
     config = replace(Config(), **{k: v for k, v in values.items() if v is not None})
-    problems.extend(p for p in validate(config) if only is None or p.split(":")[0] in only)
+    checked = [p for p in validate(config) if only is None or p.split(":")[0] in only]
+    if check_paths and not problems and not checked:
+        checked = path_problems(config)
+    problems.extend(_with_origin(p, origins) for p in checked)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
+
+
+def _with_origin(problem: str, origins: Mapping[str, str]) -> str:
+    """`option: reason` (as `validate` words it) with the option named as the operator
+    set it: `KOMM_PORT: …`, `--port: …`, `komm.toml [server] port: …`; an option left at
+    its default as its TOML key (`[server] port (default): …`)."""
+    name, _colon, reason = problem.partition(":")
+    option = _BY_NAME.get(name)
+    if option is None:
+        return problem
+    origin = origins.get(name, f"[{option.section}] {option.key} (default)")
+    return f"{origin}:{reason}"
 
 
 def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
@@ -154,8 +183,7 @@ def _parse(option: Option, value: Any, origin: str, problems: list[str]) -> Any:
     largest = limit(option)
     if largest is not None and parsed > largest:
         unit = " seconds" if isinstance(parsed, float) else ""
-        problems.append(f"{origin}: {value!r} is too large: {option.name} takes at most "
-                        f"{int(largest):,}{unit}")
+        problems.append(f"{origin}: {value!r} is too large (at most {int(largest):,}{unit})")
         return None
     return parsed
 
@@ -183,24 +211,49 @@ def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
     except UnicodeDecodeError as exc:
         problems.append(f"{origin}: {path} is not UTF-8 text ({exc.reason})")
         return None
-    if not text:
-        problems.append(f"{origin}: token file {path} is empty (write the token into it, "
-                        "or remove the setting to run without a token)")
+    problem = token_text_problem(text)
+    if problem is not None:
+        problems.append(f"{origin}: token file {path} {problem}")
         return None
     return text
 
 
-def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+def token_text_problem(text: str) -> str | None:
+    """Why a token file's text (stripped) is no token, or None.  Empty: refused (see
+    `_read_token`).  More than one line: no request could ever send it (a header value
+    holds no line break), so every request would be refused 401 from a service that
+    looks ready; a file of two tokens is a mistake to name, not to guess at."""
+    if not text:
+        return ("is empty (write the token into it, or remove the setting to run "
+                "without a token)")
+    if "\n" in text or "\r" in text:
+        lines = len(text.splitlines())
+        return (f"holds {lines} lines: a token is one line (a request cannot send a "
+                "line break)")
+    return None
+
+
+def _from_toml(path: Path, problems: list[str], origins: dict[str, str]) -> dict[str, Any]:
+    """The options `path` sets, each one's origin (`FILE [section] key`) in `origins`."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = loads_toml(read_utf8(path))
     except OSError as exc:
         problems.append(f"{path}: {exc.strerror or exc}")
         return {}
+    except NotUtf8Error as exc:
+        problems.append(str(exc))
+        return {}
     except tomllib.TOMLDecodeError as exc:
-        problems.append(f"{path}: {exc}")
+        problems.append(toml_error_text(path, exc))
         return {}
     by_key = {(o.section, o.key): o for o in OPTIONS}
     values: dict[str, Any] = {}
+    for section, key, _env, token_option in _TOKEN_FILES:
+        table = data.get(section)
+        given = _BY_NAME[token_option]
+        if isinstance(table, dict) and key in table and given.key in table:
+            problems.append(f"{path} [{section}]: {given.key} and {key} are both set: set "
+                            "one (which token is meant is not guessed)")
     for section, table in data.items():
         if not isinstance(table, dict):
             problems.append(f"{path}: `{section}` must be a [section]")
@@ -211,6 +264,7 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
                 origin = f"{path} [{section}] {key}"
                 if isinstance(value, str):
                     values[token_option] = _read_token(Path(value), origin, problems)
+                    origins[token_option] = origin
                     if token_option == "token":
                         values["token_file"] = Path(value)
                 else:
@@ -218,10 +272,12 @@ def _from_toml(path: Path, problems: list[str]) -> dict[str, Any]:
                 continue
             option = by_key.get((section, key))
             if option is None:
-                known = ", ".join(f"[{o.section}] {o.key}" for o in OPTIONS)
+                known = ", ".join([f"[{o.section}] {o.key}" for o in OPTIONS]
+                                  + [f"[{s}] {k}" for s, k, _e, _o in _TOKEN_FILES])
                 problems.append(f"{path}: unknown option [{section}] {key} (known: {known})")
                 continue
-            values[option.name] = _parse(option, value, f"{path} [{section}] {key}", problems)
+            origins[option.name] = f"{path} [{section}] {key}"
+            values[option.name] = _parse(option, value, origins[option.name], problems)
     return values
 
 

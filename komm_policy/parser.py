@@ -165,7 +165,9 @@ class _Builder(ExpressionBuilder):
                 value = self.expr(children[1])
             else:
                 value, index = self.expr(children[1]), children[2]
-            return n.Modification(kind=kind, header=header, value=value,
-                                  index=int(index.children[0]) if index is not None else None,
+            if index is not None:
+                index = self.integer(int(index.children[0]), str(index.children[0]),
+                                     self.span(index.children[0]), "header position")
+            return n.Modification(kind=kind, header=header, value=value, index=index,
                                   header_span=self.span(header_tok), span=span)
         return n.Modification(kind=kind, value=self.expr(children[0]), span=span)

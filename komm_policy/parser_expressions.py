@@ -33,6 +33,11 @@ SIZE_UNITS = {
 }
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The integers a policy may write (E017 outside): SQLite's INTEGER, msgspec's and the
+decision log's range."""
+
+
 class ExpressionBuilder:
     """Walks Lark's expression trees (top-down, explicitly) and builds `nodes`; collects
     literal errors in `diagnostics`."""
@@ -86,9 +91,21 @@ class ExpressionBuilder:
     def x_string(self, tree: Tree) -> n.Expr:
         return self.string(tree.children[0])
 
+    def integer(self, value: int, text: str, span: Span, what: str = "integer") -> int:
+        """`value`, or 0 after error E017 when it is outside the 64-bit signed integers:
+        the store (SQLite's INTEGER), the wire and the decision log hold no other, so such
+        a literal could only fail at run time (a lookup key or a logged value)."""
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+        self.error("E017", f"{what} `{text}` is outside the 64-bit integers "
+                   f"({INT64_MIN} to {INT64_MAX})", span)
+        return 0
+
     def x_int(self, tree: Tree) -> n.Expr:
         tok = tree.children[0]
-        return n.Literal(kind="int", value=int(tok), text=str(tok), span=self.span(tree))
+        span = self.span(tree)
+        return n.Literal(kind="int", value=self.integer(int(tok), str(tok), span),
+                         text=str(tok), span=span)
 
     def x_true(self, tree: Tree) -> n.Expr:
         return n.Literal(kind="bool", value=True, text="true", span=self.span(tree))
@@ -122,14 +139,16 @@ class ExpressionBuilder:
     def x_duration(self, tree: Tree) -> n.Expr:
         text = str(tree.children[0])
         number, unit = re.fullmatch(r"([0-9]+)([a-z]+)", text).groups()  # type: ignore[union-attr]
-        return n.Literal(kind="duration", value=int(number) * DURATION_UNITS[unit], text=text,
-                         span=self.span(tree))
+        span = self.span(tree)
+        value = self.integer(int(number), text, span, "duration") * DURATION_UNITS[unit]
+        return n.Literal(kind="duration", value=value, text=text, span=span)
 
     def x_size(self, tree: Tree) -> n.Expr:
         text = str(tree.children[0])
         number, unit = re.fullmatch(r"([0-9]+)([A-Za-z]+)", text).groups()  # type: ignore[union-attr]
-        return n.Literal(kind="size", value=int(number) * SIZE_UNITS[unit.lower()], text=text,
-                         span=self.span(tree))
+        span = self.span(tree)
+        value = self.integer(int(number) * SIZE_UNITS[unit.lower()], text, span, "size")
+        return n.Literal(kind="size", value=value, text=text, span=span)
 
     def x_regex(self, tree: Tree) -> n.Expr:
         tok = tree.children[0]

@@ -25,6 +25,7 @@ from .functions import too_deep
 from .gcpause import no_gc_pauses
 from .parser import parse
 from .program import CompiledStage, RuntimeSettings
+from .textfile import NotUtf8Error, loads_toml, read_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +145,16 @@ def schema_beside(path: Path) -> tuple[Schema | None, str, Diagnostic | None]:
     found = find_schema(path)
     if found is None:
         return None, "", None
-    text = found.read_text(encoding="utf-8").removeprefix("\ufeff")
     try:
-        return parse_schema(tomllib.loads(text), str(found)), text, None
+        text = read_utf8(found)
+    except NotUtf8Error as exc:
+        return None, "", Diagnostic("E144", Severity.ERROR,
+                                    f"schema file is not UTF-8 text ({exc.reason})",
+                                    Span(str(found), exc.line, exc.column, exc.line,
+                                         exc.column + 1),
+                                    "save the schema file as UTF-8")
+    try:
+        return parse_schema(loads_toml(text), str(found)), text, None
     except (SchemaError, tomllib.TOMLDecodeError) as exc:
         line, column = error_position(text, exc)
         message = str(exc).removeprefix(f"{found}: ")

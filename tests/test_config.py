@@ -203,13 +203,16 @@ def test_token_from_komm_token_file(tmp_path: Path, base_env: dict[str, str]) ->
     assert config.token == "file-token"  # surrounding whitespace and newline stripped
 
 
-def test_token_file_variable_wins_over_token_variable(tmp_path: Path,
-                                                      base_env: dict[str, str]) -> None:
+def test_token_file_variable_and_token_variable_are_refused_together(
+        tmp_path: Path, base_env: dict[str, str]) -> None:
+    """Both set: which secret is meant is not guessed (the file used to win silently)."""
     token_file = tmp_path / "token"
     token_file.write_text("file-token\n")
-    config = load_config(env={**base_env, "KOMM_TOKEN": "env-token",
-                              "KOMM_TOKEN_FILE": str(token_file)})
-    assert config.token == "file-token"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(env={**base_env, "KOMM_TOKEN": "env-token",
+                         "KOMM_TOKEN_FILE": str(token_file)})
+    assert problems_of(excinfo) == ["KOMM_TOKEN and KOMM_TOKEN_FILE are both set: set one "
+                                    "(which token is meant is not guessed)"]
 
 
 def test_token_from_server_token_file(tmp_path: Path, policies: Path) -> None:
@@ -266,15 +269,16 @@ bogus = 1
         })
     problems = problems_of(excinfo)
     text = "\n".join(problems)
-    assert "port: 70000 is not a TCP port (0-65535)" in problems
-    assert "workers: must be at least 1, got 0" in problems
-    assert "token: must not be empty when set" in problems
+    # each names where the value came from: the file, section and key; the variable
+    assert f"{path} [server] port: 70000 is not a TCP port (0-65535)" in problems
+    assert f"{path} [server] workers: must be at least 1, got 0" in problems
+    assert f"{path} [server] token: must not be empty when set" in problems
     assert "unknown option [server] bogus" in text
-    assert f"policies: {tmp_path / 'no-such-dir'} is not a directory" in problems
-    assert any(p.startswith("directory: unknown directory 'postgres://db.example/komm'")
+    assert f"KOMM_POLICIES: {tmp_path / 'no-such-dir'} is not a directory" in problems
+    assert any(p.startswith("KOMM_DIRECTORY: unknown directory 'postgres://db.example/komm'")
                for p in problems)
-    assert "refresh_interval: must be positive" in problems
-    assert "max_staleness: must be at least refresh_interval" in problems
+    assert "KOMM_REFRESH_INTERVAL: must be positive" in problems
+    assert "KOMM_MAX_STALENESS: must be at least refresh_interval" in problems
     assert len(problems) == 8, problems
 
 
@@ -282,7 +286,7 @@ bogus = 1
 def test_bad_port(base_env: dict[str, str], port: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={**base_env, "KOMM_PORT": port})
-    assert problems_of(excinfo) == [f"port: {port} is not a TCP port (0-65535)"]
+    assert problems_of(excinfo) == [f"KOMM_PORT: {port} is not a TCP port (0-65535)"]
 
 
 @pytest.mark.parametrize("port", ["0", "65535"])
@@ -293,7 +297,7 @@ def test_port_bounds_are_accepted(base_env: dict[str, str], port: str) -> None:
 def test_empty_token(base_env: dict[str, str], tmp_path: Path) -> None:
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
-    for env, problem in (({"KOMM_TOKEN": ""}, "token: must not be empty when set"),
+    for env, problem in (({"KOMM_TOKEN": ""}, "KOMM_TOKEN: must not be empty when set"),
                          ({"KOMM_TOKEN_FILE": str(empty)},
                           f"KOMM_TOKEN_FILE: token file {empty} is empty (write the token "
                           "into it, or remove the setting to run without a token)")):
@@ -308,14 +312,14 @@ def test_policies_directory_without_policy_files(tmp_path: Path) -> None:
     (empty / "README.txt").write_text("not a policy")
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={"KOMM_POLICIES": str(empty), "KOMM_DIRECTORY": "memory:demo"})
-    assert problems_of(excinfo) == [f"policies: {empty} holds no *.policy files"]
+    assert problems_of(excinfo) == [f"KOMM_POLICIES: {empty} holds no *.policy files"]
 
 
 def test_policies_path_that_is_a_file(tmp_path: Path, policies: Path) -> None:
     file = policies / "10-rules.policy"
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={"KOMM_POLICIES": str(file), "KOMM_DIRECTORY": "memory:demo"})
-    assert problems_of(excinfo) == [f"policies: {file} is not a directory"]
+    assert problems_of(excinfo) == [f"KOMM_POLICIES: {file} is not a directory"]
 
 
 @pytest.mark.parametrize("url", ["memory:other", "redis://localhost", "komm.sqlite3"])
@@ -323,7 +327,7 @@ def test_unknown_directory_url(policies: Path, url: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={"KOMM_POLICIES": str(policies), "KOMM_DIRECTORY": url})
     [problem] = problems_of(excinfo)
-    assert problem.startswith(f"directory: unknown directory {url!r}")
+    assert problem.startswith(f"KOMM_DIRECTORY: unknown directory {url!r}")
     assert "sqlite:PATH, spacetimedb://HOST:PORT/DB, memory:demo or memory:empty" in problem
 
 
@@ -365,7 +369,7 @@ def test_missing_sqlite_store_names_db_init(policies: Path, tmp_path: Path) -> N
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={"KOMM_POLICIES": str(policies), "KOMM_DIRECTORY": f"sqlite:{missing}"})
     assert problems_of(excinfo) == [
-        f"directory: {missing} does not exist (create it with "
+        f"KOMM_DIRECTORY: {missing} does not exist (create it with "
         f"`komm-policy db init --path {missing}`)"]
 
 
@@ -375,17 +379,17 @@ def test_sqlite_url_without_a_path(policies: Path) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={"KOMM_POLICIES": str(policies), "KOMM_DIRECTORY": "sqlite:"})
     assert problems_of(excinfo) == [
-        "directory: sqlite: needs a path, e.g. sqlite:var/komm.sqlite3"]
+        "KOMM_DIRECTORY: sqlite: needs a path, e.g. sqlite:var/komm.sqlite3"]
 
 
 def test_refresh_and_staleness(base_env: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={**base_env, "KOMM_REFRESH_INTERVAL": "-1"})
-    assert problems_of(excinfo) == ["refresh_interval: must be positive"]
+    assert problems_of(excinfo) == ["KOMM_REFRESH_INTERVAL: must be positive"]
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={**base_env, "KOMM_REFRESH_INTERVAL": "5",
                          "KOMM_MAX_STALENESS": "4.9"})
-    assert problems_of(excinfo) == ["max_staleness: must be at least refresh_interval"]
+    assert problems_of(excinfo) == ["KOMM_MAX_STALENESS: must be at least refresh_interval"]
     config = load_config(env={**base_env, "KOMM_REFRESH_INTERVAL": "5",
                               "KOMM_MAX_STALENESS": "5"})
     assert (config.refresh_interval, config.max_staleness) == (5.0, 5.0)
@@ -397,10 +401,10 @@ def test_size_limits(base_env: dict[str, str]) -> None:
                          "KOMM_LOG_JSONL_MAX_BYTES": "10", "KOMM_LOG_JSONL_BACKUPS": "-1",
                          "KOMM_HOST": ""})
     assert problems_of(excinfo) == [
-        "host: must not be empty",
-        "max_body_bytes: 1023 is too small (min 1024)",
-        "log_jsonl_max_bytes: too small (min 1024)",
-        "log_jsonl_backups: must not be negative",
+        "KOMM_HOST: must not be empty",
+        "KOMM_MAX_BODY_BYTES: 1023 is too small (min 1024)",
+        "KOMM_LOG_JSONL_MAX_BYTES: too small (min 1024)",
+        "KOMM_LOG_JSONL_BACKUPS: must not be negative",
     ]
 
 
@@ -431,7 +435,7 @@ def test_toml_syntax_error_and_missing_file(tmp_path: Path, base_env: dict[str, 
     with pytest.raises(ConfigError) as excinfo:
         load_config(broken, env=base_env)
     [problem] = problems_of(excinfo)
-    assert problem.startswith(f"{broken}: ")
+    assert problem.startswith(f"{broken}:1:8: ")  # positioned, as the other files' errors
     missing = tmp_path / "missing.toml"
     with pytest.raises(ConfigError) as excinfo:
         load_config(missing, env=base_env)
@@ -522,10 +526,12 @@ def test_bad_connection_limits_are_each_reported(base_env: dict[str, str]) -> No
                          "KOMM_IDLE_TIMEOUT": "soon"})
     problems = problems_of(excinfo)
     assert "KOMM_IDLE_TIMEOUT: expected a number, got 'soon'" in problems
-    for expected in ("header_timeout: must be positive", "body_timeout: must be positive",
-                     "max_concurrency: must be at least 1",
-                     "max_connections: must not be negative",
-                     "shutdown_timeout: must not be negative", "status_auth: needs a token"):
+    for expected in ("KOMM_HEADER_TIMEOUT: must be positive",
+                     "KOMM_BODY_TIMEOUT: must be positive",
+                     "KOMM_MAX_CONCURRENCY: must be at least 1",
+                     "KOMM_MAX_CONNECTIONS: must not be negative",
+                     "KOMM_SHUTDOWN_TIMEOUT: must not be negative",
+                     "KOMM_STATUS_AUTH: needs a token"):
         assert any(p.startswith(expected) for p in problems), (expected, problems)
 
 

@@ -250,3 +250,40 @@ def test_a_float_that_is_not_finite_is_refused(capsys: pytest.CaptureFixture[str
     assert run(capsys, "db", "import", str(data), "--path", str(store),
                "--storage-types-only")[0] == 0
     assert rows_of(store, "scores") == [(1, 1.5), (2, -2.0)]
+
+
+def test_export_leaves_out_and_names_the_rows_import_would_refuse(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows written behind the tools' back (a tester's sqlite3 session): `db export` used
+    to exit 0 with them, and `db import` of that backup refused it all.  Now, as the
+    SpacetimeDB export: the good rows are written, each bad row named (table, row, key,
+    reason) on stderr, exit 1 — and what was written imports again."""
+    store = tmp_path / "k.sqlite3"
+    assert main(["db", "init", "--path", str(store)]) == 0
+    conn = sqlite3.connect(store)
+    with conn:
+        conn.executemany(
+            "INSERT INTO blocked_ips (ip, reason, blocked_at, active) VALUES (?, ?, ?, 1)",
+            [("10.0.0.1/8", "host bits", 1), ("fe80::1%eth0", "scope", 1),
+             ("192.0.2.0/24", "when", "yesterday"), ("192.0.2.7", "good", 5)])
+    conn.close()
+    capsys.readouterr()
+    policies = ["--policies", str(SHIPPED)]
+    code = main(["db", "export", "--path", str(store), *policies, "blocked_ips"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert json.loads(out) == {"blocked_ips": [
+        {"ip": "192.0.2.7", "reason": "good", "blocked_at": 5, "active": True}]}
+    skipped = [line for line in err.splitlines() if "skipped blocked_ips" in line]
+    assert len(skipped) == 3, err
+    assert "blocked_ips row 1 (ip='10.0.0.1/8'" in skipped[0] and "host bits set" in skipped[0]
+    assert "blocked_ips row 2 (ip='fe80::1%eth0'" in skipped[1] and "scope id" in skipped[1]
+    assert "blocked_ips row 3 (ip='192.0.2.0/24'" in skipped[2]
+    assert "blocked_at wants a timestamp, got 'yesterday'" in skipped[2]
+    assert "3 rows skipped" in err
+    backup = tmp_path / "backup.json"
+    backup.write_text(out)
+    fresh = tmp_path / "fresh.sqlite3"
+    assert main(["db", "init", "--path", str(fresh)]) == 0
+    assert main(["db", "import", "--path", str(fresh), *policies, str(backup)]) == 0
+    assert "imported 1 blocked_ips" in capsys.readouterr().out

@@ -168,5 +168,5 @@ def test_a_budget_under_the_largest_body_is_refused(value: str) -> None:
         load_config(env={"KOMM_POLICIES": str(POLICIES), "KOMM_DIRECTORY": "memory:demo",
                          "KOMM_MAX_BODY_BYTES": "2048", "KOMM_MAX_BODY_BUFFER_BYTES": value},
                     only=("max_body_buffer_bytes",))
-    assert (f"max_body_buffer_bytes: {value} is less than max_body_bytes (2048): a body of "
+    assert (f"KOMM_MAX_BODY_BUFFER_BYTES: {value} is less than max_body_bytes (2048): a body of "
             "the largest size could never be read (0: 4 x max_body_bytes)") in str(excinfo.value)

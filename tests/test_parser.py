@@ -709,6 +709,11 @@ REJECTED: list[tuple[str, str, str, int, int, str]] = [
      1, 32, "invalid IP address or network `10.0.0.0/33`"),
     ("E009-too-many-colons", "stage data { rule r: when ::: accept }", "E009", 1, 27,
      "invalid IP address or network `:::`"),
+    # E017 an integer beyond 64 bits
+    ("E017-integer-too-big", "stage data {\n  rule r: when x == 9223372036854775808 accept }",
+     "E017", 2, 21, "integer `9223372036854775808` is outside the 64-bit integers"),
+    ("E017-size-too-big", "stage data { rule r: when x > 9999999999999999999gib accept }",
+     "E017", 1, 31, "size `9999999999999999999gib` is outside the 64-bit integers"),
     # E011 invalid regex, unknown flag
     ("E011-invalid-regex-points-inside", _BAD_REGEX, "E011", 2, 28,
      "invalid regex: "),
@@ -761,7 +766,7 @@ def test_every_syntax_error_code_is_in_the_table():
     emitted = set(re.findall(r'"(E0[0-9]{2})"', inspect.getsource(parser_module)
                              + inspect.getsource(parser_expressions_module)
                              + inspect.getsource(syntax_errors_module)))
-    assert emitted == {f"E0{i:02d}" for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14)}
+    assert emitted == {f"E0{i:02d}" for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 17)}
     tested = {r[2] for r in REJECTED} | {"E013"}  # E013 has its own tests below
     assert emitted <= tested
 

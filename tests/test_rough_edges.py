@@ -47,7 +47,7 @@ def test_eval_defaults_to_the_directory_serve_uses(capsys: pytest.CaptureFixture
                          "--policies", str(POLICIES))
     assert code == 2 and out == ""
     default_store = Config().directory.removeprefix("sqlite:")
-    assert f"directory: {default_store} does not exist" in err
+    assert f"[directory] url (default): {default_store} does not exist" in err
     assert "--directory memory:demo" in err
     create_database(tmp_path / default_store, DEMO_TABLES)
     code, out, _ = run(capsys, "eval", str(FIXTURES / "derived-rcpt-1.json"),

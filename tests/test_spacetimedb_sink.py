@@ -436,17 +436,16 @@ def test_bad_sink_settings_are_reported_together() -> None:
                          "KOMM_LOG_SPACETIMEDB_REDUCER": " ",
                          "KOMM_LOG_SPACETIMEDB_MAX_DEAD_LETTERS": "-1"})
     text = str(caught.value)
-    for expected in ("log_spacetimedb: 'http://127.0.0.1:3000/komm': expected",
-                     "log_spacetimedb_args: 'all' is not batch or record",
-                     "log_spacetimedb_batch: must be at least 1",
-                     "log_spacetimedb_reducer: must not be empty",
-                     "log_spacetimedb_max_dead_letters: must not be negative"):
+    for expected in ("KOMM_LOG_SPACETIMEDB: 'http://127.0.0.1:3000/komm': expected",
+                     "KOMM_LOG_SPACETIMEDB_ARGS: 'all' is not batch or record",
+                     "KOMM_LOG_SPACETIMEDB_BATCH: must be at least 1",
+                     "KOMM_LOG_SPACETIMEDB_REDUCER: must not be empty",
+                     "KOMM_LOG_SPACETIMEDB_MAX_DEAD_LETTERS: must not be negative"):
         assert expected in text
 
 
 @pytest.mark.parametrize(("value", "expected"), [
-    ("1000001", "'1000001' is too large: log_spacetimedb_max_dead_letters takes at most "
-                "1,000,000"),
+    ("1000001", "'1000001' is too large (at most 1,000,000)"),
     ("2.5", "expected a whole number, got '2.5'"),
     ("inf", "expected a whole number, got 'inf'"),
     ("nan", "expected a whole number, got 'nan'")])

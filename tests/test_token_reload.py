@@ -44,8 +44,9 @@ def test_sighup_rereads_the_token_file(tmp_path_factory: pytest.TempPathFactory)
         assert "a new token is in use" in server.output()
         assert "second-token" not in server.output()  # never the secret itself
 
-        for broken, reason in ((lambda: token_file.unlink(), "cannot read it"),
-                               (lambda: token_file.write_text("  \n"), "it is empty")):
+        for broken, reason in ((lambda: token_file.unlink(), "cannot be read"),
+                               (lambda: token_file.write_text("  \n"), "is empty"),
+                               (lambda: token_file.write_text("a\nb\n"), "holds 2 lines")):
             broken()
             server.signal(signal.SIGHUP)
             assert wait_for(lambda r=reason: r in server.output()), server.output()

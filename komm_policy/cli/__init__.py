@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..textfile import NotUtf8Error
+
 
 def read_input(name: str) -> bytes:
     """A file's bytes, or standard input's for `-` (OSError propagates)."""
@@ -71,4 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # the last line of defence: a plain message, never a traceback
         print(f"komm-policy {args.command}: {os_error_text(exc)}", file=sys.stderr)
+        return 2
+    except NotUtf8Error as exc:  # a file read where its command did not expect one
+        print(f"komm-policy {args.command}: {exc}", file=sys.stderr)
         return 2

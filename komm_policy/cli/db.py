@@ -132,16 +132,40 @@ def _fail(command: str, message: str, code: int) -> int:
 
 
 def _open(args: argparse.Namespace, command: str) -> sqlite3.Connection | int:
-    if not Path(args.path).exists():
+    """The store at `--path`, proved to be a SQLite database by reading its catalogue,
+    or the exit code after saying why not (2: missing, a directory, not a database,
+    unreadable), as `serve` and `eval` refuse such a store."""
+    path = Path(args.path)
+    if path.is_dir():
+        return _fail(command, f"{args.path}: is a directory, not a database file", 2)
+    if not path.exists():
         return _fail(command, f"{args.path}: no such database", 2)
-    return connect(args.path, create=False)
+    try:
+        conn = connect(args.path, create=False)
+    except sqlite3.DatabaseError as exc:
+        return _fail(command, store_error_text(args.path, exc), 2)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        return _fail(command, store_error_text(args.path, exc), 2)
+    return conn
+
+
+def store_error_text(path: str, exc: sqlite3.DatabaseError) -> str:
+    """`PATH: cannot use it as a SQLite database: REASON` for an error opening a store."""
+    return f"{path}: cannot use it as a SQLite database: {exc}"
 
 
 def run_init(args: argparse.Namespace) -> int:
     try:
+        if Path(args.path).is_dir():
+            return _fail("init", f"{args.path}: is a directory, not a database file", 2)
         create_database(args.path, DEMO_TABLES if args.demo else None)
     except OSError as exc:
         return _fail("init", os_error_text(exc, args.path), 2)
+    except sqlite3.DatabaseError as exc:  # opening or creating the file, not a query of ours
+        return _fail("init", store_error_text(args.path, exc), 2)
     print(f"{args.path}: schema ready{' with demo data' if args.demo else ''}")
     return 0
 
@@ -184,14 +208,21 @@ def run_export(args: argparse.Namespace) -> int:
     conn = _open(args, "export")
     if isinstance(conn, int):
         return conn
+    bad: list[str] = []
     try:
-        data = export_tables(conn, args.tables or None, _schema(args, "export"))
+        data = export_tables(conn, args.tables or None, _schema(args, "export"), bad)
     except TransferError as exc:
         return _fail("export", str(exc), 1)
     finally:
         conn.close()
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return 0
+    # As the SpacetimeDB export: the good rows are written, each bad one named, exit 1.
+    for problem in bad:
+        print(f"komm-policy db export: skipped {problem}", file=sys.stderr)
+    if bad:
+        print(f"komm-policy db export: {len(bad)} rows skipped (`db import` would refuse "
+              "them), the others exported", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -204,14 +235,21 @@ def run_import(args: argparse.Namespace) -> int:
     schema = _schema(args, "import")
     exists = Path(args.path).exists()
     # A missing store gets the origin's tables, but only once the rows proved valid.
-    conn = connect(args.path, create=False) if exists else sqlite3.connect(":memory:")
+    conn = _open(args, "import") if exists else sqlite3.connect(":memory:")
+    if isinstance(conn, int):
+        return conn
     try:
         if not exists:
             init_schema(conn)
         counts = import_tables(conn, data, schema)
         if not exists:
             conn.close()
-            create_database(args.path)
+            try:
+                create_database(args.path)
+            except OSError as exc:
+                return _fail("import", os_error_text(exc, args.path), 2)
+            except sqlite3.DatabaseError as exc:
+                return _fail("import", store_error_text(args.path, exc), 2)
             conn = connect(args.path, create=False)
             counts = import_tables(conn, data, schema)
         undescribed = undescribed_tables(conn, counts, schema)

@@ -10,16 +10,19 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..config import OPTIONS, Config, ConfigError, load_config
-from ..logsetup import configure_logging
+from ..logsetup import LEVEL_VARIABLE, LEVELS, configure_logging
 
 if TYPE_CHECKING:
     from ..hook.server import ServerLimits
 
 
 _OPTIONS = {o.name: o for o in OPTIONS}
+_TOKEN_FILE_VARIABLES = ("KOMM_TOKEN_FILE", "KOMM_SPACETIMEDB_TOKEN_FILE",
+                         "KOMM_LOG_SPACETIMEDB_TOKEN_FILE")
 _LIMIT_FLAGS = (("header_timeout", float, "SECONDS"), ("body_timeout", float, "SECONDS"),
                 ("idle_timeout", float, "SECONDS"),
                 ("write_timeout", float, "SECONDS"), ("max_connections", int, "N"),
@@ -65,9 +68,9 @@ def register(sub: Any) -> None:
                                  f"{getattr(Config(), name)})")
     parser.add_argument("--status-auth", action="store_true", default=None,
                         help=_OPTIONS["status_auth"].help)
-    parser.add_argument("--log-level", default="info",
-                        choices=("critical", "error", "warning", "info", "debug"),
-                        help="least severe log messages shown (default info)")
+    parser.add_argument("--log-level", choices=LEVELS,
+                        help=f"least severe log messages shown ({LEVEL_VARIABLE}; default "
+                             "info)")
     parser.set_defaults(run=run)
 
 
@@ -79,13 +82,33 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
 
 
+def log_level(flag: str | None, env: Mapping[str, str]) -> tuple[str, str | None]:
+    """The log level (`--log-level`, else `KOMM_LOG_LEVEL`, else info) and the problem
+    with the variable's value (None: none); the flag's value argparse has checked."""
+    if flag is not None:
+        return flag, None
+    value = env.get(LEVEL_VARIABLE, "")
+    if not value:
+        return "info", None
+    if value.lower() not in LEVELS:
+        return "info", (f"{LEVEL_VARIABLE}: {value!r} is not a log level (one of "
+                        f"{', '.join(LEVELS)})")
+    return value.lower(), None
+
+
 def run(args: argparse.Namespace) -> int:
+    level, level_problem = log_level(args.log_level, os.environ)
     try:
-        config = load_config(args.config, overrides=flag_overrides(args))
+        config = load_config(args.config, overrides=flag_overrides(args), check_paths=True)
     except ConfigError as exc:
-        print(f"komm-policy serve: {exc}", file=sys.stderr)
+        extra = f"\n  - {level_problem}" if level_problem else ""
+        print(f"komm-policy serve: {exc}{extra}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level)  # httpx and friends quiet unless debug
+    if level_problem is not None:
+        print(f"komm-policy serve: invalid configuration:\n  - {level_problem}",
+              file=sys.stderr)
+        return 2
+    configure_logging(level)  # httpx and friends quiet unless debug
     from ..hook.server import run as run_server
     from ..hook.service import HookService, close_directory, open_directory
     from ..policyset import load_path
@@ -104,11 +127,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"komm-policy serve: {exc}", file=sys.stderr)
             return 2
         # Workers are separate processes: they read the validated config from KOMM_*.
-        os.environ.update(config_environment(config))
+        # A token travels once: as its file when it came from one, else as its value
+        # (a token and its file both set is refused as ambiguous).
+        environment = config_environment(config)
+        for name in _TOKEN_FILE_VARIABLES:
+            if name not in environment:
+                os.environ.pop(name, None)
+        os.environ.update(environment)
         log_start(config, result.policy_set.version, result.policy_set.rule_count)
         run_server("komm_policy.hook.factory:app_from_environment", factory=True,
                    host=config.host, port=config.port, workers=config.workers,
-                   limits=server_limits(config), log_level=args.log_level)
+                   limits=server_limits(config), log_level=level)
         return 0
     from ..hook.app import create_app
 
@@ -119,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log_start(config, service.policy_set.version, service.policy_set.rule_count)
     run_server(create_app(service), host=config.host, port=config.port,
-               limits=server_limits(config), log_level=args.log_level)
+               limits=server_limits(config), log_level=level)
     return 0
 
 
@@ -169,9 +198,9 @@ def config_environment(config: Config) -> dict[str, str]:
     env = {}
     for option in OPTIONS:
         value = getattr(config, option.name)
-        if value is None:
+        if value is None or (option.name == "token" and config.token_file is not None):
             continue
         env[option.env] = str(value).lower() if isinstance(value, bool) else str(value)
     if config.token_file is not None:  # so a worker, too, knows where to re-read it
-        env["KOMM_TOKEN_FILE"] = str(config.token_file)
+        env["KOMM_TOKEN_FILE"] = str(config.token_file)  # (and reads the token there)
     return env

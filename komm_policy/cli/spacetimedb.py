@@ -14,9 +14,11 @@ from typing import TextIO
 
 import msgspec
 
+from ..config import token_text_problem
 from ..directory.schema import BadValue, Schema, SchemaError, dump_schema, find_schema, load_schema
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp
 from ..spacetimedb.tools import check_directory, export_tables, schema_of
+from ..textfile import NotUtf8Error, read_utf8
 
 
 def token_from_env(env: Mapping[str, str] | None = None) -> str | None:
@@ -26,10 +28,16 @@ def token_from_env(env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     path = env.get("KOMM_SPACETIMEDB_TOKEN_FILE")
     if path:
-        token = Path(path).read_text(encoding="utf-8").strip()
-        if not token:
-            raise OSError(f"KOMM_SPACETIMEDB_TOKEN_FILE: token file {path} is empty (write "
-                          "the token into it, or unset the variable to connect anonymously)")
+        if "KOMM_SPACETIMEDB_TOKEN" in env:
+            raise OSError("KOMM_SPACETIMEDB_TOKEN and KOMM_SPACETIMEDB_TOKEN_FILE are both "
+                          "set: set one (which token is meant is not guessed)")
+        try:
+            token = read_utf8(path).strip()
+        except NotUtf8Error as exc:
+            raise OSError(f"KOMM_SPACETIMEDB_TOKEN_FILE: {exc}") from None
+        problem = token_text_problem(token)
+        if problem is not None:
+            raise OSError(f"KOMM_SPACETIMEDB_TOKEN_FILE: token file {path} {problem}")
         return token
     return env.get("KOMM_SPACETIMEDB_TOKEN") or None
 

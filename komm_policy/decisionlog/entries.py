@@ -91,6 +91,28 @@ ROW_CACHE = 4096
 """Looked-up rows whose packed identity an `EntryPacker` keeps (then it starts over)."""
 
 
+_LOOKUPS = ENTRY_FIELDS.index("lookups")
+_MSGPACK_INTS = range(-(2**63), 2**64)
+"""The integers msgpack encodes (int64 and uint64)."""
+
+
+def _loggable(value: Any) -> Any:
+    """`value` (a lookup's arguments or result) with every integer outside
+    `_MSGPACK_INTS` as its decimal text, looked-up rows as their identities; other values
+    as they are.  Only called when packing failed."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value in _MSGPACK_INTS else str(value)
+    if isinstance(value, Row):
+        return _loggable(_encode_hook(value))
+    if isinstance(value, tuple):
+        return tuple(_loggable(item) for item in value)
+    if isinstance(value, list):
+        return [_loggable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _loggable(item) for key, item in value.items()}
+    return value
+
+
 class EntryPacker:
     """Packs compact entries (`pack`), remembering the packed identity of each row a
     lookup returned: a decision's lookups usually return the same few rows request after
@@ -125,7 +147,9 @@ class EntryPacker:
              redact_client_ip: bool = False) -> bytes:
         """The compact entry of an answered request (`ENTRY_FIELDS`); the message
         itself, headers and body, is not packed.  `at` is time.time() of the answer.
-        Raises TypeError/ValueError/OverflowError for a value msgpack cannot encode."""
+        A lookup argument or result integer beyond 64 bits is packed as its decimal text.
+        Raises TypeError/ValueError/OverflowError for another value msgpack cannot
+        encode."""
         context = request.context
         client = context.client
         sasl = context.sasl
@@ -133,7 +157,7 @@ class EntryPacker:
         server = context.server
         queue = context.queue
         envelope = request.envelope
-        return self._encode((
+        fields = (
             ENTRY_FORMAT, record_id, id_number, at, duration_ms, shadow, redact_client_ip,
             context.stage, client.ip, client.port, client.ptr, client.helo,
             None if sasl is None else sasl.login, None if sasl is None else sasl.method,
@@ -143,7 +167,19 @@ class EntryPacker:
             None if envelope is None else [a.address for a in envelope.to],
             decision.action, decision.reply, decision.modifications, decision.rule,
             decision.fallback, decision.cause, decision.lookups, decision.dry_run,
-            decision.logs, decision.errors, decision.policy_version))
+            decision.logs, decision.errors, decision.policy_version)
+        try:
+            return self._encode(fields)
+        except OverflowError:
+            # An integer msgpack cannot hold (a lookup argument or a row key beyond 64
+            # bits, e.g. a SpacetimeDB u128): the record keeps it as its decimal text
+            # rather than failing the answer.
+            bounded = list(fields)
+            bounded[_LOOKUPS] = tuple(
+                msgspec.structs.replace(lookup, args=_loggable(lookup.args),
+                                        result=_loggable(lookup.result))
+                for lookup in decision.lookups)
+            return self._encode(bounded)
 
 
 def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..textfile import NotUtf8Error, loads_toml, read_utf8
 from ..tomlpos import KeyPositions
 from .columns import INDEXABLE, MEANINGS, BadValue, Column, decode_value, encode_value
 
@@ -98,9 +99,12 @@ def load_schema(path: str | Path) -> Schema:
     """Read a schema file.  Raises `SchemaError` (`FILE:LINE:COL: …`, the table named) or
     `OSError`."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
     try:
-        return parse_schema(tomllib.loads(text), str(path))
+        text = read_utf8(path)
+    except NotUtf8Error as exc:
+        raise SchemaError(str(exc)) from None
+    try:
+        return parse_schema(loads_toml(text), str(path))
     except (tomllib.TOMLDecodeError, SchemaError) as exc:
         line, column = error_position(text, exc)
         message = str(exc).removeprefix(f"{path}: ")

@@ -82,9 +82,14 @@ def _columns(conn: sqlite3.Connection, table: str, schema: Schema | None
 
 
 def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
-                  schema: Schema | None = None) -> dict[str, list[dict[str, Any]]]:
+                  schema: Schema | None = None, bad_rows: list[str] | None = None
+                  ) -> dict[str, list[dict[str, Any]]]:
     """Rows of `tables` (default: every directory table), in rowid order, as the JSON
-    above.  Raises `TransferError` for an unknown table."""
+    above.  Raises `TransferError` for an unknown table.  Given a `bad_rows` list, a row
+    `import_tables` would refuse (a value the schema's meaning or the store cannot hold,
+    written behind the tools' back) is left out and described there (`table row N
+    (key): reason`, N counting the table's rows in rowid order), so an export always
+    imports again — as the SpacetimeDB export does (`spacetimedb.tools.export_tables`)."""
     existing = user_tables(conn)
     names = tables if tables else existing
     unknown = [t for t in names if t not in existing]
@@ -101,6 +106,7 @@ def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
             cursor = conn.execute(f"SELECT {select} FROM {quote(name)} ORDER BY rowid")
             fields = [d[0] for d in cursor.description]
             rows = []
+            skipped = 0
             for values in cursor:
                 row = {}
                 for field, value in zip(fields, values, strict=True):
@@ -114,6 +120,13 @@ def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
                         with contextlib.suppress(ValueError):
                             value = json.loads(value)
                     row[field] = value
+                if bad_rows is not None:
+                    checked = {k: v for k, v in row.items() if k in columns}
+                    problems = _validate(name, len(rows) + skipped + 1, checked, columns)[1]
+                    if problems:
+                        bad_rows.extend(problems)
+                        skipped += 1
+                        continue
                 rows.append(row)
             result[name] = rows
     return result

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, token_text_problem
 from ..decisionlog import (
     DecisionLog,
     JsonlSpec,
@@ -97,24 +97,24 @@ class HookService:
 
     def reload_token(self) -> bool:
         """Re-read `token_file` (SIGHUP): a new token takes effect for the next request.
-        A file that cannot be read, or is empty, keeps the token in use (never no
-        authentication) and logs an error; False then."""
+        A file that cannot be read, is empty or holds more than one line keeps the token
+        in use (never no authentication) and logs an error; False then."""
         if self.token_file is None:
             return True
         try:
             token = self.token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            problem = f"cannot read it: {getattr(exc, 'strerror', None) or exc}"
+            problem = f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
         else:
-            if token:
+            problem = token_text_problem(token)
+            if problem is None:
                 if token != self.token:
                     self.token = token
                     for listener in self.token_listeners:
                         listener(token)
                     log.info("token re-read from %s: a new token is in use", self.token_file)
                 return True
-            problem = "it is empty"
-        log.error("token file %s: %s; keeping the token in use", self.token_file, problem)
+        log.error("token file %s %s; keeping the token in use", self.token_file, problem)
         return False
 
     def reload(self) -> ReloadResult:

@@ -38,6 +38,7 @@ import msgspec
 
 from ..directory import Directory
 from ..directory.schema import Schema
+from ..textfile import loads_toml
 from ..tomlpos import KeyPositions
 from ..wire import AnyModification, Request
 from .requests import CaseRequestError, build_request, flatten
@@ -110,7 +111,7 @@ def load_file(path: Path, schema: Schema | None = None) -> list[Case]:
     data = path.read_bytes()
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")  # editors may write a BOM
-        document = tomllib.loads(text)
+        document = loads_toml(text)
     except UnicodeDecodeError:
         raise SpecError(name, None, "file is not valid UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
