@@ -552,5 +552,6 @@ def test_linger_bounds_from_each_source_and_the_derived_byte_default(
     with pytest.raises(ConfigError) as excinfo:
         load_config(env={**base_env, "KOMM_LINGER_TIMEOUT": "-1", "KOMM_LINGER_BYTES": "-2"})
     problems = problems_of(excinfo)
-    assert any(p.startswith("linger_timeout: must not be negative") for p in problems)
-    assert any(p.startswith("linger_bytes: must not be negative") for p in problems)
+    for expected in ("KOMM_LINGER_TIMEOUT: must not be negative",
+                     "KOMM_LINGER_BYTES: must not be negative"):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)

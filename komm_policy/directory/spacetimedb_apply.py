@@ -32,9 +32,9 @@ from ..spacetimedb.protocol import RowText, TableRows, raw_text, row_text
 from ..spacetimedb.rownames import RowNamer
 from ..spacetimedb.sats import Decoder
 from ..spacetimedb.schema import ModuleSchema
+from .bulkcopy import C_CALL_ITEMS
 from .schema import Schema
 from .snapshot import BadRow, Needs, TablesSnapshot
-from .tablestate import C_CALL_ITEMS
 
 RowDict = dict[str, Any]
 

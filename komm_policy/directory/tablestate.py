@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Callable, Iterable, Mapping, Sized
-from itertools import islice
 from typing import Any, NamedTuple
 
 import immutables
 
 from ..gcpause import no_gc_pauses
+from .bulkcopy import copied_map, frozen_map
 from .declared_keys import collider, collision, key_reader
 from .keys import column_key, key_normalizer
 from .rows import (
@@ -235,36 +235,6 @@ def _indexed(state: TableState, rows: dict[Any, Row], keys: dict[Any, Any]) -> T
             lengths[spec] = _lengths(immutables.Map(counts))
     return state.evolve(frozen_map(rows), buckets, lengths,
                         keys=frozen_map(keys) if keys else None)
-
-
-C_CALL_ITEMS = 2048
-"""Items per call into a C routine that copies a mapping.  Such a call holds the
-interpreter lock throughout: `immutables.Map(rows)` of 200,000 text keys took 0.25–0.37 s
-and `dict(map.items())` 0.15 s on a 2-core machine, pausing every other thread (the
-hook's answers) that long; in calls of 2,048 items no pause exceeded ~15-30 ms and the
-whole copy took about as long."""
-
-
-def frozen_map(rows: Mapping[Any, Any]) -> immutables.Map:
-    """An `immutables.Map` of `rows`, built in calls of `C_CALL_ITEMS` items."""
-    if len(rows) <= C_CALL_ITEMS:
-        return immutables.Map(rows)
-    mutation = immutables.Map().mutate()
-    items = iter(rows.items())
-    while chunk := dict(islice(items, C_CALL_ITEMS)):
-        mutation.update(chunk)
-    return mutation.finish()
-
-
-def copied_map(rows: immutables.Map) -> dict[Any, Any]:
-    """A dict of `rows`, copied in calls of `C_CALL_ITEMS` items."""
-    out: dict[Any, Any] = {}
-    items = iter(rows.items())
-    while True:
-        size = len(out)
-        out.update(islice(items, C_CALL_ITEMS))
-        if len(out) == size:
-            return out
 
 
 class _Values:
