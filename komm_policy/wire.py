@@ -29,7 +29,8 @@ _STAGE_SET = frozenset(STAGES)
 # policies on purpose (`valid_address(sender)` refuses a control character with the policy's own
 # SMTP reply; a 400 would be a hook error, which Stalwart may be configured to pass).
 MAX_TEXT = 1024
-"""Characters in an address, HELO name, PTR name, SASL login, TLS or server field."""
+"""Characters in the stage name, an address, HELO name, PTR name, SASL login, TLS or
+server field."""
 MAX_RECIPIENTS = 1000
 """Entries in `envelope.to`: ten times Stalwart's default `maxRecipients` (100)."""
 
@@ -94,7 +95,7 @@ class Protocol(msgspec.Struct, frozen=True):
 
 
 class Context(msgspec.Struct, frozen=True):
-    stage: str
+    stage: Text  # bounded like every text: an unknown stage is echoed in the 400
     client: Client
     sasl: Sasl | None = None
     tls: Tls | None = None

@@ -36,6 +36,7 @@ def _decode(mutate: Callable[[dict], None]) -> None:
 
 
 TOO_LARGE = {
+    "context.stage": ["s" * (MAX_TEXT + 1), "s" * 3_000_000],
     "context.client.port": [2**64, 10**400, 65536, -5],
     "context.server.port": [70000, -1],
     "context.client.activeConnections": [2**32, -1],
@@ -79,3 +80,12 @@ def test_a_message_size_is_a_non_negative_integer() -> None:
 ])
 def test_the_largest_value_inside_each_bound_decodes(path: str, value: Any) -> None:
     _decode(_set(path, value))
+
+
+def test_an_unknown_stage_is_echoed_at_most_max_text_long() -> None:
+    """The 400 names an unknown stage; a 3 MB one was echoed whole (tester's finding)."""
+    for stage in ("x" * MAX_TEXT, "\u00e9" * MAX_TEXT, "s" * 3_000_000):
+        with pytest.raises(RequestError) as caught:
+            _decode(_set("context.stage", stage))
+        assert caught.value.path == "$.context.stage"
+        assert len(caught.value.message) < 8 * MAX_TEXT
