@@ -17,6 +17,7 @@ from typing import Any
 from .config_options import OPTIONS, Option, limit
 from .decisionlog.settings import LogSettings
 from .decisionlog.spacetimedb_sink import ReducerSpec
+from .wire import MAX_MESSAGE_HEADERS
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "validate"]
 
@@ -51,6 +52,8 @@ class Config:
     shutdown_timeout: float = 10.0
     max_header_bytes: int = 16384
     max_headers: int = 100
+    max_message_headers: int = MAX_MESSAGE_HEADERS
+    """Entries in a hook request's `message.headers`; beyond it 400 (`wire`)."""
     status_auth: bool = False
     policies: Path = Path("policies")
     watch: bool = True
@@ -249,6 +252,9 @@ def validate(config: Config) -> list[str]:
         problems.append(f"max_header_bytes: {config.max_header_bytes} is too small (min 1024)")
     if config.max_headers < 8:
         problems.append(f"max_headers: {config.max_headers} is too small (min 8)")
+    if config.max_message_headers < 1:
+        problems.append(f"max_message_headers: must be at least 1, got "
+                        f"{config.max_message_headers}")
     if config.status_auth and not config.token:
         problems.append("status_auth: needs a token (token, token_file, KOMM_TOKEN)")
     if not config.policies.is_dir():

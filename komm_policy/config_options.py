@@ -67,7 +67,8 @@ mistakes, and `inf` or `1e300` would overflow the timers that wait for them."""
 MAXIMA: dict[str, float] = {
     "workers": 1024, "max_body_bytes": 2**30, "max_body_buffer_bytes": 2**36,
     "max_connections": 2**20, "max_concurrency": 2**20, "max_header_bytes": 2**24,
-    "max_headers": 100_000, "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
+    "max_headers": 100_000, "max_message_headers": 1_000_000,
+    "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
     "log_queue_max": 10_000_000, "log_spacetimedb_batch": 100_000,
     "log_spacetimedb_max_dead_letters": 1_000_000,
     # retention, not waiting: up to ten years
@@ -121,6 +122,9 @@ OPTIONS: tuple[Option, ...] = (
            "largest request line and header fields together (else 431, closed)"),
     Option("max_headers", "server", "max_headers", "KOMM_MAX_HEADERS", _int,
            "most header fields in a request (else 431, closed)"),
+    Option("max_message_headers", "server", "max_message_headers",
+           "KOMM_MAX_MESSAGE_HEADERS", _int,
+           "most header fields of the message in a data-stage request (else 400)"),
     Option("shutdown_timeout", "server", "shutdown_timeout", "KOMM_SHUTDOWN_TIMEOUT", _float,
            "seconds SIGTERM waits for requests in progress before cancelling them"),
     Option("status_auth", "server", "status_auth", "KOMM_STATUS_AUTH", _bool,

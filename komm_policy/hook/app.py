@@ -251,7 +251,7 @@ class HookApp:
         (None after an internal error) and the answer; or the RequestError for a 400."""
         service = self.service
         try:
-            request = decode_request(body)
+            request = decode_request(body, service.max_message_headers)
         except RequestError as exc:
             return exc
         except Exception as exc:  # decode_request names its errors; this is a backstop
