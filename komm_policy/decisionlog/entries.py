@@ -37,6 +37,7 @@ import msgspec
 from ..decision import ActionName, Decision, DryRunHit, LookupRecord, Reply, RuleRef
 from ..directory.rows import Row
 from ..wire import AnyModification, Context, Envelope, Request
+from .bounds import OMITTED
 from .records import (
     RECORD_VERSION,
     DecisionRecord,
@@ -48,6 +49,7 @@ from .records import (
     quarantine_reason,
     redact,
     summarize,
+    with_omitted,
 )
 
 ENTRY_FORMAT = 2
@@ -221,6 +223,8 @@ def _compact_record(entry: bytes, timestamps: Timestamps
         tls_cipher or None,
         sasl_method,
     )
+    if lookups and lookups[-1].function == OMITTED:
+        record = with_omitted(record)
     return (redact(record, client_ip) if redacted else record), at
 
 
