@@ -12,6 +12,7 @@ non-accept answer (integer `status`, snake_case `enhanced_status`, `message`, bo
 
 from __future__ import annotations
 
+import codecs
 import re
 from typing import Annotated, Any, Literal
 
@@ -173,12 +174,15 @@ _HEADERS_DECODER = msgspec.json.Decoder(tuple[tuple[str, str], ...])
 def decode_request(body: bytes | str, max_headers: int = MAX_MESSAGE_HEADERS) -> Request:
     """Bytes → Request, validated; raises RequestError with a JSON path on bad input.
 
-    Invalid UTF-8, nesting too deep for the decoder (about 1,000 levels, also inside
+    Invalid UTF-8 (anywhere: msgspec checks only the text it decodes, not what it skips
+    in unknown fields), nesting too deep for the decoder (about 1,000 levels, also inside
     fields that are otherwise ignored) and numbers out of range in a known field are
     RequestErrors, and so is a `message.headers` (or `serverHeaders`) of more than
     `max_headers` entries, counted before they are decoded (memory stays about the body's
     size).  Numbers in unknown fields are skipped whatever their size.  A key that
     appears twice in one object: the last occurrence is used."""
+    if not isinstance(body, str) and not body.isascii():
+        _check_utf8(body)
     try:
         # A body that cannot hold header lists of more than twice `max_headers` entries
         # (each at least 8 bytes, `["",""],`, and opening with `[`) is decoded in one step
@@ -205,6 +209,26 @@ def decode_request(body: bytes | str, max_headers: int = MAX_MESSAGE_HEADERS) ->
     except RecursionError:  # msgspec recurses per nesting level, also in ignored fields
         raise RequestError("invalid JSON: nested too deeply") from None
     return _checked(request, max_headers)
+
+
+UTF8_SLICE = 64 * 1024
+"""Bytes of a body checked for UTF-8 at a time (the text made is dropped at once)."""
+
+
+def _check_utf8(body: bytes) -> None:
+    """RequestError unless `body` is valid UTF-8; time linear in it, memory a slice's."""
+    start = 0
+    try:
+        if len(body) <= UTF8_SLICE:
+            body.decode("utf-8")
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        view = memoryview(body)
+        for start in range(0, len(body), UTF8_SLICE):
+            decoder.decode(view[start:start + UTF8_SLICE], start + UTF8_SLICE >= len(body))
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"invalid JSON: invalid UTF-8 at byte {start + exc.start}"
+                           ) from None
 
 
 def _checked(request: Request, max_headers: int) -> Request:
