@@ -12,13 +12,12 @@ non-accept answer (integer `status`, snake_case `enhanced_status`, `message`, bo
 
 from __future__ import annotations
 
-import codecs
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from .ipset import IP
+from .wire_checks import entries_past, utf8_error
 
 STAGES = ("connect", "ehlo", "auth", "mail", "rcpt", "data")
 _STAGE_SET = frozenset(STAGES)
@@ -211,24 +210,11 @@ def decode_request(body: bytes | str, max_headers: int = MAX_MESSAGE_HEADERS) ->
     return _checked(request, max_headers)
 
 
-UTF8_SLICE = 64 * 1024
-"""Bytes of a body checked for UTF-8 at a time (the text made is dropped at once)."""
-
-
 def _check_utf8(body: bytes) -> None:
-    """RequestError unless `body` is valid UTF-8; time linear in it, memory a slice's."""
-    start = 0
-    try:
-        if len(body) <= UTF8_SLICE:
-            body.decode("utf-8")
-            return
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        view = memoryview(body)
-        for start in range(0, len(body), UTF8_SLICE):
-            decoder.decode(view[start:start + UTF8_SLICE], start + UTF8_SLICE >= len(body))
-    except UnicodeDecodeError as exc:
-        raise RequestError(f"invalid JSON: invalid UTF-8 at byte {start + exc.start}"
-                           ) from None
+    """RequestError unless `body` is valid UTF-8 (`wire_checks.utf8_error`)."""
+    position = utf8_error(body)
+    if position is not None:
+        raise RequestError(f"invalid JSON: invalid UTF-8 at byte {position}")
 
 
 def _checked(request: Request, max_headers: int) -> Request:
@@ -264,10 +250,6 @@ def _checked(request: Request, max_headers: int) -> Request:
     return request
 
 
-_JSON_TOKEN = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[\[\]]')
-"""A JSON string (skipped whole: brackets inside it do not count) or a bracket."""
-
-
 def _decode_headers(raw: msgspec.Raw, limit: int, path: str) -> tuple[tuple[str, str], ...]:
     """A header list's JSON text (valid JSON: the request decoder checked it) → the
     header fields; RequestError naming `path` past `limit` entries or when it is not a
@@ -278,7 +260,7 @@ def _decode_headers(raw: msgspec.Raw, limit: int, path: str) -> tuple[tuple[str,
     if raw is _NO_HEADERS:
         return ()
     # An entry takes at least 8 bytes (`["",""],`): a shorter text cannot hold too many.
-    if len(raw) > 8 * limit + 1 and _entries_past(memoryview(raw), limit):
+    if len(raw) > 8 * limit + 1 and entries_past(memoryview(raw), limit):
         raise _too_many_headers(limit, path)
     try:
         return _HEADERS_DECODER.decode(raw)
@@ -291,22 +273,6 @@ def _decode_headers(raw: msgspec.Raw, limit: int, path: str) -> tuple[tuple[str,
 def _too_many_headers(limit: int, path: str) -> RequestError:
     return RequestError(f"more than {limit} header fields (the max_message_headers option)",
                         path)
-
-
-def _entries_past(text: memoryview, limit: int) -> bool:
-    """Whether the JSON array `text` has more than `limit` entries that are arrays."""
-    depth = count = 0
-    for token in _JSON_TOKEN.finditer(text):
-        bracket = text[token.start()]
-        if bracket == 0x5B:  # [
-            depth += 1
-            if depth == 2:
-                count += 1
-                if count > limit:
-                    return True
-        elif bracket == 0x5D:  # ]
-            depth -= 1
-    return False
 
 
 ENVELOPE_REQUIRED = frozenset({"mail", "rcpt", "data"})

@@ -27,7 +27,8 @@ from komm_policy.decisionlog.bounds import (
 )
 from komm_policy.decisionlog.entries import line_from_raw, raw_entry
 from komm_policy.decisionlog.records import Timestamps, decode_record, encode_record, make_record
-from komm_policy.hook.app import INLINE_ADDRESSES, INLINE_BODY_BYTES, _inline
+from komm_policy.hook.inline import INLINE_ADDRESSES, INLINE_BODY_BYTES
+from komm_policy.hook.inline import inline as _inline
 from komm_policy.wire import decode_request
 
 from .serverproc import Deployment, ServerProcess

@@ -107,7 +107,7 @@ def test_invalid_utf8_in_an_unknown_field_is_a_400(bad: bytes) -> None:
 
 
 def test_utf8_is_checked_across_slices_of_a_large_body() -> None:
-    from komm_policy.wire import UTF8_SLICE
+    from komm_policy.wire_checks import UTF8_SLICE
 
     text = ("é€😀" * UTF8_SLICE).encode()  # characters of 2, 3, 4 bytes across slices
     assert decode_request(_CONNECT % text).context.stage == "connect"

@@ -7,10 +7,10 @@ values any SMTP client sends: the shipped `mail_loop` rule looks up each address
 the policy put there (a lookup's arguments and error, a `log` line, a rule error, the
 cause) is cut after `MAX_RECORD_TEXT` characters with a marker saying how long it was.
 
-`DecisionLog` applies `bounded` only to a decision that needs it (more lookups than
-listed, checked before packing, or a packed entry over `CHECK_ENTRY_BYTES`), so a usual
-decision costs two comparisons more; records made from a bounded decision are the ones
-logged.
+The answer path's packer (`entries.EntryPacker.pack`) applies `bounded` only to a
+decision that needs it (more lookups than listed, checked before packing, or a packed
+entry over `CHECK_ENTRY_BYTES`), so a usual decision costs two comparisons more; records
+made from a bounded decision are the ones logged.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import msgspec
 from ..decision import ActionName, Decision, DryRunHit, LookupRecord, Reply, RuleRef
 from ..directory.rows import Row
 from ..wire import AnyModification, Context, Envelope, Request
-from .bounds import OMITTED
+from .bounds import CHECK_ENTRY_BYTES, MAX_LISTED_LOOKUPS, OMITTED, bounded
 from .records import (
     RECORD_VERSION,
     DecisionRecord,
@@ -124,10 +124,15 @@ class EntryPacker:
 
     def pack(self, request: Request, decision: Decision, duration_ms: float, at: float,
              record_id: str, id_number: int | None = None, *, shadow: bool = False,
-             redact_client_ip: bool = False) -> bytes:
+             redact_client_ip: bool = False, cut: bool = False) -> bytes:
         """The compact entry of an answered request (`ENTRY_FIELDS`); the message
         itself, headers and body, is not packed.  `at` is time.time() of the answer.
+        The decision as its record shows it (`bounds.bounded`) when it made more lookups
+        than a record lists, when the entry would pass `CHECK_ENTRY_BYTES`, or `cut`.
         Raises TypeError/ValueError/OverflowError for a value msgpack cannot encode."""
+        if cut or len(decision.lookups) > MAX_LISTED_LOOKUPS:  # not packed whole
+            decision = bounded(decision)
+            cut = True
         context = request.context
         client = context.client
         sasl = context.sasl
@@ -135,7 +140,7 @@ class EntryPacker:
         server = context.server
         queue = context.queue
         envelope = request.envelope
-        return self._encode((
+        entry = self._encode((
             ENTRY_FORMAT, record_id, id_number, at, duration_ms, shadow, redact_client_ip,
             context.stage, client.ip, client.port, client.ptr, client.helo,
             None if sasl is None else sasl.login, None if sasl is None else sasl.method,
@@ -146,6 +151,10 @@ class EntryPacker:
             decision.action, decision.reply, decision.modifications, decision.rule,
             decision.fallback, decision.cause, decision.lookups, decision.dry_run,
             decision.logs, decision.errors, decision.policy_version))
+        if len(entry) > CHECK_ENTRY_BYTES and not cut:  # long texts: cut them (`bounds`)
+            return self.pack(request, decision, duration_ms, at, record_id, id_number,
+                             shadow=shadow, redact_client_ip=redact_client_ip, cut=True)
+        return entry
 
 
 def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float,

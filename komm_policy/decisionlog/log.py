@@ -33,7 +33,6 @@ from typing import Any
 from ..decision import Decision
 from ..wire import Request
 from .ages import SpoolAges
-from .bounds import CHECK_ENTRY_BYTES, MAX_LISTED_LOOKUPS, bounded
 from .entries import EntryPacker
 from .records import RecordIds
 from .settings import LogSettings, LogStatus
@@ -134,15 +133,10 @@ class DecisionLog:
                shadow: bool, redact_client_ip: bool) -> bytes | None:
         """The spool entry, or None (counted, logged) when it cannot be recorded."""
         try:
-            if len(decision.lookups) > MAX_LISTED_LOOKUPS:  # not packed whole (`bounds`)
-                decision = bounded(decision)
-            number = next(self._ids.numbers)  # the id's text is made by the writer
+            # The id's text is made by the writer (`entries`): prefix and number here.
             entry = self._pack(request, decision, duration_ms, at, self._ids.prefix,
-                               number, shadow=shadow, redact_client_ip=redact_client_ip)
-            if len(entry) > CHECK_ENTRY_BYTES:  # long texts: cut them (`bounds`)
-                entry = self._pack(request, bounded(decision), duration_ms, at,
-                                   self._ids.prefix, number, shadow=shadow,
-                                   redact_client_ip=redact_client_ip)
+                               next(self._ids.numbers), shadow=shadow,
+                               redact_client_ip=redact_client_ip)
             if len(entry) > MAX_ENTRY:
                 raise ValueError(f"record of {len(entry)} bytes over {MAX_ENTRY} bytes")
         except (ValueError, TypeError, OverflowError) as exc:

@@ -38,6 +38,7 @@ from ..runtime import decide
 from ..wire import Request, RequestError, decode_request
 from . import response as wire_response
 from .bodybudget import TOO_LARGE, BodyBudget, Reservation, over_budget, read_body
+from .inline import inline as _inline
 from .metrics import CONTENT_TYPE
 from .ratelog import RateLimitedLog
 from .response import Answer
@@ -48,27 +49,6 @@ log = logging.getLogger("komm_policy.hook")
 
 SWITCH_INTERVAL = 0.001
 """Seconds a thread holding the GIL runs before another may take it (Python: 0.005)."""
-
-INLINE_BODY_BYTES = 64 * 1024
-"""Bodies up to this size are decided on the event loop (with a non-blocking directory):
-a thread hand-off would cost more than the decision.  Larger ones are decoded and decided
-in a worker thread, so a 10 MB message does not hold up `/healthz` or other hooks."""
-INLINE_ADDRESSES = 100
-"""...unless a body over `QUICK_BODY_BYTES` holds more `@` than this: a decision's work
-grows with the addresses it reads (`any a in addresses("X-BeenThere")` parses and looks
-up each, about 8 µs an address), and 6,913 short addresses fit in 64 KiB (46 ms on the
-loop); this many take about a millisecond."""
-QUICK_BODY_BYTES = 1024
-"""A body this short is decided on the loop uncounted (at most ~250 addresses in it)."""
-
-
-def _inline(body: bytes) -> bool:
-    """Whether to decide this body on the event loop (see `INLINE_BODY_BYTES`)."""
-    size = len(body)
-    return size <= QUICK_BODY_BYTES or (  # `@` also as the JSON escape \u0040
-        size <= INLINE_BODY_BYTES
-        and body.count(b"@") + body.count(b"\\u0040") <= INLINE_ADDRESSES)
-
 
 def token_matches(header: str | None, token: bytes) -> bool:
     """Bearer TOKEN, or Basic with TOKEN as the password; constant-time comparison."""
