@@ -19,6 +19,7 @@ from .config_paths import path_problems
 from .decisionlog.settings import LogSettings
 from .decisionlog.spacetimedb_sink import ReducerSpec
 from .textfile import NotUtf8Error, loads_toml, read_utf8, toml_error_text
+from .wire import MAX_MESSAGE_HEADERS
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "validate"]
 
@@ -59,6 +60,8 @@ class Config:
     linger_bytes: int = 0
     """The most bytes read and dropped then; 0: `max_body_bytes`, at least 64 MiB
     (`linger_bytes_for`)."""
+    max_message_headers: int = MAX_MESSAGE_HEADERS
+    """Entries in a hook request's `message.headers`; beyond it 400 (`wire`)."""
     status_auth: bool = False
     policies: Path = Path("policies")
     watch: bool = True
@@ -318,6 +321,9 @@ def validate(config: Config) -> list[str]:
                         f"64 MiB), got {config.linger_bytes}")
     if config.max_headers < 8:
         problems.append(f"max_headers: {config.max_headers} is too small (min 8)")
+    if config.max_message_headers < 1:
+        problems.append(f"max_message_headers: must be at least 1, got "
+                        f"{config.max_message_headers}")
     if config.status_auth and not config.token:
         problems.append("status_auth: needs a token (token, token_file, KOMM_TOKEN)")
     if not config.policies.is_dir():

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .ipset import IP
+from .wire_checks import entries_past, utf8_error
 
 STAGES = ("connect", "ehlo", "auth", "mail", "rcpt", "data")
 _STAGE_SET = frozenset(STAGES)
@@ -29,9 +30,17 @@ _STAGE_SET = frozenset(STAGES)
 # policies on purpose (`valid_address(sender)` refuses a control character with the policy's own
 # SMTP reply; a 400 would be a hook error, which Stalwart may be configured to pass).
 MAX_TEXT = 1024
-"""Characters in an address, HELO name, PTR name, SASL login, TLS or server field."""
+"""Characters in the stage name, an address, HELO name, PTR name, SASL login, TLS or
+server field."""
 MAX_RECIPIENTS = 1000
 """Entries in `envelope.to`: ten times Stalwart's default `maxRecipients` (100)."""
+MAX_MESSAGE_HEADERS = 1000
+"""Default for entries in `message.headers` (and in `serverHeaders`), the `[server]
+max_message_headers` option: a message's own header fields, which Stalwart sends as they
+came (wire reference §3.1); real mail has tens, and Stalwart refuses a message with more
+Received fields than its loop limit.  Each entry costs about 150 bytes of Python objects
+whatever its text, so without a count a body of many tiny headers decoded to ~17 times its
+size."""
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 """u16 (wire reference §3: `client.port`, `server.port`)."""
@@ -94,7 +103,7 @@ class Protocol(msgspec.Struct, frozen=True):
 
 
 class Context(msgspec.Struct, frozen=True):
-    stage: str
+    stage: Text  # bounded like every text: an unknown stage is echoed in the 400
     client: Client
     sasl: Sasl | None = None
     tls: Tls | None = None
@@ -131,6 +140,22 @@ class Request(msgspec.Struct, frozen=True):
     message: Message | None = None
 
 
+_NO_HEADERS = msgspec.Raw(b"[]")
+
+
+class _WireMessage(msgspec.Struct, frozen=True):
+    """`Message` as decoded: the header lists kept as their JSON text until counted."""
+    headers: msgspec.Raw = _NO_HEADERS
+    server_headers: msgspec.Raw = msgspec.field(name="serverHeaders", default=_NO_HEADERS)
+    contents: str = ""
+    size: Size = 0
+
+
+class _WireRequest(Request, frozen=True):
+    """`Request` as decoded: itself when it has no message (most stages: no copy)."""
+    message: _WireMessage | None = None  # type: ignore[assignment]
+
+
 class RequestError(ValueError):
     """A hook body that is not a usable request; `path` names the offending field."""
 
@@ -140,18 +165,40 @@ class RequestError(ValueError):
         self.path = path
 
 
-_REQUEST_DECODER = msgspec.json.Decoder(Request)
+_PLAIN_DECODER = msgspec.json.Decoder(Request)
+_REQUEST_DECODER = msgspec.json.Decoder(_WireRequest)
+_HEADERS_DECODER = msgspec.json.Decoder(tuple[tuple[str, str], ...])
 
 
-def decode_request(body: bytes | str) -> Request:
+def decode_request(body: bytes | str, max_headers: int = MAX_MESSAGE_HEADERS) -> Request:
     """Bytes → Request, validated; raises RequestError with a JSON path on bad input.
 
-    Invalid UTF-8, nesting too deep for the decoder (about 1,000 levels, also inside
+    Invalid UTF-8 (anywhere: msgspec checks only the text it decodes, not what it skips
+    in unknown fields), nesting too deep for the decoder (about 1,000 levels, also inside
     fields that are otherwise ignored) and numbers out of range in a known field are
-    RequestErrors.  Numbers in unknown fields are skipped whatever their size.  A key that
+    RequestErrors, and so is a `message.headers` (or `serverHeaders`) of more than
+    `max_headers` entries, counted before they are decoded (memory stays about the body's
+    size).  Numbers in unknown fields are skipped whatever their size.  A key that
     appears twice in one object: the last occurrence is used."""
+    if not isinstance(body, str) and not body.isascii():
+        _check_utf8(body)
     try:
-        request = _REQUEST_DECODER.decode(body)
+        # A body that cannot hold header lists of more than twice `max_headers` entries
+        # (each at least 8 bytes, `["",""],`, and opening with `[`) is decoded in one step
+        # and its lists counted after; another has them counted before they are decoded
+        # (`_decode_headers`), so their entries never take more than about 300 bytes
+        # each times the limit.
+        if len(body) <= 8 * max_headers or body.count(
+                "[" if isinstance(body, str) else b"[") <= 2 * max_headers:
+            return _checked(_PLAIN_DECODER.decode(body), max_headers)
+        request: Request = _REQUEST_DECODER.decode(body)
+        message = request.message
+        if message is not None:
+            request = Request(request.context, request.envelope, Message(
+                _decode_headers(message.headers, max_headers, "$.message.headers"),
+                _decode_headers(message.server_headers, max_headers,
+                                "$.message.serverHeaders"),
+                message.contents, message.size))
     except msgspec.ValidationError as exc:
         text = str(exc)
         path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
@@ -160,6 +207,26 @@ def decode_request(body: bytes | str) -> Request:
         raise RequestError(f"invalid JSON: {exc}") from None
     except RecursionError:  # msgspec recurses per nesting level, also in ignored fields
         raise RequestError("invalid JSON: nested too deeply") from None
+    return _checked(request, max_headers)
+
+
+def _check_utf8(body: bytes) -> None:
+    """RequestError unless `body` is valid UTF-8 (`wire_checks.utf8_error`)."""
+    position = utf8_error(body)
+    if position is not None:
+        raise RequestError(f"invalid JSON: invalid UTF-8 at byte {position}")
+
+
+def _checked(request: Request, max_headers: int) -> Request:
+    """The decoded request with its stage name lower-cased, or RequestError for what the
+    types cannot say (an unknown stage, an IP address, a stage's required parts, more
+    than `max_headers` header fields)."""
+    message = request.message
+    if message is not None:
+        for entries, path in ((message.headers, "$.message.headers"),
+                              (message.server_headers, "$.message.serverHeaders")):
+            if len(entries) > max_headers:
+                raise _too_many_headers(max_headers, path)
     context = request.context
     stage = context.stage
     if stage not in _STAGE_SET:
@@ -181,6 +248,31 @@ def decode_request(body: bytes | str) -> Request:
     if stage in ENVELOPE_REQUIRED:
         _check_envelope(request)
     return request
+
+
+def _decode_headers(raw: msgspec.Raw, limit: int, path: str) -> tuple[tuple[str, str], ...]:
+    """A header list's JSON text (valid JSON: the request decoder checked it) → the
+    header fields; RequestError naming `path` past `limit` entries or when it is not a
+    list of [name, value] pairs.  The entries are counted first, in time linear in the
+    text and without decoding or copying it (strings skipped whole), stopping at the
+    first past the limit; `decode_request` comes here only for a body with more than
+    twice `limit` `[` in it."""
+    if raw is _NO_HEADERS:
+        return ()
+    # An entry takes at least 8 bytes (`["",""],`): a shorter text cannot hold too many.
+    if len(raw) > 8 * limit + 1 and entries_past(memoryview(raw), limit):
+        raise _too_many_headers(limit, path)
+    try:
+        return _HEADERS_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        error = str(exc)
+        inner = error.rsplit(" - at `$", 1)[1].rstrip("`") if " - at `$" in error else ""
+        raise RequestError(error.split(" - at `", 1)[0], path + inner) from None
+
+
+def _too_many_headers(limit: int, path: str) -> RequestError:
+    return RequestError(f"more than {limit} header fields (the max_message_headers option)",
+                        path)
 
 
 ENVELOPE_REQUIRED = frozenset({"mail", "rcpt", "data"})

@@ -22,6 +22,7 @@ from komm_policy.decisionlog import DecisionLog, JsonlSpec, LogSettings, SqliteS
 from komm_policy.decisionlog.spool import MAX_ENTRY
 from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
+from komm_policy.wire import AddHeader
 
 from .logstore import jsonl_ids, store_ids, store_locked
 from .test_decisionlog import decided
@@ -313,7 +314,9 @@ def test_a_failed_commit_under_accept_holds_the_staged_decisions(
 def test_an_unrecordable_decision_is_never_staged(paths: tuple[Path, Path, Path]) -> None:
     log = open_log(paths)
     request, decision = PAIRS[0]
-    huge = msgspec.structs.replace(decision, logs=("x" * (MAX_ENTRY + 1),))
+    # (a log line is cut in the record now, `bounds`; a header value is not)
+    huge = msgspec.structs.replace(
+        decision, modifications=(AddHeader("X-Huge", "x" * (MAX_ENTRY + 1)),))
     try:
         first = log.status().next_seq
         assert not log.stage_decision(request, huge, 0.3, time.time())  # 451 at once

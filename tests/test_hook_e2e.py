@@ -117,6 +117,15 @@ def test_malformed_requests_get_400_naming_the_path(server: ServerProcess, body:
     assert message in response.json()["error"]
 
 
+def test_an_unknown_stage_is_not_echoed_whole(server: ServerProcess) -> None:
+    """A 3 MB stage name got a 3 MB 400 back (tester's finding): it is bounded like every
+    other text field (wire.MAX_TEXT), so the answer stays small."""
+    response = server.post(SEED.replace('"connect"', '"' + "s" * 3_000_000 + '"'))
+    assert response.status_code == 400
+    assert response.json()["path"] == "$.context.stage"
+    assert len(response.content) < 1000
+
+
 def test_wrong_method_gets_405(server: ServerProcess) -> None:
     response = httpx.get(f"{server.url}/mta-hook")
     assert response.status_code == 405

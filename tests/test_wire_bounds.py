@@ -36,6 +36,7 @@ def _decode(mutate: Callable[[dict], None]) -> None:
 
 
 TOO_LARGE = {
+    "context.stage": ["s" * (MAX_TEXT + 1), "s" * 3_000_000],
     "context.client.port": [2**64, 10**400, 65536, -5],
     "context.server.port": [70000, -1],
     "context.client.activeConnections": [2**32, -1],
@@ -79,3 +80,39 @@ def test_a_message_size_is_a_non_negative_integer() -> None:
 ])
 def test_the_largest_value_inside_each_bound_decodes(path: str, value: Any) -> None:
     _decode(_set(path, value))
+
+
+def test_an_unknown_stage_is_echoed_at_most_max_text_long() -> None:
+    """The 400 names an unknown stage; a 3 MB one was echoed whole (tester's finding)."""
+    for stage in ("x" * MAX_TEXT, "\u00e9" * MAX_TEXT, "s" * 3_000_000):
+        with pytest.raises(RequestError) as caught:
+            _decode(_set("context.stage", stage))
+        assert caught.value.path == "$.context.stage"
+        assert len(caught.value.message) < 8 * MAX_TEXT
+
+
+_CONNECT = b'{"context":{"stage":"connect","client":{"ip":"127.0.0.1"},"x":"%s"}}'
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe", b"\xc3(", b"\xed\xa0\x80", b"a\xc3"])
+def test_invalid_utf8_in_an_unknown_field_is_a_400(bad: bytes) -> None:
+    """msgspec checks the text it decodes, not what it skips: an unknown field's invalid
+    UTF-8 was accepted (200) although the README promises 400 (tester's finding)."""
+    with pytest.raises(RequestError) as caught:
+        decode_request(_CONNECT % bad)
+    assert "invalid UTF-8" in caught.value.message
+    with pytest.raises(RequestError):  # in a key too
+        decode_request(b'{"context":{"stage":"connect","client":{"ip":"127.0.0.1"},"'
+                       + bad + b'":1}}')
+
+
+def test_utf8_is_checked_across_slices_of_a_large_body() -> None:
+    from komm_policy.wire_checks import UTF8_SLICE
+
+    text = ("é€😀" * UTF8_SLICE).encode()  # characters of 2, 3, 4 bytes across slices
+    assert decode_request(_CONNECT % text).context.stage == "connect"
+    with pytest.raises(RequestError) as caught:
+        decode_request(_CONNECT % (text + b"\xff"))
+    assert "invalid UTF-8" in caught.value.message
+    with pytest.raises(RequestError):  # cut inside the last character
+        decode_request(_CONNECT % text[:-1])

@@ -37,6 +37,7 @@ import msgspec
 from ..decision import ActionName, Decision, DryRunHit, LookupRecord, Reply, RuleRef
 from ..directory.rows import Row
 from ..wire import AnyModification, Context, Envelope, Request
+from .bounds import CHECK_ENTRY_BYTES, MAX_LISTED_LOOKUPS, OMITTED, bounded
 from .records import (
     RECORD_VERSION,
     DecisionRecord,
@@ -48,6 +49,7 @@ from .records import (
     quarantine_reason,
     redact,
     summarize,
+    with_omitted,
 )
 
 ENTRY_FORMAT = 2
@@ -144,12 +146,17 @@ class EntryPacker:
 
     def pack(self, request: Request, decision: Decision, duration_ms: float, at: float,
              record_id: str, id_number: int | None = None, *, shadow: bool = False,
-             redact_client_ip: bool = False) -> bytes:
+             redact_client_ip: bool = False, cut: bool = False) -> bytes:
         """The compact entry of an answered request (`ENTRY_FIELDS`); the message
         itself, headers and body, is not packed.  `at` is time.time() of the answer.
         A lookup argument or result integer beyond 64 bits is packed as its decimal text.
+        The decision as its record shows it (`bounds.bounded`) when it made more lookups
+        than a record lists, when the entry would pass `CHECK_ENTRY_BYTES`, or `cut`.
         Raises TypeError/ValueError/OverflowError for another value msgpack cannot
         encode."""
+        if cut or len(decision.lookups) > MAX_LISTED_LOOKUPS:  # not packed whole
+            decision = bounded(decision)
+            cut = True
         context = request.context
         client = context.client
         sasl = context.sasl
@@ -169,17 +176,21 @@ class EntryPacker:
             decision.fallback, decision.cause, decision.lookups, decision.dry_run,
             decision.logs, decision.errors, decision.policy_version)
         try:
-            return self._encode(fields)
+            entry = self._encode(fields)
         except OverflowError:
             # An integer msgpack cannot hold (a lookup argument or a row key beyond 64
             # bits, e.g. a SpacetimeDB u128): the record keeps it as its decimal text
             # rather than failing the answer.
-            bounded = list(fields)
-            bounded[_LOOKUPS] = tuple(
+            loggable = list(fields)
+            loggable[_LOOKUPS] = tuple(
                 msgspec.structs.replace(lookup, args=_loggable(lookup.args),
                                         result=_loggable(lookup.result))
                 for lookup in decision.lookups)
-            return self._encode(bounded)
+            entry = self._encode(loggable)
+        if len(entry) > CHECK_ENTRY_BYTES and not cut:  # long texts: cut them (`bounds`)
+            return self.pack(request, decision, duration_ms, at, record_id, id_number,
+                             shadow=shadow, redact_client_ip=redact_client_ip, cut=True)
+        return entry
 
 
 def raw_entry(request: Request, decision: Decision, duration_ms: float, at: float,
@@ -257,6 +268,8 @@ def _compact_record(entry: bytes, timestamps: Timestamps
         tls_cipher or None,
         sasl_method,
     )
+    if lookups and lookups[-1].function == OMITTED:
+        record = with_omitted(record)
     return (redact(record, client_ip) if redacted else record), at
 
 

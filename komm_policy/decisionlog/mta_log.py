@@ -35,32 +35,44 @@ from .sinks import Sink, SpooledRecord
 
 log = logging.getLogger(__name__)
 
+def _text(path: str) -> str:
+    """The text at `path` of the record, safe to compare: SQLite's json_extract ends a
+    text at a NUL (`"a@b\\u0000@evil"` read as `a@b`, and `= 'a@b'` matched it), so a
+    value whose JSON holds `\\u0000` is shown as its JSON text without the quotes (NUL as
+    `\\u0000`, a backslash as `\\\\`): never equal to another value's column.  Only the
+    value's own JSON text is searched (SQLite keeps the record parsed between the calls
+    of one row; searching the whole record took longer than the extraction)."""
+    json_text = f"record -> '{path}'"
+    return (f"CASE WHEN coalesce(instr({json_text}, '\\u0000'), 0) = 0 "
+            f"THEN json_extract(record, '{path}') "
+            f"ELSE substr({json_text}, 2, length({json_text}) - 2) END")
+
+
 # Derived columns: name, type, expression over `record` (docs/decision-record.md).
 # `id` and `time` are stored columns, filled by the sink: indexing them through
 # json_extract would parse every record twice on insert (measured: 21 µs a row instead
 # of 9).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("record_version", "INTEGER", "coalesce(json_extract(record, '$.record_version'), 0)"),
-    ("stage", "TEXT", "json_extract(record, '$.stage')"),
-    ("client_ip", "TEXT", "json_extract(record, '$.client_ip')"),
-    ("helo", "TEXT", "json_extract(record, '$.helo')"),
-    ("sender", "TEXT", "json_extract(record, '$.sender')"),
-    ("recipients", "TEXT", "json_extract(record, '$.recipients')"),
-    ("sasl_login", "TEXT", "json_extract(record, '$.sasl_login')"),
-    ("queue_id", "TEXT", "json_extract(record, '$.queue_id')"),
-    ("action", "TEXT", "json_extract(record, '$.action')"),
+    ("stage", "TEXT", _text("$.stage")),
+    ("client_ip", "TEXT", _text("$.client_ip")),
+    ("helo", "TEXT", _text("$.helo")),
+    ("sender", "TEXT", _text("$.sender")),
+    ("recipients", "TEXT", "json_extract(record, '$.recipients')"),  # JSON text
+    ("sasl_login", "TEXT", _text("$.sasl_login")),
+    ("queue_id", "TEXT", _text("$.queue_id")),
+    ("action", "TEXT", _text("$.action")),
     ("reply", "TEXT",
      "json_extract(record, '$.reply.status') || ' ' || "
-     "coalesce(json_extract(record, '$.reply.enhanced') || ' ', '') || "
-     "json_extract(record, '$.reply.message')"),
-    ("quarantine_reason", "TEXT", "json_extract(record, '$.quarantine_reason')"),
-    ("rule", "TEXT", "json_extract(record, '$.rule.name')"),
+     f"coalesce({_text('$.reply.enhanced')} || ' ', '') || {_text('$.reply.message')}"),
+    ("quarantine_reason", "TEXT", _text("$.quarantine_reason")),
+    ("rule", "TEXT", _text("$.rule.name")),
     ("rule_location", "TEXT",
-     "json_extract(record, '$.rule.file') || ':' || json_extract(record, '$.rule.line')"),
+     f"{_text('$.rule.file')} || ':' || json_extract(record, '$.rule.line')"),
     ("fallback", "INTEGER", "coalesce(json_extract(record, '$.fallback'), 0)"),
-    ("cause", "TEXT", "json_extract(record, '$.cause')"),
+    ("cause", "TEXT", _text("$.cause")),
     ("duration_ms", "REAL", "json_extract(record, '$.duration_ms')"),
-    ("policy_version", "TEXT", "json_extract(record, '$.policy_version')"),
+    ("policy_version", "TEXT", _text("$.policy_version")),
 )
 
 

@@ -47,6 +47,7 @@ from ..wire import (
     InsertHeader,
     Request,
 )
+from .bounds import OMITTED, split_omitted
 from .host_spellings import host_spellings
 
 RECORD_VERSION = 2
@@ -101,6 +102,17 @@ class DecisionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     tls_version: str | None = None
     tls_cipher: str | None = None
     sasl_method: str | None = None
+    lookups_omitted: int = 0
+    """Lookups made but not listed in `lookups` (`bounds.MAX_LISTED_LOOKUPS`)."""
+
+
+def with_omitted(record: DecisionRecord) -> DecisionRecord:
+    """The record with the count of lookups not listed as `lookups_omitted`, taken from
+    the marker lookup that carries it from the answer path (`bounds.bounded`)."""
+    lookups, omitted = split_omitted(record.lookups)
+    if not omitted:
+        return record
+    return msgspec.structs.replace(record, lookups=lookups, lookups_omitted=omitted)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -265,6 +277,8 @@ def _record(context: Context, envelope: Envelope | None, decision: Decision,
         tls.cipher or None if tls is not None else None,
         sasl.method if sasl is not None else None,
     )
+    if decision.lookups and decision.lookups[-1].function == OMITTED:
+        record = with_omitted(record)
     return redact(record, client.ip) if redact_client_ip else record
 
 

@@ -38,6 +38,7 @@ from ..runtime import decide
 from ..wire import Request, RequestError, decode_request
 from . import response as wire_response
 from .bodybudget import TOO_LARGE, BodyBudget, Reservation, over_budget, read_body
+from .inline import inline as _inline
 from .metrics import CONTENT_TYPE
 from .ratelog import RateLimitedLog
 from .response import Answer
@@ -48,12 +49,6 @@ log = logging.getLogger("komm_policy.hook")
 
 SWITCH_INTERVAL = 0.001
 """Seconds a thread holding the GIL runs before another may take it (Python: 0.005)."""
-
-INLINE_BODY_BYTES = 64 * 1024
-"""Bodies up to this size are decided on the event loop (with a non-blocking directory):
-a thread hand-off would cost more than the decision.  Larger ones are decoded and decided
-in a worker thread, so a 10 MB message does not hold up `/healthz` or other hooks."""
-
 
 def token_matches(header: str | None, token: bytes) -> bool:
     """Bearer TOKEN, or Basic with TOKEN as the password; constant-time comparison."""
@@ -177,8 +172,8 @@ class HookApp:
     def respond_inline(self, scope: Scope, body: bytes) -> Answer | None:
         """The answer to `POST /mta-hook` with this complete body, decided now on the
         calling (event loop) thread; None when it must go the ASGI way instead (a body
-        over `INLINE_BODY_BYTES`, or a directory that may block)."""
-        if self._blocking or len(body) > INLINE_BODY_BYTES:
+        over `INLINE_BODY_BYTES` or with many addresses, or a directory that may block)."""
+        if self._blocking or not _inline(body):
             return None
         refusal = self._check(scope)
         if refusal is not None:
@@ -204,9 +199,9 @@ class HookApp:
                             else self._over_budget())
                 return
             started = time.perf_counter()
-            if self._blocking or len(body) > INLINE_BODY_BYTES:
-                # Off the event loop: lookups that block, and large bodies whose decoding
-                # and header reading would hold every other request up.
+            if self._blocking or not _inline(body):
+                # Off the event loop: lookups that block, and large bodies (or ones full
+                # of addresses) whose decision would hold every other request up.
                 outcome = await run_in_threadpool(self._answer, body)
             else:
                 outcome = self._answer(body)
@@ -251,7 +246,7 @@ class HookApp:
         (None after an internal error) and the answer; or the RequestError for a 400."""
         service = self.service
         try:
-            request = decode_request(body)
+            request = decode_request(body, service.max_message_headers)
         except RequestError as exc:
             return exc
         except Exception as exc:  # decode_request names its errors; this is a backstop

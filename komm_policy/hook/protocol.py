@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import INLINE_BODY_BYTES
 from .header_limits import HeaderLimits
+from .inline import INLINE_BODY_BYTES
 from .linger import LingeringClose
 from .readflow import BoundedFlow, SlicedReads
 from .refusals import (

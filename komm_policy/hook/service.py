@@ -35,6 +35,7 @@ from ..directory.sqlite import SqliteDirectory
 from ..errors import render
 from ..policyset import PolicySet, load_path, read_sources, schema_beside, version_of
 from ..spacetimedb.http import Endpoint
+from ..wire import MAX_MESSAGE_HEADERS
 from .metrics import Metrics
 
 log = logging.getLogger("komm_policy.service")
@@ -59,6 +60,8 @@ class HookService:
     max_body_bytes: int = 64 * 1024 * 1024
     max_body_buffer_bytes: int = 4 * 64 * 1024 * 1024
     """Bytes of request bodies held at once (`bodybudget`)."""
+    max_message_headers: int = MAX_MESSAGE_HEADERS
+    """Entries in `message.headers` a request may carry (`wire.decode_request`)."""
     shadow: bool = False
     status_auth: bool = False
     redact_client_ip: bool = False
@@ -195,6 +198,7 @@ class HookService:
             token_file=config.token_file,
             max_body_bytes=config.max_body_bytes,
             max_body_buffer_bytes=config.max_body_buffer_bytes or 4 * config.max_body_bytes,
+            max_message_headers=config.max_message_headers,
             shadow=config.shadow,
             status_auth=config.status_auth,
             redact_client_ip=config.redact_client_ip,
