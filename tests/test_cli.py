@@ -122,6 +122,21 @@ def test_check_directory_without_policies_exits_2(capsys: pytest.CaptureFixture[
     assert "no *.policy files" in err
 
 
+def test_check_text_escapes_control_characters_in_messages(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """E123 quotes the header name `"X-A\\n"`: the text report shows `X-A\\n` on the
+    message's line instead of breaking it, and an escape in the source line is a `?`."""
+    policy = ('stage data {\n    rule a: when true add_header "X-A\\n" "\x1b[2J"\n'
+              '        continue\n    default accept\n}\n')
+    directory = policy_dir(tmp_path, "ctl", a=policy)
+    code, out, _ = run(capsys, "check", str(directory))
+    assert code == 1
+    (line,) = [line for line in out.splitlines() if "E123" in line]
+    assert line.endswith("`X-A\\n` is not a valid header name")
+    assert "\x1b" not in out
+    assert 'add_header "X-A\\n" "?[2J"' in out
+
+
 def test_check_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     err = usage_error(capsys, "check", "--pedantic", str(POLICIES))
     assert "--pedantic" in err
