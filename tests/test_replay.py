@@ -251,3 +251,21 @@ def test_the_text_report_escapes_wire_values_and_caps_recipients(tmp_path):
     assert "r5" not in example and len(example) < 600
     assert "old: reject 550 no\\x1b]0;owned" in text
 
+
+def test_a_line_nested_past_the_recursion_limit_is_not_a_record(tmp_path):
+    log = tmp_path / "deep.jsonl"
+    log.write_text("[" * 100_000 + "\n" + '{"a": ' * 100_000 + "\n")
+    code, report, err = run_replay(log, POLICIES)
+    assert code == 0, err
+    assert report["records"] == 2
+    assert report["not_replayed_by_reason"] == {"not a decision record (unreadable line)": 2}
+
+
+def test_recipients_that_are_not_a_list_do_not_stop_the_replay(tmp_path):
+    record = {"record_version": 2, "stage": "mail", "client_ip": "192.0.2.9",
+              "sender": "", "recipients": 5, "action": "reject"}
+    log = tmp_path / "odd.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    code, report, err = run_replay(log, POLICIES)
+    assert code == 0, err
+    assert report["changed"] == 1 and report["examples"][0]["recipients"] == []
