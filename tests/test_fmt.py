@@ -344,6 +344,27 @@ def test_fmt_rewrites_only_files_that_change(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["10-messy.policy", "20-clean.policy"]
 
 
+def test_fmt_writes_through_a_symlink_to_its_target(tmp_path):
+    """`ln -s real/z.policy a.policy; fmt a.policy`: the target is formatted (atomically,
+    keeping its mode) and a.policy stays a link to it."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "z.policy"
+    target.write_text(MESSY)
+    target.chmod(0o604)
+    link = tmp_path / "a.policy"
+    link.symlink_to("real/z.policy")
+    code, _, err = run_fmt(str(link))
+    assert code == 0, err
+    assert link.is_symlink() and link.readlink().as_posix() == "real/z.policy"
+    assert target.read_text() == CANONICAL
+    assert target.stat().st_mode & 0o777 == 0o604
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["z.policy"]
+    # a directory run writes through the link, too
+    target.write_text(MESSY)
+    assert run_fmt(str(tmp_path))[0] == 0
+    assert link.is_symlink() and target.read_text() == CANONICAL
+
+
 def test_fmt_check_names_the_file_and_diff_shows_the_change(tmp_path):
     path = tmp_path / "a.policy"
     path.write_text("let a=1\n")

@@ -101,7 +101,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, keeping the file's permission bits."""
+    """Write `text` to `path` atomically, keeping the file's permission bits.
+
+    A symlink is written through: the file it resolves to is replaced (in its own
+    directory, so the rename stays atomic) and the link stays a link.  Raises OSError."""
+    path = path.resolve(strict=True)
     mode = path.stat().st_mode & 0o7777
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
