@@ -137,6 +137,38 @@ def test_check_text_escapes_control_characters_in_messages(
     assert 'add_header "X-A\\n" "?[2J"' in out
 
 
+def test_check_reports_policy_entries_that_are_not_regular_files(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A dangling symlink, a directory and a FIFO named `*.policy` are E017 errors (the
+    set is refused, not loaded without them), and the FIFO is never opened to block; a
+    symlink to a policy file is read like the file."""
+    directory = policy_dir(tmp_path, "odd", a=CLEAN)
+    (tmp_path / "elsewhere.policy").write_text(WARNING_ONLY.replace("rule a", "rule b"))
+    (directory / "b.policy").symlink_to(tmp_path / "elsewhere.policy")
+    (directory / "c.policy").symlink_to("gone.policy")
+    (directory / "d.policy").mkdir()
+    os.mkfifo(directory / "e.policy")
+    code, out, _ = run(capsys, "check", str(directory))
+    assert code == 1
+    lines = [line for line in out.splitlines() if "E017" in line]
+    assert lines == [
+        f"{directory / 'c.policy'}:1:1: error E017: policy file is a dangling symbolic link "
+        "(its target does not exist)",
+        f"{directory / 'd.policy'}:1:1: error E017: policy file is a directory, not a "
+        "regular file",
+        f"{directory / 'e.policy'}:1:1: error E017: policy file is a FIFO, not a regular "
+        "file"]
+    assert out.rstrip().endswith("3 errors, 0 warnings")
+    for name in ("c", "d", "e"):
+        (directory / f"{name}.policy").unlink() if name != "d" else (
+            directory / "d.policy").rmdir()
+    code, out, _ = run(capsys, "check", str(directory))
+    assert code == 0 and "ok, 2 rules in 2 files" in out
+    os.mkfifo(tmp_path / "alone.policy")
+    code, out, _ = run(capsys, "check", str(tmp_path / "alone.policy"))
+    assert code == 1 and "is a FIFO" in out
+
+
 def test_check_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     err = usage_error(capsys, "check", "--pedantic", str(POLICIES))
     assert "--pedantic" in err

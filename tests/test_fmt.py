@@ -9,6 +9,7 @@ and both texts decide the captured Stalwart payloads alike.
 from __future__ import annotations
 
 import io
+import os
 import re
 from argparse import Namespace
 
@@ -363,6 +364,17 @@ def test_fmt_writes_through_a_symlink_to_its_target(tmp_path):
     target.write_text(MESSY)
     assert run_fmt(str(tmp_path))[0] == 0
     assert link.is_symlink() and target.read_text() == CANONICAL
+
+
+def test_fmt_reports_entries_that_are_not_policy_files_and_formats_the_rest(tmp_path):
+    (tmp_path / "a.policy").write_text(MESSY)
+    (tmp_path / "b.policy").symlink_to("gone.policy")
+    os.mkfifo(tmp_path / "c.policy")
+    code, _, err = run_fmt(str(tmp_path))
+    assert code == 1
+    assert f"{tmp_path / 'b.policy'}: policy file is a dangling symbolic link" in err
+    assert f"{tmp_path / 'c.policy'}: policy file is a FIFO, not a regular file" in err
+    assert (tmp_path / "a.policy").read_text() == CANONICAL
 
 
 def test_fmt_check_names_the_file_and_diff_shows_the_change(tmp_path):
