@@ -350,7 +350,7 @@ def _starlette_app(service: HookService) -> Starlette:
             await asyncio.gather(*tasks, return_exceptions=True)
             await run_in_threadpool(service.close)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/mta-hook", hook_methods,
                   methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]),
@@ -361,6 +361,9 @@ def _starlette_app(service: HookService) -> Starlette:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    # `/mta-hook/` is an unknown path (404, JSON body), not Starlette's bodiless 307
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _reloader(service: HookService, requested: asyncio.Event) -> None:
