@@ -377,6 +377,24 @@ def test_fmt_reports_entries_that_are_not_policy_files_and_formats_the_rest(tmp_
     assert (tmp_path / "a.policy").read_text() == CANONICAL
 
 
+def test_lone_cr_line_ends_are_refused_at_the_first_cr_by_check_and_fmt(tmp_path):
+    """With CR-only line ends a `#` comment used to run to the end of the file and the
+    error was a `{` never closed; now E018 points at the first lone CR."""
+    text = "stage connect {\n    # keep\r    default accept\r}\r"
+    result = compile_text(text, "cr.policy")
+    assert result.policy_set is None
+    (diagnostic,) = result.diagnostics
+    assert diagnostic.code == "E018"
+    assert (diagnostic.span.line, diagnostic.span.column) == (2, 11)
+    path = tmp_path / "cr.policy"
+    path.write_bytes(text.encode())
+    code, _, err = run_fmt(str(path))
+    assert code == 1 and "E018" in err and "never closed" not in err
+    assert path.read_bytes() == text.encode()
+    crlf = text.replace("\r", "\r\n")
+    assert compile_text(crlf, "crlf.policy").policy_set is not None
+
+
 def test_fmt_check_names_the_file_and_diff_shows_the_change(tmp_path):
     path = tmp_path / "a.policy"
     path.write_text("let a=1\n")
