@@ -374,16 +374,17 @@ def test_eval_explain(capsys: pytest.CaptureFixture[str]) -> None:
         ["not_allowed_to_post", "matched"]]
     assert all("20-envelope.policy:" in line for line in rules)
     lookups = lines[lines.index("lookups:") + 1:]
-    # the directory file's category(), is_admin() and subscribed(), as table reads
+    # the directory file's category(), is_admin() and subscribed(), as table reads;
+    # keys and yes/no answers spelled as in the policy language (`true`, not 'True')
     assert lookups[0].startswith("  lookup(message_categories: active, email_address)"
-                                 "('True', 'gemuese@solawi.example') -> "
+                                 "(true, 'gemuese@solawi.example') -> "
                                  "message_categories(id=2, name='Gemuese'")
     assert lookups[1].startswith("  lookup_all(account: email, is_active)"
-                                 "('anna.mueller@gmail.com', 'True') -> [account(id=101,")
+                                 "('anna.mueller@gmail.com', true) -> [account(id=101,")
     assert lookups[2].startswith("  exists(admin_identities: identity)('c200")
-    assert " -> False" in lookups[2]
+    assert " -> false" in lookups[2]
     assert lookups[3].startswith("  exists(subscriptions: active, category_id, "
-                                 "subscriber_account_id)('True', '2', '101') -> False")
+                                 "subscriber_account_id)(true, 2, 101) -> false")
 
 
 def test_eval_without_explain_has_no_trace(capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,6 +132,9 @@ def _explain(decision: Decision) -> None:
         print("lookups:")
         for lookup in decision.lookups:
             args_text = describe_args(lookup.args)
-            outcome = lookup.error or repr(lookup.result)
+            result = lookup.result
+            outcome = lookup.error or (describe_args((result,))
+                                       if result is None or isinstance(result, bool)
+                                       else repr(result))
             timing = f"  {lookup.duration_ms:.3f} ms" if lookup.duration_ms is not None else ""
             print(f"  {lookup.function}({shown(args_text)}) -> {shown(outcome)}{timing}")
