@@ -142,16 +142,20 @@ def _enclosing_rule(text: str, pos: int) -> str | None:
     return found
 
 
-_LONE_CR = re.compile(r"\r(?!\n)")
+# A string literal (one line; a raw CR inside one is text, as before) or a lone CR.
+_LONE_CR = re.compile(r'"(?:[^"\\\n]|\\.)*+"|\r(?!\n)')
 
 
 def lone_cr_diagnostic(text: str, path: str) -> Diagnostic | None:
     """E018 at the first carriage return not followed by a line feed, else None.
 
-    Lines end with LF or CRLF.  A file with lone-CR line ends (classic Mac OS) would be
+    Lines end with LF or CRLF (a CR inside a string literal is text).  A file with
+    lone-CR line ends (classic Mac OS) would be
     one line to the parser: its first `#` comment would run to the end of the file and
     the error would be a `{` never closed, far from the cause.  Linear in the text."""
-    found = _LONE_CR.search(text)
+    if "\r" not in text:
+        return None
+    found = next((m for m in _LONE_CR.finditer(text) if m.group() == "\r"), None)
     if found is None:
         return None
     start = found.start()
