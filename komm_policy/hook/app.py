@@ -361,8 +361,7 @@ def _starlette_app(service: HookService) -> Starlette:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-    # `/mta-hook/` is an unknown path (404, JSON body), not Starlette's bodiless 307
-    app.router.redirect_slashes = False
+    app.router.redirect_slashes = False  # `/mta-hook/`: 404 with JSON, not a bodiless 307
     return app
 
 
