@@ -12,6 +12,8 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from .text import shown, shown_in_place
+
 
 @dataclass(frozen=True, slots=True)
 class Span:
@@ -146,7 +148,7 @@ def source_excerpt(text: str, span: Span) -> str:
         line = prefix + line[first:last] + suffix
         start = start - first + len(prefix)
         width = min(width, last - (span.column - 1))
-    line = line.expandtabs(1)
+    line = shown_in_place(line.expandtabs(1))
     width = max(1, min(width, max(len(line) - start + 1, 1)))
     number = str(span.line)
     pad = " " * len(number)
@@ -155,16 +157,20 @@ def source_excerpt(text: str, span: Span) -> str:
 
 
 def render(diagnostic: Diagnostic, text: str | None) -> str:
-    """`file:line:col: severity CODE: message`, the source line with a caret, hint, related."""
-    parts = [str(diagnostic)]
+    """`file:line:col: severity CODE: message`, the source line with a caret, hint, related.
+
+    Controls in the message, hint and note are escaped (`text.shown`): a header name
+    `"X-A\\n"` reads as `X-A\\n` on one line; in the source line each becomes `?`."""
+    parts = [shown(diagnostic)]
     if text is not None:
         excerpt = source_excerpt(text, diagnostic.span)
         if excerpt:
             parts.append(excerpt)
     if diagnostic.hint:
-        parts.append(f"  = help: {diagnostic.hint}")
+        parts.append(f"  = help: {shown(diagnostic.hint)}")
     if diagnostic.related:
-        parts.append(f"  = note: {diagnostic.related.span}: {diagnostic.related.message}")
+        related = diagnostic.related
+        parts.append(f"  = note: {shown(related.span)}: {shown(related.message)}")
     return "\n".join(parts)
 
 

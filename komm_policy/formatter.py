@@ -42,6 +42,7 @@ from .both_trees import parse_both
 from .errors import Diagnostic
 from .nodes import PolicyFile
 from .parser import build, parse
+from .syntax_errors import lone_cr_diagnostic
 
 INDENT = "    "
 
@@ -126,6 +127,9 @@ def format_text(text: str, path: str = "<policy>") -> str:
 def _parse(text: str, path: str) -> tuple[PolicyFile, Tree]:
     """The AST and the concrete tree of `text`, from one Lark parse (`both_trees`);
     FormatError with the diagnostics when it does not parse."""
+    lone_cr = lone_cr_diagnostic(text, path)
+    if lone_cr is not None:
+        raise FormatError(f"{path}: does not parse", (lone_cr,))
     try:
         shared, concrete = parse_both(text)
     except lark.exceptions.UnexpectedInput:

@@ -80,7 +80,17 @@ def failed(ctx: EvalContext, name: str, args: tuple[Any, ...], key: tuple[Any, .
 
 
 def describe_args(args: tuple[Any, ...]) -> str:
-    """Lookup arguments as people read them: text quoted, directory records by name."""
-    return ", ".join(str(a.name) if hasattr(a, "id") and hasattr(a, "name")
-                     else repr(str(a)) for a in args)
+    """Lookup arguments as people read them, in the policy language's spelling: text
+    quoted, `true`/`false`/`none`, numbers bare, directory records by name."""
+    return ", ".join(_arg_text(a) for a in args)
+
+
+def _arg_text(arg: Any) -> str:
+    if arg is None or isinstance(arg, bool):
+        return {None: "none", True: "true", False: "false"}[arg]
+    if isinstance(arg, int | float):
+        return str(arg)
+    if hasattr(arg, "id") and hasattr(arg, "name"):
+        return str(arg.name)
+    return repr(str(arg))
 

@@ -17,7 +17,12 @@ from . import nodes as n
 from .errors import Diagnostic
 from .grammar import keywords, lark_parser
 from .parser_expressions import ExpressionBuilder
-from .syntax_errors import ACTION_WORDS, nesting_diagnostic, syntax_diagnostic
+from .syntax_errors import (
+    ACTION_WORDS,
+    lone_cr_diagnostic,
+    nesting_diagnostic,
+    syntax_diagnostic,
+)
 
 __all__ = ["ParseResult", "keywords", "parse"]
 
@@ -31,6 +36,9 @@ class ParseResult:
 def parse(text: str, path: str = "<policy>") -> ParseResult:
     """Parse one policy file.  Returns the AST (None on a syntax error) and diagnostics."""
     text = text.removeprefix("\ufeff")
+    lone_cr = lone_cr_diagnostic(text, path)
+    if lone_cr is not None:
+        return ParseResult(None, (lone_cr,))
     try:
         tree = lark_parser().parse(text, start="start")
     except lark.exceptions.UnexpectedInput as exc:

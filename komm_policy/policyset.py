@@ -9,6 +9,8 @@ raises on bad policy text: errors come back as diagnostics.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,14 +167,52 @@ def schema_beside(path: Path) -> tuple[Schema | None, str, Diagnostic | None]:
 
 
 def policy_files(path: Path) -> list[Path]:
-    """The `*.policy` files a path stands for: the file itself, or a directory's files in
-    file-name order."""
+    """The `*.policy` entries a path stands for: the file itself, or every entry of a
+    directory named `*.policy` in file-name order, whatever it is (a dangling symlink, a
+    directory or a FIFO is listed too, so `read_policy_file` reports it instead of the
+    set silently missing a file).  Raises FileNotFoundError for a missing path."""
     if path.is_dir():
-        return sorted((p for p in path.iterdir() if p.suffix == ".policy" and p.is_file()),
+        return sorted((p for p in path.iterdir() if p.suffix == ".policy"),
                       key=lambda p: p.name)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"{path}: no such file or directory")
     return [path]
+
+
+def read_policy_file(path: Path, limit: int) -> bytes | str:
+    """Up to `limit` bytes (-1: all) of a policy file, or why it cannot be read as one (str): a
+    dangling symlink, a directory, a FIFO, a socket or device, a file that cannot be
+    opened.  The file is opened non-blocking and checked with `fstat` before reading,
+    so a FIFO never blocks the caller, and a file swapped for one after listing neither."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return ("is a dangling symbolic link (its target does not exist)" if path.is_symlink()
+                else "does not exist")
+    except OSError as exc:
+        return f"cannot be read: {(exc.strerror or str(exc)).lower()}"
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode) else
+                "a FIFO" if stat.S_ISFIFO(mode) else "a socket or device")
+        return f"is {kind}, not a regular file"
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read(limit)
+        except OSError as exc:
+            return f"cannot be read: {(exc.strerror or str(exc)).lower()}"
+
+
+def _unreadable(name: str, problem: str) -> Diagnostic:
+    """E019: a `*.policy` entry that is not a readable regular file."""
+    return Diagnostic("E019", Severity.ERROR, f"policy file {problem}",
+                      Span(name, 1, 1, 1, 2),
+                      "remove it, rename it, or point the link at a policy file")
 
 
 # The largest policy file read, in bytes.  A policy is a page of rules; the limit keeps
@@ -193,13 +233,16 @@ def _too_large(name: str, head: bytes) -> Diagnostic:
 
 def read_sources(path: Path) -> tuple[list[Source], list[Diagnostic]]:
     """Read a policy set's files.  OSError propagates (the caller reports an I/O error);
-    text that is not UTF-8 becomes a positioned diagnostic."""
+    text that is not UTF-8 becomes a positioned diagnostic (E015), and so does an entry
+    that is not a readable regular file (E019)."""
     sources: list[Source] = []
     problems: list[Diagnostic] = []
     for file in policy_files(path):
         name = str(file)
-        with file.open("rb") as handle:
-            data = handle.read(MAX_POLICY_FILE_BYTES + 1)
+        data = read_policy_file(file, MAX_POLICY_FILE_BYTES + 1)
+        if isinstance(data, str):
+            problems.append(_unreadable(name, data))
+            continue
         if len(data) > MAX_POLICY_FILE_BYTES:
             problems.append(_too_large(name, data[:MAX_POLICY_FILE_BYTES]))
             continue

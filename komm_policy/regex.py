@@ -110,9 +110,36 @@ def compile_regex(pattern: str, flags: str = "") -> Regex:
         message = compiled.error().decode("utf-8", "replace")
         fragment = message.rpartition(": ")[2]
         offset = pattern.find(fragment) if fragment else -1
-        raise RegexError(message, max(offset, 0),
+        raise RegexError(_told(message), max(offset, 0),
                          "see docs/language.md §3 for the RE2 dialect")
     return Regex(pattern, flags, translated, compiled.Match)
+
+
+MAX_REPEAT = 1000
+"""RE2's limit on one repetition count, and on the product of nested ones
+(`(a{10}){101}` is refused: 1,010 copies of `a`)."""
+MAX_PROGRAM_MIB = _options().max_mem // (1024 * 1024)
+"""RE2's memory budget for one compiled pattern (its default `max_mem`, 8 MiB)."""
+_REPEAT = re.compile(r"invalid repetition size: (\{(\d+)(?:,(\d*))?\})")
+
+
+def _told(message: str) -> str:
+    """RE2's message for a pattern that is too large, said as what it means: RE2 names
+    only the outermost count (`invalid repetition size: {3}` for `(\\pL{500}…){3}`)."""
+    found = _REPEAT.fullmatch(message)
+    if found is not None:
+        counts = [int(c) for c in found.group(2, 3) if c]
+        if max(counts) > MAX_REPEAT:
+            return (f"invalid repetition size {found[1]}: a count is at most "
+                    f"{MAX_REPEAT} (RE2's limit)")
+        return (f"pattern too large: the repetition {found[1]} and the counts inside it "
+                f"multiply to more than {MAX_REPEAT} copies (RE2's limit; invalid "
+                "repetition size)")
+    if message.startswith("pattern too large"):
+        return (f"pattern too large: its compiled program needs more than "
+                f"{MAX_PROGRAM_MIB} MiB (RE2's limit); use fewer or shorter repetitions "
+                "of large classes such as \\pL")
+    return message
 
 
 _LOOK = {"(?=": "look-ahead", "(?!": "negative look-ahead", "(?<=": "look-behind",

@@ -10,7 +10,8 @@ same directory (so data that changed since the log was written affects both alik
 
 What cannot be replayed is counted under a named reason and never silently skipped: the
 data stage (records hold no message headers or body), a redacted client address, a line
-that is not a record, a record version newer than this reader.
+that is not a record (invalid JSON, JSON nested deeper than the parser's recursion limit,
+not an object), a record version newer than this reader.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def read_log(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
 def _parse(text: bytes | str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # `[[[…` nested past the parser's depth
         return None
     return value if isinstance(value, dict) else None
 
@@ -259,8 +260,15 @@ def replay(entries: Iterable[tuple[str, dict[str, Any] | None]], new: PolicySet,
         if len(report.examples) < max_examples:
             report.examples.append(Change(
                 where, record.get("id"), record.get("time"), stage, record.get("sender"),
-                list(record.get("recipients") or []), old, new_outcome))
+                _recipients(record), old, new_outcome))
     return report
+
+
+def _recipients(record: dict[str, Any]) -> list[str]:
+    """The record's recipients as text; a value that is not a list (a hand-edited or
+    foreign log) shows as none rather than stopping the replay."""
+    recipients = record.get("recipients")
+    return [str(r) for r in recipients] if isinstance(recipients, list) else []
 
 
 def _skip(report: ReplayReport, reason: str, where: str) -> None:

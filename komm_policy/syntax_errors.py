@@ -142,6 +142,31 @@ def _enclosing_rule(text: str, pos: int) -> str | None:
     return found
 
 
+# A string literal (one line; a raw CR inside one is text, as before) or a lone CR.
+_LONE_CR = re.compile(r'"(?:[^"\\\n]|\\.)*+"|\r(?!\n)')
+
+
+def lone_cr_diagnostic(text: str, path: str) -> Diagnostic | None:
+    """E018 at the first carriage return not followed by a line feed, else None.
+
+    Lines end with LF or CRLF (a CR inside a string literal is text).  A file with
+    lone-CR line ends (classic Mac OS) would be
+    one line to the parser: its first `#` comment would run to the end of the file and
+    the error would be a `{` never closed, far from the cause.  Linear in the text."""
+    if "\r" not in text:
+        return None
+    found = next((m for m in _LONE_CR.finditer(text) if m.group() == "\r"), None)
+    if found is None:
+        return None
+    start = found.start()
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    return Diagnostic("E018", Severity.ERROR,
+                      "carriage return without a line feed: lines end with LF or CRLF",
+                      Span(path, line, column, line, column + 1),
+                      "save the file with LF (Unix) or CRLF (Windows) line ends")
+
+
 def syntax_diagnostic(
     exc: lark.exceptions.UnexpectedInput, text: str, path: str, line_base: int = 1,
     col_base: int = 1, *, embedded: bool = False

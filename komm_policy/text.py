@@ -5,7 +5,10 @@ controls, DEL, the C1 controls and lone surrogates all become `?`.  Replies (`re
 apply it to every control, TAB, CR and LF included, and to non-ASCII, giving one printable
 ASCII line.  Header values (`clean_header_text`) keep TAB (RFC 5322 allows it) and turn CR
 and LF into spaces, so a value never starts a new header line; `outgoing.header_value`
-then encodes and folds them.
+then encodes and folds them.  Operator-facing text (`check`, `test`, `replay`, `eval`
+reports, JUnit XML) goes through `shown`, which writes each such character as a visible
+escape instead, so a value from the wire or a policy never moves the terminal's cursor,
+starts a line of its own or makes XML ill-formed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ _REPLY = _UNSENDABLE
 _HEADER = {c: r for c, r in _UNSENDABLE.items() if c != 0x09} | {0x0A: " ", 0x0D: " "}
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 MAX_REPLY_TEXT = 400
+_SHOWN_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_NOT_XML = re.compile("[\ufffe\uffff]")  # XML 1.0 Char excludes them; not controls
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group(0)
+    named = _SHOWN_NAMES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def to_text(value: Any) -> str:
@@ -41,6 +55,27 @@ def has_controls(text: str) -> bool:
     """True when the text holds a C0 control (TAB, CR, LF included), DEL, a C1 control or
     a lone surrogate."""
     return _CONTROLS.search(text) is not None
+
+
+def shown(text: object) -> str:
+    """`text` (any value, made `str`) for an operator's terminal or a report file: every
+    C0 control (TAB, CR, LF included), DEL, C1 control and lone surrogate written as a
+    Python-style escape (`\\n`, `\\x1b`, `\\x9b`, `\\ud800`), and U+FFFE/U+FFFF as
+    `\\ufffe`/`\\uffff` (XML 1.0 forbids them).  The result is one line, valid XML 1.0
+    character data, and as long as the input plus three characters per escape.  Linear
+    in the text's length."""
+    text = text if isinstance(text, str) else str(text)
+    if text.isascii() and text.isprintable():
+        return text
+    return _NOT_XML.sub(_escape, _CONTROLS.sub(_escape, text))
+
+
+def shown_in_place(text: str) -> str:
+    """`text` with each character `shown` would escape replaced by one `?`: for a source
+    excerpt, whose caret underline must keep its columns."""
+    if text.isascii() and text.isprintable():
+        return text
+    return _NOT_XML.sub("?", _CONTROLS.sub("?", text))
 
 
 def clean_header_text(text: str) -> str:

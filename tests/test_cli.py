@@ -122,6 +122,53 @@ def test_check_directory_without_policies_exits_2(capsys: pytest.CaptureFixture[
     assert "no *.policy files" in err
 
 
+def test_check_text_escapes_control_characters_in_messages(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """E123 quotes the header name `"X-A\\n"`: the text report shows `X-A\\n` on the
+    message's line instead of breaking it, and an escape in the source line is a `?`."""
+    policy = ('stage data {\n    rule a: when true add_header "X-A\\n" "\x1b[2J"\n'
+              '        continue\n    default accept\n}\n')
+    directory = policy_dir(tmp_path, "ctl", a=policy)
+    code, out, _ = run(capsys, "check", str(directory))
+    assert code == 1
+    (line,) = [line for line in out.splitlines() if "E123" in line]
+    assert line.endswith("`X-A\\n` is not a valid header name")
+    assert "\x1b" not in out
+    assert 'add_header "X-A\\n" "?[2J"' in out
+
+
+def test_check_reports_policy_entries_that_are_not_regular_files(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A dangling symlink, a directory and a FIFO named `*.policy` are E019 errors (the
+    set is refused, not loaded without them), and the FIFO is never opened to block; a
+    symlink to a policy file is read like the file."""
+    directory = policy_dir(tmp_path, "odd", a=CLEAN)
+    (tmp_path / "elsewhere.policy").write_text(WARNING_ONLY.replace("rule a", "rule b"))
+    (directory / "b.policy").symlink_to(tmp_path / "elsewhere.policy")
+    (directory / "c.policy").symlink_to("gone.policy")
+    (directory / "d.policy").mkdir()
+    os.mkfifo(directory / "e.policy")
+    code, out, _ = run(capsys, "check", str(directory))
+    assert code == 1
+    lines = [line for line in out.splitlines() if "E019" in line]
+    assert lines == [
+        f"{directory / 'c.policy'}:1:1: error E019: policy file is a dangling symbolic link "
+        "(its target does not exist)",
+        f"{directory / 'd.policy'}:1:1: error E019: policy file is a directory, not a "
+        "regular file",
+        f"{directory / 'e.policy'}:1:1: error E019: policy file is a FIFO, not a regular "
+        "file"]
+    assert out.rstrip().endswith("3 errors, 0 warnings")
+    for name in ("c", "d", "e"):
+        (directory / f"{name}.policy").unlink() if name != "d" else (
+            directory / "d.policy").rmdir()
+    code, out, _ = run(capsys, "check", str(directory))
+    assert code == 0 and "ok, 2 rules in 2 files" in out
+    os.mkfifo(tmp_path / "alone.policy")
+    code, out, _ = run(capsys, "check", str(tmp_path / "alone.policy"))
+    assert code == 1 and "is a FIFO" in out
+
+
 def test_check_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     err = usage_error(capsys, "check", "--pedantic", str(POLICIES))
     assert "--pedantic" in err
@@ -327,16 +374,17 @@ def test_eval_explain(capsys: pytest.CaptureFixture[str]) -> None:
         ["not_allowed_to_post", "matched"]]
     assert all("20-envelope.policy:" in line for line in rules)
     lookups = lines[lines.index("lookups:") + 1:]
-    # the directory file's category(), is_admin() and subscribed(), as table reads
+    # the directory file's category(), is_admin() and subscribed(), as table reads;
+    # keys and yes/no answers spelled as in the policy language (`true`, not 'True')
     assert lookups[0].startswith("  lookup(message_categories: active, email_address)"
-                                 "('True', 'gemuese@solawi.example') -> "
+                                 "(true, 'gemuese@solawi.example') -> "
                                  "message_categories(id=2, name='Gemuese'")
     assert lookups[1].startswith("  lookup_all(account: email, is_active)"
-                                 "('anna.mueller@gmail.com', 'True') -> [account(id=101,")
+                                 "('anna.mueller@gmail.com', true) -> [account(id=101,")
     assert lookups[2].startswith("  exists(admin_identities: identity)('c200")
-    assert " -> False" in lookups[2]
+    assert " -> false" in lookups[2]
     assert lookups[3].startswith("  exists(subscriptions: active, category_id, "
-                                 "subscriber_account_id)('True', '2', '101') -> False")
+                                 "subscriber_account_id)(true, 2, 101) -> false")
 
 
 def test_eval_without_explain_has_no_trace(capsys: pytest.CaptureFixture[str]) -> None:

@@ -193,6 +193,21 @@ def test_record_at_data_has_the_queue_id() -> None:
     assert record.recipients == ("info@solawi.example",)
 
 
+@pytest.mark.parametrize("stage", ["connect", "ehlo", "auth"])
+def test_an_envelope_sent_before_mail_is_not_logged(stage: str) -> None:
+    """docs/decision-record.md: sender is null before the mail stage.  A request that
+    carries an envelope anyway (not Stalwart's, which sends it from MAIL FROM on) logs
+    neither its sender nor its recipients: the policy could not read them either."""
+    payload = json.loads((FIXTURES / "derived-rcpt-2.json").read_text())
+    payload["context"]["stage"] = stage
+    request = decode_request(json.dumps(payload).encode())
+    assert request.envelope is not None and request.envelope.to
+    record = make_record(request, decide(policy_set(), request, DEMO), 0.0)
+    assert (record.stage, record.sender, record.recipients) == (stage, None, ())
+    logged = json.loads(encode_record(record))
+    assert logged["sender"] is None and logged["recipients"] == []
+
+
 def test_record_at_connect_has_no_envelope() -> None:
     request, decision = decided("derived-connect-2")
     record = make_record(request, decision, 0.0)

@@ -45,6 +45,8 @@ EARLY = {
         + b"a" * 3000 + b"\r\n", 413),
     "404 unknown path, body unsent": (
         b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n", 404),
+    "404 /mta-hook/ with a slash, body unsent": (
+        b"POST /mta-hook/ HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n", 404),
     "405 GET /mta-hook, body unsent": (
         b"GET /mta-hook HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n", 405),
     "431 header over max_header_bytes": (HEAD + b"X-Big: " + b"a" * 2_000_000 + b"\r\n", 431),

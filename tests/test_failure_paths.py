@@ -116,7 +116,7 @@ stage rcpt {
 
 def test_only_lookup_failures_get_a_path() -> None:
     paths = {"account": " → is_admin() → table `account`"}
-    assert failure_path(paths, LookupFailed(f"{ACCOUNTS}('a', 'True') failed: x")) == \
+    assert failure_path(paths, LookupFailed(f"{ACCOUNTS}('a', true) failed: x")) == \
         " → is_admin() → table `account`"
     assert failure_path(paths, ValueError(f"{ACCOUNTS}('a') failed")) == ""
     assert failure_path(paths, LookupFailed("exists(other: c)('a') failed: x")) == ""

@@ -9,6 +9,7 @@ and both texts decide the captured Stalwart payloads alike.
 from __future__ import annotations
 
 import io
+import os
 import re
 from argparse import Namespace
 
@@ -342,6 +343,56 @@ def test_fmt_rewrites_only_files_that_change(tmp_path):
     assert f"reformatted {messy}" in err and "1 file reformatted, 1 unchanged" in err
     assert run_fmt("--check", str(tmp_path))[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["10-messy.policy", "20-clean.policy"]
+
+
+def test_fmt_writes_through_a_symlink_to_its_target(tmp_path):
+    """`ln -s real/z.policy a.policy; fmt a.policy`: the target is formatted (atomically,
+    keeping its mode) and a.policy stays a link to it."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "z.policy"
+    target.write_text(MESSY)
+    target.chmod(0o604)
+    link = tmp_path / "a.policy"
+    link.symlink_to("real/z.policy")
+    code, _, err = run_fmt(str(link))
+    assert code == 0, err
+    assert link.is_symlink() and link.readlink().as_posix() == "real/z.policy"
+    assert target.read_text() == CANONICAL
+    assert target.stat().st_mode & 0o777 == 0o604
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["z.policy"]
+    # a directory run writes through the link, too
+    target.write_text(MESSY)
+    assert run_fmt(str(tmp_path))[0] == 0
+    assert link.is_symlink() and target.read_text() == CANONICAL
+
+
+def test_fmt_reports_entries_that_are_not_policy_files_and_formats_the_rest(tmp_path):
+    (tmp_path / "a.policy").write_text(MESSY)
+    (tmp_path / "b.policy").symlink_to("gone.policy")
+    os.mkfifo(tmp_path / "c.policy")
+    code, _, err = run_fmt(str(tmp_path))
+    assert code == 1
+    assert f"{tmp_path / 'b.policy'}: policy file is a dangling symbolic link" in err
+    assert f"{tmp_path / 'c.policy'}: policy file is a FIFO, not a regular file" in err
+    assert (tmp_path / "a.policy").read_text() == CANONICAL
+
+
+def test_lone_cr_line_ends_are_refused_at_the_first_cr_by_check_and_fmt(tmp_path):
+    """With CR-only line ends a `#` comment used to run to the end of the file and the
+    error was a `{` never closed; now E018 points at the first lone CR."""
+    text = "stage connect {\n    # keep\r    default accept\r}\r"
+    result = compile_text(text, "cr.policy")
+    assert result.policy_set is None
+    (diagnostic,) = result.diagnostics
+    assert diagnostic.code == "E018"
+    assert (diagnostic.span.line, diagnostic.span.column) == (2, 11)
+    path = tmp_path / "cr.policy"
+    path.write_bytes(text.encode())
+    code, _, err = run_fmt(str(path))
+    assert code == 1 and "E018" in err and "never closed" not in err
+    assert path.read_bytes() == text.encode()
+    crlf = text.replace("\r", "\r\n")
+    assert compile_text(crlf, "crlf.policy").policy_set is not None
 
 
 def test_fmt_check_names_the_file_and_diff_shows_the_change(tmp_path):

@@ -164,6 +164,27 @@ def test_junit_output_is_read_by_an_xml_parser(tmp_path):
     assert "unknown request field `nope`" in cases["broken"].find("error").get("message")
 
 
+def test_control_characters_in_names_and_values_keep_junit_well_formed(tmp_path):
+    """XML 1.0 forbids U+0001 even as `&#1;`: it is written as the escape `\\x01`, and
+    the text report shows the same escape instead of the raw control."""
+    hostile = (
+        '[[case]]\nname = "bell\\u0001\\u001b[2J case"\n'
+        'request = { stage = "connect", client.ip = "127.0.0.1" }\n'
+        'expect = { action = "reject", message = "no\\u0001pe\\uffff" }\n')
+    code, out, _ = run_test(str(write_set(tmp_path, hostile)), format="junit")
+    assert code == 1
+    root = ET.fromstring(out)  # raises on ill-formed XML
+    (case,) = root.iter("testcase")
+    assert case.get("name") == "bell\\x01\\x1b[2J case"
+    failure = case.find("failure").text
+    assert 'message: "no\\u0001pe\\uffff"' in failure  # JSON's escape, then shown's
+    assert not any(c in failure for c in "\x01\uffff")
+    code, out, _ = run_test(str(tmp_path))
+    assert code == 1
+    assert "FAIL " in out and "bell\\x01\\x1b[2J case" in out
+    assert not any(c in out for c in "\x01\x1b\uffff")
+
+
 # ---------------------------------------------------------------------------------------
 # Coverage
 

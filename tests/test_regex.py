@@ -46,6 +46,26 @@ def test_constructs_re2_cannot_run_are_positioned_errors(pattern, offset, words)
     assert info.value.hint
 
 
+@pytest.mark.parametrize(("pattern", "offset", "said"), [
+    (r"(\pL{500}\pN{500}){3}", 18, "pattern too large: the repetition {3} and the counts "
+     "inside it multiply to more than 1000 copies (RE2's limit; invalid repetition size)"),
+    (r"(a{10}){101}", 7, "pattern too large: the repetition {101} and the counts inside "
+     "it multiply to more than 1000 copies (RE2's limit; invalid repetition size)"),
+    (r"a{3,1001}", 1, "invalid repetition size {3,1001}: a count is at most 1000 (RE2's "
+     "limit)"),
+    (r"\pL{1000}", 0, "pattern too large: its compiled program needs more than 8 MiB "
+     "(RE2's limit); use fewer or shorter repetitions of large classes such as \\pL"),
+])
+def test_a_pattern_too_large_for_re2_says_so_with_the_limit(pattern, offset, said):
+    with pytest.raises(RegexError) as info:
+        compile_regex(pattern)
+    assert (info.value.offset, info.value.message) == (offset, said)
+
+
+def test_nested_counts_up_to_the_limit_compile():
+    compile_regex(r"(a{10}){100}")
+
+
 @pytest.mark.parametrize("pattern", [
     r"a+?", r"a*?b", r"a??", r"a{2,3}?", r"x}+", r"[+*]+", r"\++", r"(?i)a", r"(?P<n>a)",
     r"(?<n>a)", r"(?:a|b)+", r"[[:alpha:]]+", r"\pL+", r"a\/b", r"\Aa\z", r"[\]]",

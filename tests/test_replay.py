@@ -219,3 +219,53 @@ def test_the_command_runs_as_a_process(jsonl, tmp_path):
     assert "connect  blocked_ip -> default" in result.stdout
     assert "old: reject 550 5.7.1 IP blocked (blocked_ip)" in result.stdout
     assert "1  client IP redacted" in result.stdout
+
+
+def run_text(log: Path, policies: Path | str) -> str:
+    args = Namespace(log=str(log), policies=str(policies), baseline=None,
+                     directory="memory:demo", examples=10, format="text",
+                     fail_on_change=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert replay_cli.run(args, out, err) == 0, err.getvalue()
+    return out.getvalue()
+
+
+def test_the_text_report_escapes_wire_values_and_caps_recipients(tmp_path):
+    """Sender and recipients come from the wire: a terminal escape in either is shown
+    escaped, and 1,000 recipients are listed as the first few and `… and N more`."""
+    escape = "\x1b]0;owned\x07\x1b[2J"
+    record = {"record_version": 2, "id": "h", "stage": "mail", "client_ip": "192.0.2.9",
+              "sender": f"a{escape}@example.org",
+              "recipients": [f"r{i}{escape}@example.org" for i in range(1000)],
+              "action": "reject", "reply": {"status": 550, "message": f"no{escape}"},
+              "rule": {"name": "gone", "file": "x", "line": 1}}
+    log = tmp_path / "hostile.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    text = run_text(log, POLICIES)
+    assert "1 answers would change" in text
+    assert not any(c in text for c in "\x1b\x07"), text
+    example = next(line for line in text.splitlines() if "from " in line)
+    assert "from 'a\\x1b]0;owned\\x07\\x1b[2J@example.org'" in example
+    assert "to r0\\x1b]0;owned\\x07\\x1b[2J@example.org, " in example
+    assert example.endswith(", … and 995 more")
+    assert "r5" not in example and len(example) < 600
+    assert "old: reject 550 no\\x1b]0;owned" in text
+
+
+def test_a_line_nested_past_the_recursion_limit_is_not_a_record(tmp_path):
+    log = tmp_path / "deep.jsonl"
+    log.write_text("[" * 100_000 + "\n" + '{"a": ' * 100_000 + "\n")
+    code, report, err = run_replay(log, POLICIES)
+    assert code == 0, err
+    assert report["records"] == 2
+    assert report["not_replayed_by_reason"] == {"not a decision record (unreadable line)": 2}
+
+
+def test_recipients_that_are_not_a_list_do_not_stop_the_replay(tmp_path):
+    record = {"record_version": 2, "stage": "mail", "client_ip": "192.0.2.9",
+              "sender": "", "recipients": 5, "action": "reject"}
+    log = tmp_path / "odd.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    code, report, err = run_replay(log, POLICIES)
+    assert code == 0, err
+    assert report["changed"] == 1 and report["examples"][0]["recipients"] == []

@@ -753,7 +753,7 @@ def test_rule_on_error_action_applies(on_error, expected):
     assert decision.fallback is True
     assert decision.cause is not None
     assert "admin_bypass" in decision.cause
-    assert f"{ACCOUNTS}('a@example.org', 'True')" in decision.cause
+    assert f"{ACCOUNTS}('a@example.org', true)" in decision.cause
     assert "account backend unreachable" in decision.cause
     assert directory.count("message_categories") == 0  # stopped at the failing rule
 
@@ -767,7 +767,7 @@ def test_on_error_continue_records_the_error_and_goes_on():
     assert decision.fallback is False and decision.cause is None
     assert len(decision.errors) == 1
     assert "admin_bypass" in decision.errors[0]
-    assert f"{ACCOUNTS}('a@example.org', 'True')" in decision.errors[0]
+    assert f"{ACCOUNTS}('a@example.org', true)" in decision.errors[0]
 
 
 def test_settings_on_lookup_error_is_the_fallback():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -117,6 +118,41 @@ def test_readyz_names_the_missing_table_of_a_recreated_store_and_logs_each_new_r
         assert conn.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' "
                             "AND name LIKE 'komm_cap_blocked_domains_%'").fetchone()[0] == 3
         conn.close()
+
+
+def test_a_reload_refused_for_a_missing_table_names_it_and_is_retried(tmp_path: Path) -> None:
+    """The README's `blocked_domains` rule and schema entry added before the table: the
+    reload is refused, /readyz says the store lacks a table (naming it), not that the
+    files do not compile; once the table is made, the waiting set goes live by itself,
+    without a SIGHUP or a file change."""
+    d = Deployment(tmp_path)
+    with ServerProcess(d, "--no-watch") as server:
+        first = httpx.get(f"{server.url}/readyz").json()["policy_version"]
+        with (d.policies / "schema.toml").open("a") as f:
+            f.write(OPERATOR_SCHEMA)
+        (d.policies / "25-operator.policy").write_text(OPERATOR_RULE)
+        server.signal(signal.SIGHUP)
+
+        def degraded() -> dict[str, Any] | None:
+            body = httpx.get(f"{server.url}/readyz").json()
+            return body if body["status"] == "degraded" else None
+        body = wait_for(degraded)
+        assert body["policy_version"] == first
+        assert "do not compile" not in body["reason"]
+        assert "lacks" in body["reason"], body
+        assert "no table 'blocked_domains'" in body["diagnostic"], body
+        conn = sqlite3.connect(d.database)
+        with conn:
+            conn.execute("CREATE TABLE blocked_domains (domain TEXT NOT NULL, reason TEXT)")
+            conn.execute("INSERT INTO blocked_domains VALUES ('spam.example', 'spam run')")
+        conn.close()
+        body = wait_for(lambda: (b := httpx.get(f"{server.url}/readyz").json())["status"]
+                        == "ok" and b, timeout=15)
+        assert body["policy_version"] != first
+        assert server.output().count("policy reload waits for the directory") == 1
+        answer = server.post('{"context": {"stage": "mail", "client": {"ip": "192.0.2.1"}}, '
+                             '"envelope": {"from": {"address": "a@spam.example"}, "to": []}}')
+        assert answer.json()["action"] == "reject", answer.text
 
 
 def test_health_logs_a_changed_reason_at_once_and_rate_limits_only_repeats(caplog) -> None:

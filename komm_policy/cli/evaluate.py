@@ -21,6 +21,7 @@ from ..hook.service import close_directory, open_directory, require_tables
 from ..lookups import describe_args
 from ..policyset import load_path
 from ..runtime import decide
+from ..text import shown
 from ..wire import RequestError, decode_request
 from . import os_error_text, read_input
 
@@ -104,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dry run:  {hit.rule} would {hit.action}" + (f" ({hit.reply})" if hit.reply
                                                             else ""))
     for line in decision.logs:
-        print(f"log:      {line}")
+        print(f"log:      {shown(line)}")
     for error in decision.errors:
-        print(f"error:    {error}")
+        print(f"error:    {shown(error)}")
     print(f"response: {wire.decode()}")
     print(f"directory: {config.directory}")
     if args.explain:
@@ -124,13 +125,16 @@ def _explain(decision: Decision) -> None:
         place_width = max(map(len, places))
         name_width = max(len(s.rule.name) for s in steps)
         for place, step in zip(places, steps, strict=True):
-            extra = f"  {step.error}" if step.error else ""
+            extra = f"  {shown(step.error)}" if step.error else ""
             print(f"  {place:<{place_width}}  {step.rule.name:<{name_width}}  "
                   f"{step.outcome}{extra}".rstrip())
     if decision.lookups:
         print("lookups:")
         for lookup in decision.lookups:
             args_text = describe_args(lookup.args)
-            outcome = lookup.error or repr(lookup.result)
+            result = lookup.result
+            outcome = lookup.error or (describe_args((result,))
+                                       if result is None or isinstance(result, bool)
+                                       else repr(result))
             timing = f"  {lookup.duration_ms:.3f} ms" if lookup.duration_ms is not None else ""
-            print(f"  {lookup.function}({args_text}) -> {outcome}{timing}")
+            print(f"  {lookup.function}({shown(args_text)}) -> {shown(outcome)}{timing}")

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from ..errors import render
 from ..formatter import FormatError, format_text
-from ..policyset import policy_files
+from ..policyset import policy_files, read_policy_file
 from . import read_input
 
 
@@ -53,10 +53,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             return 2
         for file in files:
             try:
-                data = read_input(file)
+                data = read_input(file) if file == "-" else read_policy_file(Path(file), -1)
             except OSError as exc:
                 print(f"komm-policy fmt: {exc.strerror or exc}: {file}", file=err)
                 return 2
+            if isinstance(data, str):  # a dangling link, a directory, a FIFO: never read
+                print(f"{file}: policy file {data}", file=err)
+                status = max(status, 1)
+                continue
             label = "<stdin>" if file == "-" else file
             try:
                 text = data.decode("utf-8")
@@ -101,7 +105,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, keeping the file's permission bits."""
+    """Write `text` to `path` atomically, keeping the file's permission bits.
+
+    A symlink is written through: the file it resolves to is replaced (in its own
+    directory, so the rename stays atomic) and the link stays a link.  Raises OSError."""
+    path = path.resolve(strict=True)
     mode = path.stat().st_mode & 0o7777
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

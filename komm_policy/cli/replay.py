@@ -23,7 +23,11 @@ from ..directory.schema import Schema
 from ..directory.snapshot import Needs
 from ..hook.service import close_directory, open_directory
 from ..policyset import PolicySet, load_path
-from ..replay import LogError, ReplayReport, read_log, replay
+from ..replay import Change, LogError, ReplayReport, read_log, replay
+from ..text import shown
+
+SHOWN_RECIPIENTS = 5
+"""Recipients a change example lists before `… and N more`."""
 
 
 def register(sub: Any) -> None:
@@ -137,8 +141,8 @@ def _text(report: ReplayReport, args: argparse.Namespace, url: str, out: TextIO)
     if report.skipped:
         print(f"{sum(report.skipped.values())} not replayed:", file=out)
         for reason, count in report.skipped.most_common():
-            print(f"  {count:>6}  {reason}  (first: {report.skipped_examples[reason]})",
-                  file=out)
+            first = shown(report.skipped_examples[reason])
+            print(f"  {count:>6}  {reason}  (first: {first})", file=out)
     if report.incomplete:
         print(f"{report.incomplete} replayed records have no record_version: HELO, SASL "
               "login, TLS and server facts were not logged and are replayed as absent",
@@ -150,16 +154,26 @@ def _text(report: ReplayReport, args: argparse.Namespace, url: str, out: TextIO)
     if report.changed_rules:
         print("by rule (old -> new):", file=out)
         for (stage, old, new), count in report.changed_rules.most_common():
-            print(f"  {count:>6}  {stage:<8} {old or '-'} -> {new or '-'}", file=out)
+            print(f"  {count:>6}  {stage:<8} {shown(old or '-')} -> {shown(new or '-')}",
+                  file=out)
     if report.rule_only:
         print(f"{report.rule_only} answers stay the same but another rule decides", file=out)
     if report.examples:
         print(f"first {len(report.examples)} changes:", file=out)
         for change in report.examples:
-            recipients = ", ".join(change.recipients)
-            who = " ".join(part for part in (
-                f"from {change.sender!r}" if change.sender is not None else "",
-                f"to {recipients}" if recipients else "") if part)
-            print(f"  {change.where}  {change.stage}  {who}".rstrip(), file=out)
-            print(f"      old: {change.old}", file=out)
-            print(f"      new: {change.new}", file=out)
+            print(f"  {shown(change.where)}  {change.stage}  {_who(change)}".rstrip(),
+                  file=out)
+            print(f"      old: {shown(change.old)}", file=out)
+            print(f"      new: {shown(change.new)}", file=out)
+
+
+def _who(change: Change) -> str:
+    """`from 'SENDER' to A, B, … and N more`: every value from the log escaped
+    (`text.shown`), at most `SHOWN_RECIPIENTS` recipients listed."""
+    recipients = ", ".join(shown(r) for r in change.recipients[:SHOWN_RECIPIENTS])
+    more = len(change.recipients) - SHOWN_RECIPIENTS
+    if more > 0:
+        recipients += f", … and {more} more"
+    return " ".join(part for part in (
+        f"from '{shown(change.sender)}'" if change.sender is not None else "",
+        f"to {recipients}" if recipients else "") if part)

@@ -36,7 +36,7 @@ import msgspec
 
 from ..decision import ActionName, Decision, DryRunHit, LookupRecord, Reply, RuleRef
 from ..directory.rows import Row
-from ..wire import AnyModification, Context, Envelope, Request
+from ..wire import ENVELOPE_REQUIRED, AnyModification, Context, Envelope, Request
 from .bounds import CHECK_ENTRY_BYTES, MAX_LISTED_LOOKUPS, OMITTED, bounded
 from .records import (
     RECORD_VERSION,
@@ -163,7 +163,8 @@ class EntryPacker:
         tls = context.tls
         server = context.server
         queue = context.queue
-        envelope = request.envelope
+        # no envelope before MAIL FROM, as `records._record` logs it
+        envelope = request.envelope if context.stage in ENVELOPE_REQUIRED else None
         fields = (
             ENTRY_FORMAT, record_id, id_number, at, duration_ms, shadow, redact_client_ip,
             context.stage, client.ip, client.port, client.ptr, client.helo,

@@ -35,6 +35,7 @@ from ..directory.rows import row_identity
 from ..directory.snapshot import Row
 from ..ipset import IP
 from ..wire import (
+    ENVELOPE_REQUIRED,
     AddHeader,
     AddRecipient,
     AnyModification,
@@ -236,7 +237,10 @@ def quarantine_reason(action: str, modifications: tuple[AnyModification, ...]
 def _record(context: Context, envelope: Envelope | None, decision: Decision,
             duration_ms: float, shadow: bool, redact_client_ip: bool,
             record_id: str | None, at: str | None) -> DecisionRecord:
-    if envelope is not None:
+    if envelope is not None and context.stage in ENVELOPE_REQUIRED:
+        # before MAIL FROM the policy cannot read an envelope (sender and rcpt are
+        # mail-stage fields), so an envelope sent with a connect, ehlo or auth request
+        # is not logged either: sender is null and recipients empty, as documented
         sender = envelope.from_.address
         recipients = tuple([a.address for a in envelope.to])
     else:

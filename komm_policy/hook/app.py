@@ -42,7 +42,7 @@ from .inline import inline as _inline
 from .metrics import CONTENT_TYPE
 from .ratelog import RateLimitedLog
 from .response import Answer
-from .service import HookService
+from .service import DO_NOT_COMPILE, HookService
 from .spooling import SpoolBatch
 
 log = logging.getLogger("komm_policy.hook")
@@ -299,7 +299,7 @@ def _starlette_app(service: HookService) -> Starlette:
                 "policy_version": service.policy_set.version,
                 "rules": service.policy_set.rule_count}
         if ready and service.reload_problem is not None:  # still serving the older set
-            body.update(status="degraded", reason="the policies on disk do not compile",
+            body.update(status="degraded", reason=service.reload_reason or DO_NOT_COMPILE,
                         diagnostic=service.reload_problem)
         notice = (service.decision_log.status().spool_corruption
                   if service.decision_log is not None else None)
@@ -345,7 +345,7 @@ def _starlette_app(service: HookService) -> Starlette:
             await asyncio.gather(*tasks, return_exceptions=True)
             await run_in_threadpool(service.close)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/mta-hook", hook_methods,
                   methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]),
@@ -356,21 +356,24 @@ def _starlette_app(service: HookService) -> Starlette:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # `/mta-hook/`: 404 with JSON, not a bodiless 307
+    return app
 
 
 async def _reloader(service: HookService, requested: asyncio.Event) -> None:
-    """Re-read the token file and recompile whenever asked (SIGHUP or a policy file
-    change), off the event loop."""
+    """Re-read the token and recompile when asked (SIGHUP, a file change), off the event
+    loop; a set waiting for the directory is retried every `retry_after` seconds."""
     while True:
-        await requested.wait()
-        requested.clear()
-        await run_in_threadpool(service.reload_token)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(requested.wait(), service.retry_after)
+        if requested.is_set():
+            requested.clear()
+            await run_in_threadpool(service.reload_token)
         await run_in_threadpool(service.reload)
 
 
 async def _watch(service: HookService, requested: asyncio.Event) -> None:
-    """Ask for a reload when a policy file or the schema file changes (watchfiles,
-    debounced)."""
+    """Ask for a reload when a policy or the schema file changes (watchfiles, debounced)."""
     from watchfiles import awatch
 
     assert service.policies_path is not None

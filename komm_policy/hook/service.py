@@ -27,18 +27,31 @@ from ..decisionlog import (
 from ..decisionlog.metrics import register_log_metrics
 from ..decisionlog.settings import CONFIGURED
 from ..demo import DEMO_TABLES
-from ..directory import Directory
+from ..directory import Directory, DirectoryError
 from ..directory.memory import InMemoryDirectory
 from ..directory.schema import Schema
 from ..directory.spacetimedb import SpacetimeDirectory
 from ..directory.sqlite import SqliteDirectory
 from ..errors import render
-from ..policyset import PolicySet, load_path, read_sources, schema_beside, version_of
+from ..policyset import (
+    LoadResult,
+    PolicySet,
+    load_path,
+    read_sources,
+    schema_beside,
+    version_of,
+)
 from ..spacetimedb.http import Endpoint
 from ..wire import MAX_MESSAGE_HEADERS
 from .metrics import Metrics
 
 log = logging.getLogger("komm_policy.service")
+
+
+RETRY_WAITING_SECONDS = 5.0
+"""How often a compiled policy set that the store cannot serve yet (a table or column it
+reads is missing) is offered to the directory again: a failed offer is one schema read."""
+DO_NOT_COMPILE = "the policies on disk do not compile"
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,13 @@ class HookService:
     reload_problem: str | None = None
     """The first diagnostic of the last failed reload, while the files on disk stay broken
     and an older set serves (`/readyz` reports "degraded")."""
+    reload_reason: str | None = None
+    """`/readyz`'s reason while `reload_problem` is set: the files do not compile, or
+    they compile but the store lacks what they read (then `waiting_set` is kept)."""
+    waiting_set: PolicySet | None = None
+    """The compiled set from disk the directory refused (a table or column missing): tried
+    again every `retry_after` seconds and on every reload, without compiling it again,
+    until the store has what it reads or the files change."""
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     token_listeners: list[Callable[[str], None]] = field(default_factory=list, repr=False)
     """Called with the new token when `reload_token` changes it (the app's check)."""
@@ -120,27 +140,40 @@ class HookService:
         log.error("token file %s %s; keeping the token in use", self.token_file, problem)
         return False
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until `reload` should run again by itself (a set waits for the
+        store), or None: only a signal or a file change asks for one."""
+        return RETRY_WAITING_SECONDS if self.waiting_set is not None else None
+
     def reload(self) -> ReloadResult:
-        """Recompile the policies; swap them in only if they compile."""
+        """Recompile the policies; swap them in only if they compile and the directory
+        has every table and column they read.  A set refused only for the store is kept
+        (`waiting_set`) and offered again, uncompiled, by the next reload."""
         if self.policies_path is None:
             return ReloadResult(False, None, ("no policy directory configured",))
         with self._reload_lock:
             try:
                 sources, problems = read_sources(self.policies_path)
                 schema_text = schema_beside(self.policies_path)[1]
-                if not problems and version_of(sources, schema_text) == self.policy_set.version:
+                version = None if problems else version_of(sources, schema_text)
+                if version == self.policy_set.version:
                     log.info("policies unchanged: version %s", self.policy_set.version)
-                    self.reload_problem = None
+                    self._refused(None, None)
                     return ReloadResult(True, self.policy_set.version)
-                result = load_path(self.policies_path)
+                waiting = self.waiting_set
+                result = (LoadResult(waiting, ()) if waiting is not None
+                          and waiting.version == version else load_path(self.policies_path))
                 if result.policy_set is not None:
-                    # the directory indexes what the new set reads before it goes live
-                    require_tables(self.directory, result.policy_set)
+                    try:  # the directory indexes what the new set reads before it goes live
+                        require_tables(self.directory, result.policy_set)
+                    except Exception as exc:
+                        return self._wait_for_store(result.policy_set, exc)
             except Exception as exc:  # a reload must never take the reloader down
                 self.metrics.reloads.labels("failed").inc()
                 message = f"policy reload failed: {type(exc).__name__}: {exc}"
                 log.error(message)
-                self.reload_problem = message
+                self._refused(message, "the policies on disk could not be loaded")
                 return ReloadResult(False, None, (message,))
             if result.policy_set is None:
                 self.metrics.reloads.labels("failed").inc()
@@ -148,10 +181,10 @@ class HookService:
                                  for d in result.diagnostics)
                 log.error("policy reload failed; keeping version %s:\n%s",
                           self.policy_set.version, "\n".join(messages))
-                self.reload_problem = (str(result.errors[0]) if result.errors
-                                       else "policy reload failed")
+                self._refused(str(result.errors[0]) if result.errors
+                              else "policy reload failed", DO_NOT_COMPILE)
                 return ReloadResult(False, None, messages)
-            self.reload_problem = None
+            self._refused(None, None)
             if result.policy_set.version != self.policy_set.version:
                 self.policy_set = result.policy_set  # one reference swap: atomic
                 log.info("policies reloaded: version %s, %d rules",
@@ -163,6 +196,25 @@ class HookService:
             for warning in result.warnings:
                 log.warning("%s", render(warning, result.texts.get(warning.span.file)))
             return ReloadResult(True, self.policy_set.version)
+
+    def _refused(self, problem: str | None, reason: str | None) -> None:
+        self.reload_problem, self.reload_reason, self.waiting_set = problem, reason, None
+
+    def _wait_for_store(self, policy_set: PolicySet, exc: Exception) -> ReloadResult:
+        """Keep a compiled set the directory refused; log and count it once per reason
+        (it is offered again every `RETRY_WAITING_SECONDS`)."""
+        detail = str(exc) if isinstance(exc, DirectoryError) else f"{type(exc).__name__}: {exc}"
+        message = f"policy reload waits for the directory: {detail}"
+        if self.waiting_set is None or message != self.reload_problem:
+            self.metrics.reloads.labels("failed").inc()
+            log.error("%s; keeping version %s, trying version %s again every %g s",
+                      message, self.policy_set.version, policy_set.version,
+                      RETRY_WAITING_SECONDS)
+        self.reload_problem, self.waiting_set = message, policy_set
+        self.reload_reason = ("the policies on disk read a table or column the directory "
+                              "lacks (tried again every "
+                              f"{RETRY_WAITING_SECONDS:g} s)")
+        return ReloadResult(False, None, (message,))
 
     def close(self) -> None:
         if self.decision_log is not None:

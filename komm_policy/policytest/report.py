@@ -1,6 +1,9 @@
 """`komm-policy test` output: text with an expected-vs-actual diff per failure, JSON, and
 JUnit XML (the `testsuites`/`testsuite`/`testcase`/`failure`/`error` elements CI systems
-read, one suite per test file), each optionally with coverage."""
+read, one suite per test file), each optionally with coverage.  Names, values and
+messages in text and XML go through `text.shown`: a control character in a case name or
+a value is written as an escape, so the XML stays well-formed (XML 1.0 forbids most C0
+controls even as character references) and the terminal shows what the file holds."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from ..text import shown
 from .runner import CaseResult, Coverage
 
 
@@ -68,16 +72,16 @@ def describe(result: CaseResult) -> list[str]:
 
 def write_text(run: Run, out: TextIO, *, verbose: bool = False) -> None:
     for error in run.file_errors:
-        print(f"ERROR {error}", file=out)
+        print(f"ERROR {shown(error)}", file=out)
     for result in run.results:
         if result.status == "passed":
             if verbose:
-                print(f"ok    {result.case.title}", file=out)
+                print(f"ok    {shown(result.case.title)}", file=out)
             continue
         label = "FAIL " if result.status == "failed" else "ERROR"
-        print(f"{label} {result.case.title}", file=out)
+        print(f"{label} {shown(result.case.title)}", file=out)
         for line in describe(result):
-            print(f"      {line}", file=out)
+            print(f"      {shown(line)}", file=out)
     if run.coverage is not None:
         write_coverage_text(run, out, verbose=verbose)
     total = len(run.results)
@@ -140,24 +144,25 @@ def write_junit(run: Run, out: TextIO) -> None:
     for result in run.results:
         suites.setdefault(result.case.file, []).append(result)
     for file, results in suites.items():
-        suite = ET.SubElement(root, "testsuite", name=file, tests=str(len(results)),
+        suite = ET.SubElement(root, "testsuite", name=shown(file), tests=str(len(results)),
                               failures=str(sum(r.status == "failed" for r in results)),
                               errors=str(sum(r.status == "error" for r in results)),
                               time=f"{sum(r.seconds for r in results):.6f}")
         for result in results:
-            element = ET.SubElement(suite, "testcase", name=result.case.name,
-                                    classname=_classname(file), file=file,
+            element = ET.SubElement(suite, "testcase", name=shown(result.case.name),
+                                    classname=_classname(file), file=shown(file),
                                     line=str(result.case.line), time=f"{result.seconds:.6f}")
             if result.status != "passed":
                 tag = "failure" if result.status == "failed" else "error"
-                child = ET.SubElement(element, tag, message=result.message)
-                child.text = "\n".join(describe(result))
+                child = ET.SubElement(element, tag, message=shown(result.message))
+                child.text = "\n".join(shown(line) for line in describe(result))
     for error in run.file_errors:
-        suite = ET.SubElement(root, "testsuite", name=error.split(":", 1)[0], tests="1",
+        file = error.split(":", 1)[0]
+        suite = ET.SubElement(root, "testsuite", name=shown(file), tests="1",
                               failures="0", errors="1", time="0")
         element = ET.SubElement(suite, "testcase", name="(test file)",
-                                classname=_classname(error.split(":", 1)[0]))
-        ET.SubElement(element, "error", message=error).text = error
+                                classname=_classname(file))
+        ET.SubElement(element, "error", message=shown(error)).text = shown(error)
     if run.coverage is not None:
         properties = ET.SubElement(root, "properties")
         ET.SubElement(properties, "property", name="coverage",
@@ -178,7 +183,7 @@ def _totals(root: ET.Element, run: Run) -> None:
 
 def _classname(file: str) -> str:
     name = file.replace("\\", "/").rsplit("/", 1)[-1]
-    return name.removesuffix(".toml").replace(".", "_")
+    return shown(name.removesuffix(".toml").replace(".", "_"))
 
 
 def write(run: Run, out: TextIO, format: str, *, verbose: bool = False) -> None:
