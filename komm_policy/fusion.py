@@ -4,8 +4,10 @@
 `str.endswith(tuple)` call; runs of `x == c` / `x in [...]` become one dict lookup.  A
 fused step's condition returns the 1-based position of the first member that matches (0
 for none), so first-match order and the deciding rule's name stay exactly as written.
-Only rules without statements, with a terminal action, comparing a scalar, never-none
-request field with constants are fused (the compiler decides, `_Compiler.fusable`).
+Only rules without statements, with a terminal action and without `on error continue`
+(a member whose action fails would go on with the next rule, past members of its group
+that match as well), comparing a scalar, never-none request field with constants are
+fused (the compiler decides, `_Compiler.fusable`).
 Traces walk the unfused rules; a group's condition carries `fused` = (field getter,
 dict.get of the values or the affixes, None or the `str` method) for `codegen`, which
 writes it inline.

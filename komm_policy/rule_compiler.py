@@ -81,6 +81,10 @@ class RuleCompiling:
         """The rule's fusion key and (getter, constants), or None (see `fusion`)."""
         if rule.dry_run or rule.statements or not isinstance(rule.final, n.Action):
             return None
+        if isinstance(rule.on_error, n.Continue):
+            # Its action may fail (a lookup in the reply) and go on with the next rule; a
+            # fused group would skip the members after it that match too.
+            return None
         when = rule.when
         if not isinstance(when, n.Compare) or when.op not in FUSABLE:
             return None

@@ -262,3 +262,35 @@ def test_random_policies_repeating_their_lookups_log_the_same_record(rules) -> N
     result = compile_with_directory(text)
     assert result.policy_set is not None, [str(d) for d in result.diagnostics]
     assert differences(result.policy_set) == [], text
+
+
+FUSED_CONTINUE = """settings { quarantine_to = "quarantine@solawi.example" }
+stage data {
+  rule r0:
+    when sender ends_with ".example"
+    reject 550 5.7.1 "{account(sender).name}"
+    on error continue
+
+  rule r1:
+    when sender ends_with ".example"
+    reject 550 5.7.1 "{account(sender).name}"
+
+  default accept
+}
+"""
+
+
+def test_a_rule_after_one_whose_action_failed_with_on_error_continue_still_runs() -> None:
+    """Found by the random policies above: two rules of the same simple condition were
+    fused into one step, which ran only the first that matched; when its reply's lookup
+    failed and `on error continue` skipped it, the second (also matching, without `on error
+    continue`) was skipped too and the generated stage accepted by default, where the
+    rules as written (and `eval --explain`) give the lookup failure's fallback."""
+    policy_set = _compiled(FUSED_CONTINUE)
+    req = next(r for r in _SAMPLES if r.context.stage == "data"
+               and r.envelope is not None and r.envelope.from_.address.endswith(".example"))
+    decision = decide(policy_set, req, CountingDirectory(fail=("account",)))
+    assert decision.action == "tempfail" and decision.fallback, decision
+    assert decision.rule is not None and decision.rule.name == "r1"
+    assert len(decision.errors) == 1 and decision.errors[0].startswith("rule r0")
+    assert differences(policy_set) == []
