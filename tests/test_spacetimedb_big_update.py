@@ -114,7 +114,10 @@ def test_answers_keep_flowing_while_a_big_transaction_is_applied(tmp_path: Path)
     # after): on a 2-core VM at load average 20 one answer took 361 ms here.
     assert max(result.latencies_ms) < 500, result.summary()
     per_row = _table_bytes_per_row()
-    assert result.peak_growth <= 1.35 * per_row * TX_ROWS, (result.summary(), per_row)
+    # 1.45x before the fix; 1.37-1.38x in two runs once the replica also kept each row's
+    # declared key (`declared_keys`, a map the yardstick counts too: the RSS peak holds
+    # the allocator's slack on top)
+    assert result.peak_growth <= 1.40 * per_row * TX_ROWS, (result.summary(), per_row)
 
 
 def _table_bytes_per_row() -> float:
