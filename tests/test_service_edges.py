@@ -374,3 +374,38 @@ def test_httpx_request_lines_stay_out_of_the_log_unless_debug(tmp_path: Path) ->
                 server.stop()
             output = server.output()
             assert ("HTTP Request: POST" in output) is shown, output[-2000:]
+
+
+def test_serve_exits_when_a_table_the_policies_read_is_missing_at_start(
+        tmp_path: Path) -> None:
+    """The decision log's writer process is started before the service checks the store;
+    a missing table then failed the start, but nothing stopped the writer, and the exit
+    waited for it while it waited for the service: `serve` printed the error and hung
+    (never bound, never exited; a supervisor's restart never came).  Now it exits 2 and
+    leaves no writer behind."""
+    d = Deployment(tmp_path)
+    conn = sqlite3.connect(d.database)
+    with conn:
+        conn.execute("DROP TABLE blocked_ips")
+    conn.close()
+    command = [sys.executable, "-m", "komm_policy", "serve", "--port", "0", "--no-watch",
+               "--policies", str(d.policies), "--directory", f"sqlite:{d.database}",
+               "--log-jsonl", str(d.log_file), "--log-spool", str(tmp_path / "spool")]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("serve hung after its start-up error") from None
+    assert proc.returncode == 2, err.decode(errors="replace")
+    assert b"blocked_ips" in err, err
+
+    def left() -> list[str]:  # multiprocessing's resource tracker ends just after
+        return subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left() == [], "a process of the service outlived it"

@@ -241,21 +241,33 @@ class HookService:
                                     config.log_sqlite_max_age, config.log_sqlite_max_rows))
         if config.log_spacetimedb:
             sinks.append(reducer_spec(config, worker))
-        return cls(
-            policy_set=result.policy_set,
-            directory=directory,
-            policies_path=config.policies,
-            decision_log=DecisionLog(sinks, log_settings(config, worker)) if sinks else None,
-            token=config.token,
-            token_file=config.token_file,
-            max_body_bytes=config.max_body_bytes,
-            max_body_buffer_bytes=config.max_body_buffer_bytes or 4 * config.max_body_bytes,
-            max_message_headers=config.max_message_headers,
-            shadow=config.shadow,
-            status_auth=config.status_auth,
-            redact_client_ip=config.redact_client_ip,
-            watch=config.watch,
-        )
+        decision_log: DecisionLog | None = None
+        try:
+            # The log starts its writer process: a service that then fails to start (a
+            # table the policies read is missing) must stop it, or the interpreter's exit
+            # waits for a writer that waits for this process (a hung `serve`).
+            if sinks:
+                decision_log = DecisionLog(sinks, log_settings(config, worker))
+            return cls(
+                policy_set=result.policy_set,
+                directory=directory,
+                policies_path=config.policies,
+                decision_log=decision_log,
+                token=config.token,
+                token_file=config.token_file,
+                max_body_bytes=config.max_body_bytes,
+                max_body_buffer_bytes=config.max_body_buffer_bytes or 4 * config.max_body_bytes,
+                max_message_headers=config.max_message_headers,
+                shadow=config.shadow,
+                status_auth=config.status_auth,
+                redact_client_ip=config.redact_client_ip,
+                watch=config.watch,
+            )
+        except BaseException:
+            if decision_log is not None:
+                decision_log.close()
+            close_directory(directory)
+            raise
 
 
 def reducer_spec(config: Config, worker: str | None = None) -> ReducerSpec:
