@@ -307,3 +307,25 @@ def test_a_gap_in_the_change_log_reloads_whole_tables(db: Path, replica: SqliteD
     replica.refresh()
     snap = tables(replica)
     assert snap.exists(DOMAIN, ("late.example",)) and snap.exists(DOMAIN, ("later.example",))
+
+
+def test_a_text_value_that_is_not_utf8_is_a_bad_row_not_a_dead_replica(
+        db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """breaker6 #1: one row whose text is not UTF-8 (SQLite stores what it is given), in
+    any column the replica reads, failed every read ("Could not decode to UTF-8"): the
+    replica stopped applying changes and went stale, then every decision needing it got
+    the fallback.  Now that row is a bad row, at the start and in a later change."""
+    execute(db, "INSERT INTO blocked_ips (ip, reason) VALUES ('192.0.2.0/24', "
+                "CAST(X'61FF62' AS TEXT))")
+    with required_directory(db, caplog) as directory:
+        assert directory.available
+        assert directory.health.bad_rows["blocked_ips"] == 1
+        assert "text that is not UTF-8 (b'a\\xffb')" in caplog.text
+        assert not tables(directory).exists(NET, (IP.parse("192.0.2.9"),))
+        execute(db, "INSERT INTO blocked_domains VALUES ('x.example', CAST(X'C328' AS TEXT))",
+                "INSERT INTO blocked_ips (ip, reason) VALUES ('198.51.100.0/24', 'ok')")
+        directory.refresh()
+        assert directory.health.bad_rows["blocked_domains"] == 1
+        snap = tables(directory)
+        assert snap.exists(NET, (IP.parse("198.51.100.9"),))  # later changes still apply
+        assert not snap.exists(DOMAIN, ("x.example",))

@@ -135,9 +135,42 @@ def read_changes(conn: sqlite3.Connection, since: int
     return rows[-1][0], changed, gap
 
 
+class NotUtf8(bytes):
+    """A stored text value that is not UTF-8 (SQLite stores what it is given): its bytes,
+    shown as what they are in a bad row's reason.  No column decoder takes it as text,
+    so the row is a bad row (skipped, counted) instead of a read that fails whole."""
+
+    def __repr__(self) -> str:
+        return f"text that is not UTF-8 ({bytes(self)!r})"
+
+
+def _text_or_raw(data: bytes) -> str | NotUtf8:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return NotUtf8(data)
+
+
 def read_table(conn: sqlite3.Connection, table: Table,
                rowids: Iterable[int] | None = None) -> list[dict[str, Any]]:
-    """Rows as {column: value, "rowid": n}; only `rowids` when given."""
+    """Rows as {column: value, "rowid": n}; only `rowids` when given.  A text value that
+    is not UTF-8 comes as `NotUtf8` (read again only then: sqlite3's own decoding, which
+    refuses the whole query, costs nothing per value)."""
+    try:
+        return _read_table(conn, table, rowids)
+    except sqlite3.OperationalError as exc:
+        if "decode to UTF-8" not in str(exc):
+            raise
+    previous = conn.text_factory
+    conn.text_factory = _text_or_raw
+    try:
+        return _read_table(conn, table, rowids)
+    finally:
+        conn.text_factory = previous
+
+
+def _read_table(conn: sqlite3.Connection, table: Table,
+                rowids: Iterable[int] | None) -> list[dict[str, Any]]:
     names = table.column_names
     select = ", ".join(quote(c) for c in names)
     sql = f"SELECT rowid, {select} FROM {quote(table.name)}"
