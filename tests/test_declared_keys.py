@@ -25,7 +25,7 @@ from komm_policy.directory import DirectoryError
 from komm_policy.directory.schema import load_schema
 from komm_policy.directory.snapshot import IndexSpec, Needs
 from komm_policy.directory.spacetimedb import SpacetimeDirectory
-from komm_policy.directory.sqlite import SqliteDirectory, connect, create_database
+from komm_policy.directory.sqlite import SqliteDirectory, create_database
 from komm_policy.runtime import decide
 from komm_policy.spacetimedb import Endpoint
 from komm_policy.spacetimedb.check import check_module
@@ -38,18 +38,9 @@ from .spacetimedb_double import DoubleServer
 from .spacetimedb_double.samples import SPEC
 from .spacetimedb_double.state import Database
 from .test_runtime import request
+from .test_sqlite_tables import execute
 
 DOMAINS = IndexSpec("blocked_domains", ("domain",))
-
-
-def execute(path: Path, *statements: str) -> None:
-    conn = connect(path)
-    try:
-        with conn:
-            for sql in statements:
-                conn.execute(sql)
-    finally:
-        conn.close()
 
 
 def schema_file(tmp_path: Path, primary_key: str, table: str = "blocked_domains") -> Path:
