@@ -287,3 +287,27 @@ def test_export_leaves_out_and_names_the_rows_import_would_refuse(
     assert main(["db", "init", "--path", str(fresh)]) == 0
     assert main(["db", "import", "--path", str(fresh), *policies, str(backup)]) == 0
     assert "imported 1 blocked_ips" in capsys.readouterr().out
+
+
+def test_export_names_a_row_whose_text_is_not_utf8(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """breaker6: a text value that is not UTF-8 made `db export` end in a traceback
+    (sqlite3 refuses to decode it); now that row is named and left out like the others."""
+    store = tmp_path / "k.sqlite3"
+    assert main(["db", "init", "--path", str(store)]) == 0
+    conn = sqlite3.connect(store)
+    with conn:
+        conn.execute("INSERT INTO blocked_ips (ip, reason, blocked_at, active) VALUES "
+                     "('192.0.2.1', CAST(X'61FF62' AS TEXT), 1, 1)")
+        conn.execute("INSERT INTO blocked_ips (ip, reason, blocked_at, active) VALUES "
+                     "('192.0.2.7', 'good', 5, 1)")
+    conn.close()
+    capsys.readouterr()
+    code = main(["db", "export", "--path", str(store), "--policies", str(SHIPPED),
+                 "blocked_ips"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert json.loads(out) == {"blocked_ips": [
+        {"ip": "192.0.2.7", "reason": "good", "blocked_at": 5, "active": True}]}
+    assert "blocked_ips row 1 (ip='192.0.2.1'" in err
+    assert "text that is not UTF-8 (b'a\\xffb')" in err, err

@@ -144,7 +144,8 @@ class NotUtf8(bytes):
         return f"text that is not UTF-8 ({bytes(self)!r})"
 
 
-def _text_or_raw(data: bytes) -> str | NotUtf8:
+def text_or_raw(data: bytes) -> str | NotUtf8:
+    """A `text_factory`: the text, or `NotUtf8` for bytes that are not UTF-8."""
     try:
         return data.decode()
     except UnicodeDecodeError:
@@ -162,7 +163,7 @@ def read_table(conn: sqlite3.Connection, table: Table,
         if "decode to UTF-8" not in str(exc):
             raise
     previous = conn.text_factory
-    conn.text_factory = _text_or_raw
+    conn.text_factory = text_or_raw
     try:
         return _read_table(conn, table, rowids)
     finally:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .schema import BadValue, Column, Schema, decode_value
-from .sqlite_tables import quote, read_schema, user_tables
+from .sqlite_tables import NotUtf8, quote, read_schema, text_or_raw, user_tables
 
 SQLITE_INTEGER_RANGE = range(-(2**63), 2**63)
 """SQLite's INTEGER: 64-bit signed (https://sqlite.org/datatype3.html §2)."""
@@ -97,6 +97,18 @@ def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
         raise TransferError([f"no table {t!r} in the store (it has: "
                              f"{', '.join(existing)})" for t in unknown])
     result: dict[str, list[dict[str, Any]]] = {}
+    # A text value that is not UTF-8 (SQLite stores what it is given) comes as `NotUtf8`
+    # and is a bad row, instead of sqlite3 failing the whole export.
+    previous, conn.text_factory = conn.text_factory, text_or_raw
+    try:
+        _export(conn, names, schema, bad_rows, result)
+    finally:
+        conn.text_factory = previous
+    return result
+
+
+def _export(conn: sqlite3.Connection, names: list[str], schema: Schema | None,
+            bad_rows: list[str] | None, result: dict[str, list[dict[str, Any]]]) -> None:
     with conn:
         conn.execute("BEGIN")
         for name in names:
@@ -127,9 +139,11 @@ def export_tables(conn: sqlite3.Connection, tables: list[str] | None = None,
                         bad_rows.extend(problems)
                         skipped += 1
                         continue
+                elif any(isinstance(v, NotUtf8) for v in row.values()):
+                    raise TransferError([f"{name} row {len(rows) + 1}: a text value that is "
+                                         "not UTF-8"])
                 rows.append(row)
             result[name] = rows
-    return result
 
 
 def undescribed_tables(conn: sqlite3.Connection, tables: Any, schema: Schema | None
