@@ -10,6 +10,7 @@ tester's case: 57 → 429 MB RSS and answers held 0.48 s before the fix) come fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import tracemalloc
@@ -37,8 +38,9 @@ TX_ROWS = 60_000
 replica loop blocked by it misses pongs for longer than the bound below."""
 
 
-@pytest.fixture
-def replica() -> Iterator[tuple[SpacetimeDirectory, DoubleServer]]:
+@contextlib.contextmanager
+def shipped_replica() -> Iterator[tuple[SpacetimeDirectory, DoubleServer]]:
+    """A replica of the shipped policies' tables on a fresh double; closed after."""
     policy_set = load_policy_set(POLICIES)
     with DoubleServer({"databases": {"komm": directory_spec()}}) as double:
         directory = SpacetimeDirectory(
@@ -48,7 +50,13 @@ def replica() -> Iterator[tuple[SpacetimeDirectory, DoubleServer]]:
             yield directory, double
         finally:
             directory.close()
-            gc.unfreeze()  # the large build froze this process's objects: give them back
+
+
+@pytest.fixture
+def replica() -> Iterator[tuple[SpacetimeDirectory, DoubleServer]]:
+    with shipped_replica() as pair:
+        yield pair
+    gc.unfreeze()  # the large build froze this process's objects: give them back
 
 
 def _frame(double: DoubleServer, kind: str, rows: list[list[object]]) -> str:
@@ -123,16 +131,9 @@ def test_answers_keep_flowing_while_a_big_transaction_is_applied(tmp_path: Path)
 def _table_bytes_per_row() -> float:
     """What one blocked_ips row costs the replica (tracemalloc, 5,000 rows in-process):
     the yardstick of the service's RSS growth."""
-    policy_set = load_policy_set(POLICIES)
-    with DoubleServer({"databases": {"komm": directory_spec()}}) as double:
-        directory = SpacetimeDirectory(
-            Endpoint.parse(f"spacetimedb://127.0.0.1:{double.port}/komm"), double.owner_token)
-        try:
-            directory.require(policy_set.schema, policy_set.needs)
-            kept, _ = _traced(directory, _frame(double, "TransactionUpdate",
-                                                blocked_rows(0, 5_000)), "TransactionUpdate")
-        finally:
-            directory.close()
+    with shipped_replica() as (directory, double):
+        kept, _ = _traced(directory, _frame(double, "TransactionUpdate",
+                                            blocked_rows(0, 5_000)), "TransactionUpdate")
     return kept / 5_000
 
 
