@@ -13,13 +13,14 @@ store's keys.  A declared key may be wider than a store key (it still names one 
 A store key still lets rows collide in the replica: SQLite's UNIQUE lets several rows hold
 NULL, and an `address` column's values are compared in lower case (by the replica, not
 by SQLite's UNIQUE or SpacetimeDB's unique constraint).  The replica finds such rows as it
-reads them (`tablestate`: declared key → identity of the row that has it); each is a bad
+reads them (`claims`: declared key → identity of the row that has it); each is a bad
 row (`ReplicaHealth.bad_row`: skipped, one warning naming table, key, rowid and reason,
 counted in `komm_directory_bad_rows`), the first one read keeps the identity.  A skipped
-row comes back when it changes or the store is read whole again (not when the row that
-kept the key goes: the replica does not read unchanged rows).  Where the declared key is
-the identity (SpacetimeDB) only a whole read (the subscription's snapshot) can tell two
-such rows apart; a later update with a colliding key replaces the row, as before.
+row waits for its key (`claims`): when the row that kept it is deleted or its key
+changes, the waiting row comes in with the same change, as a whole re-read would have
+found it.  Where the declared key is the identity (SpacetimeDB), an insert of a
+transaction whose key a row still holds is such a row too (an update deletes the old
+row first), checked like the subscription's snapshot.
 """
 
 from __future__ import annotations

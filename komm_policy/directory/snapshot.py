@@ -17,7 +17,11 @@ it the same way)::
 - A row's identity: its `rowid` entry when the backend gives one (SQLite), else its
   primary-key columns, else the whole row (SpacetimeDB tables without a primary key: a
   delete names the whole old row, as `TransactionUpdate` does).  A deleted row needs only
-  the columns of its identity.  An update is a delete plus an insert, in one `apply`.
+  the columns of its identity (SpacetimeDB: also those of the declared key, as sent, to
+  tell a row that waits for its key from the row that holds it, `claims`).  An update is
+  a delete plus an insert, in one `apply`.
+- Rows whose declared key another row holds are bad rows that wait (`claims`): the
+  change that frees their key brings the first of them in.
 - First-row order: lowest primary key (or rowid), as the lookups promise.
 - `on_bad_row(table, key, reason)` is called for every row that does not fit the schema
   (NULL in a non-optional column, `300.1.2.3` in a network column, …); the row is skipped.
@@ -114,16 +118,19 @@ class TablesSnapshot:
             for name, state in empty.states.items()})
 
     def apply(self, changes: Changes, on_bad_row: BadRow | None = None,
-              bulk: bool | None = None) -> TablesSnapshot:
+              bulk: bool | None = None, replace: bool = True) -> TablesSnapshot:
         """The next snapshot: this one with `changes` ({table: (deleted, inserted)})
         applied.  Tables nobody needs are ignored; this snapshot is not modified.  A
         table changed in a large part is re-indexed in one pass (`bulk`: force it on or
-        off; see `tablestate.BULK_FRACTION`)."""
+        off; see `tablestate.BULK_FRACTION`).  `replace`: an insert over a held identity
+        replaces it (True), or is another row with the same declared key, a bad row
+        (False: SpacetimeDB, whose updates delete the old row first; `claims`)."""
         states = dict(self.states)
         for name, (deleted, inserted) in changes.items():
             state = states.get(name)
             if state is not None:
-                states[name] = apply_table(state, deleted, inserted, on_bad_row, bulk)
+                states[name] = apply_table(state, deleted, inserted, on_bad_row, bulk,
+                                           replace)
         return TablesSnapshot(self.schema, self.needs, states)
 
     # -- reading -----------------------------------------------------------------------

@@ -19,7 +19,8 @@ import immutables
 
 from ..gcpause import no_gc_pauses
 from .bulkcopy import copied_map, frozen_map
-from .declared_keys import collider, collision, key_reader
+from .claims import Claims, row_values
+from .declared_keys import key_reader
 from .keys import column_key, key_normalizer
 from .rows import (
     Row,
@@ -70,14 +71,15 @@ class TableState:
     """One table's rows and indexes, unchanging once built (as read at `version`)."""
 
     __slots__ = ("__weakref__", "buckets", "cls", "key_of", "keys", "lineage", "net_lengths",
-                 "normalizers", "order", "rows", "table", "version")
+                 "normalizers", "order", "rows", "table", "version", "waiting", "waiting_at")
 
     def __init__(self, table: Table, cls: type[Row], rows: immutables.Map,
                  buckets: dict[IndexSpec, dict[Any, Any]],
                  net_lengths: dict[IndexSpec, NetLengths],
                  normalizers: dict[IndexSpec, tuple[Callable[[Any], Any], ...]] | None = None,
                  lineage: Lineage | None = None, version: int = 0,
-                 keys: immutables.Map | None = None) -> None:
+                 keys: immutables.Map | None = None,
+                 waiting: tuple[immutables.Map, immutables.Map] | None = None) -> None:
         self.table = table
         self.cls = cls
         self.order = order_function(table)
@@ -89,6 +91,10 @@ class TableState:
         self.keys = keys if keys is not None else immutables.Map()
         """declared key → the ident of the row that has it (`declared_keys`: a second
         row with the same declared key is a bad row); empty without a declared key."""
+        self.waiting, self.waiting_at = waiting if waiting is not None else (
+            immutables.Map(), immutables.Map())
+        """The rows skipped because another row holds their declared key (`claims`):
+        declared key → ((store identity, Row), …), and store identity → declared key."""
         self.buckets = buckets
         """spec → dict[key → tuple of rows in first-row order, or a `versioned.Since`
         entry: read through `bucket`]"""
@@ -110,10 +116,11 @@ class TableState:
 
     def evolve(self, rows: immutables.Map, buckets: dict[IndexSpec, dict[Any, Any]],
                net_lengths: dict[IndexSpec, NetLengths], lineage: Lineage | None = None,
-               version: int = 0, keys: immutables.Map | None = None) -> TableState:
+               version: int = 0, keys: immutables.Map | None = None,
+               waiting: tuple[immutables.Map, immutables.Map] | None = None) -> TableState:
         """A state of this table with other contents (a new lineage unless given)."""
         return TableState(self.table, self.cls, rows, buckets, net_lengths, self.normalizers,
-                          lineage, version, keys)
+                          lineage, version, keys, waiting)
 
     def bucket(self, spec: IndexSpec, key: Any) -> Any:
         """The rows of `key` in the index `spec` as this state reads them, or None."""
@@ -154,62 +161,62 @@ def build_table(state: TableState, inserted: Iterable[Mapping[str, Any]],
                 on_bad_row: BadRow | None) -> TableState:
     """`state` (empty) filled with whole tables: plain dictionaries, frozen once."""
     rows: dict[Any, Row] = {}
-    keys: dict[Any, Any] = {}
+    claims = _claims(state, {}, {}, {}, on_bad_row)
     with no_gc_pauses():
-        _decode_into(state, rows, inserted, on_bad_row, keys, whole=True)
-        return _indexed(state, rows, keys)
+        _decode_into(state, rows, inserted, on_bad_row, claims, replace=False)
+        return _indexed(state, rows, claims)
+
+
+def _claims(state: TableState, keys: dict[Any, Any], waiting: dict[Any, Any],
+            waiting_at: dict[Any, Any], on_bad_row: BadRow | None) -> Claims | None:
+    return None if state.key_of is None else Claims(state.table, state.key_of, keys,
+                                                    waiting, waiting_at, on_bad_row)
 
 
 def _decode_into(state: TableState, rows: dict[Any, Row],
                  inserted: Iterable[Mapping[str, Any]], on_bad_row: BadRow | None,
-                 keys: dict[Any, Any], whole: bool = False) -> None:
-    """Decode `inserted` into `rows` (ident → Row) and `keys` (declared key → ident): an
-    insert over an existing identity replaces it, a row that does not fit, or whose
-    declared key another row has, removes the row it would replace.  `whole`: `rows`
-    starts empty and `inserted` is a whole table, so a second row with the same declared
-    key is a bad row also where the key is the identity (SpacetimeDB: an `address` key
-    the server compares case-sensitively)."""
+                 claims: Claims | None, replace: bool) -> None:
+    """Decode `inserted` into `rows` (ident → Row), declared keys into `claims`.
+    `replace`: an insert over a held identity replaces it (SQLite: the identity is the
+    rowid; a row that does not fit removes the row it would replace), else (a whole
+    read, or SpacetimeDB, where an update deletes the old row first) an insert whose
+    identity is held is a row whose declared key another row has: a bad row, kept
+    waiting (`claims`).  Then the waiting rows whose keys this change freed come in."""
     table = state.table
     columns = table.columns
     order = state.order
     cls = state.cls
-    key_of = state.key_of
     for raw in inserted:
         try:
             values = {c.name: decode_value(c, raw.get(c.name)) for c in columns}
         except BadValue as exc:
-            _forget(state, rows, keys, ident_of(table, raw))
+            if replace and (claims is None or not claims.drop_waiting(raw)):
+                _forget(rows, claims, ident_of(table, raw))
             if on_bad_row is not None:
                 on_bad_row(table.name, describe_key(table, raw), str(exc))
             continue
         ident = ident_from(table, raw, values)
-        if key_of is not None:
-            if whole and ident in rows:
-                if on_bad_row is not None:
-                    on_bad_row(table.name, collider(table, raw), collision(table, None))
-                continue
-            _forget(state, rows, keys, ident)
-            key = key_of(values)
-            owner = keys.get(key)
-            if owner is not None and owner != ident:
-                if on_bad_row is not None:
-                    on_bad_row(table.name, collider(table, raw), collision(table, owner))
-                continue
-            keys[key] = ident
-        rows[ident] = make_row(cls, values, ident, order(values, ident))
+        row = make_row(cls, values, ident, order(values, ident))
+        if claims is None:
+            rows[ident] = row
+            continue
+        if replace and not claims.drop_waiting(raw):
+            _forget(rows, claims, ident)
+        if claims.claim(raw, row):
+            rows[ident] = row
+    if claims is not None:
+        for row in claims.promoted():
+            rows[row._ident] = row
 
 
-def _forget(state: TableState, rows: dict[Any, Row], keys: dict[Any, Any],
-            ident: Any) -> None:
-    """Remove the row `ident` (if any) from `rows` and its declared key from `keys`."""
+def _forget(rows: dict[Any, Row], claims: Claims | None, ident: Any) -> None:
+    """Remove the row `ident` (if any) from `rows` and release its declared key."""
     old = rows.pop(ident, None)
-    if old is not None and state.key_of is not None:
-        key = state.key_of(_values(old))
-        if keys.get(key) == ident:
-            del keys[key]
+    if old is not None and claims is not None:
+        claims.release(ident, _values(old))
 
 
-def _indexed(state: TableState, rows: dict[Any, Row], keys: dict[Any, Any]) -> TableState:
+def _indexed(state: TableState, rows: dict[Any, Row], claims: Claims | None) -> TableState:
     """`state`'s indexes built in one pass over `rows`, all frozen once."""
     table = state.table
     buckets: dict[IndexSpec, dict[Any, Any]] = {}
@@ -233,24 +240,14 @@ def _indexed(state: TableState, rows: dict[Any, Row], keys: dict[Any, Any]) -> T
             for key in index:
                 counts[key[:2]] = counts.get(key[:2], 0) + 1
             lengths[spec] = _lengths(immutables.Map(counts))
-    return state.evolve(frozen_map(rows), buckets, lengths,
-                        keys=frozen_map(keys) if keys else None)
+    if claims is None:
+        return state.evolve(frozen_map(rows), buckets, lengths)
+    return state.evolve(frozen_map(rows), buckets, lengths, keys=frozen_map(claims.keys),
+                        waiting=(immutables.Map(claims.waiting),
+                                 immutables.Map(claims.waiting_at)))
 
 
-class _Values:
-    """A row's columns as a mapping, without building a dict."""
-
-    __slots__ = ("row",)
-
-    def __init__(self, row: Row) -> None:
-        self.row = row
-
-    def __getitem__(self, name: str) -> Any:
-        return getattr(self.row, name)
-
-
-def _values(row: Row) -> Mapping[str, Any]:
-    return _Values(row)  # type: ignore[return-value]
+_values = row_values
 
 
 BULK_MIN_ROWS = 256
@@ -263,11 +260,14 @@ garbage collector paused): 100k new rows in a 1k-row table took 2.2–3.7 s row 
 
 def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
                 inserted: Iterable[Mapping[str, Any]], on_bad_row: BadRow | None,
-                bulk: bool | None = None) -> TableState:
-    """The next state: `deleted` rows removed, then `inserted` rows added (an insert over
-    an existing identity replaces it).  `state` is not modified.  `bulk`: rebuild the
-    indexes in one pass (True), change them row by row (False), or choose by the size of
-    the change (None, see `BULK_FRACTION`); the result is the same."""
+                bulk: bool | None = None, replace: bool = True) -> TableState:
+    """The next state: `deleted` rows removed, then `inserted` rows added.  `replace`:
+    an insert over a held identity replaces it (SQLite, whose identity is the rowid),
+    else it is another row of the store with the same declared key (SpacetimeDB: an
+    update is a delete and an insert), a bad row (`claims`).  `state` is not modified.
+    `bulk`: rebuild the indexes in one pass (True), change them row by row (False), or
+    choose by the size of the change (None, see `BULK_FRACTION`); the result is the
+    same."""
     if bulk is None:
         # A sized iterable (a list, or rows decoded as they are read) is not copied
         deleted = deleted if isinstance(deleted, Sized) else list(deleted)
@@ -275,7 +275,7 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
         changed = max(len(deleted), len(inserted))
         bulk = changed >= BULK_MIN_ROWS and changed >= BULK_FRACTION * len(state.rows)
     if bulk:
-        return rebuild_table(state, deleted, inserted, on_bad_row)
+        return rebuild_table(state, deleted, inserted, on_bad_row, replace)
     table = state.table
     lineage, version = state.lineage, state.version + 1
     if lineage.claim(state.version):
@@ -284,8 +284,10 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
         lineage = Lineage(version)
         buckets = {spec: fork(index, state.version) for spec, index in state.buckets.items()}
     rows = state.rows.mutate()
-    key_of = state.key_of
     keys = state.keys.mutate()
+    waiting, waiting_at = state.waiting.mutate(), state.waiting_at.mutate()
+    claims = None if state.key_of is None else Claims(
+        table, state.key_of, keys, waiting, waiting_at, on_bad_row)
     counts = {spec: pair[0].mutate() for spec, pair in state.net_lengths.items()}
     put = lineage.put
 
@@ -299,10 +301,8 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
             return
         values = _values(old)
         del rows[ident]
-        if key_of is not None:
-            key = key_of(values)
-            if keys.get(key) == ident:
-                del keys[key]
+        if claims is not None:
+            claims.release(ident, values)
         for spec, index in buckets.items():
             key = bucket_key(table, spec, values)
             if key is None:
@@ -312,28 +312,9 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
             if not rest and spec.kind == "net":
                 _count(counts[spec], key[:2], -1)
 
-    for raw in deleted:
-        unindex(ident_of(table, raw))
-    for raw in inserted:
-        try:
-            values = {c.name: decode_value(c, raw.get(c.name)) for c in table.columns}
-        except BadValue as exc:
-            unindex(ident_of(table, raw))  # an update to a bad value removes the old row too
-            if on_bad_row is not None:
-                on_bad_row(table.name, describe_key(table, raw), str(exc))
-            continue
-        ident = ident_from(table, raw, values)
-        unindex(ident)
-        if key_of is not None:
-            key = key_of(values)
-            owner = keys.get(key)
-            if owner is not None:  # its own entry went with `unindex`: another row's
-                if on_bad_row is not None:
-                    on_bad_row(table.name, collider(table, raw), collision(table, owner))
-                continue
-            keys[key] = ident
-        row = make_row(state.cls, values, ident, state.order(values, ident))
-        rows[ident] = row
+    def add(row: Row) -> None:
+        rows[row._ident] = row
+        values = _values(row)
         for spec, index in buckets.items():
             key = bucket_key(table, spec, values)
             if key is None:
@@ -347,31 +328,56 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
                 items = list(bucket)
                 insort(items, row, key=sort_key)
                 put(index, key, tuple(items), version)
+
+    for raw in deleted:
+        if claims is None or not claims.drop_waiting(raw):
+            unindex(ident_of(table, raw))
+    for raw in inserted:
+        try:
+            values = {c.name: decode_value(c, raw.get(c.name)) for c in table.columns}
+        except BadValue as exc:
+            if replace and (claims is None or not claims.drop_waiting(raw)):
+                unindex(ident_of(table, raw))  # an update to a bad value removes the old row
+            if on_bad_row is not None:
+                on_bad_row(table.name, describe_key(table, raw), str(exc))
+            continue
+        ident = ident_from(table, raw, values)
+        if claims is None or (replace and not claims.drop_waiting(raw)):
+            unindex(ident)
+        row = make_row(state.cls, values, ident, state.order(values, ident))
+        if claims is None or claims.claim(raw, row):
+            add(row)
+    if claims is not None:
+        for row in claims.promoted():
+            add(row)
     lengths = {}
     for spec, mutable in counts.items():
         finished = mutable.finish()
         old_counts, old_order = state.net_lengths[spec]
         lengths[spec] = ((finished, old_order) if set(finished.keys()) == set(
             old_counts.keys()) else _lengths(finished))
-    new = state.evolve(rows.finish(), buckets, lengths, lineage, version, keys.finish())
+    new = state.evolve(rows.finish(), buckets, lengths, lineage, version, keys.finish(),
+                       (waiting.finish(), waiting_at.finish()))
     lineage.sweep()
     return new
 
 
 def rebuild_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
-                  inserted: Iterable[Mapping[str, Any]], on_bad_row: BadRow | None
-                  ) -> TableState:
+                  inserted: Iterable[Mapping[str, Any]], on_bad_row: BadRow | None,
+                  replace: bool = True) -> TableState:
     """`apply_table` for a large change: the rows kept and the decoded inserts in one
     dictionary, then every index built in one pass (the unchanged rows' objects are
     reused; `state` is not modified)."""
     table = state.table
     with no_gc_pauses():
         rows: dict[Any, Row] = copied_map(state.rows)
-        keys: dict[Any, Any] = copied_map(state.keys)
+        claims = _claims(state, copied_map(state.keys), dict(state.waiting.items()),
+                         dict(state.waiting_at.items()), on_bad_row)
         for raw in deleted:
-            _forget(state, rows, keys, ident_of(table, raw))
-        _decode_into(state, rows, inserted, on_bad_row, keys)
-        return _indexed(state, rows, keys)
+            if claims is None or not claims.drop_waiting(raw):
+                _forget(rows, claims, ident_of(table, raw))
+        _decode_into(state, rows, inserted, on_bad_row, claims, replace)
+        return _indexed(state, rows, claims)
 
 
 def _count(counts: Any, key: tuple[int, int], delta: int) -> None:
