@@ -25,6 +25,7 @@ from komm_policy.directory import DirectoryError
 from komm_policy.directory.schema import load_schema
 from komm_policy.directory.snapshot import IndexSpec, Needs
 from komm_policy.directory.spacetimedb import SpacetimeDirectory
+from komm_policy.directory.spacetimedb_apply import OFFLOAD_MIN_ROWS
 from komm_policy.directory.sqlite import SqliteDirectory, create_database
 from komm_policy.runtime import decide
 from komm_policy.spacetimedb import Endpoint
@@ -278,4 +279,93 @@ def test_spacetimedb_rows_whose_address_keys_differ_in_case_only_are_bad_rows(
             assert "account (email='Peter.Schmidt@Web.Example')" in line
             assert "same primary_key (email" in line
         finally:
+            directory.close()
+
+
+def accounts(directory: SpacetimeDirectory, email: str) -> list[tuple[int, str]]:
+    return [(r.id, r.name) for r in directory.snapshot().tables.rows("account")
+            if r.email == email]
+
+
+def test_spacetimedb_transaction_inserts_collide_too_and_wait_for_the_key(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A transaction that inserts a row whose address key differs from a held one in case
+    only: the row is a bad row (before, it replaced the held row, and its delete then took
+    that row away); it waits, and comes in when the holder is deleted."""
+    caplog.set_level(logging.WARNING)
+    path = shipped_schema(tmp_path, 'primary_key = ["email"]')
+    spec = spec_with([["email"]])
+    rows = spec["databases"]["komm"]["tables"]["account"]["rows"]
+    holder = next(r for r in rows if r[3] == "peter.schmidt@web.example")
+    twin = [999, holder[1], "Twin", "Peter.Schmidt@Web.Example", True, None]
+    with DoubleServer(spec) as double:
+        directory = spacetime(double, path)
+        control = double.control()
+        try:
+            eventually(lambda: directory.available)
+            assert directory.health.bad_rows == {}
+            before = directory.snapshot()
+            control.tx("komm", "account", inserts=[twin])
+            eventually(lambda: directory.snapshot() is not before)
+            assert accounts(directory, "peter.schmidt@web.example") == [(holder[0], holder[2])]
+            assert directory.health.bad_rows == {"account": 1}
+            (line,) = skipped(caplog)
+            assert "account (email='Peter.Schmidt@Web.Example')" in line
+            assert "another row has the same primary_key (email" in line
+            # the waiting row is deleted: the holder stays
+            before = directory.snapshot()
+            control.tx("komm", "account", deletes=[twin])
+            eventually(lambda: directory.snapshot() is not before)
+            assert accounts(directory, "peter.schmidt@web.example") == [(holder[0], holder[2])]
+            # it comes back and waits; the holder goes: it comes in with that transaction
+            control.tx("komm", "account", inserts=[twin])
+            control.tx("komm", "account", deletes=[holder])
+            eventually(lambda: accounts(directory, "peter.schmidt@web.example") == [
+                (999, "Twin")])
+            assert directory.health.bad_rows == {"account": 1}  # reported once by name
+        finally:
+            control.close()
+            directory.close()
+
+
+def filler(start: int, count: int, identity: str) -> list[list]:
+    return [[start + i, identity, f"Filler {i}", f"filler{start + i}@bulk.example", True,
+             None] for i in range(count)]
+
+
+def test_spacetimedb_big_transactions_check_keys_in_the_worker_thread(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Messages of `OFFLOAD_MIN_ROWS` rows and more are applied in a worker thread: in one
+    pass (a large part of the table) and row by row (a small part of a large table); a
+    colliding insert is a bad row in both, and waits for its key."""
+    caplog.set_level(logging.WARNING)
+    path = shipped_schema(tmp_path, 'primary_key = ["email"]')
+    spec = spec_with([["email"]])
+    rows = spec["databases"]["komm"]["tables"]["account"]["rows"]
+    holder = next(r for r in rows if r[3] == "peter.schmidt@web.example")
+    identity = holder[1]
+    shout = [9_001, identity, "Shout", "PETER.SCHMIDT@WEB.EXAMPLE", True, None]
+    quiet = [9_002, identity, "Quiet", "Filler10000@Bulk.Example", True, None]
+    assert OFFLOAD_MIN_ROWS <= 1_000
+    with DoubleServer(spec) as double:
+        directory = spacetime(double, path)
+        control = double.control()
+        try:
+            eventually(lambda: directory.available)
+            # one pass: 4,000 new rows in a table of a few, one of them colliding
+            control.tx("komm", "account", inserts=[*filler(10_000, 4_000, identity), shout])
+            eventually(lambda: directory.snapshot().tables.counts()["account"] > 4_000)
+            assert accounts(directory, "peter.schmidt@web.example") == [(holder[0], holder[2])]
+            assert directory.health.bad_rows == {"account": 1}
+            # row by row: 1,000 rows in a table of 4,000 and more; the holder goes too
+            count = directory.snapshot().tables.counts()["account"]
+            control.tx("komm", "account", inserts=[*filler(20_000, 999, identity), quiet],
+                       deletes=[holder])
+            eventually(lambda: directory.snapshot().tables.counts()["account"] == count + 999)
+            assert accounts(directory, "peter.schmidt@web.example") == [(9_001, "Shout")]
+            assert accounts(directory, "filler10000@bulk.example") == [(10_000, "Filler 0")]
+            assert directory.health.bad_rows == {"account": 2}
+            assert "account (email='Filler10000@Bulk.Example')" in skipped(caplog)[1]
+        finally:
+            control.close()
             directory.close()

@@ -131,7 +131,11 @@ def snapshot_tables(replica: Replica, tables: tuple[TableRows, ...],
 def updated_tables(replica: Replica, tables: tuple[TableRows, ...],
                    on_bad_row: BadRow) -> TablesSnapshot | None:
     """The replica's tables after one committed transaction (None: it has none yet).
-    Tables the replica does not hold are ignored.  Consumes the message's row strings."""
+    Tables the replica does not hold are ignored.  Consumes the message's row strings.
+    An update is a delete and an insert, so an insert whose identity (the declared key,
+    decoded: an address in lower case) a row still holds is another row of the store
+    with the same declared key: skipped, reported and counted, kept waiting for the key
+    (`claims`), whether the message is applied row by row or in one pass."""
     current = replica.tables
     if current is None:
         return None
@@ -144,7 +148,7 @@ def updated_tables(replica: Replica, tables: tuple[TableRows, ...],
     if not changes:
         return current
     with no_gc_pauses(freeze=message_rows(tables) >= FREEZE_MIN_ROWS):
-        return current.apply(changes, on_bad_row)
+        return current.apply(changes, on_bad_row, replace=False)
 
 
 RELEASE_AFTER_S = 0.5
