@@ -168,6 +168,17 @@ def test_null_keys_that_unique_lets_repeat_are_bad_rows(
         assert not snap.exists(DOMAINS, ("c.example",))
         assert directory.health.bad_rows == {"blocked_domains": 2}
         assert all("reason=None" in line for line in skipped(caplog))
+        # the holder's key changes: the next row waiting for NULL (lowest rowid) comes in
+        execute(store, "UPDATE blocked_domains SET reason = 'held' WHERE domain = 'a.example'")
+        directory.refresh()
+        snap = directory.snapshot().tables
+        assert snap.exists(DOMAINS, ("b.example",))
+        assert not snap.exists(DOMAINS, ("c.example",))
+        # the holder is deleted: the last one comes in
+        execute(store, "DELETE FROM blocked_domains WHERE domain = 'b.example'")
+        directory.refresh()
+        assert directory.snapshot().tables.exists(DOMAINS, ("c.example",))
+        assert directory.health.bad_rows == {"blocked_domains": 2}
     finally:
         directory.close()
 

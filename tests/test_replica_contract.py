@@ -8,6 +8,8 @@ WebSocket subscription).  The contract:
 - a row that does not fit the schema is skipped with one warning naming table, key and
   reason, and counted (`health.bad_rows`); the directory starts on a store with such rows
   and keeps applying later changes;
+- a row whose declared key another row holds is such a bad row, and comes in with the
+  change that frees the key (`directory.claims`);
 - an unexpected error while applying changes is logged, counted and retried: the
   refresher never ends;
 - a replica older than `max_staleness` is unavailable (`/readyz` 503) and its lookups fail
@@ -50,6 +52,7 @@ class Backend(Protocol):
     name: str
 
     def add_blocked(self, ip: str | None, reason: str) -> None: ...
+    def delete_blocked(self, ip: str, reason: str) -> None: ...
     def open(self) -> Any: ...
     def down(self) -> None: ...
     def up(self) -> None: ...
@@ -67,6 +70,12 @@ class SqliteBackend:
         conn = sqlite3.connect(self.path)
         with conn:
             conn.execute("INSERT INTO blocked_ips (ip, reason) VALUES (?, ?)", (ip, reason))
+        conn.close()
+
+    def delete_blocked(self, ip: str, reason: str) -> None:
+        conn = sqlite3.connect(self.path)
+        with conn:
+            conn.execute("DELETE FROM blocked_ips WHERE ip = ? AND reason = ?", (ip, reason))
         conn.close()
 
     def open(self) -> Any:
@@ -98,6 +107,9 @@ class SpacetimeBackend:
 
     def add_blocked(self, ip: str | None, reason: str) -> None:
         self.double.control().tx("komm", "blocked_ips", inserts=[[ip, reason, 0, True]])
+
+    def delete_blocked(self, ip: str, reason: str) -> None:
+        self.double.control().tx("komm", "blocked_ips", deletes=[[ip, reason, 0, True]])
 
     def open(self) -> Any:
         from komm_policy.directory.spacetimedb import SpacetimeDirectory
@@ -180,6 +192,36 @@ def test_bad_rows_are_skipped_counted_and_later_changes_still_apply(
         directory.close()
 
 
+def reasons(directory: Any, ip: str) -> list[str]:
+    return [r.reason for r in directory.snapshot().tables.all(NET, (IP.parse(ip),))]
+
+
+def test_a_row_skipped_for_its_key_comes_in_when_the_key_frees(
+        backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """`203.0.113.7`, `203.0.113.7/32` and `203.0.113.7/32 ` are three keys to the store
+    and one network to the replica: a row after the first is a bad row, in the first read
+    and in a later change alike, and waits; when the row that holds the key goes, the
+    next one comes in."""
+    caplog.set_level(logging.WARNING)
+    backend.add_blocked("203.0.113.7", "first")
+    backend.add_blocked("203.0.113.7/32", "second")
+    directory = opened(backend)
+    try:
+        assert reasons(directory, "203.0.113.7") == ["first"]
+        assert directory.health.bad_rows == {"blocked_ips": 1}
+        assert "same primary_key (ip" in caplog.text
+        backend.add_blocked("203.0.113.7/32 ", "third")  # a later change collides too
+        eventually(lambda: directory.health.bad_rows.get("blocked_ips") == 2)
+        assert reasons(directory, "203.0.113.7") == ["first"]
+        backend.delete_blocked("203.0.113.7", "first")
+        eventually(lambda: reasons(directory, "203.0.113.7") == ["second"])
+        backend.delete_blocked("203.0.113.7/32", "second")
+        eventually(lambda: reasons(directory, "203.0.113.7") == ["third"])
+        assert directory.health.bad_rows == {"blocked_ips": 2}
+    finally:
+        directory.close()
+
+
 def test_an_unexpected_error_is_counted_and_the_refresher_keeps_going(
         backend: Backend, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -187,12 +229,12 @@ def test_an_unexpected_error_is_counted_and_the_refresher_keeps_going(
     original = TablesSnapshot.apply
     failures = []
 
-    def apply_failing_once(self: TablesSnapshot, changes: Any, on_bad_row: Any = None
-                           ) -> TablesSnapshot:
+    def apply_failing_once(self: TablesSnapshot, changes: Any, on_bad_row: Any = None,
+                           **options: Any) -> TablesSnapshot:
         if not failures:
             failures.append(1)
             raise RuntimeError("injected bug")
-        return original(self, changes, on_bad_row)
+        return original(self, changes, on_bad_row, **options)
     try:
         monkeypatch.setattr(TablesSnapshot, "apply", apply_failing_once)
         backend.add_blocked("198.51.100.0/24", "first")
