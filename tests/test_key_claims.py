@@ -7,6 +7,7 @@ and the SpacetimeDB double: tests/test_declared_keys_waiting.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -56,7 +57,7 @@ class Store:
         """Every store row is held or waiting, one per key held, each as stored."""
         state = self.snap.states["accounts"]
         held = {(r.email, r.name) for r in state.rows.values()}
-        waiting = [row for entries in state.waiting.values() for _, row in entries]
+        waiting = [row for entries in state.waiting.values() for row in entries.values()]
         assert len(state.rows) + len(waiting) == len(self.rows)
         assert len(state.waiting_at) == len(waiting)
         stored = {(r["email"].lower(), r["name"]) for r in self.rows.values()}
@@ -171,3 +172,26 @@ def test_every_store_row_is_held_or_waiting_and_every_key_held(
             elif sqlite:  # only SQLite moves a row to another key under one identity
                 store.change([old], [{**old, "email": email}])
         store.check()
+
+
+def test_many_rows_waiting_for_one_key_cost_linear_time() -> None:
+    """NULL under SQLite's UNIQUE may repeat in every row: 16 times the rows waiting for
+    one key cost about 16 times the CPU time to read and to delete one by one (quadratic
+    would be 256 times; a generous margin for a noisy machine)."""
+    schema = parse_schema({"tables": {"t": {"primary_key": ["tag"], "columns": {
+        "tag": {"type": "text", "optional": True}, "name": {"type": "text"}}}}})
+    needs = Needs({IndexSpec("t", ("name",))})
+    costs = []
+    for count in (1000, 16000):
+        rows = [{"rowid": i, "tag": None, "name": f"n{i}"} for i in range(count)]
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            snap = TablesSnapshot.build(schema, needs, {"t": rows})
+            for i in range(1, count, 50):  # changes of 50 rows each, row by row
+                snap = snap.apply({"t": ([{"rowid": r} for r in range(i, i + 50)], [])},
+                                  bulk=False)
+            best = min(best, time.process_time() - start)
+        assert snap.counts() == {"t": 1} and not snap.states["t"].waiting
+        costs.append(best)
+    assert costs[1] < 64 * max(costs[0], 1e-4), costs

@@ -25,15 +25,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+import immutables
+
 from .declared_keys import KeyOf, collider, collision
 from .rows import Row, sort_key
 from .schema import Table
 
+_NONE = immutables.Map()
 MISSING: Any = object()
 """No entry (a declared key may be None: a NULL that SQLite's UNIQUE lets repeat)."""
 
-Waiting = tuple[tuple[Any, Row], ...]
-"""The rows waiting for one declared key: (store identity, row) pairs."""
+Waiting = immutables.Map
+"""The rows waiting for one declared key: store identity → Row (a map, not a tuple: a
+key that many rows share, NULL under SQLite's UNIQUE, costs O(log n) per row that comes
+or goes, not a copy of all of them)."""
 
 
 def store_ident(table: Table, raw: Mapping[str, Any]) -> Any:
@@ -81,12 +86,15 @@ class Claims:
         if key is MISSING:
             return False
         del self.waiting_at[sid]
-        rest = tuple(entry for entry in self.waiting[key] if entry[0] != sid)
+        self._unwait(key, sid)
+        return True
+
+    def _unwait(self, key: Any, sid: Any) -> None:
+        rest = self.waiting[key].delete(sid)
         if rest:
             self.waiting[key] = rest
         else:
             del self.waiting[key]
-        return True
 
     def release(self, ident: Any, values: Mapping[str, Any]) -> None:
         """The held row `ident` (with column `values`) goes: its key is free."""
@@ -108,13 +116,14 @@ class Claims:
         if self.on_bad_row is not None:
             self.on_bad_row(table.name, collider(table, raw), collision(table, owner))
         sid = store_ident(table, raw)
-        self.waiting[key] = (*self.waiting.get(key, ()), (sid, row))
+        self.waiting[key] = self.waiting.get(key, _NONE).set(sid, row)
         self.waiting_at[sid] = key
         return False
 
     def promoted(self) -> Iterator[Row]:
         """The waiting rows that take a key freed by this change and still free (the
-        lowest first-row order of each); the caller adds them to its rows and indexes."""
+        lowest first-row order of each: a scan of the rows waiting for that key); the
+        caller adds them to its rows and indexes."""
         freed, self.freed = self.freed, []
         for key in freed:
             if key in self.keys:  # taken again in the same change (an update of its row)
@@ -122,12 +131,8 @@ class Claims:
             entries = self.waiting.get(key)
             if not entries:
                 continue
-            sid, row = min(entries, key=lambda entry: sort_key(entry[1]))
-            rest = tuple(entry for entry in entries if entry[0] != sid)
-            if rest:
-                self.waiting[key] = rest
-            else:
-                del self.waiting[key]
+            sid, row = min(entries.items(), key=lambda entry: sort_key(entry[1]))
+            self._unwait(key, sid)
             del self.waiting_at[sid]
             self.keys[key] = row._ident
             yield row

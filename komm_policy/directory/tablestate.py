@@ -94,7 +94,7 @@ class TableState:
         self.waiting, self.waiting_at = waiting if waiting is not None else (
             immutables.Map(), immutables.Map())
         """The rows skipped because another row holds their declared key (`claims`):
-        declared key → ((store identity, Row), …), and store identity → declared key."""
+        declared key → Map[store identity → Row], and store identity → declared key."""
         self.buckets = buckets
         """spec → dict[key → tuple of rows in first-row order, or a `versioned.Since`
         entry: read through `bucket`]"""
