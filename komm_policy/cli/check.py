@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..directory.sqlite_store import connect
+from ..directory.sqlite_tables import store_problems
 from ..errors import Diagnostic, render
 from ..policyset import LoadResult, load_path
 from . import spacetimedb
@@ -27,8 +30,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="treat warnings as errors (exit 1 on any warning)")
     parser.add_argument("--directory", metavar="URL",
-                        help="also check a SpacetimeDB database (spacetimedb://HOST:PORT/DB) "
-                             "against the schema file and the tables the policies read")
+                        help="also check a store (sqlite:PATH, or a SpacetimeDB database: "
+                             "spacetimedb://HOST:PORT/DB) against the schema file and the "
+                             "tables the policies read")
     parser.set_defaults(run=run)
 
 
@@ -57,11 +61,43 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     status = 1 if errors or (args.strict and warnings) else 0
     if getattr(args, "directory", None):
         for path, result in results:
-            if result.policy_set is not None:
+            if result.policy_set is None:
+                continue
+            if args.directory.startswith("sqlite:"):
+                found = check_sqlite(args.directory[len("sqlite:"):], Path(path),
+                                     result.policy_set, out)
+            else:
                 found = spacetimedb.check_against(args.directory, Path(path),
                                                   result.policy_set, out, strict=args.strict)
-                status = max(status, found)
+            status = max(status, found)
     return status
+
+
+def check_sqlite(store: str, policy_path: Path, policy_set: Any, out: TextIO) -> int:
+    """Check the SQLite store at `store` (a path) against what `policy_set` reads, as the
+    replica does when it meets the store (`sqlite_tables.store_problems`: tables, columns,
+    declared keys); 0 ok, 1 problems, 2 the store cannot be read.  Prints one line per
+    problem; a key problem is positioned at the schema file's `primary_key` entry.  The
+    store is opened read-only (nothing is created or changed)."""
+    tables = sorted(policy_set.needs.tables)
+    if not store.strip():
+        print(f"{policy_path}: sqlite: needs a path, e.g. sqlite:var/komm.sqlite3", file=out)
+        return 2
+    try:
+        conn = connect(store, readonly=True)
+        try:
+            problems = store_problems(conn, policy_set.schema, tables, store)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        print(f"{policy_path}: cannot read the store {store}: {exc}", file=out)
+        return 2
+    for problem in problems:
+        print(f"{policy_path}: error: {problem}", file=out)
+    if not problems:
+        print(f"{policy_path}: the store {store} has what the policies read "
+              f"({', '.join(tables) or 'no tables'})", file=out)
+    return 1 if problems else 0
 
 
 def _text(results: list[tuple[str, LoadResult]], errors: int, warnings: int,

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import DirectoryError
-from .declared_keys import key_problem
 from .health import ReplicaHealth, Unavailable
 from .memory import Snapshot
 from .schema import Schema
@@ -33,9 +32,8 @@ from .sqlite_tables import (
     install_change_capture,
     last_change,
     read_changes,
-    read_schema,
     read_table,
-    store_keys,
+    store_problems,
 )
 
 __all__ = ["SCHEMA", "SqliteDirectory", "connect", "create_database", "init_schema",
@@ -148,22 +146,9 @@ class SqliteDirectory:
         that the store lacks, or a declared `primary_key` that is not a key of the store
         (`declared_keys`), at `require`, and whenever the store is read whole again (a
         store re-created by `db init` has only the origin's tables)."""
-        stored = read_schema(conn, sorted(needs.tables))
-        for name in sorted(needs.tables):
-            table = stored.tables.get(name)
-            if table is None:
-                raise DirectoryError(f"{self.path}: no table {name!r} (the policies read "
-                                     "it; create it or correct the schema file)")
-            wanted = schema.tables[name]
-            missing = [c for c in wanted.column_names if c not in table.by_name]
-            if missing:
-                raise DirectoryError(f"{self.path}: table {name!r} has no column "
-                                     f"{missing[0]!r} (the schema file names it)")
-            if wanted.primary_key:
-                problem = key_problem(schema, wanted, store_keys(conn, table),
-                                      f"the store {self.path}")
-                if problem is not None:
-                    raise DirectoryError(problem)
+        problems = store_problems(conn, schema, needs.tables, str(self.path))
+        if problems:
+            raise DirectoryError(problems[0])
 
     def _install_capture(self, tables: list[str]) -> None:
         try:

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from .declared_keys import key_problem
 from .schema import Column, Schema, Table, meaning_from_sqlite
 
 INTERNAL_TABLES = frozenset({"komm_meta", "komm_changes", "mta_log", "mta_log_records"})
@@ -186,3 +187,36 @@ def _read_table(conn: sqlite3.Connection, table: Table,
                               chunk)
         result.extend(dict(zip(("rowid", *names), row, strict=True)) for row in cursor)
     return result
+
+
+def store_problems(conn: sqlite3.Connection, schema: Schema | None, tables: Iterable[str],
+                   where: str) -> list[str]:
+    """What keeps the store from serving a policy set that reads `tables`, one message
+    per problem (empty: none): a table the store lacks, a column the schema file names
+    that the table lacks (the first one), a declared `primary_key` that is not a key of
+    the store (`declared_keys.key_problem`, positioned at the schema file's entry).
+    `where` names the store.  The replica refuses a policy set on the first
+    (`SqliteDirectory.require`, each whole read); `check --directory sqlite:PATH` lists
+    them all.  Raises `sqlite3.Error` when the store cannot be read."""
+    names = sorted(set(tables))
+    stored = read_schema(conn, names)
+    problems = []
+    for name in names:
+        table = stored.tables.get(name)
+        if table is None:
+            problems.append(f"{where}: no table {name!r} (the policies read it; create it "
+                            "or correct the schema file)")
+            continue
+        wanted = schema.tables.get(name) if schema is not None else None
+        if schema is None or wanted is None:
+            continue
+        missing = [c for c in wanted.column_names if c not in table.by_name]
+        if missing:
+            problems.append(f"{where}: table {name!r} has no column {missing[0]!r} (the "
+                            "schema file names it)")
+        elif wanted.primary_key:
+            problem = key_problem(schema, wanted, store_keys(conn, table),
+                                  f"the store {where}")
+            if problem is not None:
+                problems.append(problem)
+    return problems
