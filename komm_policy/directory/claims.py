@@ -104,10 +104,10 @@ class Claims:
             if self.waiting and key in self.waiting:
                 self.freed.append(key)
 
-    def claim(self, raw: Mapping[str, Any], row: Row) -> bool:
-        """Give `row` (decoded from `raw`) its declared key; False: another row holds
-        it, and `row` waits (reported as a bad row)."""
-        key = self.key_of(row_values(row))
+    def claim(self, raw: Mapping[str, Any], row: Row, values: Mapping[str, Any]) -> bool:
+        """Give `row` (decoded from `raw` into column `values`) its declared key; False:
+        another row holds it, and `row` waits (reported as a bad row)."""
+        key = self.key_of(values)
         owner = self.keys.get(key, MISSING)
         if owner is MISSING:
             self.keys[key] = row._ident

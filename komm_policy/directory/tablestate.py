@@ -202,7 +202,7 @@ def _decode_into(state: TableState, rows: dict[Any, Row],
             continue
         if replace and not claims.drop_waiting(raw):
             _forget(rows, claims, ident)
-        if claims.claim(raw, row):
+        if claims.claim(raw, row, values):
             rows[ident] = row
     if claims is not None:
         for row in claims.promoted():
@@ -345,7 +345,7 @@ def apply_table(state: TableState, deleted: Iterable[Mapping[str, Any]],
         if claims is None or (replace and not claims.drop_waiting(raw)):
             unindex(ident)
         row = make_row(state.cls, values, ident, state.order(values, ident))
-        if claims is None or claims.claim(raw, row):
+        if claims is None or claims.claim(raw, row, values):
             add(row)
     if claims is not None:
         for row in claims.promoted():
