@@ -6,7 +6,8 @@ the columns' keys; of a network index, (IP version, prefix length, network numbe
 of the other columns…).  The indexes are plain dicts shared by the states built from one
 another and changed in place under version stamps (`versioned`): a read is a dict read,
 a changed row costs O(1) per index, and a previous state reads what it always read.
-Rows (identity → Row, read only by changes) live in a HAMT map (`immutables`).
+Rows (identity → Row, read only by changes) live in a HAMT map (`immutables`), and so do
+the declared keys and the rows waiting for one (`claims`).
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def build_table(state: TableState, inserted: Iterable[Mapping[str, Any]],
 
 def _claims(state: TableState, keys: dict[Any, Any], waiting: dict[Any, Any],
             waiting_at: dict[Any, Any], on_bad_row: BadRow | None) -> Claims | None:
+    """The declared keys of a whole read or one-pass change (None: the table declares
+    no `primary_key`)."""
     return None if state.key_of is None else Claims(state.table, state.key_of, keys,
                                                     waiting, waiting_at, on_bad_row)
 
