@@ -50,6 +50,12 @@ from .stage_run import rule_failed
 from .table_lookups import LookupSite, Sites, settle_sites
 from .text import to_text
 
+MAX_CHAIN = 16
+"""Operands of one `and`/`or` generated as statements: each nests a `try` in the last
+one's `else`, and Python refuses more than 20 nested blocks (the whole stage then fell
+back to closures).  A longer chain (a tester's had 20,000 terms: its generation recursed
+with a copy of the rest of the chain per level, O(n²), until Python's recursion limit,
+holding the lock in collections of those copies for 100-450 ms) runs its closure."""
 STAGE_LINES = 10_000
 """Generated lines per stage after which the remaining rules call their closures: Python's
 `compile()` costs ~15 µs a line (with `codegen_lookups.INLINE_LOOKUPS`, 1,000 rules with
@@ -300,6 +306,8 @@ class StageGenerator(CompareGenerating):
         return self.tmp(f"not {operand[0]}")
 
     def _BoolOp(self, expr: n.BoolOp) -> Val:
+        if len(expr.operands) > MAX_CHAIN:
+            raise Unsupported("BoolOp")  # the rule runs its closure (flat, any length)
         short = expr.op == "or"
         runtime: list[tuple[list[str], Val]] = []
         for operand in expr.operands:
