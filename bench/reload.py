@@ -11,6 +11,7 @@ are min and median over the rounds of each kind, measured side by side in one ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -216,17 +217,30 @@ def summary(values: list[float]) -> str:
 
 
 def run(*, terms: int = 20_000, rounds: int = 5, only: tuple[str, ...] = (),
-        log: Any = print) -> dict[str, Any]:
+        before: str | None = None, log: Any = print) -> dict[str, Any]:
+    """Each shape on this tree's server and, with `before` (another komm-policy source
+    tree, e.g. `git worktree add /tmp/before main`), on a server running that one,
+    one round of each at a time."""
     results: dict[str, Any] = {"terms": terms, "rounds": rounds, "shapes": {}}
-    with serving() as server:
+    trees = {"after": None, "before": before} if before else {"this": None}
+    with contextlib.ExitStack() as stack:
+        servers = {label: stack.enter_context(serving(
+            {"PYTHONPATH": source} if source else None)) for label, source in trees.items()}
         for name, text in shapes(terms).items():
             if only and name not in only:
                 continue
-            row = measure(server, text, rounds)
-            results["shapes"][name] = row
-            log(f"{name:9} reload took {statistics.median(row['reload_s']):5.2f} s; "
-                f"longest answer ms: baseline {summary(row['baseline_ms'])} | "
-                f"reload {summary(row['reload_ms'])}")
+            rows: dict[str, dict[str, list[float]]] = {
+                label: {"baseline_ms": [], "reload_ms": [], "reload_s": []}
+                for label in servers}
+            for i in range(rounds):
+                for label, server in servers.items():
+                    for key, values in measure(server, f"# {i}\n{text}", 1).items():
+                        rows[label][key].extend(values)
+            results["shapes"][name] = rows
+            for label, row in rows.items():
+                log(f"{name:9} {label:6} reload {statistics.median(row['reload_s']):5.2f} s;"
+                    f" longest answer ms: baseline {summary(row['baseline_ms'])} | "
+                    f"reload {summary(row['reload_ms'])}")
     return results
 
 
@@ -235,8 +249,10 @@ def main() -> None:
     parser.add_argument("--terms", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="", help="shapes, comma-separated")
+    parser.add_argument("--before", metavar="TREE",
+                        help="also serve this komm-policy source tree, rounds interleaved")
     args = parser.parse_args()
-    run(terms=args.terms, rounds=args.rounds,
+    run(terms=args.terms, rounds=args.rounds, before=args.before,
         only=tuple(s for s in args.only.split(",") if s))
 
 
