@@ -173,7 +173,7 @@ class HookService:
             finally:
                 self._retire((*before, *built))
                 del before, built
-                self.free_retired()
+                self._free_retired()
 
     def _live_sets(self) -> tuple[PolicySet, ...]:
         return tuple(s for s in (self.policy_set, self.waiting_set) if s is not None)
@@ -190,6 +190,10 @@ class HookService:
         (a request holds its set for its decision); the others stay queued, and
         `retry_after` asks for another look.  Returns the sets still queued.  Runs in
         a worker thread: freeing a large set takes a while (never the lock for long)."""
+        with self._reload_lock:
+            return self._free_retired()
+
+    def _free_retired(self) -> int:
         for i in range(len(self._retired) - 1, -1, -1):
             # Held only by the list (and getrefcount's argument): no request uses it.
             if sys.getrefcount(self._retired[i]) <= 2:
