@@ -95,6 +95,10 @@ class HookService:
     """The compiled set from disk the directory refused (a table or column missing): tried
     again every `retry_after` seconds and on every reload, without compiling it again,
     until the store has what it reads or the files change."""
+    freeze_sets: bool = False
+    """Build policy sets frozen (`compile_sources(frozen=True)`): no collection walks a
+    large set in one go.  `gc.freeze` takes every object of the process: only `serve`'s
+    process sets it, never one that builds services in passing (a test run)."""
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _retired: list[PolicySet] = field(default_factory=list, repr=False)
     """Replaced sets waiting for the requests deciding on them (`_free_retired`)."""
@@ -161,9 +165,9 @@ class HookService:
         has every table and column they read.  A set refused only for the store is kept
         (`waiting_set`) and offered again, uncompiled, by the next reload.
 
-        Sets are built frozen (`compile_sources(frozen=True)`: no collection walks them);
-        a set this replaces or drops is freed in slices once no request decides on it
-        (`free_retired`), here in the reloading thread or by a later call."""
+        Sets are built frozen with `freeze_sets`; a set this replaces or drops is freed
+        in slices once no request decides on it (`free_retired`: a frozen set's cycles
+        are never collected), here in the reloading thread or by a later call."""
         if self.policies_path is None:
             return ReloadResult(False, None, ("no policy directory configured",))
         with self._reload_lock:
@@ -175,7 +179,7 @@ class HookService:
                 del before, built
                 self._free_retired()
 
-    def _live_sets(self) -> tuple[PolicySet, ...]:
+    def _live_sets(self) -> tuple[PolicySet, ...]:  # the serving and the waiting set
         return tuple(s for s in (self.policy_set, self.waiting_set) if s is not None)
 
     def _retire(self, candidates: tuple[PolicySet, ...]) -> None:
@@ -214,7 +218,7 @@ class HookService:
             waiting = self.waiting_set
             result = (LoadResult(waiting, ()) if waiting is not None
                       and waiting.version == version
-                      else load_path(policies_path, frozen=True))
+                      else load_path(policies_path, frozen=self.freeze_sets))
             if result.policy_set is not None:
                 built.append(result.policy_set)
                 try:  # the directory indexes what the new set reads before it goes live
@@ -274,9 +278,11 @@ class HookService:
         close_directory(self.directory)
 
     @classmethod
-    def from_config(cls, config: Config, *, worker: str | None = None) -> HookService:
-        """Open everything the configuration names.  Raises on unusable parts."""
-        result = load_path(config.policies, frozen=True)
+    def from_config(cls, config: Config, *, worker: str | None = None,
+                    freeze_sets: bool = False) -> HookService:
+        """Open everything the configuration names.  Raises on unusable parts.
+        `freeze_sets`: see the field (the serving process; never a test's)."""
+        result = load_path(config.policies, frozen=freeze_sets)
         if result.policy_set is None:
             raise RuntimeError(f"the policies in {config.policies} have errors:\n"
                                + result.render(result.errors))
@@ -314,6 +320,7 @@ class HookService:
                 status_auth=config.status_auth,
                 redact_client_ip=config.redact_client_ip,
                 watch=config.watch,
+                freeze_sets=freeze_sets,
             )
         except BaseException:
             if decision_log is not None:
