@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import nodes as n
-from .codegen_compare import CompareGenerating, Unsupported, Val
+from .codegen_compare import CompareGenerating, Unsupported, Val, chain_is_or
 from .codegen_lookups import field_read, row_field_read, table_lookup
 from .codegen_outcomes import default_lines, matched_lines
 from .fusion import first_affix
@@ -50,12 +50,6 @@ from .stage_run import rule_failed
 from .table_lookups import LookupSite, Sites, settle_sites
 from .text import to_text
 
-MAX_CHAIN = 16
-"""Operands of one `and`/`or` generated as statements: each nests a `try` in the last
-one's `else`, and Python refuses more than 20 nested blocks (the whole stage then fell
-back to closures).  A longer chain (a tester's had 20,000 terms: its generation recursed
-with a copy of the rest of the chain per level, O(n²), until Python's recursion limit,
-holding the lock in collections of those copies for 100-450 ms) runs its closure."""
 STAGE_LINES = 10_000
 """Generated lines per stage after which the remaining rules call their closures: Python's
 `compile()` costs ~15 µs a line (with `codegen_lookups.INLINE_LOOKUPS`, 1,000 rules with
@@ -306,9 +300,7 @@ class StageGenerator(CompareGenerating):
         return self.tmp(f"not {operand[0]}")
 
     def _BoolOp(self, expr: n.BoolOp) -> Val:
-        if len(expr.operands) > MAX_CHAIN:
-            raise Unsupported("BoolOp")  # the rule runs its closure (flat, any length)
-        short = expr.op == "or"
+        short = chain_is_or(expr)  # raises Unsupported past MAX_CHAIN operands
         runtime: list[tuple[list[str], Val]] = []
         for operand in expr.operands:
             lines, val = self.capture(self.expr, operand)
