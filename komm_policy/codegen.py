@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import nodes as n
-from .codegen_compare import CompareGenerating, Unsupported, Val
+from .codegen_compare import CompareGenerating, Unsupported, Val, chain_is_or
 from .codegen_lookups import field_read, row_field_read, table_lookup
 from .codegen_outcomes import default_lines, matched_lines
 from .fusion import first_affix
@@ -300,7 +300,7 @@ class StageGenerator(CompareGenerating):
         return self.tmp(f"not {operand[0]}")
 
     def _BoolOp(self, expr: n.BoolOp) -> Val:
-        short = expr.op == "or"
+        short = chain_is_or(expr)  # raises Unsupported past MAX_CHAIN operands
         runtime: list[tuple[list[str], Val]] = []
         for operand in expr.operands:
             lines, val = self.capture(self.expr, operand)

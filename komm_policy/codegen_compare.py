@@ -39,6 +39,22 @@ class Unsupported(Exception):
     """An expression `codegen` does not generate: its rule runs its closure."""
 
 
+MAX_CHAIN = 16
+"""Operands of one `and`/`or` generated as statements: each nests a `try` in the last
+one's `else`, and Python refuses more than 20 nested blocks (the whole stage then fell
+back to closures).  A longer chain (a tester's had 20,000 terms: its generation recursed
+with a copy of the rest of the chain per level, O(n²), until Python's recursion limit,
+holding the lock in collections of those copies for 100-450 ms) runs its closure."""
+
+
+def chain_is_or(expr: n.BoolOp) -> bool:
+    """Whether the chain is an `or` (else an `and`); raises Unsupported past
+    `MAX_CHAIN` operands (the rule then runs its closure, flat, of any length)."""
+    if len(expr.operands) > MAX_CHAIN:
+        raise Unsupported("BoolOp")
+    return expr.op == "or"
+
+
 class CompareGenerating:
     """Comparisons; the plumbing (`capture`, `splice`, `tmp`, …) comes from
     `codegen.StageGenerator`, which mixes this in."""

@@ -33,3 +33,44 @@ def no_gc_pauses(freeze: bool = False) -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+FULL_COLLECTIONS_OFF = 1 << 30
+"""A third threshold no count reaches: the collector's full collections wait."""
+
+
+@contextlib.contextmanager
+def frozen_build() -> Iterator[None]:
+    """Build long-lived objects beside a serving event loop: young collections go on (each
+    walks at most a few thousand objects: a few ms), full collections wait until the block
+    ends, and then what the block built moves into the permanent generation
+    (`gc.freeze`) after a last young collection (the garbage in cycles of the last
+    moments).  No collection then walks the build in one go, holding the interpreter lock
+    (`no_gc_pauses` leaves it to the first collection after it: 100-230 ms for a
+    20,000-term policy on a 2-core machine).
+
+    Frozen objects are freed when their last reference goes, never by the collector:
+    garbage in reference cycles must not be left behind (free it with
+    `release.release` before the block ends, and a retired build after it)."""
+    with full_collections_paused():
+        yield
+        if gc.isenabled():
+            gc.collect(1)
+        gc.freeze()
+
+
+@contextlib.contextmanager
+def full_collections_paused() -> Iterator[None]:
+    """Young collections only during the block (each walks a few thousand objects at
+    most); a full collection walks every object not frozen, in one go.  Nests: only the
+    outermost block restores the thresholds."""
+    thresholds = gc.get_threshold()
+    if thresholds[2] == FULL_COLLECTIONS_OFF:
+        yield
+        return
+    gc.set_threshold(thresholds[0], thresholds[1], FULL_COLLECTIONS_OFF)
+    try:
+        yield
+    finally:
+        if gc.get_threshold()[2] == FULL_COLLECTIONS_OFF:
+            gc.set_threshold(*thresholds)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from .builtins import DEFAULT_BUILTINS, Builtin
 from .checker import check
@@ -24,9 +25,10 @@ from .directory.schema import Schema, SchemaError, error_position, find_schema, 
 from .directory.snapshot import Needs
 from .errors import Diagnostic, PolicyError, Severity, Span, render
 from .functions import too_deep
-from .gcpause import no_gc_pauses
+from .gcpause import frozen_build, no_gc_pauses
 from .parser import parse
 from .program import CompiledStage, RuntimeSettings
+from .release import release
 from .textfile import NotUtf8Error, loads_toml, read_utf8
 
 
@@ -78,20 +80,41 @@ class LoadResult:
 
 def compile_sources(
     sources: Sequence[Source], *, builtins: Mapping[str, Builtin] = DEFAULT_BUILTINS,
-    schema: Schema | None = None, schema_text: str = "",
+    schema: Schema | None = None, schema_text: str = "", frozen: bool = False,
 ) -> LoadResult:
     """Parse, check and compile sources (in the given order) into a policy set, checking
-    table lookups against `schema` (`schema_text`, its file's text, joins the version)."""
-    with no_gc_pauses():
-        return _compile_sources(sources, builtins, schema, schema_text)
+    table lookups against `schema` (`schema_text`, its file's text, joins the version).
+
+    `frozen` (the service): built beside a serving event loop, frozen out of the
+    collector's reach (`gcpause.frozen_build`), the intermediate structures freed in
+    slices (`release`); free the set itself with `retire_set` when it is replaced."""
+    spent: list[Any] = []
+    if not frozen:
+        with no_gc_pauses():
+            return _compile_sources(sources, builtins, schema, schema_text, spent)
+    with frozen_build():
+        loaded = _compile_sources(sources, builtins, schema, schema_text, spent)
+        box = [spent]  # the parse results and the checker's analysis hold cycles
+        del spent
+        release(box)
+        return loaded
+
+
+def retire_set(box: list[PolicySet]) -> int:
+    """Free a policy set built `frozen` that is no longer used (the box holds the only
+    reference) in slices, cycles included; returns the objects freed."""
+    return release(box)  # type: ignore[arg-type]
 
 
 def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
-                     schema: Schema | None = None, schema_text: str = "") -> LoadResult:
+                     schema: Schema | None, schema_text: str, spent: list[Any]
+                     ) -> LoadResult:
+    """`spent` receives the intermediate results (parse results, the analysis)."""
     diagnostics: list[Diagnostic] = []
     files = []
     for source in sources:
         result = parse(source.text, source.name)
+        spent.append(result)
         diagnostics.extend(result.diagnostics)
         if result.file is not None:
             files.append(result.file)
@@ -99,6 +122,7 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
     if any(d.is_error for d in diagnostics):
         return LoadResult(None, tuple(diagnostics), texts)
     analysis = check(files, builtins=builtins, schema=schema)
+    spent.append(analysis)
     diagnostics.extend(analysis.diagnostics)
     if analysis.has_errors:
         return LoadResult(None, tuple(diagnostics), texts)
@@ -107,6 +131,7 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
     except RecursionError:  # the checker's bounds (E013, E156) should keep this unreachable
         diagnostics.append(too_deep(files[0].span, "the policy set"))
         return LoadResult(None, tuple(diagnostics), texts)
+    needs = Needs({call.index for call in analysis.table_calls.values()})
     policy_set = PolicySet(
         version=_version(sources, schema_text),
         sources=tuple(sources),
@@ -114,7 +139,7 @@ def _compile_sources(sources: Sequence[Source], builtins: Mapping[str, Builtin],
         settings=settings,
         warnings=tuple(diagnostics),
         schema=schema,
-        needs=Needs({call.index for call in analysis.table_calls.values()}),
+        needs=needs,
     )
     return LoadResult(policy_set, tuple(diagnostics), texts)
 

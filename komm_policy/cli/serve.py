@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from ..hook.app import create_app
 
     try:
-        service = HookService.from_config(config)
+        service = HookService.from_config(config, freeze_sets=True)
     except Exception as exc:
         print(f"komm-policy serve: {exc}", file=sys.stderr)
         return 2

@@ -362,13 +362,17 @@ def _starlette_app(service: HookService) -> Starlette:
 
 async def _reloader(service: HookService, requested: asyncio.Event) -> None:
     """Re-read the token and recompile when asked (SIGHUP, a file change), off the event
-    loop; a set waiting for the directory is retried every `retry_after` seconds."""
+    loop; a set waiting for the directory is retried every `retry_after` seconds, and a
+    replaced set a request still held is freed when it is no longer held."""
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(requested.wait(), service.retry_after)
         if requested.is_set():
             requested.clear()
             await run_in_threadpool(service.reload_token)
+        elif service.waiting_set is None:  # only a replaced set to free
+            await run_in_threadpool(service.free_retired)
+            continue
         await run_in_threadpool(service.reload)
 
 

@@ -15,7 +15,7 @@ from .service import HookService
 
 def app_from_environment() -> Starlette:
     config = load_config()
-    service = HookService.from_config(config, worker=str(os.getpid()))
+    service = HookService.from_config(config, worker=str(os.getpid()), freeze_sets=True)
     configure_logging()  # uvicorn configures only its own loggers; level: KOMM_LOG_LEVEL
     logging.getLogger("komm_policy").info(
         "worker %d: policies version %s (%d rules)%s", os.getpid(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from ..policyset import (
     PolicySet,
     load_path,
     read_sources,
+    retire_set,
     schema_beside,
     version_of,
 )
@@ -52,6 +54,9 @@ RETRY_WAITING_SECONDS = 5.0
 """How often a compiled policy set that the store cannot serve yet (a table or column it
 reads is missing) is offered to the directory again: a failed offer is one schema read."""
 DO_NOT_COMPILE = "the policies on disk do not compile"
+RETIRED_RETRY_SECONDS = 0.5
+"""How often a replaced set that a request still decided on when the reload ended is
+looked at again (`free_retired`): it is frozen, only `retire_set` frees its cycles."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,13 @@ class HookService:
     """The compiled set from disk the directory refused (a table or column missing): tried
     again every `retry_after` seconds and on every reload, without compiling it again,
     until the store has what it reads or the files change."""
+    freeze_sets: bool = False
+    """Build policy sets frozen (`compile_sources(frozen=True)`): no collection walks a
+    large set in one go.  `gc.freeze` takes every object of the process: only `serve`'s
+    process sets it, never one that builds services in passing (a test run)."""
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _retired: list[PolicySet] = field(default_factory=list, repr=False)
+    """Replaced sets waiting for the requests deciding on them (`_free_retired`)."""
     token_listeners: list[Callable[[str], None]] = field(default_factory=list, repr=False)
     """Called with the new token when `reload_token` changes it (the app's check)."""
 
@@ -143,59 +154,104 @@ class HookService:
     @property
     def retry_after(self) -> float | None:
         """Seconds until `reload` should run again by itself (a set waits for the
-        store), or None: only a signal or a file change asks for one."""
-        return RETRY_WAITING_SECONDS if self.waiting_set is not None else None
+        store), or None: only a signal or a file change asks for one.  While a replaced
+        set waits to be freed, `free_retired` is due every `RETIRED_RETRY_SECONDS`."""
+        if self.waiting_set is not None:
+            return RETRY_WAITING_SECONDS
+        return RETIRED_RETRY_SECONDS if self._retired else None
 
     def reload(self) -> ReloadResult:
         """Recompile the policies; swap them in only if they compile and the directory
         has every table and column they read.  A set refused only for the store is kept
-        (`waiting_set`) and offered again, uncompiled, by the next reload."""
+        (`waiting_set`) and offered again, uncompiled, by the next reload.
+
+        Sets are built frozen with `freeze_sets`; a set this replaces or drops is freed
+        in slices once no request decides on it (`free_retired`: a frozen set's cycles
+        are never collected), here in the reloading thread or by a later call."""
         if self.policies_path is None:
             return ReloadResult(False, None, ("no policy directory configured",))
         with self._reload_lock:
+            before, built = self._live_sets(), []
             try:
-                sources, problems = read_sources(self.policies_path)
-                schema_text = schema_beside(self.policies_path)[1]
-                version = None if problems else version_of(sources, schema_text)
-                if version == self.policy_set.version:
-                    log.info("policies unchanged: version %s", self.policy_set.version)
-                    self._refused(None, None)
-                    return ReloadResult(True, self.policy_set.version)
-                waiting = self.waiting_set
-                result = (LoadResult(waiting, ()) if waiting is not None
-                          and waiting.version == version else load_path(self.policies_path))
-                if result.policy_set is not None:
-                    try:  # the directory indexes what the new set reads before it goes live
-                        require_tables(self.directory, result.policy_set)
-                    except Exception as exc:
-                        return self._wait_for_store(result.policy_set, exc)
-            except Exception as exc:  # a reload must never take the reloader down
-                self.metrics.reloads.labels("failed").inc()
-                message = f"policy reload failed: {type(exc).__name__}: {exc}"
-                log.error(message)
-                self._refused(message, "the policies on disk could not be loaded")
-                return ReloadResult(False, None, (message,))
-            if result.policy_set is None:
-                self.metrics.reloads.labels("failed").inc()
-                messages = tuple(render(d, result.texts.get(d.span.file))
-                                 for d in result.diagnostics)
-                log.error("policy reload failed; keeping version %s:\n%s",
-                          self.policy_set.version, "\n".join(messages))
-                self._refused(str(result.errors[0]) if result.errors
-                              else "policy reload failed", DO_NOT_COMPILE)
-                return ReloadResult(False, None, messages)
-            self._refused(None, None)
-            if result.policy_set.version != self.policy_set.version:
-                self.policy_set = result.policy_set  # one reference swap: atomic
-                log.info("policies reloaded: version %s, %d rules",
-                         result.policy_set.version, result.policy_set.rule_count)
-            else:
+                return self._reload(self.policies_path, built)
+            finally:
+                self._retire((*before, *built))
+                del before, built
+                self._free_retired()
+
+    def _live_sets(self) -> tuple[PolicySet, ...]:  # the serving and the waiting set
+        return tuple(s for s in (self.policy_set, self.waiting_set) if s is not None)
+
+    def _retire(self, candidates: tuple[PolicySet, ...]) -> None:
+        """Queue the sets of `candidates` that are neither serving nor waiting."""
+        keep = self._live_sets()
+        for candidate in candidates:
+            if not any(candidate is s for s in (*keep, *self._retired)):
+                self._retired.append(candidate)
+
+    def free_retired(self) -> int:
+        """Free, in slices (`retire_set`), the replaced sets no request holds any more
+        (a request holds its set for its decision); the others stay queued, and
+        `retry_after` asks for another look.  Returns the sets still queued.  Runs in
+        a worker thread: freeing a large set takes a while (never the lock for long)."""
+        with self._reload_lock:
+            return self._free_retired()
+
+    def _free_retired(self) -> int:
+        for i in range(len(self._retired) - 1, -1, -1):
+            # Held only by the list (and getrefcount's argument): no request uses it.
+            if sys.getrefcount(self._retired[i]) <= 2:
+                freed = retire_set([self._retired.pop(i)])
+                log.debug("replaced policy set freed: %d objects", freed)
+        return len(self._retired)
+
+    def _reload(self, policies_path: Path, built: list[PolicySet]) -> ReloadResult:
+        """`reload`'s work under its lock; `built` receives the set compiled, if any."""
+        try:
+            sources, problems = read_sources(policies_path)
+            schema_text = schema_beside(policies_path)[1]
+            version = None if problems else version_of(sources, schema_text)
+            if version == self.policy_set.version:
                 log.info("policies unchanged: version %s", self.policy_set.version)
-            self.metrics.reloads.labels("ok").inc()
-            self.metrics.rules.set(self.policy_set.rule_count)
-            for warning in result.warnings:
-                log.warning("%s", render(warning, result.texts.get(warning.span.file)))
-            return ReloadResult(True, self.policy_set.version)
+                self._refused(None, None)
+                return ReloadResult(True, self.policy_set.version)
+            waiting = self.waiting_set
+            result = (LoadResult(waiting, ()) if waiting is not None
+                      and waiting.version == version
+                      else load_path(policies_path, frozen=self.freeze_sets))
+            if result.policy_set is not None:
+                built.append(result.policy_set)
+                try:  # the directory indexes what the new set reads before it goes live
+                    require_tables(self.directory, result.policy_set)
+                except Exception as exc:
+                    return self._wait_for_store(result.policy_set, exc)
+        except Exception as exc:  # a reload must never take the reloader down
+            self.metrics.reloads.labels("failed").inc()
+            message = f"policy reload failed: {type(exc).__name__}: {exc}"
+            log.error(message)
+            self._refused(message, "the policies on disk could not be loaded")
+            return ReloadResult(False, None, (message,))
+        if result.policy_set is None:
+            self.metrics.reloads.labels("failed").inc()
+            messages = tuple(render(d, result.texts.get(d.span.file))
+                             for d in result.diagnostics)
+            log.error("policy reload failed; keeping version %s:\n%s",
+                      self.policy_set.version, "\n".join(messages))
+            self._refused(str(result.errors[0]) if result.errors
+                          else "policy reload failed", DO_NOT_COMPILE)
+            return ReloadResult(False, None, messages)
+        self._refused(None, None)
+        if result.policy_set.version != self.policy_set.version:
+            self.policy_set = result.policy_set  # one reference swap: atomic
+            log.info("policies reloaded: version %s, %d rules",
+                     result.policy_set.version, result.policy_set.rule_count)
+        else:
+            log.info("policies unchanged: version %s", self.policy_set.version)
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.rules.set(self.policy_set.rule_count)
+        for warning in result.warnings:
+            log.warning("%s", render(warning, result.texts.get(warning.span.file)))
+        return ReloadResult(True, self.policy_set.version)
 
     def _refused(self, problem: str | None, reason: str | None) -> None:
         self.reload_problem, self.reload_reason, self.waiting_set = problem, reason, None
@@ -222,9 +278,11 @@ class HookService:
         close_directory(self.directory)
 
     @classmethod
-    def from_config(cls, config: Config, *, worker: str | None = None) -> HookService:
-        """Open everything the configuration names.  Raises on unusable parts."""
-        result = load_path(config.policies)
+    def from_config(cls, config: Config, *, worker: str | None = None,
+                    freeze_sets: bool = False) -> HookService:
+        """Open everything the configuration names.  Raises on unusable parts.
+        `freeze_sets`: see the field (the serving process; never a test's)."""
+        result = load_path(config.policies, frozen=freeze_sets)
         if result.policy_set is None:
             raise RuntimeError(f"the policies in {config.policies} have errors:\n"
                                + result.render(result.errors))
@@ -262,6 +320,7 @@ class HookService:
                 status_auth=config.status_auth,
                 redact_client_ip=config.redact_client_ip,
                 watch=config.watch,
+                freeze_sets=freeze_sets,
             )
         except BaseException:
             if decision_log is not None:
