@@ -45,9 +45,11 @@ from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
 from .spacetimedb_apply import (
     OFFLOAD_MIN_ROWS,
+    RELEASE_MIN_ROWS,
     Replica,
     message_rows,
     release,
+    replaced_states,
     snapshot_tables,
     updated_tables,
 )
@@ -263,12 +265,8 @@ class SpacetimeDirectory:
         self.last_error = None
         self.health.ok()
         self._publish()
-        if old is not None and sum(old.counts().values()) >= OFFLOAD_MIN_ROWS:
-            # the replaced tables are freed a slice at a time, not in one pause of every
-            # thread; `release` holds the last reference
-            holder, old = [old], None
-            threading.Thread(target=release, args=(holder,), daemon=True,
-                             name="komm-spacetimedb-release").start()
+        if old is not None:
+            self._release(old, tables)
         if replica.needs is self._needs and replica.schema is self._schema:
             self._first.set()  # not when `require` asked for other tables meanwhile
         self._started.set()
@@ -282,10 +280,26 @@ class SpacetimeDirectory:
                              message_rows(tables))
 
     def _update_applied(self, replica: Replica, tables: TablesSnapshot | None) -> None:
-        replica.tables = tables
+        old, replica.tables = replica.tables, tables
         self.updates += 1
         self._snapshot = Snapshot(replica.tables)
         self._publish()
+        if old is not None and tables is not None and old is not tables:
+            self._release(old, tables)
+
+    @staticmethod
+    def _release(old: TablesSnapshot, new: TablesSnapshot) -> None:
+        """Free the tables of `old` that `new` does not share, when they are large, a
+        slice at a time in a worker thread (`release`) instead of in one pause of every
+        thread where the last reference goes (here, or when a decision holding `old`
+        ends).  The caller drops its reference to `old` at once."""
+        states = replaced_states(old, new)
+        if sum(len(state.rows) for state in states) < RELEASE_MIN_ROWS:
+            return
+        holder = [states]
+        del states
+        threading.Thread(target=release, args=(holder,), daemon=True,
+                         name="komm-spacetimedb-release").start()
 
     def _run_job(self, job: Callable[[], Any], then: Callable[[Any], None],
                  rows: int) -> Awaitable[None] | None:
