@@ -11,11 +11,11 @@ and each row string is dropped from the message once decoded, so the raw rows, t
 rows and the new table are never all held together: what a message adds on top of the
 table it produces is its own row strings and one dictionary of the table's rows.
 
-Pauses: the objects a message of at least `FREEZE_MIN_ROWS` rows builds are moved out of
-the collector's reach (`gc.freeze`) as they survive young collections (`no_gc_pauses`).
-Otherwise the first collections after it walk every new object in one go while holding
-the interpreter lock, pausing every thread (0.54 s after a 200,000-row transaction on a
-2-core machine: the hook's answers waited that long).
+Pauses: a message of at least `FREEZE_MIN_ROWS` rows is built with Python's cyclic
+garbage collector paused and the objects it built are then moved out of the collector's
+reach (`gc.freeze`).  Otherwise the first collections after it walk every new object in
+one go while holding the interpreter lock, pausing every thread (0.54 s after a
+200,000-row transaction on a 2-core machine: the hook's answers waited that long).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ OFFLOAD_MIN_ROWS = 1_000
 event loop keeps answering pings meanwhile); a smaller one inline, with no thread hop."""
 
 FREEZE_MIN_ROWS = 10_000
-"""A message with at least this many rows has its objects frozen as they are built (see
-the module's docstring): below it the young collections that follow
+"""A message with at least this many rows is built with the collector paused and its
+objects frozen (see the module's docstring): below it the young collections that follow
 walk at most a few tens of thousands of new objects (milliseconds)."""
 
 
