@@ -28,9 +28,10 @@ def no_gc_pauses(freeze: bool = False) -> Iterator[None]:
     process): a hook request drops ~46 such objects (server and client in one process),
     and 8 transactions of 60,000 rows under a thread dropping 30,000 cycles a second kept
     461,000 objects (+148 MB RSS) on a 2-core machine.  Freezing instead what survives
-    each older-generation collection with the collector on kept 13,200, but made a
-    200k-row apply in the real service 50% slower and its answers' p99 worse
-    (interleaved, `bench.spacetimedb_big`), so it was not kept."""
+    each older-generation collection with the collector on kept 13,200, but cost 0.6 s
+    more CPU on a 200k-row build and made the real service's 200k-row apply slower in 5
+    of 6 interleaved pairs (median 32 vs 26 s and 47 vs 32 s, `bench.spacetimedb_big`
+    at load average 10-25), its answers' p99 worse in 4 of 6: not kept."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
