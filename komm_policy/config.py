@@ -70,8 +70,7 @@ class Config:
     spacetimedb_token: str | None = None
     refresh_interval: float = 1.0
     max_staleness: float = 30.0
-    spacetimedb_max_message_bytes: int = MAX_MESSAGE_BYTES
-    """`[directory] max_message_bytes`: the SpacetimeDB replica's message cap."""
+    spacetimedb_max_message_bytes: int = MAX_MESSAGE_BYTES  # [directory] max_message_bytes
     log_jsonl: str = "var/decisions.jsonl"
     log_jsonl_max_bytes: int = 100 * 1024 * 1024
     log_jsonl_backups: int = 10
@@ -358,8 +357,7 @@ def validate(config: Config) -> list[str]:
     if config.max_staleness < config.refresh_interval:
         problems.append("max_staleness: must be at least refresh_interval")
     if config.spacetimedb_max_message_bytes < MESSAGE_BYTES_MIN:
-        problems.append(f"spacetimedb_max_message_bytes: {config.spacetimedb_max_message_bytes}"
-                        f" is too small (min {MESSAGE_BYTES_MIN:,}: 1 MiB)")
+        problems.append(f"spacetimedb_max_message_bytes: {config.spacetimedb_max_message_bytes} is too small (min {MESSAGE_BYTES_MIN:,}: 1 MiB)")  # noqa: E501
     if config.log_jsonl_max_bytes < 1024:
         problems.append("log_jsonl_max_bytes: too small (min 1024)")
     if config.log_jsonl_backups < 0:
