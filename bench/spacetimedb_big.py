@@ -4,8 +4,11 @@
     python -m bench.spacetimedb_big [--rows 200000] [--initial 0] [--rounds 1]
                                     [--compare DIR]
 
-`--resubscribe` then drops the subscription and measures the reconnection's snapshot of
-every row the same way (served from the previous snapshot meanwhile).
+`--initial 200000` puts the transaction on a table of that many rows: it replaces at
+least a quarter of it, so the table is rebuilt and the replaced one freed (a slice at a
+time, `spacetimedb_apply.release`).  `--resubscribe` then drops the subscription and
+measures the reconnection's snapshot of every row the same way (served from the previous
+snapshot meanwhile).
 `--compare DIR` runs the service from another source tree (PYTHONPATH=DIR, e.g. an
 exported earlier commit) interleaved with this one, round by round (A B A B …).  Per run:
 apply time (from posting the transaction to the double until /metrics shows its rows),

@@ -18,6 +18,7 @@ from .config_options import OPTIONS, Option, limit
 from .config_paths import path_problems
 from .decisionlog.settings import LogSettings
 from .decisionlog.spacetimedb_sink import ReducerSpec
+from .spacetimedb.limits import MAX_MESSAGE_BYTES, MESSAGE_BYTES_MIN
 from .textfile import NotUtf8Error, loads_toml, read_utf8, toml_error_text
 from .wire import MAX_MESSAGE_HEADERS
 
@@ -69,6 +70,7 @@ class Config:
     spacetimedb_token: str | None = None
     refresh_interval: float = 1.0
     max_staleness: float = 30.0
+    spacetimedb_max_message_bytes: int = MAX_MESSAGE_BYTES  # [directory] max_message_bytes
     log_jsonl: str = "var/decisions.jsonl"
     log_jsonl_max_bytes: int = 100 * 1024 * 1024
     log_jsonl_backups: int = 10
@@ -354,6 +356,8 @@ def validate(config: Config) -> list[str]:
         problems.append("refresh_interval: must be positive")
     if config.max_staleness < config.refresh_interval:
         problems.append("max_staleness: must be at least refresh_interval")
+    if config.spacetimedb_max_message_bytes < MESSAGE_BYTES_MIN:
+        problems.append(f"spacetimedb_max_message_bytes: {config.spacetimedb_max_message_bytes} is too small (min {MESSAGE_BYTES_MIN:,}: 1 MiB)")  # noqa: E501
     if config.log_jsonl_max_bytes < 1024:
         problems.append("log_jsonl_max_bytes: too small (min 1024)")
     if config.log_jsonl_backups < 0:

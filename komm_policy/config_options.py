@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .spacetimedb.limits import MESSAGE_BYTES_MAX
+
 
 @dataclass(frozen=True)
 class Option:
@@ -72,6 +74,7 @@ MAXIMA: dict[str, float] = {
     "log_jsonl_max_bytes": 2**40, "log_jsonl_backups": 100_000,
     "log_queue_max": 10_000_000, "log_spacetimedb_batch": 100_000,
     "log_spacetimedb_max_dead_letters": 1_000_000,
+    "spacetimedb_max_message_bytes": MESSAGE_BYTES_MAX,
     # retention, not waiting: up to ten years
     "log_spool_keep": 3650 * DAY, "log_jsonl_max_age": 3650 * DAY,
     "log_sqlite_max_age": 3650 * DAY,
@@ -149,6 +152,11 @@ OPTIONS: tuple[Option, ...] = (
            _float, "seconds between checks for directory changes"),
     Option("max_staleness", "directory", "max_staleness", "KOMM_MAX_STALENESS", _float,
            "seconds the directory may be unreadable before lookups fail"),
+    Option("spacetimedb_max_message_bytes", "directory", "max_message_bytes",
+           "KOMM_SPACETIMEDB_MAX_MESSAGE_BYTES", _int,
+           "largest SpacetimeDB subscription message (snapshot or transaction) accepted; a "
+           "larger one drops the connection (1009), counted in "
+           "komm_directory_oversized_messages"),
     Option("log_jsonl", "log", "jsonl", "KOMM_LOG_JSONL", _str,
            "decision log file (JSON lines); empty to disable"),
     Option("log_jsonl_max_bytes", "log", "jsonl_max_bytes", "KOMM_LOG_JSONL_MAX_BYTES", _int,

@@ -23,7 +23,15 @@ def no_gc_pauses(freeze: bool = False) -> Iterator[None]:
     machine: half a second after a 200k-row table, a pause of every thread).  Frozen
     objects are still freed when their last reference goes; what freezing keeps forever
     is garbage *in reference cycles* that exists at that moment (none of a table's
-    objects are in cycles), so it is meant for rare, large builds."""
+    objects are in cycles), so it is meant for rare, large builds.  That includes the
+    cycles other threads drop while the block runs (the collector is off for the whole
+    process): a hook request drops ~46 such objects (server and client in one process),
+    and 8 transactions of 60,000 rows under a thread dropping 30,000 cycles a second kept
+    461,000 objects (+148 MB RSS) on a 2-core machine.  Freezing instead what survives
+    each older-generation collection with the collector on kept 13,200, but cost 0.6 s
+    more CPU on a 200k-row build and made the real service's 200k-row apply slower in 5
+    of 6 interleaved pairs (median 32 vs 26 s and 47 vs 32 s, `bench.spacetimedb_big`
+    at load average 10-25), its answers' p99 worse in 4 of 6: not kept."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -59,6 +59,10 @@ def register(sub: Any) -> None:
                         help=f"{_OPTIONS['log_spacetimedb_max_dead_letters'].help} "
                              f"({_OPTIONS['log_spacetimedb_max_dead_letters'].env}; default "
                              f"{Config().log_spacetimedb_max_dead_letters})")
+    parser.add_argument("--spacetimedb-max-message-bytes", metavar="BYTES",  # checked as config
+                        help=f"{_OPTIONS['spacetimedb_max_message_bytes'].help} "
+                             f"({_OPTIONS['spacetimedb_max_message_bytes'].env}; default "
+                             f"{Config().spacetimedb_max_message_bytes})")
     parser.add_argument("--redact-client-ip", action="store_true", default=None,
                         help="leave client IPs out of the decision log")
     for name, kind, metavar in _LIMIT_FLAGS:
@@ -79,6 +83,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name in (
         "host", "port", "policies", "directory", "workers", "token", "shadow", "watch",
         "log_jsonl", "log_spool", "log_spacetimedb_max_dead_letters", "redact_client_ip",
+        "spacetimedb_max_message_bytes",
         "status_auth", *(f[0] for f in _LIMIT_FLAGS))}
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..spacetimedb.check import check_module
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp, quote_ident
+from ..spacetimedb.limits import MAX_MESSAGE_BYTES
 from ..spacetimedb.protocol import IdentityToken, TableRows
 from ..spacetimedb.sats import SatsError
 from ..spacetimedb.subscription import UNEXPECTED, Backoff, SubscriptionClient
@@ -44,25 +45,16 @@ from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
 from .spacetimedb_apply import (
     OFFLOAD_MIN_ROWS,
+    RELEASE_MIN_ROWS,
     Replica,
     message_rows,
     release,
+    replaced_states,
     snapshot_tables,
     updated_tables,
 )
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-"""The largest subscription message accepted (the WebSocket library's `max_size`): a
-larger one drops the connection (close code 1009) with a reason naming the limit and is
-counted (`komm_directory_oversized_messages`).  SpacetimeDB sets no limit of its own: an
-`InitialSubscription` holds whole tables, a transaction all its rows.  At ~55 bytes a
-row (an address table) 128 MiB is about 2.4 million rows, whose table the replica would keep
-in about 2.5 GB; what one message costs beyond the table it builds is two to three
-times its size (the frame as received and as text, a slice object a row until the row is
-read)."""
-
 
 class SpacetimeDirectory:
     """A `Directory` served from a subscription replica of a SpacetimeDB database."""
@@ -273,12 +265,8 @@ class SpacetimeDirectory:
         self.last_error = None
         self.health.ok()
         self._publish()
-        if old is not None and sum(old.counts().values()) >= OFFLOAD_MIN_ROWS:
-            # the replaced tables are freed a slice at a time, not in one pause of every
-            # thread; `release` holds the last reference
-            holder, old = [old], None
-            threading.Thread(target=release, args=(holder,), daemon=True,
-                             name="komm-spacetimedb-release").start()
+        if old is not None:
+            self._release(old, tables)
         if replica.needs is self._needs and replica.schema is self._schema:
             self._first.set()  # not when `require` asked for other tables meanwhile
         self._started.set()
@@ -292,10 +280,26 @@ class SpacetimeDirectory:
                              message_rows(tables))
 
     def _update_applied(self, replica: Replica, tables: TablesSnapshot | None) -> None:
-        replica.tables = tables
+        old, replica.tables = replica.tables, tables
         self.updates += 1
         self._snapshot = Snapshot(replica.tables)
         self._publish()
+        if old is not None and tables is not None and old is not tables:
+            self._release(old, tables)
+
+    @staticmethod
+    def _release(old: TablesSnapshot, new: TablesSnapshot) -> None:
+        """Free the tables of `old` that `new` does not share, when they are large, a
+        slice at a time in a worker thread (`release`) instead of in one pause of every
+        thread where the last reference goes (here, or when a decision holding `old`
+        ends).  The caller drops its reference to `old` at once."""
+        states = replaced_states(old, new)
+        if sum(len(state.rows) for state in states) < RELEASE_MIN_ROWS:
+            return
+        holder = [states]
+        del states
+        threading.Thread(target=release, args=(holder,), daemon=True,
+                         name="komm-spacetimedb-release").start()
 
     def _run_job(self, job: Callable[[], Any], then: Callable[[Any], None],
                  rows: int) -> Awaitable[None] | None:

@@ -35,6 +35,7 @@ from ..spacetimedb.schema import ModuleSchema
 from .bulkcopy import C_CALL_ITEMS
 from .schema import Schema
 from .snapshot import BadRow, Needs, TablesSnapshot
+from .tablestate import TableState
 
 RowDict = dict[str, Any]
 
@@ -152,29 +153,48 @@ def updated_tables(replica: Replica, tables: tuple[TableRows, ...],
 
 
 RELEASE_AFTER_S = 0.5
-"""How long a replaced snapshot is kept before `release` takes it apart: a decision that
-read it when it was replaced (microseconds to milliseconds) is long done by then."""
+"""How long replaced tables are kept before `release` takes them apart: a decision that
+read them when they were replaced (microseconds to milliseconds) is long done by then."""
+
+RELEASE_MIN_ROWS = OFFLOAD_MIN_ROWS
+"""Replaced tables of at least this many rows together are freed by `release` in a worker
+thread; smaller ones where their last reference goes (well under a millisecond)."""
 
 
-def release(holder: list[TablesSnapshot], settle: float = RELEASE_AFTER_S) -> None:
-    """Free the tables in `holder` (popped: the caller keeps no other reference) a slice at
-    a time, in a worker thread.  Dropping a 200,000-row table at once frees every row in
-    one C call that holds the interpreter lock (0.7–2.7 s on a 2-core machine, every thread
-    paused); here its rows and index buckets are first moved to lists of `C_CALL_ITEMS`,
-    then its maps go, then the lists one by one.  Only for tables nothing shares any more:
-    a snapshot replaced by a new `InitialSubscription` (its index dicts are changed in
-    place by later transactions of the same lineage, which no longer come)."""
+def replaced_states(old: TablesSnapshot, new: TablesSnapshot) -> list[TableState]:
+    """The tables of `old` that `new` no longer shares anything with: all of them after a
+    new `InitialSubscription`, the ones a large transaction rebuilt
+    (`tablestate.BULK_FRACTION`: new maps, a new lineage) after an update.  A table
+    changed row by row shares its index dicts with `new` (changed in place by the next
+    transactions) and an unchanged one is `new`'s own: neither is listed."""
+    out = []
+    for name, state in old.states.items():
+        now = new.states.get(name)
+        if now is None or (now.lineage is not state.lineage and all(
+                now.buckets.get(spec) is not index for spec, index in state.buckets.items())):
+            out.append(state)
+    return out
+
+
+def release(holder: list[list[TableState]], settle: float = RELEASE_AFTER_S) -> None:
+    """Free the tables in `holder` (popped: the caller keeps no other reference to them nor
+    to a snapshot holding them) a slice at a time, in a worker thread.  Dropping a
+    200,000-row table at once frees every row in one C call that holds the interpreter
+    lock (0.7–2.7 s on a 2-core machine, every thread paused; ~90 ms for the maps a
+    rebuild replaced, whose rows live on); here its rows and index buckets are first
+    moved to lists of `C_CALL_ITEMS`, then its maps go, then the lists one by one.  Only
+    for tables nothing shares and nothing changes any more (`replaced_states`): the index
+    dicts are read here while the replica builds its next tables."""
     time.sleep(settle)
-    tables = holder.pop()
+    states = holder.pop()
     chunks: list[list[Any]] = []
-    for name in list(tables.states):
-        state = tables.states[name]
-        for values in (state.rows.values(), *(index.values() for index in
-                                              state.buckets.values())):
+    for state in states:
+        for values in (state.rows.values(), state.keys.values(),
+                       *(index.values() for index in state.buckets.values())):
             items = iter(values)
             while chunk := list(islice(items, C_CALL_ITEMS)):
                 chunks.append(chunk)
     state = values = items = None  # type: ignore[assignment]
-    del tables  # the maps and index dicts go; their rows and buckets live on in `chunks`
+    del states  # the maps and index dicts go; their rows and buckets live on in `chunks`
     while chunks:
         chunks.pop()

@@ -388,7 +388,8 @@ class _Collector:
 def open_directory(config: Config) -> Directory:
     if config.directory.startswith("spacetimedb"):
         return SpacetimeDirectory(Endpoint.parse(config.directory), config.spacetimedb_token,
-                                  max_staleness=config.max_staleness)
+                                  max_staleness=config.max_staleness,
+                                  max_message_bytes=config.spacetimedb_max_message_bytes)
     if config.sqlite_path is not None:
         return SqliteDirectory(config.sqlite_path, refresh_interval=config.refresh_interval,
                                max_staleness=config.max_staleness)

@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import CloseCode
 
 from .http import Endpoint
+from .limits import MAX_MESSAGE_BYTES
 from .protocol import TEXT_PROTOCOL, IdentityToken, Message, TableRows, parse_message, subscribe
 from .sats import SatsError
 
@@ -101,13 +102,15 @@ class SubscriptionClient:
     """Keeps one subscription to `queries` alive until `stop()`.
 
     `before_connect` runs before each connection attempt (the replica re-reads the
-    schema there); it may raise to fail the attempt.  `clock` is monotonic seconds."""
+    schema there); it may raise to fail the attempt.  `max_message_bytes`: a larger
+    message closes the connection with 1009 and is counted in `oversized` (default
+    `limits.MAX_MESSAGE_BYTES`).  `clock` is monotonic seconds."""
 
     def __init__(self, endpoint: Endpoint, queries: list[str], handler: Handler, *,
                  token: str | None = None, session_id: str | None = None,
                  backoff: Backoff | None = None, ping_interval: float = 10.0,
                  ping_timeout: float = 10.0, open_timeout: float = 10.0,
-                 max_message_bytes: int = 512 * 1024 * 1024,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
                  before_connect: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint

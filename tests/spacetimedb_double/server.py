@@ -16,7 +16,8 @@ Control routes (tests and people at a terminal drive the double with these):
   `POST /_double/reset-faults`; `GET /_double/{db}/calls` — the reducer calls and the
   decision-log table (`logged`);
 - `POST /_double/drop` — drop every subscription socket now;
-- `GET /_double/state` — connection and subscription counts, open sockets.
+- `GET /_double/state` — connection and subscription counts, open sockets, the close
+  codes of the subscriptions clients closed.
 """
 
 from __future__ import annotations
@@ -290,7 +291,9 @@ class Double:
             while True:
                 message = await ws.receive_text()
                 await self.handle_client_message(sub, message)
-        except (WebSocketDisconnect, RuntimeError):
+        except WebSocketDisconnect as e:
+            self.state.close_codes.append(e.code)
+        except RuntimeError:
             pass
         finally:
             self.subscribers.remove(sub)
@@ -417,4 +420,5 @@ class Double:
         return JSONResponse({"connects": self.state.connects,
                              "subscribes": self.state.subscribes,
                              "open": len(self.subscribers),
+                             "close_codes": self.state.close_codes,
                              "sessions": sorted(self.sessions)})

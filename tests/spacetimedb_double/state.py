@@ -178,6 +178,8 @@ class State:
     owner_token: str = ""
     connects: int = 0
     subscribes: int = 0
+    close_codes: list[int] = field(default_factory=list)
+    """The close code of each subscription the client closed (1009: a message too big)."""
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], owner_token: str | None = None) -> State:
