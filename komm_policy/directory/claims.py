@@ -4,8 +4,8 @@ A row whose declared key (`primary_key` of the schema file) another row already 
 is a bad row (`declared_keys`): reported once, counted, and left out of the indexes.  It
 is still a row of the store, so it is not dropped: it waits in a side map under its key,
 and when the row that holds the key goes (deleted, or its key changed) the waiting row
-with the lowest first-row order takes the key at the end of that same change, the way
-a whole re-read would have found it.
+with the lowest first-row order (then the lowest store identity) takes the key at the
+end of that same change, the way a whole re-read would have found it.
 
 Memory: a waiting row is kept as the `Row` it decoded to (no raw row, no index entry),
 and a row of the store is either held or waiting, never both: the side map never holds
@@ -28,7 +28,7 @@ from typing import Any
 import immutables
 
 from .declared_keys import KeyOf, collider, collision
-from .rows import Row, sort_key
+from .rows import Row, order_value, sort_key
 from .schema import Table
 
 _NONE = immutables.Map()
@@ -131,7 +131,11 @@ class Claims:
             entries = self.waiting.get(key)
             if not entries:
                 continue
-            sid, row = min(entries.items(), key=lambda entry: sort_key(entry[1]))
+            # Ties (rows whose declared keys decode to one value, e.g. SpacetimeDB's
+            # `203.0.113.7` and `203.0.113.7/32`: same first-row order) go to the lowest
+            # store identity, not to the map's hash order, which varies from run to run.
+            sid, row = min(entries.items(),
+                           key=lambda entry: (sort_key(entry[1]), order_value(entry[0])))
             self._unwait(key, sid)
             del self.waiting_at[sid]
             self.keys[key] = row._ident

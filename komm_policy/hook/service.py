@@ -96,9 +96,8 @@ class HookService:
     again every `retry_after` seconds and on every reload, without compiling it again,
     until the store has what it reads or the files change."""
     freeze_sets: bool = False
-    """Build policy sets frozen (`compile_sources(frozen=True)`): no collection walks a
-    large set in one go.  `gc.freeze` takes every object of the process: only `serve`'s
-    process sets it, never one that builds services in passing (a test run)."""
+    """Build policy sets frozen (`compile_sources(frozen=True)`; `gc.freeze` takes every
+    object of the process): only `serve`'s process, never a test run's services."""
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _retired: list[PolicySet] = field(default_factory=list, repr=False)
     """Replaced sets waiting for the requests deciding on them (`_free_retired`)."""
@@ -280,8 +279,8 @@ class HookService:
     @classmethod
     def from_config(cls, config: Config, *, worker: str | None = None,
                     freeze_sets: bool = False) -> HookService:
-        """Open everything the configuration names.  Raises on unusable parts.
-        `freeze_sets`: see the field (the serving process; never a test's)."""
+        """Open everything the configuration names (`freeze_sets`: see the field).
+        Raises on unusable parts."""
         result = load_path(config.policies, frozen=freeze_sets)
         if result.policy_set is None:
             raise RuntimeError(f"the policies in {config.policies} have errors:\n"
