@@ -36,6 +36,7 @@ from .ages import SpoolAges
 from .entries import EntryPacker
 from .liveness import Liveness
 from .records import RecordIds
+from .recovery import recovery_summary
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
 from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
@@ -324,6 +325,8 @@ class DecisionLog:
                 status.sink_counters[name] = info["counters"]
         (status.spool_skipped_bytes, status.spool_lost_records,
          status.spool_corruption) = corruption_summary(state.get("corruption"), now)
+        status.state_recoveries, notice = recovery_summary(state.get("state_recovered"), now)
+        status.spool_corruption = status.spool_corruption or notice
         self._ages.prune(lowest)
         return status
 
