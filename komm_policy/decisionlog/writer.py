@@ -102,9 +102,9 @@ class SpoolWriter:
         self.behind = False  # the last step read a full batch: more is waiting
 
     def _restored(self, name: str, saved: object, *, lost: bool) -> Position | None:
-        """A sink's saved position, or None (start at the oldest segment) with the sink
-        marked for `recovery.resume` when it was `lost` (a corrupt `state.json`) or does not fit
-        the spool (`SpoolReader.trusted`)."""
+        """A sink's saved position, or None with the sink marked for `recovery.resume`
+        when it was `lost` (a corrupt `state.json`) or does not fit the spool
+        (`SpoolReader.trusted`)."""
         position = position_from(saved)
         why = self.reader.trusted(position) if position is not None else None
         if why is None and not lost:
