@@ -27,9 +27,10 @@ from typing import Any
 
 from .entries import record_from_raw
 from .records import Timestamps
+from .settings import LogStatus
 from .sink_state import SinkState
 from .spool import Position
-from .spool_reader import SpoolReader
+from .spool_reader import SpoolReader, corruption_summary
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +132,13 @@ def recovery_summary(saved: object, now: float) -> tuple[int, str | None]:
     return count, (f"decision log: the spool's state.json {saved.get('error')} "
                    f"({now - at:.0f}s ago); set aside as {saved.get('kept')}, the sinks "
                    "resumed from the records they hold")
+
+
+def note_losses(status: LogStatus, state: dict[str, Any], now: float) -> None:
+    """Fill `status` (the service's view) with what the writer saved in `state`: the spool
+    corruption it met (`spool_reader.corruption_summary`) and the corrupt `state.json`
+    files it set aside; `spool_corruption` is the /readyz notice of either, while recent."""
+    (status.spool_skipped_bytes, status.spool_lost_records,
+     status.spool_corruption) = corruption_summary(state.get("corruption"), now)
+    status.state_recoveries, notice = recovery_summary(state.get("state_recovered"), now)
+    status.spool_corruption = status.spool_corruption or notice
