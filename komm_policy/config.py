@@ -16,13 +16,15 @@ from typing import Any
 
 from .config_options import OPTIONS, Option, limit
 from .config_paths import path_problems
+from .config_tokens import read_token, token_alphabet_problem, token_text_problem
 from .decisionlog.settings import LogSettings
 from .decisionlog.spacetimedb_sink import ReducerSpec
 from .spacetimedb.limits import MAX_MESSAGE_BYTES, MESSAGE_BYTES_MIN
 from .textfile import NotUtf8Error, loads_toml, read_utf8, toml_error_text
 from .wire import MAX_MESSAGE_HEADERS
 
-__all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "validate"]
+__all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config", "token_text_problem",
+           "validate"]
 
 
 _LOG = LogSettings()
@@ -145,7 +147,7 @@ def load_config(
                 values.pop("token_file", None)
     for _section, _key, env_name, token_option in _TOKEN_FILES:
         if env.get(env_name):
-            values[token_option] = _read_token(Path(env[env_name]), env_name, problems)
+            values[token_option] = read_token(Path(env[env_name]), env_name, problems)
             origins[token_option] = env_name
             if token_option == "token":
                 values["token_file"] = Path(env[env_name])
@@ -204,40 +206,6 @@ file or the environment."""
 _TOKEN_FILE_KEYS = {(section, key): name for section, key, _env, name in _TOKEN_FILES}
 
 
-def _read_token(path: Path, origin: str, problems: list[str]) -> str | None:
-    """The file's text, stripped.  An empty (or blank) file is a problem, not "no token":
-    SpacetimeDB would take it as an anonymous connection with a fresh identity, the hook
-    as no authentication — both silently."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        problems.append(f"{origin}: cannot read {path}: {exc.strerror}")
-        return None
-    except UnicodeDecodeError as exc:
-        problems.append(f"{origin}: {path} is not UTF-8 text ({exc.reason})")
-        return None
-    problem = token_text_problem(text)
-    if problem is not None:
-        problems.append(f"{origin}: token file {path} {problem}")
-        return None
-    return text
-
-
-def token_text_problem(text: str) -> str | None:
-    """Why a token file's text (stripped) is no token, or None.  Empty: refused (see
-    `_read_token`).  More than one line: no request could ever send it (a header value
-    holds no line break), so every request would be refused 401 from a service that
-    looks ready; a file of two tokens is a mistake to name, not to guess at."""
-    if not text:
-        return ("is empty (write the token into it, or remove the setting to run "
-                "without a token)")
-    if "\n" in text or "\r" in text:
-        lines = len(text.splitlines())
-        return (f"holds {lines} lines: a token is one line (a request cannot send a "
-                "line break)")
-    return None
-
-
 def _from_toml(path: Path, problems: list[str], origins: dict[str, str]) -> dict[str, Any]:
     """The options `path` sets, each one's origin (`FILE [section] key`) in `origins`."""
     try:
@@ -268,7 +236,7 @@ def _from_toml(path: Path, problems: list[str], origins: dict[str, str]) -> dict
             if token_option is not None:
                 origin = f"{path} [{section}] {key}"
                 if isinstance(value, str):
-                    values[token_option] = _read_token(Path(value), origin, problems)
+                    values[token_option] = read_token(Path(value), origin, problems)
                     origins[token_option] = origin
                     if token_option == "token":
                         values["token_file"] = Path(value)
@@ -296,6 +264,11 @@ def validate(config: Config) -> list[str]:
         problems.append(f"workers: must be at least 1, got {config.workers}")
     if config.token is not None and not config.token.strip():
         problems.append("token: must not be empty when set")
+    for name in ("token", "spacetimedb_token", "log_spacetimedb_token"):
+        secret = getattr(config, name)
+        problem = token_alphabet_problem(secret) if secret and secret.strip() else None
+        if problem is not None:
+            problems.append(f"{name}: {problem}")
     if config.max_body_bytes < 1024:
         problems.append(f"max_body_bytes: {config.max_body_bytes} is too small (min 1024)")
     if 0 < config.max_body_buffer_bytes < config.max_body_bytes or (

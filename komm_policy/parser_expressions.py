@@ -26,7 +26,7 @@ _PLAIN_RUN = re.compile(r".[^\\{}]*", re.DOTALL)
 _DOTTED_NAME = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)*[ \t]*")
 """`{sender}` / `{client.ip}`: the common template parts, built without a Lark parse."""
 
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 SIZE_UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
@@ -36,6 +36,13 @@ SIZE_UNITS = {
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """The integers a policy may write (E017 outside): SQLite's INTEGER, msgspec's and the
 decision log's range."""
+
+DURATION_MAX_MS = INT64_MAX // 1_000_000
+"""The longest duration a policy may write (E017 beyond), in ms: 2⁶³−1 ns, about 292 years.
+Why nanoseconds: a 64-bit nanosecond count is what the clocks and the OS waits hold
+(`time.monotonic_ns`, `threading.TIMEOUT_MAX`), so a setting used as a timeout can never
+overflow one; and up to this bound a duration in float seconds is exact to well under a
+millisecond (so two different literals never compare equal)."""
 
 
 class ExpressionBuilder:
@@ -137,11 +144,17 @@ class ExpressionBuilder:
             return n.Literal(kind="none", value=None, text=text, span=span)
 
     def x_duration(self, tree: Tree) -> n.Expr:
+        """A duration literal → `Literal(kind="duration", value=seconds: float)`; E017
+        (value 0) beyond `DURATION_MAX_MS` (2⁶³−1 ns)."""
         text = str(tree.children[0])
         number, unit = re.fullmatch(r"([0-9]+)([a-z]+)", text).groups()  # type: ignore[union-attr]
         span = self.span(tree)
-        value = self.integer(int(number), text, span, "duration") * DURATION_UNITS[unit]
-        return n.Literal(kind="duration", value=value, text=text, span=span)
+        ms = int(number) * DURATION_UNITS_MS[unit]
+        if ms > DURATION_MAX_MS:
+            self.error("E017", f"duration `{text}` is outside the 64-bit nanoseconds "
+                       f"(at most {DURATION_MAX_MS}ms, about 292 years)", span)
+            ms = 0
+        return n.Literal(kind="duration", value=ms / 1000, text=text, span=span)
 
     def x_size(self, tree: Tree) -> n.Expr:
         text = str(tree.children[0])

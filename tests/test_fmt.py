@@ -366,6 +366,54 @@ def test_fmt_writes_through_a_symlink_to_its_target(tmp_path):
     assert link.is_symlink() and target.read_text() == CANONICAL
 
 
+def test_fmt_keeps_hard_links_together(tmp_path):
+    """A tester's finding: fmt wrote a temporary file and renamed it, so a second hard
+    link kept the old text.  A file of several links is now written in place: same inode,
+    every link formatted, mode kept, no temporary file left; a shorter text leaves no old
+    tail, and a symlink to such a file is written through and stays a link."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    original = policies / "a.policy"
+    original.write_text(MESSY + "\n" * 50)  # longer than its formatted text
+    original.chmod(0o640)
+    backup = tmp_path / "a.policy.bak"
+    os.link(original, backup)
+    inode = original.stat().st_ino
+    code, _, err = run_fmt(str(original))
+    assert code == 0, err
+    assert original.read_text() == CANONICAL and backup.read_text() == CANONICAL
+    assert original.stat().st_ino == backup.stat().st_ino == inode
+    assert original.stat().st_nlink == 2 and original.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in policies.iterdir()) == ["a.policy"]
+    # through a symlink (as a directory run finds it) to a file of two links
+    original.write_text(MESSY)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    link = linked / "b.policy"
+    link.symlink_to(backup)
+    assert run_fmt(str(linked))[0] == 0
+    assert link.is_symlink() and link.readlink() == backup
+    assert original.read_text() == CANONICAL and backup.read_text() == CANONICAL
+    assert backup.stat().st_ino == inode and backup.stat().st_nlink == 2
+
+
+def test_fmt_of_a_file_of_one_link_keeps_mode_and_owner(tmp_path):
+    messy = tmp_path / "a.policy"
+    messy.write_text(MESSY)
+    messy.chmod(0o604)
+    owner = None
+    if os.geteuid() == 0:  # only root can give a file away: then check it stays given
+        owner = (4242, 4343)
+        os.chown(messy, *owner)
+    inode = messy.stat().st_ino
+    assert run_fmt(str(messy))[0] == 0
+    assert messy.read_text() == CANONICAL
+    assert messy.stat().st_ino != inode  # replaced atomically, by a rename
+    assert messy.stat().st_mode & 0o777 == 0o604
+    if owner is not None:
+        assert (messy.stat().st_uid, messy.stat().st_gid) == owner
+
+
 def test_fmt_reports_entries_that_are_not_policy_files_and_formats_the_rest(tmp_path):
     (tmp_path / "a.policy").write_text(MESSY)
     (tmp_path / "b.policy").symlink_to("gone.policy")

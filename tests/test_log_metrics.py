@@ -23,7 +23,7 @@ def test_every_family_carries_its_status_value() -> None:
         oldest_age={"jsonl": 0.5, "spacetimedb": 9.0}, sink_errors={"spacetimedb": 3},
         blocked_sinks={"spacetimedb": "404"},
         sink_counters={"spacetimedb": {"dead_letters": 2}}, spool_skipped_bytes=230,
-        spool_lost_records=8)
+        spool_lost_records=8, state_recoveries=1)
     registry = CollectorRegistry()
     register_log_metrics(registry, _Log(status))  # type: ignore[arg-type]
     samples = {line for line in generate_latest(registry).decode().splitlines()
@@ -39,6 +39,7 @@ def test_every_family_carries_its_status_value() -> None:
         "komm_decision_log_spooled_records_total 17.0",
         "komm_decision_log_spool_skipped_bytes_total 230.0",
         "komm_decision_log_spool_lost_records_total 8.0",
+        "komm_decision_log_state_set_aside 1.0",
         'komm_decision_log_backlog_records{sink="jsonl"} 1.0',
         'komm_decision_log_backlog_records{sink="spacetimedb"} 7.0',
         'komm_decision_log_oldest_unwritten_seconds{sink="jsonl"} 0.5',

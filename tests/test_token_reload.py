@@ -46,7 +46,9 @@ def test_sighup_rereads_the_token_file(tmp_path_factory: pytest.TempPathFactory)
 
         for broken, reason in ((lambda: token_file.unlink(), "cannot be read"),
                                (lambda: token_file.write_text("  \n"), "is empty"),
-                               (lambda: token_file.write_text("a\nb\n"), "holds 2 lines")):
+                               (lambda: token_file.write_text("a\nb\n"), "holds 2 lines"),
+                               (lambda: token_file.write_text("tökén\n", encoding="utf-8"),
+                                "holds a non-ASCII character")):
             broken()
             server.signal(signal.SIGHUP)
             assert wait_for(lambda r=reason: r in server.output()), server.output()

@@ -14,7 +14,7 @@ from typing import TextIO
 
 import msgspec
 
-from ..config import token_text_problem
+from ..config_tokens import token_text_problem
 from ..directory.schema import BadValue, Schema, SchemaError, dump_schema, find_schema, load_schema
 from ..spacetimedb.http import Endpoint, SpacetimeError, SpacetimeHttp
 from ..spacetimedb.tools import check_directory, export_tables, schema_of

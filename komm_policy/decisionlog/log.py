@@ -36,10 +36,10 @@ from .ages import SpoolAges
 from .entries import EntryPacker
 from .liveness import Liveness
 from .records import RecordIds
+from .recovery import note_losses
 from .settings import LogSettings, LogStatus
 from .sinks import SinkSpec
 from .spool import MAX_ENTRY, SpoolAppender, position_from, read_state, segments
-from .spool_reader import corruption_summary
 from .writer import writer_main
 from .writer_signals import group_signals_blocked, start_resource_tracker_deaf_to_sighup
 
@@ -322,8 +322,7 @@ class DecisionLog:
                 status.blocked_sinks[name] = str(info["blocked"])
             if isinstance(info.get("counters"), dict):
                 status.sink_counters[name] = info["counters"]
-        (status.spool_skipped_bytes, status.spool_lost_records,
-         status.spool_corruption) = corruption_summary(state.get("corruption"), now)
+        note_losses(status, state, now)
         self._ages.prune(lowest)
         return status
 

@@ -33,6 +33,10 @@ _PROCESS: tuple[tuple[Family, str, str, Callable[[LogStatus], float]], ...] = (
     (CounterMetricFamily, "komm_decision_log_spool_lost_records",
      "Records lost in corrupt stretches of the spool (they reach no sink)",
      lambda s: s.spool_lost_records),
+    (GaugeMetricFamily, "komm_decision_log_state_set_aside",
+     "Corrupt spool state.json files the writer set aside (kept as "
+     "state.json.corrupt-*; the sinks' positions were recovered)",
+     lambda s: s.state_recoveries),
     (CounterMetricFamily, "komm_decision_log_spooled_records",
      "Sequence number of the next spool entry", lambda s: s.next_seq),
 )

@@ -66,3 +66,5 @@ class LogStatus:
     spool_skipped_bytes: int = 0  # no intact frame there, and the records it held:
     spool_lost_records: int = 0  # as the writer counted them (`spool_reader`)
     spool_corruption: str | None = None  # the last loss, while recent (/readyz)
+    """Also a corrupt `state.json` set aside, while recent (`recovery.note_losses`)."""
+    state_recoveries: int = 0  # corrupt `state.json` files set aside (and kept)

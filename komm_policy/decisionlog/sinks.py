@@ -109,12 +109,16 @@ class JsonlSink:
         self.max_bytes = max_bytes
         self.backups = backups
         self.max_age = max_age
-        self._recent, read = _tail_ids(self.path)
-        # The rest of the window from the newest rotated file: a rotation may fall
-        # within what is delivered again.
-        self._recent |= _tail_ids(self.path.with_name(f"{self.path.name}.1"),
-                                  TAIL_BYTES - read)[0]
+        self._recent = self.held_ids()
         self._open()
+
+    def held_ids(self) -> set[str]:
+        """The ids in the last `TAIL_BYTES` of the file, and the rest of that window from
+        the newest rotated file (a rotation may fall within what is delivered again).
+        Also what the writer resumes after when the positions were lost (`recovery`)."""
+        held, read = _tail_ids(self.path)
+        return held | _tail_ids(self.path.with_name(f"{self.path.name}.1"),
+                                TAIL_BYTES - read)[0]
 
     def _open(self) -> None:
         self._file = self.path.open("ab")

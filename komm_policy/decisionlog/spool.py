@@ -18,7 +18,8 @@ Layout of a spool directory:
   segment being written is waited for; once a later frame or segment exists it is a gap
   like any other.
 - `lock` — flock'ed by the service that appends, so two services cannot share a spool.
-- `state.json` — written by the writer: each sink's position and the writer's status.
+- `state.json` — written by the writer: each sink's position and the writer's status
+  (a corrupt one is set aside and the positions found again: `recovery`).
 
 The reader is `spool_reader.SpoolReader`.  Positions are `(segment, offset, seq)`; a
 sink's backlog is the spool's next sequence number minus the sink's `seq`.
@@ -371,10 +372,26 @@ def write_state(directory: Path, state: dict) -> None:
 
 
 def read_state(directory: Path) -> dict:
+    """`state.json` as a dict; {} when it is absent or unusable (`load_state` says why)."""
+    return load_state(directory)[0]
+
+
+def load_state(directory: Path) -> tuple[dict, str | None]:
+    """`state.json` as a dict ({} when unusable), and why it is unusable (None: fine, or
+    absent): unreadable, not UTF-8 JSON (the parse error, positioned), not an object."""
     try:
-        return json.loads((directory / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
+        text = (directory / "state.json").read_bytes()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return {}, f"cannot be read: {exc.strerror or exc}"
+    try:
+        state = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        return {}, f"is not JSON: {exc}"
+    if not isinstance(state, dict) or not isinstance(state.get("positions", {}), dict):
+        return {}, "is not a JSON object with a `positions` object"
+    return state, None
 
 
 def position_from(value: object) -> Position | None:

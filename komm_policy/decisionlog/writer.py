@@ -38,9 +38,10 @@ from typing import Any
 from ..logsetup import configure_logging
 from .entries import record_from_raw
 from .records import Timestamps, encode_record
+from .recovery import resume, set_aside
 from .sink_state import SinkState, backoff_delay
 from .sinks import Sink, SinkBlocked, SinkSpec, SpooledRecord
-from .spool import Position, position_from, read_state, write_state
+from .spool import Position, load_state, position_from, write_state
 from .spool_reader import SpoolReader
 from .writer_signals import GROUP_SIGNALS
 
@@ -68,12 +69,21 @@ class SpoolWriter:
     def __init__(self, directory: str | Path, sinks: Sequence[SinkSpec | Sink], *,
                  clock: Callable[[], float] = time.monotonic,
                  batch: int = BATCH, rng: random.Random | None = None,
-                 save_every: float = 0.0) -> None:
+                 save_every: float = 0.0, beat: Callable[[], None] = lambda: None) -> None:
         self.directory = Path(directory)
-        state = read_state(self.directory)
+        state, problem = load_state(self.directory)
+        self.recovered: dict[str, Any] | None = state.get("state_recovered")
+        """The last corrupt `state.json` set aside (`recovery.set_aside`), kept in the
+        state the writer saves."""
+        if problem is not None:
+            self.recovered = set_aside(self.directory, problem, time.time())
         self.reader = SpoolReader(self.directory, known=state.get("corruption"))
+        self._beat = beat
+        self._recover: set[str] = set()
+        """Sinks whose position was lost: found again before their first batch."""
         saved = state.get("positions", {})
-        self.states = [SinkState(s, self._restored(s.name, saved.get(s.name)))
+        self.states = [SinkState(s, self._restored(s.name, saved.get(s.name),
+                                                   lost=problem is not None))
                        for s in sinks]
         self._clock = clock
         self._batch = batch
@@ -91,17 +101,18 @@ class SpoolWriter:
         self._unsaved_records = self._unsaved_bytes = 0
         self.behind = False  # the last step read a full batch: more is waiting
 
-    def _restored(self, name: str, saved: object) -> Position | None:
-        """A sink's saved position, or None (start at the oldest segment) when it does
-        not fit the spool (`SpoolReader.trusted`)."""
+    def _restored(self, name: str, saved: object, *, lost: bool) -> Position | None:
+        """A sink's saved position, or None with the sink marked for `recovery.resume`
+        when it was `lost` (a corrupt `state.json`) or does not fit the spool
+        (`SpoolReader.trusted`)."""
         position = position_from(saved)
         why = self.reader.trusted(position) if position is not None else None
-        if why is None:
+        if why is None and not lost:
             return position
-        log.warning("decision log sink %s: its saved position %s does not fit the spool "
-                    "(%s); it starts again at the oldest segment (records it already "
-                    "has are not stored twice)", name, position.as_json() if position else None,
-                    why)
+        if why is not None:
+            log.warning("decision log sink %s: its saved position %s does not fit the spool "
+                        "(%s)", name, position.as_json() if position else None, why)
+        self._recover.add(name)
         return None
 
     def step(self, *, force: bool = False) -> bool:
@@ -113,6 +124,15 @@ class SpoolWriter:
         for state in self.states:
             if not force and now < state.retry_at:
                 continue
+            if state.name in self._recover:
+                try:
+                    if state.sink is None:
+                        state.sink = state.spec.open()  # type: ignore[union-attr]
+                    resume(state, self.reader, self._batch, self._beat)
+                except Exception as exc:  # retried like a failed write
+                    self._failed(state, exc)
+                    continue
+                self._recover.discard(state.name)
             key = state.position
             if key not in cache:
                 entries, after = self.reader.read(key, self._batch)
@@ -234,6 +254,7 @@ class SpoolWriter:
                                "counters": s.counters} for s in self.states},
             "undecodable": self.undecodable,
             "corruption": self.reader.corruption(),
+            "state_recovered": self.recovered,
         }
 
     def save(self) -> None:
@@ -333,12 +354,12 @@ def writer_main(directory: str, specs: Sequence[SinkSpec], control: Any,
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         elif nice:
             os.nice(nice)
-    writer = SpoolWriter(directory, specs, save_every=SAVE_EVERY)
-    last_save = 0.0
     # The heartbeat the service watches: shared memory (`heartbeat`, a float), so a
     # writer that cannot save its state (a full disk) is not taken for a stalled one.
     beat = (lambda: setattr(heartbeat, "value", time.time())) if heartbeat is not None \
         else (lambda: None)
+    writer = SpoolWriter(directory, specs, save_every=SAVE_EVERY, beat=beat)
+    last_save = 0.0
     last_adopt = 0.0
     try:
         while True:

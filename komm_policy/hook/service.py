@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, token_text_problem
+from ..config import Config
+from ..config_tokens import token_text_problem
 from ..decisionlog import (
     DecisionLog,
     JsonlSpec,
@@ -130,8 +131,9 @@ class HookService:
 
     def reload_token(self) -> bool:
         """Re-read `token_file` (SIGHUP): a new token takes effect for the next request.
-        A file that cannot be read, is empty or holds more than one line keeps the token
-        in use (never no authentication) and logs an error; False then."""
+        A file that cannot be read, is empty, holds more than one line or a character no
+        header carries (`token_text_problem`) keeps the token in use (never no
+        authentication) and logs an error; False then."""
         if self.token_file is None:
             return True
         try:
