@@ -82,7 +82,9 @@ class Diagnostic:
         return self.severity is Severity.ERROR
 
     def __str__(self) -> str:
-        return f"{self.span}: {self.severity} {self.code}: {self.message}"
+        # Shown like `render` shows it (controls escaped): the same one line in a log, an
+        # exception's text and a report, and never a raw control on a terminal.
+        return shown(f"{self.span}: {self.severity} {self.code}: {self.message}")
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {

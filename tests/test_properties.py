@@ -116,6 +116,7 @@ any_text = st.one_of(
 @example('stage data { rule r: when "{')
 @example("stage data { rule r: when x matches /(/ accept }")
 @example("\r\n\r\n}")
+@example('"\x1f"')  # a control in a quoted token: str(diagnostic) is shown like render
 def test_arbitrary_text_never_raises(text):
     load_text(text)
 

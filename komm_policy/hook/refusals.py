@@ -49,7 +49,7 @@ class RequestLimits:
     def _refuse(self, status: int, message: str) -> None:
         """A request the parser cannot or must not take (malformed, header too large,
         upgrade): a JSON 4xx answer unless one for this request is under way, then
-        close.  Counted in `komm_hook_bad_requests{status}` like the app's refusals."""
+        close.  Counted in `komm_hook_bad_requests_total{status}` like the app's refusals."""
         self._inline_body = None
         cycle = self.cycle
         answering = cycle is not None and not cycle.response_complete and (

@@ -49,8 +49,8 @@ cycle); `ConnectionGuard` here is its factory and holds the process's connection
 * **bounded shutdown**: SIGTERM waits at most `shutdown_timeout` seconds for requests in
   progress (uvicorn's `timeout_graceful_shutdown`), then cancels them.
 
-Every cut connection is counted (`komm_http_connections_closed{reason}`,
-`komm_http_requests_shed`) and logged, rate-limited.
+Every cut connection is counted (`komm_http_connections_closed_total{reason}`,
+`komm_http_requests_shed_total`) and logged, rate-limited.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class ConnectionGuard:
         self.capacity = connection_capacity(self.limits.max_connections)
         self.warn = RateLimitedLog(log)
         self._bound = False
-        self._rejected: Any = None  # the app's komm_hook_bad_requests counter
+        self._rejected: Any = None  # the app's komm_hook_bad_requests_total counter
 
     def __getstate__(self) -> dict[str, Any]:
         return {"limits": self.limits}
@@ -218,7 +218,7 @@ class ConnectionGuard:
         return True
 
     def bad_request(self, protocol: GuardedProtocol, status: int, message: str) -> None:
-        """Count (`komm_hook_bad_requests{status}`) and log, rate-limited, a request
+        """Count (`komm_hook_bad_requests_total{status}`) and log, rate-limited, a request
         the protocol refused before the app saw it."""
         if self._rejected is not None:
             self._rejected.labels(str(status)).inc()

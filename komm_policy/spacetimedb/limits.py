@@ -7,7 +7,7 @@ from __future__ import annotations
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 """The largest subscription message accepted by default (the WebSocket library's
 `max_size`): a larger one drops the connection (close code 1009) with a reason naming the
-limit and is counted (`komm_directory_oversized_messages`).  SpacetimeDB sets no limit of
+limit and is counted (`komm_directory_oversized_messages_total`).  SpacetimeDB sets no limit of
 its own: an `InitialSubscription` holds whole tables, a transaction all its rows.  At ~55
 bytes a row (an address table) 128 MiB is about 2.4 million rows, whose table the replica
 would keep in about 2.5 GB; what one message costs beyond the table it builds is two to
