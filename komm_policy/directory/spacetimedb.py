@@ -98,6 +98,9 @@ class SpacetimeDirectory:
         self._replica: Replica | None = None  # the loop thread's working state
         self._pending: Replica | None = None  # built by the schema check, for the snapshot
         self._snapshot: Snapshot | None = None
+        self._required = needs is not None
+        """`needs` given or `require` ran: else a snapshot is of no policy set's tables
+        (the connection before the service's `require`), which is a start, no reload."""
         self._serving: Snapshot | Unavailable = Unavailable("SpacetimeDB " + str(
             endpoint) + ": no snapshot yet")
         self._first = threading.Event()
@@ -139,16 +142,18 @@ class SpacetimeDirectory:
         read) `DirectoryError` names the problem and the replica keeps serving, and
         subscribing to, the earlier set's tables (the new set must not go live).  Should
         the module change between that check and the resubscription, the earlier set is
-        put back and resubscribed before raising.  At start-up (no snapshot yet) a
-        schema that does not fit, or a SpacetimeDB that does not answer, does not raise:
-        the directory stays not ready, saying why, and keeps trying."""
-        had_snapshot = self._snapshot is not None
+        put back and resubscribed before raising.  At start-up (the first `require`, no
+        `needs` given to the constructor) a schema that does not fit, or a SpacetimeDB
+        that does not answer, does not raise: the directory stays not ready, saying why
+        (`/readyz` 503, lookups fail into the fallback), and keeps trying."""
+        had_snapshot = self._snapshot is not None and self._required
+        first, self._required = not self._required, True
         if had_snapshot:
             problem = self._problem_with(schema, needs)
             if problem is not None:
                 raise DirectoryError(problem)
         earlier = (self._schema, self._needs)
-        self._subscribe(schema, needs, timeout)
+        self._subscribe(schema, needs, timeout, forget=first)
         problem = self._schema_problem
         if problem and had_snapshot:
             log.warning("%s; keeping the earlier tables", problem)
@@ -166,16 +171,23 @@ class SpacetimeDirectory:
                              f"SpacetimeDB {self.endpoint}")
         return None if check.ok else "; ".join(check.problems)
 
-    def _subscribe(self, schema: Schema, needs: Needs, timeout: float) -> None:
+    def _subscribe(self, schema: Schema, needs: Needs, timeout: float, *,
+                   forget: bool = False) -> None:
+        """Subscribe to `needs`; wait up to `timeout` s for its snapshot or a schema
+        problem.  `forget` (at start): the snapshot so far, of no policy set's tables,
+        serves no lookup of this set (not ready until its own snapshot comes)."""
         self._schema, self._needs = schema, needs
         self._schema_problem = None
         self._first.clear()
         loop, client = self._loop, self._client
         if loop is not None and client is not None:
-            loop.call_soon_threadsafe(self._resubscribe)
+            loop.call_soon_threadsafe(self._resubscribe, forget)
         self._first.wait(timeout)
 
-    def _resubscribe(self) -> None:
+    def _resubscribe(self, forget: bool = False) -> None:
+        if forget:  # on the loop: no snapshot of the tables before is built after this
+            self._snapshot = self._replica = None
+            self._publish()
         if self._client is not None:
             self._client.restart()
 
