@@ -173,6 +173,10 @@ def test_identity_spellings_replace_and_delete_one_admin(store: Path, cli: Cli) 
         assert cli.imported(store, {"admin_identities": [spelling]}).returncode == 0
     assert stored(store, "admin_identities", "identity").count("0" * 62 + "ad") == 1
     assert len(stored(store, "admin_identities", "identity")) == 2  # Jane's and this one
+    # a JSON number is the identity's integer (0xad = 173), not text to read as hex
+    assert cli.imported(store, {"admin_identities": [173]}).returncode == 0
+    assert stored(store, "admin_identities", "identity").count("0" * 62 + "ad") == 1
+    assert len(stored(store, "admin_identities", "identity")) == 2
     deleted = cli.db(store, "delete", "admin_identities", "ad")
     assert deleted.returncode == 0 and "deleted 1 row of admin_identities" in deleted.stdout
     assert "0" * 62 + "ad" not in stored(store, "admin_identities", "identity")

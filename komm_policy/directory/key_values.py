@@ -46,9 +46,11 @@ def key_value(columns: Sequence[Column], values: Sequence[Any]) -> tuple[Any, ..
 def canonical(column: Column, value: Any) -> Any:
     """The spelling `db import` writes for a key value: a network as `db export` writes
     it (`203.0.113.200`, `2001:db8:bad::/48`), an identity as 64 lower-case hex digits,
-    an address in lower case (what the replica holds, `columns.decode_value`).  Other
-    meanings and values that do not decode are returned as given."""
-    if column.type not in SPELLED or not isinstance(value, str):
+    an address in lower case (what the replica holds, `columns.decode_value`); an
+    identity given as a JSON number or `{"__identity__": …}` too (stored as it is, a TEXT
+    column would hold `173` as the text `173`, which is the identity 0x173, not 173).
+    Other meanings and values that do not decode are returned as given."""
+    if column.type not in SPELLED or not (isinstance(value, str) or column.type == "identity"):
         return value
     try:
         return encode_value(column, decode_value(column, value))
