@@ -1,4 +1,4 @@
-"""`db export`, `db import`, `db delete` for any table of the SQLite store.
+"""`db export`, `db import` for any table of the SQLite store (`db delete`: transfer_delete).
 
 The JSON both directions use: one object, each table name mapped to a list of rows, each
 row an object of column values as stored (text, numbers, true/false for `bool` columns,
@@ -18,7 +18,10 @@ schema file does not describe (what `export` writes for a `bool` column imports 
 Every problem is reported with its table, row number and key; nothing is written unless
 all rows are valid, and then all are written in one transaction (insert or replace).
 
-Rows are keyed by the table's primary key.  A table that declares none is keyed by
+Rows are keyed by the table's primary key, compared by value as the replica compares it
+(`key_values`: `203.0.113.200/32` is the row stored as `203.0.113.200`, which it replaces;
+both in one file are refused; network, identity and address keys are written in one
+spelling).  A table that declares none is keyed by
 SQLite's `rowid`: `export` writes it as each row's first field (`{"rowid": 1, …}`), and
 `import` replaces the row with that rowid (a row without `rowid` is appended with a new
 one), so importing an export again changes nothing.  (A table with a column itself named
