@@ -1,8 +1,8 @@
 """`db delete TABLE KEY…`: rows of the SQLite store by primary key, found by the key's value.
 
 A KEY names the rows whose key has its value as the replica compares it (`key_values`):
-`db delete blocked_ips 2001:DB8:BAD:0::/48` deletes the row stored as `2001:db8:bad::/48`,
-`db delete admin_identities ad` every spelling of that identity (`AD`, `0xad`, `00…ad`).
+`db delete TABLE 2001:DB8:BAD:0::/48` deletes the row stored as `2001:db8:bad::/48`,
+`db delete TABLE ad` every spelling of that identity (`AD`, `0xad`, `00…ad`).
 The text as given also matches itself exactly, so a row the replica skips as a bad row
 (`10.0.0.1/8` written behind the tools' back) can be deleted by its stored text.
 """
