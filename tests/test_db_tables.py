@@ -134,7 +134,8 @@ def test_export_import_round_trip_of_an_operator_table(
      "column active wants a bool"),
     ({"blocked_ips": {"ip": "192.0.2.1"}}, "blocked_ips: rows must be a JSON list"),
     ({"blocked_ips": [{"ip": "192.0.2.9", "reason": "a"}, {"ip": "192.0.2.9", "reason": "b"}]},
-     "blocked_ips row 2: the same primary key (ip) as row 1"),
+     "blocked_ips row 2 (ip='192.0.2.9'): the same primary key (ip) as row 1 "
+     "(ip='192.0.2.9')"),
     ([1, 2], "one JSON object"),
 ])
 def test_import_refuses_and_writes_nothing(capsys: pytest.CaptureFixture[str], store: Path,

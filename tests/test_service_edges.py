@@ -79,6 +79,24 @@ def remove_store(path: Path) -> None:
             os.unlink(p)
 
 
+def test_a_sqlite_store_lacking_a_table_at_start_is_refused_naming_it(tmp_path: Path
+                                                                      ) -> None:
+    """Unlike SpacetimeDB's module (README "Schema check"), the service's own SQLite file
+    lacking a table the policies read at start is refused: exit 2 naming the table and
+    the store (the difference the README gives), not a process serving 451s."""
+    d = Deployment(tmp_path)
+    conn = sqlite3.connect(d.database)
+    with conn:
+        conn.execute("DROP TABLE blocked_ips")
+    conn.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "komm_policy", "serve", "--port", "0", "--policies",
+         str(d.policies), "--directory", f"sqlite:{d.database}", "--no-watch"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{d.database}: no table 'blocked_ips'" in result.stderr
+
+
 def test_readyz_names_the_missing_table_of_a_recreated_store_and_logs_each_new_reason(
         tmp_path: Path) -> None:
     d = with_operator_table(tmp_path)

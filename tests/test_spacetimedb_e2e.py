@@ -129,3 +129,29 @@ def test_undecodable_rows_in_the_snapshot_are_skipped_and_mail_is_answered(
         assert output.count("skipping a row of blocked_ips") == 2
         assert "nested too deeply" in output and "expected a string" in output
         assert "Traceback" not in output and "NoneType: None" not in output
+
+
+def test_a_table_missing_at_start_keeps_it_not_ready_until_the_module_has_it(
+        double: DoubleServer, tmp_path: Path) -> None:
+    """As when the table goes away while serving (README "Schema check"): the process
+    runs, `/readyz` 503 names the table, lookups fall into the policy's fallback, the
+    check is retried, and the service is ready once the module has the table — not exit
+    2 at start (a restart loop under systemd's Restart=on-failure)."""
+    tables = double.state.databases["komm"].tables
+    blocked_ips = tables.pop("blocked_ips")
+    blocked = json.dumps({"context": {"stage": "connect", "client": {"ip": "192.0.2.66"}}})
+    with serve(double, tmp_path, "a") as server:
+        eventually(lambda: "no table 'blocked_ips'" in httpx.get(
+            f"{server.url}/readyz").text, timeout=10)
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503
+        assert "SpacetimeDB" in ready.json()["reason"]
+        assert server.post(blocked).json()["response"]["status"] == 451  # on_lookup_error
+        time.sleep(1.5)  # at least one retry (backoff 1 s) fails the same way
+        assert server.proc is not None and server.proc.poll() is None
+        assert httpx.get(f"{server.url}/readyz").status_code == 503
+        tables["blocked_ips"] = blocked_ips  # the module is whole again
+        eventually(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, timeout=35)
+        assert server.post(blocked).json()["response"]["status"] == 550
+        assert action(server) == "accept"
+        assert "no table 'blocked_ips'" in server.output()

@@ -30,11 +30,11 @@ from ..directory.sqlite import connect, create_database, init_schema
 from ..directory.sqlite_tables import read_schema
 from ..directory.transfer import (
     TransferError,
-    delete_rows,
     export_tables,
     import_tables,
     undescribed_tables,
 )
+from ..directory.transfer_delete import delete_rows
 from . import os_error_text, read_input, spacetimedb
 
 DEFAULT_PATH = "var/komm.sqlite3"
@@ -72,7 +72,8 @@ def register(sub: Any) -> None:
     delete.add_argument("table", help="the table")
     delete.add_argument("keys", nargs="+", metavar="KEY",
                         help="primary-key values (rowid when the table declares none)")
-    _store_arguments(delete, "match address keys case-insensitively by this schema file")
+    _store_arguments(delete, "match keys by value (networks, identities, addresses) by this "
+                             "schema file")
     delete.set_defaults(run=run_delete)
 
 

@@ -90,6 +90,7 @@ class SpacetimeDirectory:
         self._replica: Replica | None = None  # the loop thread's working state
         self._pending: Replica | None = None  # built by the schema check, for the snapshot
         self._snapshot: Snapshot | None = None
+        self._required = needs is not None  # else the first `require` is a start, no reload
         self._serving: Snapshot | Unavailable = Unavailable("SpacetimeDB " + str(
             endpoint) + ": no snapshot yet")
         self._first = threading.Event()
@@ -131,20 +132,21 @@ class SpacetimeDirectory:
         read) `DirectoryError` names the problem and the replica keeps serving, and
         subscribing to, the earlier set's tables (the new set must not go live).  Should
         the module change between that check and the resubscription, the earlier set is
-        put back and resubscribed before raising.  At start-up (no snapshot yet) a
+        put back and resubscribed before raising.  At start (the first `require`) a
         schema that does not fit, or a SpacetimeDB that does not answer, does not raise:
         the directory stays not ready, saying why, and keeps trying."""
-        had_snapshot = self._snapshot is not None
+        had_snapshot = self._snapshot is not None and self._required
+        first, self._required = not self._required, True
         if had_snapshot:
             problem = self._problem_with(schema, needs)
             if problem is not None:
                 raise DirectoryError(problem)
         earlier = (self._schema, self._needs)
-        self._subscribe(schema, needs, timeout)
+        self._subscribe(schema, needs, timeout, first)
         problem = self._schema_problem
         if problem and had_snapshot:
             log.warning("%s; keeping the earlier tables", problem)
-            self._subscribe(*earlier, timeout)
+            self._subscribe(*earlier, timeout, False)
             raise DirectoryError(problem)
 
     def _problem_with(self, schema: Schema, needs: Needs) -> str | None:
@@ -158,16 +160,21 @@ class SpacetimeDirectory:
                              f"SpacetimeDB {self.endpoint}")
         return None if check.ok else "; ".join(check.problems)
 
-    def _subscribe(self, schema: Schema, needs: Needs, timeout: float) -> None:
+    def _subscribe(self, schema: Schema, needs: Needs, timeout: float, forget: bool) -> None:
+        """Subscribe; wait up to `timeout` s for the snapshot or a schema problem.
+        `forget` (start): the snapshot of no policy set's tables serves no lookup."""
         self._schema, self._needs = schema, needs
         self._schema_problem = None
         self._first.clear()
         loop, client = self._loop, self._client
         if loop is not None and client is not None:
-            loop.call_soon_threadsafe(self._resubscribe)
+            loop.call_soon_threadsafe(self._resubscribe, forget)
         self._first.wait(timeout)
 
-    def _resubscribe(self) -> None:
+    def _resubscribe(self, forget: bool = False) -> None:
+        if forget:  # on the loop: no snapshot of the tables before is built after this
+            self._snapshot = self._replica = None
+            self._publish()
         if self._client is not None:
             self._client.restart()
 

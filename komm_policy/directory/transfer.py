@@ -1,4 +1,4 @@
-"""`db export`, `db import`, `db delete` for any table of the SQLite store.
+"""`db export`, `db import` for any table of the SQLite store (`db delete`: transfer_delete).
 
 The JSON both directions use: one object, each table name mapped to a list of rows, each
 row an object of column values as stored (text, numbers, true/false for `bool` columns,
@@ -18,7 +18,10 @@ schema file does not describe (what `export` writes for a `bool` column imports 
 Every problem is reported with its table, row number and key; nothing is written unless
 all rows are valid, and then all are written in one transaction (insert or replace).
 
-Rows are keyed by the table's primary key.  A table that declares none is keyed by
+Rows are keyed by the table's primary key, compared by value as the replica compares it
+(`key_values`: `203.0.113.200/32` is the row stored as `203.0.113.200`, which it replaces;
+both in one file are refused; network, identity and address keys are written in one
+spelling).  A table that declares none is keyed by
 SQLite's `rowid`: `export` writes it as each row's first field (`{"rowid": 1, …}`), and
 `import` replaces the row with that rowid (a row without `rowid` is appended with a new
 one), so importing an export again changes nothing.  (A table with a column itself named
@@ -35,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .key_values import SameKey, canonical, key_value, needs_scan, stored_keys
 from .schema import BadValue, Column, Schema, decode_value
 from .sqlite_tables import NotUtf8, quote, read_schema, text_or_raw, user_tables
 
@@ -117,6 +121,8 @@ def _export(conn: sqlite3.Connection, names: list[str], schema: Schema | None,
             select = "rowid AS rowid, *" if keyed_by_rowid else "*"
             cursor = conn.execute(f"SELECT {select} FROM {quote(name)} ORDER BY rowid")
             fields = [d[0] for d in cursor.description]
+            primary = read_schema(conn, [name]).tables[name].primary_key
+            twins = SameKey(name, primary, [columns[k].column for k in primary])
             rows = []
             skipped = 0
             for values in cursor:
@@ -137,6 +143,11 @@ def _export(conn: sqlite3.Connection, names: list[str], schema: Schema | None,
                     problems = _validate(name, len(rows) + skipped + 1, checked, columns)[1]
                     if problems:
                         bad_rows.extend(problems)
+                        skipped += 1
+                        continue
+                    twin = twins.second(len(rows) + skipped + 1, row)
+                    if twin is not None:
+                        bad_rows.append(twin)
                         skipped += 1
                         continue
                 elif any(isinstance(v, NotUtf8) for v in row.values()):
@@ -177,6 +188,7 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
     existing = set(user_tables(conn))
     problems: list[str] = []
     plans: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
+    stale: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]] = []
     for table, rows in data.items():
         if table not in existing:
             problems.append(f"{table}: no such table in the store (create it first; it "
@@ -188,7 +200,10 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
         columns = _columns(conn, table, schema)
         primary = read_schema(conn, [table]).tables[table].primary_key
         keyed_by_rowid = _keyed_by_rowid(conn, table, columns)
-        seen: dict[tuple[Any, ...], int] = {}  # primary key → first row number
+        key_columns = [columns[k].column for k in primary]
+        by_value = needs_scan(key_columns)
+        writes: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []  # key value, spelling
+        seen: dict[tuple[Any, ...], tuple[int, str]] = {}  # key → first row, its key
         seen_rowids: dict[int, int] = {}  # rowid → first row number
         statements: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for number, row in enumerate(rows, start=1):
@@ -218,17 +233,28 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
                     values = {"rowid": rowid, **values}
             if not row_problems and primary and all(
                     values.get(k) is not None for k in primary):
-                # Two rows with one key in one file: the last would silently win.
-                key = tuple(_key_form(columns[k], values[k]) for k in primary)
+                # Two rows with one key in one file: the last would silently win.  Keys
+                # compare by value, as the replica compares them (`key_values`), and are
+                # written in one spelling.
+                for k in primary:
+                    values[k] = canonical(columns[k].column, values[k])
+                written = tuple(values[k] for k in primary)
+                key = key_value(key_columns, written) or written
+                given = ", ".join(f"{k}={row[k]!r}" for k in primary if k in row)
                 if key in seen:
+                    first, spelled = seen[key]
                     row_problems.append(
-                        f"{table} row {number}: the same primary key "
-                        f"({', '.join(primary)}) as row {seen[key]}")
+                        f"{table} row {number} ({given}): the same primary key "
+                        f"({', '.join(primary)}) as row {first} ({spelled})")
                 else:
-                    seen[key] = number
+                    seen[key] = number, given
+                    if by_value:
+                        writes.append((key, written))
             problems.extend(row_problems)
             if not row_problems:
                 statements.setdefault(tuple(values), []).append(tuple(values.values()))
+        if writes:
+            stale.append((table, primary, _other_spellings(conn, table, key_columns, writes)))
         for names, batch in statements.items():
             plans.append((table, list(names), batch))
     if problems:
@@ -236,6 +262,10 @@ def import_tables(conn: sqlite3.Connection, data: Any, schema: Schema | None = N
     counts: dict[str, int] = {table: 0 for table in data}
     try:
         with conn:
+            for table, primary, rows in stale:
+                # A row whose key has this value but another spelling is replaced too.
+                where = " AND ".join(f"{quote(k)} IS ?" for k in primary)
+                conn.executemany(f"DELETE FROM {quote(table)} WHERE {where}", rows)
             for table, names, batch in plans:
                 conn.executemany(
                     f"INSERT OR REPLACE INTO {quote(table)} "
@@ -255,11 +285,15 @@ def _keyed_by_rowid(conn: sqlite3.Connection, table: str,
     return not read_schema(conn, [table]).tables[table].primary_key
 
 
-def _key_form(stored: _StoredColumn, value: Any) -> Any:
-    """How the store compares a key value: addresses case-insensitively."""
-    if isinstance(value, str) and stored.column.type == "address":
-        return value.lower()
-    return value
+def _other_spellings(conn: sqlite3.Connection, table: str, key_columns: list[Column],
+                     writes: list[tuple[tuple[Any, ...], tuple[Any, ...]]]
+                     ) -> list[tuple[Any, ...]]:
+    """The stored keys (as stored) of rows that have the value of a key in `writes` but
+    another spelling: `INSERT OR REPLACE` would keep them beside the new row, and the
+    replica would skip one of the two.  One scan of the table's key columns."""
+    stored = stored_keys(conn, table, key_columns)
+    return [other for key, written in writes for other in stored.get(key, ())
+            if other != written]
 
 
 def _validate(table: str, number: int, row: Mapping[str, Any],
@@ -320,62 +354,3 @@ def _bounded(problems: list[str]) -> list[str]:
     if len(problems) <= MAX_REPORTED:
         return problems
     return [*problems[:MAX_REPORTED], f"… and {len(problems) - MAX_REPORTED} more problems"]
-
-
-def delete_rows(conn: sqlite3.Connection, table: str, keys: list[str],
-                schema: Schema | None = None) -> int:
-    """Delete rows by primary key (SQLite's rowid when the table declares none): with a
-    one-column key each KEY is one row; with a key of n columns, the n KEYs name one row.
-    Address keys match case-insensitively.  Raises `TransferError` for an unknown table,
-    a wrong number of keys, or keys that match no row (then nothing is deleted)."""
-    if table not in user_tables(conn):
-        raise TransferError([f"no table {table!r} in the store"])
-    stored = read_schema(conn, [table]).tables[table]
-    columns = _columns(conn, table, schema)
-    primary = list(stored.primary_key) or ["rowid"]
-    if len(primary) == 1:
-        wanted = [[k] for k in keys]
-    elif len(keys) == len(primary):
-        wanted = [keys]
-    else:
-        raise TransferError([f"{table}: its key has {len(primary)} columns "
-                             f"({', '.join(primary)}); give one value for each"])
-    clauses = []
-    for name in primary:
-        meaning = columns[name].column.type if name in columns else "integer"
-        clauses.append(f"{quote(name)} = ? COLLATE NOCASE" if meaning == "address"
-                       else f"{quote(name)} = ?")
-    sql = f"DELETE FROM {quote(table)} WHERE {' AND '.join(clauses)}"
-    missing: list[str] = []
-    out_of_range: list[str] = []
-    deleted = 0
-    with conn:
-        for values in wanted:
-            params = [_key_value(columns.get(n), v) for n, v in zip(primary, values,
-                                                                     strict=True)]
-            if None in params:
-                out_of_range.append(" ".join(values))
-                continue
-            count = conn.execute(sql, params).rowcount
-            if count == 0:
-                missing.append(" ".join(values))
-            deleted += count
-        if missing or out_of_range:
-            conn.rollback()
-            raise TransferError(
-                [f"{table}: key {k!r} is outside SQLite's 64-bit integers: no row has it "
-                 f"(nothing deleted)" for k in out_of_range]
-                + [f"{table}: no row with key {k!r} (nothing deleted)" for k in missing])
-    return deleted
-
-
-def _key_value(stored: _StoredColumn | None, text: str) -> Any:
-    kind = stored.column.type if stored is not None else "integer"
-    if kind in ("integer", "timestamp", "bool"):
-        try:
-            number = int(text)
-        except ValueError:
-            return text
-        # Beyond 64 bits no row can have it (SQLite would raise OverflowError).
-        return number if number in SQLITE_INTEGER_RANGE else None
-    return text
