@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from . import types as t
 from .address_list import address_list
-from .addresses import domain, local_part, valid_address
+from .addresses import detail, domain, local_part, user, valid_address, without_detail
 
 Kind = Literal["pure", "request", "table"]
 
@@ -98,6 +98,15 @@ DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
                 'the domain of an address: domain("a@Example.org") is "example.org"'),
         Builtin("local_part", (_text("address"),), t.STRING, "pure", local_part,
                 'the local part of an address: local_part("a.b@example.org") is "a.b"'),
+        Builtin("user", (_text("address"),), t.STRING, "pure", user,
+                'the local part without its +detail (RFC 5233): user("gemuese+ernte@x") is '
+                '"gemuese"'),
+        Builtin("detail", (_text("address"),), t.STRING, "pure", detail,
+                'the local part after its first + (RFC 5233): detail("gemuese+ernte@x") is '
+                '"ernte"; "" without a +'),
+        Builtin("without_detail", (_text("address"),), t.ADDRESS, "pure", without_detail,
+                'the address without its +detail: without_detail("gemuese+ernte@x") is '
+                '"gemuese@x"'),
         Builtin("valid_address", (_text("address"),), t.BOOL, "pure", valid_address,
                 "true when the text is a valid mailbox local@domain as Stalwart sends it "
                 "(split at the last @; see docs/language.md)",
