@@ -14,6 +14,8 @@ from komm_policy.addresses import detail, user, without_detail
 from komm_policy.runtime import decide
 
 from .conftest import POLICIES
+from .test_checker import codes, diagnostics, single
+from .test_compiler import holds
 from .test_runtime import DEMO, policy, request
 
 # (address, user, detail, without_detail): the documented edge cases
@@ -74,3 +76,49 @@ def test_linear_in_the_address_length() -> None:
     for _ in range(20):
         user(long), detail(long), without_detail(long)
     assert time.process_time() - start < 2.0
+
+
+@pytest.mark.parametrize(("address", "separator", "u", "d", "w"), [
+    ("gemuese-ernte@solawi.example", "-", "gemuese", "ernte", "gemuese@solawi.example"),
+    ("gemuese+ernte@solawi.example", "-", "gemuese+ernte", "", "gemuese+ernte@solawi.example"),
+    ("a--b--c@x.example", "--", "a", "b--c", "a@x.example"),
+    ("a+b@x.example", "", "a+b", "", "a+b@x.example"),  # "" splits nothing
+])
+@pytest.mark.parametrize("trace", [False, True])
+def test_another_separator(address: str, separator: str, u: str, d: str, w: str,
+                           trace: bool) -> None:
+    assert (user(address, separator), detail(address, separator),
+            without_detail(address, separator)) == (u, d, w)
+    sep = f'"{separator}"'
+    text = ("stage mail { rule r: when user(sender, " + sep + ') == "' + u
+            + '" and detail(sender, ' + sep + ') == "' + d + '" and without_detail(sender, '
+            + sep + ') == "' + w + '" reject default accept }')
+    decision = decide(policy(text), request("mail", sender=address), DEMO, trace=trace)
+    assert decision.action == "reject", (decision.cause, decision.rule)
+
+
+@pytest.mark.parametrize("condition", [
+    'user("gemuese+ernte@solawi.example") == "gemuese"',  # constants: folded at load time
+    'detail("a+b+c@x.example", "+") == "b+c"',
+    'without_detail("info+x@solawi.example") == "info@solawi.example"',
+    'without_detail(rcpt) == "info@solawi.example"',
+    'detail(rcpt) == ""',
+    'user(header("X-Missing")) == none',  # none in, none out
+])
+def test_in_conditions(condition: str) -> None:
+    assert holds(condition, stage="rcpt" if "rcpt" in condition else "data") is True
+    assert holds(f"not ({condition})",
+                 stage="rcpt" if "rcpt" in condition else "data") is False
+
+
+@pytest.mark.parametrize("call", ["user()", 'user(sender, "+", "x")', "detail()"])
+def test_wrong_arity_is_e104_naming_the_optional_separator(call: str) -> None:
+    text = f'stage mail {{ rule r: when {call} == "a" reject default accept }}'
+    found = single(diagnostics(text), "E104")
+    assert "takes 1 to 2 arguments" in found.message
+    assert found.hint is not None and "[separator: " in found.hint
+
+
+def test_a_wrong_separator_type_is_e105() -> None:
+    text = 'stage mail { rule r: when user(sender, 1) == "a" reject default accept }'
+    assert codes(diagnostics(text)) == ["E105"]
