@@ -90,6 +90,43 @@ def local_part(address: str) -> str:
     return address[:at] if at >= 0 else address
 
 
+SUBADDRESS_SEPARATOR = "+"
+"""RFC 5233 sub-addressing: the local part is `user+detail`; Stalwart's default separator."""
+
+
+def _split_detail(address: str, separator: str) -> tuple[str, str | None, str]:
+    """(user, detail or None without a separator, "@domain" or "") of an address split at
+    its last `@`; the local part splits at the first `separator` (RFC 5233 §1: `a+b+c`
+    has user `a`, detail `b+c`).  A local part that starts with the separator has no
+    user, and an empty separator never matches: neither is split."""
+    at = address.rfind("@")
+    local, rest = (address[:at], address[at:]) if at >= 0 else (address, "")
+    cut = local.find(separator) if separator else -1
+    if cut <= 0:
+        return local, None, rest
+    return local[:cut], local[cut + len(separator):], rest
+
+
+def user(address: str, separator: str = SUBADDRESS_SEPARATOR) -> str:
+    """The local part without its `+detail` (RFC 5233 "user"): `user("gemuese+ernte@x")`
+    is `gemuese`; without a `+` the whole local part.  Linear, never raises."""
+    return _split_detail(address, separator)[0]
+
+
+def detail(address: str, separator: str = SUBADDRESS_SEPARATOR) -> str:
+    """The local part's text after its first `+` (RFC 5233 "detail"): `ernte` for
+    `gemuese+ernte@x`, `b+c` for `a+b+c@x`; `""` without a `+` and for `a+@x`."""
+    return _split_detail(address, separator)[1] or ""
+
+
+def without_detail(address: str, separator: str = SUBADDRESS_SEPARATOR) -> str:
+    """The address with its `+detail` removed (`gemuese+ernte@x` → `gemuese@x`), as written
+    otherwise; unchanged without a `+`.  `separator`: another one, as Stalwart's
+    sub-addressing setting may use (`-`); "" splits nothing.  Linear, never raises."""
+    name, found, rest = _split_detail(address, separator)
+    return address if found is None else name + rest
+
+
 def _local_char_ok(ch: str) -> bool:
     code = ord(ch)
     # Printable ASCII including space (qtextSMTP and quoted-pairSMTP, RFC 5321 §4.1.2) and

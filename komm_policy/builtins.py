@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from . import types as t
 from .address_list import address_list
-from .addresses import domain, local_part, valid_address
+from .addresses import detail, domain, local_part, user, valid_address, without_detail
 
 Kind = Literal["pure", "request", "table"]
 
@@ -55,12 +55,20 @@ class Builtin:
     """What the call gives when an optional argument is none (no lookup is made)."""
     stages: frozenset[str] | None = None
     """Stages where the function is available (None: everywhere)."""
+    required: int | None = None
+    """How many leading params a call must give (None: all); the rest are optional."""
+
+    @property
+    def min_args(self) -> int:
+        return len(self.params) if self.required is None else self.required
 
     @property
     def signature(self) -> str:
         if self.kind == "table":
             return f'{self.name}("table", column = key, …) -> {self.returns}'
-        params = ", ".join(f"{p.name}: {p.describe()}" for p in self.params)
+        params = ", ".join(f"{p.name}: {p.describe()}" if i < self.min_args
+                           else f"[{p.name}: {p.describe()}]"
+                           for i, p in enumerate(self.params))
         return f"{self.name}({params}) -> {self.returns}"
 
 
@@ -85,6 +93,7 @@ def _addresses(ctx: Any, name: str) -> list[str]:
 
 _DATA = frozenset({"data"})
 _LIST_OR_TEXT = Param("value", frozenset({"string", "address", "list"}))
+_SUBADDRESS = (_text("address"), _text("separator"))
 
 DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
     b.name: b for b in (
@@ -98,6 +107,16 @@ DEFAULT_BUILTINS: Mapping[str, Builtin] = MappingProxyType({
                 'the domain of an address: domain("a@Example.org") is "example.org"'),
         Builtin("local_part", (_text("address"),), t.STRING, "pure", local_part,
                 'the local part of an address: local_part("a.b@example.org") is "a.b"'),
+        Builtin("user", _SUBADDRESS, t.STRING, "pure", user,
+                'the local part without its +detail (RFC 5233): user("gemuese+ernte@x") is '
+                '"gemuese"; the separator may be given: user("a-b@x", "-") is "a"',
+                required=1),
+        Builtin("detail", _SUBADDRESS, t.STRING, "pure", detail,
+                'the local part after its first + (RFC 5233): detail("gemuese+ernte@x") is '
+                '"ernte"; "" without a +; the separator may be given', required=1),
+        Builtin("without_detail", _SUBADDRESS, t.ADDRESS, "pure", without_detail,
+                'the address without its +detail: without_detail("gemuese+ernte@x") is '
+                '"gemuese@x"; the separator may be given', required=1),
         Builtin("valid_address", (_text("address"),), t.BOOL, "pure", valid_address,
                 "true when the text is a valid mailbox local@domain as Stalwart sends it "
                 "(split at the last @; see docs/language.md)",

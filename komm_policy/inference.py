@@ -241,14 +241,17 @@ class Inference:
         if expr.kwargs:
             return self.error("E104", f"`{expr.func}()` takes no `name = value` arguments",
                               expr.kwargs[0].span, f"signature: {builtin.signature}")
-        if len(expr.args) != len(builtin.params):
+        if not builtin.min_args <= len(expr.args) <= len(builtin.params):
             count = len(builtin.params)
-            return self.error("E104", f"`{expr.func}()` takes {count} argument"
+            takes = (f"{count}" if builtin.min_args == count
+                     else f"{builtin.min_args} to {count}")
+            return self.error("E104", f"`{expr.func}()` takes {takes} argument"
                               f"{'s' if count != 1 else ''}, got {len(expr.args)}", expr.span,
                               f"signature: {builtin.signature}")
         optional_arg = False
         for position, (param, arg, arg_type) in enumerate(
-                zip(builtin.params, expr.args, arg_types, strict=True), start=1):
+                zip(builtin.params[:len(expr.args)], expr.args, arg_types, strict=True),
+                start=1):
             if not param.accepts(arg_type):
                 self.error("E105", f"argument {position} (`{param.name}`) of "
                            f"`{expr.func}()` must be {param.describe()}, but this is "

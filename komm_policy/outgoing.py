@@ -214,11 +214,67 @@ def _fold(atoms: list[tuple[str, str]], first_line: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# Address lists
+
+# RFC 5322 §3.2.3 atext, with RFC 6532 §3.2's UTF8-non-ascii; a dot-atom is atext runs
+# joined by single dots.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+_DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+POSTMASTER = "(Postmaster)"
+"""How the `""` of a bare `RCPT TO:<Postmaster>` (RFC 5321 §4.1.1.3) appears in an address
+list: it has no domain, so no addr-spec; an RFC 5322 comment stands in its place."""
+
+
+def addr_spec(address: str) -> str:
+    """An envelope address as Stalwart sends it (dequoted, split at the last `@`) as an RFC
+    5322 §3.4.1 addr-spec: the local part as it is when it is a dot-atom, else re-quoted
+    (`odd user@x.example` → `"odd user"@x.example`, `\\` and `"` escaped).  Non-ASCII stays
+    UTF-8 (RFC 6532 §3.2): an address is never an encoded word (RFC 2047 §5(3)).  Controls
+    are replaced (`text.clean_header_text`).  `""` gives `POSTMASTER`."""
+    if not address:
+        return POSTMASTER
+    at = address.rfind("@")
+    local, domain = (address[:at], address[at:]) if at >= 0 else (address, "")
+    local = clean_header_text(local)
+    if _DOT_ATOM.fullmatch(local) is None:
+        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return local + clean_header_text(domain)
+
+
+def _cut(spec: str) -> str:
+    if len(spec) * 4 <= MAX_PLAIN_WORD:
+        return spec
+    octets = spec.encode("utf-8", "replace")  # lone surrogates were replaced already
+    if len(octets) <= MAX_PLAIN_WORD:
+        return spec
+    return octets[:MAX_PLAIN_WORD - 3].decode("utf-8", "ignore") + "..."
+
+
+def address_list_value(addresses: Sequence[str], name: str) -> str:
+    """A header value listing `addresses` (RFC 5322 §3.4 address-list): addr-specs
+    (`addr_spec`) joined with `, `, folded between them (never inside one) so lines aim for
+    78 octets.  7-bit unless a local part is not ASCII: such an address arrives only over
+    SMTPUTF8 (RFC 6531), whose messages may carry UTF-8 header fields (RFC 6532 §3); RFC 2047
+    forbids encoding an addr-spec.  An addr-spec longer than `MAX_PLAIN_WORD` octets (no
+    SMTP path is: RFC 5321 allows 256) is cut there and ends in `...`, so no line passes
+    998 octets.  Linear in the total length."""
+    specs = [_cut(addr_spec(a)) for a in addresses]
+    atoms = [("" if k == 0 else " ", spec + ("," if k < len(specs) - 1 else ""))
+             for k, spec in enumerate(specs)]
+    return _fold(atoms, len(name) + 2)
+
+
+# ---------------------------------------------------------------------------------------
 # The modifications
 
 
 def add_header(name: str, value: Any) -> AddHeader:
     return AddHeader(name=name, value=header_value(value, name))
+
+
+def add_address_list_header(name: str, addresses: Sequence[str]) -> AddHeader:
+    """`addHeader` of an address list (`address_list_value`), not of free text."""
+    return AddHeader(name=name, value=address_list_value(addresses, name))
 
 
 def insert_header(name: str, value: Any, index: int) -> InsertHeader:

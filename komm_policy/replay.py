@@ -88,6 +88,9 @@ class Outcome:
 
 @dataclass(slots=True)
 class Change:
+    """One changed answer and what identifies its session: the client address (None when
+    the record was redacted), HELO, SASL login, sender and recipients as logged."""
+
     where: str  # "FILE:LINE" or "mta_log rowid N"
     record_id: str | None
     time: str | None
@@ -96,10 +99,15 @@ class Change:
     recipients: list[str]
     old: Outcome
     new: Outcome
+    client_ip: str | None = None
+    helo: str | None = None
+    sasl_login: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"where": self.where, "id": self.record_id, "time": self.time,
-                "stage": self.stage, "sender": self.sender, "recipients": self.recipients,
+                "stage": self.stage, "client_ip": self.client_ip, "helo": self.helo,
+                "sasl_login": self.sasl_login, "sender": self.sender,
+                "recipients": self.recipients,
                 "old": _outcome_json(self.old), "new": _outcome_json(self.new)}
 
 
@@ -260,8 +268,15 @@ def replay(entries: Iterable[tuple[str, dict[str, Any] | None]], new: PolicySet,
         if len(report.examples) < max_examples:
             report.examples.append(Change(
                 where, record.get("id"), record.get("time"), stage, record.get("sender"),
-                _recipients(record), old, new_outcome))
+                _recipients(record), old, new_outcome, _text(record, "client_ip"),
+                _text(record, "helo"), _text(record, "sasl_login")))
     return report
+
+
+def _text(record: dict[str, Any], key: str) -> str | None:
+    """A logged value as text, None when absent or null (a redacted `client_ip`)."""
+    value = record.get(key)
+    return None if value is None else str(value)
 
 
 def _recipients(record: dict[str, Any]) -> list[str]:

@@ -17,7 +17,13 @@ from .call_paths import failure_path
 from .context import EvalContext
 from .decision import DEFAULT_REPLIES, Decision, DryRunHit, RuleRef
 from .lookups import DeadlineExceeded, LookupFailed
-from .outgoing import UnsafeValue, add_header, add_recipient, delete_recipient
+from .outgoing import (
+    UnsafeValue,
+    add_address_list_header,
+    add_header,
+    add_recipient,
+    delete_recipient,
+)
 from .program import CONTINUE, CompiledRule, CompiledStage, Outcome, RuntimeSettings
 from .wire import AddHeader, ChangeHeader, DeleteHeader, InsertHeader
 
@@ -165,7 +171,7 @@ def _quarantine(ctx: EvalContext, outcome: Outcome, mods: list, mailbox: str) ->
     recipients = ctx.recipients()
     result: list = [m for m in mods if isinstance(m, _HEADER_MODS)]
     result.append(add_header("X-Komm-Quarantine", outcome.make_reason(ctx)))
-    result.append(add_header("X-Komm-Original-Recipients", ", ".join(recipients)))
+    result.append(add_address_list_header("X-Komm-Original-Recipients", recipients))
     as_sent = ctx.recipients_as_sent()
     result.extend(delete_recipient(r, as_sent) for r in as_sent)
     result.append(add_recipient(mailbox))

@@ -114,6 +114,30 @@ def test_make_test_runs_the_shipped_tests():
     assert "komm-policy test --threshold 100 policies" in makefile
 
 
+def test_a_copied_policy_directory_tests_green(tmp_path):
+    # operators copy policies/ to /etc/komm-policy/policies (contrib/komm-policy.service);
+    # a fixture path reaching out of the directory (`../tests/...`) broke 3 cases there
+    copied = tmp_path / "etc" / "policies"
+    shutil.copytree(POLICIES, copied)
+    code, out, _ = run_test(str(copied), format="json")
+    report = json.loads(out)
+    assert code == 0, out
+    assert report["errors"] == 0 and report["failed"] == 0
+    assert report["passed"] >= 25
+    for test_file in copied.glob("*.test.toml"):
+        for line in test_file.read_text(encoding="utf-8").splitlines():
+            assert "../" not in line, f"{test_file.name}: {line}"
+
+
+def test_the_shipped_fixtures_are_the_shared_captures():
+    # policies/fixtures/ holds copies so the directory stands alone; they must not drift
+    shipped = sorted((POLICIES / "fixtures").glob("*.json"))
+    assert len(shipped) == 3
+    for fixture in shipped:
+        shared = ROOT / "tests" / "fixtures" / "stalwart" / fixture.name
+        assert fixture.read_bytes() == shared.read_bytes(), fixture.name
+
+
 # ---------------------------------------------------------------------------------------
 # Results and output formats
 

@@ -17,7 +17,7 @@ from komm_policy.cli import replay as replay_cli
 from komm_policy.decisionlog import encode_record, make_record
 from komm_policy.directory.sqlite import connect, init_schema
 from komm_policy.policyset import load_policy_set
-from komm_policy.replay import rebuild_request
+from komm_policy.replay import Change, Outcome, rebuild_request
 from komm_policy.runtime import decide
 from komm_policy.wire import decode_request
 
@@ -269,3 +269,48 @@ def test_recipients_that_are_not_a_list_do_not_stop_the_replay(tmp_path):
     code, report, err = run_replay(log, POLICIES)
     assert code == 0, err
     assert report["changed"] == 1 and report["examples"][0]["recipients"] == []
+
+
+def _changed_record(stage: str, **fields: object) -> dict:
+    """A record whose logged answer the shipped set will not give again (a gone rule)."""
+    return {"record_version": 2, "id": stage, "stage": stage, "client_ip": "198.51.100.23",
+            "helo": None, "sender": None, "recipients": [], "action": "reject",
+            "reply": {"status": 554, "message": "gone"},
+            "rule": {"name": "gone", "file": "x", "line": 1}} | fields
+
+
+def test_a_change_names_what_identifies_its_session_at_its_stage(tmp_path):
+    """Operator finding: a connect-stage change showed only `decisions.jsonl:3  connect`.
+    Each change names the client (every stage), HELO at ehlo, login, sender, recipients."""
+    records = [
+        _changed_record("connect", client_ip="2001:db8::25"),
+        _changed_record("ehlo", helo="mx1.example.net"),
+        _changed_record("auth", helo="[redacted]", sasl_login="anna"),
+        _changed_record("mail", helo="mx1.example.net", sender=""),
+        _changed_record("rcpt", helo="mx1.example.net", sender="anna.mueller@gmail.com",
+                        recipients=["peter@web.example"]),
+    ]
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = [line for line in run_text(log, POLICIES).splitlines()
+             if line.startswith(f"  {log}:")]
+    assert lines == [
+        f"  {log}:1  connect  client 2001:db8::25",
+        f"  {log}:2  ehlo  client 198.51.100.23 helo 'mx1.example.net'",
+        f"  {log}:3  auth  client 198.51.100.23 helo '[redacted]' login 'anna'",
+        f"  {log}:4  mail  client 198.51.100.23 from ''",
+        f"  {log}:5  rcpt  client 198.51.100.23 from 'anna.mueller@gmail.com' "
+        "to peter@web.example",
+    ]
+    code, report, err = run_replay(log, POLICIES)
+    assert code == 0, err
+    first, second, third = report["examples"][:3]
+    assert (first["client_ip"], first["helo"], first["sasl_login"]) == (
+        "2001:db8::25", None, None)
+    assert second["helo"] == "mx1.example.net" and third["sasl_login"] == "anna"
+
+
+def test_a_redacted_client_shows_as_redacted_not_as_nothing():
+    change = Change("log:1", "x", None, "connect", None, [], Outcome("accept", None, None),
+                    Outcome("reject", "550 no", "r"), client_ip=None)
+    assert replay_cli._who(change) == "client [redacted]"

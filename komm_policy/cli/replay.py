@@ -168,12 +168,19 @@ def _text(report: ReplayReport, args: argparse.Namespace, url: str, out: TextIO)
 
 
 def _who(change: Change) -> str:
-    """`from 'SENDER' to A, B, … and N more`: every value from the log escaped
-    (`text.shown`), at most `SHOWN_RECIPIENTS` recipients listed."""
+    """What identifies the change's session at its stage: `client IP` (`[redacted]` when
+    the record was logged with redaction), `helo 'NAME'` at ehlo and auth, `login 'USER'`
+    when authenticated, `from 'SENDER'` and `to A, B, … and N more` once known.  Every
+    value from the log is escaped (`text.shown`); at most `SHOWN_RECIPIENTS` recipients."""
     recipients = ", ".join(shown(r) for r in change.recipients[:SHOWN_RECIPIENTS])
     more = len(change.recipients) - SHOWN_RECIPIENTS
     if more > 0:
         recipients += f", … and {more} more"
+    client = shown(change.client_ip) if change.client_ip is not None else "[redacted]"
     return " ".join(part for part in (
+        f"client {client}",
+        f"helo '{shown(change.helo)}'" if change.helo is not None
+        and change.stage in ("ehlo", "auth") else "",
+        f"login '{shown(change.sasl_login)}'" if change.sasl_login is not None else "",
         f"from '{shown(change.sender)}'" if change.sender is not None else "",
         f"to {recipients}" if recipients else "") if part)

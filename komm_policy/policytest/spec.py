@@ -12,7 +12,7 @@ The format (docs/tooling.md, "Test files"):
 
     [[case]]
     name = "a list nobody may post to"
-    fixture = "../tests/fixtures/stalwart/derived-rcpt-3.json"   # optional
+    fixture = "fixtures/derived-rcpt-3.json"   # optional, relative to this file
     payload = { ... }              # optional: a Stalwart payload inline
     request = { sender = "anna@example.org", rcpt = "nobody@solawi.example" }
     rows = { members = [ { id = 1, ... } ] }           # added to the file's rows
