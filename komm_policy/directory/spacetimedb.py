@@ -45,11 +45,9 @@ from .schema import Schema
 from .snapshot import Needs, TablesSnapshot
 from .spacetimedb_apply import (
     OFFLOAD_MIN_ROWS,
-    RELEASE_MIN_ROWS,
     Replica,
     message_rows,
-    release,
-    replaced_states,
+    release_replaced,
     snapshot_tables,
     updated_tables,
 )
@@ -161,8 +159,7 @@ class SpacetimeDirectory:
         return None if check.ok else "; ".join(check.problems)
 
     def _subscribe(self, schema: Schema, needs: Needs, timeout: float, forget: bool) -> None:
-        """Subscribe; wait up to `timeout` s for the snapshot or a schema problem.
-        `forget` (start): the snapshot of no policy set's tables serves no lookup."""
+        """Subscribe; wait up to `timeout` s (`forget`: at start, drop the empty snapshot)."""
         self._schema, self._needs = schema, needs
         self._schema_problem = None
         self._first.clear()
@@ -273,7 +270,7 @@ class SpacetimeDirectory:
         self.health.ok()
         self._publish()
         if old is not None:
-            self._release(old, tables)
+            release_replaced(old, tables)
         if replica.needs is self._needs and replica.schema is self._schema:
             self._first.set()  # not when `require` asked for other tables meanwhile
         self._started.set()
@@ -292,21 +289,7 @@ class SpacetimeDirectory:
         self._snapshot = Snapshot(replica.tables)
         self._publish()
         if old is not None and tables is not None and old is not tables:
-            self._release(old, tables)
-
-    @staticmethod
-    def _release(old: TablesSnapshot, new: TablesSnapshot) -> None:
-        """Free the tables of `old` that `new` does not share, when they are large, a
-        slice at a time in a worker thread (`release`) instead of in one pause of every
-        thread where the last reference goes (here, or when a decision holding `old`
-        ends).  The caller drops its reference to `old` at once."""
-        states = replaced_states(old, new)
-        if sum(len(state.rows) for state in states) < RELEASE_MIN_ROWS:
-            return
-        holder = [states]
-        del states
-        threading.Thread(target=release, args=(holder,), daemon=True,
-                         name="komm-spacetimedb-release").start()
+            release_replaced(old, tables)
 
     def _run_job(self, job: Callable[[], Any], then: Callable[[Any], None],
                  rows: int) -> Awaitable[None] | None:

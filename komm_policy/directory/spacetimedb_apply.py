@@ -20,6 +20,7 @@ one go while holding the interpreter lock, pausing every thread (0.54 s after a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from itertools import islice
@@ -198,3 +199,17 @@ def release(holder: list[list[TableState]], settle: float = RELEASE_AFTER_S) -> 
     del states  # the maps and index dicts go; their rows and buckets live on in `chunks`
     while chunks:
         chunks.pop()
+
+
+def release_replaced(old: TablesSnapshot, new: TablesSnapshot) -> None:
+    """Free the tables of `old` that `new` does not share, when they are large, a slice at
+    a time in a worker thread (`release`) instead of in one pause of every thread where
+    the last reference goes (in the replica's loop, or when a decision holding `old`
+    ends).  The caller drops its reference to `old` at once."""
+    states = replaced_states(old, new)
+    if sum(len(state.rows) for state in states) < RELEASE_MIN_ROWS:
+        return
+    holder = [states]
+    del states
+    threading.Thread(target=release, args=(holder,), daemon=True,
+                     name="komm-spacetimedb-release").start()

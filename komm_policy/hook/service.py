@@ -50,7 +50,6 @@ from .metrics import Metrics
 
 log = logging.getLogger("komm_policy.service")
 
-
 RETRY_WAITING_SECONDS = 5.0
 """How often a compiled policy set that the store cannot serve yet (a table or column it
 reads is missing) is offered to the directory again: a failed offer is one schema read."""
@@ -131,9 +130,8 @@ class HookService:
 
     def reload_token(self) -> bool:
         """Re-read `token_file` (SIGHUP): a new token takes effect for the next request.
-        A file that cannot be read, is empty, holds more than one line or a character no
-        header carries (`token_text_problem`) keeps the token in use (never no
-        authentication) and logs an error; False then."""
+        A file unreadable, empty, of several lines or with a character no header carries
+        (`token_text_problem`) keeps the token in use and logs an error; False then."""
         if self.token_file is None:
             return True
         try:
