@@ -193,6 +193,13 @@ def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: floa
                     row[f"{name}_rps_runs"] = [r["rps"] for r in runs]
                 row["ratio"] = row["komm_rps"] / row["noop_rps"]
                 row["ratio_nolog"] = row["komm_nolog_rps"] / row["noop_rps"]
+                # The machine's speed drifts between rounds (the no-op endpoint alone has
+                # moved 1,100-3,900 req/s within one run at 1 connection): the median of
+                # each round's ratio (komm and no-op measured back to back) is less moved
+                # by it than the ratio of the medians.
+                row["ratio_paired"] = statistics.median(
+                    k["rps"] / n["rps"]
+                    for k, n in zip(samples["komm"], samples["noop"], strict=True))
                 with_sink = ""
                 if "komm_stdb" in samples:
                     row["ratio_stdb"] = row["komm_stdb_rps"] / row["noop_rps"]
@@ -201,7 +208,8 @@ def run(*, workers: tuple[int, ...], connections: tuple[int, ...], seconds: floa
                 log(f"  workers={worker_count} connections={conns:>2}: komm "
                     f"{row['komm_rps']:8.0f} req/s (p50 {row['komm_p50_ms']:.2f} ms, p99 "
                     f"{row['komm_p99_ms']:.2f} ms)  no-op {row['noop_rps']:8.0f} req/s  "
-                    f"ratio {row['ratio']:.2f} (log off: {row['ratio_nolog']:.2f}"
+                    f"ratio {row['ratio']:.2f}, paired {row['ratio_paired']:.2f} (log off: "
+                    f"{row['ratio_nolog']:.2f}"
                     f"{with_sink})")
         finally:
             for server in servers.values():
