@@ -8,23 +8,21 @@ right after the newest record it holds (`recovery`).  Real writer processes."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from komm_policy.decisionlog import DecisionLog, JsonlSpec, LogSettings, SqliteSpec
-from komm_policy.decisionlog.entries import raw_entry
 from komm_policy.decisionlog.metrics import LogCollector
 from komm_policy.decisionlog.recovery import KEEP_CORRUPT
-from komm_policy.decisionlog.spool import SpoolAppender, load_state, read_state
+from komm_policy.decisionlog.spool import load_state, read_state
 from komm_policy.decisionlog.writer import SpoolWriter
 from komm_policy.demo import DEMO_TABLES
 from komm_policy.directory.sqlite import create_database
 
 from .logstore import jsonl_ids, store_ids
-from .test_decisionlog import decided
 from .test_decisionlog_process import submit
+from .test_writer_saves import _fill
 
 TORN = b'{"pid": 4711, "heartbeat": 1796138787.5, "positions": {"jsonl": [0, 4'
 
@@ -89,16 +87,6 @@ def test_a_corrupt_state_is_set_aside_said_and_no_record_is_stored_twice(
     assert "state.json is not JSON" in status.spool_corruption
     assert kept.name in status.spool_corruption
     assert metrics["komm_decision_log_state_set_aside"].samples[0].value == 1
-
-
-def _fill(spool: Path, count: int) -> None:
-    request, decision = decided("derived-rcpt-1")
-    appender = SpoolAppender(spool, fsync_interval=0)
-    try:
-        appender.append_batch([raw_entry(request, decision, 0.3, time.time(), f"r-{n}")
-                               for n in range(count)])
-    finally:
-        appender.close()
 
 
 @pytest.mark.parametrize(("content", "problem"), [
