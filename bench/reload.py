@@ -131,12 +131,15 @@ def _free_port() -> int:
 
 
 class Server:
-    """`komm-policy serve` in its own process, over a copy of the shipped policies."""
+    """`komm-policy serve` in its own process, over a copy of the shipped policies (of the
+    tree on `PYTHONPATH` in `extra_env`, when given: an earlier tree may lack a built-in
+    this tree's policies call)."""
 
     def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.policies = root / "policies"
-        shutil.copytree(POLICIES, self.policies)
+        source = (extra_env or {}).get("PYTHONPATH")
+        shutil.copytree(Path(source) / "policies" if source else POLICIES, self.policies)
         database = root / "komm.sqlite3"
         create_database(database, DEMO_TABLES)
         self.port = _free_port()
