@@ -213,8 +213,10 @@ def test_a_row_skipped_for_its_key_comes_in_when_the_key_frees(
         backend.add_blocked("203.0.113.7/32 ", "third")  # a later change collides too
         eventually(lambda: directory.health.bad_rows.get("blocked_ips") == 2)
         assert reasons(directory, "203.0.113.7") == ["first"]
+        caplog.set_level(logging.INFO, logger="komm_policy.directory.claims")
         backend.delete_blocked("203.0.113.7", "first")
         eventually(lambda: reasons(directory, "203.0.113.7") == ["second"])
+        assert "skipped for its primary_key (ip), has it now" in caplog.text  # it came in: said
         backend.delete_blocked("203.0.113.7/32", "second")
         eventually(lambda: reasons(directory, "203.0.113.7") == ["third"])
         assert directory.health.bad_rows == {"blocked_ips": 2}

@@ -22,14 +22,18 @@ and does not take away the row that holds the key.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import immutables
 
+from ..text import shown
 from .declared_keys import KeyOf, collider, collision
 from .rows import Row, order_value, sort_key
 from .schema import Table
+
+log = logging.getLogger(__name__)
 
 _NONE = immutables.Map()
 MISSING: Any = object()
@@ -139,6 +143,10 @@ class Claims:
             self._unwait(key, sid)
             del self.waiting_at[sid]
             self.keys[key] = row._ident
+            # The skip was a WARNING; the operator also learns when the row came in.
+            log.info("table %s: the row %s, skipped for its primary_key (%s), has it now: "
+                     "the row that held it is gone", self.table.name, shown(repr(sid)),
+                     ", ".join(self.table.primary_key))
             yield row
 
 
