@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,12 +75,17 @@ def test_a_stopped_writer_is_still_restarted(paths: tuple[Path, Path, Path]  # n
         while decision_log.writer_pid == victim:
             assert time.monotonic() < deadline, "a stopped writer was never restarted"
             time.sleep(0.05)
-        request, decision = decided("derived-rcpt-2")
-        assert decision_log.submit_decision(request, decision, 0.3, time.time())
-        assert decision_log.flush(timeout=15)
+        _submit_one(decision_log)
     finally:
         decision_log.close()
     assert_all_stored(paths, 1)
+
+
+def _submit_one(decision_log: Any) -> None:
+    """One decision through the (restarted or resumed) writer, waited for."""
+    request, decision = decided("derived-rcpt-2")
+    assert decision_log.submit_decision(request, decision, 0.3, time.time())
+    assert decision_log.flush(timeout=15)
 
 
 @pytest.mark.skipif(not LINUX, reason="/proc")
@@ -98,9 +104,7 @@ def test_a_late_writer_waiting_for_cpu_is_not_killed(
         time.sleep(3.0)  # three times writer_stall
         assert decision_log.writer_pid == victim and decision_log.restarts == 0
         os.kill(victim, signal.SIGCONT)
-        request, decision = decided("derived-rcpt-2")
-        assert decision_log.submit_decision(request, decision, 0.3, time.time())
-        assert decision_log.flush(timeout=15)
+        _submit_one(decision_log)
     finally:
         decision_log.close()
     assert_all_stored(paths, 1)
